@@ -1,0 +1,1 @@
+"""maiac: a compiler for transformer inference on Microsoft Maia 200."""

@@ -1,0 +1,226 @@
+"""The Maia 200 abstract instruction set: what a compiled program says to the machine.
+
+This module is the contract between the compiler (passes/emit) and the machine model
+(runtime/interpreter, runtime/timing). It is data only: dataclasses that serialize to
+JSON for the `.maia` manifest.
+
+Machine (see DESIGN §2 and runtime/target.py for the numbers):
+
+* three memory levels, each a flat byte-addressed array:
+  ``hbm`` (one address space), ``csram`` (one address space spanning all clusters;
+  physically distributed, reached over the NoC), ``tsram`` (one private array per tile,
+  every tile sees the same addresses).
+* instructions are SPMD: one instruction runs on ``prod(grid)`` tiles at once
+  (tile ids ``0 .. prod(grid)-1``, row-major over ``grid``). An operand's address may
+  depend on the tile's grid coordinate (``Access.tile_strides``) and on the iteration of
+  the enclosing ``Loop``s (``Access.loop_strides``). That is how one instruction covers
+  a whole tiled operation.
+
+Units: ``Access.addr`` is a byte address, aligned to the element size.
+``shape``/``strides``/``tile_strides``/``loop_strides`` are in *elements* of
+``Access.dtype``. A stride of 0 broadcasts.
+
+Compute (``MatMul``, ``Vec``) reads and writes TSRAM only. ``Dma`` moves blocks between
+any two levels (a strided view on each side, so transposes, slices, broadcasts and
+concatenations are DMAs). ``Gather`` is an indexed DMA (embedding lookups).
+Compute happens in fp32 inside the engines; values are rounded to the destination dtype
+when stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+LEVELS = ("hbm", "csram", "tsram")
+
+# Storage dtypes an Access may have. Narrow MX/NVFP4 payloads are stored as "u8"
+# (packed) and decoded by Vec(fn="dequantize"); see runtime/formats.py.
+DTYPES = ("f32", "bf16", "f16", "i64", "i32", "i8", "u8", "bool", "f8e4m3", "f8e5m2")
+
+# Vec functions. Unary and binary ones are elementwise with numpy broadcasting through
+# stride-0 operands; reductions/softmax/norms act on the last axis of the block.
+UNARY_FNS = (
+    "copy", "relu", "gelu", "gelu_tanh", "erf", "tanh", "sigmoid", "silu", "exp", "log",
+    "sqrt", "rsqrt", "reciprocal", "neg", "abs", "cos", "sin", "floor", "ceil", "not",
+    "isnan", "sign",
+)
+BINARY_FNS = (
+    "add", "sub", "mul", "div", "pow", "max", "min", "mod", "equal", "less", "greater",
+    "less_equal", "greater_equal", "and", "or", "xor",
+)
+TERNARY_FNS = ("where",)
+ROW_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "softmax",
+           "log_softmax", "layernorm", "rmsnorm")
+VEC_FNS = UNARY_FNS + BINARY_FNS + TERNARY_FNS + ROW_FNS
+
+
+@dataclass
+class Access:
+    """A strided block of one memory level, per tile and per loop iteration.
+
+    Element ``idx`` of the block seen by the tile at grid coordinate ``g`` in loop
+    iteration ``it`` lives at byte address::
+
+        addr + itemsize * (sum(idx[i] * strides[i])
+                           + sum(g[j] * tile_strides[j])
+                           + sum(it[k] * loop_strides[k]))
+
+    ``tile_strides`` has one entry per grid dimension of the instruction (or is empty:
+    all tiles see the same block). On ``tsram`` every tile addresses its own array, so
+    ``tile_strides`` must be empty or zero there. ``loop_strides`` has one entry per
+    enclosing loop dimension, outermost first (or is empty: constant over the loops).
+    """
+
+    level: str
+    addr: int
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    tile_strides: tuple[int, ...] = ()
+    loop_strides: tuple[int, ...] = ()
+
+
+@dataclass
+class Dma:
+    """Copy ``src`` to ``dst`` (same block shape; dtype conversion allowed) on every tile."""
+
+    src: Access
+    dst: Access
+    grid: tuple[int, ...] = (1,)
+    queue: int = 0
+    op: str = ""  # name of the source operation, for the per-op report
+    kind: str = "dma"
+
+
+@dataclass
+class Gather:
+    """``dst[..., r, :] = table[indices[..., r], :]`` — an indexed DMA of rows.
+
+    ``table`` is a 2-D access [rows, row_len] (HBM or CSRAM); ``indices`` an integer
+    TSRAM block; ``dst`` a TSRAM block of shape ``indices.shape + (row_len,)``.
+    Out-of-range indices are an error (negative ones wrap, as in ONNX Gather).
+    """
+
+    table: Access
+    indices: Access
+    dst: Access
+    grid: tuple[int, ...] = (1,)
+    queue: int = 0
+    op: str = ""
+    kind: str = "gather"
+
+
+@dataclass
+class MatMul:
+    """``c[..., m, n] (+)= sum_k a[..., m, k] * b[..., k, n]`` on the TTU, fp32 accumulate.
+
+    All three are TSRAM accesses; leading (batch) dims broadcast via stride 0.
+    ``accumulate`` adds into ``c`` instead of overwriting it (K-loop partial sums).
+    ``fmt`` names the operand format the TTU runs at (timing: "bf16", "fp8", "fp4", ...).
+    """
+
+    a: Access
+    b: Access
+    c: Access
+    accumulate: bool = False
+    fmt: str = "f32"
+    grid: tuple[int, ...] = (1,)
+    op: str = ""
+    kind: str = "matmul"
+
+
+@dataclass
+class Vec:
+    """One TVP function over TSRAM blocks; ``fn`` in ``VEC_FNS``; ``attrs`` e.g. ``eps``."""
+
+    fn: str
+    ins: list[Access]
+    out: Access
+    attrs: dict[str, Any] = field(default_factory=dict)
+    grid: tuple[int, ...] = (1,)
+    op: str = ""
+    kind: str = "vec"
+
+
+@dataclass
+class Loop:
+    """Run ``body`` for every iteration of ``trips`` (row-major), in order.
+
+    Accesses inside the body carry one ``loop_strides`` entry per dimension of every
+    enclosing loop, outermost loop first.
+    """
+
+    trips: tuple[int, ...]
+    body: list[Instr]
+    op: str = ""
+    kind: str = "loop"
+
+
+Instr = Dma | Gather | MatMul | Vec | Loop
+
+_KINDS: dict[str, type] = {"dma": Dma, "gather": Gather, "matmul": MatMul, "vec": Vec,
+                           "loop": Loop}
+
+
+def instr_to_json(instr: Instr) -> dict[str, Any]:
+    """A JSON-ready dict of one instruction (loops recursively)."""
+    if isinstance(instr, Loop):
+        return {"kind": "loop", "trips": list(instr.trips), "op": instr.op,
+                "body": [instr_to_json(i) for i in instr.body]}
+    return _plain(dataclasses.asdict(instr))
+
+
+def instr_from_json(data: dict[str, Any]) -> Instr:
+    """Inverse of ``instr_to_json``; raises ``ValueError`` on a malformed entry."""
+    if not isinstance(data, dict) or data.get("kind") not in _KINDS:
+        raise ValueError(f"unknown instruction {str(data)[:80]!r}")
+    kind = data["kind"]
+    try:
+        if kind == "loop":
+            return Loop(tuple(data["trips"]), [instr_from_json(i) for i in data["body"]],
+                        data.get("op", ""))
+        cls = _KINDS[kind]
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.name in ("src", "dst", "table", "indices", "a", "b", "c", "out"):
+                value = access_from_json(value)
+            elif f.name == "ins":
+                value = [access_from_json(v) for v in value]
+            elif f.name == "grid":
+                value = tuple(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"malformed {kind} instruction: {err}") from err
+
+
+def access_from_json(data: dict[str, Any]) -> Access:
+    return Access(
+        level=data["level"], addr=int(data["addr"]), dtype=data["dtype"],
+        shape=tuple(data["shape"]), strides=tuple(data["strides"]),
+        tile_strides=tuple(data.get("tile_strides", ())),
+        loop_strides=tuple(data.get("loop_strides", ())),
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major element strides of ``shape``."""
+    strides = []
+    acc = 1
+    for dim in reversed(shape):
+        strides.append(acc)
+        acc *= dim
+    return tuple(reversed(strides))
