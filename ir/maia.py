@@ -1,0 +1,269 @@
+"""The `maia` dialect: what the Maia 200 machine computes, at two levels.
+
+Tensor level (after `lower-onnx-to-maia`): value-semantics ops on static-shaped tensors,
+one per machine-level operation family. Their parameters are plain attributes so the IR
+prints and parses in generic form:
+
+    %y = "maia.matmul"(%x, %w, %b) {act = "gelu"} : (...) -> tensor<4x64xf32>
+
+Tiled level (after `tile`): buffers and instructions, no tensor values. A
+``maia.kernel`` holds the instructions of one tensor-level op; its TSRAM scratch
+buffers live only inside it. Operand blocks are ``Access`` dictionaries::
+
+    {buf = "t3", off = 0, dtype = "f32", shape = array<i64: 16, 64>,
+     strides = array<i64: 64, 1>, ts = array<i64: 1024>, ls = array<i64>}
+
+meaning runtime.isa.Access with the address resolved from buffer ``buf`` (+ ``off``
+elements) once `plan-memory` has placed it. ``ts``/``ls`` are the tile and loop strides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    BoolAttr,
+    DenseArrayBase,
+    DictionaryAttr,
+    FloatAttr,
+    IntegerAttr,
+    StringAttr,
+    TensorType,
+    f64,
+    i1,
+    i64,
+)
+from xdsl.ir import Attribute, Dialect, Region
+from xdsl.irdl import (
+    IRDLOperation,
+    irdl_op_definition,
+    region_def,
+    result_def,
+    var_operand_def,
+)
+from xdsl.utils.exceptions import VerifyException
+
+
+class TensorOp(IRDLOperation):
+    """Base of tensor-level ops: operands ``ins``, one tensor result."""
+
+    ins = var_operand_def()
+    out = result_def(TensorType)
+    ARITY: ClassVar[tuple[int, int]] = (0, 0)
+
+    def verify_(self) -> None:
+        lo, hi = self.ARITY
+        if not lo <= len(self.ins) <= hi:
+            raise VerifyException(f"{self.name} takes {lo}..{hi} operands, got {len(self.ins)}")
+
+
+@irdl_op_definition
+class ConstantOp(TensorOp):
+    """A constant tensor: ``value`` is a dense or dense_resource attribute."""
+
+    name = "maia.constant"
+    ARITY: ClassVar[tuple[int, int]] = (0, 0)
+
+
+@irdl_op_definition
+class MatMulOp(TensorOp):
+    """``a @ b (+ bias)`` with numpy batch broadcasting; optional ``act`` epilogue."""
+
+    name = "maia.matmul"
+    ARITY: ClassVar[tuple[int, int]] = (2, 3)
+
+
+@irdl_op_definition
+class UnaryOp(TensorOp):
+    """Elementwise ``fn`` (runtime.isa.UNARY_FNS); ``copy`` with another type is a cast."""
+
+    name = "maia.unary"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
+class BinaryOp(TensorOp):
+    """Elementwise ``fn`` (runtime.isa.BINARY_FNS) with numpy broadcasting."""
+
+    name = "maia.binary"
+    ARITY: ClassVar[tuple[int, int]] = (2, 2)
+
+
+@irdl_op_definition
+class WhereOp(TensorOp):
+    name = "maia.where"
+    ARITY: ClassVar[tuple[int, int]] = (3, 3)
+
+
+@irdl_op_definition
+class ReduceOp(TensorOp):
+    """``fn`` over the last axis, which is kept with extent 1."""
+
+    name = "maia.reduce"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
+class SoftmaxOp(TensorOp):
+    """Softmax (``fn`` = softmax | log_softmax) over the last axis."""
+
+    name = "maia.softmax"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
+class NormOp(TensorOp):
+    """``fn`` = layernorm (x, scale, bias) | rmsnorm (x, scale) over the last axis."""
+
+    name = "maia.norm"
+    ARITY: ClassVar[tuple[int, int]] = (2, 3)
+
+
+@irdl_op_definition
+class GatherOp(TensorOp):
+    """Rows of a 2-D ``table`` picked by integer ``indices``: out = indices.shape + [row]."""
+
+    name = "maia.gather"
+    ARITY: ClassVar[tuple[int, int]] = (2, 2)
+
+
+@irdl_op_definition
+class ViewOp(TensorOp):
+    """A strided view of the (contiguous) input, materialized by a DMA.
+
+    ``out[idx] = flat(in)[offset + sum(idx * strides)]``: transposes, slices, expands.
+    """
+
+    name = "maia.view"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
+class ReshapeOp(TensorOp):
+    """Same bytes, another shape: an alias, no data moves."""
+
+    name = "maia.reshape"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
+class ConcatOp(TensorOp):
+    name = "maia.concat"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1 << 16)
+
+
+# ---- tiled level -------------------------------------------------------------------
+
+
+@irdl_op_definition
+class BufferOp(IRDLOperation):
+    """A named allocation: ``sym``, ``level``, ``nbytes``, ``kind`` (+ ``addr`` once planned)."""
+
+    name = "maia.buffer"
+
+
+@irdl_op_definition
+class KernelOp(IRDLOperation):
+    """The instructions of one tensor-level op (``op``, ``kind``, ``flops``)."""
+
+    name = "maia.kernel"
+    body = region_def("single_block")
+
+
+@irdl_op_definition
+class LoopOp(IRDLOperation):
+    """Runs its body for every iteration of ``trips`` (row-major)."""
+
+    name = "maia.loop"
+    body = region_def("single_block")
+
+
+@irdl_op_definition
+class DmaOp(IRDLOperation):
+    name = "maia.dma"
+
+
+@irdl_op_definition
+class GatherRowsOp(IRDLOperation):
+    name = "maia.gather_rows"
+
+
+@irdl_op_definition
+class MmOp(IRDLOperation):
+    name = "maia.mm"
+
+
+@irdl_op_definition
+class VecOp(IRDLOperation):
+    name = "maia.vec"
+
+
+TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, MmOp, VecOp)
+
+Maia = Dialect(
+    "maia",
+    [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
+     ViewOp, ReshapeOp, ConcatOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
+     VecOp],
+)
+
+
+# ---- attribute helpers ------------------------------------------------------------
+
+
+def to_attr(value: Any) -> Attribute:
+    """A builtin attribute for a plain Python value (ints, floats, str, bools, lists)."""
+    if isinstance(value, Attribute):
+        return value
+    if isinstance(value, bool):
+        return BoolAttr.from_bool(value)
+    if isinstance(value, int):
+        return IntegerAttr(value, i64)
+    if isinstance(value, float):
+        return FloatAttr(value, f64)
+    if isinstance(value, str):
+        return StringAttr(value)
+    if isinstance(value, dict):
+        return DictionaryAttr({k: to_attr(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return DenseArrayBase.from_list(i64, list(value))
+        return ArrayAttr([to_attr(v) for v in value])
+    raise TypeError(f"no attribute for {value!r}")
+
+
+def from_attr(attr: Attribute) -> Any:
+    """Inverse of ``to_attr``."""
+    if isinstance(attr, IntegerAttr):
+        value = attr.value.data
+        return bool(value) if attr.type == i1 else value
+    if isinstance(attr, FloatAttr):
+        return attr.value.data
+    if isinstance(attr, StringAttr):
+        return attr.data
+    if isinstance(attr, DenseArrayBase):
+        return tuple(int(v) for v in attr.get_values())
+    if isinstance(attr, DictionaryAttr):
+        return {k: from_attr(v) for k, v in attr.data.items()}
+    if isinstance(attr, ArrayAttr):
+        return [from_attr(v) for v in attr.data]
+    return attr
+
+
+def attr(op: IRDLOperation, name: str, default: Any = None) -> Any:
+    """The plain value of attribute ``name`` of ``op`` (or ``default``)."""
+    found = op.attributes.get(name)
+    return default if found is None else from_attr(found)
+
+
+def instruction(cls: type[IRDLOperation], **fields: Any) -> IRDLOperation:
+    """Build a tiled-level op from plain values."""
+    return cls.create(attributes={k: to_attr(v) for k, v in fields.items() if v is not None})
+
+
+def region_of(ops: Sequence[IRDLOperation]) -> Region:
+    from xdsl.ir import Block
+
+    return Region(Block(list(ops)))
