@@ -1,0 +1,741 @@
+"""The ``maiac`` command line: compile, run, verify, report, opt, passes.
+
+Conventions (DESIGN §5): user errors (``MaiacError``) print one ``error: ...`` line on
+stderr and exit 2; click usage errors exit 2; a failed verification exits 1; anything
+else is a bug and keeps its traceback. Outputs are written atomically. Progress goes to
+stderr, and only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from maiac.runtime.errors import MaiacError
+
+EMITS = ("onnx", "maia", "tiled", "asm")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _Group(click.Group):
+    """A click group that turns every ``MaiacError`` into one line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MaiacError as e:
+            msg = str(e).strip() or type(e).__name__
+            click.echo(f"error: {msg}", err=True)
+            ctx.exit(int(getattr(e, "exit_code", 2)))
+
+
+def progress(msg: str) -> None:
+    """A progress line on stderr, only when stderr is a terminal."""
+    if sys.stderr.isatty():
+        click.echo(f"maiac: {msg}", err=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; move it into place only on success."""
+    dest = Path(path)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise MaiacError(f"{dest}: directory {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def existing_file(path: str, what: str = "file") -> str:
+    """``path`` if it is an existing regular file, else a ``MaiacError``."""
+    p = Path(path)
+    if not p.exists():
+        raise MaiacError(f"{path}: no such {what}")
+    if not p.is_file():
+        raise MaiacError(f"{path}: not a regular file")
+    return path
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"input_ids=1x128"`` -> ``("input_ids", (1, 128))``; ``"x="`` is a scalar."""
+    name, sep, dims = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise MaiacError(f"--shape {text!r}: expected NAME=DIMS, e.g. input_ids=1x128")
+    dims = dims.strip()
+    if not dims:
+        return name, ()
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise MaiacError(
+            f"--shape {text!r}: dims must be positive integers joined by 'x', e.g. {name}=1x128"
+        ) from None
+    if any(d <= 0 for d in shape):
+        raise MaiacError(f"--shape {text!r}: every dim must be a positive integer")
+    return name, shape
+
+
+def parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
+    """All ``--shape`` options as a dict (None when there are none); duplicates are errors."""
+    out: dict[str, tuple[int, ...]] = {}
+    for v in values:
+        name, shape = parse_shape(v)
+        if name in out:
+            raise MaiacError(f"--shape given twice for input {name!r}")
+        out[name] = shape
+    return out or None
+
+
+def parse_kv(values: tuple[str, ...], option: str) -> dict[str, str] | None:
+    """``("k=v", ...)`` -> ``{"k": "v"}`` for ``option`` (named in errors)."""
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep or not key or not val:
+            raise MaiacError(f"{option} {v!r}: expected KEY=VALUE")
+        out[key] = val
+    return out or None
+
+
+def check_target(target: str, params: dict[str, str] | None) -> None:
+    """Fail early, before compiling, on an unknown target or target parameter."""
+    try:
+        from maiac.runtime.target import get_target
+    except ImportError:  # target module not built yet: the driver checks instead
+        return
+    get_target(target, params or {})
+
+
+def _compile_kwargs(quant: str | None, shape: tuple[str, ...], target: str,
+                    target_param: tuple[str, ...], pipeline: str | None,
+                    calib: str | None) -> dict[str, Any]:
+    params = parse_kv(target_param, "--target-param")
+    if calib is not None:
+        existing_file(calib, "calibration file")
+    check_target(target, params)
+    return dict(quant=quant, shapes=parse_shapes(shape), target=target, target_params=params,
+                pipeline=pipeline, calib=calib)
+
+
+def compile_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``compile`` and ``verify`` share."""
+    opts = [
+        click.option("--quant", metavar="SPEC", default=None,
+                     help="Quantization: a preset (fp8, mxfp8, mxfp6, mxfp4, nvfp4, w4a8) or "
+                          "w=FMT,a=FMT. Default: fp32."),
+        click.option("--shape", metavar="NAME=1x128", multiple=True,
+                     help="Bind the shape of an input with symbolic dims (repeatable)."),
+        click.option("--target", default="maia200", show_default=True,
+                     help="Target machine description."),
+        click.option("--target-param", metavar="KEY=VALUE", multiple=True,
+                     help="Override a target parameter (repeatable)."),
+        click.option("--pipeline", metavar="'p1,p2{opt=v}'", default=None,
+                     help="Pass pipeline to run instead of the default one."),
+        click.option("--calib", metavar="DATA.npz", default=None,
+                     help="Calibration inputs for static activation scales."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _driver() -> Any:
+    import maiac.driver
+
+    return maiac.driver
+
+
+# ----------------------------------------------------------------------------- main
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="maiac", prog_name="maiac")
+def main() -> None:
+    """maiac: compile ONNX transformers for the Microsoft Maia 200 machine model."""
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("-o", "--output", metavar="OUT", default=None,
+              help="Output file: a .maia program, or the IR text with --emit.")
+@compile_options
+@click.option("--emit", type=click.Choice(EMITS), default=None,
+              help="Print the IR at this stage instead of writing a program.")
+@click.option("--print-ir-after-all", is_flag=True, help="Print the IR after every pass.")
+@click.option("--shape-only", is_flag=True,
+              help="Compile without weight data (for report / timing only).")
+def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
+                target: str, target_param: tuple[str, ...], pipeline: str | None,
+                calib: str | None, emit: str | None, print_ir_after_all: bool,
+                shape_only: bool) -> None:
+    """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
+    existing_file(model, "model file")
+    kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
+    kw["shape_only"] = shape_only
+    driver = _driver()
+    if emit is not None or (print_ir_after_all and output is None):
+        progress(f"compiling {model} to {emit or 'asm'} IR")
+        text = driver.compile_to_ir(model, emit=emit or "asm",
+                                    print_ir_after_all=print_ir_after_all, **kw)
+        if not text.endswith("\n"):
+            text += "\n"
+        if output is None or output == "-":
+            click.echo(text, nl=False)
+        else:
+            write_text_atomic(output, text)
+        return
+    if output is None:
+        raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
+    if print_ir_after_all:
+        text = driver.compile_to_ir(model, emit="asm", print_ir_after_all=True, **kw)
+        click.echo(text, nl=not text.endswith("\n"), err=True)
+    progress(f"compiling {model}")
+    t0 = time.perf_counter()
+    compiled = driver.compile(model, **kw)
+    with atomic_path(output) as tmp:
+        compiled.save(tmp)
+    progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _read_inputs(inputs: str | None, input_items: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Arrays from ``--inputs IN.npz`` and ``--input NAME=FILE.npy`` (the latter win)."""
+    out: dict[str, np.ndarray] = {}
+    if inputs is not None:
+        existing_file(inputs, "inputs file")
+        try:
+            with np.load(inputs, allow_pickle=False) as npz:
+                out.update({k: npz[k] for k in npz.files})
+        except Exception as e:
+            raise MaiacError(f"{inputs}: not a readable .npz file ({e})") from None
+    for item in input_items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise MaiacError(f"--input {item!r}: expected NAME=FILE.npy")
+        existing_file(path, "input file")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise MaiacError(f"{path}: not a readable .npy file ({e})") from None
+    return out
+
+
+def _check_inputs(program: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Match user arrays to the program's inputs by name, shape and dtype kind."""
+    from maiac.inputs import np_dtype
+
+    names = [s.name for s in program.inputs]
+    extra = sorted(set(feeds) - set(names))
+    if extra:
+        raise MaiacError(f"unknown input {extra[0]!r}; program inputs: {', '.join(names)}")
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise MaiacError(f"no value given for program input {missing[0]!r}")
+    out = {}
+    for s in program.inputs:
+        a = np.asarray(feeds[s.name])
+        want = np_dtype(s.dtype)
+        if tuple(a.shape) != tuple(s.shape):
+            raise MaiacError(f"input {s.name!r}: shape {list(a.shape)}, program expects "
+                             f"{list(s.shape)}")
+        if a.dtype != want:
+            a_kind = "f" if a.dtype.kind == "f" else a.dtype.kind
+            w_kind = "f" if (want.kind == "f" or want.name == "bfloat16") else want.kind
+            if a_kind != w_kind and not (a_kind in "iu" and w_kind in "iu"):
+                raise MaiacError(f"input {s.name!r}: dtype {a.dtype}, program expects {s.dtype}")
+            a = a.astype(want)
+        out[s.name] = a
+    return out
+
+
+def _summary(name: str, a: np.ndarray) -> str:
+    a = np.asarray(a)
+    shape = "x".join(str(d) for d in a.shape) or "scalar"
+    if a.size and (a.dtype.kind in "fiub" or a.dtype.name == "bfloat16"):
+        f = a.astype(np.float64)
+        stats = f"min {f.min():.4g}  max {f.max():.4g}  mean {f.mean():.4g}"
+    else:
+        stats = ""
+    return f"{name:<24} {shape:<16} {a.dtype.name:<9} {stats}"
+
+
+@main.command("run")
+@click.argument("program_file", metavar="MODEL.maia")
+@click.option("--inputs", metavar="IN.npz", default=None, help="Input arrays by name.")
+@click.option("--input", "input_items", metavar="NAME=FILE.npy", multiple=True,
+              help="One input array (repeatable; overrides --inputs).")
+@click.option("-o", "--output", metavar="OUT.npz", default=None, help="Write the outputs here.")
+@click.option("--trace", metavar="TRACE.json", default=None,
+              help="Write a Chrome/Perfetto trace of the modeled timeline.")
+@click.option("--seed", default=0, show_default=True, help="Seed for random inputs.")
+def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
+            output: str | None, trace: str | None, seed: int) -> None:
+    """Run a compiled program on the machine model (random seeded inputs if none given)."""
+    from maiac.inputs import random_inputs_for_specs
+    from maiac.runtime.interpreter import run_program
+    from maiac.runtime.program import load_program
+
+    existing_file(program_file, "program file")
+    program = load_program(program_file)
+    if inputs is None and not input_items:
+        ranges = (program.meta or {}).get("input_ranges") or {}
+        feeds = random_inputs_for_specs(program.inputs, seed, ranges)
+        click.echo(f"no inputs given: using random inputs (seed {seed})")
+        for k, v in feeds.items():
+            click.echo("  " + _summary(k, v))
+    else:
+        feeds = _check_inputs(program, _read_inputs(inputs, input_items))
+    progress(f"running {program_file}")
+    t0 = time.perf_counter()
+    outs = run_program(program, feeds)
+    dt = time.perf_counter() - t0
+    click.echo(f"outputs ({dt:.3f} s on the machine model):")
+    for k, v in outs.items():
+        click.echo("  " + _summary(k, v))
+    if output is not None:
+        with atomic_path(output) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: np.asarray(v) for k, v in outs.items()})
+        click.echo(f"wrote {output}")
+    if trace is not None:
+        from maiac.runtime.timing import simulate
+        from maiac.runtime.trace import write_chrome_trace
+
+        rep = simulate(program)
+        with atomic_path(trace) as tmp:
+            write_chrome_trace(rep, tmp)
+        click.echo(f"wrote {trace} (modeled time {_time(_report_json(rep)['modeled_time_s'])})")
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+@main.command("verify")
+@click.argument("model")
+@compile_options
+@click.option("--inputs", metavar="IN.npz", default=None,
+              help="Inputs by name (default: seeded random inputs).")
+@click.option("--rtol", type=float, default=1e-4, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+              help="Pass threshold per output when --quant is set.")
+@click.option("--seed", default=0, show_default=True, help="Seed for random inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: str,
+               target_param: tuple[str, ...], pipeline: str | None, calib: str | None,
+               inputs: str | None, rtol: float, atol: float, min_cosine: float, seed: int,
+               as_json: bool) -> None:
+    """Compile MODEL, run it and onnxruntime on the same inputs, compare (exit 1 on mismatch)."""
+    from maiac.verify import format_table, verify
+
+    existing_file(model, "model file")
+    if inputs is not None:
+        existing_file(inputs, "inputs file")
+    kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
+    progress(f"verifying {model}")
+    result = verify(model, inputs=inputs, rtol=rtol, atol=atol, min_cosine=min_cosine,
+                    seed=seed, **kw)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_table(result))
+    if not result["ok"]:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _report_json(rep: Any) -> dict[str, Any]:
+    return rep.to_json() if hasattr(rep, "to_json") else dict(rep)
+
+
+def _time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = float(s)
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3f} {unit}"
+    return f"{s / 1e-9:.1f} ns"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+def _count(n: float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_report(r: dict[str, Any], top: int = 30) -> str:
+    """The report JSON as a human-readable table."""
+    t = r.get("modeled_time_s") or 0.0
+    frac = r.get("roofline_fraction")
+    sram = r.get("sram_peak_bytes") or {}
+    lines = [
+        f"target             {r.get('target')}",
+        f"modeled time       {_time(r.get('modeled_time_s'))}",
+        f"roofline time      {_time(r.get('roofline_time_s'))}",
+        f"roofline fraction  {'-' if frac is None else f'{frac:.3f}'}",
+        f"flops              {_count(r.get('flops'))}",
+        f"hbm traffic        {_bytes(r.get('hbm_bytes'))}",
+        f"weights            {_bytes(r.get('weight_bytes'))}",
+        f"sram peak          csram {_bytes(sram.get('csram'))}, tsram {_bytes(sram.get('tsram'))}",
+        "",
+        f"{'engine':<20} {'busy':>12} {'util':>7}",
+    ]
+    for e in r.get("engines", []):
+        util = (e.get("busy_s") or 0.0) / t if t else 0.0
+        lines.append(f"{str(e.get('name')):<20} {_time(e.get('busy_s')):>12} {util:>7.1%}")
+    ops = sorted(r.get("ops", []), key=lambda o: -(o.get("time_s") or 0.0))
+    shown = ops if top <= 0 else ops[:top]
+    lines += ["", f"{'op':<32} {'kind':<14} {'time':>12} {'share':>7} {'flops':>9} "
+                  f"{'hbm':>11} {'bound':<8}"]
+    for o in shown:
+        share = (o.get("time_s") or 0.0) / t if t else 0.0
+        lines.append(f"{str(o.get('name'))[:32]:<32} {str(o.get('kind'))[:14]:<14} "
+                     f"{_time(o.get('time_s')):>12} {share:>7.1%} {_count(o.get('flops')):>9} "
+                     f"{_bytes(o.get('hbm_bytes')):>11} {str(o.get('bound')):<8}")
+    if len(shown) < len(ops):
+        lines.append(f"... {len(ops) - len(shown)} more ops (--top 0 shows all)")
+    return "\n".join(lines)
+
+
+def _timeline(rep: Any, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Timeline events ``{engine, name, start_s, dur_s}`` from whatever the report offers."""
+    events = r.get("timeline") or getattr(rep, "events", None) or []
+    out = []
+    for ev in events:
+        get = ev.get if isinstance(ev, dict) else (lambda k, d=None, ev=ev: getattr(ev, k, d))
+        start = get("start_s", get("start", None))
+        dur = get("dur_s", get("duration_s", None))
+        if dur is None and get("end_s", None) is not None and start is not None:
+            dur = get("end_s") - start
+        if start is None or dur is None:
+            continue
+        out.append({"engine": str(get("engine", get("track", "?"))),
+                    "name": str(get("name", get("op", ""))),
+                    "start_s": float(start), "dur_s": float(dur)})
+    if out:
+        return out
+    # No event list: lay the ops end to end on one track, in program order.
+    t = 0.0
+    for o in r.get("ops", []):
+        d = float(o.get("time_s") or 0.0)
+        start = float(o["start_s"]) if o.get("start_s") is not None else t
+        out.append({"engine": "ops", "name": str(o.get("name")), "start_s": start, "dur_s": d})
+        t = start + d
+    return out
+
+
+_PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+            "#ff9da7", "#9c755f", "#bab0ac")
+
+
+def _svg_timeline(events: list[dict[str, Any]], width: int = 1100) -> str:
+    if not events:
+        return "<p>No timeline events.</p>"
+    engines: list[str] = []
+    for ev in events:
+        if ev["engine"] not in engines:
+            engines.append(ev["engine"])
+    end = max(ev["start_s"] + ev["dur_s"] for ev in events) or 1.0
+    label_w, row_h, top = 140, 22, 24
+    plot_w = width - label_w - 10
+    height = top + row_h * len(engines) + 10
+    names = sorted({ev["name"] for ev in events})
+    color = {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11">']
+    for i in range(5):
+        x = label_w + plot_w * i / 4
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 10}" '
+                     f'stroke="#ddd"/><text x="{x:.1f}" y="{top - 8}" text-anchor="middle">'
+                     f'{html.escape(_time(end * i / 4))}</text>')
+    for row, eng in enumerate(engines):
+        y = top + row * row_h
+        parts.append(f'<text x="4" y="{y + 15}">{html.escape(eng)}</text>')
+    for ev in events:
+        row = engines.index(ev["engine"])
+        x = label_w + plot_w * ev["start_s"] / end
+        w = max(plot_w * ev["dur_s"] / end, 0.5)
+        y = top + row * row_h + 2
+        tip = f"{ev['name']} ({ev['engine']}): {_time(ev['dur_s'])} at {_time(ev['start_s'])}"
+        parts.append(f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{row_h - 4}" '
+                     f'fill="{color[ev["name"]]}"><title>{html.escape(tip)}</title></rect>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_roofline(r: dict[str, Any], width: int = 560, height: int = 360) -> str:
+    """Achieved FLOP/s vs arithmetic intensity per op, with the machine's roof if known."""
+    pts = [(o["flops"] / o["hbm_bytes"], o["flops"] / o["time_s"], o)
+           for o in r.get("ops", [])
+           if (o.get("flops") or 0) > 0 and (o.get("hbm_bytes") or 0) > 0
+           and (o.get("time_s") or 0) > 0]
+    if not pts:
+        return "<p>No ops with both FLOPs and HBM traffic to plot.</p>"
+    peak = r.get("peak_flops")
+    bw = r.get("hbm_bandwidth")
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts] + ([peak] if peak else [])
+    x0, x1 = np.log10(min(xs)) - 0.5, np.log10(max(xs)) + 0.5
+    y0, y1 = np.log10(min(ys)) - 0.5, np.log10(max(ys)) + 0.5
+    m = 50
+
+    def sx(v: float) -> float:
+        return m + (np.log10(v) - x0) / (x1 - x0) * (width - m - 10)
+
+    def sy(v: float) -> float:
+        return height - m - (np.log10(v) - y0) / (y1 - y0) * (height - m - 10)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<rect x="{m}" y="10" width="{width - m - 10}" height="{height - m - 10}" '
+             f'fill="none" stroke="#999"/>',
+             f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">'
+             f'arithmetic intensity (FLOP / HBM byte, log)</text>',
+             f'<text x="12" y="{height / 2}" transform="rotate(-90 12 {height / 2})" '
+             f'text-anchor="middle">achieved FLOP/s (log)</text>']
+    if peak and bw:
+        knee = peak / bw
+        lo, hi = 10 ** x0, 10 ** x1
+        pts_line = []
+        for xi in (lo, min(max(knee, lo), hi), hi):
+            pts_line.append(f"{sx(xi):.1f},{sy(min(peak, bw * xi)):.1f}")
+        parts.append(f'<polyline points="{" ".join(pts_line)}" fill="none" stroke="#e15759" '
+                     f'stroke-width="2"/>')
+    for x, y, o in pts:
+        tip = f"{o.get('name')} ({o.get('kind')}): {_count(y)}FLOP/s, intensity {x:.3g}"
+        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="#4e79a7" '
+                     f'fill-opacity="0.7"><title>{html.escape(tip)}</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(r: dict[str, Any], events: list[dict[str, Any]], title: str) -> str:
+    """A self-contained HTML page (inline CSS and SVG, no external assets) for a report."""
+    esc = html.escape
+    sram = r.get("sram_peak_bytes") or {}
+    frac = r.get("roofline_fraction")
+    summary = [
+        ("target", str(r.get("target"))), ("modeled time", _time(r.get("modeled_time_s"))),
+        ("roofline time", _time(r.get("roofline_time_s"))),
+        ("roofline fraction", "-" if frac is None else f"{frac:.3f}"),
+        ("FLOPs", _count(r.get("flops"))), ("HBM traffic", _bytes(r.get("hbm_bytes"))),
+        ("weights", _bytes(r.get("weight_bytes"))),
+        ("CSRAM peak", _bytes(sram.get("csram"))), ("TSRAM peak", _bytes(sram.get("tsram"))),
+    ]
+    t = r.get("modeled_time_s") or 0.0
+    eng_rows = "".join(
+        f"<tr><td>{esc(str(e.get('name')))}</td><td>{_time(e.get('busy_s'))}</td>"
+        f"<td>{((e.get('busy_s') or 0) / t if t else 0):.1%}</td></tr>"
+        for e in r.get("engines", []))
+    op_rows = "".join(
+        f"<tr><td>{esc(str(o.get('name')))}</td><td>{esc(str(o.get('kind')))}</td>"
+        f"<td>{_time(o.get('time_s'))}</td>"
+        f"<td>{((o.get('time_s') or 0) / t if t else 0):.1%}</td>"
+        f"<td>{_count(o.get('flops'))}</td><td>{_bytes(o.get('hbm_bytes'))}</td>"
+        f"<td>{esc(str(o.get('bound')))}</td></tr>"
+        for o in r.get("ops", []))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 20px; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 13px; }}
+th {{ background: #f2f2f2; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<h2>Summary</h2>
+<table>{"".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary)}</table>
+<h2>Timeline</h2>
+{_svg_timeline(events)}
+<h2>Roofline</h2>
+{_svg_roofline(r)}
+<h2>Engines</h2>
+<table><tr><th>engine</th><th>busy</th><th>utilization</th></tr>{eng_rows}</table>
+<h2>Ops</h2>
+<table><tr><th>op</th><th>kind</th><th>time</th><th>share</th><th>FLOPs</th><th>HBM</th>
+<th>bound</th></tr>{op_rows}</table>
+</body></html>
+"""
+
+
+@main.command("report")
+@click.argument("program_file", metavar="MODEL.maia")
+@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN §5 report JSON.")
+@click.option("--html", "html_out", metavar="REPORT.html", default=None,
+              help="Write a self-contained HTML page with the timeline and per-op table.")
+@click.option("--top", default=30, show_default=True, help="Ops shown in the table (0 = all).")
+def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int) -> None:
+    """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
+    from maiac.runtime.program import load_program
+    from maiac.runtime.timing import simulate
+
+    existing_file(program_file, "program file")
+    program = load_program(program_file)
+    progress(f"simulating {program_file}")
+    rep = simulate(program)
+    r = _report_json(rep)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        click.echo(format_report(r, top))
+    if html_out is not None:
+        write_text_atomic(html_out, render_html(r, _timeline(rep, r),
+                                                f"maiac report: {Path(program_file).name}"))
+        if not as_json:
+            click.echo(f"wrote {html_out}")
+
+
+# ----------------------------------------------------------------------------- opt / passes
+
+
+def make_context() -> Any:
+    """An xDSL context with the builtin, func, arith, scf, onnx and maia dialects loaded."""
+    from xdsl.context import Context
+    from xdsl.dialects.arith import Arith
+    from xdsl.dialects.builtin import Builtin
+    from xdsl.dialects.func import Func
+    from xdsl.dialects.scf import Scf
+
+    from maiac.ir.maia import Maia
+    from maiac.ir.onnx import Onnx
+
+    ctx = Context()
+    for d in (Builtin, Func, Arith, Scf, Onnx, Maia):
+        ctx.load_dialect(d)
+    return ctx
+
+
+def _apply_pipeline(pipeline: Any, ctx: Any, module: Any) -> None:
+    """Run what ``parse_pipeline`` returned: a PassPipeline, one pass, or a list of passes."""
+    if hasattr(pipeline, "apply"):
+        pipeline.apply(ctx, module)
+        return
+    for p in pipeline:
+        p.apply(ctx, module)
+
+
+@main.command("opt")
+@click.argument("file", metavar="FILE.mlir")
+@click.option("-p", "--passes", "pipeline", default="", metavar="'p1,p2{opt=v}'",
+              help="Passes to run, in order (xdsl-opt syntax).")
+@click.option("-o", "--output", default=None, metavar="OUT.mlir", help="Write the IR here.")
+def opt_cmd(file: str, pipeline: str, output: str | None) -> None:
+    """Parse IR (FILE.mlir, or - for stdin), run passes, print the result."""
+    from xdsl.parser import Parser
+    from xdsl.utils.exceptions import ParseError, VerifyException
+
+    from maiac.passes.registry import parse_pipeline
+
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        existing_file(file, "IR file")
+        text = Path(file).read_text(encoding="utf-8")
+    ctx = make_context()
+    passes = parse_pipeline(pipeline) if pipeline.strip() else []
+    try:
+        module = Parser(ctx, text, file).parse_module()
+    except ParseError as e:
+        raise MaiacError(f"{file}: cannot parse IR:\n{e}") from None
+    try:
+        module.verify()
+    except VerifyException as e:
+        raise MaiacError(f"{file}: input IR does not verify: {e}") from None
+    _apply_pipeline(passes, ctx, module)
+    out = str(module) + "\n"
+    if output is None or output == "-":
+        click.echo(out, nl=False)
+    else:
+        write_text_atomic(output, out)
+
+
+def _pass_info(name: str, entry: Any) -> tuple[str, list[str]]:
+    """One-line description and option strings of a registered pass."""
+    import dataclasses
+
+    cls = entry if isinstance(entry, type) else getattr(entry, "cls", None) or type(entry)
+    desc = getattr(entry, "description", None) or getattr(cls, "description", None)
+    if not desc:
+        doc = (cls.__doc__ or "").strip()
+        desc = doc.splitlines()[0] if doc else ""
+    opts: list[str] = []
+    explicit = getattr(entry, "options", None)
+    if isinstance(explicit, dict):
+        opts = [f"{k}={v}" for k, v in explicit.items()]
+    elif isinstance(explicit, (list, tuple)):
+        opts = [str(o) for o in explicit]
+    elif dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.name.startswith("_") or f.name == "name":
+                continue
+            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            if f.default is not dataclasses.MISSING:
+                opts.append(f"{f.name}: {typ} = {f.default!r}")
+            else:
+                opts.append(f"{f.name}: {typ}")
+    return str(desc), opts
+
+
+@main.command("passes")
+def passes_cmd() -> None:
+    """List every registered pass with its description and options."""
+    from maiac.passes.registry import PASSES
+
+    items = PASSES.items() if isinstance(PASSES, dict) else [
+        (getattr(p, "name", str(p)), p) for p in PASSES]
+    for name, entry in sorted(items):
+        desc, opts = _pass_info(name, entry)
+        click.echo(f"{name:<28} {desc}")
+        for o in opts:
+            click.echo(f"{'':<30}{o}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,251 @@
+"""Compile a model, run it on the machine model and on onnxruntime, compare every output.
+
+`verify` returns the DESIGN §5 verify JSON. fp32 runs pass when every element satisfies
+``|a - b| <= atol + rtol * |b|`` (numpy ``allclose``); quantized runs pass when every
+output's cosine similarity to the fp32 reference is at least ``min_cosine``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maiac.inputs import graph_input_specs, load_onnx, random_inputs
+from maiac.runtime.errors import MaiacError
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-5
+DEFAULT_MIN_COSINE = 0.99
+
+
+def _finite_or_none(x: float) -> float | None:
+    """JSON-safe float: NaN/inf become None (null)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays, flattened, in float64. 1.0 if both are all zero."""
+    a64 = np.asarray(a, dtype=np.float64).ravel()
+    b64 = np.asarray(b, dtype=np.float64).ravel()
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.clip(np.dot(a64, b64) / (na * nb), -1.0, 1.0))
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise |a - b| / max(|b|, floor), floor = 1e-3 * max|b| (or 1e-30 if b == 0).
+
+    The floor keeps elements of the reference that are tiny next to the rest of the tensor
+    from turning a negligible absolute error into an enormous relative one.
+    """
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    absb = np.abs(b64)
+    scale = float(np.max(absb)) if absb.size else 0.0
+    floor = max(1e-3 * scale, 1e-30)
+    return np.abs(a64 - b64) / np.maximum(absb, floor)
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of positions (all but the last axis) whose argmax over the last axis agrees."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim == 0 or a.shape[-1] == 0:
+        return 1.0
+    return float(np.mean(np.argmax(a, axis=-1) == np.argmax(b, axis=-1)))
+
+
+def wants_top1(name: str, shape: tuple[int, ...], quant: str | None) -> bool:
+    """Top-1 agreement is reported for logits, and for any rank>=2 output with a class axis
+    when quantized."""
+    if len(shape) < 1 or shape[-1] < 2:
+        return False
+    if "logit" in name.lower():
+        return True
+    return quant is not None and len(shape) >= 2
+
+
+def compare_output(name: str, got: np.ndarray | None, ref: np.ndarray, *, quant: str | None,
+                   rtol: float, atol: float, min_cosine: float) -> dict[str, Any]:
+    """Error metrics of one output; ``ok`` says whether it passes (see the module docstring)."""
+    ref = np.asarray(ref)
+    entry: dict[str, Any] = {
+        "name": name, "shape": list(ref.shape), "max_abs_err": None, "max_rel_err": None,
+        "cosine": None, "top1_agreement": None, "mean_abs_err": None,
+        "mismatch_count": None, "ok": False,
+    }
+    if got is None:
+        entry["error"] = "output missing from the maiac program"
+        return entry
+    got = np.asarray(got)
+    if got.shape != ref.shape:
+        entry["error"] = f"shape {list(got.shape)} differs from onnxruntime's {list(ref.shape)}"
+        entry["got_shape"] = list(got.shape)
+        return entry
+    a = got.astype(np.float64)
+    b = ref.astype(np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(both_nan, 0.0, np.abs(a - b))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        close = diff <= atol + rtol * np.abs(np.where(both_nan, 0.0, b))
+        rel = np.where(both_nan, 0.0, rel_err(a, b))
+    if a.size:
+        entry["max_abs_err"] = _finite_or_none(np.max(diff))
+        entry["mean_abs_err"] = _finite_or_none(np.mean(diff))
+        entry["max_rel_err"] = _finite_or_none(np.nanmax(np.where(np.isnan(rel), np.inf, rel)))
+    else:
+        entry["max_abs_err"] = entry["mean_abs_err"] = entry["max_rel_err"] = 0.0
+    finite = np.isfinite(a).all() and np.isfinite(b).all()
+    entry["cosine"] = cosine(a, b) if finite else None
+    entry["mismatch_count"] = int(np.size(close) - np.count_nonzero(close))
+    if wants_top1(name, ref.shape, quant):
+        entry["top1_agreement"] = top1_agreement(a, b)
+    if quant is None:
+        entry["ok"] = entry["mismatch_count"] == 0
+    else:
+        entry["ok"] = entry["cosine"] is not None and entry["cosine"] >= min_cosine
+    return entry
+
+
+def _load_inputs(inputs: Any, model: Any, shapes: Mapping[str, Iterable[int]] | None,
+                 seed: int) -> dict[str, np.ndarray]:
+    """Inputs from a dict, an .npz path, or seeded random ones (None); names are checked."""
+    specs = graph_input_specs(model, shapes)
+    if inputs is None:
+        return random_inputs(model, shapes, seed)
+    if isinstance(inputs, (str, os.PathLike)):
+        path = Path(inputs)
+        if not path.exists():
+            raise MaiacError(f"{path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                inputs = {k: npz[k] for k in npz.files}
+        except Exception as e:
+            raise MaiacError(f"{path}: not a readable .npz file ({e})") from None
+    inputs = {k: np.asarray(v) for k, v in dict(inputs).items()}
+    names = [n for n, _, _ in specs]
+    extra = sorted(set(inputs) - set(names))
+    if extra:
+        raise MaiacError(f"inputs name unknown model input {extra[0]!r}; "
+                         f"model inputs: {', '.join(names)}")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise MaiacError(f"no value given for model input {missing[0]!r}")
+    return {n: inputs[n] for n in names}
+
+
+def _reference(model_path: str | None, model: Any, inputs: Mapping[str, np.ndarray]
+               ) -> tuple[dict[str, np.ndarray], float]:
+    """Outputs of onnxruntime (CPU) on the original model, and the time it took."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        src = model_path if model_path is not None else model.SerializeToString()
+        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        t0 = time.perf_counter()
+        outs = sess.run(names, dict(inputs))
+        dt = time.perf_counter() - t0
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MaiacError(f"onnxruntime could not run the reference model: {msg}") from None
+    return dict(zip(names, outs, strict=True)), dt
+
+
+def verify(model: Any, *, quant: str | None = None,
+           shapes: Mapping[str, Iterable[int]] | None = None, inputs: Any = None,
+           rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
+           min_cosine: float = DEFAULT_MIN_COSINE, **compile_options: Any) -> dict[str, Any]:
+    """Compile ``model`` (path or ModelProto), run it and onnxruntime, return the verify JSON.
+
+    ``inputs``: a dict of arrays, an ``.npz`` path, or None for seeded random inputs.
+    ``compile_options`` go to ``maiac.compile`` (target, target_params, pipeline, calib).
+    """
+    import onnx
+
+    from maiac.driver import compile as maiac_compile
+
+    model_path = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    proto = load_onnx(model)  # graph only; weights stay on disk for external-data models
+    shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()} or None
+    feeds = _load_inputs(inputs, proto, shapes, seed)
+
+    t0 = time.perf_counter()
+    compiled = maiac_compile(model if model_path is None else model_path, quant=quant,
+                             shapes=shapes, **compile_options)
+    compile_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    got = compiled.run(feeds)
+    run_s = time.perf_counter() - t0
+
+    ref, ort_s = _reference(model_path, proto, feeds)
+    outputs = [
+        compare_output(name, got.get(name), r, quant=quant, rtol=rtol, atol=atol,
+                       min_cosine=min_cosine)
+        for name, r in ref.items()
+    ]
+    layers: list[dict[str, Any]] = []  # per-layer errors: filled once quantization lands
+    return {
+        "ok": bool(outputs) and all(o["ok"] for o in outputs),
+        "model": model_path if model_path is not None else (proto.graph.name or "<model>"),
+        "quant": quant or "fp32",
+        "outputs": outputs,
+        "layers": layers,
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "onnxruntime_s": ort_s,
+        "rtol": rtol,
+        "atol": atol,
+        "min_cosine": min_cosine if quant else None,
+        "seed": seed,
+    }
+
+
+def _fmt(x: Any, spec: str = ".3e") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The verify result as a human-readable table."""
+    q = result["quant"]
+    crit = (f"rtol={result.get('rtol')}, atol={result.get('atol')}" if q == "fp32"
+            else f"cosine >= {result.get('min_cosine')}")
+    lines = [f"model: {result['model']}   quant: {q}   criterion: {crit}", ""]
+    head = f"{'output':<24} {'shape':<18} {'max_abs':>10} {'mean_abs':>10} {'max_rel':>10} " \
+           f"{'cosine':>10} {'top1':>7}  result"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for o in result["outputs"]:
+        shape = "x".join(str(d) for d in o["shape"]) or "scalar"
+        verdict = "ok" if o["ok"] else "MISMATCH"
+        if o.get("error"):
+            verdict += f" ({o['error']})"
+        elif not o["ok"] and o.get("mismatch_count"):
+            verdict += f" ({o['mismatch_count']} elements)"
+        lines.append(
+            f"{o['name'][:24]:<24} {shape[:18]:<18} {_fmt(o['max_abs_err']):>10} "
+            f"{_fmt(o.get('mean_abs_err')):>10} {_fmt(o['max_rel_err']):>10} "
+            f"{_fmt(o['cosine'], '.6f'):>10} {_fmt(o['top1_agreement'], '.3f'):>7}  {verdict}"
+        )
+    if result.get("layers"):
+        lines += ["", f"{'layer':<40} {'cosine':>10} {'max_rel':>10}"]
+        for lay in result["layers"]:
+            lines.append(f"{str(lay.get('name'))[:40]:<40} {_fmt(lay.get('cosine'), '.6f'):>10} "
+                         f"{_fmt(lay.get('max_rel_err')):>10}")
+    lines += ["", f"compile {result['compile_s']:.2f} s   run {result['run_s']:.3f} s   "
+                  f"onnxruntime {result['onnxruntime_s']:.3f} s",
+              "PASS" if result["ok"] else "FAIL"]
+    return "\n".join(lines)
