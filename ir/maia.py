@@ -41,8 +41,10 @@ from xdsl.irdl import (
     irdl_op_definition,
     region_def,
     result_def,
+    traits_def,
     var_operand_def,
 )
+from xdsl.traits import NoTerminator
 from xdsl.utils.exceptions import VerifyException
 
 
@@ -170,6 +172,7 @@ class KernelOp(IRDLOperation):
 
     name = "maia.kernel"
     body = region_def("single_block")
+    traits = traits_def(NoTerminator())
 
 
 @irdl_op_definition
@@ -178,6 +181,7 @@ class LoopOp(IRDLOperation):
 
     name = "maia.loop"
     body = region_def("single_block")
+    traits = traits_def(NoTerminator())
 
 
 @irdl_op_definition

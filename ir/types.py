@@ -70,3 +70,4 @@ def tensor_shape(t: Attribute) -> tuple[int, ...]:
 
 def itemsize(dtype: str) -> int:
     return NUMPY_DTYPES[dtype].itemsize
+

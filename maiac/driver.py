@@ -1,0 +1,185 @@
+"""The compiler driver: ONNX file → pipeline of passes → Program, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import onnx
+from xdsl.context import Context
+from xdsl.dialects import builtin
+from xdsl.passes import ModulePass
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import VerifyException
+
+from maiac.importer import import_model
+from maiac.ir.onnx import make_context
+from maiac.passes.emit import emit_program
+from maiac.passes.tile import TARGET_ATTR
+from maiac.runtime.errors import MaiacError
+from maiac.runtime.program import Program
+from maiac.runtime.target import get_target
+
+# Named stages: where `--emit` stops. Each stage is a pipeline string.
+STAGES: dict[str, str] = {
+    "onnx": "fold-constants,canonicalize",
+    "maia": "lower-onnx-to-maia",
+    "tiled": "tile,plan-memory",
+}
+EMIT_CHOICES = ("onnx", "maia", "tiled", "asm")
+
+
+def default_pipeline(quant: str | None = None) -> str:
+    """The pipeline `maiac compile` runs for a quant spec (print it, edit it, pass it back)."""
+    stages = [STAGES["onnx"], STAGES["maia"]]
+    if quant:
+        stages.append(f"quantize{{spec={quant}}}")
+    stages.append(STAGES["tiled"])
+    return ",".join(stages)
+
+
+def context() -> Context:
+    ctx = make_context()
+    from maiac.ir.maia import Maia
+
+    if "maia" not in ctx.registered_dialect_names:
+        ctx.load_dialect(Maia)
+    return ctx
+
+
+def parse_passes(pipeline: str) -> list[ModulePass]:
+    from maiac.passes.registry import parse_pipeline
+
+    return parse_pipeline(pipeline)
+
+
+@dataclass
+class PassRecord:
+    name: str
+    seconds: float
+
+
+@dataclass
+class CompileLog:
+    """What the pipeline did: time per pass (for --pass-timing)."""
+
+    passes: list[PassRecord] = field(default_factory=list)
+
+
+def run_passes(module: builtin.ModuleOp, passes: Sequence[ModulePass], *,
+               print_after: Callable[[str], bool] | None = None, verify_each: bool = True,
+               out: TextIO | None = None, log: CompileLog | None = None) -> None:
+    """Apply ``passes`` in order; verify after each, naming the pass that broke the IR."""
+    ctx = context()
+    for p in passes:
+        start = time.perf_counter()
+        p.apply(ctx, module)
+        if log is not None:
+            log.passes.append(PassRecord(p.name, time.perf_counter() - start))
+        if verify_each:
+            try:
+                module.verify()
+            except VerifyException as err:
+                raise MaiacError(f"IR invalid after pass '{p.name}': {err}") from err
+        if print_after is not None and print_after(p.name):
+            stream = out or sys.stdout
+            stream.write(f"// -----// IR Dump After {p.name} //----- //\n")
+            Printer(stream=stream).print_op(module)
+            stream.write("\n")
+
+
+def import_for_target(model: str | Path | onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None,
+                      target: str, target_params: dict[str, str] | None,
+                      shape_only: bool) -> builtin.ModuleOp:
+    module = import_model(model, shapes, shape_only=shape_only)
+    tgt = get_target(target, target_params)
+    module.attributes[TARGET_ATTR] = builtin.StringAttr(json.dumps(tgt.to_json()))
+    return module
+
+
+def compile_module(model: str | Path | onnx.ModelProto, *, quant: str | None = None,
+                   shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
+                   target_params: dict[str, str] | None = None, pipeline: str | None = None,
+                   shape_only: bool = False, print_ir_after_all: bool = False,
+                   log: CompileLog | None = None, out: TextIO | None = None) -> builtin.ModuleOp:
+    """Import and run the whole pipeline; returns the tiled, planned module."""
+    module = import_for_target(model, shapes, target, target_params, shape_only)
+    passes = parse_passes(pipeline or default_pipeline(quant))
+    run_passes(module, passes, print_after=(lambda _: True) if print_ir_after_all else None,
+               out=out, log=log)
+    return module
+
+
+def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
+                  print_ir_after_all: bool = False, quant: str | None = None,
+                  shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
+                  target_params: dict[str, str] | None = None, pipeline: str | None = None,
+                  shape_only: bool = False, out: TextIO | None = None) -> str:
+    """The IR (or the assembly listing) at stage ``emit`` as text."""
+    if emit not in EMIT_CHOICES:
+        raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
+    module = import_for_target(model, shapes, target, target_params, shape_only)
+    full = parse_passes(pipeline or default_pipeline(quant))
+    stop = {"onnx": STAGES["onnx"], "maia": STAGES["maia"], "tiled": "plan-memory",
+            "asm": "plan-memory"}[emit].split(",")[-1]
+    passes = []
+    for p in full:
+        passes.append(p)
+        if p.name == stop.split("{")[0]:
+            break
+    run_passes(module, passes, print_after=(lambda _: True) if print_ir_after_all else None,
+               out=out)
+    if emit == "asm":
+        from maiac.runtime.listing import format_program
+
+        return format_program(emit_program(module))
+    import io
+
+    text = io.StringIO()
+    Printer(stream=text).print_op(module)
+    return text.getvalue() + "\n"
+
+
+@dataclass
+class CompiledModel:
+    """A compiled program plus how it was made; ``run`` it, ``save`` it, ``report`` on it."""
+
+    program: Program
+    compile_s: float = 0.0
+    log: CompileLog = field(default_factory=CompileLog)
+
+    def run(self, inputs: dict[str, np.ndarray], *, trace: str | None = None) -> dict[str, np.ndarray]:
+        from maiac.runtime.interpreter import run_program
+
+        return run_program(self.program, inputs)
+
+    def save(self, path: str | Path) -> None:
+        from maiac.runtime.program import save_program
+
+        save_program(self.program, path)
+
+    def report(self) -> dict[str, Any]:
+        from maiac.runtime.timing import simulate
+
+        return simulate(self.program).to_json()
+
+
+def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  # noqa: A001
+            shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
+            target_params: dict[str, str] | None = None, pipeline: str | None = None,
+            shape_only: bool = False, calib: str | None = None) -> CompiledModel:
+    """Compile an ONNX model (path or ModelProto) for the Maia 200 machine model."""
+    start = time.perf_counter()
+    log = CompileLog()
+    module = compile_module(model, quant=quant, shapes=shapes, target=target,
+                            target_params=target_params, pipeline=pipeline,
+                            shape_only=shape_only, log=log)
+    name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
+    program = emit_program(module, {"model": name, "quant": quant or "fp32"})
+    return CompiledModel(program, time.perf_counter() - start, log)

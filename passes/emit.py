@@ -1,0 +1,107 @@
+"""Emission: a planned tiled module → a runtime ``Program`` (the `.maia` contents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from xdsl.dialects import builtin, func
+from xdsl.ir import Operation
+
+from maiac.ir import maia
+from maiac.ir.resources import constant_value
+from maiac.ir.types import NUMPY_DTYPES, itemsize
+from maiac.passes.tile import module_target
+from maiac.runtime import isa
+from maiac.runtime.errors import MaiacError
+from maiac.runtime.program import Buffer, Program, TensorSpec
+
+
+def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None) -> Program:
+    """Flatten the (tiled, planned) ``main`` function into a Program."""
+    fn = next((op for op in module.walk() if isinstance(op, func.FuncOp)), None)
+    if fn is None:
+        raise MaiacError("emit: the module has no function")
+    buffers: dict[str, Buffer] = {}
+    buffer_ops: dict[str, Operation] = {}
+    for op in fn.walk():
+        if isinstance(op, maia.BufferOp):
+            if "addr" not in op.attributes:
+                raise MaiacError("emit: run plan-memory first (buffer without address)")
+            name = maia.attr(op, "sym")
+            buffers[name] = Buffer(name, maia.attr(op, "level"), maia.attr(op, "addr"),
+                                   maia.attr(op, "nbytes"), maia.attr(op, "kind"))
+            buffer_ops[name] = op
+    instructions: list[isa.Instr] = []
+    op_table: dict[str, dict[str, Any]] = {}
+    for kernel in fn.body.block.ops:
+        if isinstance(kernel, maia.KernelOp):
+            label = maia.attr(kernel, "op")
+            row = op_table.setdefault(label, {"kind": maia.attr(kernel, "kind"), "flops": 0})
+            row["flops"] += maia.attr(kernel, "flops", 0)
+            instructions.extend(_instructions(kernel.body.block.ops, buffers, label))
+    constants: dict[str, bytes] = {}
+    shape_only = False
+    for name, op in buffer_ops.items():
+        if buffers[name].kind != "const":
+            continue
+        value = constant_value(op.attributes["value"])
+        if value is None:
+            shape_only = True
+            continue
+        dtype = NUMPY_DTYPES[maia.attr(op, "dtype")]
+        constants[name] = np.ascontiguousarray(value, dtype=dtype).tobytes()
+
+    def spec(name: str) -> TensorSpec:
+        op = buffer_ops[name]
+        return TensorSpec(maia.attr(op, "tensor"), maia.attr(op, "dtype"),
+                          tuple(maia.attr(op, "shape")), name)
+
+    return Program(
+        target=module_target(module).to_json(),
+        inputs=[spec(n) for n in maia.attr(fn, "maia.inputs", [])],
+        outputs=[spec(n) for n in maia.attr(fn, "maia.outputs", [])],
+        buffers=list(buffers.values()),
+        instructions=instructions,
+        constants=constants,
+        meta={**(meta or {}), "ops": op_table, "shape_only": shape_only,
+              "flops": maia.attr(fn, "maia.flops", 0)},
+    )
+
+
+def _instructions(ops: Any, buffers: dict[str, Buffer], label: str) -> list[isa.Instr]:
+    out: list[isa.Instr] = []
+    for op in ops:
+        if isinstance(op, maia.BufferOp):
+            continue
+        if isinstance(op, maia.LoopOp):
+            out.append(isa.Loop(tuple(maia.attr(op, "trips")),
+                                _instructions(op.body.block.ops, buffers, label), label))
+            continue
+
+        def acc(key: str, op: Operation = op) -> isa.Access:
+            return _access(maia.attr(op, key), buffers)
+
+        grid = tuple(maia.attr(op, "grid", (1,)))
+        if isinstance(op, maia.DmaOp):
+            out.append(isa.Dma(acc("src"), acc("dst"), grid, maia.attr(op, "queue", 0), label))
+        elif isinstance(op, maia.MmOp):
+            out.append(isa.MatMul(acc("a"), acc("b"), acc("c"), maia.attr(op, "accumulate"),
+                                  maia.attr(op, "fmt", "f32"), grid, label))
+        elif isinstance(op, maia.VecOp):
+            ins = [_access(a, buffers) for a in maia.attr(op, "ins")]
+            out.append(isa.Vec(maia.attr(op, "fn"), ins, acc("out"),
+                               maia.attr(op, "params", {}) or {}, grid, label))
+        elif isinstance(op, maia.GatherRowsOp):
+            out.append(isa.Gather(acc("table"), acc("indices"), acc("dst"), grid, 0, label))
+        else:
+            raise MaiacError(f"emit: unexpected op {op.name} in kernel '{label}'")
+    return out
+
+
+def _access(data: dict[str, Any], buffers: dict[str, Buffer]) -> isa.Access:
+    buf = buffers[data["buf"]]
+    return isa.Access(
+        level=buf.level, addr=buf.addr + data["off"] * itemsize(data["dtype"]),
+        dtype=data["dtype"], shape=tuple(data["shape"]), strides=tuple(data["strides"]),
+        tile_strides=tuple(data["ts"]), loop_strides=tuple(data["ls"]))

@@ -1,0 +1,401 @@
+"""`lower-onnx-to-maia`: every `onnx` op becomes the `maia` tensor ops the machine runs.
+
+Runs after `fold-constants`, so all shape arithmetic is already constant. The rules are
+data: ``RULES[op_type]`` builds the replacement for one node. Layout ops whose result is
+an affine view of their input (Transpose, Slice, Expand, Split, Gather by a constant
+index, ...) become one ``maia.view``; shape-only ops (Reshape, Squeeze, ...) become a
+``maia.reshape`` alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects import builtin, func
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+
+from maiac.ir import maia
+from maiac.ir.onnx import describe, get_attr, get_opset, input_at, onnx_attributes
+from maiac.ir.resources import constant_attr, constant_value
+from maiac.ir.types import tensor_shape
+from maiac.passes.node_eval import evaluate
+from maiac.runtime.errors import MaiacError
+from maiac.runtime.isa import contiguous_strides
+
+UNARY = {
+    "Relu": "relu", "Erf": "erf", "Tanh": "tanh", "Sigmoid": "sigmoid", "Exp": "exp",
+    "Log": "log", "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Reciprocal": "reciprocal",
+    "Cos": "cos", "Sin": "sin", "Not": "not", "IsNaN": "isnan", "Floor": "floor",
+    "Ceil": "ceil", "Sign": "sign", "Identity": "copy", "Dropout": "copy",
+}
+BINARY = {
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max",
+    "Min": "min", "Mod": "mod", "Equal": "equal", "Less": "less", "Greater": "greater",
+    "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal", "And": "and",
+    "Or": "or", "Xor": "xor",
+}
+REDUCE = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
+          "ReduceMin": "reduce_min"}
+
+
+@dataclass
+class Node:
+    """The onnx op being lowered, with helpers that insert maia ops before it."""
+
+    op: Operation
+
+    @property
+    def label(self) -> str:
+        return describe(self.op)
+
+    def attr(self, name: str, default: object = None) -> object:
+        return get_attr(self.op, name, default)
+
+    def fail(self, why: str) -> MaiacError:
+        return MaiacError(f"{self.label}: {why}")
+
+    def const(self, index: int) -> np.ndarray | None:
+        """The value of operand ``index`` when it is a compile-time constant."""
+        value = input_at(self.op, index)
+        if value is None:
+            return None
+        owner = value.owner
+        if isinstance(owner, Operation) and owner.name in ("onnx.Constant", "maia.constant"):
+            return constant_value(owner.attributes["value"])
+        return None
+
+    def required_const(self, index: int, what: str) -> np.ndarray:
+        value = self.const(index)
+        if value is None:
+            raise self.fail(f"{what} must be a constant after shape folding")
+        return value
+
+    def emit(self, cls: type[maia.TensorOp], ins: Sequence[SSAValue], out: Attribute,
+             **attrs: object) -> SSAValue:
+        new = cls.create(operands=list(ins), result_types=[out],
+                         attributes={"op": maia.to_attr(self.op_name()),
+                                     **{k: maia.to_attr(v) for k, v in attrs.items()}})
+        Rewriter.insert_op(new, InsertPoint.before(self.op))
+        return new.results[0]
+
+    def op_name(self) -> str:
+        name = self.op.attributes.get("onnx.name")
+        if isinstance(name, builtin.StringAttr) and name.data:
+            return name.data
+        return self.op.name.removeprefix("onnx.")
+
+    # -- layout helpers ------------------------------------------------------------
+    def view(self, x: SSAValue, shape: Sequence[int], offset: int,
+             strides: Sequence[int]) -> SSAValue:
+        """``out[idx] = flat(x)[offset + idx . strides]``; elided when it is ``x`` itself."""
+        in_shape = tensor_shape(x.type)
+        out_type = TensorType(x.type.get_element_type(), list(shape))
+        if offset == 0 and tuple(shape) == in_shape and _is_contiguous(shape, strides):
+            return x
+        if offset == 0 and _is_contiguous(shape, strides) and _size(shape) == _size(in_shape):
+            return self.reshape(x, shape)
+        return self.emit(maia.ViewOp, [x], out_type, offset=int(offset),
+                         strides=[int(s) for s in strides])
+
+    def reshape(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
+        if tuple(shape) == tensor_shape(x.type):
+            return x
+        out_type = TensorType(x.type.get_element_type(), list(shape))
+        return self.emit(maia.ReshapeOp, [x], out_type)
+
+    def transpose(self, x: SSAValue, perm: Sequence[int]) -> SSAValue:
+        shape = tensor_shape(x.type)
+        strides = contiguous_strides(shape)
+        return self.view(x, [shape[p] for p in perm], 0, [strides[p] for p in perm])
+
+    def broadcast(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
+        """``x`` expanded to ``shape`` by numpy rules (stride-0 view)."""
+        in_shape = tensor_shape(x.type)
+        if tuple(in_shape) == tuple(shape):
+            return x
+        padded = (1,) * (len(shape) - len(in_shape)) + tuple(in_shape)
+        strides = (0,) * (len(shape) - len(in_shape)) + contiguous_strides(in_shape)
+        out_strides = [0 if p == 1 and s != 1 else st for p, s, st in zip(padded, shape, strides, strict=True)]
+        return self.view(x, shape, 0, out_strides)
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _is_contiguous(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    expected = contiguous_strides(tuple(shape))
+    return all(d == 1 or s == e for d, s, e in zip(shape, strides, expected, strict=True))
+
+
+def _out(node: Node, index: int = 0) -> TensorType:
+    return node.op.results[index].type  # type: ignore[return-value]
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+# ---- rules ---------------------------------------------------------------------------
+
+
+def lower_unary(node: Node) -> list[SSAValue]:
+    fn = UNARY[node.op.name.removeprefix("onnx.")]
+    x = node.op.operands[0]
+    if fn == "copy":
+        return [x]
+    return [node.emit(maia.UnaryOp, [x], _out(node), fn=fn)]
+
+
+def lower_binary(node: Node) -> list[SSAValue]:
+    fn = BINARY[node.op.name.removeprefix("onnx.")]
+    acc = node.op.operands[0]
+    for other in node.op.operands[1:]:  # variadic Max/Min/Sum chains
+        shape = np.broadcast_shapes(tensor_shape(acc.type), tensor_shape(other.type))
+        out = TensorType(_out(node).get_element_type(), list(shape))
+        acc = node.emit(maia.BinaryOp, [acc, other], out, fn=fn)
+    return [acc]
+
+
+def lower_gelu(node: Node) -> list[SSAValue]:
+    fn = "gelu_tanh" if node.attr("approximate", "none") == "tanh" else "gelu"
+    return [node.emit(maia.UnaryOp, [node.op.operands[0]], _out(node), fn=fn)]
+
+
+def lower_cast(node: Node) -> list[SSAValue]:
+    x = node.op.operands[0]
+    if x.type == _out(node):
+        return [x]
+    return [node.emit(maia.UnaryOp, [x], _out(node), fn="copy")]
+
+
+def lower_where(node: Node) -> list[SSAValue]:
+    return [node.emit(maia.WhereOp, list(node.op.operands), _out(node))]
+
+
+def lower_matmul(node: Node) -> list[SSAValue]:
+    a, b = node.op.operands
+    if len(tensor_shape(a.type)) < 2 or len(tensor_shape(b.type)) < 2:
+        raise node.fail("MatMul with a 1-D operand is not supported")
+    return [node.emit(maia.MatMulOp, [a, b], _out(node))]
+
+
+def lower_gemm(node: Node) -> list[SSAValue]:
+    a, b = node.op.operands[:2]
+    if node.attr("transA", 0):
+        a = node.transpose(a, [1, 0])
+    if node.attr("transB", 0):
+        b = node.transpose(b, [1, 0])
+    m, n = tensor_shape(_out(node))
+    f32_type = TensorType(_out(node).get_element_type(), [m, n])
+    y = node.emit(maia.MatMulOp, [a, b], f32_type)
+    alpha = float(node.attr("alpha", 1.0))
+    if alpha != 1.0:
+        y = _scale(node, y, alpha)
+    c = input_at(node.op, 2)
+    if c is not None:
+        beta = float(node.attr("beta", 1.0))
+        if beta != 1.0:
+            c = _scale(node, c, beta)
+        y = node.emit(maia.BinaryOp, [y, c], f32_type, fn="add")
+    return [y]
+
+
+def _scale(node: Node, x: SSAValue, factor: float) -> SSAValue:
+    scalar = constant(node, np.array(factor, dtype=np.float32))
+    return node.emit(maia.BinaryOp, [x, scalar], x.type, fn="mul")
+
+
+def constant(node: Node, value: np.ndarray) -> SSAValue:
+    """A new small constant (e.g. a scale) inserted before the node."""
+    attr = constant_attr(value, "scale")
+    op = maia.ConstantOp.create(result_types=[attr.type], attributes={"value": attr})
+    Rewriter.insert_op(op, InsertPoint.before(node.op))
+    return op.results[0]
+
+
+def lower_softmax(node: Node) -> list[SSAValue]:
+    x = node.op.operands[0]
+    rank = len(tensor_shape(x.type))
+    fn = "log_softmax" if node.op.name == "onnx.LogSoftmax" else "softmax"
+    axis = _norm_axis(int(node.attr("axis", -1)), rank)
+    if axis == rank - 1:
+        return [node.emit(maia.SoftmaxOp, [x], _out(node), fn=fn)]
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    moved = node.transpose(x, perm)
+    y = node.emit(maia.SoftmaxOp, [moved], moved.type, fn=fn)
+    inverse = list(np.argsort(perm))
+    return [node.transpose(y, inverse)]
+
+
+def lower_layernorm(node: Node) -> list[SSAValue]:
+    x = node.op.operands[0]
+    shape = tensor_shape(x.type)
+    rank = len(shape)
+    axis = _norm_axis(int(node.attr("axis", -1)), rank)
+    eps = float(node.attr("epsilon", 1e-5))
+    fn = "rmsnorm" if node.op.name == "onnx.SimplifiedLayerNormalization" else "layernorm"
+    if len(node.op.results) > 1 and node.op.results[1].uses:
+        raise node.fail("the Mean/InvStdDev outputs of LayerNormalization are not supported")
+    inner = _size(shape[axis:])
+    flat_shape = [*shape[:axis], inner]
+    xs = node.reshape(x, flat_shape)
+    params = [node.reshape(node.broadcast(p, shape[axis:]), [inner])
+              for p in (input_at(node.op, 1), input_at(node.op, 2)) if p is not None]
+    out = TensorType(x.type.get_element_type(), flat_shape)
+    y = node.emit(maia.NormOp, [xs, *params], out, fn=fn, eps=eps)
+    return [node.reshape(y, shape)]
+
+
+def lower_reduce(node: Node) -> list[SSAValue]:
+    x = node.op.operands[0]
+    shape = tensor_shape(x.type)
+    rank = len(shape)
+    axes = node.attr("axes", None)
+    if axes is None and input_at(node.op, 1) is not None:
+        axes = node.required_const(1, "the axes input").tolist()
+    if axes is None or len(axes) == 0:
+        if node.attr("noop_with_empty_axes", 0):
+            return [x]
+        axes = list(range(rank))
+    axes = sorted(_norm_axis(int(a), rank) for a in axes)
+    kept = [i for i in range(rank) if i not in axes]
+    moved = node.transpose(x, kept + axes)
+    inner = _size([shape[a] for a in axes])
+    flat = node.reshape(moved, [*(shape[i] for i in kept), inner])
+    fn = REDUCE[node.op.name.removeprefix("onnx.")]
+    reduced_type = TensorType(x.type.get_element_type(), [*(shape[i] for i in kept), 1])
+    y = node.emit(maia.ReduceOp, [flat], reduced_type, fn=fn)
+    return [node.reshape(y, tensor_shape(_out(node)))]
+
+
+def lower_reshape_like(node: Node) -> list[SSAValue]:
+    return [node.reshape(node.op.operands[0], tensor_shape(_out(node)))]
+
+
+def lower_transpose(node: Node) -> list[SSAValue]:
+    x = node.op.operands[0]
+    rank = len(tensor_shape(x.type))
+    perm = node.attr("perm", None) or list(reversed(range(rank)))
+    return [node.transpose(x, [int(p) for p in perm])]
+
+
+def lower_expand(node: Node) -> list[SSAValue]:
+    return [node.broadcast(node.op.operands[0], tensor_shape(_out(node)))]
+
+
+def lower_by_index_probe(node: Node) -> list[SSAValue]:
+    """Slice, Split, constant-index Gather, ...: run the op on an index array.
+
+    When every result is an affine function of the input's flat index it is a view.
+    """
+    x = node.op.operands[0]
+    shape = tensor_shape(x.type)
+    probe = np.arange(_size(shape), dtype=np.int64).reshape(shape)
+    inputs = [probe] + [None if input_at(node.op, i) is None
+                        else node.required_const(i, f"input {i}")
+                        for i in range(1, len(node.op.operands))]
+    results = evaluate(node.op.name.removeprefix("onnx."), onnx_attributes(node.op), inputs,
+                       len(node.op.results), {"": get_opset(node.op)})
+    values = []
+    for result in results:
+        view = _affine_view(np.asarray(result))
+        if view is None:
+            raise node.fail("this indexing is not an affine view; it is not supported yet")
+        offset, strides = view
+        values.append(node.view(x, result.shape, offset, strides))
+    return values
+
+
+def _affine_view(index: np.ndarray) -> tuple[int, list[int]] | None:
+    if index.size == 0:
+        return None
+    offset = int(index.reshape(-1)[0])
+    strides = []
+    for axis, dim in enumerate(index.shape):
+        if dim == 1:
+            strides.append(0)
+            continue
+        first = np.take(index, [0, 1], axis=axis).reshape(2, -1)[:, 0]
+        strides.append(int(first[1] - first[0]))
+    grid = np.indices(index.shape, sparse=True)
+    expected = offset + sum(g * s for g, s in zip(grid, strides, strict=True))
+    return (offset, strides) if np.array_equal(index, expected) else None
+
+
+def lower_gather(node: Node) -> list[SSAValue]:
+    data, indices = node.op.operands
+    if node.const(1) is not None:
+        return lower_by_index_probe(node)
+    shape = tensor_shape(data.type)
+    if _norm_axis(int(node.attr("axis", 0)), len(shape)) != 0:
+        raise node.fail("Gather with non-constant indices on an axis other than 0")
+    table = node.reshape(data, [shape[0], _size(shape[1:])])
+    idx_shape = tensor_shape(indices.type)
+    rows_type = TensorType(data.type.get_element_type(), [*idx_shape, _size(shape[1:])])
+    rows = node.emit(maia.GatherOp, [table, indices], rows_type)
+    return [node.reshape(rows, tensor_shape(_out(node)))]
+
+
+def lower_concat(node: Node) -> list[SSAValue]:
+    axis = _norm_axis(int(node.attr("axis", 0)), len(tensor_shape(_out(node))))
+    ins = [x for x in node.op.operands if tensor_shape(x.type)[axis] != 0]
+    if len(ins) == 1:
+        return [ins[0]]
+    return [node.emit(maia.ConcatOp, ins, _out(node), axis=axis)]
+
+
+def lower_constant(node: Node) -> list[SSAValue]:
+    new = maia.ConstantOp.create(result_types=[_out(node)],
+                                 attributes={"value": node.op.attributes["value"],
+                                             "op": maia.to_attr(node.op_name())})
+    Rewriter.insert_op(new, InsertPoint.before(node.op))
+    return [new.results[0]]
+
+
+RULES: dict[str, Callable[[Node], list[SSAValue]]] = {
+    **dict.fromkeys(UNARY, lower_unary),
+    **dict.fromkeys(BINARY, lower_binary),
+    **dict.fromkeys(REDUCE, lower_reduce),
+    "Sum": lower_binary, "Gelu": lower_gelu, "Cast": lower_cast, "Where": lower_where,
+    "MatMul": lower_matmul, "Gemm": lower_gemm, "Softmax": lower_softmax,
+    "LogSoftmax": lower_softmax, "LayerNormalization": lower_layernorm,
+    "SimplifiedLayerNormalization": lower_layernorm,
+    "Reshape": lower_reshape_like, "Squeeze": lower_reshape_like,
+    "Unsqueeze": lower_reshape_like, "Flatten": lower_reshape_like,
+    "Transpose": lower_transpose, "Expand": lower_expand, "Slice": lower_by_index_probe,
+    "Split": lower_by_index_probe, "Gather": lower_gather, "Concat": lower_concat,
+    "Constant": lower_constant,
+}
+BINARY["Sum"] = "add"
+
+
+class LowerOnnxToMaiaPass(ModulePass):
+    """Replace every `onnx` op by `maia` tensor ops (fails naming the first unsupported node)."""
+
+    name = "lower-onnx-to-maia"
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        for fn in op.walk():
+            if isinstance(fn, func.FuncOp):
+                for onnx_op in list(fn.body.walk()):
+                    if onnx_op.name.startswith("onnx."):
+                        lower_one(onnx_op)
+
+
+def lower_one(op: Operation) -> None:
+    node = Node(op)
+    rule = RULES.get(op.name.removeprefix("onnx."))
+    if rule is None:
+        raise node.fail("no lowering to the Maia machine")
+    results = rule(node)
+    for old, new in zip(op.results, results, strict=False):
+        old.replace_all_uses_with(new)
+    Rewriter.erase_op(op, safe_erase=False)
+

@@ -1,0 +1,120 @@
+"""`plan-memory`: give every buffer a level and an address.
+
+Inputs, outputs and constants live in HBM for the whole program. Activations are
+placed by liveness (first and last kernel that touches them): first-fit into CSRAM when
+``csram`` is on and they fit, else into HBM, reusing space whose tenant is dead.
+TSRAM scratch belongs to one kernel: bump-allocated from 0 per kernel, so a kernel whose
+working set exceeds TSRAM is an error naming its op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import builtin, func
+from xdsl.ir import Operation
+from xdsl.passes import ModulePass
+
+from maiac.ir import maia
+from maiac.passes.tile import module_target
+from maiac.passes.tiling.common import align
+from maiac.runtime.errors import MaiacError
+
+ACCESS_KEYS = ("src", "dst", "a", "b", "c", "out", "table", "indices")
+
+
+def accessed_buffers(op: Operation) -> Iterator[str]:
+    """Names of the buffers every instruction under ``op`` reads or writes."""
+    for inner in op.walk():
+        for key in ACCESS_KEYS:
+            if key in inner.attributes:
+                yield maia.attr(inner, key)["buf"]
+        if "ins" in inner.attributes:
+            for access in maia.attr(inner, "ins"):
+                yield access["buf"]
+
+
+@dataclass
+class Placed:
+    addr: int
+    size: int
+    start: int
+    end: int
+
+
+def first_fit(placed: list[Placed], size: int, start: int, end: int, capacity: int) -> int | None:
+    """Lowest address where ``size`` bytes are free during [start, end]."""
+    busy = sorted((p.addr, p.addr + p.size) for p in placed if p.start <= end and start <= p.end)
+    addr = 0
+    for lo, hi in busy:
+        if addr + size <= lo:
+            break
+        addr = max(addr, hi)
+    return addr if addr + size <= capacity else None
+
+
+def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int) -> None:
+    ops = list(fn.body.block.ops)
+    buffers = {maia.attr(b, "sym"): b for b in ops if isinstance(b, maia.BufferOp)}
+    kernels = [k for k in ops if isinstance(k, maia.KernelOp)]
+    live: dict[str, list[int]] = {}
+    for index, kernel in enumerate(kernels):
+        for name in accessed_buffers(kernel):
+            span = live.setdefault(name, [index, index])
+            span[1] = index
+    hbm_top = 0
+    for kind in ("input", "output", "const"):
+        for buf in buffers.values():
+            if maia.attr(buf, "kind") == kind:
+                _place(buf, "hbm", hbm_top)
+                hbm_top += align(maia.attr(buf, "nbytes"))
+    csram: list[Placed] = []
+    hbm: list[Placed] = []
+    acts = [(name, buf) for name, buf in buffers.items() if maia.attr(buf, "kind") == "act"]
+    acts.sort(key=lambda item: live.get(item[0], [0, 0])[0])
+    for name, buf in acts:
+        size = align(maia.attr(buf, "nbytes"))
+        start, end = live.get(name, [0, 0])
+        addr = first_fit(csram, size, start, end, csram_capacity) if csram_capacity else None
+        if addr is not None:
+            csram.append(Placed(addr, size, start, end))
+            _place(buf, "csram", addr)
+            continue
+        addr = first_fit(hbm, size, start, end, 1 << 62)
+        hbm.append(Placed(addr, size, start, end))
+        _place(buf, "hbm", hbm_top + addr)
+    for kernel in kernels:
+        top = 0
+        for buf in kernel.body.block.ops:
+            if isinstance(buf, maia.BufferOp):
+                _place(buf, "tsram", top)
+                top += align(maia.attr(buf, "nbytes"))
+        if top > tsram_capacity:
+            raise MaiacError(f"op '{maia.attr(kernel, 'op')}': working set of {top} bytes "
+                             f"exceeds TSRAM ({tsram_capacity} bytes per tile)")
+    fn.attributes["maia.peak"] = maia.to_attr({
+        "hbm": hbm_top + max((p.addr + p.size for p in hbm), default=0),
+        "csram": max((p.addr + p.size for p in csram), default=0)})
+
+
+def _place(buf: Operation, level: str, addr: int) -> None:
+    buf.attributes["level"] = maia.to_attr(level)
+    buf.attributes["addr"] = maia.to_attr(int(addr))
+
+
+@dataclass(frozen=True)
+class PlanMemoryPass(ModulePass):
+    """Address every buffer in HBM, CSRAM or TSRAM by liveness."""
+
+    name = "plan-memory"
+
+    csram: bool = True
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        target = module_target(op)
+        csram = target.n_clusters * target.csram_bytes if self.csram else 0
+        for fn in list(op.walk()):
+            if isinstance(fn, func.FuncOp):
+                plan_function(fn, csram, target.tsram_bytes)

@@ -1,0 +1,192 @@
+"""`tile`: tensor-level `maia` ops → buffers and per-op kernels of SPMD instructions.
+
+Every tensor value gets a ``maia.buffer`` (inputs, outputs, constants, activations;
+``maia.reshape`` results alias their operand's buffer). Every other tensor op becomes a
+``maia.kernel`` built by the tiler of its family (passes/tiling/). Afterwards the
+function has no tensor values left: its body is buffers, kernels and a bare return.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from xdsl.context import Context
+from xdsl.dialects import builtin, func
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+
+from maiac.ir import maia
+from maiac.ir.types import tensor_dtype, tensor_shape
+from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
+from maiac.passes.tiling.elementwise import tile_elementwise
+from maiac.passes.tiling.layout import tile_concat, tile_copy, tile_gather, tile_view
+from maiac.passes.tiling.matmul import tile_matmul
+from maiac.runtime.errors import MaiacError
+from maiac.runtime.target import Target, get_target
+
+TARGET_ATTR = "maia.target"
+
+
+def module_target(module: builtin.ModuleOp) -> Target:
+    """The target the driver attached to the module (``maia.target``), else maia200."""
+    attr = module.attributes.get(TARGET_ATTR)
+    if isinstance(attr, builtin.StringAttr):
+        return Target.from_json(json.loads(attr.data))
+    return get_target("maia200")
+
+
+def budget_of(target: Target) -> Budget:
+    return Budget(
+        n_tiles=target.n_tiles,
+        tsram_bytes=target.tsram_bytes,
+        tile_flops=target.ttu_flops["f32"] / target.n_tiles,
+        tile_bw=target.hbm_bw / target.n_tiles,
+        instr_overhead_s=target.instr_latency_s,
+    )
+
+
+def io_names(attrs: builtin.ArrayAttr | None, count: int, prefix: str) -> list[str]:
+    """The ONNX names the importer left in the function's arg/res attributes."""
+    names = []
+    for i in range(count):
+        entry = attrs.data[i] if attrs is not None and i < len(attrs.data) else None
+        name = entry.data.get("onnx.name") if isinstance(entry, builtin.DictionaryAttr) else None
+        names.append(name.data if isinstance(name, builtin.StringAttr) else f"{prefix}{i}")
+    return names
+
+
+@dataclass
+class FunctionTiler:
+    budget: Budget
+    values: dict[SSAValue, Tensor] = field(default_factory=dict)
+    buffers: list[Operation] = field(default_factory=list)
+    kernels: list[Operation] = field(default_factory=list)
+    buffer_kind: dict[str, str] = field(default_factory=dict)
+    output_buffers: list[str] = field(default_factory=list)
+    counter: int = 0
+
+    def new_buffer(self, name: str, ssa: SSAValue, kind: str, **extra: object) -> Tensor:
+        dtype, shape = tensor_dtype(ssa.type), tensor_shape(ssa.type)
+        tensor = Tensor(name, dtype, shape)
+        self.buffer_kind[name] = kind
+        self.buffers.append(maia.instruction(
+            maia.BufferOp, sym=name, level="hbm", nbytes=align(max(tensor.nbytes, 1)), kind=kind,
+            dtype=dtype, shape=list(shape), **extra))
+        self.values[ssa] = tensor
+        return tensor
+
+    def tile_op(self, op: Operation) -> None:
+        label = maia.attr(op, "op", op.name)
+        self.counter += 1
+        if isinstance(op, maia.ConstantOp):
+            self.new_buffer(f"const{self.counter}:{label}", op.results[0], "const",
+                            value=op.attributes["value"])
+            return
+        ins = [self.values[v] for v in op.operands]
+        if isinstance(op, maia.ReshapeOp):
+            src = ins[0]
+            self.values[op.results[0]] = Tensor(src.buf, src.dtype,
+                                                tensor_shape(op.results[0].type), src.off)
+            return
+        out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
+        kind = op.name.removeprefix("maia.")
+        kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
+        fn = maia.attr(op, "fn")
+        try:
+            self._fill(kernel, op, fn, ins, out)
+        except MaiacError as err:
+            raise MaiacError(f"{err} [op '{label}', {kind}]") from None
+        self.kernels.append(kernel.build())
+
+    def _fill(self, kernel: Kernel, op: Operation, fn: str | None, ins: list[Tensor],
+              out: Tensor) -> None:
+        if isinstance(op, maia.MatMulOp):
+            bias = ins[2] if len(ins) > 2 else None
+            tile_matmul(kernel, ins[0], ins[1], out, self.budget, bias=bias,
+                        act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"))
+        elif isinstance(op, maia.UnaryOp | maia.BinaryOp):
+            tile_elementwise(kernel, fn, ins, out, self.budget)
+        elif isinstance(op, maia.WhereOp):
+            tile_elementwise(kernel, "where", ins, out, self.budget)
+        elif isinstance(op, maia.ReduceOp | maia.SoftmaxOp):
+            tile_elementwise(kernel, fn or "softmax", ins, out, self.budget, row=True)
+        elif isinstance(op, maia.NormOp):
+            tile_elementwise(kernel, fn, ins, out, self.budget, {"eps": maia.attr(op, "eps")},
+                             row=True)
+        elif isinstance(op, maia.GatherOp):
+            tile_gather(kernel, ins[0], ins[1], out, self.budget)
+        elif isinstance(op, maia.ViewOp):
+            tile_view(kernel, ins[0], out, maia.attr(op, "offset", 0), maia.attr(op, "strides"))
+        elif isinstance(op, maia.ConcatOp):
+            tile_concat(kernel, ins, out, maia.attr(op, "axis"))
+        else:
+            raise MaiacError(f"no tiler for {op.name}")
+
+    def finish_outputs(self, results: list[SSAValue], names: list[str]) -> None:
+        """Outputs get buffers of their own: an act is renamed in place, anything else
+        (an input, a constant, an alias at an offset, a repeated output) is copied."""
+        claimed: set[str] = set()
+        for value, name in zip(results, names, strict=True):
+            tensor = self.values[value]
+            own = (self.buffer_kind.get(tensor.buf) == "act" and tensor.off == 0
+                   and tensor.buf not in claimed)
+            if own:
+                claimed.add(tensor.buf)
+                for buf in self.buffers:
+                    if maia.attr(buf, "sym") == tensor.buf:
+                        buf.attributes["kind"] = maia.to_attr("output")
+                        buf.attributes["tensor"] = maia.to_attr(name)
+                        buf.attributes["shape"] = maia.to_attr(list(tensor.shape))
+                self.buffer_kind[tensor.buf] = "output"
+                self.output_buffers.append(tensor.buf)
+                continue
+            out = self.new_buffer(f"out:{name}", value, "output", tensor=name)
+            claimed.add(out.buf)
+            self.output_buffers.append(out.buf)
+            kernel = Kernel(op=f"output:{name}", kind="copy", uid=f"out:{name}")
+            tile_copy(kernel, tensor, out)
+            self.kernels.append(kernel.build())
+
+
+def tile_function(fn: func.FuncOp, budget: Budget) -> None:
+    tiler = FunctionTiler(budget)
+    block = fn.body.block
+    in_names = io_names(fn.arg_attrs, len(block.args), "input")
+    for arg, name in zip(block.args, in_names, strict=True):
+        tiler.new_buffer(f"in:{name}", arg, "input", tensor=name)
+    ret = block.last_op
+    assert isinstance(ret, func.ReturnOp), "tile expects a function ending in func.return"
+    for op in list(block.ops):
+        if op is ret:
+            break
+        if not op.name.startswith("maia."):
+            raise MaiacError(f"tile: op {op.name} was not lowered to maia")
+        tiler.tile_op(op)
+    out_names = io_names(fn.res_attrs, len(ret.operands), "output")
+    tiler.finish_outputs(list(ret.operands), out_names)
+    for op in reversed(list(block.ops)):
+        op.detach()
+        op.erase(safe_erase=False)
+    while block.args:
+        block.erase_arg(block.args[-1], safe_erase=False)
+    block.add_ops([*tiler.buffers, *tiler.kernels, func.ReturnOp()])
+    fn.function_type = builtin.FunctionType.from_lists([], [])
+    fn.arg_attrs = None
+    fn.res_attrs = None
+    fn.attributes["maia.flops"] = maia.to_attr(int(sum(
+        maia.attr(k, "flops", 0) for k in tiler.kernels)))
+    fn.attributes["maia.inputs"] = maia.to_attr([f"in:{n}" for n in in_names])
+    fn.attributes["maia.outputs"] = maia.to_attr(tiler.output_buffers)
+
+
+class TilePass(ModulePass):
+    """Cut every tensor op into SPMD instructions over TSRAM-sized blocks."""
+
+    name = "tile"
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        budget = budget_of(module_target(op))
+        for fn in list(op.walk()):
+            if isinstance(fn, func.FuncOp):
+                tile_function(fn, budget)

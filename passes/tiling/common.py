@@ -1,0 +1,231 @@
+"""Shared pieces of the tilers: job grids, their split over tiles and loops, accesses.
+
+A tiled op is a grid of *jobs* (one block of work each). ``split_jobs`` spreads the job
+grid over the machine's tiles (spatial, one SPMD instruction covers them) and loop
+iterations (temporal). A job coordinate ``c_j = spatial_j * loops_j + loop_j``, so an
+operand that moves ``step_j`` elements per job along dim j has tile stride
+``step_j * loops_j`` and loop stride ``step_j``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from maiac.ir import maia
+from maiac.ir.types import itemsize
+
+ALIGN = 64  # bytes; every buffer and scratch block starts on this boundary
+
+
+def align(nbytes: int) -> int:
+    return (nbytes + ALIGN - 1) // ALIGN * ALIGN
+
+
+@cache
+def divisors(n: int) -> tuple[int, ...]:
+    """All divisors of ``n`` in increasing order."""
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return tuple(sorted(set(small + [n // d for d in small])))
+
+
+@dataclass(frozen=True)
+class JobSplit:
+    """How a job grid runs: ``spatial[j] * loops[j] == extents[j]`` for every dim."""
+
+    extents: tuple[int, ...]
+    spatial: tuple[int, ...]
+    loops: tuple[int, ...]
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The instruction grid: the spatial factors > 1 (or (1,))."""
+        return tuple(s for s in self.spatial if s > 1) or (1,)
+
+    @property
+    def trips(self) -> tuple[int, ...]:
+        return tuple(n for n in self.loops if n > 1)
+
+    @property
+    def n_tiles(self) -> int:
+        out = 1
+        for s in self.spatial:
+            out *= s
+        return out
+
+    def tile_strides(self, steps: Sequence[int]) -> tuple[int, ...]:
+        strides = tuple(st * lp for st, sp, lp in zip(steps, self.spatial, self.loops, strict=True)
+                        if sp > 1)
+        return strides or (0,)
+
+    def loop_strides(self, steps: Sequence[int]) -> tuple[int, ...]:
+        return tuple(st for st, lp in zip(steps, self.loops, strict=True) if lp > 1)
+
+
+def split_jobs(extents: Sequence[int], n_tiles: int) -> JobSplit:
+    """Spread a job grid over ``n_tiles``: outer dims first, each by its largest divisor
+    that still fits the tiles left; the rest of each dim becomes loop iterations."""
+    left = n_tiles
+    spatial = []
+    for extent in extents:
+        s = max(d for d in divisors(extent) if d <= left)
+        spatial.append(s)
+        left //= s
+    loops = tuple(e // s for e, s in zip(extents, spatial, strict=True))
+    return JobSplit(tuple(extents), tuple(spatial), loops)
+
+
+@dataclass
+class Access:
+    """A block of buffer ``buf`` (before memory planning), as a plain dict for the IR."""
+
+    buf: str
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    off: int = 0
+    ts: tuple[int, ...] = ()
+    ls: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"buf": self.buf, "off": self.off, "dtype": self.dtype, "shape": list(self.shape),
+                "strides": list(self.strides), "ts": list(self.ts), "ls": list(self.ls)}
+
+
+@dataclass
+class Kernel:
+    """What a tiler produces for one op: scratch buffers and instruction ops."""
+
+    op: str
+    kind: str
+    uid: str = ""  # unique among kernels (several kernels may share a source op)
+    flops: int = 0
+    scratch: list[tuple[str, int]] = field(default_factory=list)  # (name, nbytes)
+    body: list[Any] = field(default_factory=list)
+
+    def scratch_buffer(self, name: str, dtype: str, shape: Sequence[int]) -> str:
+        full = f"{self.uid or self.op}/{name}"
+        nbytes = itemsize(dtype)
+        for d in shape:
+            nbytes *= d
+        self.scratch.append((full, align(nbytes)))
+        return full
+
+    def build(self) -> maia.KernelOp:
+        buffers = [maia.instruction(maia.BufferOp, sym=name, level="tsram", nbytes=nbytes,
+                                    kind="scratch") for name, nbytes in self.scratch]
+        return maia.KernelOp.create(
+            attributes={k: maia.to_attr(v) for k, v in
+                        {"op": self.op, "kind": self.kind, "flops": int(self.flops)}.items()},
+            regions=[maia.region_of(buffers + self.body)])
+
+
+def dma(src: Access, dst: Access, grid: Sequence[int], queue: int = 0) -> Any:
+    return maia.instruction(maia.DmaOp, src=src.to_dict(), dst=dst.to_dict(), grid=list(grid),
+                            queue=queue)
+
+
+def vec(fn: str, ins: Sequence[Access], out: Access, grid: Sequence[int], **params: Any) -> Any:
+    return maia.instruction(maia.VecOp, fn=fn, ins=[a.to_dict() for a in ins], out=out.to_dict(),
+                            grid=list(grid), params=params or None)
+
+
+def mm(a: Access, b: Access, c: Access, grid: Sequence[int], accumulate: bool,
+       fmt: str = "f32") -> Any:
+    return maia.instruction(maia.MmOp, a=a.to_dict(), b=b.to_dict(), c=c.to_dict(),
+                            grid=list(grid), accumulate=accumulate, fmt=fmt)
+
+
+def loop(trips: Sequence[int], body: list[Any]) -> list[Any]:
+    """``body`` inside a loop over ``trips`` (no loop when there are no trips)."""
+    if not trips:
+        return body
+    return [maia.LoopOp.create(attributes={"trips": maia.to_attr(list(trips))},
+                               regions=[maia.region_of(body)])]
+
+
+def contiguous(shape: Sequence[int]) -> tuple[int, ...]:
+    strides = []
+    acc = 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+def compact_strides(shape: Sequence[int], broadcast: Sequence[bool]) -> tuple[int, ...]:
+    """Row-major strides of ``shape`` with broadcast dims collapsed to stride 0."""
+    unique = [1 if b else d for d, b in zip(shape, broadcast, strict=True)]
+    strides = contiguous(unique)
+    return tuple(0 if b else s for s, b in zip(strides, broadcast, strict=True))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor value as the tilers see it: contiguous, ``off`` elements into ``buf``."""
+
+    buf: str
+    dtype: str
+    shape: tuple[int, ...]
+    off: int = 0
+
+    @property
+    def size(self) -> int:
+        out = 1
+        for d in self.shape:
+            out *= d
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a tiler may use: tiles, TSRAM bytes per tile, and rates for its cost model."""
+
+    n_tiles: int
+    tsram_bytes: int
+    tile_flops: float  # TTU fp32-equivalent flop/s of one tile
+    tile_bw: float  # bytes/s one tile can stream from HBM when all tiles stream
+    instr_overhead_s: float = 1e-7
+
+
+def broadcast_strides(shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
+    """Strides (elements) of a contiguous ``shape`` read in ``out_shape`` coordinates."""
+    pad = len(out_shape) - len(shape)
+    own = contiguous(shape)
+    strides = []
+    for i, extent in enumerate(out_shape):
+        j = i - pad
+        strides.append(0 if j < 0 or (shape[j] == 1 and extent != 1) else own[j])
+    return tuple(strides)
+
+
+def merge_dims(shape: Sequence[int], strides: Sequence[Sequence[int]],
+               keep_last: bool = False) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """Fuse adjacent dims that every operand walks contiguously (fewer, bigger dims)."""
+    dims = [[d] for d in shape]
+    out_shape = [shape[0]] if shape else []
+    out_strides = [[s[0]] for s in strides] if shape else [[] for _ in strides]
+    for i in range(1, len(shape)):
+        last_pair = keep_last and i == len(shape) - 1
+        mergeable = not last_pair and all(s[i - 1] == s[i] * shape[i] for s in strides)
+        if mergeable:
+            out_shape[-1] *= shape[i]
+            for acc, s in zip(out_strides, strides, strict=True):
+                acc[-1] = s[i]
+        else:
+            out_shape.append(shape[i])
+            for acc, s in zip(out_strides, strides, strict=True):
+                acc.append(s[i])
+    del dims
+    return tuple(out_shape), [tuple(s) for s in out_strides]
+
+
+def prefer(jobs: int, block_elems: int, n_tiles: int) -> tuple[int, int]:
+    """Sort key for block candidates: enough jobs for every tile, then the biggest block."""
+    return (min(jobs, n_tiles), block_elems)

@@ -1,0 +1,133 @@
+"""Tiling of TVP work: elementwise ops (with broadcasting) and last-axis row ops.
+
+The output is cut into blocks ``[1, .., 1, b, S[d+1], .., S[-1]]``; each block is one job.
+Every input is DMA'd to TSRAM as its unique data only (broadcast dims stay stride 0),
+the TVP computes the block, and the result goes back. Row ops (softmax, norms,
+reductions) keep the whole last axis inside a block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from maiac.ir.types import itemsize
+from maiac.passes.tiling.common import (
+    Access,
+    Budget,
+    Kernel,
+    Tensor,
+    align,
+    broadcast_strides,
+    compact_strides,
+    contiguous,
+    divisors,
+    dma,
+    loop,
+    merge_dims,
+    prefer,
+    split_jobs,
+    vec,
+)
+from maiac.runtime.errors import MaiacError
+
+
+def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], int]],
+                  budget: Budget, whole_last: bool) -> tuple[int, int]:
+    """Split axis ``d`` and block extent ``b`` along it.
+
+    ``operands``: (strides in iteration coords, itemsize) of every TSRAM block, output
+    included; stride 0 dims take no TSRAM.
+    """
+    rank = len(shape)
+    best: tuple[tuple[int, int], int, int] | None = None
+    for d in range(rank):
+        for b in divisors(shape[d]):
+            if whole_last and d == rank - 1 and b != shape[d]:
+                continue
+            block = [1] * d + [b] + list(shape[d + 1:])
+            nbytes = 0
+            for strides, size in operands:
+                unique = 1
+                for extent, stride in zip(block, strides, strict=True):
+                    unique *= extent if stride else 1
+                nbytes += align(unique * size)
+            if nbytes > budget.tsram_bytes:
+                continue
+            jobs = 1
+            for extent in shape[:d]:
+                jobs *= extent
+            jobs *= shape[d] // b
+            block_elems = 1
+            for extent in block:
+                block_elems *= extent
+            key = prefer(jobs, block_elems, budget.n_tiles)
+            if best is None or key > best[0]:
+                best = (key, d, b)
+    if best is None:
+        raise MaiacError("working set does not fit TSRAM")
+    return best[1], best[2]
+
+
+def tile_elementwise(kernel: Kernel, fn: str, ins: Sequence[Tensor], out: Tensor,
+                     budget: Budget, params: dict[str, Any] | None = None,
+                     row: bool = False) -> None:
+    """Append to ``kernel`` the instructions computing ``out = fn(*ins)``.
+
+    ``row``: ``fn`` works on the last axis (softmax, norms, reductions); for reductions
+    ``out`` has last extent 1 while the iteration space is the input's.
+    """
+    space = ins[0].shape if row else out.shape
+    if not space:
+        space = (1,)
+    reduced = row and out.shape[-1:] == (1,) and space[-1] != 1
+    in_strides = [broadcast_strides(t.shape or (1,), space) for t in ins]
+    out_strides = contiguous(out.shape or (1,))
+    if reduced:
+        out_strides = out_strides[:-1] + (0,)
+    shape, merged = merge_dims(space, [out_strides, *in_strides], keep_last=row)
+    out_st, in_st = merged[0], merged[1:]
+    tsram_ops = [(s, itemsize(t.dtype)) for s, t in zip(in_st, ins, strict=True)]
+    tsram_ops.append((out_st, 4 if reduced else itemsize(out.dtype)))
+    try:
+        d, b = _choose_block(shape, tsram_ops, budget, whole_last=row)
+    except MaiacError as err:
+        raise MaiacError(f"op '{kernel.op}' ({fn}): one row of {space[-1]} elements "
+                         f"does not fit TSRAM ({budget.tsram_bytes} bytes per tile)") from err
+    block = (1,) * d + (b,) + tuple(shape[d + 1:])
+    extents = tuple(shape[:d]) + (shape[d] // b,)
+    split = split_jobs(extents, budget.n_tiles)
+    grid = split.grid
+
+    def steps(strides: Sequence[int]) -> tuple[int, ...]:
+        return tuple(strides[:d]) + (b * strides[d],)
+
+    body = []
+    tsram_ins = []
+    for i, (t, strides) in enumerate(zip(ins, in_st, strict=True)):
+        bcast = [s == 0 for s in strides]
+        unique = tuple(1 if z else e for e, z in zip(block, bcast, strict=True))
+        name = kernel.scratch_buffer(f"in{i}", t.dtype, unique)
+        src = Access(t.buf, t.dtype, unique, tuple(strides), t.off,
+                     split.tile_strides(steps(strides)), split.loop_strides(steps(strides)))
+        body.append(dma(src, Access(name, t.dtype, unique, contiguous(unique)), grid, queue=i % 2))
+        tsram_ins.append(Access(name, t.dtype, block, compact_strides(block, bcast)))
+    out_block = block[:-1] + (1,) if reduced else block
+    out_bcast = [s == 0 for s in out_st]
+    out_unique = tuple(1 if z else e for e, z in zip(block, out_bcast, strict=True))
+    if reduced:
+        out_unique = out_block
+    out_name = kernel.scratch_buffer("out", out.dtype, out_unique)
+    body.append(vec(fn, tsram_ins, Access(out_name, out.dtype, out_block, contiguous(out_block)),
+                    grid, **(params or {})))
+    dst_strides = tuple(out_st[:-1]) + ((1,) if reduced else (out_st[-1],))
+    body.append(dma(Access(out_name, out.dtype, out_block, contiguous(out_block)),
+                    Access(out.buf, out.dtype, out_block, dst_strides, out.off,
+                           split.tile_strides(steps(out_st)), split.loop_strides(steps(out_st))),
+                    grid, queue=1))
+    kernel.body.extend(loop(split.trips, body))
+    ops_per_elem = {"softmax": 5, "log_softmax": 5, "layernorm": 8, "rmsnorm": 5}.get(fn, 1)
+    elems = 1
+    for e in space:
+        elems *= e
+    kernel.flops += ops_per_elem * elems
