@@ -200,10 +200,11 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
     kw["shape_only"] = shape_only
     driver = _driver()
-    if emit is not None or (print_ir_after_all and output is None):
-        progress(f"compiling {model} to {emit or 'asm'} IR")
-        text = driver.compile_to_ir(model, emit=emit or "asm",
-                                    print_ir_after_all=print_ir_after_all, **kw)
+    if emit is not None:
+        progress(f"compiling {model} to {emit} IR")
+        # IR dumps after each pass go to stderr (as in mlir-opt); stdout keeps the final IR.
+        text = driver.compile_to_ir(model, emit=emit, print_ir_after_all=print_ir_after_all,
+                                    out=sys.stderr, **kw)
         if not text.endswith("\n"):
             text += "\n"
         if output is None or output == "-":
@@ -213,15 +214,26 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
         return
     if output is None:
         raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
-    if print_ir_after_all:
-        text = driver.compile_to_ir(model, emit="asm", print_ir_after_all=True, **kw)
-        click.echo(text, nl=not text.endswith("\n"), err=True)
     progress(f"compiling {model}")
     t0 = time.perf_counter()
-    compiled = driver.compile(model, **kw)
+    if print_ir_after_all:
+        compiled = _compile_printing_ir(driver, model, kw)
+    else:
+        compiled = driver.compile(model, **kw)
     with atomic_path(output) as tmp:
         compiled.save(tmp)
     progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
+
+
+def _compile_printing_ir(driver: Any, model: str, kw: dict[str, Any]) -> Any:
+    """``driver.compile`` with the IR printed to stderr after every pass."""
+    from maiac.passes.emit import emit_program
+
+    t0 = time.perf_counter()
+    opts = {k: v for k, v in kw.items() if k != "calib"}
+    module = driver.compile_module(model, print_ir_after_all=True, out=sys.stderr, **opts)
+    program = emit_program(module, {"model": str(model), "quant": kw.get("quant") or "fp32"})
+    return driver.CompiledModel(program, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- run
@@ -300,11 +312,11 @@ def _summary(name: str, a: np.ndarray) -> str:
 def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             output: str | None, trace: str | None, seed: int) -> None:
     """Run a compiled program on the machine model (random seeded inputs if none given)."""
+    existing_file(program_file, "program file")
     from maiac.inputs import random_inputs_for_specs
     from maiac.runtime.interpreter import run_program
     from maiac.runtime.program import load_program
 
-    existing_file(program_file, "program file")
     program = load_program(program_file)
     if inputs is None and not input_items:
         ranges = (program.meta or {}).get("input_ranges") or {}
@@ -613,10 +625,10 @@ th {{ background: #f2f2f2; }}
 @click.option("--top", default=30, show_default=True, help="Ops shown in the table (0 = all).")
 def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int) -> None:
     """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
+    existing_file(program_file, "program file")
     from maiac.runtime.program import load_program
     from maiac.runtime.timing import simulate
 
-    existing_file(program_file, "program file")
     program = load_program(program_file)
     progress(f"simulating {program_file}")
     rep = simulate(program)
@@ -636,19 +648,16 @@ def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int)
 
 
 def make_context() -> Any:
-    """An xDSL context with the builtin, func, arith, scf, onnx and maia dialects loaded."""
-    from xdsl.context import Context
-    from xdsl.dialects.arith import Arith
-    from xdsl.dialects.builtin import Builtin
-    from xdsl.dialects.func import Func
+    """An xDSL context with the builtin, func, arith, onnx, maia and scf dialects loaded."""
     from xdsl.dialects.scf import Scf
 
     from maiac.ir.maia import Maia
-    from maiac.ir.onnx import Onnx
+    from maiac.ir.onnx import make_context as onnx_context
 
-    ctx = Context()
-    for d in (Builtin, Func, Arith, Scf, Onnx, Maia):
-        ctx.load_dialect(d)
+    ctx = onnx_context()  # builtin (with its own resource table), func, arith, onnx
+    for d in (Maia, Scf):
+        if d.name not in ctx.registered_dialect_names:
+            ctx.load_dialect(d)
     return ctx
 
 
@@ -668,16 +677,17 @@ def _apply_pipeline(pipeline: Any, ctx: Any, module: Any) -> None:
 @click.option("-o", "--output", default=None, metavar="OUT.mlir", help="Write the IR here.")
 def opt_cmd(file: str, pipeline: str, output: str | None) -> None:
     """Parse IR (FILE.mlir, or - for stdin), run passes, print the result."""
-    from xdsl.parser import Parser
-    from xdsl.utils.exceptions import ParseError, VerifyException
-
-    from maiac.passes.registry import parse_pipeline
-
     if file == "-":
         text = sys.stdin.read()
     else:
         existing_file(file, "IR file")
         text = Path(file).read_text(encoding="utf-8")
+
+    from xdsl.parser import Parser
+    from xdsl.utils.exceptions import ParseError, VerifyException
+
+    from maiac.passes.registry import parse_pipeline
+
     ctx = make_context()
     passes = parse_pipeline(pipeline) if pipeline.strip() else []
     try:
@@ -689,7 +699,13 @@ def opt_cmd(file: str, pipeline: str, output: str | None) -> None:
     except VerifyException as e:
         raise MaiacError(f"{file}: input IR does not verify: {e}") from None
     _apply_pipeline(passes, ctx, module)
-    out = str(module) + "\n"
+    import io
+
+    from xdsl.printer import Printer
+
+    buf = io.StringIO()
+    Printer(stream=buf).print_op(module)
+    out = buf.getvalue().rstrip("\n") + "\n"
     if output is None or output == "-":
         click.echo(out, nl=False)
     else:

@@ -175,12 +175,12 @@ def verify(model: Any, *, quant: str | None = None,
     """
     import onnx
 
-    from maiac.driver import compile as maiac_compile
-
     model_path = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     proto = load_onnx(model)  # graph only; weights stay on disk for external-data models
     shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()} or None
     feeds = _load_inputs(inputs, proto, shapes, seed)
+
+    from maiac.driver import compile as maiac_compile
 
     t0 = time.perf_counter()
     compiled = maiac_compile(model if model_path is None else model_path, quant=quant,
