@@ -1,0 +1,470 @@
+"""The functional Maia 200 machine model: runs a ``Program`` on numpy arrays.
+
+Memory is real bytes: HBM one ``uint8`` array, CSRAM one array spanning all clusters,
+TSRAM a ``(n_tiles, tsram_bytes)`` array (row t is tile t's private SRAM); each is cut
+off after the highest buffer end of its level. Every instruction runs for all ``prod(grid)`` tiles in one
+numpy call on strided views of those arrays: an access becomes a view of shape
+``(*loop_trips, *grid, *block)``, indexed by the loop iteration at run time.
+
+Before each run, every non-constant buffer is filled with 0xFF bytes (NaN for floats,
+-1 for ints), so a read of data that was never written gives wrong numbers instead of
+a stale right answer. Views, decoded constants and the memory arrays are built once per
+program and cached in ``program.runtime_cache``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from maiac.runtime import isa
+from maiac.runtime.errors import MachineError, MaiacError
+from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.memory import np_dtype
+from maiac.runtime.program import Program, _program_target, instr_label, validate_program
+
+F32 = np.dtype(np.float32)
+FLOAT_DTYPES = ("f32", "bf16", "f16", "f8e4m3", "f8e5m2")
+INT_DTYPES = ("i64", "i32", "i8", "u8")
+# Narrow float formats saturate on store (DESIGN §3: casts round to nearest even and
+# saturate to the largest finite value); NaN stays NaN.
+_SATURATE = {name: float(ml_dtypes.finfo(np_dtype(name)).max) for name in ("f8e4m3", "f8e5m2")}
+
+Step = Callable[[tuple[int, ...]], None]
+
+
+# --------------------------------------------------------------------------- erf / TVP fns
+
+_TAYLOR = [(-1.0) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(14)]
+_ERFC_NR = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+            -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Vectorized erf, computed in float64, returned as float32; |error| < 3e-8.
+
+    |x| < 1: Maclaurin series to 14 terms (truncation < 1e-10). |x| >= 1: erfc from the
+    Chebyshev-fitted formula of Numerical Recipes (2nd ed., §6.2, ``erfcc``; fractional
+    error < 1.2e-7), and erf = 1 - erfc, so |error| < 1.2e-7 * erfc(1) < 2e-8.
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    z = x64 * x64
+    series = np.zeros_like(x64)
+    for c in reversed(_TAYLOR):
+        series = series * z + c
+    small = (2.0 / math.sqrt(math.pi)) * x64 * series
+    ax = np.abs(x64)
+    t = 1.0 / (1.0 + 0.5 * ax)
+    poly = np.zeros_like(x64)
+    for c in reversed(_ERFC_NR):
+        poly = poly * t + c
+    erfc = t * np.exp(-z + poly)
+    large = np.copysign(1.0 - erfc, x64)
+    return np.where(ax < 1.0, small, large).astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (np.tanh(0.5 * x) + 1.0)).astype(x.dtype)
+
+
+def _trunc_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division rounding toward zero (ONNX Div on integers)."""
+    q = np.floor_divide(a, b)
+    fix = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+    return q + fix
+
+
+def _layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    d = x - mean
+    var = (d * d).mean(-1, keepdims=True)
+    return d / np.sqrt(var + np.float32(eps)) * scale + bias
+
+
+def _rmsnorm(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
+    ms = (x * x).mean(-1, keepdims=True)
+    return x / np.sqrt(ms + np.float32(eps)) * scale
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    s = x - x.max(-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(-1, keepdims=True))
+
+
+_SQRT_2_PI = np.float32(math.sqrt(2.0 / math.pi))
+_INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
+
+# fn -> (compute mode, function(args, attrs)). Mode "float": every input upcast to fp32;
+# "num": fp32 if any input is a float, else integer arithmetic; "logic": inputs as bool;
+# "cmp": like "num", result is bool.
+_FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
+    "copy": ("num", lambda x, at: x),
+    "relu": ("num", lambda x, at: np.maximum(x, 0).astype(x.dtype)),
+    "gelu": ("float", lambda x, at: np.float32(0.5) * x * (np.float32(1) + erf(x * _INV_SQRT2))),
+    "gelu_tanh": ("float", lambda x, at: np.float32(0.5) * x * (np.float32(1) + np.tanh(
+        _SQRT_2_PI * (x + np.float32(0.044715) * x * x * x)))),
+    "erf": ("float", lambda x, at: erf(x)),
+    "tanh": ("float", lambda x, at: np.tanh(x)),
+    "sigmoid": ("float", lambda x, at: _sigmoid(x)),
+    "silu": ("float", lambda x, at: x * _sigmoid(x)),
+    "exp": ("float", lambda x, at: np.exp(x)),
+    "log": ("float", lambda x, at: np.log(x)),
+    "sqrt": ("float", lambda x, at: np.sqrt(x)),
+    "rsqrt": ("float", lambda x, at: np.float32(1) / np.sqrt(x)),
+    "reciprocal": ("float", lambda x, at: np.float32(1) / x),
+    "neg": ("num", lambda x, at: np.negative(x)),
+    "abs": ("num", lambda x, at: np.abs(x)),
+    "cos": ("float", lambda x, at: np.cos(x)),
+    "sin": ("float", lambda x, at: np.sin(x)),
+    "floor": ("num", lambda x, at: np.floor(x) if x.dtype.kind == "f" else x),
+    "ceil": ("num", lambda x, at: np.ceil(x) if x.dtype.kind == "f" else x),
+    "not": ("logic", lambda x, at: np.logical_not(x)),
+    "isnan": ("float", lambda x, at: np.isnan(x)),
+    "sign": ("num", lambda x, at: np.sign(x)),
+    "add": ("num", lambda a, b, at: a + b),
+    "sub": ("num", lambda a, b, at: a - b),
+    "mul": ("num", lambda a, b, at: a * b),
+    "div": ("num", lambda a, b, at: a / b if a.dtype.kind == "f" else _trunc_div(a, b)),
+    "pow": ("float", lambda a, b, at: np.power(a, b)),
+    "max": ("num", lambda a, b, at: np.maximum(a, b)),
+    "min": ("num", lambda a, b, at: np.minimum(a, b)),
+    "mod": ("num", lambda a, b, at: np.fmod(a, b) if at.get("fmod") else np.mod(a, b)),
+    "equal": ("cmp", lambda a, b, at: a == b),
+    "less": ("cmp", lambda a, b, at: a < b),
+    "greater": ("cmp", lambda a, b, at: a > b),
+    "less_equal": ("cmp", lambda a, b, at: a <= b),
+    "greater_equal": ("cmp", lambda a, b, at: a >= b),
+    "and": ("logic", lambda a, b, at: np.logical_and(a, b)),
+    "or": ("logic", lambda a, b, at: np.logical_or(a, b)),
+    "xor": ("logic", lambda a, b, at: np.logical_xor(a, b)),
+    "where": ("where", lambda c, a, b, at: np.where(c, a, b)),
+    "reduce_sum": ("num", lambda x, at: x.sum(-1, keepdims=True, dtype=x.dtype)),
+    "reduce_mean": ("float", lambda x, at: x.mean(-1, keepdims=True)),
+    "reduce_max": ("num", lambda x, at: x.max(-1, keepdims=True)),
+    "reduce_min": ("num", lambda x, at: x.min(-1, keepdims=True)),
+    "softmax": ("float", lambda x, at: _softmax(x)),
+    "log_softmax": ("float", lambda x, at: _log_softmax(x)),
+    "layernorm": ("float", lambda x, s, b, at: _layernorm(x, s, b, at.get("eps", 1e-5))),
+    "rmsnorm": ("float", lambda x, s, at: _rmsnorm(x, s, at.get("eps", 1e-5))),
+}
+assert set(_FNS) == set(isa.VEC_FNS), set(isa.VEC_FNS) ^ set(_FNS)
+
+
+def _caster(dtypes: list[str], mode: str) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Per input, how to bring a stored block to the compute type of ``mode``."""
+    def ident(x: np.ndarray) -> np.ndarray:
+        return x
+
+    def to_f32(x: np.ndarray) -> np.ndarray:
+        return x.astype(F32)
+
+    def to_bool(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.bool_)
+
+    if mode == "where":
+        return [to_bool, *_caster(dtypes[1:], "num")]
+    if mode == "logic":
+        return [ident if d == "bool" else to_bool for d in dtypes]
+    is_float = mode == "float" or any(d in FLOAT_DTYPES for d in dtypes)
+    if is_float:
+        return [ident if d == "f32" else to_f32 for d in dtypes]
+    return [ident for _ in dtypes]
+
+
+# --------------------------------------------------------------------------- the machine
+
+class _Machine:
+    """Memory arrays plus one compiled step per instruction, for one program."""
+
+    def __init__(self, program: Program) -> None:
+        validate_program(program, MachineError)
+        self.program = program
+        self.target = _program_target(program, MachineError)
+        by_level: dict[str, list[Any]] = {lv: [] for lv in isa.LEVELS}
+        for b in program.buffers:
+            by_level[b.level].append(b)
+        # Each level is allocated up to its highest buffer end (validate_program checked
+        # the capacities), so memory and first-touch cost follow what the program uses.
+        end = {lv: -(-max((b.addr + b.nbytes for b in bs), default=0) // 64) * 64 + 64
+               for lv, bs in by_level.items()}
+        self.mem = {
+            "hbm": np.zeros(end["hbm"], np.uint8),
+            "csram": np.zeros(end["csram"], np.uint8),
+            "tsram": np.zeros((self.target.n_tiles, end["tsram"]), np.uint8),
+        }
+        self.poison = [b for b in program.buffers if b.kind != "const"]
+        self.consts = [b for b in program.buffers if b.kind == "const"]
+        missing = [b.name for b in self.consts if b.name not in program.constants]
+        if missing:
+            raise MaiacError(f"program has no data for constant {missing[0]!r} (and "
+                             f"{len(missing) - 1} more): it is shape-only; it can be timed "
+                             f"(maiac report) but not run")
+        for b in self.consts:
+            if b.level == "hbm":
+                self._write_bytes(b.level, b.addr, program.constants[b.name])
+        self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
+                      for i, ins in enumerate(program.instructions)]
+
+    # -- memory ----------------------------------------------------------------
+    def _write_bytes(self, level: str, addr: int, data: Any) -> None:
+        raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) \
+            else np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        mem = self.mem[level]
+        if level == "tsram":
+            mem[:, addr:addr + raw.size] = raw
+        else:
+            mem[addr:addr + raw.size] = raw
+
+    def reset(self) -> None:
+        """Poison every non-constant buffer; (re)write constants living in SRAM."""
+        for b in self.poison:
+            mem = self.mem[b.level]
+            if b.level == "tsram":
+                mem[:, b.addr:b.addr + b.nbytes] = 0xFF
+            else:
+                mem[b.addr:b.addr + b.nbytes] = 0xFF
+        for b in self.consts:
+            if b.level != "hbm":
+                self._write_bytes(b.level, b.addr, self.program.constants[b.name])
+
+    def read(self, level: str, addr: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A copy of a contiguous tensor stored at ``addr`` (tile 0's copy for TSRAM)."""
+        dt = np_dtype(dtype)
+        n = math.prod(shape) * dt.itemsize
+        mem = self.mem[level][0] if level == "tsram" else self.mem[level]
+        return mem[addr:addr + n].view(dt).reshape(shape).copy()
+
+    # -- views -----------------------------------------------------------------
+    def view(self, acc: Access, grid: tuple[int, ...], trips: tuple[int, ...],
+             rank: int | None = None) -> np.ndarray:
+        """``acc`` as a strided view of shape ``(*trips, *grid, *block)``.
+
+        ``rank`` left-pads the block with size-1 dims (numpy broadcasting against an
+        operand of higher rank, e.g. a Vec bias row against a [rows, cols] block).
+        """
+        dt = np_dtype(acc.dtype)
+        isz = dt.itemsize
+        shape, strides = tuple(acc.shape), tuple(s * isz for s in acc.strides)
+        if rank is not None and len(shape) < rank:
+            pad = rank - len(shape)
+            shape, strides = (1,) * pad + shape, (0,) * pad + strides
+        mem = self.mem[acc.level]
+        if acc.level == "tsram":
+            row = mem.strides[0]
+            gstr = tuple(s * row for s in isa.contiguous_strides(grid))
+        else:
+            gstr = tuple(s * isz for s in acc.tile_strides) or (0,) * len(grid)
+        lstr = tuple(s * isz for s in acc.loop_strides) or (0,) * len(trips)
+        return np.ndarray(trips + grid + shape, dt, buffer=mem, offset=acc.addr,
+                          strides=lstr + gstr + strides)
+
+    # -- compile instructions to steps -----------------------------------------
+    def _compile(self, instr: Instr, path: str, trips: tuple[int, ...]) -> Step:
+        if isinstance(instr, Loop):
+            return self._loop(instr, path, trips)
+        grid = tuple(instr.grid)
+        if isinstance(instr, Dma):
+            return self._dma(instr, grid, trips)
+        if isinstance(instr, Gather):
+            return self._gather(instr, path, grid, trips)
+        if isinstance(instr, MatMul):
+            return self._matmul(instr, grid, trips)
+        return self._vec(instr, grid, trips)
+
+    def _loop(self, loop: Loop, path: str, trips: tuple[int, ...]) -> Step:
+        body = [(instr_label(f"{path}.{k}", ins), self._compile(ins, f"{path}.{k}",
+                                                                 trips + tuple(loop.trips)))
+                for k, ins in enumerate(loop.body)]
+        ranges = [range(t) for t in loop.trips]
+
+        def step(it: tuple[int, ...]) -> None:
+            for inner in itertools.product(*ranges):
+                full = it + inner
+                for label, sub in body:
+                    try:
+                        sub(full)
+                    except MachineError:
+                        raise
+                    except Exception as err:  # numpy error inside a loop body
+                        raise MachineError(f"{label} at iteration {full}: {err}") from err
+        return step
+
+    def _dma(self, instr: Dma, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+        src, dst = self.view(instr.src, grid, trips), self.view(instr.dst, grid, trips)
+        store = _storer(instr.dst.dtype)
+        if instr.src.dtype == instr.dst.dtype:
+            def step(it: tuple[int, ...]) -> None:
+                np.copyto(dst[it], src[it])
+        else:
+            def step(it: tuple[int, ...]) -> None:
+                store(dst[it], src[it])
+        return step
+
+    def _gather(self, instr: Gather, path: str, grid: tuple[int, ...],
+                trips: tuple[int, ...]) -> Step:
+        table = self.view(instr.table, grid, trips)
+        idx = self.view(instr.indices, grid, trips)
+        dst = self.view(instr.dst, grid, trips)
+        store = _storer(instr.dst.dtype)
+        rows = instr.table.shape[0]
+        nd = len(grid) + len(instr.indices.shape)
+        gidx = tuple(np.arange(g).reshape((1,) * k + (g,) + (1,) * (nd - k - 1))
+                     for k, g in enumerate(grid))
+        label = instr_label(path, instr)
+
+        def step(it: tuple[int, ...]) -> None:
+            ix = idx[it].astype(np.int64)
+            ix = np.where(ix < 0, ix + rows, ix)
+            if ix.size and (ix.min() < 0 or ix.max() >= rows):
+                bad = ix[(ix < 0) | (ix >= rows)].flat[0]
+                raise MachineError(f"{label}: gather index out of range: {bad} "
+                                   f"(table has {rows} rows)")
+            store(dst[it], table[it][(*gidx, ix)])
+        return step
+
+    def _matmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+        rank = len(instr.c.shape)
+        a, b = self.view(instr.a, grid, trips, rank), self.view(instr.b, grid, trips, rank)
+        c = self.view(instr.c, grid, trips)
+        ca = instr.a.dtype != "f32"
+        cb = instr.b.dtype != "f32"
+        store = _storer(instr.c.dtype)
+        acc = instr.accumulate
+
+        def step(it: tuple[int, ...]) -> None:
+            av, bv, cv = a[it], b[it], c[it]
+            r = np.matmul(av.astype(F32) if ca else av, bv.astype(F32) if cb else bv)
+            if acc:
+                r += cv
+            store(cv, r)
+        return step
+
+    def _vec(self, instr: Vec, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+        mode, fn = _FNS[instr.fn]
+        rank = len(instr.out.shape)
+        ins = [self.view(a, grid, trips, rank) for a in instr.ins]
+        out = self.view(instr.out, grid, trips)
+        casts = _caster([a.dtype for a in instr.ins], "num" if mode == "cmp" else mode)
+        store = _storer(instr.out.dtype)
+        attrs = dict(instr.attrs)
+        if len(ins) == 1:
+            (x,), (cx,) = ins, casts
+
+            def step(it: tuple[int, ...]) -> None:
+                store(out[it], fn(cx(x[it]), attrs))
+        else:
+            pairs = list(zip(ins, casts, strict=True))
+
+            def step(it: tuple[int, ...]) -> None:
+                store(out[it], fn(*[c(v[it]) for v, c in pairs], attrs))
+        return step
+
+
+def _storer(dtype: str) -> Callable[[np.ndarray, np.ndarray], None]:
+    """How to store a computed block into a ``dtype`` view (round; saturate narrow floats)."""
+    if dtype in _SATURATE:
+        lim = _SATURATE[dtype]
+
+        def store(dst: np.ndarray, value: np.ndarray) -> None:
+            v = np.asarray(value)
+            if v.dtype != F32:
+                v = v.astype(F32)
+            np.copyto(dst, np.clip(v, -lim, lim), casting="unsafe")
+        return store
+
+    def plain(dst: np.ndarray, value: np.ndarray) -> None:
+        np.copyto(dst, value, casting="unsafe")
+    return plain
+
+
+def _machine(program: Program) -> _Machine:
+    """The cached machine of ``program`` (rebuilt if its lists were replaced or resized)."""
+    key = (id(program.instructions), len(program.instructions), id(program.buffers),
+           len(program.buffers), id(program.constants), len(program.constants))
+    cache = program.runtime_cache
+    if cache.get("machine_key") != key:
+        cache.pop("machine", None)
+        cache["machine"] = _Machine(program)
+        cache["machine_key"] = key
+    return cache["machine"]
+
+
+def _check_inputs(program: Program, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inputs converted to their spec dtype; MaiacError naming a missing/bad input."""
+    expected = {s.name: s for s in program.inputs}
+    unknown = sorted(set(inputs) - set(expected))
+    if unknown:
+        raise MaiacError(f"unknown input {unknown[0]!r}; the program takes "
+                         f"{', '.join(expected) or 'no inputs'}")
+    out = {}
+    for name, spec in expected.items():
+        want = f"shape {list(spec.shape)} dtype {spec.dtype}"
+        if name not in inputs:
+            raise MaiacError(f"missing input {name!r} ({want})")
+        arr = np.asarray(inputs[name])
+        if tuple(arr.shape) != tuple(spec.shape):
+            raise MaiacError(f"input {name!r} has shape {list(arr.shape)}, expected {want}")
+        dt = np_dtype(spec.dtype)
+        if arr.dtype != dt:
+            conv = arr.astype(dt)
+            back = conv.astype(arr.dtype)
+            same = np.array_equal(back, arr, equal_nan=arr.dtype.kind in "fc")
+            if not same:
+                raise MaiacError(f"input {name!r} has dtype {arr.dtype} which does not convert "
+                                 f"losslessly to {spec.dtype} (expected {want})")
+            arr = conv
+        out[name] = np.ascontiguousarray(arr)
+    return out
+
+
+def run_program(program: Program, inputs: dict[str, np.ndarray], *,
+                trace: str | os.PathLike[str] | list[dict[str, Any]] | None = None,
+                ) -> dict[str, np.ndarray]:
+    """Run ``program`` on ``inputs`` (name -> array) and return its outputs (name -> array).
+
+    ``trace``: a path writes the timing model's Chrome trace of the program there; a list
+    receives one ``{"index", "op", "kind", "wall_s"}`` record per top-level instruction
+    (measured interpreter time, for profiling the model itself).
+    """
+    machine = _machine(program)
+    arrays = _check_inputs(program, inputs)
+    machine.reset()
+    for spec in program.inputs:
+        b = program.buffer(spec.buffer)
+        machine._write_bytes(b.level, b.addr, arrays[spec.name])
+    records = trace if isinstance(trace, list) else None
+    with np.errstate(all="ignore"):
+        i = 0
+        try:
+            for i, (_, step) in enumerate(machine.steps):
+                t0 = time.perf_counter() if records is not None else 0.0
+                step(())
+                if records is not None:
+                    ins = program.instructions[i]
+                    records.append({"index": i, "op": ins.op, "kind": ins.kind,
+                                    "wall_s": time.perf_counter() - t0})
+        except MachineError:
+            raise
+        except Exception as err:
+            raise MachineError(f"{machine.steps[i][0]}: {type(err).__name__}: {err}") from err
+    result = {}
+    for spec in program.outputs:
+        b = program.buffer(spec.buffer)
+        result[spec.name] = machine.read(b.level, b.addr, spec.dtype, tuple(spec.shape))
+    if trace is not None and records is None:
+        from maiac.runtime.timing import simulate
+        from maiac.runtime.trace import write_chrome_trace
+        write_chrome_trace(simulate(program), trace)
+    return result

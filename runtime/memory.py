@@ -1,0 +1,96 @@
+"""Storage dtypes and the address geometry of an ``Access`` (shared by program checks,
+the interpreter and the timing model)."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+from maiac.runtime.isa import Access
+
+NP_DTYPES: dict[str, np.dtype] = {
+    "f32": np.dtype(np.float32),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+    "f16": np.dtype(np.float16),
+    "i64": np.dtype(np.int64),
+    "i32": np.dtype(np.int32),
+    "i8": np.dtype(np.int8),
+    "u8": np.dtype(np.uint8),
+    "bool": np.dtype(np.bool_),
+    "f8e4m3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "f8e5m2": np.dtype(ml_dtypes.float8_e5m2),
+}
+_NAMES = {v: k for k, v in NP_DTYPES.items()}
+
+
+def np_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a storage dtype name (KeyError if unknown)."""
+    return NP_DTYPES[name]
+
+
+def dtype_name(dtype: np.dtype) -> str | None:
+    """Our name of a numpy dtype, or None if it is not a storage dtype."""
+    return _NAMES.get(np.dtype(dtype))
+
+
+def itemsize(name: str) -> int:
+    """Bytes per element of a storage dtype."""
+    return NP_DTYPES[name].itemsize
+
+
+def _span(sizes: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, int]:
+    """(min, max) element offset of an index box ``0 <= i < sizes`` under ``strides``."""
+    lo = hi = 0
+    for n, s in zip(sizes, strides, strict=True):
+        if n <= 0:
+            continue
+        if s > 0:
+            hi += (n - 1) * s
+        else:
+            lo += (n - 1) * s
+    return lo, hi
+
+
+def block_extent(acc: Access, grid: tuple[int, ...]) -> tuple[int, int]:
+    """``[lo, hi)`` bytes one instruction's access touches at loop iteration 0, over all tiles.
+
+    TSRAM accesses ignore ``tile_strides`` (every tile has its own array, same addresses).
+    """
+    isz = itemsize(acc.dtype)
+    lo, hi = _span(acc.shape, acc.strides)
+    if acc.level != "tsram" and acc.tile_strides:
+        tlo, thi = _span(grid, acc.tile_strides)
+        lo, hi = lo + tlo, hi + thi
+    return acc.addr + lo * isz, acc.addr + (hi + 1) * isz
+
+
+def access_extent(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> tuple[int, int]:
+    """``[lo, hi)`` bytes touched over all tiles and all iterations of the enclosing loops."""
+    lo, hi = block_extent(acc, grid)
+    if acc.loop_strides:
+        llo, lhi = _span(trips, acc.loop_strides)
+        isz = itemsize(acc.dtype)
+        lo, hi = lo + llo * isz, hi + lhi * isz
+    return lo, hi
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    """Number of elements of a block shape."""
+    return math.prod(shape)
+
+
+def distinct_bytes(acc: Access, grid: tuple[int, ...]) -> int:
+    """Bytes an access moves over all tiles, counting stride-0 (broadcast) dims once.
+
+    A DMA from HBM whose ``tile_strides`` are all zero reads the block once and the NoC
+    broadcasts it (hierarchical broadcast, MAIA200_FACTS); on TSRAM every tile has its
+    own copy, so the tile count always multiplies.
+    """
+    n = math.prod(d for d, s in zip(acc.shape, acc.strides, strict=True) if s != 0)
+    if acc.level == "tsram":
+        n *= math.prod(grid)
+    elif acc.tile_strides:
+        n *= math.prod(g for g, s in zip(grid, acc.tile_strides, strict=True) if s != 0)
+    return n * itemsize(acc.dtype)
