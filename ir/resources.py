@@ -187,7 +187,7 @@ def get_array(handle: str) -> np.ndarray:
 
 def dense_attr(arr: np.ndarray, tensor_type: TensorType | None = None) -> DenseIntOrFPElementsAttr:
     """An inline ``dense<...>`` attribute holding a copy of ``arr``'s bytes."""
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr, order="C")  # not ascontiguousarray: it turns scalars into 1-d
     if tensor_type is None:
         tensor_type = TensorType(element_type(arr.dtype), arr.shape)
     data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -1,0 +1,564 @@
+"""ONNX ModelProto → ``builtin.module { func.func @main(...) }`` of ``onnx`` ops.
+
+One op per ONNX node, every value a static ``TensorType``: symbolic input dims are bound
+from ``shapes`` (``--shape input_ids=1x128``), then ONNX shape inference runs (with data
+propagation), and where it leaves a shape unknown the importer evaluates the shape
+sub-graph itself, node by node (``maiac.passes.node_eval``).
+
+Weights stay out of the IR (DESIGN §1): every initializer becomes an ``onnx.Constant``
+whose ``value`` is a ``dense_resource`` handle into ``maiac.ir.resources``, mapped from
+the file on first use (``np.memmap`` for external data), or an inline ``dense`` when it
+has at most 16 elements.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DictionaryAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    i64,
+)
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
+
+from maiac.ir import resources
+from maiac.ir.onnx import (
+    DOMAIN_ATTR,
+    NAME_ATTR,
+    ONNX_OPS,
+    OPSET_ATTR,
+    NoValueOp,
+    element_type_of_onnx,
+    numpy_dtype_of_onnx,
+    to_attribute,
+)
+from maiac.passes.node_eval import EvaluationError, evaluate
+from maiac.runtime.errors import MaiacError
+
+SUPPORTED_OPS: set[str] = {
+    "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Relu", "Gelu", "Erf",
+    "Tanh", "Sigmoid", "Softmax", "LayerNormalization", "ReduceMean", "ReduceSum",
+    "ReduceMax", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Concat", "Split",
+    "Slice", "Gather", "Cast", "Constant", "Identity", "Where", "Expand", "Shape", "Neg",
+    "Exp", "Log", "Equal", "Less", "Greater", "And", "Or", "Not", "IsNaN",
+    "ConstantOfShape", "Range", "Flatten", "Max", "Min", "Abs", "Reciprocal", "Cos", "Sin",
+    "Trilu", "SimplifiedLayerNormalization", "Dropout",
+}  # fmt: skip
+"""ONNX op types maiac accepts; other engineers add the ops they lower."""
+
+SMALL_VALUE_LIMIT = 4096
+"""Values with at most this many elements are tracked while inferring shapes."""
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def import_model(
+    model: str | Path | onnx.ModelProto,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    *,
+    shape_only: bool = False,
+) -> ModuleOp:
+    """Import an ONNX model (path or ModelProto) as a module of ``onnx`` ops.
+
+    ``shapes`` binds the symbolic dims of inputs by input name. With ``shape_only``
+    external weight files may be absent: their constants import with shape and type
+    only, for compiling and timing models whose weights never exist here.
+    """
+    proto, label, base_dir = _load(model)
+    return _Importer(proto, label, base_dir, shape_only).run(dict(shapes or {}))
+
+
+def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Path]:
+    """The ModelProto (external data not loaded), a label for errors, its directory."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<model>", Path.cwd()
+    path = Path(model)
+    if not path.is_file():
+        raise MaiacError(f"{path}: no such ONNX model file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, onnx may raise others
+        raise MaiacError(f"{path}: not a valid ONNX model ({_first_line(err)})") from None
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise MaiacError(f"{path}: not a valid ONNX model (no ir_version or graph)")
+    return proto, str(path), path.parent
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else "")
+
+
+class _Importer:
+    """The state of one import: the model, its opsets, and what is known of each value."""
+
+    def __init__(self, proto: onnx.ModelProto, label: str, base_dir: Path, shape_only: bool):
+        self.label = label
+        self.base_dir = base_dir
+        self.shape_only = shape_only
+        self.opsets = {
+            ("" if o.domain in _DEFAULT_DOMAINS else o.domain): o.version
+            for o in proto.opset_import
+        }
+        if proto.functions:
+            proto = onnx.inliner.inline_local_functions(proto)
+        self.proto = proto
+        self.graph = proto.graph
+        self.types: dict[str, TensorType] = {}
+        self.values: dict[str, np.ndarray] = {}  # small known values, for shape inference
+
+    # -- helpers -------------------------------------------------------------------
+
+    def opset(self, node: onnx.NodeProto) -> int:
+        domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
+        return self.opsets.get(domain, 1)
+
+    def describe(self, node: onnx.NodeProto) -> str:
+        return f"node '{_node_label(node)}': op '{node.op_type}' (opset {self.opset(node)})"
+
+    # -- the stages ----------------------------------------------------------------
+
+    def run(self, shapes: dict[str, tuple[int, ...]]) -> ModuleOp:
+        nodes = self._name_unnamed_outputs()
+        self._check_supported(nodes)
+        initializers = {t.name: t for t in self.graph.initializer}
+        inputs = [v for v in self.graph.input if v.name not in initializers]
+        self._bind_inputs(inputs, shapes)
+        constants = {name: self._tensor_attr(t, name, name) for name, t in initializers.items()}
+        self.constant_nodes = {
+            n.output[0]: self._constant_node_attr(n) for n in nodes if n.op_type == "Constant"
+        }
+        self._infer_types(nodes, inputs, initializers)
+        return self._build(nodes, inputs, constants)
+
+    def _name_unnamed_outputs(self) -> list[onnx.NodeProto]:
+        """Copies of the nodes where an unnamed output before a named one gets a name.
+
+        Shape inference then types it, and the op keeps its output positions.
+        """
+        nodes = []
+        for index, node in enumerate(self.graph.node):
+            named = [k for k, o in enumerate(node.output) if o]
+            last = named[-1] if named else -1
+            if any(not node.output[k] for k in range(last)):
+                node = onnx.NodeProto.FromString(node.SerializeToString())
+                for k in range(last):
+                    if not node.output[k]:
+                        node.output[k] = f"__maiac_unused_{index}_{k}"
+            nodes.append(node)
+        return nodes
+
+    def _check_supported(self, nodes: Iterable[onnx.NodeProto]) -> None:
+        for node in nodes:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for a in node.attribute):
+                raise MaiacError(
+                    f"{self.describe(node)} has subgraphs (control flow), "
+                    "which maiac does not support"
+                )
+            if node.op_type not in SUPPORTED_OPS or node.op_type not in ONNX_OPS:
+                raise MaiacError(f"{self.describe(node)} is not supported by maiac")
+
+    def _bind_inputs(self, inputs: list[onnx.ValueInfoProto], shapes: dict) -> None:
+        """Static types for the graph inputs, binding symbolic dims from ``shapes``."""
+        names = [v.name for v in inputs]
+        for name in shapes:
+            if name not in names:
+                raise MaiacError(
+                    f"--shape {name}: {self.label} has no input '{name}' "
+                    f"(its inputs: {', '.join(names) or 'none'})"
+                )
+        bound: dict[str, int] = {}  # dim_param → size, shared between inputs
+        for value in inputs:
+            if value.name in shapes:
+                dims = value.type.tensor_type.shape.dim
+                given = tuple(int(d) for d in shapes[value.name])
+                if value.type.tensor_type.HasField("shape") and len(dims) != len(given):
+                    raise MaiacError(
+                        f"--shape {value.name}={'x'.join(map(str, given))}: input "
+                        f"'{value.name}' has rank {len(dims)} ({_dims_text(dims)})"
+                    )
+                for dim, size in zip(dims, given, strict=False):
+                    if dim.HasField("dim_value") and dim.dim_value != size:
+                        raise MaiacError(
+                            f"--shape {value.name}={'x'.join(map(str, given))}: input "
+                            f"'{value.name}' has static shape {_dims_text(dims)}"
+                        )
+                    if dim.dim_param:
+                        bound.setdefault(dim.dim_param, size)
+        for value in inputs:
+            tensor = value.type.tensor_type
+            if not value.type.HasField("tensor_type"):
+                raise MaiacError(f"input '{value.name}': only tensor inputs are supported")
+            if value.name in shapes:
+                shape = tuple(int(d) for d in shapes[value.name])
+            else:
+                shape = self._bound_shape(value, bound)
+            self.types[value.name] = self._tensor_type(tensor.elem_type, shape, value.name)
+
+    def _bound_shape(self, value: onnx.ValueInfoProto, bound: dict[str, int]) -> tuple[int, ...]:
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            raise MaiacError(
+                f"input '{value.name}' has no shape in {self.label}; "
+                f"give one with --shape {value.name}=<d0>x<d1>..."
+            )
+        shape = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                shape.append(dim.dim_value)
+            elif dim.dim_param in bound:
+                shape.append(bound[dim.dim_param])
+            else:
+                symbol = f"'{dim.dim_param}'" if dim.dim_param else "(unnamed)"
+                raise MaiacError(
+                    f"input '{value.name}' has symbolic dim {symbol} (dim {axis} of "
+                    f"{_dims_text(tensor.shape.dim)}); bind it, e.g. --shape "
+                    f"{value.name}={'x'.join(_dim_example(d) for d in tensor.shape.dim)}"
+                )
+        return tuple(shape)
+
+    def _tensor_type(self, elem_type: int, shape: Iterable[int], what: str) -> TensorType:
+        try:
+            return TensorType(element_type_of_onnx(elem_type), list(shape))
+        except MaiacError as err:
+            raise MaiacError(f"'{what}': {err}") from None
+
+    # -- constants -----------------------------------------------------------------
+
+    def _tensor_attr(
+        self, tensor: onnx.TensorProto, hint: str, record_as: str | None = None
+    ) -> Attribute:
+        """The ``value`` attribute of a constant: inline when small, else a handle.
+
+        Small values are remembered under ``record_as`` for shape inference.
+        """
+        dtype = numpy_dtype_of_onnx(tensor.data_type)
+        shape = tuple(tensor.dims)
+        tensor_type = self._tensor_type(tensor.data_type, shape, hint)
+        size = int(np.prod(shape, dtype=np.int64))
+        external = tensor.data_location == TensorProto.EXTERNAL
+        if not external and size <= SMALL_VALUE_LIMIT:
+            value = _tensor_to_array(tensor, dtype)
+            if record_as:
+                self.values[record_as] = value
+            return resources.constant_attr(value, hint)
+        if external:
+            loader, available = self._external_loader(tensor, dtype, shape, hint)
+        else:
+            def loader(t: onnx.TensorProto = tensor) -> np.ndarray:
+                return _tensor_to_array(t, dtype)
+
+            available = None
+        handle = resources.register_lazy(loader, shape, dtype, hint, available)
+        return resources.resource_attr(handle, tensor_type)
+
+    def _external_loader(self, tensor: onnx.TensorProto, dtype: np.dtype, shape: tuple, hint: str):
+        info = {e.key: e.value for e in tensor.external_data}
+        path = self.base_dir / info.get("location", "")
+        offset = int(info.get("offset", 0))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        length = int(info.get("length", nbytes))
+        if length != nbytes:
+            raise MaiacError(
+                f"initializer '{hint}': external data length {length} does not match "
+                f"{dtype}{list(shape)} ({nbytes} bytes) in {path}"
+            )
+
+        def available() -> bool:
+            return path.is_file() and os.path.getsize(path) >= offset + length
+
+        if not self.shape_only and not available():
+            raise MaiacError(
+                f"initializer '{hint}': external data file {path} is missing or too short "
+                "(import with shape_only to compile without weights)"
+            )
+
+        def loader() -> np.ndarray:
+            return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r",
+                             offset=offset, shape=shape)
+
+        return loader, available
+
+    def _constant_node_attr(self, node: onnx.NodeProto) -> Attribute:
+        """A Constant node's value, whichever of value/value_float/... it uses."""
+        attr = node.attribute[0] if len(node.attribute) == 1 else None
+        hint = node.output[0]
+        if attr is None:
+            raise MaiacError(f"{self.describe(node)} needs exactly one value attribute")
+        if attr.name == "value":
+            return self._tensor_attr(attr.t, hint, hint)
+        python_value = helper.get_attribute_value(attr)
+        arrays = {
+            "value_float": np.float32, "value_floats": np.float32,
+            "value_int": np.int64, "value_ints": np.int64,
+        }
+        if attr.name not in arrays:
+            raise MaiacError(f"{self.describe(node)}: attribute '{attr.name}' is not supported")
+        value = np.array(python_value, dtype=arrays[attr.name])
+        self.values[hint] = value
+        return resources.constant_attr(value, hint)
+
+    # -- shapes --------------------------------------------------------------------
+
+    def _infer_types(self, nodes, inputs, initializers) -> None:
+        """A static type for every value: ONNX inference, then our own where it fails."""
+        skeleton = self._skeleton(nodes, inputs, initializers)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(
+                skeleton, check_type=False, strict_mode=False, data_prop=True
+            )
+        except Exception as err:
+            raise MaiacError(f"{self.label}: ONNX shape inference failed: {_first_line(err)}") from None
+        for value in [*inferred.graph.value_info, *inferred.graph.output]:
+            static = _static_type(value)
+            if static is not None and value.name not in self.types:
+                self.types[value.name] = self._tensor_type(*static, value.name)
+        for name, tensor in initializers.items():
+            self.types[name] = self._tensor_type(tensor.data_type, tensor.dims, name)
+        holes = [n for n in nodes for o in n.output if o and o not in self.types]
+        if holes:
+            self._propagate(nodes, inferred)
+
+    def _skeleton(self, nodes, inputs, initializers) -> onnx.ModelProto:
+        """A weightless copy of the model for shape inference: big initializers become inputs."""
+        graph = helper.make_graph(nodes, self.graph.name or "main", [], [])
+        for value in inputs:
+            graph.input.append(_value_info(value.name, self.types[value.name]))
+        for name, tensor in initializers.items():
+            if name in self.values:
+                graph.initializer.append(numpy_helper.from_array(self.values[name], name))
+            else:
+                graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, tensor.dims))
+        for value in self.graph.output:
+            graph.output.append(
+                helper.make_tensor_value_info(value.name, value.type.tensor_type.elem_type, None)
+            )
+        skeleton = helper.make_model(graph, opset_imports=list(self.proto.opset_import))
+        skeleton.ir_version = self.proto.ir_version
+        return skeleton
+
+    def _propagate(self, nodes: list[onnx.NodeProto], inferred: onnx.ModelProto) -> None:
+        """Node by node: evaluate small constant sub-graphs, re-infer the rest."""
+        elem_types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+        for node in nodes:
+            outputs = [o for o in node.output if o]
+            self._evaluate_if_constant(node)
+            missing = [o for o in outputs if o not in self.types]
+            if missing:
+                self._infer_one(node, elem_types)
+            for name in outputs:
+                if name not in self.types:
+                    raise MaiacError(
+                        f"{self.describe(node)}: cannot infer a static shape for output "
+                        f"'{name}' (bind the model's symbolic dims with --shape)"
+                    )
+
+    def _evaluate_if_constant(self, node: onnx.NodeProto) -> None:
+        names = [i for i in node.input if i]
+        if node.op_type == "Shape" and names and names[0] in self.types:
+            inputs = [np.empty(self.types[names[0]].get_shape(), np.uint8)]
+        elif all(n in self.values for n in names) and node.op_type != "Constant":
+            inputs = [self.values[n] if n else None for n in node.input]
+        elif node.op_type == "Constant":
+            return  # its value was recorded when its attribute was built
+        else:
+            return
+        if node.domain not in _DEFAULT_DOMAINS:
+            return
+        attrs = {a.name: _attribute_value(a) for a in node.attribute}
+        try:
+            results = evaluate(node.op_type, attrs, inputs, len(node.output), self.opsets)
+        except EvaluationError:
+            return
+        for name, result in zip(node.output, results, strict=False):
+            if name and result.size <= SMALL_VALUE_LIMIT:
+                self.values[name] = result
+                if name not in self.types:
+                    self.types[name] = TensorType(resources.element_type(result.dtype),
+                                                  list(result.shape))
+
+    def _infer_one(self, node: onnx.NodeProto, elem_types: dict[str, int]) -> None:
+        """ONNX inference on this node alone, with the inputs we know as initializers."""
+        graph = helper.make_graph([node], "one", [], [])
+        for name in dict.fromkeys(i for i in node.input if i):
+            if name in self.values:
+                graph.initializer.append(numpy_helper.from_array(self.values[name], name))
+            elif name in self.types:
+                graph.input.append(_value_info(name, self.types[name]))
+        for name in node.output:
+            if name:
+                graph.output.append(helper.make_tensor_value_info(name, elem_types.get(name, 0), None))
+        model = helper.make_model(graph, opset_imports=list(self.proto.opset_import))
+        model.ir_version = self.proto.ir_version
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as err:
+            raise MaiacError(f"{self.describe(node)}: shape inference failed: {_first_line(err)}") from None
+        for value in [*inferred.graph.value_info, *inferred.graph.output]:
+            static = _static_type(value)
+            if static is not None and value.name not in self.types:
+                self.types[value.name] = self._tensor_type(*static, value.name)
+
+    # -- the module ----------------------------------------------------------------
+
+    def _build(self, nodes, inputs, constants) -> ModuleOp:
+        arg_types = [self.types[v.name] for v in inputs]
+        block = Block(arg_types=arg_types)
+        values: dict[str, SSAValue] = {}
+        for value, arg in zip(inputs, block.args, strict=True):
+            arg.name_hint = value.name
+            values[value.name] = arg
+        ops: list[Operation] = []
+        for name, attr in constants.items():
+            op = ONNX_OPS["Constant"].create(
+                result_types=[self.types[name]],
+                attributes={"value": attr, NAME_ATTR: StringAttr(name)},
+            )
+            op.results[0].name_hint = name
+            values[name] = op.results[0]
+            ops.append(op)
+        no_value: list[SSAValue] = []
+        for node in nodes:
+            ops.append(self._build_node(node, values, no_value, ops))
+        returned = []
+        for value in self.graph.output:
+            if value.name not in values:
+                raise MaiacError(f"{self.label}: graph output '{value.name}' is never computed")
+            returned.append(values[value.name])
+        ops.append(func.ReturnOp(*returned))
+        block.add_ops(ops)
+        main = func.FuncOp(
+            "main",
+            (arg_types, [v.type for v in returned]),
+            Region(block),
+            arg_attrs=_name_dicts(v.name for v in inputs),
+            res_attrs=_name_dicts(v.name for v in self.graph.output),
+        )
+        module = ModuleOp([main])
+        module.attributes[OPSET_ATTR] = DictionaryAttr(
+            {d: IntegerAttr(v, i64) for d, v in sorted(self.opsets.items())}
+        )
+        module.verify()
+        return module
+
+    def _build_node(self, node, values, no_value: list[SSAValue], ops: list[Operation]) -> Operation:
+        operand_names = list(node.input)
+        while operand_names and not operand_names[-1]:
+            operand_names.pop()
+        operands = []
+        for name in operand_names:
+            if not name:
+                if not no_value:
+                    none = NoValueOp()
+                    ops.insert(0, none)
+                    no_value.append(none.result)
+                operands.append(no_value[0])
+            elif name not in values:
+                raise MaiacError(f"{self.describe(node)}: input '{name}' is never defined")
+            else:
+                operands.append(values[name])
+        output_names = list(node.output)
+        while output_names and not output_names[-1]:
+            output_names.pop()
+        if node.op_type == "Constant":
+            attributes = {"value": self.constant_nodes[node.output[0]]}
+        else:
+            attributes = {a.name: self._attribute(node, a) for a in node.attribute}
+        attributes[NAME_ATTR] = StringAttr(_node_label(node))
+        if node.domain not in _DEFAULT_DOMAINS:
+            attributes[DOMAIN_ATTR] = StringAttr(node.domain)
+        op = ONNX_OPS[node.op_type].create(
+            operands=operands,
+            result_types=[self.types[o] for o in output_names],
+            attributes=attributes,
+        )
+        for name, result in zip(output_names, op.results, strict=True):
+            result.name_hint = name
+            values[name] = result
+        return op
+
+    def _attribute(self, node: onnx.NodeProto, attr: onnx.AttributeProto) -> Attribute:
+        A = onnx.AttributeProto
+        if attr.type == A.TENSOR:
+            return self._tensor_attr(attr.t, f"{_node_label(node)}.{attr.name}")
+        if attr.type not in (A.INT, A.FLOAT, A.STRING, A.INTS, A.FLOATS, A.STRINGS):
+            raise MaiacError(
+                f"{self.describe(node)}: attribute '{attr.name}' of type "
+                f"{A.AttributeType.Name(attr.type)} is not supported"
+            )
+        return to_attribute(helper.get_attribute_value(attr), attr.type)
+
+
+def _tensor_to_array(tensor: onnx.TensorProto, dtype: np.dtype) -> np.ndarray:
+    """The values of an in-file TensorProto as ``dtype`` (bf16/fp8 come back as raw bits)."""
+    array = numpy_helper.to_array(tensor)
+    if array.dtype != dtype:
+        array = array.view(dtype) if array.dtype.itemsize == dtype.itemsize else array.astype(dtype)
+    return array
+
+
+def _attribute_value(attr: onnx.AttributeProto):
+    """A node attribute as the Python value ``node_eval`` expects (tensors as arrays)."""
+    if attr.type == onnx.AttributeProto.TENSOR:
+        return numpy_helper.to_array(attr.t)
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8") for v in value]
+    return value
+
+
+def _static_type(value: onnx.ValueInfoProto) -> tuple[int, list[int]] | None:
+    """(elem type, shape) when the value's type is a tensor of fully static shape."""
+    if not value.type.HasField("tensor_type"):
+        return None
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape") or tensor.elem_type == 0:
+        return None
+    dims = tensor.shape.dim
+    if not all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
+        return None
+    return tensor.elem_type, [d.dim_value for d in dims]
+
+
+def _value_info(name: str, tensor_type: TensorType) -> onnx.ValueInfoProto:
+    from maiac.ir.onnx import onnx_elem_type_of
+
+    return helper.make_tensor_value_info(
+        name, onnx_elem_type_of(tensor_type.get_element_type()), list(tensor_type.get_shape())
+    )
+
+
+def _name_dicts(names: Iterable[str]) -> ArrayAttr[DictionaryAttr]:
+    return ArrayAttr([DictionaryAttr({NAME_ATTR: StringAttr(n)}) for n in names])
+
+
+def _dims_text(dims) -> str:
+    return "x".join(_dim_hint(d) for d in dims) or "scalar"
+
+
+def _dim_hint(dim) -> str:
+    if dim.HasField("dim_value"):
+        return str(dim.dim_value)
+    return dim.dim_param or "?"
+
+
+def _dim_example(dim) -> str:
+    return str(dim.dim_value) if dim.HasField("dim_value") else "1"
