@@ -1,0 +1,496 @@
+"""The Maia 200 timing model: how long a program would take, and where the time goes.
+
+Needs no data (works on shape-only programs). Each engine — every DMA queue
+(``dma0`` ..), the ``ttu`` and the ``tvp`` — has a timeline. An instruction starts when
+its engine is free and every earlier instruction it depends on has finished; it then
+occupies its engine for its cost:
+
+* DMA / gather: ``max`` over the levels it touches of bytes / bandwidth, plus
+  ``dma_latency_s``. HBM and CSRAM are shared levels (``hbm_bw``, ``csram_bw``); TSRAM
+  and the NoC into the tiles scale with the tiles the instruction runs on
+  (``tsram_bw``/``noc_bw`` x tiles / n_tiles). A stride-0 source (``tile_strides`` all
+  zero) is read once and broadcast by the NoC.
+* matmul: ``2*M*N*K*batch*tiles`` FLOPs / (``ttu_flops[fmt]`` x tiles / n_tiles) +
+  ``instr_latency_s``.
+* vec: elements x ops-per-element (``VEC_OPS``, ASSUMED) / (``tvp_flops`` x tiles /
+  n_tiles) + ``instr_latency_s``.
+
+Dependencies are data hazards (RAW, WAR, WAW) between the byte ranges instructions
+touch on each level (TSRAM addresses are shared by all tiles, so treated as one
+range). So the DMA of the next op overlaps the compute of this one wherever the
+program's buffers allow it (double buffering, prefetch into separate buffers).
+
+Loops are costed in closed form: the first ``SIM_ITERS`` iterations are scheduled
+exactly, then the steady-state period (from the last two simulated iterations) is
+extrapolated over the remaining ones; busy times and per-op totals scale by
+``trips / SIM_ITERS``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from maiac.runtime.errors import MaiacError
+from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.memory import block_extent, distinct_bytes, itemsize, numel
+from maiac.runtime.program import Program
+from maiac.runtime.target import Target
+
+SIM_ITERS = 4
+
+# TVP operations per element (ASSUMED: transcendental functions as a short polynomial
+# after range reduction; norms/softmax count their passes over the row).
+VEC_OPS: dict[str, int] = {
+    "copy": 1, "relu": 1, "gelu": 12, "gelu_tanh": 10, "erf": 10, "tanh": 8, "sigmoid": 8,
+    "silu": 9, "exp": 6, "log": 6, "sqrt": 4, "rsqrt": 4, "reciprocal": 4, "neg": 1,
+    "abs": 1, "cos": 8, "sin": 8, "floor": 1, "ceil": 1, "not": 1, "isnan": 1, "sign": 1,
+    "add": 1, "sub": 1, "mul": 1, "div": 4, "pow": 12, "max": 1, "min": 1, "mod": 4,
+    "equal": 1, "less": 1, "greater": 1, "less_equal": 1, "greater_equal": 1, "and": 1,
+    "or": 1, "xor": 1, "where": 1, "reduce_sum": 1, "reduce_mean": 1, "reduce_max": 1,
+    "reduce_min": 1, "softmax": 10, "log_softmax": 10, "layernorm": 8, "rmsnorm": 5,
+}
+ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min")
+
+
+def ttu_format(fmt: str, target: Target) -> str:
+    """The ``ttu_flops`` key a MatMul ``fmt`` runs at (fp8 for mixed fp8 x fp4 formats)."""
+    f = fmt.lower()
+    if f in target.ttu_flops:
+        return f
+    if f in ("fp32", "float32"):
+        return "f32"
+    if f in ("f16", "fp16", "bfloat16"):
+        return "bf16"
+    if "fp8" in f or "f8" in f or "e4m3" in f or "e5m2" in f or "a8" in f:
+        return "fp8"
+    if "fp6" in f or "e2m3" in f or "e3m2" in f:
+        return "fp6"
+    if "fp4" in f or "e2m1" in f:
+        return "fp4"
+    raise MaiacError(f"matmul format {fmt!r} has no TTU peak; known: "
+                     f"{', '.join(target.ttu_flops)} (set ttu_flops.{fmt} to add one)")
+
+
+@dataclass
+class Event:
+    """One busy interval of one engine (for the Chrome trace)."""
+
+    engine: str
+    name: str
+    start: float
+    dur: float
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TimingReport:
+    """What ``simulate`` finds; ``to_json`` is the DESIGN §5 ``report`` contract."""
+
+    target: str
+    modeled_time_s: float
+    roofline_time_s: float
+    roofline_fraction: float
+    flops: float
+    hbm_bytes: float
+    weight_bytes: int
+    sram_peak_bytes: dict[str, int]
+    engines: list[dict[str, Any]]
+    ops: list[dict[str, Any]]
+    ttu_flops: float = 0.0
+    tvp_ops: float = 0.0
+    compute_time_s: float = 0.0
+    memory_time_s: float = 0.0
+    dma_compute_overlap_s: float = 0.0
+    events: list[Event] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable ``maiac report --json`` dict (events excluded; see trace.py)."""
+        return {
+            "target": self.target,
+            "modeled_time_s": self.modeled_time_s,
+            "roofline_time_s": self.roofline_time_s,
+            "roofline_fraction": self.roofline_fraction,
+            "flops": self.flops,
+            "hbm_bytes": self.hbm_bytes,
+            "weight_bytes": self.weight_bytes,
+            "sram_peak_bytes": dict(self.sram_peak_bytes),
+            "engines": [dict(e) for e in self.engines],
+            "ops": [dict(o) for o in self.ops],
+            "ttu_flops": self.ttu_flops,
+            "tvp_ops": self.tvp_ops,
+            "compute_time_s": self.compute_time_s,
+            "memory_time_s": self.memory_time_s,
+            "dma_compute_overlap_s": self.dma_compute_overlap_s,
+        }
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        return (f"target {self.target}: modeled {self.modeled_time_s * 1e3:.3f} ms, roofline "
+                f"{self.roofline_time_s * 1e3:.3f} ms ({self.roofline_fraction:.1%}), "
+                f"{self.flops / 1e9:.3g} GFLOP, HBM {self.hbm_bytes / 1e6:.4g} MB, "
+                f"weights {self.weight_bytes / 1e6:.4g} MB")
+
+
+# --------------------------------------------------------------------------- costs
+
+@dataclass
+class _Footprint:
+    """Bytes ``[lo, hi)`` of ``level`` at loop iteration 0, moving by ``loop_bytes``."""
+
+    level: str
+    lo: int
+    hi: int
+    loop_bytes: tuple[int, ...]
+
+    def at(self, it: tuple[int, ...]) -> tuple[int, int]:
+        off = sum(i * s for i, s in zip(it, self.loop_bytes, strict=False))
+        return self.lo + off, self.hi + off
+
+    def over(self, prefix: tuple[int, ...], trips: tuple[int, ...]) -> tuple[int, int]:
+        """Range over every iteration of the loop dims after ``prefix``."""
+        off = sum(i * s for i, s in zip(prefix, self.loop_bytes, strict=False))
+        lo = hi = 0
+        for n, s in zip(trips[len(prefix):], self.loop_bytes[len(prefix):], strict=False):
+            lo += min(0, (n - 1) * s)
+            hi += max(0, (n - 1) * s)
+        return self.lo + off + lo, self.hi + off + hi
+
+
+@dataclass
+class _Leaf:
+    """A non-loop instruction with its precomputed cost and footprints."""
+
+    path: str
+    op: str
+    kind: str
+    engine: str
+    dur: float
+    flops: float
+    fmt: str  # TTU format key for matmuls, "" otherwise
+    hbm_bytes: float
+    reads: list[_Footprint]
+    writes: list[_Footprint]
+    trips: tuple[int, ...]
+
+
+def _footprint(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> _Footprint:
+    lo, hi = block_extent(acc, grid)
+    isz = itemsize(acc.dtype)
+    ls = tuple(s * isz for s in acc.loop_strides) or (0,) * len(trips)
+    return _Footprint(acc.level, lo, hi, ls)
+
+
+def _dma_time(t: Target, src: Access, dst: Access, src_b: float, dst_b: float,
+              tiles: int) -> float:
+    frac = tiles / t.n_tiles
+
+    def level_time(level: str, nbytes: float) -> float:
+        bw = {"hbm": t.hbm_bw, "csram": t.csram_bw, "tsram": t.tsram_bw * frac}[level]
+        return nbytes / bw
+
+    times = [level_time(src.level, src_b), level_time(dst.level, dst_b)]
+    levels = {src.level, dst.level}
+    if "tsram" in levels and len(levels) == 2:  # into or out of the tiles over the NoC
+        times.append((dst_b if dst.level == "tsram" else src_b) / (t.noc_bw * frac))
+    elif levels == {"hbm", "csram"}:
+        times.append(max(src_b, dst_b) / t.noc_bw)
+    return max(times) + t.dma_latency_s
+
+
+def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target) -> _Leaf:
+    grid = tuple(instr.grid)
+    tiles = math.prod(grid)
+    frac = tiles / t.n_tiles
+
+    def fp(*accs: Access) -> list[_Footprint]:
+        return [_footprint(a, grid, trips) for a in accs]
+
+    flops = hbm = 0.0
+    fmt = ""
+    if isinstance(instr, Dma | Gather):
+        engine = f"dma{instr.queue % t.dma_queues}"
+        if isinstance(instr, Dma):
+            src, dst = instr.src, instr.dst
+            src_b, dst_b = distinct_bytes(src, grid), distinct_bytes(dst, grid)
+            reads, writes = fp(src), fp(dst)
+        else:
+            src, dst = instr.table, instr.dst
+            dst_b = distinct_bytes(dst, grid)
+            src_b = dst_b // itemsize(dst.dtype) * itemsize(src.dtype)
+            reads, writes = fp(instr.table, instr.indices), fp(dst)
+        dur = _dma_time(t, src, dst, src_b, dst_b, tiles)
+        hbm = (src_b if src.level == "hbm" else 0) + (dst_b if dst.level == "hbm" else 0)
+    elif isinstance(instr, MatMul):
+        engine = "ttu"
+        m, n = instr.c.shape[-2:]
+        k = instr.a.shape[-1]
+        flops = 2.0 * m * n * k * numel(instr.c.shape[:-2]) * tiles
+        fmt = ttu_format(instr.fmt, t)
+        dur = flops / (t.ttu_flops[fmt] * frac) + t.instr_latency_s
+        reads = fp(instr.a, instr.b, *([instr.c] if instr.accumulate else []))
+        writes = fp(instr.c)
+    elif isinstance(instr, Vec):
+        engine = "tvp"
+        shape = instr.ins[0].shape if instr.fn in ROW_INPUT_FNS else instr.out.shape
+        flops = float(numel(shape) * tiles * VEC_OPS.get(instr.fn, 1))
+        dur = flops / (t.tvp_flops * frac) + t.instr_latency_s
+        reads, writes = fp(*instr.ins), fp(instr.out)
+    else:
+        raise MaiacError(f"instruction {path}: cannot time {type(instr).__name__}")
+    return _Leaf(path, instr.op, instr.kind, engine, dur, flops, fmt, float(hbm), reads,
+                 writes, trips)
+
+
+# --------------------------------------------------------------------------- hazards
+
+class _RangeMax:
+    """A step function over byte addresses: max over a range, assign or raise over a range."""
+
+    def __init__(self) -> None:
+        self.keys: list[int] = [0]
+        self.vals: list[float] = [0.0]
+
+    def _split(self, x: int) -> int:
+        i = bisect.bisect_right(self.keys, x) - 1
+        if self.keys[i] == x:
+            return i
+        self.keys.insert(i + 1, x)
+        self.vals.insert(i + 1, self.vals[i])
+        return i + 1
+
+    def query(self, lo: int, hi: int) -> float:
+        if hi <= lo:
+            return 0.0
+        i = bisect.bisect_right(self.keys, lo) - 1
+        j = bisect.bisect_left(self.keys, hi)
+        return max(self.vals[i:j]) if j > i else self.vals[i]
+
+    def assign(self, lo: int, hi: int, v: float) -> None:
+        if hi <= lo:
+            return
+        i, j = self._split(lo), self._split(hi)
+        self.keys[i:j] = [lo]
+        self.vals[i:j] = [v]
+
+    def raise_to(self, lo: int, hi: int, v: float) -> None:
+        if hi <= lo:
+            return
+        i, j = self._split(lo), self._split(hi)
+        vals = self.vals
+        for k in range(i, j):
+            if vals[k] < v:
+                vals[k] = v
+
+
+@dataclass
+class _Stats:
+    """Additive totals of a stretch of the schedule (scaled for extrapolated loops)."""
+
+    busy: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    op_busy: dict[str, dict[str, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    op_flops: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    op_hbm: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    fmt_flops: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    tvp_ops: float = 0.0
+
+    def merge(self, other: _Stats, scale: float) -> None:
+        for e, v in other.busy.items():
+            self.busy[e] += v * scale
+        for op, d in other.op_busy.items():
+            for e, v in d.items():
+                self.op_busy[op][e] += v * scale
+        for src, dst in ((other.op_flops, self.op_flops), (other.op_hbm, self.op_hbm),
+                         (other.fmt_flops, self.fmt_flops)):
+            for k, v in src.items():
+                dst[k] += v * scale
+        self.tvp_ops += other.tvp_ops * scale
+
+
+class _Sim:
+    def __init__(self, target: Target) -> None:
+        self.t = target
+        self.free: dict[str, float] = defaultdict(float)
+        self.wf = defaultdict(_RangeMax)  # level -> finish of the last write
+        self.af = defaultdict(_RangeMax)  # level -> finish of the last access of any kind
+        self.events: list[Event] = []
+        self.stats = [_Stats()]
+        self.op_order: dict[str, None] = {}
+
+    def leaf(self, lf: _Leaf, it: tuple[int, ...]) -> float:
+        start = self.free[lf.engine]
+        spans_r = [(f.level, *f.at(it)) for f in lf.reads]
+        spans_w = [(f.level, *f.at(it)) for f in lf.writes]
+        for lv, lo, hi in spans_r:
+            start = max(start, self.wf[lv].query(lo, hi))
+        for lv, lo, hi in spans_w:
+            start = max(start, self.af[lv].query(lo, hi))
+        end = start + lf.dur
+        self.free[lf.engine] = end
+        for lv, lo, hi in spans_r:
+            self.af[lv].raise_to(lo, hi, end)
+        for lv, lo, hi in spans_w:
+            self.wf[lv].assign(lo, hi, end)
+            self.af[lv].assign(lo, hi, end)
+        name = lf.op or lf.kind
+        self.events.append(Event(lf.engine, name, start, lf.dur, lf.kind,
+                                 {"instr": lf.path, "iteration": list(it)} if it
+                                 else {"instr": lf.path}))
+        s = self.stats[-1]
+        s.busy[lf.engine] += lf.dur
+        s.op_busy[name][lf.engine] += lf.dur
+        s.op_flops[name] += lf.flops
+        s.op_hbm[name] += lf.hbm_bytes
+        if lf.fmt:
+            s.fmt_flops[lf.fmt] += lf.flops
+        elif lf.engine == "tvp":
+            s.tvp_ops += lf.flops
+        self.op_order.setdefault(name, None)
+        return end
+
+    def run(self, items: list[Any], it: tuple[int, ...]) -> float:
+        end = 0.0
+        for item in items:
+            end = max(end, self.loop(item, it) if isinstance(item, _LoopItem)
+                      else self.leaf(item, it))
+        return end
+
+    def loop(self, lp: _LoopItem, prefix: tuple[int, ...]) -> float:
+        n = math.prod(lp.trips)
+        k = min(n, SIM_ITERS)
+        self.stats.append(_Stats())
+        ends: list[float] = []
+        for inner in itertools.islice(itertools.product(*map(range, lp.trips)), k):
+            ends.append(max(self.run(lp.body, prefix + inner), ends[-1] if ends else 0.0))
+        frame = self.stats.pop()
+        end = ends[-1]
+        if n > k:
+            period = (ends[-1] - ends[-3]) / 2 if k >= 3 else ends[-1] - ends[0]
+            extra = (n - k) * period
+            for e, busy in frame.busy.items():
+                self.events.append(Event(e, f"{lp.op or 'loop'} x{n - k} more iterations", end,
+                                         min(extra, busy / k * (n - k)), "loop",
+                                         {"instr": lp.path, "extrapolated": True}))
+                self.free[e] += extra
+            end += extra
+            for lf in lp.leaves:
+                for fps, writes in ((lf.reads, False), (lf.writes, True)):
+                    for f in fps:
+                        lo, hi = f.over(prefix, lf.trips)
+                        if writes:
+                            self.wf[f.level].assign(lo, hi, end)
+                            self.af[f.level].assign(lo, hi, end)
+                        else:
+                            self.af[f.level].raise_to(lo, hi, end)
+        self.stats[-1].merge(frame, n / k)
+        return end
+
+
+@dataclass
+class _LoopItem:
+    path: str
+    op: str
+    trips: tuple[int, ...]
+    body: list[Any]
+    leaves: list[_Leaf]  # every leaf inside, at any depth
+
+
+def _items(instrs: list[Instr], prefix: str, trips: tuple[int, ...], t: Target) -> list[Any]:
+    out: list[Any] = []
+    for i, ins in enumerate(instrs):
+        path = f"{prefix}{i}"
+        if isinstance(ins, Loop):
+            inner = trips + tuple(ins.trips)
+            body = _items(ins.body, f"{path}.", inner, t)
+            leaves = [x for b in body for x in (b.leaves if isinstance(b, _LoopItem) else [b])]
+            out.append(_LoopItem(path, ins.op, tuple(ins.trips), body, leaves))
+        else:
+            out.append(_leaf(ins, path, trips, t))
+    return out
+
+
+def _overlap(events: list[Event]) -> float:
+    """Seconds during which some DMA queue and some compute engine are both busy."""
+    def union(evs: list[Event]) -> list[tuple[float, float]]:
+        spans: list[tuple[float, float]] = []
+        for e in sorted(evs, key=lambda e: e.start):
+            s, f = e.start, e.start + e.dur
+            if spans and s <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], f))
+            else:
+                spans.append((s, f))
+        return spans
+
+    a = union([e for e in events if e.engine.startswith("dma")])
+    b = union([e for e in events if not e.engine.startswith("dma")])
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def simulate(program: Program, target: Target | None = None) -> TimingReport:
+    """Schedule ``program`` on the target's engines and report time, roofline and per-op rows."""
+    t = target or Target.from_json(program.target or {})
+    sim = _Sim(t)
+    modeled = sim.run(_items(program.instructions, "", (), t), ())
+    stats = sim.stats[0]
+    engines = [f"dma{q}" for q in range(t.dma_queues)] + ["ttu", "tvp"]
+    hbm_bytes = sum(stats.op_hbm.values())
+    ttu_flops = sum(stats.fmt_flops.values())
+    compute = max(sum(f / t.ttu_flops[fmt] for fmt, f in stats.fmt_flops.items()),
+                  stats.tvp_ops / t.tvp_flops)
+    memory = hbm_bytes / t.hbm_bw
+    roofline = max(compute, memory)
+    kinds = program.meta.get("ops", {}) if isinstance(program.meta, dict) else {}
+    ops = []
+    for name in sim.op_order:
+        busy = stats.op_busy[name]
+        dma = max((v for e, v in busy.items() if e.startswith("dma")), default=0.0)
+        comp = max(busy.get("ttu", 0.0), busy.get("tvp", 0.0))
+        info = kinds.get(name, {}) if isinstance(kinds, dict) else {}
+        ops.append({"name": name, "kind": info.get("kind") if isinstance(info, dict) else None,
+                    "time_s": max(dma, comp), "flops": stats.op_flops[name],
+                    "hbm_bytes": stats.op_hbm[name],
+                    "bound": "compute" if comp >= dma else "memory",
+                    "busy_s": {e: busy[e] for e in sorted(busy)}})
+    tiles_used = max((math.prod(i.grid) for i in _all_leaves(program.instructions)), default=1)
+    peak = {lv: max((b.addr + b.nbytes for b in program.buffers if b.level == lv), default=0)
+            for lv in ("csram", "tsram")}
+    return TimingReport(
+        target=t.name,
+        modeled_time_s=modeled,
+        roofline_time_s=roofline,
+        roofline_fraction=roofline / modeled if modeled > 0 else 0.0,
+        flops=ttu_flops + stats.tvp_ops,
+        hbm_bytes=hbm_bytes,
+        weight_bytes=sum(b.nbytes for b in program.buffers if b.kind == "const"),
+        sram_peak_bytes={"csram": peak["csram"], "tsram": peak["tsram"] * tiles_used},
+        engines=[{"name": e, "busy_s": stats.busy.get(e, 0.0),
+                  "utilization": stats.busy.get(e, 0.0) / modeled if modeled else 0.0}
+                 for e in engines],
+        ops=ops,
+        ttu_flops=ttu_flops,
+        tvp_ops=stats.tvp_ops,
+        compute_time_s=compute,
+        memory_time_s=memory,
+        dma_compute_overlap_s=_overlap(sim.events),
+        events=sim.events,
+    )
+
+
+def _all_leaves(instrs: list[Instr]) -> list[Instr]:
+    out: list[Instr] = []
+    for ins in instrs:
+        out.extend(_all_leaves(ins.body) if isinstance(ins, Loop) else [ins])
+    return out

@@ -1,0 +1,165 @@
+"""Timing model: closed-form costs, overlap, loop extrapolation, report contract, trace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maiac.runtime import timing
+from maiac.runtime.isa import Dma, Loop, MatMul, Vec
+from maiac.runtime.program import ProgramBuilder
+from maiac.runtime.target import get_target
+from maiac.runtime.timing import simulate
+from maiac.runtime.trace import chrome_trace, write_chrome_trace
+
+T = get_target()
+BLOCK = 256 * 1024  # bytes per tile
+
+
+def dma_program(tile_strides: tuple[int, ...] = (BLOCK // 4,)):
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (64 * BLOCK // 4,))
+    t = pb.alloc("t", "tsram", BLOCK)
+    pb.emit(Dma(pb.access(x, "f32", (BLOCK // 4,), tile_strides=tile_strides),
+                pb.access(t, "f32", (BLOCK // 4,)), grid=(64,), op="load"))
+    pb.meta = {"ops": {"load": {"kind": "Identity"}}}
+    return pb.build()
+
+
+def test_dma_bound_program_closed_form():
+    rep = simulate(dma_program())
+    nbytes = 64 * BLOCK
+    expected = nbytes / T.hbm_bw + T.dma_latency_s  # HBM is the slowest level involved
+    assert rep.modeled_time_s == pytest.approx(expected, rel=1e-12)
+    assert rep.hbm_bytes == nbytes
+    assert rep.roofline_time_s == pytest.approx(nbytes / T.hbm_bw)
+    assert rep.ops == [{"name": "load", "kind": "Identity", "time_s": pytest.approx(expected),
+                        "flops": 0.0, "hbm_bytes": nbytes, "bound": "memory",
+                        "busy_s": {"dma0": pytest.approx(expected)}}]
+
+
+def test_broadcast_dma_reads_hbm_once():
+    rep = simulate(dma_program(tile_strides=(0,)))
+    assert rep.hbm_bytes == BLOCK
+    # the NoC still delivers 64 copies into the tiles
+    expected = max(BLOCK / T.hbm_bw, 64 * BLOCK / T.noc_bw, 64 * BLOCK / T.tsram_bw)
+    assert rep.modeled_time_s == pytest.approx(expected + T.dma_latency_s)
+
+
+def matmul_program(m=128, n=128, k=128, grid=(64,), fmt="fp8"):
+    pb = ProgramBuilder()
+    a, b, c = (pb.alloc(x, "tsram", m * k * 4) for x in "abc")
+    pb.emit(MatMul(pb.access(a, "f32", (m, k)), pb.access(b, "f32", (k, n)),
+                   pb.access(c, "f32", (m, n)), fmt=fmt, grid=grid, op="mm"))
+    return pb.build()
+
+
+@pytest.mark.parametrize("fmt, key", [("fp8", "fp8"), ("mxfp4", "fp4"), ("bf16", "bf16"),
+                                      ("f32", "f32"), ("mxfp6e2m3", "fp6")])
+def test_compute_bound_matmul_closed_form(fmt: str, key: str):
+    rep = simulate(matmul_program(fmt=fmt))
+    flops = 2 * 128**3 * 64
+    assert rep.flops == flops
+    assert rep.modeled_time_s == pytest.approx(flops / T.ttu_flops[key] + T.instr_latency_s)
+    assert rep.roofline_time_s == pytest.approx(flops / T.ttu_flops[key])
+    assert rep.ops[0]["bound"] == "compute"
+    assert 0 < rep.roofline_fraction < 1
+
+
+def test_fewer_tiles_take_proportionally_longer():
+    full = simulate(matmul_program(grid=(64,))).modeled_time_s - T.instr_latency_s
+    quarter = simulate(matmul_program(grid=(4, 4))).modeled_time_s - T.instr_latency_s
+    assert quarter == pytest.approx(full)  # same per-tile work at 1/4 of the tiles: same time
+    one = simulate(matmul_program(grid=(1,))).modeled_time_s - T.instr_latency_s
+    assert one == pytest.approx(full)
+
+
+def loop_program(trips: int, serial: bool = True):
+    """Each iteration: DMA a block from HBM, then a Vec on it; ``serial`` reuses one buffer."""
+    pb = ProgramBuilder()
+    n = 64 * 1024
+    x = pb.input("x", "f32", (trips * n,))
+    t = pb.alloc("t", "tsram", (1 if serial else trips) * n * 4)
+    y = pb.alloc("y", "tsram", n * 4)
+    ls = (0,) if serial else (n,)
+    pb.emit(Loop((trips,), [
+        Dma(pb.access(x, "f32", (n,), loop_strides=(n,)),
+            pb.access(t, "f32", (n,), loop_strides=ls), op="body"),
+        Vec("exp", [pb.access(t, "f32", (n,), loop_strides=ls)], pb.access(y, "f32", (n,)),
+            op="body"),
+    ], op="body"))
+    return pb.build()
+
+
+def test_loop_costs_trips_times_body():
+    one = simulate(loop_program(1)).modeled_time_s
+    rep = simulate(loop_program(1000))
+    assert rep.modeled_time_s == pytest.approx(1000 * one, rel=1e-9)
+    assert rep.engines[0]["busy_s"] == pytest.approx(1000 * simulate(loop_program(1)).engines[0]["busy_s"])
+    assert rep.ops[0]["hbm_bytes"] == 1000 * 64 * 1024 * 4
+
+
+def test_loop_extrapolation_matches_full_simulation(monkeypatch):
+    closed = simulate(loop_program(50, serial=False))
+    monkeypatch.setattr(timing, "SIM_ITERS", 10**6)
+    full = simulate(loop_program(50, serial=False))
+    assert closed.modeled_time_s == pytest.approx(full.modeled_time_s, rel=1e-9)
+    # independent iterations pipeline: faster than serial, DMA overlaps compute
+    assert closed.modeled_time_s < simulate(loop_program(50)).modeled_time_s
+    assert closed.dma_compute_overlap_s > 0
+
+
+def test_prefetch_overlaps_compute_but_hazards_serialize():
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (1 << 16,))
+    t1, t2, o = (pb.alloc(n, "tsram", 1 << 18) for n in ("t1", "t2", "o"))
+    acc = pb.access
+    v = Vec("exp", [acc(t1, "f32", (1 << 16,))], acc(o, "f32", (1 << 16,)), op="a")
+    pb.emit(Dma(acc(x, "f32", (1 << 16,)), acc(t1, "f32", (1 << 16,)), op="a"), v,
+            Dma(acc(x, "f32", (1 << 16,)), acc(t2, "f32", (1 << 16,)), queue=1, op="b"))
+    ev = {(e.name, e.engine): e for e in simulate(pb.build()).events}
+    assert ev["b", "dma1"].start == 0.0  # the independent prefetch runs beside op a
+    # RAW: the vec waits for its load
+    assert ev["a", "tvp"].start == pytest.approx(ev["a", "dma0"].dur)
+    # WAR: overwriting t1 must wait for the vec that reads it
+    pb.emit(Dma(acc(x, "f32", (1 << 16,)), acc(t1, "f32", (1 << 16,)), queue=2, op="c"))
+    evs = simulate(pb.build()).events
+    vec_end = next(e.start + e.dur for e in evs if e.engine == "tvp")
+    assert next(e for e in evs if e.name == "c").start == pytest.approx(vec_end)
+
+
+def test_report_json_contract_and_shape_only():
+    prog = loop_program(8)
+    prog.constants.clear()
+    rep = simulate(prog).to_json()
+    json.dumps(rep)
+    for key in ("target", "modeled_time_s", "roofline_time_s", "roofline_fraction", "flops",
+                "hbm_bytes", "weight_bytes", "sram_peak_bytes", "engines", "ops"):
+        assert key in rep
+    assert set(rep["sram_peak_bytes"]) >= {"csram", "tsram"}
+    assert [e["name"] for e in rep["engines"]] == ["dma0", "dma1", "dma2", "dma3", "ttu", "tvp"]
+    for op in rep["ops"]:
+        assert {"name", "kind", "time_s", "flops", "hbm_bytes", "bound"} <= set(op)
+
+
+def test_chrome_trace_has_one_track_per_engine(tmp_path: Path):
+    rep = simulate(loop_program(100, serial=False))
+    path = tmp_path / "trace.json"
+    write_chrome_trace(rep, path)
+    data = json.loads(path.read_text())
+    names = {e["tid"]: e["args"]["name"] for e in data["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert sorted(names.values()) == sorted(e["name"] for e in rep.engines)
+    xs = [e for e in data["traceEvents"] if e["ph"] == "X"]
+    assert xs and all(e["tid"] in names for e in xs)
+    assert max(e["ts"] + e["dur"] for e in xs) == pytest.approx(rep.modeled_time_s * 1e6)
+    assert chrome_trace(rep)["traceEvents"][0]["ph"] == "M"
+
+
+def test_weight_bytes_counts_const_buffers():
+    pb = ProgramBuilder()
+    pb.const("w", np.zeros((100,), np.float32))
+    assert simulate(pb.build()).weight_bytes == 400
