@@ -27,7 +27,7 @@ import numpy as np
 from maiac.runtime import isa
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
-from maiac.runtime.memory import np_dtype
+from maiac.runtime.memory import access_extent, np_dtype
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
 
 F32 = np.dtype(np.float32)
@@ -214,6 +214,7 @@ class _Machine:
         for b in self.consts:
             if b.level == "hbm":
                 self._write_bytes(b.level, b.addr, program.constants[b.name])
+        self.vectorized_loops = 0
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
 
@@ -284,6 +285,11 @@ class _Machine:
         return self._vec(instr, grid, trips)
 
     def _loop(self, loop: Loop, path: str, trips: tuple[int, ...]) -> Step:
+        inner = trips + tuple(loop.trips)
+        if len(loop.body) == 1 and self._independent(loop.body[0], trips, inner):
+            # one numpy call over (*loop.trips, *grid, *block) instead of a Python loop
+            self.vectorized_loops += 1
+            return self._compile(loop.body[0], f"{path}.0", inner)
         body = [(instr_label(f"{path}.{k}", ins), self._compile(ins, f"{path}.{k}",
                                                                  trips + tuple(loop.trips)))
                 for k, ins in enumerate(loop.body)]
@@ -300,6 +306,36 @@ class _Machine:
                     except Exception as err:  # numpy error inside a loop body
                         raise MachineError(f"{label} at iteration {full}: {err}") from err
         return step
+
+    def _independent(self, instr: Instr, outer: tuple[int, ...],
+                     inner: tuple[int, ...]) -> bool:
+        """True if running every iteration of the innermost loop at once gives the same bytes.
+
+        Holds when the written block never overlaps itself across iterations and tiles,
+        and every read either is the identical access (in place: each iteration reads
+        only what it alone writes) or does not touch the written bytes at all.
+        """
+        if isinstance(instr, Dma):
+            reads, out = [instr.src], instr.dst
+        elif isinstance(instr, Vec):
+            reads, out = list(instr.ins), instr.out
+        elif isinstance(instr, MatMul):
+            reads, out = [instr.a, instr.b] + ([instr.c] if instr.accumulate else []), instr.c
+        else:
+            return False
+        grid = tuple(instr.grid)
+        view = self.view(out, grid, inner)
+        own = len(outer)
+        if _may_self_overlap(view.shape[own:], view.strides[own:], view.itemsize):
+            return False
+        lo, hi = access_extent(out, grid, inner)
+        for acc in reads:
+            if acc == out:
+                continue
+            rlo, rhi = access_extent(acc, grid, inner)
+            if acc.level == out.level and rlo < hi and lo < rhi:
+                return False
+        return True
 
     def _dma(self, instr: Dma, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
         src, dst = self.view(instr.src, grid, trips), self.view(instr.dst, grid, trips)
@@ -370,6 +406,16 @@ class _Machine:
             def step(it: tuple[int, ...]) -> None:
                 store(out[it], fn(*[c(v[it]) for v, c in pairs], attrs))
         return step
+
+
+def _may_self_overlap(shape: tuple[int, ...], strides: tuple[int, ...], isz: int) -> bool:
+    """Conservative: False only if no two elements of the strided view share a byte."""
+    reach = isz
+    for stride, n in sorted((abs(s), n) for n, s in zip(shape, strides, strict=True) if n > 1):
+        if stride < reach:
+            return True
+        reach += (n - 1) * stride
+    return False
 
 
 def _storer(dtype: str) -> Callable[[np.ndarray, np.ndarray], None]:

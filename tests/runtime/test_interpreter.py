@@ -360,3 +360,41 @@ def test_dispatch_overhead_is_small():
     run_program(prog, {"x": xin})
     per_instr = (time.perf_counter() - t0) / 2002
     assert per_instr < 50e-6, per_instr
+
+
+def _machine_of(prog):
+    return prog.runtime_cache["machine"]
+
+
+def test_independent_single_instruction_loops_run_as_one_numpy_call():
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (4, 6))
+    y = pb.output("y", "f32", (6, 4))
+    t = pb.alloc("t", "tsram", 96)
+    acc = pb.access
+    pb.emit(Loop((6,), [Dma(acc(x, "f32", (4,), (6,), loop_strides=(1,)),
+                            acc(t, "f32", (4,), loop_strides=(4,)))]),   # transpose, by rows
+            Loop((3,), [Vec("exp", [acc(t, "f32", (8,), loop_strides=(8,))],
+                            acc(t, "f32", (8,), loop_strides=(8,)))]),  # in place
+            Dma(acc(t, "f32", (6, 4)), acc(y, "f32", (6, 4))))
+    prog = pb.build()
+    xin = RNG.standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_program(prog, {"x": xin})["y"], np.exp(xin.T), rtol=1e-6)
+    assert _machine_of(prog).vectorized_loops == 2
+
+
+def test_loop_carried_dependency_keeps_iteration_order():
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (8,))
+    y = pb.output("y", "f32", (8,))
+    t = pb.alloc("t", "tsram", 32)
+    acc = pb.access
+    pb.emit(Dma(acc(x, "f32", (8,)), acc(t, "f32", (8,))),
+            # t[i + 1] = t[i]: each iteration reads what the previous one wrote
+            Loop((7,), [Dma(acc(t, "f32", (1,), loop_strides=(1,)),
+                            acc(t, "f32", (1,), offset=1, loop_strides=(1,)))]),
+            Dma(acc(t, "f32", (8,)), acc(y, "f32", (8,))))
+    prog = pb.build()
+    xin = np.arange(8, dtype=np.float32) + 1
+    np.testing.assert_array_equal(run_program(prog, {"x": xin})["y"], np.ones(8, np.float32))
+    assert _machine_of(prog).vectorized_loops == 0
