@@ -398,3 +398,12 @@ def test_loop_carried_dependency_keeps_iteration_order():
     xin = np.arange(8, dtype=np.float32) + 1
     np.testing.assert_array_equal(run_program(prog, {"x": xin})["y"], np.ones(8, np.float32))
     assert _machine_of(prog).vectorized_loops == 0
+
+
+def test_gelu_relative_accuracy_including_negative_tail():
+    from maiac.runtime.interpreter import gelu
+    x = np.concatenate([np.linspace(-12, 8, 20001), [-1e-6, 1e-6, 0.0]]).astype(np.float32)
+    want = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)])
+    got = gelu(x).astype(np.float64)
+    nz = want != 0
+    assert np.max(np.abs(got - want)[nz] / np.abs(want[nz])) < 3e-7
