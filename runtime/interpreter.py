@@ -14,6 +14,7 @@ program and cached in ``program.runtime_cache``.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import os
@@ -230,6 +231,16 @@ class _Machine:
         for b in self.consts:
             if b.level == "hbm":
                 self._write_bytes(b.level, b.addr, program.constants[b.name])
+        # constants to rewrite after poisoning: all in SRAM, and HBM ones a poisoned
+        # buffer overlaps (HBM constants are otherwise written only once)
+        poisoned = sorted((b.addr, b.addr + b.nbytes) for b in self.poison if b.level == "hbm")
+        starts = [lo for lo, _ in poisoned]
+        max_end = list(itertools.accumulate((hi for _, hi in poisoned), max))
+
+        def overlapped(b: Any) -> bool:
+            i = bisect.bisect_left(starts, b.addr + b.nbytes) - 1
+            return i >= 0 and max_end[i] > b.addr
+        self.rewrite = [b for b in self.consts if b.level != "hbm" or overlapped(b)]
         self.vectorized_loops = 0
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
@@ -252,9 +263,8 @@ class _Machine:
                 mem[:, b.addr:b.addr + b.nbytes] = 0xFF
             else:
                 mem[b.addr:b.addr + b.nbytes] = 0xFF
-        for b in self.consts:
-            if b.level != "hbm":
-                self._write_bytes(b.level, b.addr, self.program.constants[b.name])
+        for b in self.rewrite:
+            self._write_bytes(b.level, b.addr, self.program.constants[b.name])
 
     def read(self, level: str, addr: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         """A copy of a contiguous tensor stored at ``addr`` (tile 0's copy for TSRAM)."""
