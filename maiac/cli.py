@@ -203,8 +203,9 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     if emit is not None:
         progress(f"compiling {model} to {emit} IR")
         # IR dumps after each pass go to stderr (as in mlir-opt); stdout keeps the final IR.
+        ir_kw = {k: v for k, v in kw.items() if k != "calib" or v is not None}
         text = driver.compile_to_ir(model, emit=emit, print_ir_after_all=print_ir_after_all,
-                                    out=sys.stderr, **kw)
+                                    out=sys.stderr, **ir_kw)
         if not text.endswith("\n"):
             text += "\n"
         if output is None or output == "-":
@@ -230,7 +231,7 @@ def _compile_printing_ir(driver: Any, model: str, kw: dict[str, Any]) -> Any:
     from maiac.passes.emit import emit_program
 
     t0 = time.perf_counter()
-    opts = {k: v for k, v in kw.items() if k != "calib"}
+    opts = {k: v for k, v in kw.items() if k != "calib" or v is not None}
     module = driver.compile_module(model, print_ir_after_all=True, out=sys.stderr, **opts)
     program = emit_program(module, {"model": str(model), "quant": kw.get("quant") or "fp32"})
     return driver.CompiledModel(program, time.perf_counter() - t0)
@@ -463,7 +464,7 @@ def _timeline(rep: Any, r: dict[str, Any]) -> list[dict[str, Any]]:
     for ev in events:
         get = ev.get if isinstance(ev, dict) else (lambda k, d=None, ev=ev: getattr(ev, k, d))
         start = get("start_s", get("start", None))
-        dur = get("dur_s", get("duration_s", None))
+        dur = get("dur_s", get("dur", None))
         if dur is None and get("end_s", None) is not None and start is not None:
             dur = get("end_s") - start
         if start is None or dur is None:
@@ -487,9 +488,32 @@ _PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#
             "#ff9da7", "#9c755f", "#bab0ac")
 
 
-def _svg_timeline(events: list[dict[str, Any]], width: int = 1100) -> str:
+def _merge_events(events: list[dict[str, Any]], min_gap: float) -> list[dict[str, Any]]:
+    """Per engine, merge events closer than ``min_gap`` (sub-pixel) into one bar."""
+    out: list[dict[str, Any]] = []
+    last: dict[str, dict[str, Any]] = {}
+    for ev in sorted(events, key=lambda e: (e["engine"], e["start_s"])):
+        prev = last.get(ev["engine"])
+        if prev is not None and ev["start_s"] - (prev["start_s"] + prev["dur_s"]) < min_gap:
+            prev["dur_s"] = max(prev["dur_s"], ev["start_s"] + ev["dur_s"] - prev["start_s"])
+            prev["n"] += 1
+            if prev["name"] != ev["name"] and not prev["name"].startswith("("):
+                prev["name"] = "(several ops)"
+            continue
+        new = dict(ev, n=1)
+        out.append(new)
+        last[ev["engine"]] = new
+    return out
+
+
+def _svg_timeline(events: list[dict[str, Any]], width: int = 1100,
+                  max_events: int = 4000) -> str:
+    """Inline SVG: one row per engine, one bar per busy interval, tooltips with names."""
     if not events:
         return "<p>No timeline events.</p>"
+    if len(events) > max_events:
+        span = max(ev["start_s"] + ev["dur_s"] for ev in events) or 1.0
+        events = _merge_events(events, span / width)
     engines: list[str] = []
     for ev in events:
         if ev["engine"] not in engines:
@@ -516,24 +540,30 @@ def _svg_timeline(events: list[dict[str, Any]], width: int = 1100) -> str:
         w = max(plot_w * ev["dur_s"] / end, 0.5)
         y = top + row * row_h + 2
         tip = f"{ev['name']} ({ev['engine']}): {_time(ev['dur_s'])} at {_time(ev['start_s'])}"
+        if ev.get("n", 1) > 1:
+            tip += f", {ev['n']} intervals merged"
         parts.append(f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{row_h - 4}" '
                      f'fill="{color[ev["name"]]}"><title>{html.escape(tip)}</title></rect>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _svg_roofline(r: dict[str, Any], width: int = 560, height: int = 360) -> str:
-    """Achieved FLOP/s vs arithmetic intensity per op, with the machine's roof if known."""
+def _svg_roofline(r: dict[str, Any], target: dict[str, Any] | None = None, width: int = 560,
+                  height: int = 360) -> str:
+    """Achieved FLOP/s vs arithmetic intensity per op, under the target's roofs (one per
+    TTU format)."""
     pts = [(o["flops"] / o["hbm_bytes"], o["flops"] / o["time_s"], o)
            for o in r.get("ops", [])
            if (o.get("flops") or 0) > 0 and (o.get("hbm_bytes") or 0) > 0
            and (o.get("time_s") or 0) > 0]
     if not pts:
         return "<p>No ops with both FLOPs and HBM traffic to plot.</p>"
-    peak = r.get("peak_flops")
-    bw = r.get("hbm_bandwidth")
+    target = target or {}
+    bw = target.get("hbm_bw")
+    roofs = {k: float(v) for k, v in (target.get("ttu_flops") or {}).items()
+             if isinstance(v, (int, float)) and v > 0} if bw else {}
     xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts] + ([peak] if peak else [])
+    ys = [p[1] for p in pts] + list(roofs.values())
     x0, x1 = np.log10(min(xs)) - 0.5, np.log10(max(xs)) + 0.5
     y0, y1 = np.log10(min(ys)) - 0.5, np.log10(max(ys)) + 0.5
     m = 50
@@ -552,14 +582,17 @@ def _svg_roofline(r: dict[str, Any], width: int = 560, height: int = 360) -> str
              f'arithmetic intensity (FLOP / HBM byte, log)</text>',
              f'<text x="12" y="{height / 2}" transform="rotate(-90 12 {height / 2})" '
              f'text-anchor="middle">achieved FLOP/s (log)</text>']
-    if peak and bw:
+    lo, hi = 10 ** x0, 10 ** x1
+    for i, (fmt, peak) in enumerate(sorted(roofs.items(), key=lambda kv: -kv[1])):
         knee = peak / bw
-        lo, hi = 10 ** x0, 10 ** x1
-        pts_line = []
-        for xi in (lo, min(max(knee, lo), hi), hi):
-            pts_line.append(f"{sx(xi):.1f},{sy(min(peak, bw * xi)):.1f}")
-        parts.append(f'<polyline points="{" ".join(pts_line)}" fill="none" stroke="#e15759" '
-                     f'stroke-width="2"/>')
+        pts_line = [f"{sx(xi):.1f},{sy(max(min(peak, bw * xi), 10 ** y0)):.1f}"
+                    for xi in (lo, min(max(knee, lo), hi), hi)]
+        col = _PALETTE[(i + 2) % len(_PALETTE)]
+        parts.append(f'<polyline points="{" ".join(pts_line)}" fill="none" stroke="{col}" '
+                     f'stroke-width="1.5"><title>{html.escape(fmt)} roof: {_count(peak)}FLOP/s, '
+                     f'HBM {_bytes(bw)}/s</title></polyline>'
+                     f'<text x="{width - 14}" y="{sy(peak) - 3:.1f}" text-anchor="end" '
+                     f'fill="{col}">{html.escape(fmt)}</text>')
     for x, y, o in pts:
         tip = f"{o.get('name')} ({o.get('kind')}): {_count(y)}FLOP/s, intensity {x:.3g}"
         parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="#4e79a7" '
@@ -568,7 +601,8 @@ def _svg_roofline(r: dict[str, Any], width: int = 560, height: int = 360) -> str
     return "".join(parts)
 
 
-def render_html(r: dict[str, Any], events: list[dict[str, Any]], title: str) -> str:
+def render_html(r: dict[str, Any], events: list[dict[str, Any]], title: str,
+                target: dict[str, Any] | None = None) -> str:
     """A self-contained HTML page (inline CSS and SVG, no external assets) for a report."""
     esc = html.escape
     sram = r.get("sram_peak_bytes") or {}
@@ -607,7 +641,7 @@ th {{ background: #f2f2f2; }}
 <h2>Timeline</h2>
 {_svg_timeline(events)}
 <h2>Roofline</h2>
-{_svg_roofline(r)}
+{_svg_roofline(r, target)}
 <h2>Engines</h2>
 <table><tr><th>engine</th><th>busy</th><th>utilization</th></tr>{eng_rows}</table>
 <h2>Ops</h2>
@@ -638,8 +672,9 @@ def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int)
     else:
         click.echo(format_report(r, top))
     if html_out is not None:
-        write_text_atomic(html_out, render_html(r, _timeline(rep, r),
-                                                f"maiac report: {Path(program_file).name}"))
+        page = render_html(r, _timeline(rep, r), f"maiac report: {Path(program_file).name}",
+                           program.target)
+        write_text_atomic(html_out, page)
         if not as_json:
             click.echo(f"wrote {html_out}")
 
@@ -712,31 +747,15 @@ def opt_cmd(file: str, pipeline: str, output: str | None) -> None:
         write_text_atomic(output, out)
 
 
-def _pass_info(name: str, entry: Any) -> tuple[str, list[str]]:
-    """One-line description and option strings of a registered pass."""
-    import dataclasses
+def _pass_info(entry: Any) -> tuple[str, list[str]]:
+    """One-line description and option strings (``name: type = default``) of a pass."""
+    from maiac.passes.registry import pass_options
 
-    cls = entry if isinstance(entry, type) else getattr(entry, "cls", None) or type(entry)
-    desc = getattr(entry, "description", None) or getattr(cls, "description", None)
-    if not desc:
-        doc = (cls.__doc__ or "").strip()
+    desc = getattr(entry, "description", None)
+    if not isinstance(desc, str) or not desc:
+        doc = (getattr(entry, "__doc__", None) or "").strip()
         desc = doc.splitlines()[0] if doc else ""
-    opts: list[str] = []
-    explicit = getattr(entry, "options", None)
-    if isinstance(explicit, dict):
-        opts = [f"{k}={v}" for k, v in explicit.items()]
-    elif isinstance(explicit, (list, tuple)):
-        opts = [str(o) for o in explicit]
-    elif dataclasses.is_dataclass(cls):
-        for f in dataclasses.fields(cls):
-            if f.name.startswith("_") or f.name == "name":
-                continue
-            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            if f.default is not dataclasses.MISSING:
-                opts.append(f"{f.name}: {typ} = {f.default!r}")
-            else:
-                opts.append(f"{f.name}: {typ}")
-    return str(desc), opts
+    return desc, pass_options(entry)
 
 
 @main.command("passes")
@@ -744,10 +763,8 @@ def passes_cmd() -> None:
     """List every registered pass with its description and options."""
     from maiac.passes.registry import PASSES
 
-    items = PASSES.items() if isinstance(PASSES, dict) else [
-        (getattr(p, "name", str(p)), p) for p in PASSES]
-    for name, entry in sorted(items):
-        desc, opts = _pass_info(name, entry)
+    for name, entry in sorted(PASSES.items()):
+        desc, opts = _pass_info(entry)
         click.echo(f"{name:<28} {desc}")
         for o in opts:
             click.echo(f"{'':<30}{o}")

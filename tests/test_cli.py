@@ -263,12 +263,15 @@ def test_verify_inputs_npz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture
-def mlp_onnx(tmp_path: Path) -> Path:
+@pytest.fixture(params=["matmul-add", "models.mlp"])
+def mlp_onnx(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A hand-built MatMul+Add model, and ``maiac.models.mlp()`` saved as mlp.onnx."""
     need("maiac.driver")
+    path = tmp_path / "mlp.onnx"
+    if request.param == "matmul-add":
+        return tiny_model(path)
     models = need("maiac.models")
     model = models.mlp()
-    path = tmp_path / "mlp.onnx"
     onnx.save(model if isinstance(model, onnx.ModelProto) else onnx.load(model), path)
     return path
 
