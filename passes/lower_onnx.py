@@ -155,11 +155,12 @@ def lower_unary(node: Node) -> list[SSAValue]:
 
 def lower_binary(node: Node) -> list[SSAValue]:
     fn = BINARY[node.op.name.removeprefix("onnx.")]
+    params = {"fmod": 1} if fn == "mod" and node.attr("fmod", 0) else {}
     acc = node.op.operands[0]
     for other in node.op.operands[1:]:  # variadic Max/Min/Sum chains
         shape = np.broadcast_shapes(tensor_shape(acc.type), tensor_shape(other.type))
         out = TensorType(_out(node).get_element_type(), list(shape))
-        acc = node.emit(maia.BinaryOp, [acc, other], out, fn=fn)
+        acc = node.emit(maia.BinaryOp, [acc, other], out, fn=fn, **params)
     return [acc]
 
 

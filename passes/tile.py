@@ -106,7 +106,8 @@ class FunctionTiler:
             tile_matmul(kernel, ins[0], ins[1], out, self.budget, bias=bias,
                         act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"))
         elif isinstance(op, maia.UnaryOp | maia.BinaryOp):
-            tile_elementwise(kernel, fn, ins, out, self.budget)
+            params = {"fmod": 1} if maia.attr(op, "fmod") else None
+            tile_elementwise(kernel, fn, ins, out, self.budget, params)
         elif isinstance(op, maia.WhereOp):
             tile_elementwise(kernel, "where", ins, out, self.budget)
         elif isinstance(op, maia.ReduceOp | maia.SoftmaxOp):
