@@ -372,7 +372,7 @@ class _Importer:
     def _evaluate_if_constant(self, node: onnx.NodeProto) -> None:
         names = [i for i in node.input if i]
         if node.op_type == "Shape" and names and names[0] in self.types:
-            inputs = [np.empty(self.types[names[0]].get_shape(), np.uint8)]
+            inputs = [np.broadcast_to(np.uint8(0), self.types[names[0]].get_shape())]
         elif all(n in self.values for n in names) and node.op_type != "Constant":
             inputs = [self.values[n] if n else None for n in node.input]
         elif node.op_type == "Constant":

@@ -77,6 +77,7 @@ class FoldConstant(RewritePattern):
 
     opsets: dict[str, int]
     size_limit: int
+    grow_limit: int
 
     def _inputs(self, op: Operation) -> list[np.ndarray | None] | None:
         if op.name in ("onnx.Shape", "onnx.Size"):
@@ -88,11 +89,15 @@ class FoldConstant(RewritePattern):
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter, /) -> None:
         if not op.name.startswith("onnx.") or op.name in _NEVER_FOLD or not op.results:
             return
-        if sum(int(np.prod(_static_shape(r.type) or (0,))) for r in op.results) > self.size_limit:
+        out_size = sum(int(np.prod(_static_shape(r.type) or (0,))) for r in op.results)
+        if out_size > self.size_limit:
             return
         inputs = self._inputs(op)
         if inputs is None:
             return
+        in_size = sum(x.size for x in inputs if x is not None)
+        if op.name not in ("onnx.Shape", "onnx.Size") and out_size > max(self.grow_limit, 2 * in_size):
+            return  # a broadcast (Expand, ConstantOfShape): lowering does it without the bytes
         domain = getattr(op.attributes.get(DOMAIN_ATTR), "data", "")
         try:
             results = evaluate(
@@ -131,12 +136,18 @@ def module_opsets(module: ModuleOp) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class FoldConstantsPass(ModulePass):
-    """Evaluate ops on constants and Shape of static tensors; drop Identity/Dropout."""
+    """Evaluate ops on constants and Shape of static tensors; drop Identity/Dropout.
+
+    Weights of a shape-only import (data absent) are never folded.
+    """
 
     name = "fold-constants"
 
     size_limit: int = 1 << 24
     """Do not fold ops whose results hold more elements than this (memory, not time)."""
+
+    grow_limit: int = 1 << 20
+    """Nor ops whose results exceed this and twice their inputs' elements (broadcasts)."""
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         import onnx
@@ -145,7 +156,7 @@ class FoldConstantsPass(ModulePass):
         patterns: list[RewritePattern] = [
             RemoveNoOp(),
             RemoveInferenceDropout(),
-            FoldConstant(opsets, self.size_limit),
+            FoldConstant(opsets, self.size_limit, self.grow_limit),
         ]
         PatternRewriteWalker(
             GreedyRewritePatternApplier(patterns), post_walk_func=region_dce
