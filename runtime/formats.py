@@ -252,8 +252,8 @@ def decode(codes: Any, elem: Any) -> np.ndarray:
 def e8m0_to_float(b: Any) -> np.ndarray:
     """float32 value of E8M0 bytes: 2^(b-127), 0xFF = NaN (MX §5.4.1)."""
     b = np.asarray(b, dtype=np.uint8)
-    v = np.ldexp(np.float32(1.0), b.astype(np.int32) - E8M0_BIAS).astype(np.float32)
-    return np.where(b == E8M0_NAN, np.float32(np.nan), v)
+    v = np.ldexp(np.float32(1.0), np.minimum(b, 254).astype(np.int32) - E8M0_BIAS)
+    return np.where(b == E8M0_NAN, np.float32(np.nan), v.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------
@@ -448,12 +448,13 @@ def _blocks(x: np.ndarray, axis: int, block: int) -> tuple[np.ndarray, tuple[int
     pad = -moved[-1] % block
     if pad:
         xm = np.pad(xm, [(0, 0)] * (xm.ndim - 1) + [(0, pad)])
-    return xm.reshape(*moved[:-1], -1, block), moved
+    nb = xm.shape[-1] // block
+    return xm.reshape(*moved[:-1], nb, block), moved
 
 
 def _unblocks(b: np.ndarray, moved: tuple[int, ...], axis: int) -> np.ndarray:
     """Inverse of `_blocks`: drop padding and move the block axis back."""
-    flat = b.reshape(*moved[:-1], -1)[..., : moved[-1]]
+    flat = b.reshape(*moved[:-1], b.shape[-2] * b.shape[-1])[..., : moved[-1]]
     return np.moveaxis(flat, -1, axis)
 
 
@@ -462,10 +463,8 @@ def _work(x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     return (a if a.ndim else a.reshape(1)), a.shape
 
 
-def _mx_core(
-    xw: np.ndarray, f: Format, axis: int, scale_mode: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """MX §6.3 on the working array: (element codes, scale bytes keepdims, blocks' NaN mask)."""
+def _mx_core(xw: np.ndarray, f: Format, axis: int, scale_mode: str) -> tuple[np.ndarray, ...]:
+    """MX §6.3 on blocks: (codes (..., nb, block), scale bytes (..., nb), moved shape)."""
     xb, moved = _blocks(xw, axis, f.block_size)
     amax = np.max(np.abs(xb), axis=-1) if xb.size else np.zeros(xb.shape[:-1], np.float32)
     sb = mx_scale_bytes(amax, f, scale_mode)
@@ -474,15 +473,12 @@ def _mx_core(
     scaled = np.ldexp(xb, -x_exp[..., None]).astype(np.float32)  # exact: power-of-two scale
     if bad.any():
         scaled = np.where(bad[..., None], np.float32(0), scaled)
-    codes = encode(scaled, f)
-    codes = _unblocks(codes, moved, axis)
-    scales = np.moveaxis(sb, -1, axis)
-    return codes, scales, bad
+    return encode(scaled, f), sb, moved
 
 
 def _nvfp4_core(
     xw: np.ndarray, f: Format, axis: int, tensor_scale: float | None
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], float]:
     """NVFP4 two-level scaling, following torchao ``nvfp4_quantize`` (fp32 arithmetic).
 
     ``ts = amax_tensor / (448 * 6)``; per block ``s = fl32(fl32(block_amax / 6) / ts)``,
@@ -511,10 +507,8 @@ def _nvfp4_core(
     total = (ts * s8.astype(np.float32)).astype(np.float32)
     data = (xb / total[..., None]).astype(np.float32)
     data = np.where(bad[..., None], np.float32(0), data)
-    codes = _unblocks(encode(data, f), moved, axis)
-    sbytes = s8.view(np.uint8)
-    sbytes = np.where(bad, np.uint8(0x7F), sbytes).astype(np.uint8)
-    return codes, np.moveaxis(sbytes, -1, axis), float(ts)
+    sbytes = np.where(bad, np.uint8(0x7F), s8.view(np.uint8)).astype(np.uint8)
+    return encode(data, f), sbytes, moved, float(ts)
 
 
 def _fp8_scales(
@@ -580,12 +574,13 @@ def quantize(
         scales = _fp8_scales(xw, f, ax, granularity, scale)
         codes = encode((xw / scales).astype(np.float32), f, allow_nonfinite=True)
         payload = pack(codes, f.bits)
-    elif f.scale_kind == "e8m0":
-        codes, scales, _ = _mx_core(xw, f, ax, scale_mode)
-        payload = pack(codes, f.bits)
     else:
-        codes, scales, ts = _nvfp4_core(xw, f, ax, tensor_scale)
-        payload = pack(codes, f.bits)
+        if f.scale_kind == "e8m0":
+            cb, sb, moved = _mx_core(xw, f, ax, scale_mode)
+        else:
+            cb, sb, moved, ts = _nvfp4_core(xw, f, ax, tensor_scale)
+        payload = pack(_unblocks(cb, moved, ax), f.bits)
+        scales = np.moveaxis(sb, -1, ax)
     return QTensor(
         fmt=f.name,
         shape=tuple(shape),
@@ -598,11 +593,25 @@ def quantize(
     )
 
 
-def _apply_block_scale(vals: np.ndarray, scale: np.ndarray, axis: int, block: int) -> np.ndarray:
+def _scale_blocks(vb: np.ndarray, s: np.ndarray, f: Format) -> np.ndarray:
+    """Blocked element values (..., nb, block) × block scales (..., nb), float32.
+
+    MX values can exceed the fp32 range (e.g. ceil/rceil scales of a block whose amax is
+    within an element ulp of fp32 max round up to 2^128); such products saturate to
+    ±fp32 max instead of becoming Inf, as a saturating MX → fp32 conversion.
+    """
+    with np.errstate(over="ignore"):
+        out = (vb * s[..., None]).astype(np.float32)
+    if f.is_mx and np.any(s >= np.float32(2.0 ** (E8M0_BIAS - f.emax))):
+        big = np.float32(np.finfo(np.float32).max)
+        out = np.where(np.isinf(out), np.copysign(big, out), out)
+    return out
+
+
+def _apply_block_scale(vals: np.ndarray, scale: np.ndarray, axis: int, f: Format) -> np.ndarray:
     """vals (working shape) * per-block scale (keepdims along axis) in float32."""
-    vb, moved = _blocks(vals, axis, block)
-    s = np.moveaxis(scale, axis, -1)[..., None]
-    return _unblocks((vb * s).astype(np.float32), moved, axis)
+    vb, moved = _blocks(vals, axis, f.block_size)
+    return _unblocks(_scale_blocks(vb, np.moveaxis(scale, axis, -1), f), moved, axis)
 
 
 def dequantize(q: QTensor) -> np.ndarray:
@@ -618,11 +627,11 @@ def dequantize(q: QTensor) -> np.ndarray:
     if f.scale_kind == "fp32":
         out = (vals * q.scales.astype(np.float32)).astype(np.float32)
     elif f.scale_kind == "e8m0":
-        out = _apply_block_scale(vals, e8m0_to_float(q.scales), q.axis, f.block_size)
+        out = _apply_block_scale(vals, e8m0_to_float(q.scales), q.axis, f)
     else:
         s8 = np.ascontiguousarray(q.scales, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn)
         total = (np.float32(q.tensor_scale) * s8.astype(np.float32)).astype(np.float32)
-        out = _apply_block_scale(vals, total, q.axis, f.block_size)
+        out = _apply_block_scale(vals, total, q.axis, f)
     return out.reshape(shape)
 
 
@@ -647,19 +656,19 @@ def fake_quantize(
     _check_finite(xw, f"quantize to {f.name}", allow_nonfinite)
     if f.scale_kind == "none":
         return cast(xw, f, allow_nonfinite=True).astype(np.float32).reshape(shape)
+    table = _table(f)
     if f.scale_kind == "fp32":
         s = _fp8_scales(xw, f, ax, granularity, scale)
-        v = cast((xw / s).astype(np.float32), f, allow_nonfinite=True).astype(np.float32)
+        v = table[encode((xw / s).astype(np.float32), f, allow_nonfinite=True)]
         return (v * s).astype(np.float32).reshape(shape)
-    table = _table(f)
     if f.scale_kind == "e8m0":
-        codes, sb, _ = _mx_core(xw, f, ax, scale_mode)
-        out = _apply_block_scale(table[codes], e8m0_to_float(sb), ax, f.block_size)
+        cb, sb, moved = _mx_core(xw, f, ax, scale_mode)
+        sf = e8m0_to_float(sb)
     else:
-        codes, sb, ts = _nvfp4_core(xw, f, ax, tensor_scale)
-        total = (np.float32(ts) * sb.view(ml_dtypes.float8_e4m3fn).astype(np.float32))
-        out = _apply_block_scale(table[codes], total.astype(np.float32), ax, f.block_size)
-    return out.reshape(shape)
+        cb, sb, moved, ts = _nvfp4_core(xw, f, ax, tensor_scale)
+        sf = (np.float32(ts) * sb.view(ml_dtypes.float8_e4m3fn).astype(np.float32))
+    out = _scale_blocks(table[cb], sf.astype(np.float32), f)
+    return _unblocks(out, moved, ax).reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------
