@@ -10,7 +10,7 @@ References (cited per function):
   exponents -127..127, 0xFF = NaN, no zero/Inf), §6.3 conversion from a vector of floats:
   ``X = 2^(floor(log2(max|V_i|)) - emax_elem)``, ``P_i = quantize_to_element(V_i / X)`` with
   normal values clamped (saturated) to the element's max normal. A NaN scale makes the
-  whole block NaN (MX §5.2 / §6.3 special values).
+  whole block NaN (MX v1.0 §5, special values).
 * OCP 8-bit Floating Point (OFP8) v1.0: E4M3 ("FN": no Inf, NaN = S.1111.111) and E5M2
   (IEEE-like, has Inf), round to nearest even, saturating conversion.
 * microsoft/microxcaling ``mx/mx_ops.py`` ``_shared_exponents``/``_quantize_mx``: the
@@ -36,7 +36,7 @@ of shape ``(1,)*ndim`` (per tensor) or ones except ``shape[axis]`` (per channel)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ml_dtypes
@@ -327,7 +327,6 @@ class QTensor:
     axis: int
     granularity: str = "tensor"
     scale_mode: str = "floor"
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def format(self) -> Format:
@@ -399,7 +398,8 @@ def mx_scale_bytes(amax: Any, elem: Any, scale_mode: str = "floor") -> np.ndarra
     With ``E``/``M`` the biased exponent/mantissa fields of fp32 ``amax``:
 
     * "floor" (OCP MX v1.0 §6.3, microxcaling ``_shared_exponents``, torchao FLOOR):
-      ``X = floor(log2(amax)) - emax_elem`` = ``E - 127 - emax``; may saturate the block's
+      ``X = floor(log2(amax)) - emax_elem`` = ``E - 127 - emax`` (an fp32-subnormal amax
+      clamps to -127 either way); may saturate the block's
       largest elements (E4M3: when ``amax / 2^X`` lies in (448, 512)).
     * "ceil" (torchao CEIL): ``X = ceil(log2(amax)) - emax`` (``+1`` when ``M != 0``).
     * "even" (torchao EVEN): ``amax`` first rounded to ``mbits`` mantissa bits (add half an
