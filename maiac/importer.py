@@ -61,6 +61,7 @@ SMALL_VALUE_LIMIT = 4096
 """Values with at most this many elements are tracked while inferring shapes."""
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+_I64, _I32 = element_type_of_onnx(TensorProto.INT64), element_type_of_onnx(TensorProto.INT32)
 
 
 def import_model(
@@ -364,10 +365,25 @@ class _Importer:
                 self._infer_one(node, elem_types)
             for name in outputs:
                 if name not in self.types:
-                    raise MaiacError(
-                        f"{self.describe(node)}: cannot infer a static shape for output "
-                        f"'{name}' (bind the model's symbolic dims with --shape)"
-                    )
+                    raise MaiacError(f"{self.describe(node)}: {self._why_not_static(node, name)}")
+
+    def _why_not_static(self, node: onnx.NodeProto, output: str) -> str:
+        """The reason an output's shape stays unknown, phrased as what the user can do."""
+        runtime_ints = [
+            name for name in dict.fromkeys(i for i in node.input if i)
+            if name not in self.values and name in self.types
+            and self.types[name].get_element_type() in (_I64, _I32)
+        ]
+        if runtime_ints:
+            names = ", ".join(f"'{n}'" for n in runtime_ints)
+            return (
+                f"the shape of output '{output}' depends on the values of {names}, which "
+                "are not constants; maiac needs static shapes"
+            )
+        return (
+            f"cannot infer a static shape for output '{output}' "
+            "(bind the model's symbolic dims with --shape)"
+        )
 
     def _evaluate_if_constant(self, node: onnx.NodeProto) -> None:
         names = [i for i in node.input if i]
