@@ -14,6 +14,7 @@ has at most 16 elements.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,6 +62,7 @@ SMALL_VALUE_LIMIT = 4096
 """Values with at most this many elements are tracked while inferring shapes."""
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+_HINT_CHARS = re.compile(r"[^A-Za-z0-9_$.-]+")
 _I64, _I32 = element_type_of_onnx(TensorProto.INT64), element_type_of_onnx(TensorProto.INT32)
 
 
@@ -438,7 +440,7 @@ class _Importer:
         block = Block(arg_types=arg_types)
         values: dict[str, SSAValue] = {}
         for value, arg in zip(inputs, block.args, strict=True):
-            arg.name_hint = value.name
+            arg.name_hint = _name_hint(value.name)
             values[value.name] = arg
         ops: list[Operation] = []
         for name, attr in constants.items():
@@ -446,7 +448,7 @@ class _Importer:
                 result_types=[self.types[name]],
                 attributes={"value": attr, NAME_ATTR: StringAttr(name)},
             )
-            op.results[0].name_hint = name
+            op.results[0].name_hint = _name_hint(name)
             values[name] = op.results[0]
             ops.append(op)
         no_value: list[SSAValue] = []
@@ -505,7 +507,7 @@ class _Importer:
             attributes=attributes,
         )
         for name, result in zip(output_names, op.results, strict=True):
-            result.name_hint = name
+            result.name_hint = _name_hint(name)
             values[name] = result
         return op
 
@@ -560,6 +562,14 @@ def _value_info(name: str, tensor_type: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(
         name, onnx_elem_type_of(tensor_type.get_element_type()), list(tensor_type.get_shape())
     )
+
+
+def _name_hint(name: str) -> str | None:
+    """An SSA name for printing from an ONNX value name (``/a/b.0/Add_output_0`` → ``a_b.0_Add_output``)."""
+    hint = _HINT_CHARS.sub("_", name).strip("_")
+    if not hint:
+        return None
+    return hint if not hint[0].isdigit() else f"v{hint}"
 
 
 def _name_dicts(names: Iterable[str]) -> ArrayAttr[DictionaryAttr]:

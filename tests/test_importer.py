@@ -318,3 +318,15 @@ def test_numpy_rules_match_reference(op_type, attrs, inputs):
 
 def test_every_supported_op_has_a_dialect_op():
     assert SUPPORTED_OPS <= set(ONNX_OPS)
+
+
+def test_exporter_value_names_print_and_reparse():
+    nodes = [helper.make_node("Relu", ["/model/in"], ["/model/layers.0/Relu_output_0"],
+                              name="/model/layers.0/Relu"),
+             helper.make_node("Neg", ["/model/layers.0/Relu_output_0"], ["0"], name="n")]
+    model = _model(nodes, [helper.make_tensor_value_info("/model/in", F, [2])],
+                   [helper.make_tensor_value_info("0", F, None)])
+    module = import_model(model)
+    text = str(module)
+    assert "%model_layers.0_Relu_output = " in text and '{onnx.name = "/model/in"}' in text
+    assert str(parse_module(text)) == text
