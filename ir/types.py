@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ml_dtypes
-import numpy as np
 from xdsl.dialects.builtin import (
     BFloat16Type,
+    Float8E4M3FNType,
+    Float8E5M2Type,
     Float16Type,
     Float32Type,
     Float64Type,
@@ -23,15 +23,14 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute
 
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import NP_DTYPES
 
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "f32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16),
-    "f16": np.dtype(np.float16), "i64": np.dtype(np.int64), "i32": np.dtype(np.int32),
-    "i8": np.dtype(np.int8), "u8": np.dtype(np.uint8), "bool": np.dtype(np.bool_),
-}
+NUMPY_DTYPES = NP_DTYPES
 _ELEMENT_TYPES: dict[str, Attribute] = {
     "f32": f32, "bf16": bf16, "f16": f16, "i64": i64, "i32": i32, "i8": i8, "bool": i1,
-    "u8": IntegerType(8, Signedness.UNSIGNED),
+    "u8": IntegerType(8, Signedness.UNSIGNED), "i16": IntegerType(16),
+    "u16": IntegerType(16, Signedness.UNSIGNED), "f8e4m3": Float8E4M3FNType(),
+    "f8e5m2": Float8E5M2Type(),
 }
 
 
@@ -43,13 +42,17 @@ def dtype_name(element_type: Attribute) -> str:
         return "bf16"
     if isinstance(element_type, Float16Type):
         return "f16"
+    if isinstance(element_type, Float8E4M3FNType):
+        return "f8e4m3"
+    if isinstance(element_type, Float8E5M2Type):
+        return "f8e5m2"
     if isinstance(element_type, IntegerType):
         width = element_type.width.data
         if width == 1:
             return "bool"
-        if element_type.signedness.data == Signedness.UNSIGNED and width == 8:
-            return "u8"
-        if width in (8, 32, 64):
+        if element_type.signedness.data == Signedness.UNSIGNED and width in (8, 16):
+            return f"u{width}"
+        if width in (8, 16, 32, 64):
             return f"i{width}"
     raise MaiacError(f"element type {element_type} is not supported by the Maia machine model")
 
@@ -68,6 +71,4 @@ def tensor_shape(t: Attribute) -> tuple[int, ...]:
     return tuple(int(d) for d in t.get_shape())
 
 
-def itemsize(dtype: str) -> int:
-    return NUMPY_DTYPES[dtype].itemsize
 

@@ -10,10 +10,11 @@ from xdsl.ir import Operation
 
 from maiac.ir import maia
 from maiac.ir.resources import constant_value
-from maiac.ir.types import NUMPY_DTYPES, itemsize
+from maiac.ir.types import NUMPY_DTYPES
 from maiac.passes.tile import module_target
 from maiac.runtime import isa
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import itemsize
 from maiac.runtime.program import Buffer, Program, TensorSpec
 
 

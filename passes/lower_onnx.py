@@ -23,7 +23,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 from maiac.ir import maia
 from maiac.ir.onnx import describe, get_attr, get_opset, input_at, onnx_attributes
 from maiac.ir.resources import constant_attr, constant_value
-from maiac.ir.types import tensor_shape
+from maiac.ir.types import NUMPY_DTYPES, tensor_dtype, tensor_shape
 from maiac.passes.node_eval import evaluate
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.isa import contiguous_strides
@@ -149,6 +149,12 @@ def lower_unary(node: Node) -> list[SSAValue]:
     fn = UNARY[node.op.name.removeprefix("onnx.")]
     x = node.op.operands[0]
     if fn == "copy":
+        if any(r.uses for r in node.op.results[1:]):
+            raise node.fail("the mask output of Dropout is not supported (inference only)")
+        if input_at(node.op, 2) is not None:
+            mode = node.const(2)
+            if mode is None or bool(mode):
+                raise node.fail("training_mode Dropout is not supported (inference only)")
         return [x]
     return [node.emit(maia.UnaryOp, [x], _out(node), fn=fn)]
 
@@ -171,6 +177,8 @@ def lower_gelu(node: Node) -> list[SSAValue]:
 
 def lower_cast(node: Node) -> list[SSAValue]:
     x = node.op.operands[0]
+    if not node.attr("saturate", 1) and tensor_dtype(_out(node)).startswith("f8"):
+        raise node.fail("Cast with saturate=0 is not supported: Maia fp8 stores saturate")
     if x.type == _out(node):
         return [x]
     return [node.emit(maia.UnaryOp, [x], _out(node), fn="copy")]
@@ -182,9 +190,16 @@ def lower_where(node: Node) -> list[SSAValue]:
 
 def lower_matmul(node: Node) -> list[SSAValue]:
     a, b = node.op.operands
-    if len(tensor_shape(a.type)) < 2 or len(tensor_shape(b.type)) < 2:
-        raise node.fail("MatMul with a 1-D operand is not supported")
-    return [node.emit(maia.MatMulOp, [a, b], _out(node))]
+    a_shape, b_shape = tensor_shape(a.type), tensor_shape(b.type)
+    if len(a_shape) >= 2 and len(b_shape) >= 2:
+        return [node.emit(maia.MatMulOp, [a, b], _out(node))]
+    # numpy rules: a 1-D operand is a row (a) or column (b) vector, dropped afterwards
+    a2 = node.reshape(a, [1, *a_shape]) if len(a_shape) == 1 else a
+    b2 = node.reshape(b, [*b_shape, 1]) if len(b_shape) == 1 else b
+    shape = [*np.broadcast_shapes(tensor_shape(a2.type)[:-2], tensor_shape(b2.type)[:-2]),
+             tensor_shape(a2.type)[-2], tensor_shape(b2.type)[-1]]
+    y = node.emit(maia.MatMulOp, [a2, b2], TensorType(_out(node).get_element_type(), shape))
+    return [node.reshape(y, tensor_shape(_out(node)))]
 
 
 def lower_gemm(node: Node) -> list[SSAValue]:
@@ -242,8 +257,6 @@ def lower_layernorm(node: Node) -> list[SSAValue]:
     axis = _norm_axis(int(node.attr("axis", -1)), rank)
     eps = float(node.attr("epsilon", 1e-5))
     fn = "rmsnorm" if node.op.name == "onnx.SimplifiedLayerNormalization" else "layernorm"
-    if len(node.op.results) > 1 and node.op.results[1].uses:
-        raise node.fail("the Mean/InvStdDev outputs of LayerNormalization are not supported")
     inner = _size(shape[axis:])
     flat_shape = [*shape[:axis], inner]
     xs = node.reshape(x, flat_shape)
@@ -251,7 +264,29 @@ def lower_layernorm(node: Node) -> list[SSAValue]:
               for p in (input_at(node.op, 1), input_at(node.op, 2)) if p is not None]
     out = TensorType(x.type.get_element_type(), flat_shape)
     y = node.emit(maia.NormOp, [xs, *params], out, fn=fn, eps=eps)
-    return [node.reshape(y, shape)]
+    results = [node.reshape(y, shape)]
+    if any(r.uses for r in node.op.results[1:]):
+        results += _norm_statistics(node, xs, fn, eps)
+    return results
+
+
+def _norm_statistics(node: Node, xs: SSAValue, fn: str, eps: float) -> list[SSAValue]:
+    """LayerNormalization's optional Mean and InvStdDev outputs, from TVP reductions."""
+    flat_shape = tensor_shape(xs.type)
+    stat_type = TensorType(xs.type.get_element_type(), [*flat_shape[:-1], 1])
+    centered = xs
+    mean = None
+    if fn == "layernorm":
+        mean = node.emit(maia.ReduceOp, [xs], stat_type, fn="reduce_mean")
+        centered = node.emit(maia.BinaryOp, [xs, mean], xs.type, fn="sub")
+    square = node.emit(maia.BinaryOp, [centered, centered], xs.type, fn="mul")
+    var = node.emit(maia.ReduceOp, [square], stat_type, fn="reduce_mean")
+    shifted = node.emit(maia.BinaryOp, [var, constant(node, np.array(eps, np.float32))],
+                        stat_type, fn="add")
+    inv = node.emit(maia.UnaryOp, [shifted], stat_type, fn="rsqrt")
+    stats = [mean, inv] if fn == "layernorm" else [inv]
+    return [node.reshape(v, tensor_shape(r.type)) if v is not None else v
+            for v, r in zip(stats, node.op.results[1:], strict=False)]
 
 
 def lower_reduce(node: Node) -> list[SSAValue]:
@@ -306,6 +341,8 @@ def lower_by_index_probe(node: Node) -> list[SSAValue]:
                        len(node.op.results), {"": get_opset(node.op)})
     values = []
     for result in results:
+        if np.asarray(result).size == 0:
+            raise node.fail("zero-size tensors are not supported")
         view = _affine_view(np.asarray(result))
         if view is None:
             raise node.fail("this indexing is not an affine view; it is not supported yet")
@@ -323,7 +360,7 @@ def _affine_view(index: np.ndarray) -> tuple[int, list[int]] | None:
         if dim == 1:
             strides.append(0)
             continue
-        first = np.take(index, [0, 1], axis=axis).reshape(2, -1)[:, 0]
+        first = np.moveaxis(np.take(index, [0, 1], axis=axis), axis, 0).reshape(2, -1)[:, 0]
         strides.append(int(first[1] - first[0]))
     grid = np.indices(index.shape, sparse=True)
     expected = offset + sum(g * s for g, s in zip(grid, strides, strict=True))
@@ -331,17 +368,28 @@ def _affine_view(index: np.ndarray) -> tuple[int, list[int]] | None:
 
 
 def lower_gather(node: Node) -> list[SSAValue]:
+    """Constant indices that form a view: a DMA. Otherwise the indexed row DMA, with the
+    gathered axis moved to the front first (and the result's axes put back)."""
     data, indices = node.op.operands
     if node.const(1) is not None:
-        return lower_by_index_probe(node)
+        try:
+            return lower_by_index_probe(node)
+        except MaiacError:
+            pass  # not affine: gather rows by the constant indices
     shape = tensor_shape(data.type)
-    if _norm_axis(int(node.attr("axis", 0)), len(shape)) != 0:
-        raise node.fail("Gather with non-constant indices on an axis other than 0")
-    table = node.reshape(data, [shape[0], _size(shape[1:])])
+    axis = _norm_axis(int(node.attr("axis", 0)), len(shape))
+    rest = [d for i, d in enumerate(shape) if i != axis]
+    moved = node.transpose(data, [axis, *(i for i in range(len(shape)) if i != axis)])
+    table = node.reshape(moved, [shape[axis], _size(rest)])
     idx_shape = tensor_shape(indices.type)
-    rows_type = TensorType(data.type.get_element_type(), [*idx_shape, _size(shape[1:])])
+    rows_type = TensorType(data.type.get_element_type(), [*idx_shape, _size(rest)])
     rows = node.emit(maia.GatherOp, [table, indices], rows_type)
-    return [node.reshape(rows, tensor_shape(_out(node)))]
+    gathered = node.reshape(rows, [*idx_shape, *rest])
+    if axis == 0:
+        return [gathered]
+    n_idx = len(idx_shape)
+    perm = [*range(n_idx, n_idx + axis), *range(n_idx), *range(n_idx + axis, n_idx + len(rest))]
+    return [node.transpose(gathered, perm)]
 
 
 def lower_concat(node: Node) -> list[SSAValue]:
@@ -350,6 +398,17 @@ def lower_concat(node: Node) -> list[SSAValue]:
     if len(ins) == 1:
         return [ins[0]]
     return [node.emit(maia.ConcatOp, ins, _out(node), axis=axis)]
+
+
+def lower_trilu(node: Node) -> list[SSAValue]:
+    """Trilu of a runtime tensor: ``where(mask, x, 0)`` with the mask known at compile time."""
+    x = node.op.operands[0]
+    shape = tensor_shape(x.type)
+    k = int(node.required_const(1, "k")) if input_at(node.op, 1) is not None else 0
+    rows, cols = np.indices(shape[-2:])
+    keep = cols - rows >= k if node.attr("upper", 1) else cols - rows <= k
+    zero = np.zeros((), dtype=NUMPY_DTYPES[tensor_dtype(x.type)])
+    return [node.emit(maia.WhereOp, [constant(node, keep), x, constant(node, zero)], _out(node))]
 
 
 def lower_constant(node: Node) -> list[SSAValue]:
@@ -372,7 +431,7 @@ RULES: dict[str, Callable[[Node], list[SSAValue]]] = {
     "Unsqueeze": lower_reshape_like, "Flatten": lower_reshape_like,
     "Transpose": lower_transpose, "Expand": lower_expand, "Slice": lower_by_index_probe,
     "Split": lower_by_index_probe, "Gather": lower_gather, "Concat": lower_concat,
-    "Constant": lower_constant,
+    "Constant": lower_constant, "Trilu": lower_trilu,
 }
 BINARY["Sum"] = "add"
 

@@ -89,6 +89,8 @@ class FunctionTiler:
             self.values[op.results[0]] = Tensor(src.buf, src.dtype,
                                                 tensor_shape(op.results[0].type), src.off)
             return
+        if any(0 in t.shape for t in ins) or 0 in tensor_shape(op.results[0].type):
+            raise MaiacError(f"op '{label}': zero-size tensors are not supported")
         out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
         kind = op.name.removeprefix("maia.")
         kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")

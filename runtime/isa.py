@@ -37,7 +37,8 @@ LEVELS = ("hbm", "csram", "tsram")
 
 # Storage dtypes an Access may have. Narrow MX/NVFP4 payloads are stored as "u8"
 # (packed) and decoded by Vec(fn="dequantize"); see runtime/formats.py.
-DTYPES = ("f32", "bf16", "f16", "i64", "i32", "i8", "u8", "bool", "f8e4m3", "f8e5m2")
+DTYPES = ("f32", "bf16", "f16", "i64", "i32", "i16", "i8", "u16", "u8", "bool", "f8e4m3",
+          "f8e5m2")
 
 # Vec functions. Unary and binary ones are elementwise with numpy broadcasting through
 # stride-0 operands; reductions/softmax/norms act on the last axis of the block.

@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from maiac.ir import maia
-from maiac.ir.types import itemsize
+from maiac.runtime.memory import itemsize
 
 ALIGN = 64  # bytes; every buffer and scratch block starts on this boundary
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from maiac.ir.types import itemsize
 from maiac.passes.tiling.common import (
     Access,
     Budget,
@@ -30,6 +29,7 @@ from maiac.passes.tiling.common import (
     vec,
 )
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import itemsize
 
 
 def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], int]],

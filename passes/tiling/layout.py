@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from maiac.ir import maia
-from maiac.ir.types import itemsize
 from maiac.passes.tiling.common import (
     Access,
     Budget,
@@ -25,6 +24,7 @@ from maiac.passes.tiling.common import (
     split_jobs,
 )
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import itemsize
 
 
 def tile_view(kernel: Kernel, x: Tensor, out: Tensor, offset: int,

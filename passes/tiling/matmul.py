@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from maiac.ir.types import itemsize
 from maiac.passes.tiling.common import (
     Access,
     Budget,
@@ -28,6 +27,7 @@ from maiac.passes.tiling.common import (
     vec,
 )
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import itemsize
 
 
 def choose_blocks(batch: int, m: int, n: int, k: int, a_size: int, b_size: int,

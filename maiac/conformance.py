@@ -1,0 +1,148 @@
+"""Run the ONNX backend node tests (shipped inside the `onnx` wheel) through maiac.
+
+``onnx.backend.test.case.node.collect_testcases(None)`` yields every node test case
+(model, inputs, expected outputs) in memory. For each case whose ops maiac claims to
+support, we compile the model, run it on the machine model and compare with the
+expected outputs. Integer inputs that act as compile-time parameters (a Reshape's shape,
+Slice's starts, ...) are bound as constants when the model needs them static: maiac
+compiles for static shapes, as the chip does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from maiac.importer import SUPPORTED_OPS
+from maiac.runtime.errors import MaiacError
+
+# Cases we do not run, with the reason (documented in docs/ops.md).
+SKIPPED: dict[str, str] = {}
+
+# Errors that are documented limits of the machine, not bugs: reason -> message pattern.
+KNOWN_LIMITS: dict[str, str] = {
+    "element type without Maia storage (int4/int2/fp4/fnuz/e8m0/string tensors)":
+        r"element type .*not supported",
+    "float64 data (the machine computes in fp32)": r"float64",
+    "training-mode Dropout (inference only)": r"inference only",
+    "zero-size tensors": r"zero-size",
+    "sequence/optional values": r"only tensor inputs",
+    "Cast with saturate=0 to fp8": r"saturate=0",
+    "output shape depends on input values": r"static shape|depends on the values",
+}
+
+
+def known_limit(detail: str) -> str | None:
+    """The documented limit an error message falls under, if any."""
+    import re
+
+    for reason, pattern in KNOWN_LIMITS.items():
+        if re.search(pattern, detail):
+            return reason
+    return None
+
+
+@dataclass
+class CaseResult:
+    name: str
+    ops: tuple[str, ...]
+    status: str  # "pass" | "fail" | "error" | "skip"
+    detail: str = ""
+
+
+def node_cases() -> list:
+    """All node test cases of the installed onnx package (warnings from onnx muted)."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return collect_testcases(None)
+
+
+def case_ops(case: object) -> tuple[str, ...]:
+    model: onnx.ModelProto = case.model  # type: ignore[attr-defined]
+    return tuple(sorted({n.op_type for n in model.graph.node}))
+
+
+def supported_cases(cases: list) -> Iterator[object]:
+    """Cases whose every node is an op maiac claims (default domain, no subgraphs)."""
+    for case in cases:
+        if case.model is None or not case.data_sets:
+            continue
+        nodes = case.model.graph.node
+        if all(n.domain in ("", "ai.onnx") and n.op_type in SUPPORTED_OPS for n in nodes):
+            yield case
+
+
+def _bind_integer_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` whose integer inputs are initializers with the case's values."""
+    bound = onnx.ModelProto()
+    bound.CopyFrom(model)
+    keep = []
+    for value in bound.graph.input:
+        array = feeds.get(value.name)
+        if array is not None and array.dtype.kind in "iu":
+            bound.graph.initializer.append(numpy_helper.from_array(array, value.name))
+        else:
+            keep.append(value)
+    del bound.graph.input[:]
+    bound.graph.input.extend(keep)
+    return bound
+
+
+def _array(value: object) -> np.ndarray:
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    return np.asarray(value)
+
+
+def run_case(case: object) -> CaseResult:
+    """Compile, run and compare one case (every data set)."""
+    from maiac.driver import compile as maiac_compile
+
+    name = case.name  # type: ignore[attr-defined]
+    ops = case_ops(case)
+    if name in SKIPPED:
+        return CaseResult(name, ops, "skip", SKIPPED[name])
+    model: onnx.ModelProto = case.model  # type: ignore[attr-defined]
+    for inputs, expected in case.data_sets:  # type: ignore[attr-defined]
+        names = [i.name for i in model.graph.input]
+        feeds = {n: _array(v) for n, v in zip(names, inputs, strict=False)}
+        try:
+            try:
+                compiled = maiac_compile(model)
+                used = model
+            except MaiacError as err:
+                if "constant" not in str(err) and "static" not in str(err) \
+                        and "symbolic" not in str(err):
+                    raise
+                used = _bind_integer_inputs(model, feeds)
+                compiled = maiac_compile(used)
+            given = {i.name for i in used.graph.input}
+            got = compiled.run({k: v for k, v in feeds.items() if k in given})
+        except MaiacError as err:
+            return CaseResult(name, ops, "error", str(err).splitlines()[0][:200])
+        except Exception as err:  # a bug in maiac, reported as such
+            return CaseResult(name, ops, "error", f"{type(err).__name__}: {err}"[:200])
+        out_names = [o.name for o in model.graph.output]
+        for out_name, want in zip(out_names, expected, strict=False):
+            have = got.get(out_name)
+            want = _array(want)
+            if have is None or have.shape != want.shape:
+                return CaseResult(name, ops, "fail", f"{out_name}: shape "
+                                  f"{None if have is None else have.shape} != {want.shape}")
+            rtol = max(case.rtol, 1e-4)  # type: ignore[attr-defined]
+            atol = max(case.atol, 1e-5)  # type: ignore[attr-defined]
+            if want.dtype.kind not in "iub":  # float, incl. ml_dtypes (kind "V")
+                ok = np.allclose(have.astype(np.float64), want.astype(np.float64), rtol=rtol,
+                                 atol=atol, equal_nan=True)
+            else:
+                ok = np.array_equal(have, want)
+            if not ok:
+                return CaseResult(name, ops, "fail", f"{out_name}: values differ")
+    return CaseResult(name, ops, "pass")

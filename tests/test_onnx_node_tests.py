@@ -1,0 +1,28 @@
+"""The ONNX backend node tests for every op maiac claims, through compile + run.
+
+A case may only fail with a documented limit of the machine (maiac.conformance.
+KNOWN_LIMITS: unsupported element types, training-mode ops, zero-size tensors, ...);
+any other failure or wrong value fails this test, naming the cases.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from maiac.conformance import known_limit, node_cases, run_case, supported_cases
+
+
+@pytest.fixture(scope="module")
+def results() -> list:
+    return [run_case(case) for case in supported_cases(node_cases())]
+
+
+def test_no_unexpected_failures(results: list) -> None:
+    unexpected = [f"{r.name}: {r.status}: {r.detail}" for r in results
+                  if r.status != "pass" and known_limit(r.detail) is None]
+    assert not unexpected, "\n".join(unexpected)
+
+
+def test_pass_rate(results: list) -> None:
+    passed = sum(r.status == "pass" for r in results)
+    assert passed >= 470, f"{passed}/{len(results)} node tests pass"
