@@ -1,0 +1,326 @@
+"""Transformer graphs built with ``onnx.helper``: examples, tests, and big shape-only models.
+
+Every builder returns an ``onnx.ModelProto`` (opset 17, IR version 8 so the installed
+onnxruntime runs it) with seeded random weights, using the op patterns exporters emit
+(erf-decomposed GELU, LayerNormalization, Reshape/Transpose head splits, causal masks
+via Where, decomposed RMSNorm, rotate-half RoPE, GQA by Expand/Reshape).
+
+``llama_decoder(..., weights="shape_only")`` makes Llama-3-8B/70B-shaped graphs whose
+initializers are external data pointing at a file that is never written: the graph
+costs kilobytes, and `maiac compile --shape-only` / `maiac report` work on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+@dataclass
+class GraphBuilder:
+    """Accumulates nodes and initializers; names are unique and readable."""
+
+    seed: int = 0
+    shape_only: bool = False
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    counter: int = 0
+    external_offset: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def name(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}_{self.counter}"
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, name: str | None = None,
+           **attrs: object) -> str | list[str]:
+        node_name = name or self.name(op_type.lower())
+        outs = [node_name if n_out == 1 else f"{node_name}:{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value: np.ndarray, hint: str = "c") -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def weight(self, shape: tuple[int, ...], hint: str, scale: float | None = None,
+               value: float | None = None) -> str:
+        """A float32 weight: random (scaled by 1/sqrt(fan_in)), constant, or shape-only."""
+        name = self.name(hint)
+        if self.shape_only:
+            tensor = helper.make_tensor(name, TensorProto.FLOAT, list(shape), vals=[])
+            tensor.ClearField("float_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            nbytes = 4 * math.prod(shape)
+            for key, val in (("location", "never_written.bin"),
+                             ("offset", str(self.external_offset)), ("length", str(nbytes))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, val
+            self.external_offset += nbytes
+            self.inits.append(tensor)
+            return name
+        if value is not None:
+            array = np.full(shape, value, dtype=np.float32)
+        else:
+            std = scale if scale is not None else 1.0 / math.sqrt(shape[0])
+            array = (self.rng.standard_normal(shape) * std).astype(np.float32)
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def model(self, name: str, inputs: list[onnx.ValueInfoProto],
+              outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  ir_version=IR_VERSION, producer_name="maiac.models")
+        return model
+
+    # -- patterns as exporters write them ---------------------------------------------
+    def linear(self, x: str, d_in: int, d_out: int, hint: str, bias: bool = True) -> str:
+        y = self.op("MatMul", [x, self.weight((d_in, d_out), f"{hint}.weight")],
+                    name=self.name(f"{hint}/MatMul"))
+        if bias:
+            y = self.op("Add", [y, self.weight((d_out,), f"{hint}.bias", scale=0.02)],
+                        name=self.name(f"{hint}/Add"))
+        return y
+
+    def gelu_erf(self, x: str) -> str:
+        """0.5 * x * (1 + erf(x / sqrt(2))), the TorchScript exporter's GELU."""
+        inner = self.op("Div", [x, self.const(np.array(math.sqrt(2.0), np.float32))])
+        erf = self.op("Erf", [inner])
+        one_plus = self.op("Add", [erf, self.const(np.array(1.0, np.float32))])
+        half_x = self.op("Mul", [x, self.const(np.array(0.5, np.float32))])
+        return self.op("Mul", [half_x, one_plus])
+
+    def layer_norm(self, x: str, d: int, hint: str) -> str:
+        return self.op("LayerNormalization", [x, self.weight((d,), f"{hint}.weight", value=1.0),
+                                              self.weight((d,), f"{hint}.bias", value=0.0)],
+                       axis=-1, epsilon=1e-5, name=self.name(hint))
+
+    def rms_norm(self, x: str, d: int, hint: str, eps: float = 1e-5) -> str:
+        """x / sqrt(mean(x^2) + eps) * w, decomposed as Llama exports it."""
+        sq = self.op("Pow", [x, self.const(np.array(2.0, np.float32))])
+        mean = self.op("ReduceMean", [sq], axes=[-1], keepdims=1)
+        shifted = self.op("Add", [mean, self.const(np.array(eps, np.float32))])
+        root = self.op("Sqrt", [shifted])
+        inv = self.op("Reciprocal", [root])
+        normed = self.op("Mul", [x, inv])
+        return self.op("Mul", [normed, self.weight((d,), f"{hint}.weight", value=1.0)],
+                       name=self.name(hint))
+
+    def reshape(self, x: str, shape: list[int]) -> str:
+        return self.op("Reshape", [x, self.const(np.array(shape, np.int64), "shape")])
+
+
+def _input(name: str, dtype: int, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def mlp(batch: int = 4, width: int = 64, hidden: int | None = None, layers: int = 2,
+        seed: int = 0, symbolic: bool = False) -> onnx.ModelProto:
+    """Residual MLP blocks: LayerNorm → Linear → GELU(erf) → Linear → + x. Input "x"."""
+    hidden = hidden or 4 * width
+    b = GraphBuilder(seed)
+    x = "x"
+    for i in range(layers):
+        h = b.layer_norm(x, width, f"layers.{i}.norm")
+        h = b.linear(h, width, hidden, f"layers.{i}.fc1")
+        h = b.gelu_erf(h)
+        h = b.linear(h, hidden, width, f"layers.{i}.fc2")
+        x = b.op("Add", [x, h], name=f"layers.{i}.residual")
+    b.op("Identity", [x], name="y")
+    batch_dim: int | str = "batch" if symbolic else batch
+    return b.model("mlp", [_input("x", TensorProto.FLOAT, [batch_dim, width])],
+                   [_input("y", TensorProto.FLOAT, [batch_dim, width])])
+
+
+def _attention(b: GraphBuilder, x: str, batch: int, seq: int, d_model: int, heads: int,
+               hint: str, causal: bool) -> str:
+    hd = d_model // heads
+    parts = []
+    for t in ("q", "k", "v"):
+        y = b.linear(x, d_model, d_model, f"{hint}.{t}_proj")
+        y = b.reshape(y, [batch, seq, heads, hd])
+        perm = [0, 2, 3, 1] if t == "k" else [0, 2, 1, 3]
+        parts.append(b.op("Transpose", [y], perm=perm))
+    q, kt, v = parts
+    scores = b.op("MatMul", [q, kt], name=b.name(f"{hint}/scores"))
+    scores = b.op("Div", [scores, b.const(np.array(math.sqrt(hd), np.float32))])
+    if causal:
+        mask = np.triu(np.ones((seq, seq), dtype=bool), 1)
+        scores = b.op("Where", [b.const(mask, "causal_mask"),
+                                b.const(np.array(-1e9, np.float32)), scores])
+    probs = b.op("Softmax", [scores], axis=-1, name=b.name(f"{hint}/softmax"))
+    ctx = b.op("MatMul", [probs, v])
+    ctx = b.op("Transpose", [ctx], perm=[0, 2, 1, 3])
+    ctx = b.reshape(ctx, [batch, seq, d_model])
+    return b.linear(ctx, d_model, d_model, f"{hint}.o_proj")
+
+
+def _block(b: GraphBuilder, x: str, batch: int, seq: int, d_model: int, heads: int,
+           ffn: int, hint: str, causal: bool) -> str:
+    h = b.layer_norm(x, d_model, f"{hint}.ln_1")
+    x = b.op("Add", [x, _attention(b, h, batch, seq, d_model, heads, f"{hint}.attn", causal)],
+             name=f"{hint}.residual_1")
+    h = b.layer_norm(x, d_model, f"{hint}.ln_2")
+    h = b.gelu_erf(b.linear(h, d_model, ffn, f"{hint}.mlp.fc"))
+    h = b.linear(h, ffn, d_model, f"{hint}.mlp.proj")
+    return b.op("Add", [x, h], name=f"{hint}.residual_2")
+
+
+def transformer_block(batch: int = 1, seq: int = 16, d_model: int = 64, heads: int = 4,
+                      ffn: int | None = None, causal: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """One pre-norm GPT-style block on input "x" [batch, seq, d_model] → "y"."""
+    b = GraphBuilder(seed)
+    y = _block(b, "x", batch, seq, d_model, heads, ffn or 4 * d_model, "block", causal)
+    b.op("Identity", [y], name="y")
+    shape = [batch, seq, d_model]
+    return b.model("transformer_block", [_input("x", TensorProto.FLOAT, shape)],
+                   [_input("y", TensorProto.FLOAT, shape)])
+
+
+def transformer(layers: int = 2, batch: int = 1, seq: int = 16, d_model: int = 64,
+                heads: int = 4, vocab: int = 128, ffn: int | None = None,
+                seed: int = 0) -> onnx.ModelProto:
+    """A GPT-style decoder: token + position embeddings, blocks, final norm, lm_head."""
+    b = GraphBuilder(seed)
+    tokens = b.op("Gather", [b.weight((vocab, d_model), "wte", scale=0.02), "input_ids"],
+                  axis=0, name="embed_tokens")
+    positions = b.weight((seq, d_model), "wpe", scale=0.02)
+    x = b.op("Add", [tokens, positions], name="embed_positions")
+    for i in range(layers):
+        x = _block(b, x, batch, seq, d_model, heads, ffn or 4 * d_model, f"h.{i}", True)
+    x = b.layer_norm(x, d_model, "ln_f")
+    b.op("MatMul", [x, b.weight((d_model, vocab), "lm_head.weight")], name="logits")
+    return b.model("transformer", [_input("input_ids", TensorProto.INT64, [batch, seq])],
+                   [_input("logits", TensorProto.FLOAT, [batch, seq, vocab])])
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    rope_theta: float = 500000.0
+
+
+LLAMA3_8B = LlamaConfig("llama3-8b", 4096, 32, 32, 8, 14336, 128256)
+LLAMA3_70B = LlamaConfig("llama3-70b", 8192, 80, 64, 8, 28672, 128256)
+LLAMA_TINY = LlamaConfig("llama-tiny", 64, 2, 4, 2, 128, 256)
+
+
+def _rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, ...]:
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.outer(positions, inv)
+    emb = np.concatenate([angles, angles], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def _rotate_half(b: GraphBuilder, x: str, head_dim: int) -> str:
+    half = head_dim // 2
+    starts = [b.const(np.array([v], np.int64)) for v in (0, half, head_dim)]
+    axis = b.const(np.array([-1], np.int64))
+    x1 = b.op("Slice", [x, starts[0], starts[1], axis])
+    x2 = b.op("Slice", [x, starts[1], starts[2], axis])
+    return b.op("Concat", [b.op("Neg", [x2]), x1], axis=-1)
+
+
+def _rope(b: GraphBuilder, x: str, cos: str, sin: str, head_dim: int) -> str:
+    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [_rotate_half(b, x, head_dim), sin])])
+
+
+def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch: int = 1,
+                  seq: int = 16, context: int = 64, weights: str = "random",
+                  layers: int | None = None, seed: int = 0) -> onnx.ModelProto:
+    """A Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU, causal attention) → "logits".
+
+    ``mode="prefill"``: input_ids [batch, seq]. ``mode="decode"``: one token per sequence
+    (input_ids [batch, 1]) attending to ``context`` cached positions plus itself; the
+    cache comes in as past_key_i / past_value_i [batch, kv_heads, context, head_dim].
+    ``weights="shape_only"``: external initializers that are never written.
+    """
+    if mode not in ("prefill", "decode") or weights not in ("random", "shape_only"):
+        raise ValueError("mode must be prefill|decode and weights random|shape_only")
+    b = GraphBuilder(seed, shape_only=weights == "shape_only")
+    d, h, kvh = config.hidden, config.heads, config.kv_heads
+    hd, groups = d // h, h // kvh
+    n_layers = layers or config.layers
+    q_len = seq if mode == "prefill" else 1
+    kv_len = seq if mode == "prefill" else context + 1
+    positions = np.arange(q_len) if mode == "prefill" else np.array([context])
+    cos_np, sin_np = _rope_tables(positions, hd, config.rope_theta)
+    cos, sin = b.const(cos_np, "rope_cos"), b.const(sin_np, "rope_sin")
+    mask_np = np.triu(np.ones((q_len, kv_len), dtype=bool), 1 + kv_len - q_len)
+    inputs = [_input("input_ids", TensorProto.INT64, [batch, q_len])]
+    outputs = [_input("logits", TensorProto.FLOAT, [batch, q_len, config.vocab])]
+    x = b.op("Gather", [b.weight((config.vocab, d), "embed_tokens", scale=0.02), "input_ids"],
+             axis=0, name="embed_tokens")
+    for i in range(n_layers):
+        p = f"layers.{i}"
+        hn = b.rms_norm(x, d, f"{p}.input_layernorm")
+        q = b.reshape(b.linear(hn, d, h * hd, f"{p}.self_attn.q_proj", bias=False),
+                      [batch, q_len, h, hd])
+        k = b.reshape(b.linear(hn, d, kvh * hd, f"{p}.self_attn.k_proj", bias=False),
+                      [batch, q_len, kvh, hd])
+        v = b.reshape(b.linear(hn, d, kvh * hd, f"{p}.self_attn.v_proj", bias=False),
+                      [batch, q_len, kvh, hd])
+        q = _rope(b, b.op("Transpose", [q], perm=[0, 2, 1, 3]), cos, sin, hd)
+        k = _rope(b, b.op("Transpose", [k], perm=[0, 2, 1, 3]), cos, sin, hd)
+        v = b.op("Transpose", [v], perm=[0, 2, 1, 3])
+        if mode == "decode":
+            past_k, past_v = f"past_key_{i}", f"past_value_{i}"
+            inputs += [_input(n, TensorProto.FLOAT, [batch, kvh, context, hd])
+                       for n in (past_k, past_v)]
+            k = b.op("Concat", [past_k, k], axis=2)
+            v = b.op("Concat", [past_v, v], axis=2)
+        # GQA: repeat each kv head `groups` times, as transformers' repeat_kv exports it
+        rep = []
+        for t in (k, v):
+            t5 = b.op("Unsqueeze", [t, b.const(np.array([2], np.int64))])
+            t5 = b.op("Expand", [t5, b.const(np.array([batch, kvh, groups, kv_len, hd],
+                                                      np.int64))])
+            rep.append(b.reshape(t5, [batch, h, kv_len, hd]))
+        kt = b.op("Transpose", [rep[0]], perm=[0, 1, 3, 2])
+        scores = b.op("MatMul", [q, kt], name=b.name(f"{p}.self_attn/scores"))
+        scores = b.op("Mul", [scores, b.const(np.array(1 / math.sqrt(hd), np.float32))])
+        scores = b.op("Where", [b.const(mask_np, "causal_mask"),
+                                b.const(np.array(-1e9, np.float32)), scores])
+        probs = b.op("Softmax", [scores], axis=-1, name=b.name(f"{p}.self_attn/softmax"))
+        ctx = b.op("MatMul", [probs, rep[1]])
+        ctx = b.reshape(b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), [batch, q_len, h * hd])
+        x = b.op("Add", [x, b.linear(ctx, h * hd, d, f"{p}.self_attn.o_proj", bias=False)],
+                 name=f"{p}.residual_1")
+        hn = b.rms_norm(x, d, f"{p}.post_attention_layernorm")
+        gate = b.linear(hn, d, config.ffn, f"{p}.mlp.gate_proj", bias=False)
+        up = b.linear(hn, d, config.ffn, f"{p}.mlp.up_proj", bias=False)
+        act = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
+        down = b.linear(b.op("Mul", [act, up]), config.ffn, d, f"{p}.mlp.down_proj", bias=False)
+        x = b.op("Add", [x, down], name=f"{p}.residual_2")
+    x = b.rms_norm(x, d, "norm")
+    b.op("MatMul", [x, b.weight((d, config.vocab), "lm_head.weight")], name="logits")
+    model = b.model(f"{config.name}-{mode}", inputs, outputs)
+    model.metadata_props.add(key="maiac.mode", value=mode)
+    model.metadata_props.add(key="maiac.tokens", value=str(batch * q_len))
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+    """Save, moving weights to ``<path>.data`` when the proto would pass protobuf's 2 GB."""
+    path = Path(path)
+    large = model.ByteSize() > (1 << 31) - (1 << 20)
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=path.name + ".data")

@@ -1,0 +1,90 @@
+"""Golden tests: maiac's machine model against onnxruntime on the same fp32 inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import maiac
+from maiac import models
+from maiac.inputs import random_inputs
+from maiac.runtime.errors import MaiacError
+
+
+def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds), strict=True))
+
+
+def check(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
+          rtol: float = 1e-4, atol: float = 1e-5,
+          target_params: dict[str, str] | None = None) -> maiac.driver.CompiledModel:
+    compiled = maiac.compile(model, shapes=shapes, target_params=target_params)
+    feeds = random_inputs(model, shapes or {}, seed=0)
+    got = compiled.run(feeds)
+    want = reference(model, feeds)
+    assert set(got) == set(want)
+    for name, expected in want.items():
+        np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=atol, err_msg=name)
+    return compiled
+
+
+def test_mlp_gelu_layernorm() -> None:
+    compiled = check(models.mlp(batch=4, width=64, layers=2))
+    kinds = {row["kind"] for row in compiled.program.meta["ops"].values()}
+    assert "matmul" in kinds and "norm" in kinds
+
+
+def test_mlp_symbolic_batch_bound_by_shape() -> None:
+    model = models.mlp(batch=4, width=32, layers=1, symbolic=True)
+    check(model, shapes={"x": (3, 32)})
+
+
+def test_transformer_block_causal_attention() -> None:
+    check(models.transformer_block(batch=2, seq=16, d_model=64, heads=4))
+
+
+def test_transformer_with_embeddings_and_logits() -> None:
+    check(models.transformer(layers=2))
+
+
+def test_wide_matmul_uses_every_tile_and_k_loop() -> None:
+    """A matmul whose operands exceed TSRAM (256 KiB here) is split over tiles and K."""
+    k, n = 2048, 1024
+    w = np.random.default_rng(1).standard_normal((k, n)).astype(np.float32) * 0.02
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="big")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, n])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    compiled = check(model, rtol=1e-4, atol=1e-4, target_params={"tsram_bytes": "256KiB"})
+    loops = [i for i in compiled.program.instructions if i.kind == "loop"]
+    assert loops, "expected a K loop: a 64x2048 fp32 row block cannot sit in 256 KiB"
+    grids = {i.grid for i in compiled.program.instructions if i.kind == "matmul"}
+    assert any(np.prod(g) == 64 for g in grids)
+
+
+def test_op_that_fits_no_tiling_is_named() -> None:
+    """A softmax row larger than TSRAM cannot be tiled: the error names the node."""
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=-1, name="huge_softmax")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1 << 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1 << 20])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(MaiacError, match="huge_softmax.*TSRAM"):
+        maiac.compile(model)
+
+
+def test_smaller_tsram_still_computes_the_same() -> None:
+    """`--target-param tsram_bytes=...`: tiles shrink, results do not change."""
+    model = models.transformer_block(batch=1, seq=16, d_model=64, heads=4)
+    feeds = random_inputs(model, {}, seed=3)
+    small = maiac.compile(model, target_params={"tsram_bytes": "16KiB"}).run(feeds)
+    want = reference(model, feeds)
+    for name, expected in want.items():
+        np.testing.assert_allclose(small[name], expected, rtol=1e-4, atol=1e-5)
