@@ -341,7 +341,7 @@ def onnx_elem_type_of(element_type: Attribute) -> int:
 
 
 def make_context() -> Context:
-    """A context that parses builtin, func, arith and onnx.
+    """A context that parses builtin, func, arith, onnx and maia.
 
     It carries its own builtin resource table, so parsing twice in one process keeps
     ``dense_resource`` handles unchanged (xDSL's shared table would rename them).
@@ -358,6 +358,9 @@ def make_context() -> Context:
     ctx.load_dialect(func.Func)
     ctx.load_dialect(arith.Arith)
     ctx.load_dialect(Onnx)
+    from maiac.ir.maia import Maia
+
+    ctx.load_dialect(Maia)
     return ctx
 
 

@@ -45,12 +45,7 @@ def default_pipeline(quant: str | None = None) -> str:
 
 
 def context() -> Context:
-    ctx = make_context()
-    from maiac.ir.maia import Maia
-
-    if "maia" not in ctx.registered_dialect_names:
-        ctx.load_dialect(Maia)
-    return ctx
+    return make_context()
 
 
 def parse_passes(pipeline: str) -> list[ModulePass]:
