@@ -59,8 +59,7 @@ class GraphBuilder:
         """A float32 weight: random (scaled by 1/sqrt(fan_in)), constant, or shape-only."""
         name = self.name(hint)
         if self.shape_only:
-            tensor = helper.make_tensor(name, TensorProto.FLOAT, list(shape), vals=[])
-            tensor.ClearField("float_data")
+            tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape))
             tensor.data_location = TensorProto.EXTERNAL
             nbytes = 4 * math.prod(shape)
             for key, val in (("location", "never_written.bin"),

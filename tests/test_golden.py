@@ -88,3 +88,22 @@ def test_smaller_tsram_still_computes_the_same() -> None:
     want = reference(model, feeds)
     for name, expected in want.items():
         np.testing.assert_allclose(small[name], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_llama_rope_gqa_swiglu(mode: str) -> None:
+    """RMSNorm, rotate-half RoPE, GQA by Expand/Reshape, SwiGLU; decode with a KV cache."""
+    check(models.llama_decoder(models.LLAMA_TINY, mode=mode, batch=2, seq=8, context=16))
+
+
+def test_llama_8b_shape_only_compiles_without_weights() -> None:
+    model = models.llama_decoder(models.LLAMA3_8B, mode="decode", context=256, layers=2,
+                                 weights="shape_only")
+    compiled = maiac.compile(model, shape_only=True)
+    assert compiled.program.meta["shape_only"]
+    # only the small tables the graph itself holds (RoPE, masks, scalars) carry bytes
+    assert sum(len(b) for b in compiled.program.constants.values()) < (1 << 20)
+    report = compiled.report()
+    assert report["weight_bytes"] > 4 * 2 * 4096 * 128256  # embeddings + lm_head at least
+    with pytest.raises(MaiacError):
+        compiled.run({})
