@@ -54,7 +54,7 @@ def main() -> int:
     print("[4/4] verify against onnxruntime:\n")
     print(format_table(result))
     print("\nmodeled performance on maia200:\n")
-    print(format_report(compiled.report()))
+    print(format_report(compiled.report(), top=10))
     return 0 if result["ok"] else 1
 
 
