@@ -156,14 +156,17 @@ def graph_input_specs(model: Any, shapes: Mapping[str, Iterable[int]] | None = N
             shape = tuple(int(d) for d in shapes[inp.name])
         else:
             dims: list[int] = []
-            for d in tt.shape.dim:
+            all_dims = tt.shape.dim
+            for i, d in enumerate(all_dims):
                 if d.HasField("dim_value") and d.dim_value > 0:
                     dims.append(int(d.dim_value))
                 else:
                     sym = d.dim_param or "?"
+                    example = "x".join(str(e.dim_value) if e.dim_value > 0 else "1"
+                                       for e in all_dims)
                     raise MaiacError(
-                        f"input {inp.name!r} has symbolic dim {sym!r}; "
-                        f"bind it with --shape {inp.name}=" + "x".join(["N"] * len(tt.shape.dim))
+                        f"input {inp.name!r} has symbolic dim {sym!r} (dim {i}); "
+                        f"bind it, e.g. --shape {inp.name}={example}"
                     )
             shape = tuple(dims)
         specs.append((inp.name, np_dtype(dtype_name), shape))

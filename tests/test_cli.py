@@ -360,3 +360,39 @@ def test_e2e_run_bad_inputs(mlp_onnx: Path, tmp_path: Path) -> None:
     bad.write_bytes(out.read_bytes()[:100])
     assert_user_error(invoke("run", str(bad)))
     assert_user_error(invoke("report", str(bad)))
+
+
+def test_e2e_symbolic_shape(tmp_path: Path) -> None:
+    need("maiac.driver")
+    models = need("maiac.models")
+    path = tmp_path / "sym.onnx"
+    onnx.save(models.mlp(symbolic=True), path)
+    for cmd in (["verify", str(path)], ["compile", str(path), "-o", str(tmp_path / "s.maia")]):
+        assert_user_error(invoke(*cmd), "'x'", "--shape")
+    assert_user_error(invoke("verify", str(path), "--shape", "nope=1x64"), "nope")
+    r = invoke("verify", str(path), "--shape", "x=3x64", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["outputs"][0]["shape"][0] == 3
+    r = invoke("compile", str(path), "-o", str(tmp_path / "s.maia"), "--shape", "x=3x64")
+    assert r.exit_code == 0 and r.stderr == ""  # no progress output when not on a terminal
+
+
+def test_e2e_transformer_token_ids(tmp_path: Path) -> None:
+    """Random token ids stay inside the vocabulary; verify and run agree with onnxruntime."""
+    need("maiac.driver")
+    models = need("maiac.models")
+    path = tmp_path / "gpt.onnx"
+    onnx.save(models.transformer(layers=1, vocab=50), path)
+    r = invoke("verify", str(path), "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["ok"] and res["outputs"][0]["name"] == "logits"
+    assert res["outputs"][0]["top1_agreement"] == 1.0
+
+
+def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "maiac", "compile", str(tmp_path / "nope.onnx"),
+                        "-o", str(tmp_path / "x.maia")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.onnx'}: no such model file"]
