@@ -48,10 +48,40 @@ def context() -> Context:
     return make_context()
 
 
-def parse_passes(pipeline: str) -> list[ModulePass]:
+Pipeline = str | Sequence[ModulePass | str]
+
+
+def parse_passes(pipeline: Pipeline) -> list[ModulePass]:
+    """Pass objects from a pipeline string, or a list of pass objects and/or strings."""
     from maiac.passes.registry import parse_pipeline
 
-    return parse_pipeline(pipeline)
+    if isinstance(pipeline, str):
+        return parse_pipeline(pipeline)
+    passes: list[ModulePass] = []
+    for item in pipeline:
+        if isinstance(item, ModulePass):
+            passes.append(item)
+        elif isinstance(item, str):
+            passes.extend(parse_pipeline(item))
+        else:
+            raise MaiacError(f"pipeline entry {item!r} is neither a pass nor a pass name")
+    return passes
+
+
+def printer_for(print_ir_after_all: bool, print_ir_after: Sequence[str]) -> Callable[[str], bool] | None:
+    """Which passes to dump the IR after (``--print-ir-after-all`` / ``--print-ir-after``)."""
+    if print_ir_after_all:
+        return lambda _: True
+    names = set(print_ir_after)
+    if names:
+        from maiac.passes.registry import PASSES
+
+        unknown = names - set(PASSES)
+        if unknown:
+            raise MaiacError(f"--print-ir-after: unknown pass {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(sorted(PASSES))})")
+        return lambda name: name in names
+    return None
 
 
 @dataclass
@@ -100,22 +130,25 @@ def import_for_target(model: str | Path | onnx.ModelProto, shapes: dict[str, tup
 
 def compile_module(model: str | Path | onnx.ModelProto, *, quant: str | None = None,
                    shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
-                   target_params: dict[str, str] | None = None, pipeline: str | None = None,
+                   target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
                    shape_only: bool = False, print_ir_after_all: bool = False,
+                   print_ir_after: Sequence[str] = (), verify_each: bool = True,
                    log: CompileLog | None = None, out: TextIO | None = None) -> builtin.ModuleOp:
     """Import and run the whole pipeline; returns the tiled, planned module."""
     module = import_for_target(model, shapes, target, target_params, shape_only)
     passes = parse_passes(pipeline or default_pipeline(quant))
-    run_passes(module, passes, print_after=(lambda _: True) if print_ir_after_all else None,
-               out=out, log=log)
+    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after),
+               verify_each=verify_each, out=out, log=log)
     return module
 
 
 def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
                   print_ir_after_all: bool = False, quant: str | None = None,
                   shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
-                  target_params: dict[str, str] | None = None, pipeline: str | None = None,
-                  shape_only: bool = False, out: TextIO | None = None) -> str:
+                  target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
+                  shape_only: bool = False, out: TextIO | None = None,
+                  print_ir_after: Sequence[str] = (), verify_each: bool = True,
+                  log: CompileLog | None = None) -> str:
     """The IR (or the assembly listing) at stage ``emit`` as text."""
     if emit not in EMIT_CHOICES:
         raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
@@ -128,8 +161,8 @@ def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
         passes.append(p)
         if p.name == stop.split("{")[0]:
             break
-    run_passes(module, passes, print_after=(lambda _: True) if print_ir_after_all else None,
-               out=out)
+    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after),
+               verify_each=verify_each, out=out, log=log)
     if emit == "asm":
         from maiac.runtime.listing import format_program
 
@@ -167,14 +200,20 @@ class CompiledModel:
 
 def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  # noqa: A001
             shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
-            target_params: dict[str, str] | None = None, pipeline: str | None = None,
-            shape_only: bool = False, calib: str | None = None) -> CompiledModel:
-    """Compile an ONNX model (path or ModelProto) for the Maia 200 machine model."""
+            target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
+            shape_only: bool = False, calib: str | None = None, verify_each: bool = True,
+            print_ir_after: Sequence[str] = (), out: TextIO | None = None) -> CompiledModel:
+    """Compile an ONNX model (path or ModelProto) for the Maia 200 machine model.
+
+    ``pipeline``: a pipeline string ("fold-constants,...") or a list of pass objects and
+    names; default ``default_pipeline(quant)``. ``compiled.log`` has the time per pass.
+    """
     start = time.perf_counter()
     log = CompileLog()
     module = compile_module(model, quant=quant, shapes=shapes, target=target,
                             target_params=target_params, pipeline=pipeline,
-                            shape_only=shape_only, log=log)
+                            shape_only=shape_only, log=log, verify_each=verify_each,
+                            print_ir_after=print_ir_after, out=out)
     name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
     program = emit_program(module, {"model": name, "quant": quant or "fp32"})
     return CompiledModel(program, time.perf_counter() - start, log)
