@@ -166,6 +166,23 @@ def compile_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def plugin_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--load-pass-plugin FILE.py`` (repeatable): passes registered by a user's module."""
+    return click.option("--load-pass-plugin", "plugins", metavar="FILE.py", multiple=True,
+                        help="Import a Python file whose @register_pass passes become "
+                             "usable by name (repeatable).")(f)
+
+
+def load_plugins(paths: tuple[str, ...]) -> None:
+    """Import each pass plugin file (errors name the file)."""
+    if not paths:
+        return
+    from maiac.passes.registry import load_pass_plugin
+
+    for path in paths:
+        load_pass_plugin(path)
+
+
 def _driver() -> Any:
     import maiac.driver
 
@@ -191,12 +208,15 @@ def main() -> None:
 @click.option("--print-ir-after-all", is_flag=True, help="Print the IR after every pass.")
 @click.option("--shape-only", is_flag=True,
               help="Compile without weight data (for report / timing only).")
+@click.option("--pass-timing", is_flag=True, help="Print the time of each pass on stderr.")
+@plugin_option
 def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
                 calib: str | None, emit: str | None, print_ir_after_all: bool,
-                shape_only: bool) -> None:
+                shape_only: bool, pass_timing: bool, plugins: tuple[str, ...]) -> None:
     """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
     existing_file(model, "model file")
+    load_plugins(plugins)
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
     kw["shape_only"] = shape_only
     driver = _driver()
@@ -224,6 +244,20 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     with atomic_path(output) as tmp:
         compiled.save(tmp)
     progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
+    if pass_timing:
+        click.echo(format_pass_timing(compiled), err=True)
+
+
+def format_pass_timing(compiled: Any) -> str:
+    """Time per pass of a compile, slowest first, with the total."""
+    records = list(getattr(getattr(compiled, "log", None), "passes", []) or [])
+    total = sum(r.seconds for r in records)
+    lines = [f"{'pass':<28} {'time':>10} {'share':>7}"]
+    for rec in sorted(records, key=lambda r: -r.seconds):
+        share = rec.seconds / total if total else 0.0
+        lines.append(f"{rec.name:<28} {rec.seconds * 1e3:>8.1f}ms {share:>7.1%}")
+    lines.append(f"{'total':<28} {total * 1e3:>8.1f}ms")
+    return "\n".join(lines)
 
 
 def _compile_printing_ir(driver: Any, model: str, kw: dict[str, Any]) -> Any:
@@ -232,9 +266,11 @@ def _compile_printing_ir(driver: Any, model: str, kw: dict[str, Any]) -> Any:
 
     t0 = time.perf_counter()
     opts = {k: v for k, v in kw.items() if k != "calib" or v is not None}
-    module = driver.compile_module(model, print_ir_after_all=True, out=sys.stderr, **opts)
+    log = driver.CompileLog()
+    module = driver.compile_module(model, print_ir_after_all=True, out=sys.stderr, log=log,
+                                   **opts)
     program = emit_program(module, {"model": str(model), "quant": kw.get("quant") or "fp32"})
-    return driver.CompiledModel(program, time.perf_counter() - t0)
+    return driver.CompiledModel(program, time.perf_counter() - t0, log)
 
 
 # ----------------------------------------------------------------------------- run
@@ -363,14 +399,16 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
               help="Pass threshold per output when --quant is set.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@plugin_option
 def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: str,
                target_param: tuple[str, ...], pipeline: str | None, calib: str | None,
                inputs: str | None, rtol: float, atol: float, min_cosine: float, seed: int,
-               as_json: bool) -> None:
+               as_json: bool, plugins: tuple[str, ...]) -> None:
     """Compile MODEL, run it and onnxruntime on the same inputs, compare (exit 1 on mismatch)."""
     from maiac.verify import format_table, verify
 
     existing_file(model, "model file")
+    load_plugins(plugins)
     if inputs is not None:
         existing_file(inputs, "inputs file")
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
@@ -710,8 +748,10 @@ def _apply_pipeline(pipeline: Any, ctx: Any, module: Any) -> None:
 @click.option("-p", "--passes", "pipeline", default="", metavar="'p1,p2{opt=v}'",
               help="Passes to run, in order (xdsl-opt syntax).")
 @click.option("-o", "--output", default=None, metavar="OUT.mlir", help="Write the IR here.")
-def opt_cmd(file: str, pipeline: str, output: str | None) -> None:
+@plugin_option
+def opt_cmd(file: str, pipeline: str, output: str | None, plugins: tuple[str, ...]) -> None:
     """Parse IR (FILE.mlir, or - for stdin), run passes, print the result."""
+    load_plugins(plugins)
     if file == "-":
         text = sys.stdin.read()
     else:
@@ -759,10 +799,12 @@ def _pass_info(entry: Any) -> tuple[str, list[str]]:
 
 
 @main.command("passes")
-def passes_cmd() -> None:
+@plugin_option
+def passes_cmd(plugins: tuple[str, ...]) -> None:
     """List every registered pass with its description and options."""
     from maiac.passes.registry import PASSES
 
+    load_plugins(plugins)
     for name, entry in sorted(PASSES.items()):
         desc, opts = _pass_info(entry)
         click.echo(f"{name:<28} {desc}")

@@ -396,3 +396,40 @@ def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
                        timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.onnx'}: no such model file"]
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+from xdsl.passes import ModulePass
+
+from maiac.passes.registry import register_pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class CliTestNoop(ModulePass):
+    """Does nothing (a CLI test plugin)."""
+
+    name = "cli-test-noop"
+
+    def apply(self, ctx, op):
+        pass
+'''
+
+
+def test_pass_plugin_and_timing(mlp_onnx: Path, tmp_path: Path) -> None:
+    need("maiac.passes.registry")
+    plugin = tmp_path / "my_passes.py"
+    plugin.write_text(PLUGIN)
+    r = invoke("passes", "--load-pass-plugin", str(plugin))
+    assert r.exit_code == 0 and "cli-test-noop" in r.stdout and "CLI test plugin" in r.stdout
+    from maiac.driver import default_pipeline
+
+    out = tmp_path / "p.maia"
+    r = invoke("compile", str(mlp_onnx), "-o", str(out), "--load-pass-plugin", str(plugin),
+               "--pipeline", "cli-test-noop," + default_pipeline(), "--pass-timing")
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and "cli-test-noop" in r.stderr and "total" in r.stderr
+    assert_user_error(invoke("passes", "--load-pass-plugin", str(tmp_path / "nope.py")),
+                      "nope.py")
