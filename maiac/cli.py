@@ -205,7 +205,12 @@ def main() -> None:
 @compile_options
 @click.option("--emit", type=click.Choice(EMITS), default=None,
               help="Print the IR at this stage instead of writing a program.")
-@click.option("--print-ir-after-all", is_flag=True, help="Print the IR after every pass.")
+@click.option("--print-ir-after-all", is_flag=True,
+              help="Print the IR after every pass (on stderr).")
+@click.option("--print-ir-after", metavar="PASS", multiple=True,
+              help="Print the IR after this pass (repeatable; on stderr).")
+@click.option("--verify-each/--no-verify-each", default=True, show_default=True,
+              help="Verify the IR after every pass, naming the pass that broke it.")
 @click.option("--shape-only", is_flag=True,
               help="Compile without weight data (for report / timing only).")
 @click.option("--pass-timing", is_flag=True, help="Print the time of each pass on stderr.")
@@ -213,44 +218,62 @@ def main() -> None:
 def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
                 calib: str | None, emit: str | None, print_ir_after_all: bool,
-                shape_only: bool, pass_timing: bool, plugins: tuple[str, ...]) -> None:
+                print_ir_after: tuple[str, ...], verify_each: bool, shape_only: bool,
+                pass_timing: bool, plugins: tuple[str, ...]) -> None:
     """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
     existing_file(model, "model file")
     load_plugins(plugins)
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
     kw["shape_only"] = shape_only
     driver = _driver()
+    # IR dumps after passes go to stderr (as in mlir-opt); stdout keeps the final IR.
+    debug = dict(print_ir_after=print_ir_after, verify_each=verify_each, out=sys.stderr)
+    log = driver.CompileLog()
+    t0 = time.perf_counter()
     if emit is not None:
         progress(f"compiling {model} to {emit} IR")
-        # IR dumps after each pass go to stderr (as in mlir-opt); stdout keeps the final IR.
-        ir_kw = {k: v for k, v in kw.items() if k != "calib" or v is not None}
         text = driver.compile_to_ir(model, emit=emit, print_ir_after_all=print_ir_after_all,
-                                    out=sys.stderr, **ir_kw)
+                                    log=log, **debug, **_supported(driver.compile_to_ir, kw))
         if not text.endswith("\n"):
             text += "\n"
         if output is None or output == "-":
             click.echo(text, nl=False)
         else:
             write_text_atomic(output, text)
-        return
-    if output is None:
-        raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
-    progress(f"compiling {model}")
-    t0 = time.perf_counter()
-    if print_ir_after_all:
-        compiled = _compile_printing_ir(driver, model, kw)
     else:
-        compiled = driver.compile(model, **kw)
-    with atomic_path(output) as tmp:
-        compiled.save(tmp)
-    progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
+        if output is None:
+            raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
+        progress(f"compiling {model}")
+        if print_ir_after_all:
+            compiled = _compile_printing_ir(driver, model, log, {**kw, **debug})
+        else:
+            compiled = driver.compile(model, **debug, **kw)
+            log = compiled.log
+        with atomic_path(output) as tmp:
+            compiled.save(tmp)
+        progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
     if pass_timing:
-        click.echo(format_pass_timing(compiled), err=True)
+        click.echo(format_pass_timing(log), err=True)
 
 
-def format_pass_timing(compiled: Any) -> str:
-    """Time per pass of a compile, slowest first, with the total."""
-    records = list(getattr(getattr(compiled, "log", None), "passes", []) or [])
+def _supported(fn: Callable[..., Any], kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` minus unset options ``fn`` does not take; a set one it does not take is an error."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    out = {}
+    for k, v in kw.items():
+        if k in params:
+            out[k] = v
+        elif v not in (None, False):
+            raise MaiacError(f"--{k.replace('_', '-')} is not supported with this combination "
+                             f"of options (--emit / --print-ir-after-all)")
+    return out
+
+
+def format_pass_timing(log: Any) -> str:
+    """Time per pass of a compile (a driver ``CompileLog``), slowest first, with the total."""
+    records = list(getattr(log, "passes", []) or [])
     total = sum(r.seconds for r in records)
     lines = [f"{'pass':<28} {'time':>10} {'share':>7}"]
     for rec in sorted(records, key=lambda r: -r.seconds):
@@ -260,15 +283,13 @@ def format_pass_timing(compiled: Any) -> str:
     return "\n".join(lines)
 
 
-def _compile_printing_ir(driver: Any, model: str, kw: dict[str, Any]) -> Any:
+def _compile_printing_ir(driver: Any, model: str, log: Any, kw: dict[str, Any]) -> Any:
     """``driver.compile`` with the IR printed to stderr after every pass."""
     from maiac.passes.emit import emit_program
 
     t0 = time.perf_counter()
-    opts = {k: v for k, v in kw.items() if k != "calib" or v is not None}
-    log = driver.CompileLog()
-    module = driver.compile_module(model, print_ir_after_all=True, out=sys.stderr, log=log,
-                                   **opts)
+    module = driver.compile_module(model, print_ir_after_all=True, log=log,
+                                   **_supported(driver.compile_module, kw))
     program = emit_program(module, {"model": str(model), "quant": kw.get("quant") or "fp32"})
     return driver.CompiledModel(program, time.perf_counter() - t0, log)
 

@@ -433,3 +433,17 @@ def test_pass_plugin_and_timing(mlp_onnx: Path, tmp_path: Path) -> None:
     assert out.is_file() and "cli-test-noop" in r.stderr and "total" in r.stderr
     assert_user_error(invoke("passes", "--load-pass-plugin", str(tmp_path / "nope.py")),
                       "nope.py")
+
+
+def test_ir_printing_flags(mlp_onnx: Path, tmp_path: Path) -> None:
+    r = invoke("compile", str(mlp_onnx), "--emit", "maia", "--print-ir-after",
+               "lower-onnx-to-maia")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("IR Dump After") == 1 and "maia." in r.stdout
+    out = tmp_path / "m.maia"
+    r = invoke("compile", str(mlp_onnx), "-o", str(out), "--print-ir-after-all",
+               "--no-verify-each")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("IR Dump After") >= 3 and out.is_file()
+    assert_user_error(invoke("compile", str(mlp_onnx), "-o", str(out), "--print-ir-after",
+                             "nope"), "nope")
