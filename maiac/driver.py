@@ -198,6 +198,18 @@ class CompiledModel:
         return simulate(self.program).to_json()
 
 
+def _input_ranges(model: str | Path | onnx.ModelProto) -> dict[str, int]:
+    """Vocabulary sizes of token-id inputs, so `maiac run` can draw valid random ids."""
+    from maiac.inputs import infer_int_ranges
+
+    try:
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(
+            str(model), load_external_data=False)
+        return infer_int_ranges(proto)
+    except Exception:  # a hint only; the importer already validated the model
+        return {}
+
+
 def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  # noqa: A001
             shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
             target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
@@ -215,5 +227,7 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
                             shape_only=shape_only, log=log, verify_each=verify_each,
                             print_ir_after=print_ir_after, out=out)
     name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
-    program = emit_program(module, {"model": name, "quant": quant or "fp32"})
+    meta: dict[str, Any] = {"model": name, "quant": quant or "fp32",
+                            "input_ranges": _input_ranges(model)}
+    program = emit_program(module, meta, shape_only=shape_only)
     return CompiledModel(program, time.perf_counter() - start, log)

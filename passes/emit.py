@@ -17,9 +17,16 @@ from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
 from maiac.runtime.program import Buffer, Program, TensorSpec
 
+SHAPE_ONLY_KEEP_BYTES = 1 << 16  # small tables (RoPE, masks, scalars) keep their bytes
 
-def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None) -> Program:
-    """Flatten the (tiled, planned) ``main`` function into a Program."""
+
+def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
+                 shape_only: bool = False) -> Program:
+    """Flatten the (tiled, planned) ``main`` function into a Program.
+
+    ``shape_only``: weights are left out (only small constants keep their bytes), so a
+    program of an 8B model never touches its weights; it can be reported, not run.
+    """
     fn = next((op for op in module.walk() if isinstance(op, func.FuncOp)), None)
     if fn is None:
         raise MaiacError("emit: the module has no function")
@@ -42,13 +49,16 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None) -
             row["flops"] += maia.attr(kernel, "flops", 0)
             instructions.extend(_instructions(kernel.body.block.ops, buffers, label))
     constants: dict[str, bytes] = {}
-    shape_only = False
+    missing = False
     for name, op in buffer_ops.items():
         if buffers[name].kind != "const":
             continue
+        if shape_only and buffers[name].nbytes > SHAPE_ONLY_KEEP_BYTES:
+            missing = True
+            continue
         value = constant_value(op.attributes["value"])
         if value is None:
-            shape_only = True
+            missing = True
             continue
         dtype = NUMPY_DTYPES[maia.attr(op, "dtype")]
         constants[name] = np.ascontiguousarray(value, dtype=dtype).tobytes()
@@ -65,7 +75,7 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None) -
         buffers=list(buffers.values()),
         instructions=instructions,
         constants=constants,
-        meta={**(meta or {}), "ops": op_table, "shape_only": shape_only,
+        meta={**(meta or {}), "ops": op_table, "shape_only": missing,
               "flops": maia.attr(fn, "maia.flops", 0)},
     )
 
