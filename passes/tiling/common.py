@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 from maiac.ir import maia
+from maiac.runtime.isa import contiguous_strides
 from maiac.runtime.memory import itemsize
 
 ALIGN = 64  # bytes; every buffer and scratch block starts on this boundary
@@ -147,12 +148,7 @@ def loop(trips: Sequence[int], body: list[Any]) -> list[Any]:
 
 
 def contiguous(shape: Sequence[int]) -> tuple[int, ...]:
-    strides = []
-    acc = 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= d
-    return tuple(reversed(strides))
+    return contiguous_strides(tuple(shape))
 
 
 def compact_strides(shape: Sequence[int], broadcast: Sequence[bool]) -> tuple[int, ...]:
