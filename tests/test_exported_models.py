@@ -215,6 +215,9 @@ def main(names: list[str]) -> None:
     """Refresh maiac_status in MANIFEST.json for NAMES (default: every model)."""
     for name in names or sorted(MODELS):
         status = measure(name)
+        old = MODELS[name].get("maiac_status", {})
+        if old.get("diagnosis") and old.get("fp32", {}).get("error") == status["fp32"]["error"]:
+            status["diagnosis"] = old["diagnosis"]  # a person's analysis of the same failure
         MODELS[name]["maiac_status"] = status
         fp32 = status["fp32"]
         line = (f"compile {fp32['compile_s']}s, run ratio {fp32['run_ratio']}x"
