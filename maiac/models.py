@@ -13,6 +13,7 @@ costs kilobytes, and `maiac compile --shape-only` / `maiac report` work on it.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,14 +244,24 @@ def _rope(b: GraphBuilder, x: str, cos: str, sin: str, head_dim: int) -> str:
 
 
 def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch: int = 1,
-                  seq: int = 16, context: int = 64, weights: str = "random",
-                  layers: int | None = None, seed: int = 0) -> onnx.ModelProto:
+                  seq: int = 128, context: int = 4096, weights: str = "random",
+                  layers: int | None = None, seed: int = 0,
+                  kv_outputs: bool = False) -> onnx.ModelProto:
     """A Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU, causal attention) → "logits".
 
-    ``mode="prefill"``: input_ids [batch, seq]. ``mode="decode"``: one token per sequence
-    (input_ids [batch, 1]) attending to ``context`` cached positions plus itself; the
-    cache comes in as past_key_i / past_value_i [batch, kv_heads, context, head_dim].
-    ``weights="shape_only"``: external initializers that are never written.
+    ``mode="prefill"``: input_ids [batch, seq] at positions 0..seq-1 (``context`` unused).
+    ``mode="decode"``: one token per sequence (input_ids [batch, 1]) at position
+    ``context``, attending to ``context`` cached positions plus itself; the cache comes in
+    as past_key_i / past_value_i [batch, kv_heads, context, head_dim] (keys after RoPE,
+    as transformers caches them). ``layers`` overrides ``config.layers``.
+
+    ``weights="shape_only"``: every weight is an external-data initializer (location
+    ``never_written.bin``, offset, length) whose file is never written, so an 8B/70B graph
+    is built in about a second and weighs megabytes (the RoPE tables and the causal mask
+    are real constants). onnxruntime cannot run it; check it with :func:`check_model`.
+    Weights are created in the same order whatever the mode, so prefill and decode graphs
+    with the same seed share weights. ``kv_outputs`` adds present_key_i/present_value_i
+    outputs (the cache including this step's keys and values), as exporters do.
     """
     if mode not in ("prefill", "decode") or weights not in ("random", "shape_only"):
         raise ValueError("mode must be prefill|decode and weights random|shape_only")
@@ -264,8 +275,9 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
     cos_np, sin_np = _rope_tables(positions, hd, config.rope_theta)
     cos, sin = b.const(cos_np, "rope_cos"), b.const(sin_np, "rope_sin")
     mask_np = np.triu(np.ones((q_len, kv_len), dtype=bool), 1 + kv_len - q_len)
+    mask = b.const(mask_np, "causal_mask")  # one initializer shared by every layer
     inputs = [_input("input_ids", TensorProto.INT64, [batch, q_len])]
-    outputs = [_input("logits", TensorProto.FLOAT, [batch, q_len, config.vocab])]
+    outputs: list[onnx.ValueInfoProto] = []
     x = b.op("Gather", [b.weight((config.vocab, d), "embed_tokens", scale=0.02), "input_ids"],
              axis=0, name="embed_tokens")
     for i in range(n_layers):
@@ -286,6 +298,11 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
                        for n in (past_k, past_v)]
             k = b.op("Concat", [past_k, k], axis=2)
             v = b.op("Concat", [past_v, v], axis=2)
+        if kv_outputs:
+            for kind, t in (("key", k), ("value", v)):
+                b.op("Identity", [t], name=f"present_{kind}_{i}")
+                outputs.append(_input(f"present_{kind}_{i}", TensorProto.FLOAT,
+                                      [batch, kvh, kv_len, hd]))
         # GQA: repeat each kv head `groups` times, as transformers' repeat_kv exports it
         rep = []
         for t in (k, v):
@@ -296,8 +313,7 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
         kt = b.op("Transpose", [rep[0]], perm=[0, 1, 3, 2])
         scores = b.op("MatMul", [q, kt], name=b.name(f"{p}.self_attn/scores"))
         scores = b.op("Mul", [scores, b.const(np.array(1 / math.sqrt(hd), np.float32))])
-        scores = b.op("Where", [b.const(mask_np, "causal_mask"),
-                                b.const(np.array(-1e9, np.float32)), scores])
+        scores = b.op("Where", [mask, b.const(np.array(-1e9, np.float32)), scores])
         probs = b.op("Softmax", [scores], axis=-1, name=b.name(f"{p}.self_attn/softmax"))
         ctx = b.op("MatMul", [probs, rep[1]])
         ctx = b.reshape(b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), [batch, q_len, h * hd])
@@ -311,6 +327,7 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
         x = b.op("Add", [x, down], name=f"{p}.residual_2")
     x = b.rms_norm(x, d, "norm")
     b.op("MatMul", [x, b.weight((d, config.vocab), "lm_head.weight")], name="logits")
+    outputs.insert(0, _input("logits", TensorProto.FLOAT, [batch, q_len, config.vocab]))
     model = b.model(f"{config.name}-{mode}", inputs, outputs)
     model.metadata_props.add(key="maiac.mode", value=mode)
     model.metadata_props.add(key="maiac.tokens", value=str(batch * q_len))
@@ -323,3 +340,26 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     large = model.ByteSize() > (1 << 31) - (1 << 20)
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=path.name + ".data")
+
+
+def check_model(model: onnx.ModelProto, full_check: bool = True) -> None:
+    """``onnx.checker.check_model``, also for shape-only models whose weights don't exist.
+
+    The checker insists that every external-data location is a regular file; it does not
+    read it. So the model is checked from a temporary directory holding empty stand-ins
+    for the missing files: no weight byte is ever allocated.
+    """
+    locations = {e.value for t in model.graph.initializer
+                 if t.data_location == TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location"}
+    if not locations:
+        onnx.checker.check_model(model, full_check=full_check)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for location in locations:
+            stub = Path(tmp, location)
+            stub.parent.mkdir(parents=True, exist_ok=True)
+            stub.touch()
+        path = Path(tmp, "model.onnx")
+        onnx.save_model(model, str(path))
+        onnx.checker.check_model(str(path), full_check=full_check)
