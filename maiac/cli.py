@@ -820,12 +820,22 @@ def _pass_info(entry: Any) -> tuple[str, list[str]]:
 
 
 @main.command("passes")
+@click.option("--pipeline", "show_pipeline", is_flag=True,
+              help="Print the default pipeline (for --quant) in --pipeline syntax, to edit "
+                   "and pass back.")
+@click.option("--quant", metavar="SPEC", default=None,
+              help="With --pipeline: the quantization spec the pipeline is for.")
 @plugin_option
-def passes_cmd(plugins: tuple[str, ...]) -> None:
+def passes_cmd(show_pipeline: bool, quant: str | None, plugins: tuple[str, ...]) -> None:
     """List every registered pass with its description and options."""
     from maiac.passes.registry import PASSES
 
     load_plugins(plugins)
+    if show_pipeline:
+        click.echo(_driver().default_pipeline(quant))
+        return
+    if quant is not None:
+        raise click.UsageError("--quant needs --pipeline")
     for name, entry in sorted(PASSES.items()):
         desc, opts = _pass_info(entry)
         click.echo(f"{name:<28} {desc}")

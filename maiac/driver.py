@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -39,7 +40,9 @@ def default_pipeline(quant: str | None = None) -> str:
     """The pipeline `maiac compile` runs for a quant spec (print it, edit it, pass it back)."""
     stages = [STAGES["onnx"], STAGES["maia"]]
     if quant:
-        stages.append(f"quantize{{spec={quant}}}")
+        # a spec like "w=mxfp4,a=mxfp8e4m3" has the pipeline's own separators: quote it
+        spec = quant if quant.replace("-", "").replace("_", "").isalnum() else json.dumps(quant)
+        stages.append(f"quantize{{spec={spec}}}")
     stages.append(STAGES["tiled"])
     return ",".join(stages)
 
@@ -68,15 +71,19 @@ def parse_passes(pipeline: Pipeline) -> list[ModulePass]:
     return passes
 
 
-def printer_for(print_ir_after_all: bool, print_ir_after: Sequence[str]) -> Callable[[str], bool] | None:
-    """Which passes to dump the IR after (``--print-ir-after-all`` / ``--print-ir-after``)."""
+def printer_for(print_ir_after_all: bool, print_ir_after: Sequence[str],
+                passes: Sequence[ModulePass] = ()) -> Callable[[str], bool] | None:
+    """Which passes to dump the IR after (``--print-ir-after-all`` / ``--print-ir-after``).
+
+    A name must be a registered pass or one of ``passes`` (unregistered pass objects).
+    """
     if print_ir_after_all:
         return lambda _: True
     names = set(print_ir_after)
     if names:
         from maiac.passes.registry import PASSES
 
-        unknown = names - set(PASSES)
+        unknown = names - set(PASSES) - {p.name for p in passes}
         if unknown:
             raise MaiacError(f"--print-ir-after: unknown pass {', '.join(sorted(unknown))} "
                              f"(known: {', '.join(sorted(PASSES))})")
@@ -137,7 +144,7 @@ def compile_module(model: str | Path | onnx.ModelProto, *, quant: str | None = N
     """Import and run the whole pipeline; returns the tiled, planned module."""
     module = import_for_target(model, shapes, target, target_params, shape_only)
     passes = parse_passes(pipeline or default_pipeline(quant))
-    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after),
+    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, passes),
                verify_each=verify_each, out=out, log=log)
     return module
 
@@ -154,14 +161,12 @@ def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
         raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
     module = import_for_target(model, shapes, target, target_params, shape_only)
     full = parse_passes(pipeline or default_pipeline(quant))
-    stop = {"onnx": STAGES["onnx"], "maia": STAGES["maia"], "tiled": "plan-memory",
-            "asm": "plan-memory"}[emit].split(",")[-1]
-    passes = []
-    for p in full:
-        passes.append(p)
-        if p.name == stop.split("{")[0]:
-            break
-    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after),
+    # Stop where the next stage begins, so passes added inside a stage (a plugin's
+    # fusion after lowering, quantize) still run before the IR is printed.
+    next_stage = {"onnx": STAGES["maia"], "maia": STAGES["tiled"]}.get(emit)
+    stop = next_stage.split(",")[0].split("{")[0] if next_stage else None
+    passes = list(itertools.takewhile(lambda p: p.name != stop, full))
+    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, full),
                verify_each=verify_each, out=out, log=log)
     if emit == "asm":
         from maiac.runtime.listing import format_program
@@ -182,10 +187,18 @@ class CompiledModel:
     compile_s: float = 0.0
     log: CompileLog = field(default_factory=CompileLog)
 
-    def run(self, inputs: dict[str, np.ndarray], *, trace: str | None = None) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray], *, trace: str | Path | None = None
+            ) -> dict[str, np.ndarray]:
+        """Outputs by name; ``trace``: also write the modeled timeline as Chrome JSON."""
         from maiac.runtime.interpreter import run_program
 
-        return run_program(self.program, inputs)
+        outputs = run_program(self.program, inputs)
+        if trace is not None:
+            from maiac.runtime.timing import simulate
+            from maiac.runtime.trace import write_chrome_trace
+
+            write_chrome_trace(simulate(self.program), trace)
+        return outputs
 
     def save(self, path: str | Path) -> None:
         from maiac.runtime.program import save_program

@@ -42,7 +42,7 @@ def register_pass(cls: PassT) -> PassT:
 def pass_options(cls: type[ModulePass]) -> list[str]:
     """``name: type = default`` for each option of a pass."""
     return [
-        f"{info.name.replace('_', '-')}: {info.expected_type}"
+        f"{info.name.replace('_', '-')}: {info.expected_type.strip(chr(39))}"
         + (f" = {info.default_value}" if info.default_value is not None else "")
         for info in get_pass_option_infos(cls)
     ]
