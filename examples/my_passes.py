@@ -73,7 +73,7 @@ class FuseErfGelu(RewritePattern):
             gelu = maia.UnaryOp.create(
                 operands=[half[0]], result_types=[op.results[0].type],
                 attributes={"op": op.attributes["op"], "fn": StringAttr("gelu")})
-            rewriter.replace_op(op, gelu)
+            rewriter.replace(op, gelu)
             erase_dead(rewriter, [half_x.owner, one_plus.owner, erf, erf.ins[0].owner])
             return
 
@@ -84,7 +84,7 @@ def erase_dead(rewriter: PatternRewriter, ops: list[Operation]) -> None:
         if all(not r.uses for r in op.results):
             constants = list(dict.fromkeys(
                 v.owner for v in op.operands if isinstance(v.owner, maia.ConstantOp)))
-            rewriter.erase_op(op)
+            rewriter.erase(op)
             erase_dead(rewriter, constants)
 
 

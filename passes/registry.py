@@ -62,10 +62,15 @@ def parse_pipeline(text: str) -> list[ModulePass]:
                 f"pipeline '{text}': unknown pass '{spec.name}' "
                 f"(known passes: {', '.join(sorted(PASSES))})"
             )
+        options = "; ".join(pass_options(cls)) or "none"
+        known = {info.name for info in get_pass_option_infos(cls)}
+        unknown = [k for k in spec.parameters if k.replace("-", "_") not in known]
+        if unknown:
+            raise MaiacError(f"pipeline '{text}': pass '{spec.name}' has no option "
+                             f"'{unknown[0]}' (options: {options})")
         try:
             passes.append(cls.from_spec(spec))
         except (ValueError, TypeError) as err:
-            options = "; ".join(pass_options(cls)) or "none"
             raise MaiacError(
                 f"pipeline '{text}': pass '{spec.name}': {err} (options: {options})"
             ) from None
@@ -97,6 +102,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.canonicalize", "CanonicalizePass"),
     ("maiac.passes.canonicalize", "DeadCodeEliminationPass"),
     ("maiac.passes.lower_onnx", "LowerOnnxToMaiaPass"),
+    ("maiac.passes.fuse_norm", "FuseNormPass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
 ]
