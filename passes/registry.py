@@ -103,6 +103,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.canonicalize", "DeadCodeEliminationPass"),
     ("maiac.passes.lower_onnx", "LowerOnnxToMaiaPass"),
     ("maiac.passes.fuse_norm", "FuseNormPass"),
+    ("maiac.passes.fuse_gelu", "FuseGeluPass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
 ]
