@@ -55,6 +55,8 @@ SUPPORTED_OPS: set[str] = {
     "Exp", "Log", "Equal", "Less", "Greater", "And", "Or", "Not", "IsNaN",
     "ConstantOfShape", "Range", "Flatten", "Max", "Min", "Abs", "Reciprocal", "Cos", "Sin",
     "Trilu", "SimplifiedLayerNormalization", "Dropout",
+    "LessOrEqual", "GreaterOrEqual", "GatherElements", "GatherND", "Conv", "Mod", "Sum",
+    "Xor", "Floor", "Ceil", "Sign", "LogSoftmax", "ReduceMin",
 }  # fmt: skip
 """ONNX op types maiac accepts; other engineers add the ops they lower."""
 

@@ -341,14 +341,32 @@ def lower_by_index_probe(node: Node) -> list[SSAValue]:
                        len(node.op.results), {"": get_opset(node.op)})
     values = []
     for result in results:
-        if np.asarray(result).size == 0:
+        index = np.asarray(result)
+        if index.size == 0:
             raise node.fail("zero-size tensors are not supported")
-        view = _affine_view(np.asarray(result))
+        view = _affine_view(index)
         if view is None:
-            raise node.fail("this indexing is not an affine view; it is not supported yet")
+            values.append(gather_by_index(node, x, index))
+            continue
         offset, strides = view
-        values.append(node.view(x, result.shape, offset, strides))
+        values.append(node.view(x, index.shape, offset, strides))
     return values
+
+
+def gather_by_index(node: Node, x: SSAValue, index: np.ndarray) -> SSAValue:
+    """``out = flat(x)[index]`` for a constant index map that is not a view: an indexed
+    row DMA, with rows as long as the index map's innermost contiguous runs."""
+    size = _size(tensor_shape(x.type))
+    flat = index.reshape(-1, index.shape[-1]) if index.ndim else index.reshape(1, 1)
+    row = flat.shape[1]
+    runs = flat[:, :1] + np.arange(row)
+    if not (np.array_equal(flat, runs) and np.all(flat[:, 0] % row == 0) and size % row == 0):
+        row = 1
+    starts = (index.reshape(-1)[::row] // row).astype(np.int64)
+    table = node.reshape(x, [size // row, row])
+    rows_type = TensorType(x.type.get_element_type(), [starts.size, row])
+    rows = node.emit(maia.GatherOp, [table, constant(node, starts)], rows_type)
+    return node.reshape(rows, list(index.shape))
 
 
 def _affine_view(index: np.ndarray) -> tuple[int, list[int]] | None:
@@ -411,6 +429,83 @@ def lower_trilu(node: Node) -> list[SSAValue]:
     return [node.emit(maia.WhereOp, [constant(node, keep), x, constant(node, zero)], _out(node))]
 
 
+def _conv_pads(node: Node, spatial: Sequence[int], kernel: Sequence[int],
+               strides: Sequence[int], dilations: Sequence[int]) -> list[int]:
+    """Explicit [begin..., end...] pads, resolving ``auto_pad`` as ONNX defines it."""
+    k = len(spatial)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, kk, st, dl in zip(spatial, kernel, strides, dilations, strict=True):
+            total = max(0, (-(-size // st) - 1) * st + (kk - 1) * dl + 1 - size)
+            small = total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+        return begin + end
+    if auto_pad == "VALID":
+        return [0] * (2 * k)
+    return [int(p) for p in node.attr("pads", [0] * (2 * k))]
+
+
+def _zero_pad(node: Node, x: SSAValue, pads: Sequence[int]) -> SSAValue:
+    """Concatenate zero blocks around the spatial axes (dims 2..) of ``x``."""
+    k = len(pads) // 2
+    dtype = NUMPY_DTYPES[tensor_dtype(x.type)]
+    for i in range(k):
+        before, after = pads[i], pads[k + i]
+        if not before and not after:
+            continue
+        shape = list(tensor_shape(x.type))
+        parts = []
+        for width in (before, after):
+            block = shape.copy()
+            block[2 + i] = width
+            parts.append(constant(node, np.zeros(block, dtype)) if width else None)
+        ins = [v for v in (parts[0], x, parts[1]) if v is not None]
+        shape[2 + i] += before + after
+        x = node.emit(maia.ConcatOp, ins, TensorType(x.type.get_element_type(), shape),
+                      axis=2 + i)
+    return x
+
+
+def lower_conv(node: Node) -> list[SSAValue]:
+    """Conv as im2col + matmul: the patch matrix is a strided view of the (zero-padded)
+    input, the kernel a [C*K, M] matrix, groups a batch dim of the matmul."""
+    x, w = node.op.operands[0], node.op.operands[1]
+    n, c, *spatial = tensor_shape(x.type)
+    m, cg, *kernel = tensor_shape(w.type)
+    k = len(spatial)
+    strides = [int(v) for v in node.attr("strides", [1] * k)]
+    dilations = [int(v) for v in node.attr("dilations", [1] * k)]
+    groups = int(node.attr("group", 1))
+    xp = _zero_pad(node, x, _conv_pads(node, spatial, kernel, strides, dilations))
+    padded = tensor_shape(xp.type)
+    out_sp = [(padded[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+              for i in range(k)]
+    cs = contiguous_strides(padded)
+    patch_shape = [n, *out_sp, c, *kernel]
+    patch_strides = [cs[0], *(cs[2 + i] * strides[i] for i in range(k)), cs[1],
+                     *(cs[2 + i] * dilations[i] for i in range(k))]
+    patches = node.view(xp, patch_shape, 0, patch_strides)
+    rows, per_group = n * _size(out_sp), cg * _size(kernel)
+    elem = _out(node).get_element_type()
+    a = node.reshape(patches, [rows, groups, per_group])
+    a = node.transpose(a, [1, 0, 2])  # [G, rows, Cg*K]
+    w_const = node.const(1)
+    if w_const is not None:
+        w_mat = constant(node, np.ascontiguousarray(
+            w_const.reshape(groups, m // groups, per_group).transpose(0, 2, 1)))
+    else:
+        w_mat = node.transpose(node.reshape(w, [groups, m // groups, per_group]), [0, 2, 1])
+    y = node.emit(maia.MatMulOp, [a, w_mat], TensorType(elem, [groups, rows, m // groups]))
+    y = node.reshape(node.transpose(y, [1, 0, 2]), [rows, m])
+    bias = input_at(node.op, 2)
+    if bias is not None:
+        y = node.emit(maia.BinaryOp, [y, bias], y.type, fn="add")
+    y = node.reshape(y, [n, *out_sp, m])
+    return [node.transpose(y, [0, k + 1, *range(1, k + 1)])]
+
+
 def lower_constant(node: Node) -> list[SSAValue]:
     new = maia.ConstantOp.create(result_types=[_out(node)],
                                  attributes={"value": node.op.attributes["value"],
@@ -432,6 +527,8 @@ RULES: dict[str, Callable[[Node], list[SSAValue]]] = {
     "Transpose": lower_transpose, "Expand": lower_expand, "Slice": lower_by_index_probe,
     "Split": lower_by_index_probe, "Gather": lower_gather, "Concat": lower_concat,
     "Constant": lower_constant, "Trilu": lower_trilu,
+    "GatherND": lower_by_index_probe, "GatherElements": lower_by_index_probe,
+    "Conv": lower_conv,
 }
 BINARY["Sum"] = "add"
 

@@ -136,7 +136,17 @@ def _concat(attrs: Attrs, inputs: Inputs) -> list[np.ndarray]:
     return [np.concatenate([x for x in inputs if x is not None], axis=attrs["axis"])]
 
 
+def _gather_elements(attrs: Attrs, inputs: Inputs) -> list[np.ndarray]:
+    data, indices = inputs[0], np.asarray(inputs[1])
+    axis = int(attrs.get("axis", 0))
+    indices = np.where(indices < 0, indices + data.shape[axis], indices)
+    return [np.take_along_axis(data, indices, axis=axis)]
+
+
 NUMPY_RULES: dict[str, Callable[[Attrs, Inputs], list[np.ndarray]]] = {
+    "GatherElements": _gather_elements,
+    "LessOrEqual": _elementwise(np.less_equal),
+    "GreaterOrEqual": _elementwise(np.greater_equal),
     "Identity": lambda attrs, inputs: [inputs[0]],
     "Constant": _constant,
     "Shape": _shape,

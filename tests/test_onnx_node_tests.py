@@ -25,4 +25,4 @@ def test_no_unexpected_failures(results: list) -> None:
 
 def test_pass_rate(results: list) -> None:
     passed = sum(r.status == "pass" for r in results)
-    assert passed >= 470, f"{passed}/{len(results)} node tests pass"
+    assert passed >= 565, f"{passed}/{len(results)} node tests pass"
