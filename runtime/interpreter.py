@@ -111,6 +111,16 @@ def _rmsnorm(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(ms + np.float32(eps)) * scale
 
 
+def _exp_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``exp(a - b)``; where ``a == b == -inf`` (a fully masked row so far) it is 0, not NaN.
+
+    The online-softmax step of flash attention (Dao et al. 2022, Alg. 1): both the
+    rescale factor ``exp(m_old - m_new)`` and the probabilities ``exp(s - m_new)``.
+    """
+    d = a - b
+    return np.exp(np.where(np.isnan(d) & np.isneginf(a), -np.inf, d)).astype(np.float32)
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -150,6 +160,7 @@ _FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "not": ("logic", lambda x, at: np.logical_not(x)),
     "isnan": ("float", lambda x, at: np.isnan(x)),
     "sign": ("num", lambda x, at: np.sign(x)),
+    "scale": ("float", lambda x, at: x * np.float32(at.get("scale", 1.0))),
     "add": ("num", lambda a, b, at: a + b),
     "sub": ("num", lambda a, b, at: a - b),
     "mul": ("num", lambda a, b, at: a * b),
@@ -166,6 +177,7 @@ _FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "and": ("logic", lambda a, b, at: np.logical_and(a, b)),
     "or": ("logic", lambda a, b, at: np.logical_or(a, b)),
     "xor": ("logic", lambda a, b, at: np.logical_xor(a, b)),
+    "exp_sub": ("float", lambda a, b, at: _exp_sub(a, b)),
     "where": ("where", lambda c, a, b, at: np.where(c, a, b)),
     "reduce_sum": ("num", lambda x, at: x.sum(-1, keepdims=True, dtype=x.dtype)),
     "reduce_mean": ("float", lambda x, at: x.mean(-1, keepdims=True)),

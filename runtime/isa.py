@@ -46,10 +46,12 @@ UNARY_FNS = (
     "copy", "relu", "gelu", "gelu_tanh", "erf", "tanh", "sigmoid", "silu", "exp", "log",
     "sqrt", "rsqrt", "reciprocal", "neg", "abs", "cos", "sin", "floor", "ceil", "not",
     "isnan", "sign",
+    "scale",  # x * attrs["scale"] (flash attention: scores * 1/sqrt(d))
 )
 BINARY_FNS = (
     "add", "sub", "mul", "div", "pow", "max", "min", "mod", "equal", "less", "greater",
     "less_equal", "greater_equal", "and", "or", "xor",
+    "exp_sub",  # exp(a - b), 0 where both are -inf (online-softmax rescale and probabilities)
 )
 TERNARY_FNS = ("where",)
 ROW_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "softmax",
@@ -93,6 +95,7 @@ class Dma:
     queue: int = 0
     op: str = ""  # name of the source operation, for the per-op report
     kind: str = "dma"
+    waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Gather:
     queue: int = 0
     op: str = ""
     kind: str = "gather"
+    waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
 
 
 @dataclass
@@ -130,6 +134,7 @@ class MatMul:
     grid: tuple[int, ...] = (1,)
     op: str = ""
     kind: str = "matmul"
+    waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
 
 
 @dataclass
@@ -143,6 +148,7 @@ class Vec:
     grid: tuple[int, ...] = (1,)
     op: str = ""
     kind: str = "vec"
+    waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
 
 
 @dataclass
@@ -160,6 +166,26 @@ class Loop:
 
 
 Instr = Dma | Gather | MatMul | Vec | Loop
+
+# WAITS (asynchronous semantics; programs whose ``meta["async"]`` is true).
+# Every engine — each DMA queue ``dma0`` .. ``dma{n-1}``, the ``ttu`` and the ``tvp`` — runs
+# its own instructions in program order, each engine's hardware semaphore counting the
+# instructions it has completed (the signal is implicit on completion). Nothing orders
+# instructions of *different* engines except ``waits``: ``{engine: n}`` holds the
+# instruction until at most ``n`` of the instructions issued to ``engine`` before it (in
+# program order, loops unrolled) are still outstanding — ``0`` waits for all of them, ``1``
+# leaves the most recent one in flight (double buffering), as CUDA's
+# ``cp.async.wait_group n``. A DMA's data is only guaranteed to a reader after such a
+# wait; runtime/hazards.py checks it. Programs without ``meta["async"]`` run each
+# instruction to completion before the next (synchronous semantics).
+ENGINE_KINDS = {"matmul": "ttu", "vec": "tvp"}
+
+
+def engine_of(instr: Instr, dma_queues: int) -> str:
+    """The engine an instruction runs on: ``dma<q>`` (queue modulo ``dma_queues``), ttu, tvp."""
+    if isinstance(instr, Dma | Gather):
+        return f"dma{instr.queue % dma_queues}"
+    return ENGINE_KINDS[instr.kind]
 
 _KINDS: dict[str, type] = {"dma": Dma, "gather": Gather, "matmul": MatMul, "vec": Vec,
                            "loop": Loop}
@@ -194,6 +220,8 @@ def instr_from_json(data: dict[str, Any]) -> Instr:
                 value = [access_from_json(v) for v in value]
             elif f.name == "grid":
                 value = tuple(value)
+            elif f.name == "waits":
+                value = {str(k): int(v) for k, v in dict(value).items()}
             kwargs[f.name] = value
         return cls(**kwargs)
     except (KeyError, TypeError) as err:

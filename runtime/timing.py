@@ -53,6 +53,7 @@ VEC_OPS: dict[str, int] = {
     "equal": 1, "less": 1, "greater": 1, "less_equal": 1, "greater_equal": 1, "and": 1,
     "or": 1, "xor": 1, "where": 1, "reduce_sum": 1, "reduce_mean": 1, "reduce_max": 1,
     "reduce_min": 1, "softmax": 10, "log_softmax": 10, "layernorm": 8, "rmsnorm": 5,
+    "scale": 1, "exp_sub": 7,
 }
 ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min")
 
