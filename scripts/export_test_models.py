@@ -146,12 +146,29 @@ MODELS: dict[str, tuple[str, str, int, bool]] = {
     "bert_dynamo": ("bert", "dynamo", DYNAMO_OPSET, False),
     "bert_torchscript": ("bert", "torchscript", 14, False),
     "llama_dynamo": ("llama", "dynamo", DYNAMO_OPSET, False),
+    "llama_dynamo_dynamic": ("llama", "dynamo", DYNAMO_OPSET, True),
     "llama_torchscript": ("llama", "torchscript", TORCHSCRIPT_OPSET, False),
     "qwen2_dynamo": ("qwen2", "dynamo", DYNAMO_OPSET, False),
     "qwen2_torchscript": ("qwen2", "torchscript", TORCHSCRIPT_OPSET, False),
     "vit_dynamo": ("vit", "dynamo", DYNAMO_OPSET, False),
     "vit_torchscript": ("vit", "torchscript", 16, False),
 }
+
+
+STRIPPED_METADATA = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(model: onnx.ModelProto) -> None:
+    """Drop the dynamo exporter's per-node Python stack traces.
+
+    They hold this machine's paths and this script's line numbers (so any edit would change
+    every file) and a third of a small model's bytes. The other per-node metadata (module
+    namespace, class hierarchy, FX node) stays: it is what real exports carry.
+    """
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key != STRIPPED_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
 
 
 def export(wrapper: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path,
@@ -165,7 +182,8 @@ def export(wrapper: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path
             kwargs: dict[str, Any] = {}
             if symbolic:
                 batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-                kwargs["dynamic_shapes"] = tuple({0: batch, 1: seq} for _ in names)
+                # forward(*args): one varargs parameter holding every input
+                kwargs["dynamic_shapes"] = (tuple({0: batch, 1: seq} for _ in names),)
             torch.onnx.export(wrapper, args, str(raw), dynamo=True, opset_version=opset,
                               input_names=names, output_names=[output], **kwargs)
         else:
@@ -181,6 +199,7 @@ def export(wrapper: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path
     for init in model.graph.initializer:  # make sure nothing still points outside the file
         del init.external_data[:]
         init.data_location = onnx.TensorProto.DEFAULT
+    strip_stack_traces(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(path), save_as_external_data=False)
 
@@ -232,15 +251,15 @@ def describe(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
     }
 
 
-def make(name: str) -> dict[str, Any]:
-    """Export one model and write its files; returns its MANIFEST.json entry."""
+def make(name: str, data: Path) -> dict[str, Any]:
+    """Export one model and write its files into ``data``; returns its MANIFEST.json entry."""
     family, exporter, opset, symbolic = MODELS[name]
     wrapper, inputs, source = build(family)
     entry: dict[str, Any] = {"family": family, "exporter": exporter, "opset": opset,
-                             "source": source}
+                             "source": source, "stripped_node_metadata": [STRIPPED_METADATA]}
     with torch.no_grad():
         expected = wrapper(*inputs.values()).numpy()
-    path = DATA / f"{name}.onnx"
+    path = data / f"{name}.onnx"
     start = time.perf_counter()
     export(wrapper, inputs, path, exporter, opset, symbolic, source["output"])
     entry["export_s"] = round(time.perf_counter() - start, 2)
@@ -256,10 +275,10 @@ def make(name: str) -> dict[str, Any]:
     if not diff < TOLERANCE:
         path.unlink()
         raise AssertionError(f"{name}: onnxruntime differs from torch by {diff:.3g}")
-    np.savez(DATA / f"{name}.inputs.npz", **feeds)
-    np.savez(DATA / f"{name}.ref.npz", **ref)
+    np.savez(data / f"{name}.inputs.npz", **feeds)
+    np.savez(data / f"{name}.ref.npz", **ref)
     entry.update(describe(onnx.load(str(path)), feeds, ref))
-    entry["files"] = {f"{name}{ext}": (DATA / f"{name}{ext}").stat().st_size
+    entry["files"] = {f"{name}{ext}": (data / f"{name}{ext}").stat().st_size
                       for ext in (".onnx", ".inputs.npz", ".ref.npz")}
     return entry
 
@@ -267,9 +286,12 @@ def make(name: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="model names to regenerate")
+    parser.add_argument("--out", type=Path, default=DATA,
+                        help="output directory (default tests/data; another one to compare)")
     args = parser.parse_args(argv)
-    DATA.mkdir(parents=True, exist_ok=True)
-    manifest_path = DATA / "MANIFEST.json"
+    data: Path = args.out
+    data.mkdir(parents=True, exist_ok=True)
+    manifest_path = data / "MANIFEST.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     models = manifest.setdefault("models", {})
     failed = manifest.setdefault("failed_exports", {})
@@ -277,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         keep = {k: v for k, v in models.get(name, {}).items() if k == "maiac_status"}
         try:
-            entry = make(name)
+            entry = make(name, data)
         except Exception as err:  # record why, keep going with the other models
             traceback.print_exc()
             failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
