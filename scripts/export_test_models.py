@@ -157,6 +157,21 @@ MODELS: dict[str, tuple[str, str, int, bool]] = {
 
 STRIPPED_METADATA = "pkg.torch.onnx.stack_trace"
 
+# What it took to export (torch 2.13, transformers 5.x); written to MANIFEST.json.
+NOTES = [
+    "TorchScript exporter: pass an explicit attention_mask (without one transformers calls "
+    "torch.diff, which it cannot export) and export a wrapper in eval() mode (else dropout "
+    "is exported and outputs differ from torch).",
+    "Both exporters: config._attn_implementation='eager' (no SDPA), use_cache=False, a "
+    "wrapper returning one tensor (logits / last_hidden_state); BERT/ViT without pooler.",
+    "Dynamo exporter with dynamic_shapes: forward(*args) is one varargs parameter, so "
+    "dynamic_shapes is a 1-tuple holding one spec per input.",
+    "TorchScript opset 14 (BERT) and 16 (ViT) have no LayerNormalization: it is exported "
+    "decomposed (ReduceMean/Sub/Pow/Add/Sqrt/Div).",
+    "Dynamo exports: per-node pkg.torch.onnx.stack_trace metadata is removed (machine "
+    "paths, a third of the bytes); initializers are always stored inside the .onnx file.",
+]
+
 
 def strip_stack_traces(model: onnx.ModelProto) -> None:
     """Drop the dynamo exporter's per-node Python stack traces.
@@ -310,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   opset {entry['opset']}, {entry['nodes']} nodes, "
               f"torch vs ort {entry['torch_vs_ort_max_abs_diff']:.2e}", flush=True)
     manifest["generator"] = "scripts/export_test_models.py"
+    manifest["notes"] = NOTES
     manifest["total_bytes"] = sum(sum(m["files"].values()) for m in models.values())
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     print(f"total {manifest['total_bytes'] / 1e6:.2f} MB; failed: {sorted(failed) or 'none'}")
