@@ -71,10 +71,15 @@ class ConstantOp(TensorOp):
 
 @irdl_op_definition
 class MatMulOp(TensorOp):
-    """``a @ b (+ bias)`` with numpy batch broadcasting; optional ``act`` epilogue."""
+    """``act(a @ b (+ bias)) (<residual> r)`` with numpy batch broadcasting.
+
+    Operands ``(a, b, [bias], [r])``: optional ``act`` epilogue; when the ``residual``
+    attribute (``add`` | ``mul``) is set, the last operand is ``r``, a tensor broadcast
+    to the result and combined with it before the store (residual add, SwiGLU gate).
+    """
 
     name = "maia.matmul"
-    ARITY: ClassVar[tuple[int, int]] = (2, 3)
+    ARITY: ClassVar[tuple[int, int]] = (2, 4)
 
 
 @irdl_op_definition
@@ -156,6 +161,25 @@ class ConcatOp(TensorOp):
     ARITY: ClassVar[tuple[int, int]] = (1, 1 << 16)
 
 
+@irdl_op_definition
+class AttentionOp(TensorOp):
+    """``softmax(q @ kᵀ * scale + mask) @ v`` per (batch, head), never materializing scores.
+
+    Operands ``(q, k, v, [mask])`` are the *sources* of strided views (see
+    passes/fuse_views.py): ``dims = [B, Hkv, G, Sq, Sk, D]`` with ``G = kv_groups``
+    query heads per key/value head (GQA; query head ``h = hkv * G + g``); each of
+    ``q_view``, ``k_view``, ``v_view``, ``mask_view`` is ``[offset, s_B, s_Hkv, s_G,
+    s_row, s_col]`` in elements of its operand over the logical blocks
+    ``q: [B, Hkv, G, Sq, D]``, ``k, v: [B, Hkv, G, Sk, D]`` (``s_G = 0``: shared K/V),
+    ``mask: [B, Hkv, G, Sq, Sk]`` (additive, 0 strides broadcast). The result is
+    contiguous ``[B, Hkv * G, Sq, D]``. ``causal`` records that the mask holds a causal
+    pattern (informational; the mask operand carries the values).
+    """
+
+    name = "maia.attention"
+    ARITY: ClassVar[tuple[int, int]] = (3, 4)
+
+
 # ---- tiled level -------------------------------------------------------------------
 
 
@@ -209,7 +233,7 @@ TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, MmOp, VecOp)
 Maia = Dialect(
     "maia",
     [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
-     ViewOp, ReshapeOp, ConcatOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
+     ViewOp, ReshapeOp, ConcatOp, AttentionOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
      VecOp],
 )
 

@@ -104,6 +104,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.lower_onnx", "LowerOnnxToMaiaPass"),
     ("maiac.passes.fuse_norm", "FuseNormPass"),
     ("maiac.passes.fuse_gelu", "FuseGeluPass"),
+    ("maiac.passes.fuse_attention", "FuseAttentionPass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
 ]

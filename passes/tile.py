@@ -18,6 +18,7 @@ from xdsl.passes import ModulePass
 
 from maiac.ir import maia
 from maiac.ir.types import tensor_dtype, tensor_shape
+from maiac.passes.tiling.attention import tile_attention
 from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
 from maiac.passes.tiling.elementwise import tile_elementwise
 from maiac.passes.tiling.layout import tile_concat, tile_copy, tile_gather, tile_view
@@ -104,9 +105,17 @@ class FunctionTiler:
     def _fill(self, kernel: Kernel, op: Operation, fn: str | None, ins: list[Tensor],
               out: Tensor) -> None:
         if isinstance(op, maia.MatMulOp):
-            bias = ins[2] if len(ins) > 2 else None
+            residual_fn = maia.attr(op, "residual")
+            residual = ins[-1] if residual_fn else None
+            bias = ins[2] if len(ins) > (3 if residual_fn else 2) else None
             tile_matmul(kernel, ins[0], ins[1], out, self.budget, bias=bias,
-                        act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"))
+                        act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"),
+                        residual=residual, residual_fn=residual_fn or "add")
+        elif isinstance(op, maia.AttentionOp):
+            views = {name: maia.attr(op, f"{name}_view") for name in ("q", "k", "v", "mask")}
+            tile_attention(kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None,
+                           out, self.budget, maia.attr(op, "dims"), views,
+                           maia.attr(op, "scale", 1.0))
         elif isinstance(op, maia.UnaryOp | maia.BinaryOp):
             params = {"fmod": 1} if maia.attr(op, "fmod") else None
             tile_elementwise(kernel, fn, ins, out, self.budget, params)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from maiac.passes.tiling.common import (
     Access,
     Budget,
+    JobSplit,
     Kernel,
     Tensor,
     align,
@@ -61,8 +62,13 @@ def _deepest_k(k: int, bm: int, bn: int, a_size: int, b_size: int, room: int) ->
 
 
 def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budget,
-                bias: Tensor | None = None, act: str | None = None, fmt: str = "f32") -> None:
-    """Append the instructions of ``out = act(a @ b + bias)`` to ``kernel``."""
+                bias: Tensor | None = None, act: str | None = None, fmt: str = "f32",
+                residual: Tensor | None = None, residual_fn: str = "add") -> None:
+    """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``.
+
+    The residual (any shape broadcasting to ``out``) is DMA'd block by block into TSRAM
+    and combined before the result's single store: no extra HBM round trip of ``out``.
+    """
     *batch_shape, m, n = out.shape
     k = a.shape[-1]
     batch_shape = tuple(batch_shape)
@@ -73,6 +79,8 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     c_batch = tuple(s * m * n for s in contiguous(batch_shape)) if batch_shape else ()
     nbatch = math.prod(batch_shape)
     extra = itemsize(bias.dtype) if bias is not None else 0
+    if residual is not None:  # a [bm, bn] block per job, charged per row of bn
+        extra += itemsize(residual.dtype) * m
     try:
         bm, bn, bk = choose_blocks(nbatch, m, n, k, itemsize(a.dtype), itemsize(b.dtype),
                                    budget, extra)
@@ -122,6 +130,9 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                         grid))
     if act:
         body.append(vec(act, [c_block], c_block, grid))
+    if residual is not None:
+        body += _residual(kernel, residual, residual_fn, c_block, out.shape, bm, bn, split,
+                          grid)
     body.append(dma(c_block, Access(out.buf, out.dtype, (bm, bn), (n, 1), out.off,
                                     split.tile_strides(c_steps), split.loop_strides(c_steps)),
                     grid, queue=1))
@@ -131,3 +142,16 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
 
 def matmul_shapes_ok(a: Sequence[int], b: Sequence[int]) -> bool:
     return len(a) >= 2 and len(b) >= 2 and a[-1] == b[-2]
+
+
+def _residual(kernel: Kernel, r: Tensor, fn: str, c_block: Access, out_shape: Sequence[int],
+              bm: int, bn: int, split: JobSplit, grid: Sequence[int]) -> list:
+    """DMA the residual's [bm, bn] block (broadcast dims read with stride 0) and combine."""
+    strides = broadcast_strides(r.shape, out_shape)
+    *batch, s_m, s_n = strides
+    steps = tuple(batch) + (bm * s_m, bn * s_n)
+    tr = kernel.scratch_buffer("residual", r.dtype, (bm, bn))
+    local = Access(tr, r.dtype, (bm, bn), (bn, 1))
+    return [dma(Access(r.buf, r.dtype, (bm, bn), (s_m, s_n), r.off, split.tile_strides(steps),
+                       split.loop_strides(steps)), local, grid, queue=0),
+            vec(fn, [c_block, local], c_block, grid)]
