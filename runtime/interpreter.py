@@ -30,6 +30,7 @@ from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import access_extent, np_dtype
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
+from maiac.runtime.quant_ops import decode_operand, quantize_rows
 
 F32 = np.dtype(np.float32)
 FLOAT_DTYPES = ("f32", "bf16", "f16", "f8e4m3", "f8e5m2")
@@ -187,6 +188,7 @@ _FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "log_softmax": ("float", lambda x, at: _log_softmax(x)),
     "layernorm": ("float", lambda x, s, b, at: _layernorm(x, s, b, at.get("eps", 1e-5))),
     "rmsnorm": ("float", lambda x, s, at: _rmsnorm(x, s, at.get("eps", 1e-5))),
+    "quantize": ("float", lambda x, at: quantize_rows(x, at)),
 }
 assert set(_FNS) == set(isa.VEC_FNS), set(isa.VEC_FNS) ^ set(_FNS)
 
@@ -359,6 +361,7 @@ class _Machine:
             reads, out = list(instr.ins), instr.out
         elif isinstance(instr, MatMul):
             reads, out = [instr.a, instr.b] + ([instr.c] if instr.accumulate else []), instr.c
+            reads += [acc for _, acc in instr.scale_accesses()]
         else:
             return False
         grid = tuple(instr.grid)
@@ -409,6 +412,8 @@ class _Machine:
         return step
 
     def _matmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+        if instr.a_fmt or instr.b_fmt:
+            return self._qmatmul(instr, grid, trips)
         rank = len(instr.c.shape)
         a, b = self.view(instr.a, grid, trips, rank), self.view(instr.b, grid, trips, rank)
         c = self.view(instr.c, grid, trips)
@@ -420,6 +425,36 @@ class _Machine:
         def step(it: tuple[int, ...]) -> None:
             av, bv, cv = a[it], b[it], c[it]
             r = np.matmul(av.astype(F32) if ca else av, bv.astype(F32) if cb else bv)
+            if acc:
+                r += cv
+            store(cv, r)
+        return step
+
+    def _qmatmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+        """A matmul with quantized operands: decode blocks to fp32 (runtime/quant_ops.py,
+        bit-exact with formats.dequantize), multiply, accumulate in fp32."""
+        rank = len(instr.c.shape)
+        c = self.view(instr.c, grid, trips)
+        store = _storer(instr.c.dtype)
+        acc = instr.accumulate
+        k = instr.logical_ab()[0][-1]
+        n = instr.c.shape[-1]
+
+        def operand(x: Access, fmt: str, sc: Access | None, ts: float | None, n_el: int,
+                    k_axis: int) -> Callable[[tuple[int, ...]], np.ndarray]:
+            v = self.view(x, grid, trips, rank)
+            if not fmt:
+                return lambda it: v[it].astype(F32, copy=False)
+            sv = self.view(sc, grid, trips, rank) if sc is not None else None
+            return lambda it: decode_operand(v[it], fmt, n_el, None if sv is None else sv[it],
+                                             k_axis, ts)
+
+        get_a = operand(instr.a, instr.a_fmt, instr.a_scale, instr.a_tensor_scale, k, -1)
+        get_b = operand(instr.b, instr.b_fmt, instr.b_scale, instr.b_tensor_scale, n, -2)
+
+        def step(it: tuple[int, ...]) -> None:
+            cv = c[it]
+            r = np.matmul(get_a(it), get_b(it))
             if acc:
                 r += cv
             store(cv, r)

@@ -56,7 +56,11 @@ BINARY_FNS = (
 TERNARY_FNS = ("where",)
 ROW_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "softmax",
            "log_softmax", "layernorm", "rmsnorm")
-VEC_FNS = UNARY_FNS + BINARY_FNS + TERNARY_FNS + ROW_FNS
+# Row-wise quantization on the TVP: each row (last axis) of an fp32 block → its bytes in
+# attrs["fmt"] (runtime/quant_ops.py quantize_rows: packed codes ‖ block scales; FP8 with
+# a static attrs["scale"]: f8 elements). Appended to ROW_FNS' arity (one input).
+QUANT_FNS = ("quantize",)
+VEC_FNS = UNARY_FNS + BINARY_FNS + TERNARY_FNS + ROW_FNS + QUANT_FNS
 
 
 @dataclass
@@ -124,6 +128,15 @@ class MatMul:
     All three are TSRAM accesses; leading (batch) dims broadcast via stride 0.
     ``accumulate`` adds into ``c`` instead of overwriting it (K-loop partial sums).
     ``fmt`` names the operand format the TTU runs at (timing: "bf16", "fp8", "fp4", ...).
+
+    Quantized operands (DESIGN §3; decoded by runtime/quant_ops.py): ``a_fmt``/``b_fmt``
+    name a runtime.formats format ("" = the access dtype as is). Such an operand is a u8
+    access of packed codes, rows packed along its last axis (shape ``[..., rows,
+    packed bytes]``; its logical K / N come from ``c`` and the other operand), or an
+    f8e4m3/f8e5m2 access. ``a_scale``/``b_scale`` are its scales: MX E8M0 / NVFP4 E4M3
+    bytes per block along K (the last axis of ``a``, axis -2 of ``b``), or fp32 FP8
+    per-channel scales broadcast over the block; ``a_tensor_scale``/``b_tensor_scale``
+    the fp32 per-tensor scale (NVFP4's second level, FP8 per-tensor).
     """
 
     a: Access
@@ -135,6 +148,23 @@ class MatMul:
     op: str = ""
     kind: str = "matmul"
     waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
+    a_fmt: str = ""
+    b_fmt: str = ""
+    a_scale: Access | None = None
+    b_scale: Access | None = None
+    a_tensor_scale: float | None = None
+    b_tensor_scale: float | None = None
+
+    def scale_accesses(self) -> list[tuple[str, Access]]:
+        """(role, access) of the scale operands present (read like ``a`` and ``b``)."""
+        return [(r, s) for r, s in (("a_scale", self.a_scale), ("b_scale", self.b_scale))
+                if s is not None]
+
+    def logical_ab(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of ``a`` and ``b`` in elements (packed u8 operands unpacked)."""
+        from maiac.runtime.quant_ops import logical_shape
+
+        return logical_shape(self.a, self.a_fmt), logical_shape(self.b, self.b_fmt)
 
 
 @dataclass
@@ -216,6 +246,8 @@ def instr_from_json(data: dict[str, Any]) -> Instr:
             value = data[f.name]
             if f.name in ("src", "dst", "table", "indices", "a", "b", "c", "out"):
                 value = access_from_json(value)
+            elif f.name in ("a_scale", "b_scale"):
+                value = None if value is None else access_from_json(value)
             elif f.name == "ins":
                 value = [access_from_json(v) for v in value]
             elif f.name == "grid":

@@ -30,8 +30,13 @@ def format_instr(instr: isa.Instr, indent: int = 0) -> list[str]:
                 f" by {format_access(instr.indices)}")
     elif isinstance(instr, isa.MatMul):
         op = "ttu.matmul.acc" if instr.accumulate else "ttu.matmul"
-        body = (f"{op}.{instr.fmt} {format_access(instr.c)} <- {format_access(instr.a)}, "
-                f"{format_access(instr.b)}")
+        def operand(x: isa.Access, fmt: str, sc: isa.Access | None) -> str:
+            text = format_access(x) + (f":{fmt}" if fmt else "")
+            return text + (f" scale {format_access(sc)}" if sc is not None else "")
+
+        body = (f"{op}.{instr.fmt} {format_access(instr.c)} <- "
+                f"{operand(instr.a, instr.a_fmt, instr.a_scale)}, "
+                f"{operand(instr.b, instr.b_fmt, instr.b_scale)}")
     else:
         args = ", ".join(format_access(a) for a in instr.ins)
         extra = "".join(f" {k}={v}" for k, v in instr.attrs.items())

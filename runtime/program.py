@@ -194,7 +194,7 @@ def _accesses(instr: Instr) -> list[tuple[str, Access]]:
     if isinstance(instr, Gather):
         return [("table", instr.table), ("indices", instr.indices), ("dst", instr.dst)]
     if isinstance(instr, MatMul):
-        return [("a", instr.a), ("b", instr.b), ("c", instr.c)]
+        return [("a", instr.a), ("b", instr.b), ("c", instr.c), *instr.scale_accesses()]
     return [*((f"ins[{k}]", a) for k, a in enumerate(instr.ins)), ("out", instr.out)]
 
 
@@ -242,7 +242,7 @@ def _operand_problem(instr: Instr) -> str | None:
     if any(a.level != "tsram" for _, a in accs):
         return "compute operands must be in tsram"
     if isinstance(instr, MatMul):
-        a, b, c = instr.a.shape, instr.b.shape, instr.c.shape
+        (a, b), c = instr.logical_ab(), tuple(instr.c.shape)
         if min(len(a), len(b), len(c)) < 2 or a[-1] != b[-2] or c[-2:] != (a[-2], b[-1]):
             return f"matmul shapes a{a} @ b{b} -> c{c} do not agree"
         try:
@@ -255,11 +255,16 @@ def _operand_problem(instr: Instr) -> str | None:
     if fn not in isa.VEC_FNS:
         return f"unknown vec fn {fn!r}"
     arity = {"layernorm": 3, "rmsnorm": 2}.get(fn, 1 if fn in isa.UNARY_FNS + isa.ROW_FNS
+                                               + isa.QUANT_FNS
                                                else 2 if fn in isa.BINARY_FNS else 3)
     if len(instr.ins) != arity:
         return f"{fn} takes {arity} inputs, got {len(instr.ins)}"
     out = tuple(instr.out.shape)
     x = tuple(instr.ins[0].shape)
+    if fn in isa.QUANT_FNS:
+        if not x or out[:-1] != x[:-1]:
+            return f"{fn} of {x} must write rows of shape {x[:-1]} + (bytes,), got {out}"
+        return None
     if fn.startswith("reduce_"):
         if not x or out != x[:-1] + (1,):
             return f"{fn} of {x} must write shape {x[:-1] + (1,)}, got {out}"

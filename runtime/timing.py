@@ -54,8 +54,10 @@ VEC_OPS: dict[str, int] = {
     "or": 1, "xor": 1, "where": 1, "reduce_sum": 1, "reduce_mean": 1, "reduce_max": 1,
     "reduce_min": 1, "softmax": 10, "log_softmax": 10, "layernorm": 8, "rmsnorm": 5,
     "scale": 1, "exp_sub": 7,
+    # ASSUMED: |x|, block max, scale exponent, divide, round/saturate, pack
+    "quantize": 6,
 }
-ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min")
+ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "quantize")
 
 
 def ttu_format(fmt: str, target: Target) -> str:
@@ -230,11 +232,12 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target) -> _Leaf:
     elif isinstance(instr, MatMul):
         engine = "ttu"
         m, n = instr.c.shape[-2:]
-        k = instr.a.shape[-1]
+        k = instr.logical_ab()[0][-1]
         flops = 2.0 * m * n * k * numel(instr.c.shape[:-2]) * tiles
         fmt = ttu_format(instr.fmt, t)
         dur = flops / (t.ttu_flops[fmt] * frac) + t.instr_latency_s
-        reads = fp(instr.a, instr.b, *([instr.c] if instr.accumulate else []))
+        reads = fp(instr.a, instr.b, *([instr.c] if instr.accumulate else []),
+                   *(acc for _, acc in instr.scale_accesses()))
         writes = fp(instr.c)
     elif isinstance(instr, Vec):
         engine = "tvp"
