@@ -138,3 +138,12 @@ def test_plugin_pass_through_the_python_api() -> None:
     plain = maiac.compile(model)
     fused = maiac.compile(model, pipeline=WITH_GELU)
     assert len(fused.program.instructions) < len(plain.program.instructions)
+
+
+def test_plugin_pass_in_opt(transformer_onnx: Path, tmp_path: Path) -> None:
+    mlir = tmp_path / "t.mlir"
+    r = invoke("compile", str(transformer_onnx), "--emit", "maia", "-o", str(mlir))
+    assert r.exit_code == 0, r.output
+    r = invoke("opt", str(mlir), "--load-pass-plugin", str(PLUGIN), "-p", "fuse-erf-gelu")
+    assert r.exit_code == 0, r.output
+    assert 'fn = "gelu"' in r.stdout and 'fn = "erf"' not in r.stdout
