@@ -816,7 +816,7 @@ def _pass_info(entry: Any) -> tuple[str, list[str]]:
     if not isinstance(desc, str) or not desc:
         doc = (getattr(entry, "__doc__", None) or "").strip()
         desc = doc.splitlines()[0] if doc else ""
-    return desc, pass_options(entry)
+    return desc.replace("``", "`"), pass_options(entry)
 
 
 @main.command("passes")
