@@ -104,9 +104,13 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.lower_onnx", "LowerOnnxToMaiaPass"),
     ("maiac.passes.fuse_norm", "FuseNormPass"),
     ("maiac.passes.fuse_gelu", "FuseGeluPass"),
+    ("maiac.passes.fuse_swiglu", "FuseSwigluPass"),
     ("maiac.passes.fuse_attention", "FuseAttentionPass"),
+    ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
+    ("maiac.passes.schedule", "DoubleBufferPass"),
+    ("maiac.passes.schedule", "SyncPass"),
 ]
 
 
