@@ -76,6 +76,7 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
         instructions=instructions,
         constants=constants,
         meta={**(meta or {}), "ops": op_table, "shape_only": missing,
+              **({"async": True} if maia.attr(fn, "maia.async", False) else {}),
               "flops": maia.attr(fn, "maia.flops", 0)},
     )
 
@@ -104,9 +105,12 @@ def _instructions(ops: Any, buffers: dict[str, Buffer], label: str) -> list[isa.
             out.append(isa.Vec(maia.attr(op, "fn"), ins, acc("out"),
                                maia.attr(op, "params", {}) or {}, grid, label))
         elif isinstance(op, maia.GatherRowsOp):
-            out.append(isa.Gather(acc("table"), acc("indices"), acc("dst"), grid, 0, label))
+            out.append(isa.Gather(acc("table"), acc("indices"), acc("dst"), grid,
+                                  maia.attr(op, "queue", 0), label))
         else:
             raise MaiacError(f"emit: unexpected op {op.name} in kernel '{label}'")
+        if "waits" in op.attributes:  # set by the sync pass (passes/schedule.py)
+            out[-1].waits = dict(maia.attr(op, "waits"))
     return out
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from maiac.runtime import isa
 from maiac.runtime.errors import MachineError, MaiacError
+from maiac.runtime.hazards import check_program
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import access_extent, np_dtype
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
@@ -221,6 +222,9 @@ class _Machine:
 
     def __init__(self, program: Program) -> None:
         validate_program(program, MachineError)
+        # asynchronous programs: every DMA/compute conflict must be ordered by waits
+        # (checked once per program, from addresses and waits alone)
+        check_program(program)
         self.program = program
         self.target = _program_target(program, MachineError)
         by_level: dict[str, list[Any]] = {lv: [] for lv in isa.LEVELS}

@@ -180,6 +180,8 @@ class _Leaf:
     reads: list[_Footprint]
     writes: list[_Footprint]
     trips: tuple[int, ...]
+    waits: tuple[tuple[str, int], ...] = ()  # (engine, pending), async programs only
+    hbm_time: float = 0.0  # seconds of the shared HBM bandwidth this DMA needs
 
 
 def _footprint(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> _Footprint:
@@ -248,7 +250,7 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target) -> _Leaf:
     else:
         raise MaiacError(f"instruction {path}: cannot time {type(instr).__name__}")
     return _Leaf(path, instr.op, instr.kind, engine, dur, flops, fmt, float(hbm), reads,
-                 writes, trips)
+                 writes, trips, tuple((instr.waits or {}).items()), hbm / t.hbm_bw)
 
 
 # --------------------------------------------------------------------------- hazards
@@ -326,9 +328,24 @@ class _Sim:
         self.events: list[Event] = []
         self.stats = [_Stats()]
         self.op_order: dict[str, None] = {}
+        # semaphores: instructions issued per engine, and the finish time of each
+        # (``seqs[e][i]`` instructions issued when the one finishing at ``ends[e][i]`` ended)
+        self.issued: dict[str, int] = defaultdict(int)
+        self.seqs: dict[str, list[int]] = defaultdict(list)
+        self.ends: dict[str, list[float]] = defaultdict(list)
+
+    def _end_of(self, engine: str, seq: int) -> float:
+        """When instruction number ``seq`` (1-based) of ``engine`` finished."""
+        seqs = self.seqs[engine]
+        i = min(bisect.bisect_left(seqs, seq), len(seqs) - 1)
+        return self.ends[engine][i] if i >= 0 else 0.0
 
     def leaf(self, lf: _Leaf, it: tuple[int, ...]) -> float:
         start = self.free[lf.engine]
+        for e, k in lf.waits:
+            seq = self.issued[e] - k
+            if seq >= 1:
+                start = max(start, self._end_of(e, seq))
         spans_r = [(f.level, *f.at(it)) for f in lf.reads]
         spans_w = [(f.level, *f.at(it)) for f in lf.writes]
         for lv, lo, hi in spans_r:
@@ -336,19 +353,29 @@ class _Sim:
         for lv, lo, hi in spans_w:
             start = max(start, self.af[lv].query(lo, hi))
         end = start + lf.dur
+        if lf.hbm_time > 0:
+            # HBM bandwidth is shared by all DMA queues: the transfer takes its slot after
+            # the queue's fixed latency, once earlier HBM transfers are through
+            slot = max(start + self.t.dma_latency_s, self.free["hbm"])
+            self.free["hbm"] = slot + lf.hbm_time
+            self.stats[-1].busy["hbm"] += lf.hbm_time
+            end = max(end, slot + lf.hbm_time)
         self.free[lf.engine] = end
+        self.issued[lf.engine] += 1
+        self.seqs[lf.engine].append(self.issued[lf.engine])
+        self.ends[lf.engine].append(end)
         for lv, lo, hi in spans_r:
             self.af[lv].raise_to(lo, hi, end)
         for lv, lo, hi in spans_w:
             self.wf[lv].assign(lo, hi, end)
             self.af[lv].assign(lo, hi, end)
         name = lf.op or lf.kind
-        self.events.append(Event(lf.engine, name, start, lf.dur, lf.kind,
+        self.events.append(Event(lf.engine, name, start, end - start, lf.kind,
                                  {"instr": lf.path, "iteration": list(it)} if it
                                  else {"instr": lf.path}))
         s = self.stats[-1]
-        s.busy[lf.engine] += lf.dur
-        s.op_busy[name][lf.engine] += lf.dur
+        s.busy[lf.engine] += end - start
+        s.op_busy[name][lf.engine] += end - start
         s.op_flops[name] += lf.flops
         s.op_hbm[name] += lf.hbm_bytes
         if lf.fmt:
@@ -370,7 +397,9 @@ class _Sim:
         k = min(n, SIM_ITERS)
         self.stats.append(_Stats())
         ends: list[float] = []
+        before = dict(self.issued)
         for inner in itertools.islice(itertools.product(*map(range, lp.trips)), k):
+            before = dict(self.issued)
             ends.append(max(self.run(lp.body, prefix + inner), ends[-1] if ends else 0.0))
         frame = self.stats.pop()
         end = ends[-1]
@@ -378,11 +407,20 @@ class _Sim:
             period = (ends[-1] - ends[-3]) / 2 if k >= 3 else ends[-1] - ends[0]
             extra = (n - k) * period
             for e, busy in frame.busy.items():
+                if e == "hbm":  # not an engine: no track of its own
+                    self.free[e] += extra
+                    continue
                 self.events.append(Event(e, f"{lp.op or 'loop'} x{n - k} more iterations", end,
                                          min(extra, busy / k * (n - k)), "loop",
                                          {"instr": lp.path, "extrapolated": True}))
                 self.free[e] += extra
             end += extra
+            for e, count in list(self.issued.items()):
+                per_iter = count - before.get(e, 0)
+                if per_iter:  # the skipped instructions all finish by the loop's end
+                    self.issued[e] += (n - k) * per_iter
+                    self.seqs[e].append(self.issued[e])
+                    self.ends[e].append(max(self.free[e], self.ends[e][-1]))
             for lf in lp.leaves:
                 for fps, writes in ((lf.reads, False), (lf.writes, True)):
                     for f in fps:
