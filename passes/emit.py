@@ -98,8 +98,13 @@ def _instructions(ops: Any, buffers: dict[str, Buffer], label: str) -> list[isa.
         if isinstance(op, maia.DmaOp):
             out.append(isa.Dma(acc("src"), acc("dst"), grid, maia.attr(op, "queue", 0), label))
         elif isinstance(op, maia.MmOp):
+            quant = {f"{x}_fmt": maia.attr(op, f"{x}_fmt", "") for x in "ab"}
+            quant.update({f"{x}_tensor_scale": maia.attr(op, f"{x}_tensor_scale")
+                          for x in "ab"})
+            quant.update({f"{x}_scale": acc(f"{x}_scale") for x in "ab"
+                          if f"{x}_scale" in op.attributes})
             out.append(isa.MatMul(acc("a"), acc("b"), acc("c"), maia.attr(op, "accumulate"),
-                                  maia.attr(op, "fmt", "f32"), grid, label))
+                                  maia.attr(op, "fmt", "f32"), grid, label, **quant))
         elif isinstance(op, maia.VecOp):
             ins = [_access(a, buffers) for a in maia.attr(op, "ins")]
             out.append(isa.Vec(maia.attr(op, "fn"), ins, acc("out"),

@@ -22,7 +22,7 @@ from maiac.passes.tile import module_target
 from maiac.passes.tiling.common import align
 from maiac.runtime.errors import MaiacError
 
-ACCESS_KEYS = ("src", "dst", "a", "b", "c", "out", "table", "indices")
+ACCESS_KEYS = ("src", "dst", "a", "b", "c", "out", "table", "indices", "a_scale", "b_scale")
 
 
 def accessed_buffers(op: Operation) -> Iterator[str]:

@@ -107,6 +107,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.fuse_swiglu", "FuseSwigluPass"),
     ("maiac.passes.fuse_attention", "FuseAttentionPass"),
     ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
+    ("maiac.passes.quantize", "QuantizePass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
     ("maiac.passes.schedule", "DoubleBufferPass"),

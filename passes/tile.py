@@ -22,7 +22,7 @@ from maiac.passes.tiling.attention import tile_attention
 from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
 from maiac.passes.tiling.elementwise import tile_elementwise
 from maiac.passes.tiling.layout import tile_concat, tile_copy, tile_gather, tile_view
-from maiac.passes.tiling.matmul import tile_matmul
+from maiac.passes.tiling.matmul import MatmulQuant, tile_matmul
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.target import Target, get_target
 
@@ -110,7 +110,8 @@ class FunctionTiler:
             bias = ins[2] if len(ins) > (3 if residual_fn else 2) else None
             tile_matmul(kernel, ins[0], ins[1], out, self.budget, bias=bias,
                         act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"),
-                        residual=residual, residual_fn=residual_fn or "add")
+                        residual=residual, residual_fn=residual_fn or "add",
+                        quant=self._matmul_quant(op))
         elif isinstance(op, maia.AttentionOp):
             views = {name: maia.attr(op, f"{name}_view") for name in ("q", "k", "v", "mask")}
             tile_attention(kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None,
@@ -134,6 +135,29 @@ class FunctionTiler:
             tile_concat(kernel, ins, out, maia.attr(op, "axis"))
         else:
             raise MaiacError(f"no tiler for {op.name}")
+
+    def _matmul_quant(self, op: Operation) -> MatmulQuant | None:
+        """The quantized operands the `quantize` pass recorded on a matmul (or None)."""
+        if "w_fmt" not in op.attributes and "a_fmt" not in op.attributes:
+            return None
+        scales = None
+        if "w_scales" in op.attributes:
+            attr = op.attributes["w_scales"]
+            ttype = attr.get_type() if hasattr(attr, "get_type") else attr.type
+            self.counter += 1
+            name = f"const{self.counter}:{maia.attr(op, 'op', 'matmul')}.w_scales"
+            dtype, shape = tensor_dtype(ttype), tensor_shape(ttype)
+            self.buffer_kind[name] = "const"
+            self.buffers.append(maia.instruction(
+                maia.BufferOp, sym=name, level="hbm", kind="const", dtype=dtype,
+                nbytes=align(max(Tensor(name, dtype, shape).nbytes, 1)), shape=list(shape),
+                value=attr))
+            scales = Tensor(name, dtype, shape)
+        return MatmulQuant(
+            w_fmt=maia.attr(op, "w_fmt", ""), w_scales=scales,
+            w_tensor_scale=maia.attr(op, "w_tensor_scale"), a_fmt=maia.attr(op, "a_fmt", ""),
+            a_scale=maia.attr(op, "a_scale"), a_tensor_scale=maia.attr(op, "a_tensor_scale"),
+            scale_mode=maia.attr(op, "scale_mode", "floor"))
 
     def finish_outputs(self, results: list[SSAValue], names: list[str]) -> None:
         """Outputs get buffers of their own: an act is renamed in place, anything else

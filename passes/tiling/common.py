@@ -134,9 +134,10 @@ def vec(fn: str, ins: Sequence[Access], out: Access, grid: Sequence[int], **para
 
 
 def mm(a: Access, b: Access, c: Access, grid: Sequence[int], accumulate: bool,
-       fmt: str = "f32") -> Any:
+       fmt: str = "f32", **quant: Any) -> Any:
+    """A TTU matmul; ``quant``: isa.MatMul's quantized-operand fields (None ones dropped)."""
     return maia.instruction(maia.MmOp, a=a.to_dict(), b=b.to_dict(), c=c.to_dict(),
-                            grid=list(grid), accumulate=accumulate, fmt=fmt)
+                            grid=list(grid), accumulate=accumulate, fmt=fmt, **quant)
 
 
 def loop(trips: Sequence[int], body: list[Any]) -> list[Any]:

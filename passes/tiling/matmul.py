@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from maiac.passes.tiling.common import (
     Access,
@@ -27,18 +28,69 @@ from maiac.passes.tiling.common import (
     split_jobs,
     vec,
 )
+from maiac.runtime import formats as F
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
+from maiac.runtime.quant_ops import n_blocks, pack_unit, payload_bytes, row_bytes
 
 
-def choose_blocks(batch: int, m: int, n: int, k: int, a_size: int, b_size: int,
-                  budget: Budget, extra_row_bytes: int = 0) -> tuple[int, int, int]:
-    """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles."""
+@dataclass(frozen=True)
+class MatmulQuant:
+    """Quantized operands of a matmul, as the `quantize` pass set them (passes/quantize.py).
+
+    ``w_fmt``: the format of ``b``'s stored payload (u8 packed codes [K, N*bits/8], or f8
+    [K, N]; bf16 needs nothing here), ``w_scales`` its scale constant; ``a_fmt``: the
+    activation format, quantized per K block by a TVP ``quantize`` before each TTU step.
+    """
+
+    w_fmt: str = ""
+    w_scales: Tensor | None = None
+    w_tensor_scale: float | None = None
+    a_fmt: str = ""
+    a_scale: float | None = None
+    a_tensor_scale: float | None = None
+    scale_mode: str = "floor"
+
+    def fmt(self, which: str) -> F.Format | None:
+        """The narrow format of operand ``a``/``w`` (None: plain dtype, incl. bf16)."""
+        name = self.a_fmt if which == "a" else self.w_fmt
+        return F.get_format(name) if name and name != "bf16" else None
+
+
+def _quant_sizes(q: MatmulQuant, a_size: float, b_size: float
+                 ) -> tuple[float, float, int, int]:
+    """Bytes per element of a and b in TSRAM, and the K / N block granularity."""
+    k_step, n_step = 1, 1
+    af, wf = q.fmt("a"), q.fmt("w")
+    if q.a_fmt == "bf16":
+        a_size = 2
+    if af is not None:  # fp32 staging + quantized copy (+ its scales)
+        a_size = 4 + af.bits / 8 + (1 / af.block_size if af.is_blocked else 0)
+        k_step = af.block_size if af.is_blocked else 1
+    if wf is not None:
+        b_size = wf.bits / 8 + (1 / wf.block_size if wf.is_blocked else 0)
+        if wf.is_blocked:
+            k_step = math.lcm(k_step, wf.block_size)
+            n_step = pack_unit(wf.name)
+    return a_size, b_size, k_step, n_step
+
+
+def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: float,
+                  budget: Budget, extra_row_bytes: int = 0, k_step: int = 1,
+                  n_step: int = 1) -> tuple[int, int, int]:
+    """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
+
+    ``bk`` is a multiple of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized
+    operands: whole scale blocks along K, whole packed bytes along N).
+    """
     best: tuple[float, int, int, int] | None = None
+    slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
     for bm in divisors(m):
         for bn in divisors(n):
-            fixed = align(bm * bn * 4) + align(bn * extra_row_bytes)
-            bk = _deepest_k(k, bm, bn, a_size, b_size, budget.tsram_bytes - fixed)
+            if bn % n_step:
+                continue
+            fixed = align(bm * bn * 4) + align(bn * extra_row_bytes) + slack
+            bk = _deepest_k(k, bm, bn, a_size, b_size, budget.tsram_bytes - fixed, k_step)
             if bk is None:
                 continue
             jobs = batch * (m // bm) * (n // bn)
@@ -54,17 +106,24 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: int, b_size: int,
     return best[1], best[2], best[3]
 
 
-def _deepest_k(k: int, bm: int, bn: int, a_size: int, b_size: int, room: int) -> int | None:
+def _deepest_k(k: int, bm: int, bn: int, a_size: float, b_size: float, room: int,
+               k_step: int = 1) -> int | None:
     for bk in reversed(divisors(k)):
-        if align(bm * bk * a_size) + align(bk * bn * b_size) <= room:
+        if bk % k_step and bk != k:
+            continue
+        if align(math.ceil(bm * bk * a_size)) + align(math.ceil(bk * bn * b_size)) <= room:
             return bk
     return None
 
 
 def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budget,
                 bias: Tensor | None = None, act: str | None = None, fmt: str = "f32",
-                residual: Tensor | None = None, residual_fn: str = "add") -> None:
+                residual: Tensor | None = None, residual_fn: str = "add",
+                quant: MatmulQuant | None = None) -> None:
     """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``.
+
+    ``quant``: quantized operands (see `MatmulQuant`); the TTU then reads packed codes
+    and scales, and the activation block is quantized on the TVP first.
 
     The residual (any shape broadcasting to ``out``) is DMA'd block by block into TSRAM
     and combined before the result's single store: no extra HBM round trip of ``out``.
@@ -81,9 +140,11 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     extra = itemsize(bias.dtype) if bias is not None else 0
     if residual is not None:  # a [bm, bn] block per job, charged per row of bn
         extra += itemsize(residual.dtype) * m
+    q = quant or MatmulQuant()
+    a_size, b_size, k_step, n_step = _quant_sizes(q, itemsize(a.dtype), itemsize(b.dtype))
     try:
-        bm, bn, bk = choose_blocks(nbatch, m, n, k, itemsize(a.dtype), itemsize(b.dtype),
-                                   budget, extra)
+        bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, extra, k_step,
+                                   n_step)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (matmul {m}x{k} @ {k}x{n}): no tiling fits "
                          f"TSRAM ({budget.tsram_bytes} bytes per tile)") from err
@@ -93,26 +154,39 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     a_steps = a_batch + (bm * k, 0)
     b_steps = b_batch + (0, bn)
     c_steps = c_batch + (bm * n, bn)
-    ta = kernel.scratch_buffer("a", a.dtype, (bm, bk))
-    tb = kernel.scratch_buffer("b", b.dtype, (bk, bn))
+    ta_dtype = "bf16" if q.a_fmt == "bf16" else a.dtype
+    ta = kernel.scratch_buffer("a", ta_dtype, (bm, bk))
+    if q.fmt("w") is not None and b.dtype == "u8":  # packed: [bk, bn] elements as bytes
+        nb, bnb = payload_bytes(q.w_fmt, n), payload_bytes(q.w_fmt, bn)
+        b_steps = b_batch + (0, bnb)
+    else:
+        nb, bnb = n, bn
+    tb = kernel.scratch_buffer("b", b.dtype, (bk, bnb))
     tc = kernel.scratch_buffer("c", "f32", (bm, bn))
     nk = k // bk
     outer_a = split.loop_strides(a_steps)
     outer_b = split.loop_strides(b_steps)
+    a_quant = _a_quantizer(kernel, q, ta, bm, bk, grid)
+    b_scale = _b_scale_loader(kernel, q, bk, bn, n, batch_shape, split, grid)
 
     def step(k_index: int, inner: bool) -> list:
         a_ls = outer_a + ((bk,) if inner else ())
-        b_ls = outer_b + ((bk * n,) if inner else ())
+        b_ls = outer_b + ((bk * nb,) if inner else ())
         src_a = Access(a.buf, a.dtype, (bm, bk), (k, 1), a.off + k_index * bk,
                        split.tile_strides(a_steps), a_ls)
-        src_b = Access(b.buf, b.dtype, (bk, bn), (n, 1), b.off + k_index * bk * n,
+        src_b = Access(b.buf, b.dtype, (bk, bnb), (nb, 1), b.off + k_index * bk * nb,
                        split.tile_strides(b_steps), b_ls)
+        a_ops, a_mm, a_extra = a_quant
+        b_ops, b_extra = b_scale(k_index, inner)
         return [
-            dma(src_a, Access(ta, a.dtype, (bm, bk), (bk, 1)), grid, queue=0),
-            dma(src_b, Access(tb, b.dtype, (bk, bn), (bn, 1)), grid, queue=1),
-            mm(Access(ta, a.dtype, (bm, bk), (bk, 1)), Access(tb, b.dtype, (bk, bn), (bn, 1)),
+            dma(src_a, Access(ta, ta_dtype, (bm, bk), (bk, 1)), grid, queue=0),
+            dma(src_b, Access(tb, b.dtype, (bk, bnb), (bnb, 1)), grid, queue=1),
+            *b_ops,
+            *a_ops,
+            mm(a_mm or Access(ta, ta_dtype, (bm, bk), (bk, 1)),
+               Access(tb, b.dtype, (bk, bnb), (bnb, 1)),
                Access(tc, "f32", (bm, bn), (bn, 1)), grid, accumulate=k_index > 0 or inner,
-               fmt=fmt),
+               fmt=fmt, **a_extra, **b_extra),
         ]
 
     body = step(0, inner=False)
@@ -138,6 +212,58 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                     grid, queue=1))
     kernel.body.extend(loop(split.trips, body))
     kernel.flops += 2 * nbatch * m * n * k
+
+
+def _a_quantizer(kernel: Kernel, q: MatmulQuant, ta: str, bm: int, bk: int,
+                 grid: Sequence[int]) -> tuple[list, Access | None, dict]:
+    """TVP quantize of the [bm, bk] activation block: (ops, mm operand a, mm fields)."""
+    af = q.fmt("a")
+    if af is None:
+        return [], None, {}
+    src = Access(ta, "f32", (bm, bk), (bk, 1))
+    if not af.is_blocked:  # FP8, static per-tensor scale
+        tq = kernel.scratch_buffer("aq", af.name.replace("fp8", "f8"), (bm, bk))
+        dst = Access(tq, af.name.replace("fp8", "f8"), (bm, bk), (bk, 1))
+        op = vec("quantize", [src], dst, grid, fmt=af.name, scale=q.a_scale)
+        return [op], dst, {"a_fmt": af.name, "a_tensor_scale": q.a_scale}
+    rb, pb, nbk = row_bytes(af.name, bk), payload_bytes(af.name, bk), n_blocks(af.name, bk)
+    tq = kernel.scratch_buffer("aq", "u8", (bm, rb))
+    params = {"fmt": af.name}
+    if af.is_mx:
+        params["scale_mode"] = q.scale_mode
+    else:
+        params["tensor_scale"] = q.a_tensor_scale
+    op = vec("quantize", [src], Access(tq, "u8", (bm, rb), (rb, 1)), grid, **params)
+    extra = {"a_fmt": af.name,
+             "a_scale": Access(tq, "u8", (bm, nbk), (rb, 1), pb).to_dict(),
+             "a_tensor_scale": q.a_tensor_scale}
+    return [op], Access(tq, "u8", (bm, pb), (rb, 1)), extra
+
+
+def _b_scale_loader(kernel: Kernel, q: MatmulQuant, bk: int, bn: int, n: int,
+                    batch_shape: tuple[int, ...], split: JobSplit, grid: Sequence[int]) -> object:
+    """Per K step: (DMAs of the weight scales into TSRAM, mm fields for ``b``)."""
+    wf, ws = q.fmt("w"), q.w_scales
+
+    def none(k_index: int, inner: bool) -> tuple[list, dict]:
+        return [], {}
+    if wf is None:
+        return none
+    fields = {"b_fmt": wf.name, "b_tensor_scale": q.w_tensor_scale}
+    if ws is None:
+        return lambda k_index, inner: ([], fields)
+    steps = tuple(0 for _ in batch_shape) + (0, bn)
+    outer = split.loop_strides(steps)
+    rows = n_blocks(wf.name, bk) if wf.is_blocked else 1
+    k_stride = rows * n if wf.is_blocked else 0
+    ts = kernel.scratch_buffer("b_scale", ws.dtype, (rows, bn))
+    local = Access(ts, ws.dtype, (rows, bn), (bn, 1))
+
+    def load(k_index: int, inner: bool) -> tuple[list, dict]:
+        src = Access(ws.buf, ws.dtype, (rows, bn), (n, 1), ws.off + k_index * k_stride,
+                     split.tile_strides(steps), outer + ((k_stride,) if inner else ()))
+        return [dma(src, local, grid, queue=2)], {**fields, "b_scale": local.to_dict()}
+    return load
 
 
 def matmul_shapes_ok(a: Sequence[int], b: Sequence[int]) -> bool:
