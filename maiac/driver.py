@@ -31,6 +31,7 @@ from maiac.runtime.target import get_target
 STAGES: dict[str, str] = {
     "onnx": "fold-constants,canonicalize",
     "maia": "lower-onnx-to-maia",
+    "fuse": "fuse-norm,fuse-gelu,fuse-swiglu,fuse-attention,fuse-epilogue",
     "tiled": "tile,plan-memory",
 }
 EMIT_CHOICES = ("onnx", "maia", "tiled", "asm")
@@ -38,7 +39,7 @@ EMIT_CHOICES = ("onnx", "maia", "tiled", "asm")
 
 def default_pipeline(quant: str | None = None) -> str:
     """The pipeline `maiac compile` runs for a quant spec (print it, edit it, pass it back)."""
-    stages = [STAGES["onnx"], STAGES["maia"]]
+    stages = [STAGES["onnx"], STAGES["maia"], STAGES["fuse"]]
     if quant:
         # a spec like "w=mxfp4,a=mxfp8e4m3" has the pipeline's own separators: quote it
         spec = quant if quant.replace("-", "").replace("_", "").isalnum() else json.dumps(quant)

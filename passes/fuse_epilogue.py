@@ -27,6 +27,7 @@ from xdsl.pattern_rewriter import (
     PatternRewriteWalker,
     RewritePattern,
 )
+from xdsl.rewriter import InsertPoint
 
 from maiac.ir import maia
 from maiac.ir.types import tensor_shape
@@ -138,7 +139,7 @@ class FuseBias(RewritePattern):
             if tensor_shape(vec.type) != (n,):
                 reshape = new_op(maia.ReshapeOp, [vec], TensorType(vec.type.get_element_type(),
                                                                    [n]), op="bias")
-                rewriter.insert_op(reshape)
+                rewriter.insert_op(reshape, InsertPoint.before(op))
                 vec = reshape.results[0]
             rebuild(op, src, rewriter, bias=vec)
             return

@@ -16,6 +16,7 @@ from maiac.driver import default_pipeline
 
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "my_passes.py"
 WITH_GELU = "fold-constants,canonicalize,lower-onnx-to-maia,fuse-erf-gelu,tile,plan-memory"
+NO_FUSION = "fold-constants,canonicalize,lower-onnx-to-maia,tile,plan-memory"
 
 BROKEN_PLUGIN = '''
 from dataclasses import dataclass
@@ -135,14 +136,15 @@ def test_plugin_pass_through_the_python_api() -> None:
 
     load_pass_plugin(PLUGIN)
     model = models.transformer(layers=1)
-    plain = maiac.compile(model)
+    plain = maiac.compile(model, pipeline=NO_FUSION)
     fused = maiac.compile(model, pipeline=WITH_GELU)
     assert len(fused.program.instructions) < len(plain.program.instructions)
 
 
 def test_plugin_pass_in_opt(transformer_onnx: Path, tmp_path: Path) -> None:
     mlir = tmp_path / "t.mlir"
-    r = invoke("compile", str(transformer_onnx), "--emit", "maia", "-o", str(mlir))
+    r = invoke("compile", str(transformer_onnx), "--emit", "maia", "-o", str(mlir),
+               "--pipeline", NO_FUSION)
     assert r.exit_code == 0, r.output
     r = invoke("opt", str(mlir), "--load-pass-plugin", str(PLUGIN), "-p", "fuse-erf-gelu")
     assert r.exit_code == 0, r.output
