@@ -136,15 +136,39 @@ def import_for_target(model: str | Path | onnx.ModelProto, shapes: dict[str, tup
     return module
 
 
+def attach_calibration(module: builtin.ModuleOp, model: str | Path | onnx.ModelProto,
+                       passes: Sequence[ModulePass], calib: Any,
+                       shapes: dict[str, tuple[int, ...]] | None) -> None:
+    """Run calibration (maiac/calibrate.py) when a `quantize` pass needs static activation
+    scales, and attach its amax table to the module for that pass (``maia.calib``).
+
+    ``calib``: an .npz path or a dict of inputs; None calibrates on seeded random inputs.
+    """
+    from maiac.quant_spec import parse_quant_spec
+
+    specs = [parse_quant_spec(getattr(p, "spec", "")) for p in passes if p.name == "quantize"]
+    need = [s for s in specs if s is not None and s.needs_calibration]
+    if not need:
+        return
+    from maiac.calibrate import calibrate
+    from maiac.passes.quantize import CALIB_ATTR
+
+    amax = calibrate(model, calib, shapes=shapes, method=need[0].calib_method,
+                     percentile=need[0].calib_percentile)
+    module.attributes[CALIB_ATTR] = builtin.StringAttr(json.dumps(amax))
+
+
 def compile_module(model: str | Path | onnx.ModelProto, *, quant: str | None = None,
                    shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
                    target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
                    shape_only: bool = False, print_ir_after_all: bool = False,
                    print_ir_after: Sequence[str] = (), verify_each: bool = True,
-                   log: CompileLog | None = None, out: TextIO | None = None) -> builtin.ModuleOp:
+                   log: CompileLog | None = None, out: TextIO | None = None,
+                   calib: Any = None) -> builtin.ModuleOp:
     """Import and run the whole pipeline; returns the tiled, planned module."""
     module = import_for_target(model, shapes, target, target_params, shape_only)
     passes = parse_passes(pipeline or default_pipeline(quant))
+    attach_calibration(module, model, passes, calib, shapes)
     run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, passes),
                verify_each=verify_each, out=out, log=log)
     return module
@@ -156,7 +180,7 @@ def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
                   target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
                   shape_only: bool = False, out: TextIO | None = None,
                   print_ir_after: Sequence[str] = (), verify_each: bool = True,
-                  log: CompileLog | None = None) -> str:
+                  log: CompileLog | None = None, calib: Any = None) -> str:
     """The IR (or the assembly listing) at stage ``emit`` as text."""
     if emit not in EMIT_CHOICES:
         raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
@@ -167,6 +191,7 @@ def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
     next_stage = {"onnx": STAGES["maia"], "maia": STAGES["tiled"]}.get(emit)
     stop = next_stage.split(",")[0].split("{")[0] if next_stage else None
     passes = list(itertools.takewhile(lambda p: p.name != stop, full))
+    attach_calibration(module, model, passes, calib, shapes)
     run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, full),
                verify_each=verify_each, out=out, log=log)
     if emit == "asm":
@@ -239,7 +264,7 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
     module = compile_module(model, quant=quant, shapes=shapes, target=target,
                             target_params=target_params, pipeline=pipeline,
                             shape_only=shape_only, log=log, verify_each=verify_each,
-                            print_ir_after=print_ir_after, out=out)
+                            print_ir_after=print_ir_after, out=out, calib=calib)
     name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
     meta: dict[str, Any] = {"model": name, "quant": quant or "fp32",
                             "input_ranges": _input_ranges(model)}

@@ -1,0 +1,152 @@
+"""Calibration: static activation scales for the formats that need them (FP8, NVFP4).
+
+The fp32 model runs in onnxruntime on calibration inputs with the activation input of
+every MatMul/Gemm node added as an extra graph output; each node gets the amax of that
+input — the maximum of ``|x|`` (``max``) or its ``percentile`` — keyed by node name
+(the name the maia matmul lowered from it carries). The `quantize` pass turns amax
+into scales (FP8: ``amax / 448``; NVFP4: ``amax / (448 * 6)``).
+
+Calibration data: an ``.npz`` with one array per model input; an array with one more
+leading axis than the input holds several samples, run one by one. Without data,
+seeded random inputs (maiac.inputs.random_inputs) are used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from maiac.runtime.errors import MaiacError
+
+MATMUL_OPS = ("MatMul", "Gemm")
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """The name maiac gives the ops lowered from ``node`` (as the importer does)."""
+    return node.name or (node.output[0] if node.output else "")
+
+
+def _load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        return onnx.load(os.fspath(model))
+    except Exception as err:
+        raise MaiacError(f"{model}: cannot load the ONNX model for calibration ({err})") from None
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs the tensors ``names`` (typed when known)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output}
+    types: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    except Exception:  # types are a nicety; onnxruntime infers them too
+        pass
+    for name in names:
+        if name and name not in have:
+            out.graph.output.append(helper.make_tensor_value_info(
+                name, types.get(name) or onnx.TensorProto.FLOAT, None))
+            have.add(name)
+    return out
+
+
+def load_samples(data: str | Path | Mapping[str, np.ndarray] | None, model: onnx.ModelProto,
+                 shapes: Mapping[str, Iterable[int]] | None = None, seed: int = 0
+                 ) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds: from an .npz / dict (extra leading axis = samples) or random."""
+    from maiac.inputs import graph_input_specs, random_inputs
+
+    if data is None:
+        return [random_inputs(model, shapes, seed)]
+    if isinstance(data, str | os.PathLike):
+        path = Path(data)
+        if not path.exists():
+            raise MaiacError(f"--calib {path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except Exception as err:
+            raise MaiacError(f"--calib {path}: not a readable .npz file ({err})") from None
+    specs = graph_input_specs(model, shapes)
+    arrays = {k: np.asarray(v) for k, v in dict(data).items()}
+    names = [n for n, _, _ in specs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise MaiacError(f"calibration data has no array for model input {missing[0]!r} "
+                         f"(inputs: {', '.join(names)}; got {', '.join(arrays) or 'none'})")
+    ranks = {n: len(s) for n, _, s in specs}
+    counts = {arrays[n].shape[0] for n in names if arrays[n].ndim == ranks[n] + 1}
+    if not counts:
+        return [{n: arrays[n] for n in names}]
+    if len(counts) > 1:
+        raise MaiacError(f"calibration data: inputs hold different sample counts {sorted(counts)}")
+    count = counts.pop()
+    return [{n: arrays[n][i] if arrays[n].ndim == ranks[n] + 1 else arrays[n] for n in names}
+            for i in range(count)]
+
+
+def calibrate(model: str | Path | onnx.ModelProto,
+              data: str | Path | Mapping[str, np.ndarray] | None = None, *,
+              shapes: Mapping[str, Iterable[int]] | None = None, method: str = "max",
+              percentile: float = 100.0, seed: int = 0) -> dict[str, float]:
+    """amax of the activation (first) input of every MatMul/Gemm, by node name."""
+    import onnxruntime as ort
+
+    proto = _load_model(model)
+    nodes = [n for n in proto.graph.node if n.op_type in MATMUL_OPS and n.input]
+    wanted = {node_label(n): n.input[0] for n in nodes}
+    inits = {i.name for i in proto.graph.initializer}
+    graph_inputs = {i.name for i in proto.graph.input}
+    extra = [t for t in dict.fromkeys(wanted.values()) if t not in inits and t not in graph_inputs]
+    probe = with_outputs(proto, extra)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise MaiacError(f"calibration: onnxruntime cannot load the model "
+                         f"({str(err).strip().splitlines()[0]})") from None
+    out_names = [o.name for o in sess.get_outputs()]
+    values: dict[str, list[np.ndarray]] = {}
+    for feeds in load_samples(data, proto, shapes, seed):
+        results = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
+        results.update(feeds)
+        for tensor in set(wanted.values()):
+            if tensor in results:
+                values.setdefault(tensor, []).append(np.abs(np.asarray(results[tensor],
+                                                                       np.float64)).ravel())
+    amax: dict[str, float] = {}
+    for label, tensor in wanted.items():
+        if tensor in inits:
+            init = next(i for i in proto.graph.initializer if i.name == tensor)
+            vals = [np.abs(onnx.numpy_helper.to_array(init).astype(np.float64)).ravel()]
+        else:
+            vals = values.get(tensor, [])
+        if not vals:
+            continue
+        allv = np.concatenate(vals)
+        allv = allv[np.isfinite(allv)]
+        if allv.size == 0:
+            continue
+        amax[label] = float(np.max(allv) if method == "max" or percentile >= 100
+                            else np.percentile(allv, percentile))
+    return amax
+
+
+def summary(amax: Mapping[str, float]) -> dict[str, Any]:
+    """A small description for the program manifest."""
+    vals = list(amax.values())
+    return {"ops": len(vals), "amax_min": min(vals, default=0.0),
+            "amax_max": max(vals, default=0.0)}
