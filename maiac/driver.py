@@ -32,19 +32,29 @@ STAGES: dict[str, str] = {
     "onnx": "fold-constants,canonicalize",
     "maia": "lower-onnx-to-maia",
     "fuse": "fuse-norm,fuse-gelu,fuse-swiglu,fuse-attention,fuse-epilogue",
-    "tiled": "tile,plan-memory",
+    "tiled": "tile{buffers=4},double-buffer,prefetch,plan-memory{resident=true},sync",
 }
+# The baseline bench/schedule.py compares against: same tiler, one TSRAM set, no double
+# buffering or prefetch, every instruction waiting for all engines to drain.
+NAIVE_TILED = "tile,plan-memory,sync{naive=true}"
+SCHEDULES = ("optimized", "naive")
 EMIT_CHOICES = ("onnx", "maia", "tiled", "asm")
 
 
-def default_pipeline(quant: str | None = None) -> str:
-    """The pipeline `maiac compile` runs for a quant spec (print it, edit it, pass it back)."""
+def default_pipeline(quant: str | None = None, schedule: str = "optimized") -> str:
+    """The pipeline `maiac compile` runs for a quant spec (print it, edit it, pass it back).
+
+    ``schedule="naive"``: the no-overlap baseline (``NAIVE_TILED``) instead of double
+    buffering, prefetch and inferred semaphore waits.
+    """
+    if schedule not in SCHEDULES:
+        raise MaiacError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     stages = [STAGES["onnx"], STAGES["maia"], STAGES["fuse"]]
     if quant:
         # a spec like "w=mxfp4,a=mxfp8e4m3" has the pipeline's own separators: quote it
         spec = quant if quant.replace("-", "").replace("_", "").isalnum() else json.dumps(quant)
         stages.append(f"quantize{{spec={spec}}}")
-    stages.append(STAGES["tiled"])
+    stages.append(STAGES["tiled"] if schedule == "optimized" else NAIVE_TILED)
     return ",".join(stages)
 
 
@@ -249,24 +259,45 @@ def _input_ranges(model: str | Path | onnx.ModelProto) -> dict[str, int]:
         return {}
 
 
+def _model_props(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+    """``mode`` (prefill/decode) and ``tokens`` per call from the model's ``maiac.*``
+    metadata (maiac.models sets them), for the report's tokens/s."""
+    try:
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(
+            str(model), load_external_data=False)
+    except Exception:
+        return {}
+    props = {p.key: p.value for p in proto.metadata_props}
+    out: dict[str, Any] = {}
+    if props.get("maiac.mode") in ("prefill", "decode"):
+        out["mode"] = props["maiac.mode"]
+    if props.get("maiac.tokens", "").isdigit():
+        out["tokens"] = int(props["maiac.tokens"])
+    return out
+
+
 def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  # noqa: A001
             shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
             target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
             shape_only: bool = False, calib: str | None = None, verify_each: bool = True,
-            print_ir_after: Sequence[str] = (), out: TextIO | None = None) -> CompiledModel:
+            print_ir_after: Sequence[str] = (), out: TextIO | None = None,
+            schedule: str = "optimized") -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) for the Maia 200 machine model.
 
     ``pipeline``: a pipeline string ("fold-constants,...") or a list of pass objects and
-    names; default ``default_pipeline(quant)``. ``compiled.log`` has the time per pass.
+    names; default ``default_pipeline(quant, schedule)``. ``compiled.log`` has the time
+    per pass.
     """
     start = time.perf_counter()
     log = CompileLog()
+    if pipeline is None and schedule != "optimized":
+        pipeline = default_pipeline(quant, schedule)
     module = compile_module(model, quant=quant, shapes=shapes, target=target,
                             target_params=target_params, pipeline=pipeline,
                             shape_only=shape_only, log=log, verify_each=verify_each,
                             print_ir_after=print_ir_after, out=out, calib=calib)
     name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
     meta: dict[str, Any] = {"model": name, "quant": quant or "fp32",
-                            "input_ranges": _input_ranges(model)}
+                            "input_ranges": _input_ranges(model), **_model_props(model)}
     program = emit_program(module, meta, shape_only=shape_only)
     return CompiledModel(program, time.perf_counter() - start, log)

@@ -55,7 +55,8 @@ def first_fit(placed: list[Placed], size: int, start: int, end: int, capacity: i
     return addr if addr + size <= capacity else None
 
 
-def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int) -> None:
+def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int,
+                  resident: bool = False) -> None:
     ops = list(fn.body.block.ops)
     buffers = {maia.attr(b, "sym"): b for b in ops if isinstance(b, maia.BufferOp)}
     kernels = [k for k in ops if isinstance(k, maia.KernelOp)]
@@ -85,12 +86,25 @@ def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int) -> 
         addr = first_fit(hbm, size, start, end, 1 << 62)
         hbm.append(Placed(addr, size, start, end))
         _place(buf, "hbm", hbm_top + addr)
-    for kernel in kernels:
-        top = 0
-        for buf in kernel.body.block.ops:
-            if isinstance(buf, maia.BufferOp):
-                _place(buf, "tsram", top)
-                top += align(maia.attr(buf, "nbytes"))
+    if resident and csram_capacity:
+        # weights that fit stay in CSRAM for the whole program (and across calls)
+        consts = [b for b in buffers.values() if maia.attr(b, "kind") == "const"]
+        consts.sort(key=lambda b: -maia.attr(b, "nbytes"))
+        for buf in consts:
+            size = align(maia.attr(buf, "nbytes"))
+            addr = first_fit(csram, size, 0, len(kernels), csram_capacity)
+            if addr is not None:
+                csram.append(Placed(addr, size, 0, len(kernels)))
+                _place(buf, "csram", addr)
+    pingpong = bool(maia.attr(fn, "maia.tsram_pingpong", False))
+    for index, kernel in enumerate(kernels):
+        scratch = [b for b in kernel.body.block.ops if isinstance(b, maia.BufferOp)]
+        total = sum(align(maia.attr(b, "nbytes")) for b in scratch)
+        # prefetch ping-pong: odd kernels from the top, so neighbours do not share bytes
+        top = tsram_capacity - total if pingpong and index % 2 and total <= tsram_capacity else 0
+        for buf in scratch:
+            _place(buf, "tsram", top)
+            top += align(maia.attr(buf, "nbytes"))
         if top > tsram_capacity:
             raise MaiacError(f"op '{maia.attr(kernel, 'op')}': working set of {top} bytes "
                              f"exceeds TSRAM ({tsram_capacity} bytes per tile)")
@@ -111,10 +125,11 @@ class PlanMemoryPass(ModulePass):
     name = "plan-memory"
 
     csram: bool = True
+    resident: bool = False  # weights that fit CSRAM after the activations live there
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         target = module_target(op)
         csram = target.n_clusters * target.csram_bytes if self.csram else 0
         for fn in list(op.walk()):
             if isinstance(fn, func.FuncOp):
-                plan_function(fn, csram, target.tsram_bytes)
+                plan_function(fn, csram, target.tsram_bytes, self.resident)

@@ -8,6 +8,7 @@ function has no tensor values left: its body is buffers, kernels and a bare retu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -60,6 +61,7 @@ def io_names(attrs: builtin.ArrayAttr | None, count: int, prefix: str) -> list[s
 @dataclass
 class FunctionTiler:
     budget: Budget
+    full_budget: Budget | None = None  # fallback when ``budget`` is a share of TSRAM
     values: dict[SSAValue, Tensor] = field(default_factory=dict)
     buffers: list[Operation] = field(default_factory=list)
     kernels: list[Operation] = field(default_factory=list)
@@ -97,7 +99,19 @@ class FunctionTiler:
         kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
         fn = maia.attr(op, "fn")
         try:
-            self._fill(kernel, op, fn, ins, out)
+            try:
+                self._fill(kernel, op, fn, ins, out)
+            except MaiacError:
+                if self.full_budget is None:
+                    raise
+                # too big for the share of TSRAM kept for double buffering and
+                # prefetch: tile it with all of TSRAM (it then runs unbuffered)
+                kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
+                budget, self.budget = self.budget, self.full_budget
+                try:
+                    self._fill(kernel, op, fn, ins, out)
+                finally:
+                    self.budget = budget
         except MaiacError as err:
             raise MaiacError(f"{err} [op '{label}', {kind}]") from None
         self.kernels.append(kernel.build())
@@ -185,8 +199,14 @@ class FunctionTiler:
             self.kernels.append(kernel.build())
 
 
-def tile_function(fn: func.FuncOp, budget: Budget) -> None:
-    tiler = FunctionTiler(budget)
+def tile_function(fn: func.FuncOp, budget: Budget, buffers: int = 1) -> None:
+    """Tile ``fn``; ``buffers`` > 1: blocks sized for 1/buffers of TSRAM when they can be
+    (room for double-buffer twins and the next kernel's prefetched blocks)."""
+    if buffers > 1:
+        share = dataclasses.replace(budget, tsram_bytes=budget.tsram_bytes // buffers)
+        tiler = FunctionTiler(share, budget)
+    else:
+        tiler = FunctionTiler(budget)
     block = fn.body.block
     in_names = io_names(fn.arg_attrs, len(block.args), "input")
     for arg, name in zip(block.args, in_names, strict=True):
@@ -221,8 +241,10 @@ class TilePass(ModulePass):
 
     name = "tile"
 
+    buffers: int = 1  # size blocks for TSRAM / buffers (double buffering + prefetch: 4)
+
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         budget = budget_of(module_target(op))
         for fn in list(op.walk()):
             if isinstance(fn, func.FuncOp):
-                tile_function(fn, budget)
+                tile_function(fn, budget, max(1, self.buffers))
