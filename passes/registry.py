@@ -112,8 +112,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
     ("maiac.passes.schedule", "DoubleBufferPass"),
     ("maiac.passes.schedule", "SyncPass"),
-    ("maiac.passes.schedule", "DoubleBufferPass"),
-    ("maiac.passes.schedule", "SyncPass"),
+    ("maiac.passes.prefetch", "PrefetchPass"),
 ]
 
 
