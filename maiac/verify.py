@@ -167,8 +167,13 @@ def _reference(model_path: str | None, model: Any, inputs: Mapping[str, np.ndarr
 def verify(model: Any, *, quant: str | None = None,
            shapes: Mapping[str, Iterable[int]] | None = None, inputs: Any = None,
            rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
-           min_cosine: float = DEFAULT_MIN_COSINE, **compile_options: Any) -> dict[str, Any]:
+           min_cosine: float = DEFAULT_MIN_COSINE, layers: bool = True,
+           **compile_options: Any) -> dict[str, Any]:
     """Compile ``model`` (path or ModelProto), run it and onnxruntime, return the verify JSON.
+
+    Quantized (``quant``) with ``layers``: ``layers`` holds the error of every matmul with
+    a constant weight (its output made a graph output of both models); per model output
+    also ``top1_agreement``.
 
     ``inputs``: a dict of arrays, an ``.npz`` path, or None for seeded random inputs.
     ``compile_options`` go to ``maiac.compile`` (target, target_params, pipeline, calib).
@@ -182,28 +187,43 @@ def verify(model: Any, *, quant: str | None = None,
 
     from maiac.driver import compile as maiac_compile
 
+    # quantized: every weight matmul's output is also a graph output of both the model
+    # maiac compiles and the one onnxruntime runs, for the per-layer errors
+    probe = _layer_probe(model, model_path, proto) if quant and layers else None
+    target_model: Any = model if model_path is None else model_path
+    ref_path, ref_proto = model_path, proto
+    if probe is not None:
+        target_model, ref_path, ref_proto = probe[0], None, probe[0]
     t0 = time.perf_counter()
-    compiled = maiac_compile(model if model_path is None else model_path, quant=quant,
-                             shapes=shapes, **compile_options)
+    compiled = maiac_compile(target_model, quant=quant, shapes=shapes, **compile_options)
     compile_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     got = compiled.run(feeds)
     run_s = time.perf_counter() - t0
 
-    ref, ort_s = _reference(model_path, proto, feeds)
+    ref, ort_s = _reference(ref_path, ref_proto, feeds)
+    out_names = [o.name for o in proto.graph.output]
     outputs = [
-        compare_output(name, got.get(name), r, quant=quant, rtol=rtol, atol=atol,
+        compare_output(name, got.get(name), ref[name], quant=quant, rtol=rtol, atol=atol,
                        min_cosine=min_cosine)
-        for name, r in ref.items()
+        for name in out_names if name in ref
     ]
-    layers: list[dict[str, Any]] = []  # per-layer errors: filled once quantization lands
+    layer_rows: list[dict[str, Any]] = []
+    for node_name, tensor in (probe[1] if probe is not None else []):
+        if tensor in got and tensor in ref:
+            row = compare_output(tensor, got[tensor], ref[tensor], quant=quant, rtol=rtol,
+                                 atol=atol, min_cosine=min_cosine)
+            layer_rows.append({"name": node_name, "output": tensor, "cosine": row["cosine"],
+                               "max_rel_err": row["max_rel_err"],
+                               "max_abs_err": row["max_abs_err"],
+                               "mean_abs_err": row["mean_abs_err"]})
     return {
         "ok": bool(outputs) and all(o["ok"] for o in outputs),
         "model": model_path if model_path is not None else (proto.graph.name or "<model>"),
         "quant": quant or "fp32",
         "outputs": outputs,
-        "layers": layers,
+        "layers": layer_rows,
         "compile_s": compile_s,
         "run_s": run_s,
         "onnxruntime_s": ort_s,
@@ -212,6 +232,38 @@ def verify(model: Any, *, quant: str | None = None,
         "min_cosine": min_cosine if quant else None,
         "seed": seed,
     }
+
+
+MAX_LAYERS = 256
+
+
+def _layer_probe(model: Any, model_path: str | None, proto: Any
+                 ) -> tuple[Any, list[tuple[str, str]]] | None:
+    """(model with weight-matmul outputs added as graph outputs, [(node, tensor)]).
+
+    None for models with external data (their weights are not copied here)."""
+    import onnx
+
+    from maiac.calibrate import MATMUL_OPS, node_label, with_outputs
+
+    if model_path is not None:
+        try:
+            full = onnx.load(model_path, load_external_data=False)
+        except Exception:
+            return None
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer):
+            return None
+    else:
+        full = model
+    inits = {i.name for i in full.graph.initializer}
+    consts = inits | {o for n in full.graph.node if n.op_type == "Constant" for o in n.output}
+    have = {o.name for o in full.graph.output}
+    pairs = [(node_label(n), n.output[0]) for n in full.graph.node
+             if n.op_type in MATMUL_OPS and len(n.input) > 1 and n.input[1] in consts
+             and n.output and n.output[0] not in have][:MAX_LAYERS]
+    if not pairs:
+        return None
+    return with_outputs(full, [t for _, t in pairs]), pairs
 
 
 def _fmt(x: Any, spec: str = ".3e") -> str:
@@ -243,7 +295,7 @@ def format_table(result: Mapping[str, Any]) -> str:
     if result.get("layers"):
         lines += ["", f"{'layer':<40} {'cosine':>10} {'max_rel':>10}"]
         for lay in result["layers"]:
-            lines.append(f"{str(lay.get('name'))[:40]:<40} {_fmt(lay.get('cosine'), '.6f'):>10} "
+            lines.append(f"{str(lay.get('name'))[-40:]:<40} {_fmt(lay.get('cosine'), '.6f'):>10} "
                          f"{_fmt(lay.get('max_rel_err')):>10}")
     lines += ["", f"compile {result['compile_s']:.2f} s   run {result['run_s']:.3f} s   "
                   f"onnxruntime {result['onnxruntime_s']:.3f} s",
