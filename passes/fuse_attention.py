@@ -97,7 +97,7 @@ def _additive_mask(where: Operation, cond: SSAValue, fill: float, keep_when: boo
     if c is not None:
         masked = ~c.astype(bool) if keep_when else c.astype(bool)
         mask = new_constant(np.where(masked, np.float32(fill), np.float32(0)), "mask")
-        rewriter.insert_op(mask, InsertPoint.before(where))
+        rewriter.insert(mask, InsertPoint.before(where))
         return mask.results[0]
     zero = new_constant(np.zeros((), np.float32), "zero")
     fill_op = new_constant(np.array(fill, np.float32), "fill")
@@ -106,7 +106,7 @@ def _additive_mask(where: Operation, cond: SSAValue, fill: float, keep_when: boo
     out_type = TensorType(where.results[0].type.get_element_type(),
                           list(tensor_shape(cond.type)))
     add = new_op(maia.WhereOp, args, out_type, op=label(where))
-    rewriter.insert_op([zero, fill_op, add], InsertPoint.before(where))
+    rewriter.insert([zero, fill_op, add], InsertPoint.before(where))
     return add.results[0]
 
 
@@ -208,7 +208,7 @@ class FuseAttention(RewritePattern):
             attrs["mask_view"] = _view_attr(m5)
             attrs["causal"] = is_causal(mask, sq, sk)
         fused = new_op(maia.AttentionOp, ins, op.results[0].type, **attrs)
-        rewriter.replace_op(op, fused)
+        rewriter.replace(op, fused)
         chains = [*_view_chain(scores.q), *_view_chain(scores.kt), *_view_chain(v)]
         erase_dead([*matched, *scores.ops, *chains], rewriter)
 

@@ -111,7 +111,7 @@ def rebuild(root: Operation, src: MatmulSource, rewriter: PatternRewriter, *,
         back = new_op(maia.ReshapeOp, [result], root.results[0].type, op=maia.attr(root, "op"))
         new_ops.append(back)
         result = back.results[0]
-    rewriter.replace_op(root, new_ops, [result])
+    rewriter.replace(root, new_ops, [result])
     erase_dead([*consumed, *src.reshapes, mm], rewriter)
 
 
@@ -139,7 +139,7 @@ class FuseBias(RewritePattern):
             if tensor_shape(vec.type) != (n,):
                 reshape = new_op(maia.ReshapeOp, [vec], TensorType(vec.type.get_element_type(),
                                                                    [n]), op="bias")
-                rewriter.insert_op(reshape, InsertPoint.before(op))
+                rewriter.insert(reshape, InsertPoint.before(op))
                 vec = reshape.results[0]
             rebuild(op, src, rewriter, bias=vec)
             return

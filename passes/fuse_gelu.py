@@ -144,7 +144,7 @@ class FuseGelu(RewritePattern):
         if found is None:
             return
         x, fn, ops = found
-        rewriter.replace_op(op, new_op(maia.UnaryOp, [x], op.results[0].type, op=label(op),
+        rewriter.replace(op, new_op(maia.UnaryOp, [x], op.results[0].type, op=label(op),
                                        fn=fn))
         erase_dead(ops[1:], rewriter)
 

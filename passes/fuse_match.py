@@ -122,7 +122,7 @@ def as_vector(value: SSAValue, n: int, rewriter: PatternRewriter,
     assert isinstance(value.type, TensorType)
     op = new_op(maia.ReshapeOp, [value], TensorType(value.type.get_element_type(), [n]),
                 op="fused")
-    rewriter.insert_op(op, _before(before))
+    rewriter.insert(op, _before(before))
     return op.results[0]
 
 
@@ -143,7 +143,7 @@ def erase_dead(ops: Sequence[Operation], rewriter: PatternRewriter) -> None:
         changed = False
         for op in list(alive):
             if op.parent is not None and all(not r.uses for r in op.results):
-                rewriter.erase_op(op)
+                rewriter.erase(op)
                 alive.remove(op)
                 changed = True
 

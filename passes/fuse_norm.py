@@ -168,18 +168,18 @@ class FuseNorm(RewritePattern):
         dtype = np.float32
         if scale is None:
             ones = new_constant(np.ones(n, dtype), "norm_scale")
-            rewriter.insert_op(ones, _at(root))
+            rewriter.insert(ones, _at(root))
             scale = ones.results[0]
         params = [as_vector(scale, n, rewriter, root)]
         if bias is not None:
             params.append(as_vector(bias, n, rewriter, root))
         elif core.fn == "layernorm":
             zeros = new_constant(np.zeros(n, dtype), "norm_bias")
-            rewriter.insert_op(zeros, _at(root))
+            rewriter.insert(zeros, _at(root))
             params.append(zeros.results[0])
         norm = new_op(maia.NormOp, [core.x, *params], root.results[0].type, op=label(root),
                       fn=core.fn, eps=float(core.eps))
-        rewriter.replace_op(root, norm)
+        rewriter.replace(root, norm)
         erase_dead([*extra, *core.ops], rewriter)
 
 

@@ -32,7 +32,7 @@ class FuseSilu(RewritePattern):
         for x, s in commuted(op):
             sig = unary(s, "sigmoid")
             if sig is not None and sig.operands[0] is x and same_shape(x, op.results[0]):
-                rewriter.replace_op(op, new_op(maia.UnaryOp, [x], op.results[0].type,
+                rewriter.replace(op, new_op(maia.UnaryOp, [x], op.results[0].type,
                                                op=label(op), fn="silu"))
                 erase_dead([sig], rewriter)
                 return

@@ -1,0 +1,177 @@
+"""Fusion passes against onnxruntime, on exported layers and hand-built attention.
+
+The layers in tests/filecheck/inputs are cut from the committed exports (see
+tests/filecheck/make_fusion_inputs.py); the FileCheck tests there pin each pattern,
+these tests check the fused programs compute what onnxruntime computes.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import maiac
+from maiac.driver import STAGES
+from maiac.importer import import_model
+from maiac.ir import maia
+from maiac.ir.onnx import make_context
+from maiac.passes.registry import parse_pipeline
+
+INPUTS = Path(__file__).parent / "filecheck" / "inputs"
+LAYERS = ["gpt2_layer0", "bert_layer0", "llama_layer0"]
+LOWER = f"{STAGES['onnx']},{STAGES['maia']}"
+UNFUSED = f"{LOWER},{STAGES['tiled']}"
+NEG = np.float32(np.finfo(np.float32).min)
+
+
+def maia_ops(model: str | Path | onnx.ModelProto, pipeline: str) -> collections.Counter:
+    """``maia.<op>{fn}`` counts at the tensor level after ``pipeline``."""
+    module = import_model(model)
+    for p in parse_pipeline(pipeline):
+        p.apply(make_context(), module)
+    module.verify()
+    counts: collections.Counter = collections.Counter()
+    for op in module.walk():
+        if op.name.startswith("maia.") and op.name not in ("maia.constant", "maia.reshape"):
+            fn = maia.attr(op, "fn")
+            counts[op.name + (f"{{{fn}}}" if fn else "")] += 1
+    return counts
+
+
+def layer_inputs(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Hidden states and an additive causal + padding mask (last 2 keys of batch 1 padded)."""
+    model = onnx.load(str(path))
+    b, s, d = (x.dim_value for x in model.graph.input[0].type.tensor_type.shape.dim)
+    x = np.random.default_rng(seed).standard_normal((b, s, d)).astype(np.float32)
+    hidden = np.triu(np.ones((s, s), bool), 1)[None, None].repeat(b, 0)
+    hidden[1, ..., -2:] = True
+    return {"x": x, "mask": np.where(hidden, NEG, np.float32(0)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_fused_layer_matches_onnxruntime(name: str) -> None:
+    path = INPUTS / f"{name}.onnx"
+    feeds = layer_inputs(path)
+    ref = ort.InferenceSession(str(path)).run(None, feeds)[0]
+    fused = maiac.compile(path)
+    unfused = maiac.compile(path, pipeline=UNFUSED)
+    np.testing.assert_allclose(fused.run(feeds)["y"], ref, rtol=1e-4, atol=1e-5)
+    assert len(fused.program.instructions) < len(unfused.program.instructions)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_fuses_to_machine_ops(name: str) -> None:
+    """After the fuse stage only matmuls, norms and attention remain (plus RoPE for Llama)."""
+    before = maia_ops(INPUTS / f"{name}.onnx", LOWER)
+    after = maia_ops(INPUTS / f"{name}.onnx", f"{LOWER},{STAGES['fuse']}")
+    assert after["maia.attention"] == 1
+    assert not any(k.startswith(("maia.softmax", "maia.reduce")) for k in after)
+    assert "maia.unary{gelu}" not in after and "maia.unary{gelu_tanh}" not in after
+    assert after["maia.norm{layernorm}"] + after["maia.norm{rmsnorm}"] >= 2
+    assert sum(after.values()) < sum(before.values()) / 2 or name == "llama_layer0"
+
+
+def _attention_model(b: int, h: int, hkv: int, s: int, d: int, fill: float,
+                     seed: int = 0) -> onnx.ModelProto:
+    """q/k/v projections, GQA repeat (Unsqueeze/Expand/Reshape), causal Where, Softmax."""
+    rng = np.random.default_rng(seed)
+    inits = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    dm = h * d
+    g = h // hkv
+    nodes = []
+    for t, heads in (("q", h), ("k", hkv), ("v", hkv)):
+        w = const(f"W{t}", (rng.standard_normal((dm, heads * d)) * 0.2).astype(np.float32))
+        nodes += [helper.make_node("MatMul", ["x", w], [f"{t}0"]),
+                  helper.make_node("Reshape", [f"{t}0", const(f"s{t}", np.array(
+                      [b, s, heads, d], np.int64))], [f"{t}1"]),
+                  helper.make_node("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 1, 3])]
+        if t != "q" and g > 1:
+            nodes += [helper.make_node("Unsqueeze", [f"{t}2", const(f"u{t}", np.array(
+                          [2], np.int64))], [f"{t}3"]),
+                      helper.make_node("Expand", [f"{t}3", const(f"e{t}", np.array(
+                          [b, hkv, g, s, d], np.int64))], [f"{t}4"]),
+                      helper.make_node("Reshape", [f"{t}4", const(f"r{t}", np.array(
+                          [b, h, s, d], np.int64))], [f"{t}5"])]
+        else:
+            nodes.append(helper.make_node("Identity", [f"{t}2"], [f"{t}5"]))
+    nodes += [
+        helper.make_node("Transpose", ["k5"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q5", "kt"], ["s0"]),
+        helper.make_node("Div", ["s0", const("sc", np.array(np.sqrt(d), np.float32))], ["s1"]),
+        helper.make_node("Where", [const("causal", np.triu(np.ones((s, s), bool), 1)),
+                                   const("neg", np.array(fill, np.float32)), "s1"], ["s2"]),
+        helper.make_node("Softmax", ["s2"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v5"], ["o"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, s, dm])],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, [b, h, s, d])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize(("b", "h", "hkv", "s", "d", "fill"), [
+    (2, 4, 2, 16, 8, -1e9),        # GQA, one key block
+    (1, 2, 1, 1024, 16, -np.inf),  # MQA, two key blocks of 512: the online softmax
+])
+def test_flash_attention_matches_onnxruntime(b: int, h: int, hkv: int, s: int, d: int,
+                                             fill: float) -> None:
+    model = _attention_model(b, h, hkv, s, d, fill)
+    ops = maia_ops(model, f"{LOWER},{STAGES['fuse']}")
+    assert ops["maia.attention"] == 1 and "maia.softmax{softmax}" not in ops
+    x = np.random.default_rng(1).standard_normal((b, s, h * d)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    compiled = maiac.compile(model)
+    np.testing.assert_allclose(compiled.run({"x": x})["o"], ref, rtol=1e-4, atol=1e-5)
+    # neither the [S, S] scores nor the repeated K/V are ever stored outside TSRAM
+    biggest = max(buf.nbytes for buf in compiled.program.buffers
+                  if buf.kind == "act" and buf.level != "tsram")
+    assert biggest < b * h * s * s * 4
+    assert biggest <= max(b * s * h * d * 4, s * s)
+
+
+def test_causal_constant_mask_is_recorded() -> None:
+    module = import_model(_attention_model(1, 2, 2, 8, 4, -1e9))
+    for p in parse_pipeline(f"{LOWER},fuse-attention"):
+        p.apply(make_context(), module)
+    (attention,) = [op for op in module.walk() if op.name == "maia.attention"]
+    assert maia.attr(attention, "causal") is True
+    assert maia.attr(attention, "scale") == pytest.approx(0.5)
+
+
+EXPORTS = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["gpt2_torchscript", "llama_torchscript",
+                                  "gpt2_dynamo", "llama_dynamo"])
+def test_exported_model_op_counts(name: str) -> None:
+    """Whole exports (once the importer takes all their ops): fewer ops, same logits."""
+    import json
+
+    from maiac.runtime.errors import MaiacError
+
+    entry = json.loads((EXPORTS / "MANIFEST.json").read_text())["models"][name]
+    shapes = {i["name"]: tuple(i["stored_shape"]) for i in entry["inputs"]}
+    path = EXPORTS / f"{name}.onnx"
+    try:
+        import_model(path, shapes)
+    except MaiacError as err:
+        pytest.skip(f"importer: {err}")
+    feeds = dict(np.load(EXPORTS / f"{name}.inputs.npz"))
+    ref = dict(np.load(EXPORTS / f"{name}.ref.npz"))
+    out = maiac.compile(path, shapes=shapes).run(feeds)
+    for key, value in out.items():
+        np.testing.assert_allclose(value, ref[key], rtol=1e-4, atol=1e-4)
