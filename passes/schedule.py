@@ -97,7 +97,8 @@ def _loop_depth(loop: maia.LoopOp) -> int:
 
 
 def _renameable(loop: maia.LoopOp, kernel: maia.KernelOp, scratch: set[str]) -> list[str]:
-    """Scratch buffers the loop body writes before reading, used nowhere else."""
+    """Scratch buffers the loop body writes before reading and nothing after the loop
+    touches (their value is neither live into nor out of the loop)."""
     inside = list(_leaf_ops(loop.body.block.ops))
     first: dict[str, bool] = {}
     for op in inside:
@@ -105,12 +106,15 @@ def _renameable(loop: maia.LoopOp, kernel: maia.KernelOp, scratch: set[str]) -> 
         for b in (reads | writes) & scratch:
             first.setdefault(b, b in writes and b not in reads)
     inside_ids = {id(op) for op in inside}
-    outside: set[str] = set()
+    after: set[str] = set()
+    seen = False
     for op in _leaf_ops(kernel.body.block.ops):
-        if id(op) not in inside_ids:
+        if id(op) in inside_ids:
+            seen = True
+        elif seen:
             r, w = _reads_writes(op)
-            outside |= r | w
-    return [b for b, ok in first.items() if ok and b not in outside]
+            after |= r | w
+    return [b for b, ok in first.items() if ok and b not in after]
 
 
 def double_buffer_loop(loop: maia.LoopOp, kernel: maia.KernelOp, sizes: dict[str, int],
