@@ -496,6 +496,17 @@ def format_report(r: dict[str, Any], top: int = 30) -> str:
         f"hbm traffic        {_bytes(r.get('hbm_bytes'))}",
         f"weights            {_bytes(r.get('weight_bytes'))}",
         f"sram peak          csram {_bytes(sram.get('csram'))}, tsram {_bytes(sram.get('tsram'))}",
+    ]
+    if r.get("tokens_per_s") is not None:
+        lines.append(f"tokens/s           {r['tokens_per_s']:.4g} ({r.get('mode')}, "
+                     f"{r.get('tokens')} tokens per call)")
+    resident = r.get("resident_weights") or []
+    if resident:
+        names = ", ".join(str(n).split(":", 1)[-1] for n in resident[:6])
+        more = f" and {len(resident) - 6} more" if len(resident) > 6 else ""
+        lines.append(f"resident weights   {len(resident)} in SRAM across calls "
+                     f"({_bytes(r.get('resident_weight_bytes'))}): {names}{more}")
+    lines += [
         "",
         f"{'engine':<20} {'busy':>12} {'util':>7}",
     ]

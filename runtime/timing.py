@@ -110,6 +110,7 @@ class TimingReport:
     compute_time_s: float = 0.0
     memory_time_s: float = 0.0
     dma_compute_overlap_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # added report keys (tokens/s, ...)
     events: list[Event] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -130,6 +131,7 @@ class TimingReport:
             "compute_time_s": self.compute_time_s,
             "memory_time_s": self.memory_time_s,
             "dma_compute_overlap_s": self.dma_compute_overlap_s,
+            **self.extra,
         }
 
     def summary(self) -> str:
@@ -528,7 +530,26 @@ def simulate(program: Program, target: Target | None = None) -> TimingReport:
         memory_time_s=memory,
         dma_compute_overlap_s=_overlap(sim.events),
         events=sim.events,
+        extra=_extra_keys(program, modeled, stats),
     )
+
+
+def _extra_keys(program: Program, modeled: float, stats: _Stats) -> dict[str, Any]:
+    """Report keys beyond DESIGN §5: weights resident in SRAM, HBM busy time, the
+    semantics, and tokens/s for prefill/decode programs (meta ``mode``/``tokens``)."""
+    resident = [b for b in program.buffers if b.kind == "const" and b.level != "hbm"]
+    meta = program.meta if isinstance(program.meta, dict) else {}
+    out: dict[str, Any] = {
+        "resident_weights": [b.name for b in resident],
+        "resident_weight_bytes": sum(b.nbytes for b in resident),
+        "hbm_busy_s": stats.busy.get("hbm", 0.0),
+        "async": bool(meta.get("async")),
+    }
+    if meta.get("mode") in ("prefill", "decode") and isinstance(meta.get("tokens"), int):
+        out["mode"] = meta["mode"]
+        out["tokens"] = meta["tokens"]
+        out["tokens_per_s"] = meta["tokens"] / modeled if modeled > 0 else 0.0
+    return out
 
 
 def _all_leaves(instrs: list[Instr]) -> list[Instr]:
