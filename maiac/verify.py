@@ -257,10 +257,9 @@ def _layer_probe(model: Any, model_path: str | None, proto: Any
         full = model
     inits = {i.name for i in full.graph.initializer}
     consts = inits | {o for n in full.graph.node if n.op_type == "Constant" for o in n.output}
-    have = {o.name for o in full.graph.output}
     pairs = [(node_label(n), n.output[0]) for n in full.graph.node
              if n.op_type in MATMUL_OPS and len(n.input) > 1 and n.input[1] in consts
-             and n.output and n.output[0] not in have][:MAX_LAYERS]
+             and n.output][:MAX_LAYERS]
     if not pairs:
         return None
     return with_outputs(full, [t for _, t in pairs]), pairs
