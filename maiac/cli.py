@@ -148,8 +148,10 @@ def compile_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options ``compile`` and ``verify`` share."""
     opts = [
         click.option("--quant", metavar="SPEC", default=None,
-                     help="Quantization: a preset (fp8, mxfp8, mxfp6, mxfp4, nvfp4, w4a8) or "
-                          "w=FMT,a=FMT. Default: fp32."),
+                     help="Quantization: a preset (fp8, mxfp8, mxfp6, mxfp4, nvfp4, w4a8, bf16), "
+                          "w=FMT,a=FMT (w=FMT alone: weight-only), scale=floor|ceil|rceil, "
+                          "calib=max|percentile=P, per-layer PATTERN=FMT|none overrides "
+                          "('mxfp4;lm_head=mxfp8;layers.0.*=none'). Default: fp32."),
         click.option("--shape", metavar="NAME=1x128", multiple=True,
                      help="Bind the shape of an input with symbolic dims (repeatable)."),
         click.option("--target", default="maia200", show_default=True,
@@ -159,7 +161,9 @@ def compile_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pipeline", metavar="'p1,p2{opt=v}'", default=None,
                      help="Pass pipeline to run instead of the default one."),
         click.option("--calib", metavar="DATA.npz", default=None,
-                     help="Calibration inputs for static activation scales."),
+                     help="Calibration inputs (.npz, one array per model input; an extra "
+                          "leading axis = samples) for static activation scales (fp8, nvfp4); "
+                          "default: seeded random inputs."),
     ]
     for opt in reversed(opts):
         f = opt(f)

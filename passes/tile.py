@@ -158,14 +158,17 @@ class FunctionTiler:
         if "w_scales" in op.attributes:
             attr = op.attributes["w_scales"]
             ttype = attr.get_type() if hasattr(attr, "get_type") else attr.type
-            self.counter += 1
-            name = f"const{self.counter}:{maia.attr(op, 'op', 'matmul')}.w_scales"
             dtype, shape = tensor_dtype(ttype), tensor_shape(ttype)
-            self.buffer_kind[name] = "const"
-            self.buffers.append(maia.instruction(
-                maia.BufferOp, sym=name, level="hbm", kind="const", dtype=dtype,
-                nbytes=align(max(Tensor(name, dtype, shape).nbytes, 1)), shape=list(shape),
-                value=attr))
+            name = maia.attr(op, "w_scales_buffer")  # set when tiled once already (retry)
+            if name is None:
+                self.counter += 1
+                name = f"const{self.counter}:{maia.attr(op, 'op', 'matmul')}.w_scales"
+                op.attributes["w_scales_buffer"] = maia.to_attr(name)
+                self.buffer_kind[name] = "const"
+                self.buffers.append(maia.instruction(
+                    maia.BufferOp, sym=name, level="hbm", kind="const", dtype=dtype,
+                    nbytes=align(max(Tensor(name, dtype, shape).nbytes, 1)), shape=list(shape),
+                    value=attr))
             scales = Tensor(name, dtype, shape)
         return MatmulQuant(
             w_fmt=maia.attr(op, "w_fmt", ""), w_scales=scales,
