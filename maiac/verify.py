@@ -8,6 +8,7 @@ output's cosine similarity to the fp32 reference is at least ``min_cosine``.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -192,11 +193,16 @@ def verify(model: Any, *, quant: str | None = None,
     probe = _layer_probe(model, model_path, proto) if quant and layers else None
     target_model: Any = model if model_path is None else model_path
     ref_path, ref_proto = model_path, proto
-    if probe is not None:
-        target_model, ref_path, ref_proto = probe[0], None, probe[0]
-    t0 = time.perf_counter()
-    compiled = maiac_compile(target_model, quant=quant, shapes=shapes, **compile_options)
-    compile_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="maiac-verify-") as tmp:
+        if probe is not None:
+            ref_path, ref_proto = None, probe[0]
+            target_model = probe[0]
+            if model_path is not None:  # the driver gets a file, as for the model itself
+                target_model = os.path.join(tmp, Path(model_path).name)
+                onnx.save(probe[0], target_model)
+        t0 = time.perf_counter()
+        compiled = maiac_compile(target_model, quant=quant, shapes=shapes, **compile_options)
+        compile_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     got = compiled.run(feeds)
