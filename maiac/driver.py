@@ -32,7 +32,7 @@ STAGES: dict[str, str] = {
     "onnx": "fold-constants,canonicalize",
     "maia": "lower-onnx-to-maia",
     "fuse": "fuse-norm,fuse-gelu,fuse-swiglu,fuse-attention,fuse-epilogue",
-    "tiled": "tile{buffers=4},double-buffer,prefetch,plan-memory{resident=true},sync",
+    "tiled": "tile,double-buffer,prefetch,plan-memory{resident=true},sync",
 }
 # The baseline bench/schedule.py compares against: same tiler, one TSRAM set, no double
 # buffering or prefetch, every instruction waiting for all engines to drain.

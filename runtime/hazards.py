@@ -257,14 +257,14 @@ class HazardTracker:
             if shadow is None:
                 continue
             for seg_lo, seg_hi, (w, ws, wl, rs, rl) in shadow.segments(lo, hi):
-                if w >= 0 and w != f and clock[w] < ws:
-                    clock = self._conflict(leaf, clock, w, ws, wl, sp, seg_lo, seg_hi,
-                                           "write", it)
-                if sp.write:
+                if sp.write:  # the most recent conflicts first: readers of the old data
                     for g, rseq in enumerate(rs):
                         if g != f and rseq and clock[g] < rseq:
                             clock = self._conflict(leaf, clock, g, rseq, rl[g], sp, seg_lo,
                                                    seg_hi, "read", it)
+                if w >= 0 and w != f and clock[w] < ws:
+                    clock = self._conflict(leaf, clock, w, ws, wl, sp, seg_lo, seg_hi,
+                                           "write", it)
         seq = self._record(f, count, clock)
         self.last_seq[id(leaf)] = seq
         for sp, lo, hi in ranges:

@@ -1,0 +1,117 @@
+"""Scheduling passes: double buffering, prefetch (queues, TSRAM ping-pong, resident
+weights), semaphore waits; the naive baseline; tokens/s in the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import maiac
+from maiac import models
+from maiac.driver import default_pipeline
+from maiac.runtime import isa
+from maiac.runtime.interpreter import run_program
+from maiac.runtime.timing import simulate
+
+
+def _leaves(instrs: list[isa.Instr]) -> list[isa.Instr]:
+    out: list[isa.Instr] = []
+    for ins in instrs:
+        out.extend(_leaves(ins.body) if isinstance(ins, isa.Loop) else [ins])
+    return out
+
+
+UNSCHEDULED = "tile,plan-memory"
+SMALL = {"n_clusters": "1", "tsram_bytes": "256KiB"}  # 4 tiles: loops with several blocks
+
+
+UNSCHEDULED_PIPE = default_pipeline().replace(default_pipeline().split("fuse-epilogue,")[1],
+                                              UNSCHEDULED)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> object:
+    return models.mlp(batch=8, width=256, hidden=1024, layers=2)
+
+
+def _run(program: object, model: object) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    feeds = {s.name: (rng.integers(0, 256, s.shape) if s.dtype == "i64"
+                      else rng.standard_normal(s.shape).astype(np.float32))
+             for s in program.inputs}
+    return next(iter(run_program(program, feeds).values()))
+
+
+def test_default_pipeline_has_the_schedule_passes() -> None:
+    pipe = default_pipeline()
+    for name in ("double-buffer", "prefetch", "plan-memory{resident=true}", "sync"):
+        assert name in pipe
+    assert "sync{naive=true}" in default_pipeline(schedule="naive")
+    assert "double-buffer" not in default_pipeline(schedule="naive")
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_schedules_compute_the_same_numbers(mode: str) -> None:
+    model = models.llama_decoder(models.LLAMA_TINY, mode=mode, seq=8, context=16)
+    base = maiac.compile(model, pipeline=UNSCHEDULED_PIPE)
+    assert not base.program.meta.get("async")
+    ref = _run(base.program, model)
+    for schedule in ("optimized", "naive"):
+        prog = maiac.compile(model, schedule=schedule).program
+        assert prog.meta["async"] is True
+        np.testing.assert_allclose(_run(prog, model), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_double_buffer_twins_and_overlap(mlp: object) -> None:
+    pipe = default_pipeline().replace(",tile,", ",tile{buffers=2},")
+    prog = maiac.compile(mlp, target_params=SMALL, pipeline=pipe).program
+    ref = _run(maiac.compile(mlp, pipeline=UNSCHEDULED_PIPE).program, mlp)
+    np.testing.assert_allclose(_run(prog, mlp), ref, rtol=1e-5, atol=1e-5)
+    names = [b.name for b in prog.buffers if b.kind == "scratch"]
+    assert any(n.endswith("@1") for n in names)
+    assert any(n.removesuffix("@1") in names for n in names if n.endswith("@1"))
+    rep = simulate(prog)
+    assert rep.dma_compute_overlap_s > 0
+
+
+def test_optimized_beats_naive(mlp: object) -> None:
+    params = SMALL
+    fast = simulate(maiac.compile(mlp, target_params=params).program)
+    slow = simulate(maiac.compile(mlp, target_params=params, schedule="naive").program)
+    assert fast.modeled_time_s < 0.8 * slow.modeled_time_s
+
+
+def test_prefetch_queues_by_role(mlp: object) -> None:
+    prog = maiac.compile(mlp, target_params={"csram_bytes": "64KiB"}).program
+    consts = {b.addr for b in prog.buffers if b.kind == "const" and b.level == "hbm"}
+    dmas = [i for i in _leaves(prog.instructions) if isinstance(i, isa.Dma)]
+    weight_q = {d.queue for d in dmas if d.src.level == "hbm" and d.src.addr in consts}
+    assert weight_q and weight_q <= {2, 3}
+    back_q = {d.queue for d in dmas if d.src.level == "tsram" and d.dst.level != "tsram"}
+    assert back_q == {1}
+
+
+def test_resident_weights_in_report(mlp: object) -> None:
+    prog = maiac.compile(mlp).program
+    rep = simulate(prog).to_json()
+    assert rep["resident_weight_bytes"] > 0
+    assert all(n.startswith("const") for n in rep["resident_weights"])
+    small = simulate(maiac.compile(mlp, target_params={"csram_bytes": "4KiB"}).program).to_json()
+    assert small["resident_weight_bytes"] < rep["resident_weight_bytes"]
+
+
+def test_tokens_per_s_in_report() -> None:
+    model = models.llama_decoder(models.LLAMA_TINY, mode="prefill", seq=8)
+    rep = maiac.compile(model).report()
+    assert rep["mode"] == "prefill" and rep["tokens"] == 8
+    assert rep["tokens_per_s"] == pytest.approx(8 / rep["modeled_time_s"])
+    assert "tokens_per_s" not in maiac.compile(models.mlp()).report()
+
+
+def test_llama_8b_decode_shape_only_schedules() -> None:
+    model = models.llama_decoder(models.LLAMA3_8B, mode="decode", context=4096,
+                                 weights="shape_only", layers=2)
+    prog = maiac.compile(model, shape_only=True).program
+    rep = simulate(prog).to_json()
+    assert rep["async"] and rep["tokens_per_s"] > 0
+    assert rep["roofline_fraction"] > 0.6
