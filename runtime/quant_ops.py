@@ -78,12 +78,13 @@ _PAIR_LUT: dict[str, np.ndarray] = {}
 
 
 def _pair_lut(fmt: str) -> np.ndarray:
-    """FP4: float32 values of both nibbles of every byte, shape (256, 2)."""
+    """FP4: both nibbles' float32 values of every byte as one uint64 (low nibble first)."""
     lut = _PAIR_LUT.get(fmt)
     if lut is None:
         t = F.decode(np.arange(16, dtype=np.uint8), F.get_format(fmt))
         b = np.arange(256)
-        lut = np.stack([t[b & 15], t[b >> 4]], axis=1).astype(F32)
+        pairs = np.ascontiguousarray(np.stack([t[b & 15], t[b >> 4]], axis=1), F32)
+        lut = pairs.view(np.uint64).reshape(256)
         lut.setflags(write=False)
         _PAIR_LUT[fmt] = lut
     return lut
@@ -97,9 +98,9 @@ def decode_elements(raw: np.ndarray, fmt: str, n: int) -> np.ndarray:
         return raw.astype(F32)
     lead = raw.shape[:-1]
     if f.bits == 8:
-        return F.decode(raw, f)[..., :n]
-    if f.bits == 4:
-        return _pair_lut(fmt)[raw].reshape(*lead, -1)[..., :n]
+        return np.take(F._table(f), raw)[..., :n]
+    if f.bits == 4:  # one 8-byte gather per byte yields both elements
+        return np.take(_pair_lut(fmt), raw).view(F32).reshape(*lead, -1)[..., :n]
     # FP6: three bytes → four 6-bit codes
     nb = raw.shape[-1]
     d = raw
@@ -136,6 +137,15 @@ def decode_operand(raw: np.ndarray, fmt: str, n: int, scales: np.ndarray | None,
     if f.is_blocked:
         s = block_scale_values(scales, fmt, tensor_scale)
         axis = vals.ndim + k_axis
+        k = vals.shape[axis]
+        big = f.is_mx and bool(np.any(s >= np.float32(2.0 ** (F.E8M0_BIAS - f.emax))))
+        if k % f.block_size == 0 and not big:  # whole blocks: no padding or axis moves
+            nb, blk = k // f.block_size, f.block_size
+            if k_axis == -1:
+                out = vals.reshape(*vals.shape[:-1], nb, blk) * s[..., None]
+            else:
+                out = vals.reshape(*vals.shape[:-2], nb, blk, vals.shape[-1]) * s[..., :, None, :]
+            return out.reshape(vals.shape)
         vb, moved = F._blocks(vals, axis, f.block_size)
         return F._unblocks(F._scale_blocks(vb, np.moveaxis(s, axis, -1), f), moved, axis)
     if f.scale_kind == "fp32":
