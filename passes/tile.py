@@ -83,6 +83,8 @@ class FunctionTiler:
         label = maia.attr(op, "op", op.name)
         self.counter += 1
         if isinstance(op, maia.ConstantOp):
+            if not op.results[0].uses:
+                return  # a leftover shape constant: no buffer, no bytes in the program
             self.new_buffer(f"const{self.counter}:{label}", op.results[0], "const",
                             value=op.attributes["value"])
             return
