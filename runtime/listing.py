@@ -41,7 +41,8 @@ def format_instr(instr: isa.Instr, indent: int = 0) -> list[str]:
         args = ", ".join(format_access(a) for a in instr.ins)
         extra = "".join(f" {k}={v}" for k, v in instr.attrs.items())
         body = f"tvp.{instr.fn} {format_access(instr.out)} <- {args}{extra}"
-    return [f"{pad}{body} {grid}   // {instr.op}"]
+    waits = "".join(f" wait({e}<={n})" for e, n in (instr.waits or {}).items())
+    return [f"{pad}{body} {grid}{waits}   // {instr.op}"]
 
 
 def format_program(program: Program) -> str:
