@@ -90,25 +90,48 @@ def bench_model(name: str, formats: list[str], repeat: int) -> list[dict[str, An
         rep = prog.report()
         rows.append({"model": name, "format": fmt, "cosine": cosine(out, ref),
                      "top1": top1_agreement(out, ref), "weight_bytes": rep["weight_bytes"],
-                     "weight_ratio": rep["weight_bytes"] / w32, "run_s": t,
+                     "weight_ratio": rep["weight_bytes"] / w32,
+                     "matmul_weight_ratio": matmul_weight_ratio(prog), "run_s": t,
                      "time_ratio": t / t32, "modeled_s": rep["modeled_time_s"]})
     return rows
 
 
+def matmul_weight_ratio(prog: Any) -> float | None:
+    """Bytes of the quantized matmul weights (payload + scales) / their fp32 bytes."""
+    from maiac.runtime import formats as F
+
+    stored = fp32 = 0
+    for b in prog.program.buffers:
+        if b.kind != "const":
+            continue
+        n = len(prog.program.constants.get(b.name, b""))
+        if b.name.endswith(".w_scales"):
+            stored += n
+        elif ".w." in b.name and b.name.rsplit(".w.", 1)[1] in F.FORMATS:
+            stored += n
+            fp32 += n * 32 // F.get_format(b.name.rsplit(".w.", 1)[1]).bits
+    return stored / fp32 if fp32 else None
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | format | cosine | top-1 | weight bytes | vs fp32 | interp. time "
-             "| vs fp32 | modeled time |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | format | cosine | top-1 | weight bytes | vs fp32 | matmul weights "
+             "vs fp32 | interp. time | vs fp32 | modeled time |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['format']} | error: {r['error'][:80]} "
-                         "| | | | | | |")
+                         "| | | | | | | |")
             continue
         lines.append(
             f"| {r['model']} | {r['format']} | {r['cosine']:.5f} | {r['top1']:.3f} "
-            f"| {r['weight_bytes']:,} | {r['weight_ratio']:.3f} | {r['run_s'] * 1e3:.1f} ms "
+            f"| {r['weight_bytes']:,} | {r['weight_ratio']:.3f} "
+            f"| {_ratio(r.get('matmul_weight_ratio', 1.0))} | {r['run_s'] * 1e3:.1f} ms "
             f"| {r['time_ratio']:.2f}x | {r['modeled_s'] * 1e6:.1f} us |")
     return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -290,6 +290,8 @@ def format_table(result: Mapping[str, Any]) -> str:
         verdict = "ok" if o["ok"] else "MISMATCH"
         if o.get("error"):
             verdict += f" ({o['error']})"
+        elif not o["ok"] and q != "fp32":
+            verdict += f" (cosine < {result.get('min_cosine')})"
         elif not o["ok"] and o.get("mismatch_count"):
             verdict += f" ({o['mismatch_count']} elements)"
         lines.append(
