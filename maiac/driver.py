@@ -178,7 +178,8 @@ def compile_module(model: str | Path | onnx.ModelProto, *, quant: str | None = N
     """Import and run the whole pipeline; returns the tiled, planned module."""
     module = import_for_target(model, shapes, target, target_params, shape_only)
     passes = parse_passes(pipeline or default_pipeline(quant))
-    attach_calibration(module, model, passes, calib, shapes)
+    if not shape_only:  # shape-only weights cannot run; quantize uses placeholder scales
+        attach_calibration(module, model, passes, calib, shapes)
     run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, passes),
                verify_each=verify_each, out=out, log=log)
     return module

@@ -101,8 +101,13 @@ class Calibration:
         return cls({k: float(v) for k, v in json.loads(attr.data).items()})
 
 
-def _act_attrs(name: str, q: OpQuant, calib: Calibration | None) -> dict[str, Any]:
-    """Attributes describing how the activation operand is quantized."""
+def _act_attrs(name: str, q: OpQuant, calib: Calibration | None,
+               placeholder: bool = False) -> dict[str, Any]:
+    """Attributes describing how the activation operand is quantized.
+
+    ``placeholder``: a shape-only model (no weights, so no calibration either): static
+    scales get a stand-in amax of 1; the program is for timing, it cannot run.
+    """
     a = q.a
     if a is None:
         return {}
@@ -111,6 +116,8 @@ def _act_attrs(name: str, q: OpQuant, calib: Calibration | None) -> dict[str, An
     if f.is_mx:
         out["scale_mode"] = q.scale_mode
     elif f.scale_kind in ("fp32", "e4m3+fp32"):
+        if placeholder:
+            calib = Calibration({name: 1.0})
         if calib is None or name not in calib.amax:
             raise MaiacError(
                 f"op '{name}': activation format {a} needs a static scale from calibration; "
@@ -156,6 +163,43 @@ def quantize_weight(w: np.ndarray, fmt: str, scale_mode: str
     return payload, np.ascontiguousarray(q.scales, np.uint8), q.tensor_scale
 
 
+def constant_type(value: SSAValue) -> TensorType | None:
+    """The type of ``value`` when it is a constant (through views/reshapes), data or not."""
+    owner = value.owner
+    if isinstance(owner, maia.ConstantOp):
+        return value.type  # type: ignore[return-value]
+    if isinstance(owner, maia.ReshapeOp | maia.ViewOp):
+        return value.type if constant_type(owner.operands[0]) is not None else None  # type: ignore[return-value]
+    return None
+
+
+def absent_weight(shape: tuple[int, int], fmt: str, scale_mode: str
+                  ) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Stand-ins for a shape-only weight's payload and scales: right shapes and dtypes,
+    as broadcast views (no memory), from quantizing one packing unit of columns."""
+    k, n = shape
+    unit = 1 if fmt == "bf16" or F.get_format(fmt).scale_kind == "fp32" else pack_unit(fmt)
+    payload, scales, tscale = quantize_weight(np.zeros((k, unit), np.float32), fmt, scale_mode)
+    widen = n // unit
+    payload = np.broadcast_to(payload[:, :1], (k, payload.shape[1] * widen))
+    if scales is not None:
+        scales = np.broadcast_to(scales[:, :1], (scales.shape[0], scales.shape[1] * widen))
+    return payload, scales, tscale
+
+
+def _absent_attr(arr: np.ndarray, hint: str) -> Any:
+    """A dense_resource whose data is unavailable (shape-only), typed like ``arr``."""
+    from xdsl.dialects.builtin import DenseResourceAttr
+
+    from maiac.ir.resources import register_lazy
+
+    def unavailable() -> np.ndarray:
+        raise MaiacError(f"weight '{hint}' has no data (shape-only model)")
+
+    handle = register_lazy(unavailable, arr.shape, arr.dtype, hint, available=lambda: False)
+    return DenseResourceAttr.from_params(handle, TensorType(_element_type(arr), arr.shape))
+
+
 def quantize_matmul(op: maia.MatMulOp, spec: QuantSpec, calib: Calibration | None) -> str:
     """Quantize one matmul in place; returns what was done (for the summary)."""
     name = maia.attr(op, "op", "matmul")
@@ -163,19 +207,32 @@ def quantize_matmul(op: maia.MatMulOp, spec: QuantSpec, calib: Calibration | Non
     if not q.active:
         return "fp32"
     w = constant_of(op.operands[1])
-    if w is None or w.ndim != 2 or w.dtype != np.float32:
+    wtype = constant_type(op.operands[1])
+    shape_only = w is None and wtype is not None
+    if shape_only:
+        shape = tuple(int(d) for d in wtype.get_shape())
+        if len(shape) != 2 or wtype.get_element_type() != builtin.f32:
+            return "fp32 (no constant fp32 2-D weight)"
+        k, n = shape
+    elif w is None or w.ndim != 2 or w.dtype != np.float32:
         return "fp32 (no constant fp32 2-D weight)"
-    k, n = w.shape
+    else:
+        k, n = w.shape
     reason = _skip_reason(q, k, n)
     if reason is not None:
         op.attributes["quant_skipped"] = maia.to_attr(reason)
         warnings.warn(f"quantize: op '{name}' stays fp32: {reason}", stacklevel=2)
         return f"fp32 ({reason})"
-    attrs: dict[str, Any] = _act_attrs(name, q, calib)
+    attrs: dict[str, Any] = _act_attrs(name, q, calib, placeholder=shape_only)
     if q.w is not None:
-        payload, scales, tscale = quantize_weight(w, q.w, q.scale_mode)
+        if shape_only:
+            payload, scales, tscale = absent_weight((k, n), q.w, q.scale_mode)
+            make_attr = _absent_attr
+        else:
+            payload, scales, tscale = quantize_weight(w, q.w, q.scale_mode)
+            make_attr = constant_attr
         const = maia.ConstantOp.create(
-            attributes={"value": constant_attr(payload, f"{name}.w.{q.w}"),
+            attributes={"value": make_attr(payload, f"{name}.w.{q.w}"),
                         "op": maia.to_attr(f"{name}.w.{q.w}")},
             result_types=[TensorType(_element_type(payload), payload.shape)])
         block = op.parent_block()
@@ -188,7 +245,7 @@ def quantize_matmul(op: maia.MatMulOp, spec: QuantSpec, calib: Calibration | Non
         if q.w != "bf16":
             attrs["scale_mode"] = q.scale_mode
         if scales is not None:
-            op.attributes["w_scales"] = constant_attr(scales, f"{name}.w_scales")
+            op.attributes["w_scales"] = make_attr(scales, f"{name}.w_scales")
         if tscale is not None:
             attrs["w_tensor_scale"] = float(tscale)
     attrs["fmt"] = matmul_ttu_format(q.w, q.a)

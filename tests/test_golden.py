@@ -107,3 +107,14 @@ def test_llama_8b_shape_only_compiles_without_weights() -> None:
     assert report["weight_bytes"] > 4 * 2 * 4096 * 128256  # embeddings + lm_head at least
     with pytest.raises(MaiacError):
         compiled.run({})
+
+
+@pytest.mark.parametrize("quant", ["bf16", "fp8", "mxfp4", "nvfp4"])
+def test_shape_only_models_quantize_for_timing(quant: str) -> None:
+    """Narrow formats apply to weights that have no values: bytes shrink, time drops."""
+    model = models.llama_decoder(models.LLAMA3_8B, mode="decode", context=256, layers=1,
+                                 weights="shape_only")
+    fp32 = maiac.compile(model, shape_only=True).report()
+    narrow = maiac.compile(model, shape_only=True, quant=quant).report()
+    assert narrow["weight_bytes"] < fp32["weight_bytes"]
+    assert narrow["modeled_time_s"] < fp32["modeled_time_s"]

@@ -182,7 +182,7 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
             dma(src_a, Access(ta, ta_dtype, (bm, bk), (bk, 1)), grid, queue=0),
             dma(src_b, Access(tb, b.dtype, (bk, bnb), (bnb, 1)), grid, queue=1),
             *b_ops,
-            *a_ops,
+            *(op.clone() for op in a_ops),  # fresh ops: step() builds the peel and the loop
             mm(a_mm or Access(ta, ta_dtype, (bm, bk), (bk, 1)),
                Access(tb, b.dtype, (bk, bnb), (bnb, 1)),
                Access(tc, "f32", (bm, bn), (bn, 1)), grid, accumulate=k_index > 0 or inner,
