@@ -172,12 +172,31 @@ class AttentionOp(TensorOp):
     s_row, s_col]`` in elements of its operand over the logical blocks
     ``q: [B, Hkv, G, Sq, D]``, ``k, v: [B, Hkv, G, Sk, D]`` (``s_G = 0``: shared K/V),
     ``mask: [B, Hkv, G, Sq, Sk]`` (additive, 0 strides broadcast). The result is
-    contiguous ``[B, Hkv * G, Sq, D]``. ``causal`` records that the mask holds a causal
-    pattern (informational; the mask operand carries the values).
+    contiguous ``[B, Hkv * G, Sq, D]``, unless ``out_view = [offset, s_B, s_Hkv, s_G,
+    s_row, s_col]`` gives where element ``[b, hkv, g, row, col]`` goes in the result
+    (e.g. straight into the ``[B, Sq, H, D]`` layout the output projection reads).
+    ``causal`` records that the mask hides exactly the keys after each query (key ``c``
+    is hidden from query ``r`` iff ``c > r + Sk - Sq``). Without a mask operand, a causal
+    attention generates that mask on the TVP and skips the key blocks it hides entirely.
     """
 
     name = "maia.attention"
     ARITY: ClassVar[tuple[int, int]] = (3, 4)
+
+
+@irdl_op_definition
+class RopeOp(TensorOp):
+    """Rotate-half rotary embedding ``x * cos + rotate_half(x) * sin`` over the last axis.
+
+    Operands ``(x, cos, sin)``; ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])``.
+    ``x`` is the *source* of a strided view (passes/fuse_views.py): ``x_view = [offset,
+    *strides]`` in elements of operand ``x`` over the result's shape, so a head transpose
+    in front of RoPE is never materialized. ``cos``/``sin`` broadcast (numpy rules) to the
+    contiguous result.
+    """
+
+    name = "maia.rope"
+    ARITY: ClassVar[tuple[int, int]] = (3, 3)
 
 
 # ---- tiled level -------------------------------------------------------------------
@@ -234,7 +253,7 @@ Maia = Dialect(
     "maia",
     [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
      ViewOp, ReshapeOp, ConcatOp, AttentionOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
-     VecOp],
+     VecOp, RopeOp],
 )
 
 

@@ -105,6 +105,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.fuse_norm", "FuseNormPass"),
     ("maiac.passes.fuse_gelu", "FuseGeluPass"),
     ("maiac.passes.fuse_swiglu", "FuseSwigluPass"),
+    ("maiac.passes.fuse_rope", "FuseRopePass"),
     ("maiac.passes.fuse_attention", "FuseAttentionPass"),
     ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
     ("maiac.passes.quantize", "QuantizePass"),

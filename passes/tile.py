@@ -143,6 +143,10 @@ class FunctionTiler:
         elif isinstance(op, maia.NormOp):
             tile_elementwise(kernel, fn, ins, out, self.budget, {"eps": maia.attr(op, "eps")},
                              row=True)
+        elif isinstance(op, maia.RopeOp):
+            offset, *strides = maia.attr(op, "x_view")
+            tile_elementwise(kernel, "rope", ins, out, self.budget, row=True,
+                             views={0: (offset, strides)})
         elif isinstance(op, maia.GatherOp):
             tile_gather(kernel, ins[0], ins[1], out, self.budget)
         elif isinstance(op, maia.ViewOp):

@@ -123,6 +123,13 @@ def _exp_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.exp(np.where(np.isnan(d) & np.isneginf(a), -np.inf, d)).astype(np.float32)
 
 
+def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate-half RoPE over the last axis: ``x * cos + concat(-x2, x1) * sin``."""
+    half = x.shape[-1] // 2
+    rotated = np.concatenate([np.negative(x[..., half:]), x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -190,6 +197,8 @@ _FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "layernorm": ("float", lambda x, s, b, at: _layernorm(x, s, b, at.get("eps", 1e-5))),
     "rmsnorm": ("float", lambda x, s, at: _rmsnorm(x, s, at.get("eps", 1e-5))),
     "quantize": ("float", lambda x, at: quantize_rows(x, at)),
+    "rope": ("float", lambda x, c, s, at: _rope(x, c, s)),
+    "causal_mask": ("float", lambda s, q, k, at: np.where(k > q, np.float32(-np.inf), s)),
 }
 assert set(_FNS) == set(isa.VEC_FNS), set(isa.VEC_FNS) ^ set(_FNS)
 

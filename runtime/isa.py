@@ -60,7 +60,15 @@ ROW_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "softmax",
 # attrs["fmt"] (runtime/quant_ops.py quantize_rows: packed codes ‖ block scales; FP8 with
 # a static attrs["scale"]: f8 elements). Appended to ROW_FNS' arity (one input).
 QUANT_FNS = ("quantize",)
-VEC_FNS = UNARY_FNS + BINARY_FNS + TERNARY_FNS + ROW_FNS + QUANT_FNS
+# Three-input functions appended after the quantize op (append-only):
+# * ``rope(x, cos, sin)``: rotate-half rotary embedding ``x * cos + rotate_half(x) * sin``
+#   with ``rotate_half(x) = concat(-x[..., D/2:], x[..., :D/2])`` over the last axis of the
+#   block (whole rows of head_dim); cos/sin broadcast through stride-0 dims.
+# * ``causal_mask(s, qpos, kpos)``: ``s`` where ``kpos <= qpos``, ``-inf`` elsewhere — the
+#   causal mask of a score block generated from the positions of its rows ([bq, 1]) and
+#   columns ([1, bk]) instead of loaded from memory.
+POSITIONAL_FNS = ("rope", "causal_mask")
+VEC_FNS = UNARY_FNS + BINARY_FNS + TERNARY_FNS + ROW_FNS + QUANT_FNS + POSITIONAL_FNS
 
 
 @dataclass

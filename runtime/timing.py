@@ -56,6 +56,8 @@ VEC_OPS: dict[str, int] = {
     "scale": 1, "exp_sub": 7,
     # ASSUMED: |x|, block max, scale exponent, divide, round/saturate, pack
     "quantize": 6,
+    "rope": 3,  # x*cos, rotated*sin (the sign flip is free), add
+    "causal_mask": 2,  # compare, select
 }
 ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "quantize")
 

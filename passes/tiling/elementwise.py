@@ -71,17 +71,22 @@ def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], 
 
 def tile_elementwise(kernel: Kernel, fn: str, ins: Sequence[Tensor], out: Tensor,
                      budget: Budget, params: dict[str, Any] | None = None,
-                     row: bool = False) -> None:
+                     row: bool = False,
+                     views: dict[int, tuple[int, Sequence[int]]] | None = None) -> None:
     """Append to ``kernel`` the instructions computing ``out = fn(*ins)``.
 
-    ``row``: ``fn`` works on the last axis (softmax, norms, reductions); for reductions
-    ``out`` has last extent 1 while the iteration space is the input's.
+    ``row``: ``fn`` works on the last axis (softmax, norms, reductions, rope); for
+    reductions ``out`` has last extent 1 while the iteration space is the input's.
+    ``views``: input index → (offset, strides) reading that input as a strided view over
+    the output's shape instead of a contiguous (broadcast) tensor (see fuse_views.py).
     """
-    space = ins[0].shape if row else out.shape
+    space = out.shape if views else ins[0].shape if row else out.shape
     if not space:
         space = (1,)
     reduced = row and out.shape[-1:] == (1,) and space[-1] != 1
-    in_strides = [broadcast_strides(t.shape or (1,), space) for t in ins]
+    in_strides = [tuple((views or {})[i][1]) if i in (views or {}) else
+                  broadcast_strides(t.shape or (1,), space) for i, t in enumerate(ins)]
+    offsets = [int((views or {})[i][0]) if i in (views or {}) else 0 for i in range(len(ins))]
     out_strides = contiguous(out.shape or (1,))
     if reduced:
         out_strides = out_strides[:-1] + (0,)
@@ -108,7 +113,7 @@ def tile_elementwise(kernel: Kernel, fn: str, ins: Sequence[Tensor], out: Tensor
         bcast = [s == 0 for s in strides]
         unique = tuple(1 if z else e for e, z in zip(block, bcast, strict=True))
         name = kernel.scratch_buffer(f"in{i}", t.dtype, unique)
-        src = Access(t.buf, t.dtype, unique, tuple(strides), t.off,
+        src = Access(t.buf, t.dtype, unique, tuple(strides), t.off + offsets[i],
                      split.tile_strides(steps(strides)), split.loop_strides(steps(strides)))
         body.append(dma(src, Access(name, t.dtype, unique, contiguous(unique)), grid, queue=i % 2))
         tsram_ins.append(Access(name, t.dtype, block, compact_strides(block, bcast)))
@@ -126,7 +131,8 @@ def tile_elementwise(kernel: Kernel, fn: str, ins: Sequence[Tensor], out: Tensor
                            split.tile_strides(steps(out_st)), split.loop_strides(steps(out_st))),
                     grid, queue=1))
     kernel.body.extend(loop(split.trips, body))
-    ops_per_elem = {"softmax": 5, "log_softmax": 5, "layernorm": 8, "rmsnorm": 5}.get(fn, 1)
+    ops_per_elem = {"softmax": 5, "log_softmax": 5, "layernorm": 8, "rmsnorm": 5,
+                    "rope": 3}.get(fn, 1)
     elems = 1
     for e in space:
         elems *= e
