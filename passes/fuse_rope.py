@@ -42,7 +42,9 @@ def _half_slice(value: SSAValue, x: SSAValue, first: bool) -> Operation | None:
         return None
     offset = int(maia.attr(view, "offset", 0))
     strides = tuple(maia.attr(view, "strides", ()))
-    if offset != (0 if first else d // 2) or strides != contiguous_strides(shape):
+    own = contiguous_strides(shape)
+    if offset != (0 if first else d // 2) or len(strides) != len(shape) or any(
+            s != o for s, o, e in zip(strides, own, tensor_shape(value.type), strict=True) if e > 1):
         return None
     return view
 
