@@ -34,9 +34,10 @@ STAGES: dict[str, str] = {
     "fuse": "fuse-norm,fuse-gelu,fuse-swiglu,fuse-rope,fuse-attention,fuse-epilogue",
     "tiled": "tile,double-buffer,prefetch,plan-memory{resident=true},sync",
 }
-# The baseline bench/schedule.py compares against: same tiler, one TSRAM set, no double
-# buffering or prefetch, every instruction waiting for all engines to drain.
-NAIVE_TILED = "tile,plan-memory,sync{naive=true}"
+# The baseline bench/schedule.py compares against: fixed 128-blocks (no cost model, no
+# split-K decode attention), one TSRAM set, no double buffering or prefetch, every
+# instruction waiting for all engines to drain.
+NAIVE_TILED = "tile{fixed=128},plan-memory,sync{naive=true}"
 SCHEDULES = ("optimized", "naive")
 EMIT_CHOICES = ("onnx", "maia", "tiled", "asm")
 

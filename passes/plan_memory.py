@@ -3,8 +3,9 @@
 Inputs, outputs and constants live in HBM for the whole program. Activations are
 placed by liveness (first and last kernel that touches them): first-fit into CSRAM when
 ``csram`` is on and they fit, else into HBM, reusing space whose tenant is dead.
-TSRAM scratch belongs to one kernel: bump-allocated from 0 per kernel, so a kernel whose
-working set exceeds TSRAM is an error naming its op.
+TSRAM scratch belongs to one kernel: bump-allocated per kernel (from 0, or, with the
+`prefetch` pass's ``maia.tsram_pingpong``, in a ring right after the previous kernel's
+scratch), so a kernel whose working set exceeds TSRAM is an error naming its op.
 """
 
 from __future__ import annotations
@@ -96,12 +97,19 @@ def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int,
             if addr is not None:
                 csram.append(Placed(addr, size, 0, len(kernels)))
                 _place(buf, "csram", addr)
-    pingpong = bool(maia.attr(fn, "maia.tsram_pingpong", False))
-    for index, kernel in enumerate(kernels):
+    ring = bool(maia.attr(fn, "maia.tsram_pingpong", False))
+    cursor = 0
+    for kernel in kernels:
         scratch = [b for b in kernel.body.block.ops if isinstance(b, maia.BufferOp)]
         total = sum(align(maia.attr(b, "nbytes")) for b in scratch)
-        # prefetch ping-pong: odd kernels from the top, so neighbours do not share bytes
-        top = tsram_capacity - total if pingpong and index % 2 and total <= tsram_capacity else 0
+        top = 0
+        if ring and total <= tsram_capacity:
+            # prefetch ring: each kernel's scratch right after the previous kernel's,
+            # wrapping to 0 when it would pass the end, so a kernel's loads land on bytes
+            # no recent kernel uses and start as early as their queue allows
+            if cursor + total > tsram_capacity:
+                cursor = 0
+            top, cursor = cursor, cursor + total
         for buf in scratch:
             _place(buf, "tsram", top)
             top += align(maia.attr(buf, "nbytes"))

@@ -7,11 +7,13 @@ TSRAM bytes are free — during the previous op:
 * queues by role: activation loads on ``dma0``, write-backs (TSRAM → anywhere) on
   ``dma1``, constant (weight) loads alternating on ``dma2``/``dma3`` (queue order is
   program order, so a weight load never queues behind a write-back that waits for
-  compute);
-* TSRAM ping-pong: the function gets ``maia.tsram_pingpong``; ``plan-memory`` then puts
-  the scratch of odd kernels at the top of TSRAM and of even ones at the bottom, so two
-  consecutive kernels use disjoint bytes whenever they fit together (the tiler keeps
-  blocks to a share of TSRAM: ``tile{buffers=4}``);
+  compute); so do copies of a program input that stay outside the tiles (a KV cache
+  concatenated with the new row: the past part depends on no compute, so it streams
+  from HBM early instead of queueing behind the activation loads);
+* a TSRAM ring: the function gets ``maia.tsram_pingpong``; ``plan-memory`` then puts
+  each kernel's scratch right after the previous kernel's, wrapping to 0 at the end, so
+  consecutive kernels use disjoint bytes as long as their working sets fit together
+  (decode: the next few matmuls' weight slices load while attention and norms run);
 * weights that fit stay resident in CSRAM across calls (``plan-memory{resident=true}``),
   so they need no HBM traffic at all.
 """
@@ -32,10 +34,10 @@ def assign_queues(fn: func.FuncOp) -> None:
     """Give every DMA/gather the queue of its role (see module docstring)."""
     kinds = {maia.attr(b, "sym"): (maia.attr(b, "kind"), maia.attr(b, "level"))
              for b in fn.walk() if isinstance(b, maia.BufferOp)}
+    weights = 0  # alternates across kernels: the next op's weights queue beside this op's
     for kernel in fn.body.block.ops:
         if not isinstance(kernel, maia.KernelOp):
             continue
-        weights = 0
         for op in kernel.walk():
             if not isinstance(op, maia.DmaOp | maia.GatherRowsOp):
                 continue
@@ -44,7 +46,7 @@ def assign_queues(fn: func.FuncOp) -> None:
             dst = accs.get("dst")
             src_kind, src_level = kinds.get(src["buf"], ("", "")) if src else ("", "")
             dst_kind, dst_level = kinds.get(dst["buf"], ("", "")) if dst else ("", "")
-            if src_kind == "const":
+            if src_kind == "const" or (src_kind == "input" and dst_kind != "scratch"):
                 queue = WEIGHT_QUEUES[weights % len(WEIGHT_QUEUES)]
                 weights += 1
             elif src_kind == "scratch" and dst_kind != "scratch":
@@ -55,7 +57,7 @@ def assign_queues(fn: func.FuncOp) -> None:
 
 
 class PrefetchPass(ModulePass):
-    """DMA queues by role and TSRAM ping-pong between kernels (weights prefetch)."""
+    """DMA queues by role and a TSRAM ring across kernels (weights prefetch)."""
 
     name = "prefetch"
 

@@ -19,6 +19,7 @@ from xdsl.passes import ModulePass
 
 from maiac.ir import maia
 from maiac.ir.types import tensor_dtype, tensor_shape
+from maiac.passes.tiling import decode_attention
 from maiac.passes.tiling.attention import tile_attention
 from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
 from maiac.passes.tiling.elementwise import tile_elementwise
@@ -45,6 +46,7 @@ def budget_of(target: Target) -> Budget:
         tile_flops=target.ttu_flops["f32"] / target.n_tiles,
         tile_bw=target.hbm_bw / target.n_tiles,
         instr_overhead_s=target.instr_latency_s,
+        dma_latency_s=target.dma_latency_s,
     )
 
 
@@ -77,6 +79,16 @@ class FunctionTiler:
             maia.BufferOp, sym=name, level="hbm", nbytes=align(max(tensor.nbytes, 1)), kind=kind,
             dtype=dtype, shape=list(shape), **extra))
         self.values[ssa] = tensor
+        return tensor
+
+    def act_buffer(self, name: str, shape: tuple[int, ...], dtype: str = "f32") -> Tensor:
+        """An activation buffer of the tiler's own (no tensor value: e.g. partial results
+        one kernel's instructions pass between its phases)."""
+        tensor = Tensor(name, dtype, shape)
+        self.buffer_kind[name] = "act"
+        self.buffers.append(maia.instruction(
+            maia.BufferOp, sym=name, level="hbm", nbytes=align(max(tensor.nbytes, 1)),
+            kind="act", dtype=dtype, shape=list(shape)))
         return tensor
 
     def tile_op(self, op: Operation) -> None:
@@ -128,6 +140,15 @@ class FunctionTiler:
                         act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"),
                         residual=residual, residual_fn=residual_fn or "add",
                         quant=self._matmul_quant(op))
+        elif isinstance(op, maia.AttentionOp) and not self.budget.fixed_block and \
+                decode_attention.applies(maia.attr(op, "dims"), len(ins),
+                                         bool(maia.attr(op, "causal", False))):
+            views = {name: maia.attr(op, f"{name}_view") for name in ("q", "k", "v", "mask")}
+            decode_attention.tile_decode_attention(
+                kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None, out,
+                self.budget, maia.attr(op, "dims"), views, maia.attr(op, "scale", 1.0),
+                partial=lambda name, shape: self.act_buffer(f"{kernel.uid}/{name}", shape),
+                out_view=maia.attr(op, "out_view"))
         elif isinstance(op, maia.AttentionOp):
             views = {name: maia.attr(op, f"{name}_view") for name in ("q", "k", "v", "mask")}
             tile_attention(kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None,
@@ -208,9 +229,13 @@ class FunctionTiler:
             self.kernels.append(kernel.build())
 
 
-def tile_function(fn: func.FuncOp, budget: Budget, buffers: int = 1) -> None:
+def tile_function(fn: func.FuncOp, budget: Budget, buffers: int = 1, fixed: int = 0) -> None:
     """Tile ``fn``; ``buffers`` > 1: blocks sized for 1/buffers of TSRAM when they can be
-    (room for double-buffer twins and the next kernel's prefetched blocks)."""
+    (room for double-buffer twins and the next kernel's prefetched blocks); ``fixed`` > 0:
+    matmul blocks of at most ``fixed`` rows/columns/depth, no cost model (the naive
+    baseline), and no split-K decode attention."""
+    if fixed:
+        budget = dataclasses.replace(budget, fixed_block=fixed)
     if buffers > 1:
         share = dataclasses.replace(budget, tsram_bytes=budget.tsram_bytes // buffers)
         tiler = FunctionTiler(share, budget)
@@ -251,9 +276,10 @@ class TilePass(ModulePass):
     name = "tile"
 
     buffers: int = 1  # size blocks for TSRAM / buffers (double buffering + prefetch: 4)
+    fixed: int = 0  # > 0: fixed blocks of this size, no cost model (naive baseline: 128)
 
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         budget = budget_of(module_target(op))
         for fn in list(op.walk()):
             if isinstance(fn, func.FuncOp):
-                tile_function(fn, budget, max(1, self.buffers))
+                tile_function(fn, budget, max(1, self.buffers), max(0, self.fixed))

@@ -189,6 +189,8 @@ class Budget:
     tile_flops: float  # TTU fp32-equivalent flop/s of one tile
     tile_bw: float  # bytes/s one tile can stream from HBM when all tiles stream
     instr_overhead_s: float = 1e-7
+    dma_latency_s: float = 5e-7  # fixed cost of one DMA instruction
+    fixed_block: int = 0  # > 0: naive tiling, blocks of this size (no cost model)
 
 
 def broadcast_strides(shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:

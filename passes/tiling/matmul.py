@@ -83,8 +83,13 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     ``bk`` is a multiple of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized
     operands: whole scale blocks along K, whole packed bytes along N).
     """
-    best: tuple[float, int, int, int] | None = None
     slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
+    if budget.fixed_block:
+        fixed = _fixed_blocks(m, n, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step,
+                              slack)
+        if fixed is not None:
+            return fixed
+    best: tuple[float, int, int, int] | None = None
     for bm in divisors(m):
         for bn in divisors(n):
             if bn % n_step:
@@ -104,6 +109,22 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     if best is None:
         raise MaiacError("no matmul block fits TSRAM")
     return best[1], best[2], best[3]
+
+
+def _fixed_blocks(m: int, n: int, k: int, a_size: float, b_size: float, budget: Budget,
+                  extra_row_bytes: int, k_step: int, n_step: int,
+                  slack: int) -> tuple[int, int, int] | None:
+    """The naive baseline's blocks: the largest divisors up to ``budget.fixed_block``
+    (no cost model); None when they do not fit TSRAM."""
+    size = budget.fixed_block
+
+    def pick(extent: int, step: int) -> int:
+        ok = [x for x in divisors(extent) if x <= size and (x % step == 0 or x == extent)]
+        return max(ok) if ok else extent
+    bm, bn, bk = pick(m, 1), pick(n, n_step), pick(k, k_step)
+    need = (align(bm * bn * 4) + align(bn * extra_row_bytes) + slack
+            + align(math.ceil(bm * bk * a_size)) + align(math.ceil(bk * bn * b_size)))
+    return (bm, bn, bk) if need <= budget.tsram_bytes else None
 
 
 def _deepest_k(k: int, bm: int, bn: int, a_size: float, b_size: float, room: int,
