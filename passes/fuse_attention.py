@@ -18,6 +18,7 @@ and probabilities must have no other users.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ from maiac.passes.fuse_match import (
 )
 from maiac.passes.fuse_views import Strided, resolve
 from maiac.passes.tiling.common import divisors
+from maiac.runtime.isa import contiguous_strides
 
 MASKED = -1e4  # an additive mask entry at or below this is "masked" (for `causal`)
 
@@ -141,15 +143,34 @@ def _mask_view(mask: SSAValue, b: int, hkv: int, g: int, sq: int, sk: int) -> St
     return Strided(view.base, view.offset, (b, hkv, g, sq, sk), strides)
 
 
+CAUSAL_LIMIT = 1 << 28  # mask elements read at compile time to recognize a causal mask
+
+
+def _future(sq: int, sk: int) -> np.ndarray:
+    """``[sq, sk]``: True where key ``c`` comes after query ``r`` (``c > r + sk - sq``)."""
+    rows, cols = np.indices((sq, sk))
+    return cols > rows + (sk - sq)
+
+
 def is_causal(mask: SSAValue, sq: int, sk: int) -> bool:
     """True if ``mask`` is a constant hiding exactly the keys after each query."""
-    arr = constant_array(mask, limit=1 << 24)
+    arr = constant_array(mask, limit=CAUSAL_LIMIT)
     if arr is None or arr.shape[-2:] != (sq, sk):
         return False
-    rows, cols = np.indices((sq, sk))
-    future = cols > rows + (sk - sq)
+    future = _future(sq, sk)
     arr = arr.astype(np.float32)
     return bool(np.all(arr[..., future] <= MASKED) and np.all(arr[..., ~future] == 0))
+
+
+def _causal_where(cond: SSAValue, fill: float, keep_when: bool, sq: int, sk: int) -> bool:
+    """True if ``where(cond, ...)`` with ``fill`` hides exactly the keys after each query."""
+    if fill > MASKED:
+        return False
+    c = constant_array(cond, limit=CAUSAL_LIMIT)
+    if c is None or c.shape[-2:] != (sq, sk):
+        return False
+    hidden = ~c.astype(bool) if keep_when else c.astype(bool)
+    return bool(np.all(hidden == _future(sq, sk)))
 
 
 class FuseAttention(RewritePattern):
@@ -193,13 +214,19 @@ class FuseAttention(RewritePattern):
         if views is None:
             return
         q5, k5, v5, g = views
-        if where_mask is not None:
-            mask = _additive_mask(*where_mask, rewriter)
         ins = [q5.base, k5.base, v5.base]
         attrs: dict[str, object] = {
             "op": label(op), "dims": [b, h // g, g, sq, sk, d], "scale": float(scores.scale),
             "kv_groups": g, "causal": False,
             "q_view": _view_attr(q5), "k_view": _view_attr(k5), "v_view": _view_attr(v5)}
+        # a constant causal mask (with Sk >= Sq: every row sees a key) is not loaded at
+        # all: the tiler generates it per block and skips the hidden key blocks
+        if sk >= sq and ((where_mask is not None and _causal_where(*where_mask[1:], sq, sk))
+                         or (mask is not None and is_causal(mask, sq, sk))):
+            attrs["causal"] = True
+            mask = where_mask = None
+        if where_mask is not None:
+            mask = _additive_mask(*where_mask, rewriter)
         if mask is not None:
             m5 = _mask_view(mask, b, h // g, g, sq, sk)
             if m5 is None:
@@ -235,6 +262,63 @@ def _view_attr(view: Strided) -> list[int]:
     return [int(view.offset), *(int(s) for s in view.strides)]
 
 
+def output_strides(view: Operation, dims: list[int]) -> list[int] | None:
+    """Where a permuting ``maia.view`` of an attention result puts each logical element.
+
+    The result is contiguous ``[B, Hkv, G, Sq, D]``; returns ``[0, s_B, s_Hkv, s_G, s_row,
+    s_col]``, the strides of those dims in the view's (contiguous) result, or None unless
+    the view is a bijection that keeps every dim whole (transposes, head merges).
+    """
+    b, hkv, g, sq, _, d = dims
+    shape = (b, hkv, g, sq, d)
+    in_strides = contiguous_strides(shape)
+    out_shape = tensor_shape(view.results[0].type)
+    if int(maia.attr(view, "offset", 0)) or math.prod(out_shape) != math.prod(shape):
+        return None
+    result = [0] * len(shape)
+    covered: set[int] = set()
+    for extent, stride, placed in zip(out_shape, maia.attr(view, "strides", ()),
+                                      contiguous_strides(out_shape), strict=True):
+        if extent == 1:
+            continue
+        found = [i for i, (n, c) in enumerate(zip(shape, in_strides, strict=True))
+                 if n > 1 and c == stride]
+        if not found:
+            return None
+        i, left = found[0], extent
+        while left > 1:  # an output dim may merge input dims (the heads: Hkv x G)
+            if i < 0 or i in covered or left % shape[i]:
+                return None
+            if shape[i] > 1:
+                result[i], placed, left = placed, placed * shape[i], left // shape[i]
+                covered.add(i)
+            i -= 1
+    if covered != {i for i, n in enumerate(shape) if n > 1}:
+        return None
+    return [0, *result]
+
+
+class AttentionOutputView(RewritePattern):
+    """``view(attention(...))`` (the head transpose after attention) → an attention that
+    writes each ``[bq, D]`` block straight to its place in the view's layout."""
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter, /) -> None:
+        if op.name != "maia.view":
+            return
+        source = op.operands[0]
+        attention = producer(source, "maia.attention")
+        if attention is None or not source.has_one_use() or "out_view" in attention.attributes:
+            return
+        strides = output_strides(op, list(maia.attr(attention, "dims")))
+        if strides is None:
+            return
+        attrs = {k: maia.from_attr(v) for k, v in attention.attributes.items()}
+        fused = new_op(maia.AttentionOp, list(attention.operands), op.results[0].type,
+                       **attrs, out_view=strides)
+        rewriter.replace(op, fused)
+        rewriter.erase(attention)
+
+
 @dataclass(frozen=True)
 class FuseAttentionPass(ModulePass):
     """Scaled dot-product attention chains (incl. masks and GQA) → ``maia.attention``."""
@@ -243,3 +327,4 @@ class FuseAttentionPass(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         PatternRewriteWalker(FuseAttention(), apply_recursively=False).rewrite_module(op)
+        PatternRewriteWalker(AttentionOutputView(), apply_recursively=False).rewrite_module(op)

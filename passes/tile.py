@@ -12,12 +12,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import builtin, func
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from maiac.ir import maia
+from maiac.ir.resources import constant_attr
 from maiac.ir.types import tensor_dtype, tensor_shape
 from maiac.passes.tiling import decode_attention
 from maiac.passes.tiling.attention import tile_attention
@@ -114,7 +116,7 @@ class FunctionTiler:
         fn = maia.attr(op, "fn")
         try:
             try:
-                self._fill(kernel, op, fn, ins, out)
+                extra = self._fill(kernel, op, fn, ins, out)
             except MaiacError:
                 if self.full_budget is None:
                     raise
@@ -123,15 +125,29 @@ class FunctionTiler:
                 kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
                 budget, self.budget = self.budget, self.full_budget
                 try:
-                    self._fill(kernel, op, fn, ins, out)
+                    extra = self._fill(kernel, op, fn, ins, out)
                 finally:
                     self.budget = budget
         except MaiacError as err:
             raise MaiacError(f"{err} [op '{label}', {kind}]") from None
         self.kernels.append(kernel.build())
+        self.kernels.extend(k.build() for k in extra)
+
+    def positions(self, n: int) -> Tensor:
+        """A constant f32 ``arange(n)`` (row/column positions for generated causal masks),
+        one buffer per length per function."""
+        name = f"const:positions{n}"
+        if name not in self.buffer_kind:
+            self.buffer_kind[name] = "const"
+            value = constant_attr(np.arange(n, dtype=np.float32), f"positions{n}")
+            self.buffers.append(maia.instruction(
+                maia.BufferOp, sym=name, level="hbm", kind="const", dtype="f32",
+                nbytes=align(4 * n), shape=[n], value=value))
+        return Tensor(name, "f32", (n,))
 
     def _fill(self, kernel: Kernel, op: Operation, fn: str | None, ins: list[Tensor],
-              out: Tensor) -> None:
+              out: Tensor) -> list[Kernel]:
+        """Tile ``op`` into ``kernel``; returns further kernels to run after it."""
         if isinstance(op, maia.MatMulOp):
             residual_fn = maia.attr(op, "residual")
             residual = ins[-1] if residual_fn else None
@@ -151,9 +167,12 @@ class FunctionTiler:
                 out_view=maia.attr(op, "out_view"))
         elif isinstance(op, maia.AttentionOp):
             views = {name: maia.attr(op, f"{name}_view") for name in ("q", "k", "v", "mask")}
-            tile_attention(kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None,
-                           out, self.budget, maia.attr(op, "dims"), views,
-                           maia.attr(op, "scale", 1.0))
+            causal = bool(maia.attr(op, "causal", False)) and len(ins) == 3
+            return tile_attention(
+                kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None, out,
+                self.budget, maia.attr(op, "dims"), views, maia.attr(op, "scale", 1.0),
+                causal=causal, positions=self.positions(maia.attr(op, "dims")[4])
+                if causal else None, out_view=maia.attr(op, "out_view"))
         elif isinstance(op, maia.UnaryOp | maia.BinaryOp):
             params = {"fmod": 1} if maia.attr(op, "fmod") else None
             tile_elementwise(kernel, fn, ins, out, self.budget, params)
@@ -176,6 +195,7 @@ class FunctionTiler:
             tile_concat(kernel, ins, out, maia.attr(op, "axis"))
         else:
             raise MaiacError(f"no tiler for {op.name}")
+        return []
 
     def _matmul_quant(self, op: Operation) -> MatmulQuant | None:
         """The quantized operands the `quantize` pass recorded on a matmul (or None)."""

@@ -99,12 +99,13 @@ def _rope_model(b: int, s: int, h: int, d: int, tables_as_inputs: bool) -> onnx.
                                                                   [b, h, s, d])])
 
 
-@pytest.mark.parametrize("tables_as_inputs", [False, True])
-def test_rope_matches_onnxruntime(tables_as_inputs: bool) -> None:
-    """One maia.rope (constant or run-time cos/sin tables), reading x through its transpose."""
+@pytest.mark.parametrize(("b", "tables_as_inputs"), [(2, False), (2, True), (1, False)])
+def test_rope_matches_onnxruntime(b: int, tables_as_inputs: bool) -> None:
+    """One maia.rope (constant or run-time cos/sin tables), reading x through its transpose
+    (batch 1: the Slice views have stride 0 on the unit batch dim)."""
     from maiac.models import _rope_tables
 
-    b, s, h, d = 2, 24, 3, 32
+    s, h, d = 24, 3, 32
     model = _rope_model(b, s, h, d, tables_as_inputs)
     ops = maia_ops(model, f"{LOWER},{STAGES['fuse']}")
     assert ops == {"maia.rope": 1}
@@ -215,3 +216,104 @@ def test_exported_model_op_counts(name: str) -> None:
     out = maiac.compile(path, shapes=shapes).run(feeds)
     for key, value in out.items():
         np.testing.assert_allclose(value, ref[key], rtol=1e-4, atol=1e-4)
+
+
+def _causal_model(b: int, h: int, hkv: int, sq: int, past: int, d: int,
+                  masked: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """Attention of ``sq`` new tokens over ``past`` cached ones (past_k/past_v inputs,
+    Concat), GQA repeat, causal Where mask ``[sq, past + sq]`` (not square with a cache),
+    output transposed back to ``[B, S, H*D]`` as exporters do."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    dm, g, sk = h * d, h // hkv, sq + past
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, sq, dm])]
+    for t, heads in (("q", h), ("k", hkv), ("v", hkv)):
+        w = const(f"W{t}", (rng.standard_normal((dm, heads * d)) * 0.2).astype(np.float32))
+        shape = const(f"s{t}", np.array([b, sq, heads, d], np.int64))
+        nodes += [helper.make_node("MatMul", ["x", w], [f"{t}0"]),
+                  helper.make_node("Reshape", [f"{t}0", shape], [f"{t}1"]),
+                  helper.make_node("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 1, 3])]
+        cur = f"{t}2"
+        if t != "q" and past:
+            inputs.append(helper.make_tensor_value_info(f"past_{t}", TensorProto.FLOAT,
+                                                        [b, hkv, past, d]))
+            nodes.append(helper.make_node("Concat", [f"past_{t}", cur], [f"{t}c"], axis=2))
+            cur = f"{t}c"
+        if t != "q" and g > 1:
+            nodes += [helper.make_node("Unsqueeze", [cur, const(f"u{t}", np.array(
+                          [2], np.int64))], [f"{t}3"]),
+                      helper.make_node("Expand", [f"{t}3", const(f"e{t}", np.array(
+                          [b, hkv, g, sk, d], np.int64))], [f"{t}4"]),
+                      helper.make_node("Reshape", [f"{t}4", const(f"r{t}", np.array(
+                          [b, h, sk, d], np.int64))], [f"{t}5"])]
+        else:
+            nodes.append(helper.make_node("Identity", [cur], [f"{t}5"]))
+    scores = "s1"
+    nodes += [helper.make_node("Transpose", ["k5"], ["kt"], perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", ["q5", "kt"], ["s0"]),
+              helper.make_node("Div", ["s0", const("sc", np.array(np.sqrt(d), np.float32))],
+                               ["s1"])]
+    if masked:
+        hidden = const("causal", np.triu(np.ones((sq, sk), bool), 1 + past))
+        nodes.append(helper.make_node("Where", [hidden, const("neg", np.array(-1e9, np.float32)),
+                                                "s1"], ["s2"]))
+        scores = "s2"
+    nodes += [helper.make_node("Softmax", [scores], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "v5"], ["o"]),
+              helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ot", const("so", np.array([b, sq, dm], np.int64))],
+                               ["y"])]
+    graph = helper.make_graph(nodes, "causal", inputs, [helper.make_tensor_value_info(
+        "y", TensorProto.FLOAT, [b, sq, dm])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize(("b", "h", "hkv", "sq", "past", "d"), [
+    (1, 2, 1, 1024, 0, 16),   # prefill, query groups over two key blocks of 512
+    (2, 4, 2, 200, 0, 8),     # GQA, one block each way
+    (1, 2, 1, 1000, 0, 8),    # seq 1000: blocks of 125 queries / 500 keys, off the diagonal
+    (1, 4, 2, 96, 160, 16),   # chunked prefill on a KV cache: mask [96, 256]
+    (1, 2, 1, 640, 384, 8),   # cache not a multiple of the query block
+    (1, 2, 2, 1, 300, 16),    # decode: one query over 301 keys, nothing hidden
+])
+def test_causal_attention_generates_mask(b: int, h: int, hkv: int, sq: int, past: int,
+                                         d: int) -> None:
+    """A constant causal mask is never loaded: the TVP makes it per block, hidden key
+    blocks are skipped; outputs match onnxruntime."""
+    model = _causal_model(b, h, hkv, sq, past, d)
+    module = import_model(model)
+    for p in parse_pipeline(f"{LOWER},{STAGES['fuse']}"):
+        p.apply(make_context(), module)
+    (attention,) = [op for op in module.walk() if op.name == "maia.attention"]
+    assert maia.attr(attention, "causal") is True and len(attention.operands) == 3
+    # written as [B, S, H, D] for the output (one query: the transpose is a reshape)
+    assert "out_view" in attention.attributes or sq == 1
+    rng = np.random.default_rng(1)
+    feeds = {i.name: rng.standard_normal([x.dim_value for x in i.type.tensor_type.shape.dim])
+             .astype(np.float32) for i in model.graph.input}
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    compiled = maiac.compile(model)
+    np.testing.assert_allclose(compiled.run(feeds)["y"], ref, rtol=1e-4, atol=1e-5)
+    # constants: the projections and one arange of Sk positions, no [Sq, Sk] mask
+    consts = {buf.name.split(":", 1)[1]: buf.nbytes for buf in compiled.program.buffers
+              if buf.kind == "const"}
+    assert set(consts) <= {"Wq", "Wk", "Wv", f"positions{sq + past}"}
+
+
+def test_causal_attention_skips_hidden_blocks() -> None:
+    """Causal prefill costs about half of the same attention without a mask (TTU time)."""
+    times = {}
+    for masked in (True, False):
+        compiled = maiac.compile(_causal_model(1, 8, 8, 2048, 0, 64, masked=masked),
+                                 shape_only=True)
+        report = compiled.report()
+        times[masked] = sum(op["time_s"] for op in report["ops"] if op["kind"] == "attention")
+    assert times[True] < 0.7 * times[False]

@@ -12,12 +12,28 @@ loops over ``Sk / bk`` key blocks with the online softmax of FlashAttention (Dao
     m  = m'
 
 The first key block is peeled (it initializes m, l, O); the job ends with ``O / l``
-and one DMA of the ``[bq, D]`` block to the contiguous ``[B, H, Sq, D]`` result.
+and one DMA of the ``[bq, D]`` block to the result (contiguous ``[B, H, Sq, D]``, or
+wherever ``out_view`` puts it, e.g. ``[B, Sq, H, D]``).
+
+**Causal attention without a mask operand.** Key ``c`` is hidden from query row ``r``
+iff ``c > r + Sk - Sq``. Query block ``i`` then needs only the key blocks up to its last
+row's diagonal, and only those crossing some row's diagonal need a mask. Query blocks
+needing the same number of key blocks form a *group* (consecutive blocks); each group
+is a kernel of its own, with a fixed trip count, whose jobs ``(B, Hkv, G, blocks in
+the group)`` are split over all tiles. Its key blocks run diagonal first: the blocks
+that cross a diagonal get their mask from ``Vec causal_mask(S, qpos, kpos)``, the row
+and column positions DMA'd from a small ``arange`` table (``bq + bk`` numbers instead
+of ``bq * bk`` mask elements), then the fully visible blocks run as a plain loop (the
+last use of the K/V blocks in the kernel, so `double-buffer` can overlap it). Block
+sizes minimize the modeled TTU time summed over groups, so the skipped blocks
+(about half of them) are not paid back by idle tiles.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from maiac.passes.tiling.common import (
     Access,
@@ -40,23 +56,80 @@ MAX_BQ = 128  # query rows per job (the TTU's natural M)
 MAX_BK = 512  # keys per block
 
 
-def _tsram_bytes(bq: int, bk: int, d: int, sizes: Sequence[int], masked: bool) -> int:
-    """Scratch of one job: Q and O (f32), K and V blocks, scores (+ mask), row stats."""
+@dataclass(frozen=True)
+class QueryGroup:
+    """Query blocks ``[first, first + count)`` that all read key blocks ``[0, keys)``;
+    key blocks ``[masked_from, keys)`` cross the diagonal of some of their rows."""
+
+    first: int
+    count: int
+    keys: int
+    masked_from: int
+
+
+def query_groups(sq: int, sk: int, bq: int, bk: int, causal: bool) -> list[QueryGroup]:
+    """The groups of query blocks with equal key-block counts (one group unless causal)."""
+    nq, nk = sq // bq, sk // bk
+    if not causal:
+        return [QueryGroup(0, nq, nk, nk)]
+    offset = sk - sq
+    groups: list[QueryGroup] = []
+    for i in range(nq):
+        keys = min(nk, ((i + 1) * bq - 1 + offset) // bk + 1)
+        full = min(keys, (i * bq + offset + 1) // bk)
+        last = groups[-1] if groups else None
+        if last is not None and last.keys == keys:
+            groups[-1] = QueryGroup(last.first, last.count + 1, keys,
+                                    min(last.masked_from, full))
+        else:
+            groups.append(QueryGroup(i, 1, keys, full))
+    return groups
+
+
+def _tsram_bytes(bq: int, bk: int, d: int, sizes: Sequence[int], masked: bool,
+                 causal: bool = False) -> int:
+    """Scratch of one job: Q and O (f32), K and V blocks, scores (+ mask or positions),
+    row stats."""
     _, k, v, m = sizes
     total = 2 * align(bq * d * 4) + align(bk * d * k) + align(bk * d * v)
     total += align(bq * bk * 4) + (align(bq * bk * m) if masked else 0)
+    if causal:
+        total += align(bq * 4) + align(bk * 4)
     return total + 6 * align(bq * 4)
 
 
+def _causal_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
+                 budget: Budget) -> float:
+    """Modeled TTU time (s) of causal attention in ``(bq, bk)`` blocks: per group, the
+    jobs each tile runs in turn times the key blocks per job (plus instruction costs)."""
+    per_block = 4.0 * bq * bk * d / budget.tile_flops + 14 * budget.instr_overhead_s
+    per_job = 2.0 * bq * d / budget.tile_flops + 6 * budget.instr_overhead_s
+    total = 0.0
+    for group in query_groups(sq, sk, bq, bk, causal=True):
+        turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
+        total += turns * (group.keys * per_block + per_job)
+    return total
+
+
 def choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: Sequence[int], masked: bool,
-                  budget: Budget) -> tuple[int, int]:
-    """(bq, bk): enough query blocks for every tile, then the biggest key block that fits."""
-    best: tuple[tuple[int, int], int, int] | None = None
+                  budget: Budget, causal_dims: Sequence[int] | None = None) -> tuple[int, int]:
+    """(bq, bk): enough query blocks for every tile, then the biggest key block that fits.
+
+    ``causal_dims`` (the ``(B, Hkv, G)`` job dims of a causal attention without a mask):
+    the blocks of least modeled time instead, counting only the key blocks each query
+    block needs and the tiles each group of query blocks keeps busy.
+    """
+    best: tuple[tuple[float, ...], int, int] | None = None
+    causal = causal_dims is not None
     for bq in (x for x in divisors(sq) if x <= MAX_BQ):
         for bk in (x for x in divisors(sk) if x <= MAX_BK):
-            if _tsram_bytes(bq, bk, d, sizes, masked) > budget.tsram_bytes:
+            if _tsram_bytes(bq, bk, d, sizes, masked, causal) > budget.tsram_bytes:
                 continue
-            key = prefer(jobs * (sq // bq), bq * bk, budget.n_tiles)
+            if causal_dims is not None:
+                key: tuple[float, ...] = (-_causal_cost(causal_dims, sq, sk, d, bq, bk, budget),
+                                          bq * bk)
+            else:
+                key = prefer(jobs * (sq // bq), bq * bk, budget.n_tiles)
             if best is None or key > best[0]:
                 best = (key, bq, bk)
     if best is None:
@@ -66,18 +139,52 @@ def choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: Sequence[int], mas
 
 def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                    out: Tensor, budget: Budget, dims: Sequence[int],
-                   views: dict[str, Sequence[int]], scale: float) -> None:
-    """Append the flash-attention instructions of ``out = attention(q, k, v, mask)``."""
+                   views: dict[str, Sequence[int]], scale: float, causal: bool = False,
+                   positions: Tensor | None = None,
+                   out_view: Sequence[int] | None = None) -> list[Kernel]:
+    """Append the flash-attention instructions of ``out = attention(q, k, v, mask)``.
+
+    ``causal`` without ``mask``: the mask is generated (``positions``: an f32 ``arange``
+    of at least ``Sk`` elements) and hidden key blocks are skipped; the groups of query
+    blocks after the first are returned as further kernels, to run after ``kernel``.
+    """
     b, hkv, g, sq, sk, d = dims
+    generate = causal and mask is None
+    if generate and (positions is None or sk < sq):
+        raise MaiacError(f"op '{kernel.op}': causal attention without a mask needs "
+                         f"Sk >= Sq and a positions table")
     sizes = [itemsize(t.dtype) for t in (q, k, v)] + [itemsize(mask.dtype) if mask else 4]
     try:
-        bq, bk = choose_blocks(b * hkv * g, sq, sk, d, sizes, mask is not None, budget)
+        bq, bk = choose_blocks(b * hkv * g, sq, sk, d, sizes, mask is not None, budget,
+                               (b, hkv, g) if generate else None)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (attention, head dim {d}): no block fits TSRAM "
                          f"({budget.tsram_bytes} bytes per tile)") from err
-    split = split_jobs((b, hkv, g, sq // bq), budget.n_tiles)
+    h = hkv * g
+    if out_view is None:
+        out_view = (0, h * sq * d, g * sq * d, sq * d, d, 1)
+    kernels = []
+    for index, group in enumerate(query_groups(sq, sk, bq, bk, generate)):
+        part = kernel if index == 0 else Kernel(op=kernel.op, kind=kernel.kind,
+                                                uid=f"{kernel.uid or kernel.op}.{index}")
+        _tile_group(part, q, k, v, mask, out, budget, dims, views, scale, bq, bk, group,
+                    positions if generate else None, out_view)
+        # the work done: a causal group skips the key blocks above its diagonal
+        part.flops += b * h * group.count * bq * group.keys * bk * (4 * d + 8)
+        if index:
+            kernels.append(part)
+    return kernels
+
+
+def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                out: Tensor, budget: Budget, dims: Sequence[int],
+                views: dict[str, Sequence[int]], scale: float, bq: int, bk: int,
+                group: QueryGroup, positions: Tensor | None, out_view: Sequence[int]) -> None:
+    """The instructions of one group of query blocks (all of them unless causal)."""
+    b, hkv, g, sq, sk, d = dims
+    split = split_jobs((b, hkv, g, group.count), budget.n_tiles)
     grid = split.grid
-    nk = sk // bk
+    q0 = group.first * bq  # first query row of the group
 
     f32 = "f32"
     tq = kernel.scratch_buffer("q", f32, (bq, d))
@@ -88,6 +195,9 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     m, m_new, m_blk, alpha, l_sum, r_sum = (kernel.scratch_buffer(n, f32, (bq, 1)) for n in
                                             ("m", "m_new", "m_blk", "alpha", "l", "rowsum"))
     tm = kernel.scratch_buffer("mask", mask.dtype, (bq, bk)) if mask is not None else None
+    masked = positions is not None and group.masked_from < group.keys
+    tqp = kernel.scratch_buffer("qpos", f32, (bq, 1)) if masked else None
+    tkp = kernel.scratch_buffer("kpos", f32, (1, bk)) if masked else None
 
     def local(buf: str, shape: tuple[int, int], dtype: str = f32) -> Access:
         return Access(buf, dtype, shape, (shape[1], 1))
@@ -103,16 +213,22 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
         steps = (s_b, s_h, s_g, bq * s_row if name in ("q", "mask") else 0)
         key_step = 0 if name == "q" else bk * (s_col if name == "mask" else s_row)
         strides = (s_col, s_row) if transpose else (s_row, s_col)
+        first_row = q0 * s_row if name in ("q", "mask") else 0
         ls = split.loop_strides(steps) + ((key_step,) if inner else ())
-        return Access(t.buf, t.dtype, shape, strides, t.off + off + key_index * key_step,
+        return Access(t.buf, t.dtype, shape, strides,
+                      t.off + off + first_row + key_index * key_step,
                       split.tile_strides(steps), ls)
 
-    # per job: Q block, scaled once
+    # per job: Q block, scaled once (and the positions of its rows, when masked here)
     body = [dma(src(q, "q", (bq, d), False, 0, False), local(tq, (bq, d)), grid),
             vec("scale", [local(tq, (bq, d))], local(tq, (bq, d)), grid, scale=float(scale))]
+    if masked and positions is not None and tqp is not None:
+        steps = (0, 0, 0, bq)
+        body.append(dma(Access(positions.buf, f32, (bq, 1), (1, 1),
+                               positions.off + sk - sq + q0, split.tile_strides(steps),
+                               split.loop_strides(steps)), local(tqp, (bq, 1)), grid))
 
-    def key_block(j: int, inner: bool) -> list:
-        first = j == 0 and not inner
+    def key_block(j: int, inner: bool, first: bool, causal_mask: bool) -> list:
         ops = [dma(src(k, "k", (d, bk), True, j, inner), local(tk, (d, bk), k.dtype), grid),
                dma(src(v, "v", (bk, d), False, j, inner), local(tv, (bk, d), v.dtype), grid,
                    queue=1),
@@ -121,6 +237,13 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
             ops += [dma(src(mask, "mask", (bq, bk), False, j, inner),
                         local(tm, (bq, bk), mask.dtype), grid),
                     vec("add", [s_acc, local(tm, (bq, bk), mask.dtype)], s_acc, grid)]
+        if causal_mask and positions is not None and tqp is not None and tkp is not None:
+            still = (0, 0, 0, 0)
+            ls = split.loop_strides(still) + ((bk,) if inner else ())
+            ops += [dma(Access(positions.buf, f32, (1, bk), (bk, 1), positions.off + j * bk,
+                               split.tile_strides(still), ls), local(tkp, (1, bk)), grid),
+                    vec("causal_mask", [s_acc, local(tqp, (bq, 1)), local(tkp, (1, bk))],
+                        s_acc, grid)]
         if first:
             ops += [vec("reduce_max", [s_acc], m_acc, grid),
                     vec("exp_sub", [s_acc, m_acc], s_acc, grid),
@@ -139,14 +262,27 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
                 vec("copy", [mn_acc], m_acc, grid)]
         return ops
 
-    body += key_block(0, inner=False)
-    if nk > 1:
-        body += loop((nk - 1,), key_block(1, inner=True))
-    h = hkv * g
-    out_steps = (h * sq * d, g * sq * d, sq * d, bq * d)
+    # key blocks crossing a diagonal first (masked), then the fully visible ones; the
+    # online softmax is order-free, and a row hidden so far keeps m = -inf, l = 0
+    segments = [(group.masked_from, group.keys - group.masked_from, True),
+                (0, group.masked_from, False)] if masked else [(0, group.keys, False)]
+    first = True
+    for start, count, with_mask in segments:
+        if count <= 0:
+            continue
+        if first:
+            body += key_block(start, inner=False, first=True, causal_mask=with_mask)
+            start, count, first = start + 1, count - 1, False
+        if count == 1:
+            body += key_block(start, inner=False, first=False, causal_mask=with_mask)
+        elif count > 1:
+            body += loop((count,), key_block(start, inner=True, first=False,
+                                             causal_mask=with_mask))
+    off, s_b, s_hkv, s_g, s_row, s_col = out_view
+    out_steps = (s_b, s_hkv, s_g, bq * s_row)
     body += [vec("div", [o_acc, l_acc], o_acc, grid),
-             dma(o_acc, Access(out.buf, out.dtype, (bq, d), (d, 1), out.off,
-                           split.tile_strides(out_steps), split.loop_strides(out_steps)),
+             dma(o_acc, Access(out.buf, out.dtype, (bq, d), (s_row, s_col),
+                               out.off + off + q0 * s_row, split.tile_strides(out_steps),
+                               split.loop_strides(out_steps)),
                  grid, queue=1)]
     kernel.body.extend(loop(split.trips, body))
-    kernel.flops += b * h * sq * sk * (4 * d + 8)
