@@ -49,6 +49,8 @@ def budget_of(target: Target) -> Budget:
         tile_bw=target.hbm_bw / target.n_tiles,
         instr_overhead_s=target.instr_latency_s,
         dma_latency_s=target.dma_latency_s,
+        tile_vec=target.tvp_flops / target.n_tiles,
+        fmt_speedup=tuple((f, v / target.ttu_flops["f32"]) for f, v in target.ttu_flops.items()),
     )
 
 

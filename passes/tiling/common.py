@@ -190,6 +190,8 @@ class Budget:
     tile_bw: float  # bytes/s one tile can stream from HBM when all tiles stream
     instr_overhead_s: float = 1e-7
     dma_latency_s: float = 5e-7  # fixed cost of one DMA instruction
+    tile_vec: float = 0.0  # TVP op/s of one tile (0: not modeled)
+    fmt_speedup: tuple[tuple[str, float], ...] = ()  # TTU format key -> peak / f32 peak
     fixed_block: int = 0  # > 0: naive tiling, blocks of this size (no cost model)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from maiac.passes.tiling.common import (
     Access,
@@ -32,6 +33,7 @@ from maiac.runtime import formats as F
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
 from maiac.runtime.quant_ops import n_blocks, pack_unit, payload_bytes, row_bytes
+from maiac.runtime.timing import VEC_OPS, ttu_format
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,19 @@ def _quant_sizes(q: MatmulQuant, a_size: float, b_size: float
 
 def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: float,
                   budget: Budget, extra_row_bytes: int = 0, k_step: int = 1,
-                  n_step: int = 1) -> tuple[int, int, int]:
+                  n_step: int = 1, block_bytes: int = 0, a_src: float | None = None,
+                  speedup: float = 1.0, quant_ops: float = 0.0) -> tuple[int, int, int]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
     ``bk`` is a multiple of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized
-    operands: whole scale blocks along K, whole packed bytes along N).
+    operands: whole scale blocks along K, whole packed bytes along N). ``a_size`` and
+    ``b_size`` are TSRAM bytes per element, ``a_src`` the bytes per element ``a`` is read
+    with (default ``a_size``); ``block_bytes``: further TSRAM bytes per element of a
+    ``[bm, bn]`` block (a residual); ``speedup``: the format's TTU peak over f32;
+    ``quant_ops``: TVP ops per element of ``a`` (activation quantize, per job).
+
+    Per job: the TTU, the operand streams (+ the fixed latency of each K step's DMAs) and
+    the TVP run concurrently (double buffering), so its time is their max.
     """
     slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
     if budget.fixed_block:
@@ -94,21 +104,37 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
         for bn in divisors(n):
             if bn % n_step:
                 continue
-            fixed = align(bm * bn * 4) + align(bn * extra_row_bytes) + slack
+            fixed = (align(bm * bn * 4) + align(bn * extra_row_bytes)
+                     + align(bm * bn * block_bytes) + slack)
             bk = _deepest_k(k, bm, bn, a_size, b_size, budget.tsram_bytes - fixed, k_step)
             if bk is None:
                 continue
             jobs = batch * (m // bm) * (n // bn)
             waves = math.ceil(jobs / budget.n_tiles)
-            compute = 2 * bm * bn * k / budget.tile_flops
-            stream = (bm * k * a_size + k * bn * b_size + bm * bn * 4) / budget.tile_bw
-            overhead = budget.instr_overhead_s * 3 * (k // bk)
-            cost = waves * (max(compute, stream) + overhead)
+            steps = k // bk
+            compute = 2 * bm * bn * k / (budget.tile_flops * speedup)
+            stream = ((bm * k * (a_size if a_src is None else a_src) + k * bn * b_size
+                       + bm * bn * (4 + block_bytes)) / budget.tile_bw
+                      + budget.dma_latency_s * steps)
+            vector = bm * k * quant_ops / budget.tile_vec if budget.tile_vec else 0.0
+            overhead = budget.instr_overhead_s * 3 * steps
+            cost = waves * (max(compute, stream, vector) + overhead)
             if best is None or cost < best[0] - 1e-15:
                 best = (cost, bm, bn, bk)
     if best is None:
         raise MaiacError("no matmul block fits TSRAM")
     return best[1], best[2], best[3]
+
+
+def _speedup(fmt: str, budget: Budget) -> float:
+    """The TTU peak of ``fmt`` over the f32 peak (1 when the budget does not say)."""
+    peaks = dict(budget.fmt_speedup)
+    if not peaks:
+        return 1.0
+    try:
+        return peaks[ttu_format(fmt, SimpleNamespace(ttu_flops=peaks))]  # type: ignore[arg-type]
+    except MaiacError:
+        return 1.0
 
 
 def _fixed_blocks(m: int, n: int, k: int, a_size: float, b_size: float, budget: Budget,
@@ -159,13 +185,14 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     c_batch = tuple(s * m * n for s in contiguous(batch_shape)) if batch_shape else ()
     nbatch = math.prod(batch_shape)
     extra = itemsize(bias.dtype) if bias is not None else 0
-    if residual is not None:  # a [bm, bn] block per job, charged per row of bn
-        extra += itemsize(residual.dtype) * m
+    block = itemsize(residual.dtype) if residual is not None else 0  # a [bm, bn] block
     q = quant or MatmulQuant()
     a_size, b_size, k_step, n_step = _quant_sizes(q, itemsize(a.dtype), itemsize(b.dtype))
+    speedup = _speedup(fmt, budget)
+    quant_ops = VEC_OPS["quantize"] if q.fmt("a") is not None else 0.0
     try:
         bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, extra, k_step,
-                                   n_step)
+                                   n_step, block, itemsize(a.dtype), speedup, quant_ops)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (matmul {m}x{k} @ {k}x{n}): no tiling fits "
                          f"TSRAM ({budget.tsram_bytes} bytes per tile)") from err
