@@ -107,3 +107,38 @@ def test_fused_row_copies_move_the_same_bytes():
     out = run_program(prog, {"x": xin})
     np.testing.assert_array_equal(out["y"], xin.reshape(16, 4, 3).transpose(1, 0, 2))
     np.testing.assert_array_equal(out["z"], np.concatenate([xin[:1], xin[:15]]))
+
+
+def test_cached_weight_decode_follows_the_bytes_in_tsram():
+    """The decoded-weight cache is used only while TSRAM holds the bytes it decoded."""
+    from maiac.runtime.isa import MatMul
+    from maiac.runtime.quant_ops import decode_operand
+
+    k, n, m = 64, 8, 4
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (m, k))
+    wq = pb.input("wq", "u8", (k, n // 2))
+    ws = pb.input("ws", "u8", (k // 32, n))
+    y = pb.output("y", "f32", (m, n))
+    tx, tw, ts, ty = (pb.alloc(nm, "tsram", sz) for nm, sz in
+                      (("tx", m * k * 4), ("tw", k * n // 2), ("ts", k // 32 * n),
+                       ("ty", m * n * 4)))
+    acc = pb.access
+    pb.emit(Dma(acc(x, "f32", (m, k)), acc(tx, "f32", (m, k))),
+            Dma(acc(wq, "u8", (k, n // 2)), acc(tw, "u8", (k, n // 2))),
+            Dma(acc(ws, "u8", (k // 32, n)), acc(ts, "u8", (k // 32, n))),
+            MatMul(acc(tx, "f32", (m, k)), acc(tw, "u8", (k, n // 2)), acc(ty, "f32", (m, n)),
+                   fmt="fp4", b_fmt="mxfp4", b_scale=acc(ts, "u8", (k // 32, n))),
+            Dma(acc(ty, "f32", (m, n)), acc(y, "f32", (m, n))))
+    prog = pb.build()
+    xin = RNG.standard_normal((m, k)).astype(np.float32)
+    w1 = RNG.integers(0, 256, (k, n // 2), dtype=np.uint8)
+    w2 = RNG.integers(0, 256, (k, n // 2), dtype=np.uint8)
+    s1 = RNG.integers(120, 130, (k // 32, n), dtype=np.uint8)
+    s2 = s1.copy()
+    s2[1, 3] += 1
+    for w, s in ((w1, s1), (w1, s1), (w2, s1), (w2, s2), (w1, s1)):
+        got = run_program(prog, {"x": xin, "wq": w, "ws": s})["y"]
+        want = xin @ decode_operand(w, "mxfp4", n, s, -2)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert prog.runtime_cache["machine"]._decode_cache.hits >= 1
