@@ -302,18 +302,18 @@ class _Machine:
             raise MaiacError(f"program has no data for constant {missing[0]!r} (and "
                              f"{len(missing) - 1} more): it is shape-only; it can be timed "
                              f"(maiac report) but not run")
-        for b in self.consts:
-            self._write_bytes(b.level, b.addr, program.constants[b.name])
         self.vectorized_loops = 0
         self._decode_cache = _DecodeCache()
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
         # What reset() poisons: the bytes some run reads before writing them (exact, from
-        # the access pattern; runtime/liveness.py). Constants are written once, above,
-        # and again before each run only if an instruction writes over them.
-        self.poison, clobbered = first_reads(program, end, self.target.n_tiles,
-                                             self._independent)
+        # the access pattern; runtime/liveness.py, which uses the memory as its scratch).
+        # Constants are written once, here, and again before each run only if an
+        # instruction writes over them.
+        self.poison, clobbered = first_reads(program, self.mem, self._independent)
         self.rewrite = [b for b in self.consts if b.name in clobbered]
+        for b in self.consts:
+            self._write_bytes(b.level, b.addr, program.constants[b.name])
 
     # -- memory ----------------------------------------------------------------
     def _write_bytes(self, level: str, addr: int, data: Any) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from maiac.runtime import isa
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
-from maiac.runtime.memory import np_dtype
+from maiac.runtime.memory import access_extent, np_dtype
 
 WRITTEN, READ_FIRST, CLOBBERED = 1, 2, 4
 
@@ -44,9 +44,8 @@ def _reads_writes(instr: Instr) -> tuple[list[Access], Access]:
 
 
 class _Shadow:
-    def __init__(self, ends: dict[str, int], n_tiles: int) -> None:
-        self.mem = {lv: np.zeros((n_tiles, n) if lv == "tsram" else n, np.uint8)
-                    for lv, n in ends.items()}
+    def __init__(self, mem: dict[str, np.ndarray]) -> None:
+        self.mem = mem
 
     def view(self, acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> np.ndarray:
         """Byte-level view ``(*trips, *grid, *block, itemsize)``; stride-0 axes (the same
@@ -63,45 +62,62 @@ class _Shadow:
         keep = len(trips)  # loop axes stay: they are indexed by the iteration
         shape = shape[:keep] + tuple(1 if st == 0 else n for n, st in
                                      zip(shape[keep:], strides[keep:], strict=True))
-        return np.ndarray(shape, np.uint8, buffer=mem, offset=acc.addr, strides=strides)
+        # trailing axes that are one contiguous run of bytes become one axis
+        k, run = len(shape), 1
+        while k > keep and (shape[k - 1] == 1 or strides[k - 1] == run):
+            run *= shape[k - 1]
+            k -= 1
+        return np.ndarray(shape[:k] + (run,), np.uint8, buffer=mem, offset=acc.addr,
+                          strides=strides[:k] + (1,))
 
     def whole(self, level: str, lo: int, hi: int) -> np.ndarray:
         mem = self.mem[level]
         return mem[:, lo:hi] if level == "tsram" else mem[lo:hi]
 
 
-def _read(v: np.ndarray) -> None:
-    first = np.bitwise_and(np.invert(v), WRITTEN)
-    np.left_shift(first, 1, out=first)  # WRITTEN (1) -> READ_FIRST (2)
-    np.bitwise_or(v, first, out=v)
-
-
 def _write(v: np.ndarray) -> None:
     np.bitwise_or(v, WRITTEN | CLOBBERED, out=v)
 
 
-def first_reads(program: Any, ends: dict[str, int], n_tiles: int,
-                independent: Independent) -> tuple[dict[str, list[tuple[int, int]]], set[str]]:
+def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independent
+                ) -> tuple[dict[str, list[tuple[int, int]]], set[str]]:
     """``({level: [(lo, hi), ...]}, clobbered constant names)`` of ``program``.
 
     The ranges cover every byte some tile reads before this run wrote it (for TSRAM,
     the union over tiles); ``independent(instr, outer, inner)`` is the interpreter's
     test for running a single-instruction loop as one call (then all its reads happen
-    before its writes).
+    before its writes). ``mem`` (level -> zero-filled byte array, TSRAM ``(tiles,
+    bytes)``) serves as the shadow and is left holding flags: the machine passes its own
+    memory before writing the constants (a byte no run reads before writing may hold
+    anything; every other one is poisoned before each run), which also pays the first
+    touch of its pages here rather than in the first run.
     """
-    sh = _Shadow(ends, n_tiles)
+    sh = _Shadow(mem)
     loaded = [b for b in program.buffers if b.kind == "const"]
     loaded += [program.buffer(spec.buffer) for spec in program.inputs]
     for b in loaded:  # hold this run's data before the first instruction
         v = sh.whole(b.level, b.addr, b.addr + b.nbytes)
         np.bitwise_or(v, WRITTEN, out=v)
+    first: dict[str, list[np.ndarray]] = {lv: [] for lv in sh.mem}
+    written: dict[str, list[tuple[int, int]]] = {lv: [] for lv in sh.mem}
+
+    def read(level: str, v: np.ndarray) -> None:
+        if v.size == 0 or np.bitwise_and.reduce(v, axis=None) & WRITTEN:
+            return  # the common case: every byte already written this run
+        mem = sh.mem[level]
+        idx = np.nonzero(np.bitwise_and(v, WRITTEN) == 0)
+        off = v.__array_interface__["data"][0] - mem.__array_interface__["data"][0]
+        pos = off + sum(i.astype(np.int64) * st for i, st in zip(idx, v.strides, strict=True))
+        first[level].append(np.unique(pos % mem.strides[0] if mem.ndim == 2 else pos))
+        np.bitwise_or(v, READ_FIRST, out=v, where=np.bitwise_and(v, WRITTEN) == 0)
 
     def leaf(instr: Instr, trips: tuple[int, ...], it: tuple[int, ...]) -> None:
         grid = tuple(instr.grid)
         reads, out = _reads_writes(instr)
         for acc in reads:
-            _read(sh.view(acc, grid, trips)[it])
+            read(acc.level, sh.view(acc, grid, trips)[it])
         _write(sh.view(out, grid, trips)[it])
+        written[out.level].append(access_extent(out, grid, trips))
 
     def walk(instrs: list[Instr], trips: tuple[int, ...], it: tuple[int, ...]) -> None:
         for ins in instrs:
@@ -118,19 +134,19 @@ def first_reads(program: Any, ends: dict[str, int], n_tiles: int,
     walk(program.instructions, (), ())
     for spec in program.outputs:  # read back after the run
         b = program.buffer(spec.buffer)
-        _read(sh.whole(b.level, b.addr, b.addr + b.nbytes))
+        read(b.level, sh.whole(b.level, b.addr, b.addr + b.nbytes))
     ranges = {}
-    for level, mem in sh.mem.items():
-        need = np.bitwise_and(mem, READ_FIRST).astype(bool)
-        if need.ndim == 2:
-            need = need.any(axis=0)
-        edges = np.flatnonzero(np.diff(np.concatenate([[False], need, [False]]).astype(np.int8)))
-        ranges[level] = [(int(lo), int(hi)) for lo, hi in zip(edges[::2], edges[1::2],
-                                                               strict=True)]
-    clobbered = {b.name for b in program.buffers if b.kind == "const"
-                 and np.any(np.bitwise_and(sh.whole(b.level, b.addr, b.addr + b.nbytes),
-                                           CLOBBERED))}
-    return ranges, clobbered
+    for level, found in first.items():
+        pos = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+        ranges[level] = [(int(r[0]), int(r[-1]) + 1) for r in np.split(pos, breaks) if r.size]
+
+    def clobbered(b: Any) -> bool:
+        lo, hi = b.addr, b.addr + b.nbytes
+        if not any(wlo < hi and lo < whi for wlo, whi in written[b.level]):
+            return False
+        return bool(np.any(np.bitwise_and(sh.whole(b.level, lo, hi), CLOBBERED)))
+    return ranges, {b.name for b in program.buffers if b.kind == "const" and clobbered(b)}
 
 
 def total_bytes(ranges: dict[str, list[tuple[int, int]]]) -> int:
