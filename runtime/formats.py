@@ -214,7 +214,39 @@ def cast(x: Any, elem: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
             y = np.where(np.isinf(x), x, y)
         elif f.has_nan:
             y = np.where(np.isinf(x), np.float32(np.nan), y)
+    if f.bits <= 8:
+        return _round_narrow(y, f)
     return y.astype(f.elem)
+
+
+_ROUND_LUTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _round_narrow(y: np.ndarray, f: Format) -> np.ndarray:
+    """``y.astype(f.elem)`` (ml_dtypes: round to nearest even) by table lookup, bit for bit.
+
+    A narrow element (FP8/FP6/FP4: at most 3 mantissa bits) rounds an fp32 value at a
+    bit among its top 16 (sign, exponent, 7 mantissa bits) for every value that does
+    not round to zero; the bits below matter only through the sticky bit (any of them
+    set). So two 65536-entry tables, the ml_dtypes cast of ``top << 16`` and of
+    ``top << 16 | 1``, give the cast of every fp32 value (NaN payloads included; checked
+    against ml_dtypes on all 2^32 patterns). About 5-10x faster than ml_dtypes' cast.
+    """
+    luts = _ROUND_LUTS.get(f.elem_name)
+    if luts is None:
+        top = np.arange(1 << 16, dtype=np.uint32) << 16
+        with np.errstate(invalid="ignore", over="ignore"):
+            luts = tuple(np.ascontiguousarray(v.view(np.float32).astype(f.elem).view(np.uint8))
+                         for v in (top, top | 1))
+        for t in luts:
+            t.setflags(write=False)
+        _ROUND_LUTS[f.elem_name] = luts
+    bits = np.ascontiguousarray(y, np.float32).view(np.uint32)
+    top = np.right_shift(bits, 16).astype(np.uint16)
+    codes = np.take(luts[0], top)
+    sticky = np.bitwise_and(bits, 0xFFFF).astype(bool)
+    np.copyto(codes, np.take(luts[1], top), where=sticky)
+    return codes.view(f.elem).reshape(np.shape(y))
 
 
 def encode(x: Any, elem: Any, *, allow_nonfinite: bool = False) -> np.ndarray:

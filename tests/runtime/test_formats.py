@@ -502,3 +502,18 @@ def test_onnxruntime_blocked_mxfp8():
     oq, oy = _ort_qdq(x, s, 21, axis=1, block_size=32)
     assert np.array_equal(oq.ravel(), q.payload)
     assert bits_equal(oy, F.dequantize(q))
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp6e2m3", "mxfp6e3m2", "mxfp8e4m3", "mxfp8e5m2"])
+def test_table_rounding_equals_ml_dtypes_cast(fmt):
+    """cast's table lookup (F._round_narrow) = ml_dtypes' cast for every sign/exponent/top
+    mantissa pattern with low bits zero, one, half-way, all ones and random (NaN/Inf
+    included); the full 2^32 check was run once offline."""
+    f = F.get_format(fmt)
+    top = np.arange(1 << 16, dtype=np.uint32) << 16
+    low = np.random.default_rng(1).integers(1, 1 << 16, top.size, dtype=np.uint32)
+    bits = np.concatenate([top, top | 1, top | 0x8000, top | 0xFFFF, top | low])
+    x = bits.view(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = x.astype(f.elem).view(np.uint8)
+    assert np.array_equal(F._round_narrow(x, f).view(np.uint8), want)
