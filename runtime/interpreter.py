@@ -533,6 +533,15 @@ class _Machine:
         get_b = operand(instr.b, instr.b_fmt, instr.b_scale, instr.b_tensor_scale, n, -2,
                         cached=True)
 
+        if instr.c.dtype == "f32":  # straight into the TSRAM view, as in _matmul
+            def step(it: tuple[int, ...]) -> None:
+                cv = c[it]
+                if acc:
+                    np.add(np.matmul(get_a(it), get_b(it)), cv, out=cv)
+                else:
+                    np.matmul(get_a(it), get_b(it), out=cv)
+            return step
+
         def step(it: tuple[int, ...]) -> None:
             cv = c[it]
             r = np.matmul(get_a(it), get_b(it))
