@@ -219,7 +219,7 @@ def cast(x: Any, elem: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
     return y.astype(f.elem)
 
 
-_ROUND_LUTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_ROUND_LUTS: dict[str, np.ndarray] = {}
 
 
 def _round_narrow(y: np.ndarray, f: Format) -> np.ndarray:
@@ -228,25 +228,24 @@ def _round_narrow(y: np.ndarray, f: Format) -> np.ndarray:
     A narrow element (FP8/FP6/FP4: at most 3 mantissa bits) rounds an fp32 value at a
     bit among its top 16 (sign, exponent, 7 mantissa bits) for every value that does
     not round to zero; the bits below matter only through the sticky bit (any of them
-    set). So two 65536-entry tables, the ml_dtypes cast of ``top << 16`` and of
-    ``top << 16 | 1``, give the cast of every fp32 value (NaN payloads included; checked
-    against ml_dtypes on all 2^32 patterns). About 5-10x faster than ml_dtypes' cast.
+    set). So one table of the ml_dtypes casts of ``top << 16`` and ``top << 16 | 1``,
+    indexed by ``top * 2 + sticky``, gives the cast of every fp32 value (NaN payloads
+    included; checked against ml_dtypes on all 2^32 patterns). 3-5x faster than
+    ml_dtypes' cast.
     """
-    luts = _ROUND_LUTS.get(f.elem_name)
-    if luts is None:
+    lut = _ROUND_LUTS.get(f.elem_name)
+    if lut is None:
         top = np.arange(1 << 16, dtype=np.uint32) << 16
+        both = np.stack([top, top | 1], axis=1).reshape(-1)
         with np.errstate(invalid="ignore", over="ignore"):
-            luts = tuple(np.ascontiguousarray(v.view(np.float32).astype(f.elem).view(np.uint8))
-                         for v in (top, top | 1))
-        for t in luts:
-            t.setflags(write=False)
-        _ROUND_LUTS[f.elem_name] = luts
+            lut = np.ascontiguousarray(both.view(np.float32).astype(f.elem).view(np.uint8))
+        lut.setflags(write=False)
+        _ROUND_LUTS[f.elem_name] = lut
     bits = np.ascontiguousarray(y, np.float32).view(np.uint32)
-    top = np.right_shift(bits, 16).astype(np.uint16)
-    codes = np.take(luts[0], top)
-    sticky = np.bitwise_and(bits, 0xFFFF).astype(bool)
-    np.copyto(codes, np.take(luts[1], top), where=sticky)
-    return codes.view(f.elem).reshape(np.shape(y))
+    idx = np.right_shift(bits, 15)
+    np.bitwise_and(idx, 0x1FFFE, out=idx)
+    idx |= np.bitwise_and(bits, 0xFFFF) != 0
+    return np.take(lut, idx).view(f.elem).reshape(np.shape(y))
 
 
 def encode(x: Any, elem: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
