@@ -251,6 +251,15 @@ _FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
 assert set(_FNS) == set(isa.VEC_FNS), set(isa.VEC_FNS) ^ set(_FNS)
 
 
+# Vec fns that are one numpy ufunc on fp32 operands (the _FNS lambda of the fn computes
+# exactly this); with fp32 inputs and output they write into the output view directly.
+_F32_UFUNCS: dict[str, np.ufunc] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "max": np.maximum, "min": np.minimum, "exp": np.exp, "tanh": np.tanh, "sqrt": np.sqrt,
+    "neg": np.negative, "abs": np.abs, "log": np.log, "scale": np.multiply,
+}
+
+
 def _caster(dtypes: list[str], mode: str) -> list[Callable[[np.ndarray], np.ndarray]]:
     """Per input, how to bring a stored block to the compute type of ``mode``."""
     def ident(x: np.ndarray) -> np.ndarray:
@@ -558,6 +567,20 @@ class _Machine:
         casts = _caster([a.dtype for a in instr.ins], "num" if mode == "cmp" else mode)
         store = _storer(instr.out.dtype)
         attrs = dict(instr.attrs)
+        ufunc = _F32_UFUNCS.get(instr.fn)
+        if ufunc is not None and instr.out.dtype == "f32" and all(
+                a.dtype == "f32" for a in instr.ins):
+            # the same fp32 ufunc the lambda would call, written straight into the view
+            extra = (np.float32(attrs.get("scale", 1.0)),) if instr.fn == "scale" else ()
+            if not trips:
+                args = (*ins, *extra)
+
+                def step(it: tuple[int, ...]) -> None:
+                    ufunc(*args, out=out)
+            else:
+                def step(it: tuple[int, ...]) -> None:
+                    ufunc(*[v[it] for v in ins], *extra, out=out[it])
+            return step
         if len(ins) == 1:
             (x,), (cx,) = ins, casts
 
