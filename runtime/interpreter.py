@@ -450,6 +450,12 @@ class _Machine:
         store = _storer(instr.dst.dtype)
         if instr.src.dtype == instr.dst.dtype:
             # a byte copy: trailing dims contiguous on both sides move as one wide element
+            pairs = _broadcast_copies(dst, src, len(trips), instr, grid)
+            if pairs is not None:
+                def step(it: tuple[int, ...]) -> None:
+                    for d, s_ in pairs:
+                        np.copyto(d, s_)
+                return step
             dst, src = _as_rows(dst, src, len(trips))
             if not trips:
                 def step(it: tuple[int, ...]) -> None:
@@ -637,6 +643,46 @@ class _DecodeCache:
                 self.used += size
             return out
         return get
+
+
+def _broadcast_copies(dst: np.ndarray, src: np.ndarray, first: int, instr: Dma,
+                      grid: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """A transposing (element-strided) DMA into TSRAM whose source block is the same for
+    every tile along some grid axes (tile stride 0), as a list of (dst, src) copies: the
+    strided gather once, into the tiles at index 0 of those axes, then whole contiguous
+    blocks from their TSRAM to the other tiles'. Every tile's TSRAM still receives every
+    byte of its block. None when that does not apply (a loop, no broadcast axis, rows
+    that already copy as wide elements, or destination overlapping the source)."""
+    if first or instr.dst.level != "tsram" or instr.src.level == "tsram" or dst.size == 0:
+        return None
+    ts = tuple(instr.src.tile_strides) or (0,) * len(grid)
+    axes = [g for g, (n, st) in enumerate(zip(grid, ts, strict=True)) if n > 1 and st == 0]
+    if not axes or _as_rows(dst, src, 0)[0].itemsize >= 64 or np.shares_memory(dst, src):
+        return None
+    mem = dst.base
+
+    def sub(sel: list[Any], bcast: int | None = None, n: int = 0) -> np.ndarray:
+        w = dst[tuple(sel)]
+        if bcast is None:
+            return w
+        shape, strides = list(w.shape), list(w.strides)
+        shape[bcast], strides[bcast] = n, 0
+        offset = w.__array_interface__["data"][0] - mem.__array_interface__["data"][0]
+        return np.ndarray(tuple(shape), w.dtype, buffer=mem, offset=offset,
+                          strides=tuple(strides))
+    full = [slice(None)] * dst.ndim
+    head = list(full)
+    for g in axes:
+        head[g] = slice(0, 1)
+    pairs = [(sub(head), src[tuple(head)])]
+    for j, g in enumerate(axes):
+        sel = list(full)
+        for h in axes[j + 1:]:
+            sel[h] = slice(0, 1)
+        to, frm = list(sel), list(sel)
+        to[g], frm[g] = slice(1, None), slice(0, 1)
+        pairs.append(_as_rows(sub(to), sub(frm, g, grid[g] - 1), 0))
+    return pairs
 
 
 def _contiguous_tail(v: np.ndarray, first: int) -> int:

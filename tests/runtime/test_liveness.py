@@ -142,3 +142,23 @@ def test_cached_weight_decode_follows_the_bytes_in_tsram():
         want = xin @ decode_operand(w, "mxfp4", n, s, -2)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert prog.runtime_cache["machine"]._decode_cache.hits >= 1
+
+
+def test_transposing_broadcast_dma_fills_every_tile():
+    """A strided (transposing) DMA of one block to every tile: gathered once, then copied
+    tile to tile; each tile's TSRAM must hold the whole block."""
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (2, 8, 6))
+    y = pb.output("y", "f32", (2, 3, 6, 8))
+    t = pb.alloc("t", "tsram", 6 * 8 * 4)
+    acc = pb.access
+    grid = (2, 3)
+    pb.emit(Dma(acc(x, "f32", (6, 8), (1, 6), tile_strides=(48, 0)), acc(t, "f32", (6, 8)),
+                grid=grid),
+            Dma(acc(t, "f32", (6, 8)), acc(y, "f32", (6, 8), tile_strides=(144, 48)),
+                grid=grid))
+    prog = pb.build()
+    xin = RNG.standard_normal((2, 8, 6)).astype(np.float32)
+    got = run_program(prog, {"x": xin})["y"]
+    want = np.broadcast_to(xin.transpose(0, 2, 1)[:, None], (2, 3, 6, 8))
+    np.testing.assert_array_equal(got, want)
