@@ -611,7 +611,7 @@ class _DecodeCache:
     being cached; the cache holds at most ``limit`` bytes.
     """
 
-    def __init__(self, limit: int = 1 << 30) -> None:
+    def __init__(self, limit: int = 512 << 20) -> None:
         self.limit = limit
         self.used = 0
         self.hits = 0
