@@ -161,10 +161,13 @@ def double_buffer_loop(loop: maia.LoopOp, kernel: maia.KernelOp, sizes: dict[str
     body = list(block.ops)
     tail = [op.clone() for op in body] if peel else []
     second = [op.clone() for op in body]
+    # the first copy takes the twins: a peeled step right before the loop (a matmul's
+    # first K step, attention's first key block) used the original blocks, so the loop's
+    # first DMAs need not wait for it
     for op in body:
-        rewrite_accesses(op, shifted(0, False))
+        rewrite_accesses(op, shifted(0, True))
     for op in second:
-        rewrite_accesses(op, shifted(1, True))
+        rewrite_accesses(op, shifted(1, False))
     block.add_ops(second)
     trips[d] = n // 2
     loop.attributes["trips"] = maia.to_attr(trips)

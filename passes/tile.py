@@ -47,6 +47,7 @@ def budget_of(target: Target) -> Budget:
         tsram_bytes=target.tsram_bytes,
         tile_flops=target.ttu_flops["f32"] / target.n_tiles,
         tile_bw=target.hbm_bw / target.n_tiles,
+        tile_noc_bw=target.noc_bw / target.n_tiles,
         instr_overhead_s=target.instr_latency_s,
         dma_latency_s=target.dma_latency_s,
         tile_vec=target.tvp_flops / target.n_tiles,

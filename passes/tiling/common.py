@@ -188,6 +188,7 @@ class Budget:
     tsram_bytes: int
     tile_flops: float  # TTU fp32-equivalent flop/s of one tile
     tile_bw: float  # bytes/s one tile can stream from HBM when all tiles stream
+    tile_noc_bw: float = 0.0  # bytes/s of the NoC into one tile (0: tile_bw)
     instr_overhead_s: float = 1e-7
     dma_latency_s: float = 5e-7  # fixed cost of one DMA instruction
     tile_vec: float = 0.0  # TVP op/s of one tile (0: not modeled)

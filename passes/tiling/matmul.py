@@ -80,18 +80,21 @@ def _quant_sizes(q: MatmulQuant, a_size: float, b_size: float
 def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: float,
                   budget: Budget, extra_row_bytes: int = 0, k_step: int = 1,
                   n_step: int = 1, block_bytes: int = 0, a_src: float | None = None,
-                  speedup: float = 1.0, quant_ops: float = 0.0) -> tuple[int, int, int]:
+                  speedup: float = 1.0, quant_ops: float = 0.0, b_src: float | None = None,
+                  epilogue_ops: float = 0.0) -> tuple[int, int, int]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
     ``bk`` is a multiple of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized
     operands: whole scale blocks along K, whole packed bytes along N). ``a_size`` and
-    ``b_size`` are TSRAM bytes per element, ``a_src`` the bytes per element ``a`` is read
-    with (default ``a_size``); ``block_bytes``: further TSRAM bytes per element of a
-    ``[bm, bn]`` block (a residual); ``speedup``: the format's TTU peak over f32;
-    ``quant_ops``: TVP ops per element of ``a`` (activation quantize, per job).
+    ``b_size`` are TSRAM bytes per element, ``a_src``/``b_src`` the bytes per element
+    they are read with (default: the TSRAM size); ``block_bytes``: further TSRAM bytes per
+    element of a ``[bm, bn]`` block (a residual); ``speedup``: the format's TTU peak over
+    f32; ``quant_ops``: TVP ops per element of ``a`` (activation quantize, per K step);
+    ``epilogue_ops``: TVP ops per output element (bias, activation, residual).
 
-    Per job: the TTU, the operand streams (+ the fixed latency of each K step's DMAs) and
-    the TVP run concurrently (double buffering), so its time is their max.
+    Each candidate is costed as `_job_time` says: K steps overlapped (DMA, TVP, TTU in a
+    pipeline) only when the `double-buffer` pass can give the streamed blocks twins, else
+    one after the other.
     """
     slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
     if budget.fixed_block:
@@ -106,24 +109,82 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
                 continue
             fixed = (align(bm * bn * 4) + align(bn * extra_row_bytes)
                      + align(bm * bn * block_bytes) + slack)
-            bk = _deepest_k(k, bm, bn, a_size, b_size, budget.tsram_bytes - fixed, k_step)
-            if bk is None:
-                continue
-            jobs = batch * (m // bm) * (n // bn)
-            waves = math.ceil(jobs / budget.n_tiles)
-            steps = k // bk
-            compute = 2 * bm * bn * k / (budget.tile_flops * speedup)
-            stream = ((bm * k * (a_size if a_src is None else a_src) + k * bn * b_size
-                       + bm * bn * (4 + block_bytes)) / budget.tile_bw
-                      + budget.dma_latency_s * steps)
-            vector = bm * k * quant_ops / budget.tile_vec if budget.tile_vec else 0.0
-            overhead = budget.instr_overhead_s * 3 * steps
-            cost = waves * (max(compute, stream, vector) + overhead)
-            if best is None or cost < best[0] - 1e-15:
-                best = (cost, bm, bn, bk)
+            split = split_jobs((batch, m // bm, n // bn), budget.n_tiles)
+            shape = _JobShape(bm, bn, k, a_size if a_src is None else a_src,
+                              b_size if b_src is None else b_src, block_bytes, speedup,
+                              quant_ops, epilogue_ops, split)
+            for twins in (True, False):
+                room = budget.tsram_bytes - fixed
+                bk = _deepest_k(k, bm, bn, a_size * (1 + twins), b_size * (1 + twins), room,
+                                k_step)
+                if bk is None:
+                    continue
+                cost = math.prod(split.loops) * _job_time(shape, bk, twins, budget)
+                if best is None or cost < best[0] - 1e-15:
+                    best = (cost, bm, bn, bk)
     if best is None:
         raise MaiacError("no matmul block fits TSRAM")
     return best[1], best[2], best[3]
+
+
+@dataclass(frozen=True)
+class _JobShape:
+    """What `_job_time` needs of a ``[bm, bn]`` output block of a K-deep matmul."""
+
+    bm: int
+    bn: int
+    k: int
+    a_src: float  # bytes per element a is read with
+    b_src: float  # bytes per element b is read with
+    block_bytes: float  # residual bytes per output element
+    speedup: float
+    quant_ops: float
+    epilogue_ops: float
+    split: JobSplit
+
+
+def _job_time(s: _JobShape, bk: int, twins: bool, budget: Budget) -> float:
+    """Modeled time of one job (one ``[bm, bn]`` block on every tile at once), as the
+    timing model charges its instructions (runtime/timing.py):
+
+    * a DMA: max(distinct bytes of all tiles / HBM bandwidth, bytes per tile / NoC
+      bandwidth per tile) + the DMA latency; ``a`` is shared by the tiles of one row
+      block (broadcast), ``b`` by those of one column block; both share HBM;
+    * per K step: DMAs of a and b (own queues), TVP quantize of the a block, TTU;
+      with twins (``double-buffer`` applies when the K loop has at least 2 trips) the
+      three engines pipeline, so a step costs their max (plus one step to fill);
+      without, their sum;
+    * per job: the epilogue (TVP ops on the ``[bm, bn]`` block, residual load) and the
+      store of the result block.
+    """
+    sp = s.split.spatial
+    tiles = math.prod(sp)
+    hbm_bw = budget.tile_bw * budget.n_tiles
+    noc = budget.tile_noc_bw or budget.tile_bw
+    lat = budget.dma_latency_s
+
+    def dma(per_tile: float, distinct: float) -> float:
+        return max(distinct / hbm_bw, per_tile / noc) + lat
+
+    a_blk, b_blk = s.bm * bk * s.a_src, bk * s.bn * s.b_src
+    a_dist, b_dist = a_blk * sp[0] * sp[1], b_blk * sp[0] * sp[2]
+    t_dma = max(dma(a_blk, a_dist), dma(b_blk, b_dist), (a_dist + b_dist) / hbm_bw + lat)
+    t_ttu = 2 * s.bm * s.bn * bk / (budget.tile_flops * s.speedup) + budget.instr_overhead_s
+    t_tvp = (s.bm * bk * s.quant_ops / budget.tile_vec + budget.instr_overhead_s
+             if s.quant_ops and budget.tile_vec else 0.0)
+    steps = s.k // bk
+    if twins and steps >= 3:
+        body = t_dma + t_tvp + steps * max(t_dma, t_tvp, t_ttu)
+    else:
+        body = steps * (t_dma + t_tvp + t_ttu)
+    c_blk = s.bm * s.bn * 4
+    epilogue = dma(c_blk, c_blk * tiles)
+    if s.block_bytes:
+        r_blk = s.bm * s.bn * s.block_bytes
+        epilogue += dma(r_blk, r_blk * tiles)
+    if s.epilogue_ops and budget.tile_vec:
+        epilogue += s.bm * s.bn * s.epilogue_ops / budget.tile_vec + budget.instr_overhead_s
+    return body + epilogue
 
 
 def _speedup(fmt: str, budget: Budget) -> float:
@@ -190,9 +251,12 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     a_size, b_size, k_step, n_step = _quant_sizes(q, itemsize(a.dtype), itemsize(b.dtype))
     speedup = _speedup(fmt, budget)
     quant_ops = VEC_OPS["quantize"] if q.fmt("a") is not None else 0.0
+    epilogue_ops = ((1 if bias is not None else 0) + (VEC_OPS.get(act, 1) if act else 0)
+                    + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0))
     try:
         bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, extra, k_step,
-                                   n_step, block, itemsize(a.dtype), speedup, quant_ops)
+                                   n_step, block, itemsize(a.dtype), speedup, quant_ops,
+                                   epilogue_ops=epilogue_ops)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (matmul {m}x{k} @ {k}x{n}): no tiling fits "
                          f"TSRAM ({budget.tsram_bytes} bytes per tile)") from err
