@@ -76,6 +76,8 @@ class MatMulOp(TensorOp):
     Operands ``(a, b, [bias], [r])``: optional ``act`` epilogue; when the ``residual``
     attribute (``add`` | ``mul``) is set, the last operand is ``r``, a tensor broadcast
     to the result and combined with it before the store (residual add, SwiGLU gate).
+    With ``glu`` (a binary fn) ``b`` is ``[K, 2N]`` and the result is
+    ``glu(act(a @ b[:, :N]), a @ b[:, N:])`` (SwiGLU: gate and up projection in one op).
     """
 
     name = "maia.matmul"

@@ -279,6 +279,13 @@ def quantize_module(module: builtin.ModuleOp, spec: QuantSpec) -> dict[str, str]
     for op in list(module.walk()):
         if isinstance(op, maia.MatMulOp):
             done[maia.attr(op, "op", "matmul")] = quantize_matmul(op, spec, calib)
+            up = maia.attr(op, "up_op")  # a gate and up projection merged (fuse-swiglu)
+            if up is not None:
+                done[up] = done[maia.attr(op, "op", "matmul")]
+                if spec.for_op(up) != spec.for_op(maia.attr(op, "op", "matmul")):
+                    warnings.warn(f"quantize: '{up}' is merged with the gate projection "
+                                  f"'{maia.attr(op, 'op')}' and takes its formats",
+                                  stacklevel=2)
     for glob, _ in spec.overrides:
         if not any(glob_matches(glob, name) for name in done):
             warnings.warn(f"--quant: override pattern {glob!r} matches no matmul "

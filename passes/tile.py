@@ -158,7 +158,7 @@ class FunctionTiler:
             tile_matmul(kernel, ins[0], ins[1], out, self.budget, bias=bias,
                         act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"),
                         residual=residual, residual_fn=residual_fn or "add",
-                        quant=self._matmul_quant(op))
+                        quant=self._matmul_quant(op), glu=maia.attr(op, "glu"))
         elif isinstance(op, maia.AttentionOp) and not self.budget.fixed_block and \
                 decode_attention.applies(maia.attr(op, "dims"), len(ins),
                                          bool(maia.attr(op, "causal", False))):

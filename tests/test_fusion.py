@@ -317,3 +317,26 @@ def test_causal_attention_skips_hidden_blocks() -> None:
         report = compiled.report()
         times[masked] = sum(op["time_s"] for op in report["ops"] if op["kind"] == "attention")
     assert times[True] < 0.7 * times[False]
+
+
+@pytest.mark.parametrize("quant", [None, "fp8", "mxfp4"])
+def test_gate_up_merged_matches_separate(quant: str | None) -> None:
+    """fuse-swiglu's merged gate/up matmul ([Wg | Wu], glu = mul) computes what the
+    separate gate matmul with the up projection as its epilogue computes, quantized too
+    (the weights' blocks run along K, so the concatenation quantizes column for column)."""
+    from maiac import models
+    from maiac.driver import default_pipeline
+    from maiac.inputs import random_inputs
+
+    model = models.llama_decoder(models.LlamaConfig("t", 64, 1, 4, 2, 256, 128), seq=32)
+    merged_pipe = default_pipeline(quant)
+    assert "fuse-swiglu" in merged_pipe
+    separate_pipe = merged_pipe.replace("fuse-swiglu", "fuse-swiglu{merge=false}")
+    calib = None if quant != "fp8" else random_inputs(model, {}, seed=1)
+    merged = maiac.compile(model, quant=quant, pipeline=merged_pipe, calib=calib)
+    separate = maiac.compile(model, quant=quant, pipeline=separate_pipe, calib=calib)
+    assert "up_proj" not in " ".join(i.op for i in merged.program.instructions)
+    assert "up_proj" in " ".join(i.op for i in separate.program.instructions)
+    inputs = random_inputs(model, {}, seed=0)
+    a, b = merged.run(inputs)["logits"], separate.run(inputs)["logits"]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))

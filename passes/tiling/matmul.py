@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 from maiac.passes.tiling.common import (
     Access,
@@ -81,7 +82,7 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
                   budget: Budget, extra_row_bytes: int = 0, k_step: int = 1,
                   n_step: int = 1, block_bytes: int = 0, a_src: float | None = None,
                   speedup: float = 1.0, quant_ops: float = 0.0, b_src: float | None = None,
-                  epilogue_ops: float = 0.0) -> tuple[int, int, int]:
+                  epilogue_ops: float = 0.0, outputs: int = 1) -> tuple[int, int, int]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
     ``bk`` is a multiple of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized
@@ -90,7 +91,9 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     they are read with (default: the TSRAM size); ``block_bytes``: further TSRAM bytes per
     element of a ``[bm, bn]`` block (a residual); ``speedup``: the format's TTU peak over
     f32; ``quant_ops``: TVP ops per element of ``a`` (activation quantize, per K step);
-    ``epilogue_ops``: TVP ops per output element (bias, activation, residual).
+    ``epilogue_ops``: TVP ops per output element (bias, activation, residual);
+    ``outputs``: products per job sharing the ``a`` block (2: a gated matmul, whose ``b``
+    blocks and ``[bm, bn]`` accumulators come in pairs).
 
     Each candidate is costed as `_job_time` says: K steps overlapped (DMA, TVP, TTU in a
     pipeline) only when the `double-buffer` pass can give the streamed blocks twins, else
@@ -107,16 +110,16 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
         for bn in divisors(n):
             if bn % n_step:
                 continue
-            fixed = (align(bm * bn * 4) + align(bn * extra_row_bytes)
+            fixed = (outputs * align(bm * bn * 4) + align(bn * extra_row_bytes)
                      + align(bm * bn * block_bytes) + slack)
             split = split_jobs((batch, m // bm, n // bn), budget.n_tiles)
             shape = _JobShape(bm, bn, k, a_size if a_src is None else a_src,
-                              b_size if b_src is None else b_src, block_bytes, speedup,
-                              quant_ops, epilogue_ops, split)
+                              outputs * (b_size if b_src is None else b_src), block_bytes,
+                              speedup / outputs, quant_ops, epilogue_ops, split)
             for twins in (True, False):
                 room = budget.tsram_bytes - fixed
-                bk = _deepest_k(k, bm, bn, a_size * (1 + twins), b_size * (1 + twins), room,
-                                k_step)
+                bk = _deepest_k(k, bm, bn, a_size * (1 + twins),
+                                outputs * b_size * (1 + twins), room, k_step)
                 if bk is None:
                     continue
                 cost = math.prod(split.loops) * _job_time(shape, bk, twins, budget)
@@ -135,9 +138,9 @@ class _JobShape:
     bn: int
     k: int
     a_src: float  # bytes per element a is read with
-    b_src: float  # bytes per element b is read with
+    b_src: float  # bytes per element b is read with (all outputs)
     block_bytes: float  # residual bytes per output element
-    speedup: float
+    speedup: float  # TTU peak over f32, divided by the outputs
     quant_ops: float
     epilogue_ops: float
     split: JobSplit
@@ -227,8 +230,12 @@ def _deepest_k(k: int, bm: int, bn: int, a_size: float, b_size: float, room: int
 def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budget,
                 bias: Tensor | None = None, act: str | None = None, fmt: str = "f32",
                 residual: Tensor | None = None, residual_fn: str = "add",
-                quant: MatmulQuant | None = None) -> None:
+                quant: MatmulQuant | None = None, glu: str | None = None) -> None:
     """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``.
+
+    ``glu`` (a binary fn, e.g. ``mul``): ``b`` is ``[K, 2N]``, the gate's columns then the
+    up projection's, and ``out = glu(act(a @ b[:, :N]), a @ b[:, N:])``: each job streams
+    both halves' blocks of ``b`` beside one ``a`` block, into two accumulators.
 
     ``quant``: quantized operands (see `MatmulQuant`); the TTU then reads packed codes
     and scales, and the activation block is quantized on the TVP first.
@@ -242,7 +249,7 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     a_batch = broadcast_strides(a.shape[:-2], batch_shape) if batch_shape else ()
     b_batch = broadcast_strides(b.shape[:-2], batch_shape) if batch_shape else ()
     a_batch = tuple(s * m * k for s in a_batch)
-    b_batch = tuple(s * k * n for s in b_batch)
+    b_batch = tuple(s * k * n * (2 if glu else 1) for s in b_batch)
     c_batch = tuple(s * m * n for s in contiguous(batch_shape)) if batch_shape else ()
     nbatch = math.prod(batch_shape)
     extra = itemsize(bias.dtype) if bias is not None else 0
@@ -252,11 +259,13 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     speedup = _speedup(fmt, budget)
     quant_ops = VEC_OPS["quantize"] if q.fmt("a") is not None else 0.0
     epilogue_ops = ((1 if bias is not None else 0) + (VEC_OPS.get(act, 1) if act else 0)
-                    + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0))
+                    + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0)
+                    + (VEC_OPS.get(glu, 1) if glu else 0))
+    halves = 2 if glu else 1
     try:
         bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, extra, k_step,
                                    n_step, block, itemsize(a.dtype), speedup, quant_ops,
-                                   epilogue_ops=epilogue_ops)
+                                   epilogue_ops=epilogue_ops, outputs=halves)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (matmul {m}x{k} @ {k}x{n}): no tiling fits "
                          f"TSRAM ({budget.tsram_bytes} bytes per tile)") from err
@@ -273,32 +282,40 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
         b_steps = b_batch + (0, bnb)
     else:
         nb, bnb = n, bn
-    tb = kernel.scratch_buffer("b", b.dtype, (bk, bnb))
+    tb = kernel.scratch_buffer("b", b.dtype, (bk, halves * bnb))
     tc = kernel.scratch_buffer("c", "f32", (bm, bn))
+    tu = kernel.scratch_buffer("c_up", "f32", (bm, bn)) if glu else None
+    row = halves * nb  # b's row, in elements (bytes when packed)
     nk = k // bk
     outer_a = split.loop_strides(a_steps)
     outer_b = split.loop_strides(b_steps)
     a_quant = _a_quantizer(kernel, q, ta, bm, bk, grid)
-    b_scale = _b_scale_loader(kernel, q, bk, bn, n, batch_shape, split, grid)
+    b_scale = _b_scale_loader(kernel, q, bk, bn, n, batch_shape, split, grid, halves)
+    if glu:  # both halves' blocks in one DMA: [bk, 2, bn] -> TSRAM rows [gate | up]
+        b_shape, b_strides, tb_strides = (bk, 2, bnb), (row, nb, 1), (2 * bnb, bnb, 1)
+    else:
+        b_shape, b_strides, tb_strides = (bk, bnb), (nb, 1), (bnb, 1)
+    accs = [tc] + ([tu] if tu else [])
 
     def step(k_index: int, inner: bool) -> list:
         a_ls = outer_a + ((bk,) if inner else ())
-        b_ls = outer_b + ((bk * nb,) if inner else ())
+        b_ls = outer_b + ((bk * row,) if inner else ())
         src_a = Access(a.buf, a.dtype, (bm, bk), (k, 1), a.off + k_index * bk,
                        split.tile_strides(a_steps), a_ls)
-        src_b = Access(b.buf, b.dtype, (bk, bnb), (nb, 1), b.off + k_index * bk * nb,
+        src_b = Access(b.buf, b.dtype, b_shape, b_strides, b.off + k_index * bk * row,
                        split.tile_strides(b_steps), b_ls)
         a_ops, a_mm, a_extra = a_quant
-        b_ops, b_extra = b_scale(k_index, inner)
+        b_ops, b_extras = b_scale(k_index, inner)
         return [
             dma(src_a, Access(ta, ta_dtype, (bm, bk), (bk, 1)), grid, queue=0),
-            dma(src_b, Access(tb, b.dtype, (bk, bnb), (bnb, 1)), grid, queue=1),
+            dma(src_b, Access(tb, b.dtype, b_shape, tb_strides), grid, queue=1),
             *b_ops,
             *(op.clone() for op in a_ops),  # fresh ops: step() builds the peel and the loop
-            mm(a_mm or Access(ta, ta_dtype, (bm, bk), (bk, 1)),
-               Access(tb, b.dtype, (bk, bnb), (bnb, 1)),
-               Access(tc, "f32", (bm, bn), (bn, 1)), grid, accumulate=k_index > 0 or inner,
-               fmt=fmt, **a_extra, **b_extra),
+            *(mm(a_mm or Access(ta, ta_dtype, (bm, bk), (bk, 1)),
+                 Access(tb, b.dtype, (bk, bnb), (halves * bnb, 1), h * bnb),
+                 Access(acc, "f32", (bm, bn), (bn, 1)), grid,
+                 accumulate=k_index > 0 or inner, fmt=fmt, **a_extra, **b_extras[h])
+              for h, acc in enumerate(accs)),
         ]
 
     body = step(0, inner=False)
@@ -316,6 +333,8 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                         grid))
     if act:
         body.append(vec(act, [c_block], c_block, grid))
+    if glu and tu is not None:
+        body.append(vec(glu, [c_block, Access(tu, "f32", (bm, bn), (bn, 1))], c_block, grid))
     if residual is not None:
         body += _residual(kernel, residual, residual_fn, c_block, out.shape, bm, bn, split,
                           grid)
@@ -323,7 +342,7 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                                     split.tile_strides(c_steps), split.loop_strides(c_steps)),
                     grid, queue=1))
     kernel.body.extend(loop(split.trips, body))
-    kernel.flops += 2 * nbatch * m * n * k
+    kernel.flops += 2 * nbatch * m * n * k * halves
 
 
 def _a_quantizer(kernel: Kernel, q: MatmulQuant, ta: str, bm: int, bk: int,
@@ -353,28 +372,36 @@ def _a_quantizer(kernel: Kernel, q: MatmulQuant, ta: str, bm: int, bk: int,
 
 
 def _b_scale_loader(kernel: Kernel, q: MatmulQuant, bk: int, bn: int, n: int,
-                    batch_shape: tuple[int, ...], split: JobSplit, grid: Sequence[int]) -> object:
-    """Per K step: (DMAs of the weight scales into TSRAM, mm fields for ``b``)."""
+                    batch_shape: tuple[int, ...], split: JobSplit, grid: Sequence[int],
+                    halves: int = 1) -> Any:
+    """Per K step: (DMAs of the weight scales into TSRAM, mm fields for ``b``, one dict
+    per half of a gated matmul's ``b``)."""
     wf, ws = q.fmt("w"), q.w_scales
 
-    def none(k_index: int, inner: bool) -> tuple[list, dict]:
-        return [], {}
+    def none(k_index: int, inner: bool) -> tuple[list, list[dict]]:
+        return [], [{}] * halves
     if wf is None:
         return none
     fields = {"b_fmt": wf.name, "b_tensor_scale": q.w_tensor_scale}
     if ws is None:
-        return lambda k_index, inner: ([], fields)
+        return lambda k_index, inner: ([], [fields] * halves)
     steps = tuple(0 for _ in batch_shape) + (0, bn)
     outer = split.loop_strides(steps)
     rows = n_blocks(wf.name, bk) if wf.is_blocked else 1
-    k_stride = rows * n if wf.is_blocked else 0
-    ts = kernel.scratch_buffer("b_scale", ws.dtype, (rows, bn))
-    local = Access(ts, ws.dtype, (rows, bn), (bn, 1))
+    k_stride = rows * n * halves if wf.is_blocked else 0
+    ts = kernel.scratch_buffer("b_scale", ws.dtype, (rows, halves * bn))
+    if halves == 2:  # [rows, 2, bn]: the gate's scales, then the up projection's
+        shape, strides, local_strides = (rows, 2, bn), (2 * n, n, 1), (2 * bn, bn, 1)
+    else:
+        shape, strides, local_strides = (rows, bn), (n, 1), (bn, 1)
+    local = Access(ts, ws.dtype, shape, local_strides)
+    parts = [{**fields, "b_scale": Access(ts, ws.dtype, (rows, bn), (halves * bn, 1),
+                                          h * bn).to_dict()} for h in range(halves)]
 
-    def load(k_index: int, inner: bool) -> tuple[list, dict]:
-        src = Access(ws.buf, ws.dtype, (rows, bn), (n, 1), ws.off + k_index * k_stride,
+    def load(k_index: int, inner: bool) -> tuple[list, list[dict]]:
+        src = Access(ws.buf, ws.dtype, shape, strides, ws.off + k_index * k_stride,
                      split.tile_strides(steps), outer + ((k_stride,) if inner else ()))
-        return [dma(src, local, grid, queue=2)], {**fields, "b_scale": local.to_dict()}
+        return [dma(src, local, grid, queue=2)], parts
     return load
 
 

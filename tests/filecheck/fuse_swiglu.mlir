@@ -1,8 +1,9 @@
 // RUN: import inputs/llama_layer0.onnx -p 'fold-constants,canonicalize,lower-onnx-to-maia,fuse-swiglu'
-// Llama's MLP, down(silu(x Wg) * (x Wu)) with silu as x * Sigmoid(x): the gate matmul
-// gets act = silu and multiplies the up projection in as its epilogue.
+// Llama's MLP, down(silu(x Wg) * (x Wu)) with silu as x * Sigmoid(x): gate and up
+// projection become one matmul over the concatenated weight [Wg | Wu] (64x256) with
+// act = silu and glu = mul; the up projection's own matmul is gone.
 
-// CHECK:     %[[UP:.*]] = "maia.matmul"(%[[X:.*]], %onnx_MatMul_5) {op = "/model/model/layers.0/mlp/up_proj/MatMul"}
-// CHECK:     %[[G:.*]] = "maia.matmul"(%[[X]], %onnx_MatMul_4, %[[UP]]) {op = "/model/model/layers.0/mlp/gate_proj/MatMul", act = "silu", residual = "mul"} : (tensor<2x8x64xf32>, tensor<64x128xf32>, tensor<2x8x128xf32>) -> tensor<2x8x128xf32>
+// CHECK:     %[[W:.*]] = "maia.constant"() {value = dense_resource<{{.*}}> : tensor<64x256xf32>, op = "/model/model/layers.0/mlp/gate_proj/MatMul+/model/model/layers.0/mlp/up_proj/MatMul"}
+// CHECK:     %[[G:.*]] = "maia.matmul"(%[[X:.*]], %[[W]]) {op = "/model/model/layers.0/mlp/gate_proj/MatMul", act = "silu", glu = "mul", up_op = "/model/model/layers.0/mlp/up_proj/MatMul"} : (tensor<2x8x64xf32>, tensor<64x256xf32>) -> tensor<2x8x128xf32>
 // CHECK:     "maia.matmul"(%[[G]], %onnx_MatMul_6) {op = "/model/model/layers.0/mlp/down_proj/MatMul"}
 // CHECK-NOT: fn = "sigmoid"
