@@ -16,7 +16,8 @@ fp32), ``mxfp4;lm_head=mxfp8;layers.0.*=none``, ``mxfp8,scale=rceil``.
 An override ``GLOB`` matches a node name when it matches some substring of it, with
 ``/`` and ``.`` treated alike (``layers.0.*`` matches ``/model/layers.0/mlp/MatMul``);
 the last matching override wins. Only matmuls with a constant weight operand are
-quantized; softmax, norms and residual adds stay fp32.
+quantized; softmax, norms and residual adds stay fp32. A fused attention whose node has
+narrow activations (any ``a``) runs its two products in bf16 (passes/quantize.py).
 """
 
 from __future__ import annotations

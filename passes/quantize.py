@@ -15,9 +15,11 @@ whose weight operand (``b``) is a compile-time 2-D constant [K, N], the spec
   driver attaches to the module as ``maia.calib`` (op name → amax of its input);
 * ``fmt`` is the format the TTU runs at: the slower of the two operands.
 
-Matmuls of two activations (attention scores, P·V), softmax, norms and residual adds
-are left as they are (fp32). A matmul whose shapes do not fit a format's packing gets
-``quant_skipped`` with the reason and stays fp32.
+A fused attention (``maia.attention``) gets ``fmt = bf16`` when its activations are
+narrow: its two products (scores, P·V) run on the TTU in bf16 with fp32 accumulation,
+softmax statistics in fp32. Unfused matmuls of two activations, softmax, norms and
+residual adds are left as they are (fp32). A matmul whose shapes do not fit a format's
+packing gets ``quant_skipped`` with the reason and stays fp32.
 """
 
 from __future__ import annotations
@@ -276,6 +278,7 @@ def quantize_module(module: builtin.ModuleOp, spec: QuantSpec) -> dict[str, str]
     """Apply ``spec`` to every matmul of ``module``; op name → what it became."""
     calib = Calibration.of_module(module)
     done: dict[str, str] = {}
+    attention: dict[str, str] = {}
     for op in list(module.walk()):
         if isinstance(op, maia.MatMulOp):
             done[maia.attr(op, "op", "matmul")] = quantize_matmul(op, spec, calib)
@@ -286,14 +289,28 @@ def quantize_module(module: builtin.ModuleOp, spec: QuantSpec) -> dict[str, str]
                     warnings.warn(f"quantize: '{up}' is merged with the gate projection "
                                   f"'{maia.attr(op, 'op')}' and takes its formats",
                                   stacklevel=2)
+        elif isinstance(op, maia.AttentionOp):
+            attention[maia.attr(op, "op", "attention")] = quantize_attention(op, spec)
     for glob, _ in spec.overrides:
-        if not any(glob_matches(glob, name) for name in done):
+        if not any(glob_matches(glob, name) for name in (*done, *attention)):
             warnings.warn(f"--quant: override pattern {glob!r} matches no matmul "
                           f"(matmuls: {', '.join(list(done)[:6])}"
                           f"{', ...' if len(done) > 6 else ''})", stacklevel=2)
-    module.attributes[QUANT_ATTR] = builtin.StringAttr(json.dumps(
-        {"spec": spec.text, "ops": done}))
+    summary: dict[str, Any] = {"spec": spec.text, "ops": done}
+    if attention:
+        summary["attention"] = attention
+    module.attributes[QUANT_ATTR] = builtin.StringAttr(json.dumps(summary))
     return done
+
+
+def quantize_attention(op: maia.AttentionOp, spec: QuantSpec) -> str:
+    """The TTU format of a fused attention's two products: bf16 (fp32 accumulation,
+    fp32 softmax statistics) when the spec's activations for the op are narrow, else
+    fp32. Single-query (decode) attention keeps fp32 operands whatever this says."""
+    q = spec.for_op(maia.attr(op, "op", "attention"))
+    fmt = "bf16" if q.a is not None else "f32"
+    op.attributes["fmt"] = maia.to_attr(fmt)
+    return fmt
 
 
 class QuantizePass(ModulePass):

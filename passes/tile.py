@@ -175,7 +175,8 @@ class FunctionTiler:
                 kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None, out,
                 self.budget, maia.attr(op, "dims"), views, maia.attr(op, "scale", 1.0),
                 causal=causal, positions=self.positions(maia.attr(op, "dims")[4])
-                if causal else None, out_view=maia.attr(op, "out_view"))
+                if causal else None, out_view=maia.attr(op, "out_view"),
+                fmt=maia.attr(op, "fmt", "f32"))
         elif isinstance(op, maia.UnaryOp | maia.BinaryOp):
             params = {"fmod": 1} if maia.attr(op, "fmod") else None
             tile_elementwise(kernel, fn, ins, out, self.budget, params)

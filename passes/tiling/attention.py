@@ -15,6 +15,12 @@ The first key block is peeled (it initializes m, l, O); the job ends with ``O / 
 and one DMA of the ``[bq, D]`` block to the result (contiguous ``[B, H, Sq, D]``, or
 wherever ``out_view`` puts it, e.g. ``[B, Sq, H, D]``).
 
+**Narrow attention** (``fmt = "bf16"``, set by `quantize` when the spec's activations
+are narrow): the TTU runs both products in bf16 with fp32 accumulation. The scaled Q
+block is stored as bf16, K and V blocks are converted to bf16 by their DMAs, and
+``exp_sub`` writes P as bf16 (the row sum ``l`` adds those same rounded values); S, the
+row statistics m and l, and O stay fp32.
+
 **Causal attention without a mask operand.** Key ``c`` is hidden from query row ``r``
 iff ``c > r + Sk - Sq``. Query block ``i`` then needs only the key blocks up to its last
 row's diagonal, and only those crossing some row's diagonal need a mask. Query blocks
@@ -87,23 +93,29 @@ def query_groups(sq: int, sk: int, bq: int, bk: int, causal: bool) -> list[Query
 
 
 def _tsram_bytes(bq: int, bk: int, d: int, sizes: Sequence[int], masked: bool,
-                 causal: bool = False) -> int:
+                 causal: bool = False, narrow: int = 0) -> int:
     """Scratch of one job: Q and O (f32), K and V blocks, scores (+ mask or positions),
-    row stats."""
+    row stats; ``narrow``: bytes per element of the TTU operands (+ Q and P copies)."""
     _, k, v, m = sizes
+    if narrow:
+        k = v = narrow
     total = 2 * align(bq * d * 4) + align(bk * d * k) + align(bk * d * v)
     total += align(bq * bk * 4) + (align(bq * bk * m) if masked else 0)
+    if narrow:
+        total += align(bq * d * narrow) + align(bq * bk * narrow)
     if causal:
         total += align(bq * 4) + align(bk * 4)
     return total + 6 * align(bq * 4)
 
 
 def _causal_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
-                 budget: Budget) -> float:
+                 budget: Budget, speedup: float = 1.0) -> float:
     """Modeled TTU time (s) of causal attention in ``(bq, bk)`` blocks: per group, the
-    jobs each tile runs in turn times the key blocks per job (plus instruction costs)."""
-    per_block = 4.0 * bq * bk * d / budget.tile_flops + 14 * budget.instr_overhead_s
-    per_job = 2.0 * bq * d / budget.tile_flops + 6 * budget.instr_overhead_s
+    jobs each tile runs in turn times the key blocks per job (plus instruction costs);
+    ``speedup``: the TTU format's peak over f32."""
+    flops = budget.tile_flops * speedup
+    per_block = 4.0 * bq * bk * d / flops + 14 * budget.instr_overhead_s
+    per_job = 2.0 * bq * d / flops + 6 * budget.instr_overhead_s
     total = 0.0
     for group in query_groups(sq, sk, bq, bk, causal=True):
         turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
@@ -112,7 +124,8 @@ def _causal_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int
 
 
 def choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: Sequence[int], masked: bool,
-                  budget: Budget, causal_dims: Sequence[int] | None = None) -> tuple[int, int]:
+                  budget: Budget, causal_dims: Sequence[int] | None = None,
+                  narrow: int = 0, speedup: float = 1.0) -> tuple[int, int]:
     """(bq, bk): enough query blocks for every tile, then the biggest key block that fits.
 
     ``causal_dims`` (the ``(B, Hkv, G)`` job dims of a causal attention without a mask):
@@ -123,11 +136,11 @@ def choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: Sequence[int], mas
     causal = causal_dims is not None
     for bq in (x for x in divisors(sq) if x <= MAX_BQ):
         for bk in (x for x in divisors(sk) if x <= MAX_BK):
-            if _tsram_bytes(bq, bk, d, sizes, masked, causal) > budget.tsram_bytes:
+            if _tsram_bytes(bq, bk, d, sizes, masked, causal, narrow) > budget.tsram_bytes:
                 continue
             if causal_dims is not None:
-                key: tuple[float, ...] = (-_causal_cost(causal_dims, sq, sk, d, bq, bk, budget),
-                                          bq * bk)
+                key: tuple[float, ...] = (-_causal_cost(causal_dims, sq, sk, d, bq, bk, budget,
+                                                        speedup), bq * bk)
             else:
                 key = prefer(jobs * (sq // bq), bq * bk, budget.n_tiles)
             if best is None or key > best[0]:
@@ -141,8 +154,10 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
                    out: Tensor, budget: Budget, dims: Sequence[int],
                    views: dict[str, Sequence[int]], scale: float, causal: bool = False,
                    positions: Tensor | None = None,
-                   out_view: Sequence[int] | None = None) -> list[Kernel]:
+                   out_view: Sequence[int] | None = None, fmt: str = "f32") -> list[Kernel]:
     """Append the flash-attention instructions of ``out = attention(q, k, v, mask)``.
+
+    ``fmt``: the TTU operand format of both products (``f32`` or ``bf16``).
 
     ``causal`` without ``mask``: the mask is generated (``positions``: an f32 ``arange``
     of at least ``Sk`` elements) and hidden key blocks are skipped; the groups of query
@@ -154,9 +169,13 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
         raise MaiacError(f"op '{kernel.op}': causal attention without a mask needs "
                          f"Sk >= Sq and a positions table")
     sizes = [itemsize(t.dtype) for t in (q, k, v)] + [itemsize(mask.dtype) if mask else 4]
+    if fmt not in ("f32", "bf16"):
+        raise MaiacError(f"op '{kernel.op}': attention runs in f32 or bf16, not {fmt}")
+    narrow = 2 if fmt == "bf16" else 0
+    speedup = dict(budget.fmt_speedup).get(fmt, 1.0)
     try:
         bq, bk = choose_blocks(b * hkv * g, sq, sk, d, sizes, mask is not None, budget,
-                               (b, hkv, g) if generate else None)
+                               (b, hkv, g) if generate else None, narrow, speedup)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (attention, head dim {d}): no block fits TSRAM "
                          f"({budget.tsram_bytes} bytes per tile)") from err
@@ -168,7 +187,7 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
         part = kernel if index == 0 else Kernel(op=kernel.op, kind=kernel.kind,
                                                 uid=f"{kernel.uid or kernel.op}.{index}")
         _tile_group(part, q, k, v, mask, out, budget, dims, views, scale, bq, bk, group,
-                    positions if generate else None, out_view)
+                    positions if generate else None, out_view, fmt)
         # the work done: a causal group skips the key blocks above its diagonal
         part.flops += b * h * group.count * bq * group.keys * bk * (4 * d + 8)
         if index:
@@ -179,7 +198,8 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
 def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                 out: Tensor, budget: Budget, dims: Sequence[int],
                 views: dict[str, Sequence[int]], scale: float, bq: int, bk: int,
-                group: QueryGroup, positions: Tensor | None, out_view: Sequence[int]) -> None:
+                group: QueryGroup, positions: Tensor | None, out_view: Sequence[int],
+                fmt: str = "f32") -> None:
     """The instructions of one group of query blocks (all of them unless causal)."""
     b, hkv, g, sq, sk, d = dims
     split = split_jobs((b, hkv, g, group.count), budget.n_tiles)
@@ -187,10 +207,14 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
     q0 = group.first * bq  # first query row of the group
 
     f32 = "f32"
+    narrow = fmt != "f32"
+    k_dtype, v_dtype = (fmt, fmt) if narrow else (k.dtype, v.dtype)
     tq = kernel.scratch_buffer("q", f32, (bq, d))
-    tk = kernel.scratch_buffer("kT", k.dtype, (d, bk))
-    tv = kernel.scratch_buffer("v", v.dtype, (bk, d))
+    tq_mm = kernel.scratch_buffer("q_" + fmt, fmt, (bq, d)) if narrow else tq
+    tk = kernel.scratch_buffer("kT", k_dtype, (d, bk))
+    tv = kernel.scratch_buffer("v", v_dtype, (bk, d))
     ts = kernel.scratch_buffer("s", f32, (bq, bk))
+    tp = kernel.scratch_buffer("p_" + fmt, fmt, (bq, bk)) if narrow else ts
     to = kernel.scratch_buffer("o", f32, (bq, d))
     m, m_new, m_blk, alpha, l_sum, r_sum = (kernel.scratch_buffer(n, f32, (bq, 1)) for n in
                                             ("m", "m_new", "m_blk", "alpha", "l", "rowsum"))
@@ -203,6 +227,8 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
         return Access(buf, dtype, shape, (shape[1], 1))
 
     s_acc, o_acc = local(ts, (bq, bk)), local(to, (bq, d))
+    p_acc = local(tp, (bq, bk), fmt if narrow else f32)  # P, the second product's a
+    q_mm = local(tq_mm, (bq, d), fmt if narrow else f32)
     m_acc, mn_acc, mb_acc, a_acc, l_acc, r_acc = (
         local(x, (bq, 1)) for x in (m, m_new, m_blk, alpha, l_sum, r_sum))
 
@@ -221,7 +247,7 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
 
     # per job: Q block, scaled once (and the positions of its rows, when masked here)
     body = [dma(src(q, "q", (bq, d), False, 0, False), local(tq, (bq, d)), grid),
-            vec("scale", [local(tq, (bq, d))], local(tq, (bq, d)), grid, scale=float(scale))]
+            vec("scale", [local(tq, (bq, d))], q_mm, grid, scale=float(scale))]
     if masked and positions is not None and tqp is not None:
         steps = (0, 0, 0, bq)
         body.append(dma(Access(positions.buf, f32, (bq, 1), (1, 1),
@@ -229,10 +255,10 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
                                split.loop_strides(steps)), local(tqp, (bq, 1)), grid))
 
     def key_block(j: int, inner: bool, first: bool, causal_mask: bool) -> list:
-        ops = [dma(src(k, "k", (d, bk), True, j, inner), local(tk, (d, bk), k.dtype), grid),
-               dma(src(v, "v", (bk, d), False, j, inner), local(tv, (bk, d), v.dtype), grid,
+        ops = [dma(src(k, "k", (d, bk), True, j, inner), local(tk, (d, bk), k_dtype), grid),
+               dma(src(v, "v", (bk, d), False, j, inner), local(tv, (bk, d), v_dtype), grid,
                    queue=1),
-               mm(local(tq, (bq, d)), local(tk, (d, bk), k.dtype), s_acc, grid, accumulate=False)]
+               mm(q_mm, local(tk, (d, bk), k_dtype), s_acc, grid, accumulate=False, fmt=fmt)]
         if mask is not None and tm is not None:
             ops += [dma(src(mask, "mask", (bq, bk), False, j, inner),
                         local(tm, (bq, bk), mask.dtype), grid),
@@ -246,19 +272,20 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
                         s_acc, grid)]
         if first:
             ops += [vec("reduce_max", [s_acc], m_acc, grid),
-                    vec("exp_sub", [s_acc, m_acc], s_acc, grid),
-                    vec("reduce_sum", [s_acc], l_acc, grid),
-                    mm(s_acc, local(tv, (bk, d), v.dtype), o_acc, grid, accumulate=False)]
+                    vec("exp_sub", [s_acc, m_acc], p_acc, grid),
+                    vec("reduce_sum", [p_acc], l_acc, grid),
+                    mm(p_acc, local(tv, (bk, d), v_dtype), o_acc, grid, accumulate=False,
+                       fmt=fmt)]
             return ops
         ops += [vec("reduce_max", [s_acc], mb_acc, grid),
                 vec("max", [m_acc, mb_acc], mn_acc, grid),
                 vec("exp_sub", [m_acc, mn_acc], a_acc, grid),
-                vec("exp_sub", [s_acc, mn_acc], s_acc, grid),
-                vec("reduce_sum", [s_acc], r_acc, grid),
+                vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
+                vec("reduce_sum", [p_acc], r_acc, grid),
                 vec("mul", [l_acc, a_acc], l_acc, grid),
                 vec("add", [l_acc, r_acc], l_acc, grid),
                 vec("mul", [o_acc, a_acc], o_acc, grid),
-                mm(s_acc, local(tv, (bk, d), v.dtype), o_acc, grid, accumulate=True),
+                mm(p_acc, local(tv, (bk, d), v_dtype), o_acc, grid, accumulate=True, fmt=fmt),
                 vec("copy", [mn_acc], m_acc, grid)]
         return ops
 
