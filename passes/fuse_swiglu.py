@@ -3,7 +3,7 @@
 First ``x * sigmoid(x)`` becomes ``maia.unary {fn = silu}``. Then, when the gate and
 the up projection are matmuls of the same ``x`` with constant ``[K, N]`` weights, both
 become one matmul over the concatenated weight ``[K, 2N]`` with ``glu = mul`` and
-``act = silu``: each job computes a gate block and the matching up block from one read
+``act = silu`` (when ``x`` has at least ``merge_min_rows`` rows: prefill, not decode): each job computes a gate block and the matching up block from one read
 (and one quantization) of its ``x`` block, and stores ``silu(gate) * up`` — the up
 projection's output never exists in memory. Otherwise the product of a gate matmul's
 SiLU with anything of the same shape becomes the gate matmul with ``act = silu`` and the
@@ -13,6 +13,7 @@ the gate result is stored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,7 +67,11 @@ class FuseGatedMatmul(RewritePattern):
 
 
 class FuseGateUp(RewritePattern):
-    """``silu(x @ Wg) * (x @ Wu)`` → ``matmul(x, [Wg | Wu]) {act = silu, glu = mul}``."""
+    """``silu(x @ Wg) * (x @ Wu)`` → ``matmul(x, [Wg | Wu]) {act = silu, glu = mul}``
+    when ``x`` has at least ``min_rows`` rows."""
+
+    def __init__(self, min_rows: int = 1) -> None:
+        self.min_rows = min_rows
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter, /) -> None:
         if op.name != "maia.binary" or maia.attr(op, "fn") != "mul":
@@ -79,6 +84,8 @@ class FuseGateUp(RewritePattern):
             if g is None or u is None or g.op is u.op or not _plain(g.op) or not _plain(u.op):
                 continue
             if g.op.operands[0] is not u.op.operands[0]:
+                continue
+            if math.prod(tensor_shape(g.op.operands[0].type)[:-1]) < self.min_rows:
                 continue
             g_shape = tensor_shape(g.op.results[0].type)
             if g_shape != tensor_shape(u.op.results[0].type):
@@ -145,9 +152,12 @@ class FuseSwigluPass(ModulePass):
     name = "fuse-swiglu"
 
     merge: bool = True  # gate and up projection in one matmul when they can be
+    # ... and x has this many rows: with a few rows (decode) the matmuls stream weights,
+    # and two kernels of half the weight each prefetch better during the ops before them
+    merge_min_rows: int = 64
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        patterns = (FuseSilu(), FuseGateUp(), FuseGatedMatmul()) if self.merge else \
-            (FuseSilu(), FuseGatedMatmul())
+        patterns = ((FuseSilu(), FuseGateUp(self.merge_min_rows), FuseGatedMatmul())
+                    if self.merge else (FuseSilu(), FuseGatedMatmul()))
         for pattern in patterns:
             PatternRewriteWalker(pattern, apply_recursively=False).rewrite_module(op)

@@ -328,7 +328,7 @@ def test_gate_up_merged_matches_separate(quant: str | None) -> None:
     from maiac.driver import default_pipeline
     from maiac.inputs import random_inputs
 
-    model = models.llama_decoder(models.LlamaConfig("t", 64, 1, 4, 2, 256, 128), seq=32)
+    model = models.llama_decoder(models.LlamaConfig("t", 64, 1, 4, 2, 256, 128), seq=64)
     merged_pipe = default_pipeline(quant)
     assert "fuse-swiglu" in merged_pipe
     separate_pipe = merged_pipe.replace("fuse-swiglu", "fuse-swiglu{merge=false}")

@@ -1,4 +1,4 @@
-// RUN: import inputs/llama_layer0.onnx -p 'fold-constants,canonicalize,lower-onnx-to-maia,fuse-swiglu'
+// RUN: import inputs/llama_layer0.onnx -p 'fold-constants,canonicalize,lower-onnx-to-maia,fuse-swiglu{merge_min_rows=1}'
 // Llama's MLP, down(silu(x Wg) * (x Wu)) with silu as x * Sigmoid(x): gate and up
 // projection become one matmul over the concatenated weight [Wg | Wu] (64x256) with
 // act = silu and glu = mul; the up projection's own matmul is gone.
