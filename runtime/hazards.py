@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from maiac.runtime.errors import MachineError
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec, engine_of
-from maiac.runtime.memory import block_extent, itemsize
+from maiac.runtime.memory import StepMap, block_extent, itemsize
 from maiac.runtime.program import Program, instr_label
 from maiac.runtime.target import Target
 
@@ -144,21 +144,12 @@ def build(instrs: list[Instr], names: list[str], prefix: str = "",
 _Seg = tuple[int, int, str, tuple[int, ...], tuple[str, ...]]
 
 
-class _Shadow:
+class _Shadow(StepMap):
     """Last write and last read per engine, over byte ranges of one level."""
 
     def __init__(self, n: int) -> None:
         self.empty: _Seg = (-1, 0, "", (0,) * n, ("",) * n)
-        self.keys: list[int] = [0]
-        self.vals: list[_Seg] = [self.empty]
-
-    def _split(self, x: int) -> int:
-        i = bisect.bisect_right(self.keys, x) - 1
-        if self.keys[i] == x:
-            return i
-        self.keys.insert(i + 1, x)
-        self.vals.insert(i + 1, self.vals[i])
-        return i + 1
+        super().__init__(self.empty)
 
     def segments(self, lo: int, hi: int) -> Iterator[tuple[int, int, _Seg]]:
         keys, vals = self.keys, self.vals
@@ -179,9 +170,7 @@ class _Shadow:
                 vals[k] = (w, ws, wl, rs, rl)
 
     def write(self, lo: int, hi: int, eng: int, seq: int, label: str) -> None:
-        i, j = self._split(lo), self._split(hi)
-        self.keys[i:j] = [lo]
-        self.vals[i:j] = [(eng, seq, label, self.empty[3], self.empty[4])]
+        self.assign(lo, hi, (eng, seq, label, self.empty[3], self.empty[4]))
 
 
 # --------------------------------------------------------------------------- tracker

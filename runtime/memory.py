@@ -3,6 +3,7 @@ the interpreter and the timing model)."""
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import ml_dtypes
@@ -96,3 +97,31 @@ def distinct_bytes(acc: Access, grid: tuple[int, ...]) -> int:
     elif acc.tile_strides:
         n *= math.prod(g for g, s in zip(grid, acc.tile_strides, strict=True) if s != 0)
     return n * itemsize(acc.dtype)
+
+
+class StepMap:
+    """A step function over byte addresses: ``vals[i]`` holds on [keys[i], keys[i+1]).
+
+    The shared core of the timing model's and the hazard checker's byte-range maps.
+    """
+
+    def __init__(self, initial: object) -> None:
+        self.keys: list[int] = [0]
+        self.vals: list = [initial]
+
+    def _split(self, x: int) -> int:
+        """Index of the segment that starts at ``x`` (splitting one if needed)."""
+        i = bisect.bisect_right(self.keys, x) - 1
+        if self.keys[i] == x:
+            return i
+        self.keys.insert(i + 1, x)
+        self.vals.insert(i + 1, self.vals[i])
+        return i + 1
+
+    def assign(self, lo: int, hi: int, value: object) -> None:
+        """Set [lo, hi) to ``value`` (one segment)."""
+        if hi <= lo:
+            return
+        i, j = self._split(lo), self._split(hi)
+        self.keys[i:j] = [lo]
+        self.vals[i:j] = [value]

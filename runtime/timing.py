@@ -37,7 +37,7 @@ from typing import Any
 
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
-from maiac.runtime.memory import block_extent, distinct_bytes, itemsize, numel
+from maiac.runtime.memory import StepMap, block_extent, distinct_bytes, itemsize, numel
 from maiac.runtime.program import Program
 from maiac.runtime.target import Target
 
@@ -259,20 +259,11 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target) -> _Leaf:
 
 # --------------------------------------------------------------------------- hazards
 
-class _RangeMax:
+class _RangeMax(StepMap):
     """A step function over byte addresses: max over a range, assign or raise over a range."""
 
     def __init__(self) -> None:
-        self.keys: list[int] = [0]
-        self.vals: list[float] = [0.0]
-
-    def _split(self, x: int) -> int:
-        i = bisect.bisect_right(self.keys, x) - 1
-        if self.keys[i] == x:
-            return i
-        self.keys.insert(i + 1, x)
-        self.vals.insert(i + 1, self.vals[i])
-        return i + 1
+        super().__init__(0.0)
 
     def query(self, lo: int, hi: int) -> float:
         if hi <= lo:
@@ -280,13 +271,6 @@ class _RangeMax:
         i = bisect.bisect_right(self.keys, lo) - 1
         j = bisect.bisect_left(self.keys, hi)
         return max(self.vals[i:j]) if j > i else self.vals[i]
-
-    def assign(self, lo: int, hi: int, v: float) -> None:
-        if hi <= lo:
-            return
-        i, j = self._split(lo), self._split(hi)
-        self.keys[i:j] = [lo]
-        self.vals[i:j] = [v]
 
     def raise_to(self, lo: int, hi: int, v: float) -> None:
         if hi <= lo:
