@@ -709,7 +709,11 @@ def _as_rows(dst: np.ndarray, src: np.ndarray, first: int) -> tuple[np.ndarray, 
     def fused(v: np.ndarray) -> np.ndarray:
         mem = v.base  # the level's byte array (views are built on it directly)
         offset = v.__array_interface__["data"][0] - mem.__array_interface__["data"][0]
-        return np.ndarray(v.shape[:k], row, buffer=mem, offset=offset, strides=v.strides[:k])
+        # a trailing length-1 axis: when every axis after the loop axes fuses, indexing
+        # one iteration must still give an array (a 0-d index would give an np.void
+        # scalar, which np.copyto cannot write into)
+        return np.ndarray(v.shape[:k] + (1,), row, buffer=mem, offset=offset,
+                          strides=v.strides[:k] + (width,))
     return fused(dst), fused(src)
 
 
