@@ -28,6 +28,7 @@ from maiac.runtime import isa
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
 from maiac.runtime.memory import access_extent, np_dtype
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
@@ -462,7 +463,8 @@ class _Machine:
                     np.copyto(dst, src)
             else:
                 def step(it: tuple[int, ...]) -> None:
-                    np.copyto(dst[it], src[it])
+                    # (*it, ...) keeps a 0-d view where the block fused into one element
+                    np.copyto(dst[(*it, ...)], src[(*it, ...)])
         else:
             def step(it: tuple[int, ...]) -> None:
                 store(dst[it], src[it])
@@ -751,6 +753,7 @@ def _machine(program: Program) -> _Machine:
     cache = program.runtime_cache
     if cache.get("machine_key") != key:
         cache.pop("machine", None)
+        check_runnable(program)  # host memory and run length, before allocating
         cache["machine"] = _Machine(program)
         cache["machine_key"] = key
     return cache["machine"]

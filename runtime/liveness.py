@@ -12,11 +12,23 @@ The pass follows the program in the interpreter's order on a shadow of every mem
 level (one byte per byte): bit ``WRITTEN`` once this run wrote it (inputs and constants
 count as written), ``READ_FIRST`` if it was read while not yet written, ``CLOBBERED`` if
 an instruction wrote it (a constant with such a byte must be rewritten every run).
+
+The work is bounded whatever the trip counts say (a `.maia` file is untrusted input):
+loops are walked one iteration at a time only while the walk stays within
+``WALK_BUDGET`` instruction visits. A loop past that is *summarized*: each
+instruction of its body reads, then writes, its bytes over all remaining iterations at
+once, as the interpreter runs an independent loop. That over-approximates the bytes read
+first (a read of what an earlier iteration wrote counts as a first read), which only
+poisons more bytes than needed, and writes exactly the bytes the loop writes. A summary
+view larger than ``SUMMARY_VIEW_LIMIT`` elements falls back to the access's byte extent:
+every unwritten byte in it counts as read first, and for writes it is marked clobbered
+but not written (both on the safe side). So the cost is closed-form in the trip counts.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +39,12 @@ from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import access_extent, np_dtype
 
 WRITTEN, READ_FIRST, CLOBBERED = 1, 2, 4
+
+WALK_BUDGET = 1 << 17
+"""Instruction visits walked iteration by iteration before loops are summarized."""
+
+SUMMARY_VIEW_LIMIT = 1 << 26
+"""Elements of an all-iterations view above which a summary uses the byte extent."""
 
 Independent = Callable[[Instr, tuple[int, ...], tuple[int, ...]], bool]
 
@@ -119,14 +137,70 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
         _write(sh.view(out, grid, trips)[it])
         written[out.level].append(access_extent(out, grid, trips))
 
+    def summary_view(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...],
+                     it: tuple[int, ...]) -> np.ndarray | None:
+        """The bytes of ``acc`` over all iterations after ``it`` (None if too large)."""
+        v = sh.view(acc, grid, trips)[it]
+        loops = len(trips) - len(it)
+        # a loop axis with stride 0 visits the same bytes again: one copy is enough
+        v = v[tuple(slice(0, 1) if st == 0 else slice(None) for st in v.strides[:loops])]
+        return v if v.size <= SUMMARY_VIEW_LIMIT else None
+
+    def summarize_leaf(instr: Instr, trips: tuple[int, ...], it: tuple[int, ...]) -> None:
+        grid = tuple(instr.grid)
+        reads, out = _reads_writes(instr)
+        for acc in reads:
+            v = summary_view(acc, grid, trips, it)
+            read(acc.level, v if v is not None
+                 else sh.whole(acc.level, *access_extent(acc, grid, trips)))
+        v = summary_view(out, grid, trips, it)
+        lo, hi = access_extent(out, grid, trips)
+        if v is not None:
+            _write(v)
+        else:  # clobbered but not known to be written: later reads count as first reads
+            whole = sh.whole(out.level, lo, hi)
+            np.bitwise_or(whole, CLOBBERED, out=whole)
+        written[out.level].append((lo, hi))
+
+    def summarize(instrs: list[Instr], trips: tuple[int, ...], it: tuple[int, ...]) -> None:
+        for ins in instrs:
+            if isinstance(ins, Loop):
+                summarize(ins.body, trips + tuple(ins.trips), it)
+            else:
+                summarize_leaf(ins, trips, it)
+
+    budget = [WALK_BUDGET]
+
+    def visits(instrs: list[Instr], trips: tuple[int, ...]) -> int:
+        """Instruction visits an exact walk of ``instrs`` costs (capped past the budget)."""
+        total = 0
+        for ins in instrs:
+            if not isinstance(ins, Loop):
+                total += 1
+                continue
+            inner = trips + tuple(ins.trips)
+            if len(ins.body) == 1 and independent(ins.body[0], trips, inner):
+                total += 1
+                continue
+            n = math.prod(ins.trips)
+            total += n * visits(ins.body, inner) if n <= budget[0] else budget[0] + 1
+            if total > budget[0]:
+                return budget[0] + 1
+        return total
+
     def walk(instrs: list[Instr], trips: tuple[int, ...], it: tuple[int, ...]) -> None:
         for ins in instrs:
             if not isinstance(ins, Loop):
                 leaf(ins, trips, it)
+                budget[0] -= 1
                 continue
             inner = trips + tuple(ins.trips)
             if len(ins.body) == 1 and independent(ins.body[0], trips, inner):
                 leaf(ins.body[0], inner, it)  # all iterations at once, as the interpreter
+                budget[0] -= 1
+                continue
+            if math.prod(ins.trips) * visits(ins.body, inner) > budget[0]:
+                summarize(ins.body, inner, it)
                 continue
             for sub in itertools.product(*map(range, ins.trips)):
                 walk(ins.body, inner, it + sub)

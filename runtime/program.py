@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from maiac.runtime import isa
+from maiac.runtime import isa, limits
 from maiac.runtime.errors import MaiacError, ProgramError
 from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import access_extent, itemsize
@@ -112,9 +112,11 @@ def _program_target(program: Program, error: type[MaiacError]) -> Any:
     from maiac.runtime.target import Target
 
     try:
-        return Target.from_json(program.target or {})
+        target = Target.from_json(program.target or {})
+        limits.check_target(target)
     except MaiacError as err:
         raise error(f"bad target parameters: {err}") from None
+    return target
 
 
 def validate_program(program: Program, error: type[MaiacError] = ProgramError) -> None:
@@ -342,16 +344,24 @@ def load_program(path: str | os.PathLike[str]) -> Program:
             head = fh.read(4)
     except OSError as err:
         raise ProgramError(f"cannot read {path}: {err.strerror or err}") from None
+    if not path.is_file():
+        raise ProgramError(f"{path}: not a regular file")
     try:
         with zipfile.ZipFile(path) as zf:
             manifest = _read_manifest(zf, path)
             program = _manifest_to_program(manifest, path)
-            program.constants = _read_blobs(zf, manifest, path)
+            try:  # sizes and addresses before the blobs are inflated
+                validate_program(program)
+                limits.check_structure(program)
+            except ProgramError as err:
+                raise ProgramError(f"{path}: {err}") from None
+            program.constants = _read_blobs(zf, manifest, path, program)
     except zipfile.BadZipFile as err:
         if head.startswith(b"PK"):
             raise ProgramError(f"{path} is truncated or corrupt: {err}") from None
         raise ProgramError(f"{path} is not a .maia file (not a zip archive)") from None
-    except (EOFError, OSError) as err:
+    except (EOFError, OSError, zipfile.LargeZipFile, NotImplementedError,
+            RuntimeError) as err:  # RuntimeError: an encrypted member
         raise ProgramError(f"{path} is truncated or corrupt: {err}") from None
     try:
         validate_program(program)
@@ -360,15 +370,50 @@ def load_program(path: str | os.PathLike[str]) -> Program:
     return program
 
 
+_CHUNK = 1 << 20
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytearray:
+    """A member's bytes, inflated in bounded chunks (never more than its declared size,
+    which the caller bounded first): a hostile deflate stream cannot inflate past it."""
+    out = bytearray(info.file_size)
+    pos = 0
+    with zf.open(info) as fh:
+        while True:
+            chunk = fh.read(min(_CHUNK, info.file_size - pos + 1))
+            if not chunk:
+                break
+            if pos + len(chunk) > info.file_size:
+                raise ProgramError(f"{path}: {info.filename} inflates past its declared size "
+                                   f"({info.file_size} bytes)")
+            out[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    if pos != info.file_size:
+        raise ProgramError(f"{path}: {info.filename} is truncated ({pos} of "
+                           f"{info.file_size} bytes)")
+    return out  # not bytes(out): that would hold the data twice
+
+
 def _read_manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
     try:
-        raw = zf.read(MANIFEST)
+        info = zf.getinfo(MANIFEST)
     except KeyError:
         raise ProgramError(f"{path} is not a .maia file (no {MANIFEST})") from None
+    limit = min(limits.MAX_MANIFEST_BYTES, limits.max_memory())
+    if info.file_size > limit:
+        raise ProgramError(f"{path}: {MANIFEST} is {info.file_size} bytes, over the bound of "
+                           f"{limit} bytes (runtime/limits.py)")
+    raw = _read_member(zf, info, path)
     try:
         manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise ProgramError(f"{path}: {MANIFEST} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ProgramError(f"{path}: {MANIFEST} nests deeper than "
+                           f"{limits.MAX_JSON_DEPTH} levels") from None
+    problem = limits.json_depth_problem(manifest)
+    if problem:
+        raise ProgramError(f"{path}: {MANIFEST} {problem}")
     if not isinstance(manifest, dict) or manifest.get("format") != "maia":
         raise ProgramError(f"{path} is not a .maia file (manifest has no format 'maia')")
     version = manifest.get("version")
@@ -387,6 +432,8 @@ def _manifest_to_program(m: dict[str, Any], path: Path) -> Program:
             where = key
             if not isinstance(m.get(key), typ):
                 raise TypeError(f"'{key}' missing or not a {typ.__name__}")
+        where = "instructions"
+        limits.check_instruction_json(m["instructions"])
         where = "inputs/outputs"
         specs = {k: [TensorSpec(_str(s["name"]), _str(s["dtype"]),
                                 tuple(_int(d) for d in s["shape"]), _str(s["buffer"]))
@@ -398,8 +445,10 @@ def _manifest_to_program(m: dict[str, Any], path: Path) -> Program:
         for i, data in enumerate(m["instructions"]):
             where = f"instruction {i}"
             instrs.append(_checked_instr(isa.instr_from_json(data)))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         raise ProgramError(f"{path}: malformed manifest ({where}): {err}") from None
+    except ProgramError as err:
+        raise ProgramError(f"{path}: {err}") from None
     return Program(m["target"], specs["inputs"], specs["outputs"], buffers, instrs,
                    meta=m["meta"])
 
@@ -413,6 +462,25 @@ def _checked_instr(instr: Instr) -> Instr:
         return instr
     instr.grid = tuple(_int(g) for g in instr.grid)
     _str(instr.op)
+    if not isinstance(instr.waits, dict):
+        raise TypeError("waits must be an object")
+    for v in instr.waits.values():
+        _int(v)
+    if isinstance(instr, Dma | Gather):
+        _int(instr.queue)
+        if instr.queue < 0:
+            raise ValueError(f"queue must be >= 0, got {instr.queue}")
+    if isinstance(instr, MatMul):
+        if not isinstance(instr.accumulate, bool):
+            raise TypeError(f"accumulate must be true or false, got {instr.accumulate!r}")
+        for s in (instr.fmt, instr.a_fmt, instr.b_fmt):
+            _str(s)
+        for ts in (instr.a_tensor_scale, instr.b_tensor_scale):
+            if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)
+                                   or not math.isfinite(ts)):
+                raise TypeError(f"tensor scale must be a finite number, got {ts!r}")
+    if isinstance(instr, Vec):
+        _str(instr.fn)
     for _, acc in _accesses(instr):
         if not isinstance(acc, Access):
             raise TypeError("operand is not an access")
@@ -427,7 +495,9 @@ def _checked_instr(instr: Instr) -> Instr:
 
 def _int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"expected an integer, got {v!r}")
+        raise TypeError(f"expected an integer, got {str(v)[:40]!r}")
+    if abs(v) > limits.MAX_INT:
+        raise ValueError(f"integer {str(v)[:40]} is out of range (|v| <= 2^62)")
     return v
 
 
@@ -437,20 +507,39 @@ def _str(v: Any) -> str:
     return v
 
 
-def _read_blobs(zf: zipfile.ZipFile, m: dict[str, Any], path: Path) -> dict[str, bytes]:
-    constants: dict[str, bytes] = {}
-    members = set(zf.namelist())
+def _read_blobs(zf: zipfile.ZipFile, m: dict[str, Any], path: Path,
+                program: Program) -> dict[str, bytes | bytearray]:
+    constants: dict[str, bytes | bytearray] = {}
+    members = {i.filename: i for i in zf.infolist()}
+    sizes = {b.name: b.nbytes for b in program.buffers}
+    entries = []
+    total = 0
     for entry in m["constants"]:
         try:
             name, blob = _str(entry["name"]), _str(entry["blob"])
             nbytes, sha = _int(entry["nbytes"]), _str(entry["sha256"])
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise ProgramError(f"{path}: malformed constant entry {str(entry)[:80]}: "
                                f"{err}") from None
         if blob not in members:
             raise ProgramError(f"{path}: constant blob {blob} (of {name!r}) is missing")
+        if name not in sizes:
+            raise ProgramError(f"{path}: constant {name!r} has no buffer")
+        if name in constants or any(e[0] == name for e in entries):
+            raise ProgramError(f"{path}: constant {name!r} is stored twice")
+        declared = members[blob].file_size
+        if nbytes != declared or nbytes > sizes[name]:
+            raise ProgramError(f"{path}: constant blob {blob} (of {name!r}) declares "
+                               f"{declared} bytes, manifest says {nbytes}, its buffer holds "
+                               f"{sizes[name]}")
+        total += nbytes
+        entries.append((name, blob, nbytes, sha))
+    limit = limits.max_memory()
+    if total > limit:
+        raise limits.memory_error(f"{path}: loading its constants", total, limit)
+    for name, blob, nbytes, sha in entries:
         try:
-            data = zf.read(blob)
+            data = _read_member(zf, members[blob], path)
         except zipfile.BadZipFile as err:
             raise ProgramError(f"{path}: constant blob {blob} (of {name!r}) is corrupt: "
                                f"{err}") from None

@@ -1,0 +1,234 @@
+"""A hostile or damaged `.maia` file is bounded (runtime/limits.py): every size, count and
+trip is checked before anything is allocated, inflated, walked or run, and breaking a
+bound is one ProgramError naming the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from maia_files import small_program, valid_maia, with_blob, write_maia
+
+from maiac.runtime import limits, liveness
+from maiac.runtime.errors import ProgramError
+from maiac.runtime.interpreter import run_program
+from maiac.runtime.isa import Dma, Loop, Vec
+from maiac.runtime.program import ProgramBuilder, load_program
+from maiac.runtime.timing import simulate
+
+
+@pytest.fixture
+def small_limit():
+    limits.set_max_memory(64 << 20)
+    yield 64 << 20
+    limits.set_max_memory(None)
+
+
+def _mutated(tmp_path: Path, edit, members_edit=None) -> Path:
+    _, manifest, members = valid_maia(tmp_path)
+    manifest = copy.deepcopy(manifest)
+    edit(manifest)
+    if members_edit:
+        members_edit(members)
+    return write_maia(tmp_path / "bad.maia", manifest, members)
+
+
+def test_valid_file_still_loads_and_runs(tmp_path):
+    path, _, _ = valid_maia(tmp_path)
+    prog = load_program(path)
+    x = np.ones((4, 8), np.float32)
+    want = np.maximum(x + np.arange(32, dtype=np.float32).reshape(4, 8) - 16, 0)
+    np.testing.assert_array_equal(run_program(prog, {"x": x})["y"], want)
+
+
+def test_zip_bomb_blob_is_refused_before_inflating(tmp_path, small_limit):
+    _, manifest, members = valid_maia(tmp_path)
+    big = 256 << 20  # 256 MiB of zeros deflates to ~250 KB
+    manifest["buffers"] = [dict(b, nbytes=big) if b["name"] == "c" else b
+                           for b in manifest["buffers"]]
+    manifest, members = with_blob(manifest, members, "c", bytes(big))
+    path = write_maia(tmp_path / "bomb.maia", manifest, members)
+    assert path.stat().st_size < 2 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ProgramError, match="loading its constants needs 256.0 MiB"):
+        load_program(path)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    assert grown < 100 << 20
+
+
+def test_blob_larger_than_its_buffer_or_its_declared_size(tmp_path):
+    _, manifest, members = valid_maia(tmp_path)
+    m2, mem2 = with_blob(manifest, members, "c", bytes(4096))
+    with pytest.raises(ProgramError, match="its buffer holds 128"):
+        load_program(write_maia(tmp_path / "a.maia", m2, mem2))
+    m3 = copy.deepcopy(manifest)
+    m3["constants"][0]["nbytes"] = 64
+    with pytest.raises(ProgramError, match="manifest says 64"):
+        load_program(write_maia(tmp_path / "b.maia", m3, members))
+
+
+def test_huge_manifest_is_refused_by_its_declared_size(tmp_path, small_limit):
+    _, manifest, members = valid_maia(tmp_path)
+    raw = json.dumps(manifest).encode() + b" " * (65 << 20)  # valid JSON, 65 MiB
+    path = write_maia(tmp_path / "m.maia", None, members, raw_manifest=raw)
+    with pytest.raises(ProgramError, match="manifest.json is .* over the bound"):
+        load_program(path)
+
+
+def test_deep_json_manifest(tmp_path):
+    _, manifest, members = valid_maia(tmp_path)
+    text = json.dumps(manifest)
+    deep = text[:-1] + ', "x": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    with pytest.raises(ProgramError, match="nests deeper"):
+        load_program(write_maia(tmp_path / "d.maia", None, members, raw_manifest=deep.encode()))
+    shallow_but_deep = text[:-1] + ', "x": ' + "[" * 100 + "]" * 100 + "}"
+    with pytest.raises(ProgramError, match="nests deeper than 64"):
+        load_program(write_maia(tmp_path / "e.maia", None, members,
+                                raw_manifest=shallow_but_deep.encode()))
+
+
+@pytest.mark.parametrize("key,value", [("n_clusters", 10**9), ("dma_queues", 10**9),
+                                       ("tiles_per_cluster", 5000)])
+def test_target_parameters_are_bounded(tmp_path, key, value):
+    path = _mutated(tmp_path, lambda m: m["target"].__setitem__(key, value))
+    with pytest.raises(ProgramError, match=key):
+        load_program(path)
+
+
+def test_string_where_a_number_belongs(tmp_path):
+    path = _mutated(tmp_path, lambda m: m["buffers"][0].__setitem__("nbytes", "128"))
+    with pytest.raises(ProgramError, match="malformed manifest .buffers.*expected an integer"):
+        load_program(path)
+    path = _mutated(tmp_path, lambda m: m["instructions"][0].__setitem__("trips", ["4"]))
+    with pytest.raises(ProgramError, match="instruction 0"):
+        load_program(path)
+    path = _mutated(tmp_path, lambda m: m["buffers"][0].__setitem__("addr", 10**40))
+    with pytest.raises(ProgramError, match="out of range"):
+        load_program(path)
+
+
+def _nest(depth: int) -> dict:
+    body = {"kind": "vec", "fn": "relu", "ins": [], "out": {}}
+    for _ in range(depth):
+        body = {"kind": "loop", "trips": [2], "op": "", "body": [body]}
+    return body
+
+
+def test_deeply_nested_loops(tmp_path):
+    path = _mutated(tmp_path, lambda m: m["instructions"].append(_nest(300)))
+    with pytest.raises(ProgramError, match="nests deeper than 64"):
+        load_program(path)
+    path = _mutated(tmp_path, lambda m: m["instructions"].append(_nest(12)))
+    with pytest.raises(ProgramError, match=r"instruction 4(\.0)+: loops nest deeper than 8"):
+        load_program(path)
+
+
+def _huge_loop_program(trips: tuple[int, ...]):
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (16,))
+    y = pb.output("y", "f32", (16,))
+    t = pb.alloc("t", "tsram", 64)
+    acc = pb.access
+    add = Vec("add", [acc(t, "f32", (16,)), acc(t, "f32", (16,))], acc(t, "f32", (16,)))
+    pb.emit(Dma(acc(x, "f32", (16,)), acc(t, "f32", (16,))),
+            Loop(trips, [add, copy.deepcopy(add)]),
+            Dma(acc(t, "f32", (16,)), acc(y, "f32", (16,))))
+    return pb.build()
+
+
+def test_huge_trip_counts_time_in_closed_form_and_refuse_to_run(tmp_path):
+    prog = _huge_loop_program((100_000, 100_000))
+    from maiac.runtime.program import save_program
+
+    save_program(prog, tmp_path / "h.maia")
+    t0 = time.perf_counter()
+    loaded = load_program(tmp_path / "h.maia")
+    rep = simulate(loaded)
+    assert time.perf_counter() - t0 < 5
+    assert rep.modeled_time_s > 1e10 * 50e-9  # 2e10 vec instructions, each >= 50 ns
+    with pytest.raises(ProgramError, match="more than .* instructions"):
+        run_program(loaded, {"x": np.ones(16, np.float32)})
+    loop = loaded.instructions[1]
+    loop.trips = (10**13,)
+    with pytest.raises(ProgramError, match="over the bound"):
+        limits.check_structure(loaded)
+
+
+def test_liveness_is_closed_form_in_trip_counts():
+    prog = _huge_loop_program((100_000, 100_000))
+    mem = {"hbm": np.zeros(256, np.uint8), "csram": np.zeros(64, np.uint8),
+           "tsram": np.zeros((64, 128), np.uint8)}
+    t0 = time.perf_counter()
+    ranges, _ = liveness.first_reads(prog, mem, lambda *a: False)
+    assert time.perf_counter() - t0 < 2
+    assert ranges["tsram"] == []  # t was written before the loop
+
+
+@pytest.mark.parametrize("budget,view_limit", [(0, 1 << 26), (0, 0)])
+def test_summarized_liveness_stays_correct(monkeypatch, budget, view_limit):
+    """Past the walk budget a loop is summarized: more bytes may be poisoned, never fewer,
+    and the results are the same."""
+    pb = ProgramBuilder()
+    x = pb.input("x", "f32", (1,))
+    y = pb.output("y", "f32", (8,))
+    t = pb.alloc("t", "tsram", 32)
+    acc = pb.access
+    pb.emit(Dma(acc(x, "f32", (1,)), acc(t, "f32", (1,))),
+            Loop((7,), [Dma(acc(t, "f32", (1,), loop_strides=(1,)),
+                            acc(t, "f32", (1,), offset=1, loop_strides=(1,))),
+                        Vec("copy", [acc(t, "f32", (1,), offset=1, loop_strides=(1,))],
+                            acc(t, "f32", (1,), offset=1, loop_strides=(1,)))]),
+            Dma(acc(t, "f32", (8,)), acc(y, "f32", (8,))))
+    monkeypatch.setattr(liveness, "WALK_BUDGET", budget)
+    monkeypatch.setattr(liveness, "SUMMARY_VIEW_LIMIT", view_limit)
+    prog = pb.build()
+    for v in (3.0, 5.0):
+        got = run_program(prog, {"x": np.array([v], np.float32)})["y"]
+        np.testing.assert_array_equal(got, np.full(8, v, np.float32))
+    poisoned = prog.runtime_cache["machine"].poison["tsram"]
+    assert poisoned
+    if view_limit:  # the extent fallback also counts the tiles the first DMA did not write
+        assert poisoned[0][0] >= t.addr + 4  # never the byte written first
+
+
+def test_buffer_past_host_memory_loads_times_but_does_not_run(tmp_path, small_limit):
+    prog = small_program()
+    big = prog.buffer("y")
+    big.nbytes = 199 * 10**9
+    from maiac.runtime.program import save_program
+
+    save_program(prog, tmp_path / "big.maia")
+    loaded = load_program(tmp_path / "big.maia")
+    simulate(loaded)
+    with pytest.raises(ProgramError, match="memory levels.*over the limit"):
+        run_program(loaded, {"x": np.ones((4, 8), np.float32)})
+
+
+def test_stride_zero_block_past_host_memory_does_not_run(small_limit):
+    prog = small_program()
+    dma = prog.instructions[-1]
+    dma.src = type(dma.src)(dma.src.level, dma.src.addr, "f32", (1 << 30, 8), (0, 1))
+    dma.dst = type(dma.dst)(dma.dst.level, dma.dst.addr, "f32", (1 << 30, 8), (0, 1))
+    with pytest.raises(ProgramError, match="instruction 3 .*over the limit"):
+        run_program(prog, {"x": np.ones((4, 8), np.float32)})
+
+
+def test_encrypted_or_truncated_member(tmp_path):
+    path, manifest, members = valid_maia(tmp_path)
+    data = path.read_bytes()
+    (tmp_path / "t.maia").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ProgramError, match="truncated or corrupt|not a .maia"):
+        load_program(tmp_path / "t.maia")
+    # a member stored with an unsupported compression method
+    bad = write_maia(tmp_path / "lz.maia", manifest, members)
+    raw = bytearray(bad.read_bytes())
+    central = raw.index(b"PK\x01\x02")  # the manifest's central directory record
+    raw[central + 10:central + 12] = (99).to_bytes(2, "little")  # method 99 (AES)
+    (tmp_path / "m99.maia").write_bytes(bytes(raw))
+    with pytest.raises(ProgramError):
+        load_program(tmp_path / "m99.maia")
