@@ -1,0 +1,337 @@
+"""Regenerate tests/data/toolchain: small random-weight models as deployment toolchains write them.
+
+Each toolchain pins its own versions, so each runs in its own venv (torch==2.13.0 CPU in all;
+the project venv never gets torch)::
+
+    optimum  (optimum-onnx, transformers < 4.58):  KV-cache decoders, text-generation-with-past
+    genai    (onnxruntime-genai 0.18, transformers 5.x): model builder, fp32 and int4
+    ortopt   (onnxruntime only): onnxruntime.transformers.optimizer contrib-op graphs
+    ortquant (onnxruntime only): QDQ / dynamic int8 / QOperator / MatMulNBits quantization
+    quark    (amd-quark, onnx 1.22): MX quantization
+
+    python -m venv /work/venvs/deployed-optimum
+    /work/venvs/deployed-optimum/bin/pip install torch==2.13.0 optimum-onnx onnxruntime
+    /work/venvs/deployed-optimum/bin/python scripts/export_toolchain_models.py optimum
+    (genai: onnxruntime-genai==0.18.0 'transformers>=5'; quark: amd-quark 'onnx==1.22.*')
+
+Every source model is built from a transformers config (no hub download) with a fixed torch
+seed (2 layers, hidden 64) and saved to a temporary folder, which the toolchain reads like
+a downloaded checkpoint. For each model, tests/data/toolchain gets ``<name>.onnx`` (one
+self-contained file), ``<name>.inputs.npz``, ``<name>.ref.npz`` (onnxruntime's outputs for
+those inputs) and an entry in MANIFEST.json (toolchain versions, the ops it contains).
+Decoders with a KV cache get inputs for a *decode* step: a batch of 2 whose past comes from
+an onnxruntime prefill of the prompt, row 1 left-padded (optimum) or shorter (genai), so the
+cache positions differ per row. Tests never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "toolchain"
+VOCAB = 256
+SEED = 0
+PROMPT = 6  # prompt tokens before the decode step
+STEP = 1  # new tokens in the stored decode step
+
+
+# -- source models (transformers configs, random weights) --------------------------------
+
+def _llama_like(model_type: str) -> dict[str, Any]:
+    return {"vocab_size": VOCAB, "hidden_act": "silu", "max_position_embeddings": 128,
+            "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False, "model_type": model_type}
+
+
+def source_config(family: str) -> dict[str, Any]:
+    """The transformers config (as a dict) of a family's source model."""
+    if family == "gpt2":
+        return {"model_type": "gpt2", "vocab_size": VOCAB, "n_positions": 128, "n_embd": 64,
+                "n_layer": 2, "n_head": 4, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                "attn_pdrop": 0.0}
+    if family == "phi3":
+        config = _llama_like("phi3")
+        config.update(num_key_value_heads=4, pad_token_id=0, resid_pdrop=0.0,
+                      original_max_position_embeddings=128,
+                      embd_pdrop=0.0, attention_dropout=0.0)
+        return config
+    return _llama_like(family)
+
+
+def save_source(family: str, folder: Path) -> dict[str, Any]:
+    """Build the random-weight model and save it (config + safetensors) like a checkpoint."""
+    import torch
+    import transformers
+
+    config_dict = source_config(family)
+    config = transformers.AutoConfig.for_model(**config_dict)
+    torch.manual_seed(SEED)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    save_tokenizer(folder)
+    return {"library": f"transformers {transformers.__version__}",
+            "class": type(model).__name__, "config": config_dict,
+            "torch": torch.__version__, "seed": SEED}
+
+
+def save_tokenizer(folder: Path) -> None:
+    """A byte-level word tokenizer of VOCAB entries: the genai builder copies one along."""
+    import tokenizers
+    import transformers
+
+    vocab = {f"<{i}>": i for i in range(VOCAB)}
+    model = tokenizers.models.WordLevel(vocab, unk_token="<0>")
+    tokenizer = tokenizers.Tokenizer(model)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<0>",
+                                                bos_token="<1>", eos_token="<2>")
+    fast.save_pretrained(folder)
+
+
+# -- inputs and references ---------------------------------------------------------------
+
+def _ids(rows: int, cols: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, VOCAB, (rows, cols)).astype(np.int64)
+
+
+def _elem_dtype(value: Any) -> np.dtype:
+    return {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
+            "tensor(int32)": np.dtype(np.int32), "tensor(float16)": np.dtype(np.float16)}[value.type]
+
+
+def optimum_feeds(session: ort.InferenceSession) -> dict[str, np.ndarray]:
+    """Decode-step feeds for an optimum KV-cache decoder: prefill with onnxruntime, then 1 token.
+
+    Row 1's prompt is left-padded by 2 (optimum's convention: attention_mask zeros on the
+    left, position_ids from the mask's cumulative sum), so its positions differ from row 0's.
+    """
+    names = {i.name: i for i in session.get_inputs()}
+    pasts = [n for n in names if n.startswith("past_key_values")]
+    mask = np.ones((2, PROMPT), np.int64)
+    mask[1, :2] = 0
+    ids = _ids(2, PROMPT, 1) * mask
+    feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in names:
+        feeds["position_ids"] = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    for n in pasts:  # [batch, kv_heads, 0, head_dim]
+        shape = [2 if d == "batch_size" or not isinstance(d, int) and "batch" in str(d) else d
+                 for d in names[n].shape]
+        dims = [2, shape[1], 0, shape[3]]
+        feeds[n] = np.zeros(dims, _elem_dtype(names[n]))
+    outputs = session.run(None, feeds)
+    present = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+    step_mask = np.concatenate([mask, np.ones((2, STEP), np.int64)], axis=1)
+    step: dict[str, np.ndarray] = {"input_ids": _ids(2, STEP, 2), "attention_mask": step_mask}
+    if "position_ids" in names:
+        step["position_ids"] = (np.cumsum(step_mask, axis=1) - 1)[:, -STEP:]
+    for n in pasts:
+        step[n] = present[n.replace("past_key_values", "present")]
+    return step
+
+
+def genai_feeds(session: ort.InferenceSession, head_size: int) -> dict[str, np.ndarray]:
+    """Decode-step feeds for a genai builder decoder (GroupQueryAttention, past buffers).
+
+    Row 0 has a 6-token prompt; row 1 only 4 (right-padded in the prefill), so the real
+    ``seqlens_k`` of the decode step differ per row: positions come from those, not from the
+    past tensor's shape.
+    """
+    names = {i.name: i for i in session.get_inputs()}
+    pasts = [n for n in names if n.startswith("past_key_values")]
+    lengths = np.array([PROMPT, PROMPT - 2])
+    mask = (np.arange(PROMPT)[None, :] < lengths[:, None]).astype(np.int64)
+    feeds: dict[str, np.ndarray] = {"input_ids": _ids(2, PROMPT, 1) * mask,
+                                    "attention_mask": mask}
+    if "position_ids" in names:
+        feeds["position_ids"] = np.arange(PROMPT)[None, :].repeat(2, 0).astype(np.int64)
+    for n in pasts:
+        shape = names[n].shape
+        feeds[n] = np.zeros((2, shape[1], 0, head_size), _elem_dtype(names[n]))
+    outputs = session.run(None, feeds)
+    present = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+    # the next token of each row goes right after its own prompt
+    step_mask = np.concatenate([mask, np.zeros((2, STEP), np.int64)], axis=1)
+    for row, length in enumerate(lengths):
+        step_mask[row, length:length + STEP] = 1
+    step: dict[str, np.ndarray] = {"input_ids": _ids(2, STEP, 2), "attention_mask": step_mask}
+    if "position_ids" in names:
+        step["position_ids"] = (lengths[:, None] + np.arange(STEP)[None, :]).astype(np.int64)
+    for n in pasts:
+        step[n] = present[n.replace("past_key_values", "present")]
+    return step
+
+
+def _ops(model: onnx.ModelProto) -> dict[str, int]:
+    counts = collections.Counter(
+        (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type
+        for n in model.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def write(name: str, model_path: Path, feeds_for: Callable[[ort.InferenceSession],
+          dict[str, np.ndarray]], entry: dict[str, Any], custom_op_lib: str | None = None
+          ) -> dict[str, Any]:
+    """Copy the model in as one file, run onnxruntime on the feeds, store both."""
+    model = onnx.load(str(model_path))  # external data, if any, is loaded and embedded
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    DATA.mkdir(parents=True, exist_ok=True)
+    target = DATA / f"{name}.onnx"
+    onnx.save_model(model, str(target), save_as_external_data=False)
+    options = ort.SessionOptions()
+    if custom_op_lib:
+        options.register_custom_ops_library(custom_op_lib)
+    session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+    feeds = feeds_for(session)
+    start = time.perf_counter()
+    outputs = session.run(None, feeds)
+    entry["onnxruntime_s"] = round(time.perf_counter() - start, 4)
+    refs = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+    np.savez(DATA / f"{name}.inputs.npz", **feeds)
+    np.savez(DATA / f"{name}.ref.npz", **refs)
+    entry.update({
+        "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+        "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "ops": _ops(model),
+        "inputs": [{"name": i.name, "dims": _dims(i), "stored": list(feeds[i.name].shape)}
+                   for i in model.graph.input if i.name in feeds],
+        "outputs": [{"name": o.name, "dims": _dims(o)} for o in model.graph.output],
+        "bytes": target.stat().st_size,
+    })
+    print(f"{name}: {entry['bytes'] / 1e3:.0f} kB, ops {entry['ops']}", file=sys.stderr)
+    record(name, entry)
+    return entry
+
+
+# -- toolchains --------------------------------------------------------------------------
+
+def export_optimum(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """optimum-onnx ``text-generation-with-past``: one decoder with past_key_values inputs."""
+    import optimum
+    import transformers
+    from optimum.exporters.onnx import main_export
+
+    entries = {}
+    for family in ("llama", "qwen2", "gpt2"):
+        if only and f"optimum_{family}_kv" not in only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = Path(tmp) / "src", Path(tmp) / "out"
+            source = save_source(family, src)
+            start = time.perf_counter()
+            main_export(str(src), output=str(out), task="text-generation-with-past",
+                        no_post_process=False, do_validation=False, device="cpu")
+            export_s = time.perf_counter() - start
+            version = getattr(optimum, "__version__", None) or _dist_version("optimum-onnx")
+            entry = {"toolchain": "optimum-onnx", "family": family, "source": source,
+                     "task": "text-generation-with-past", "export_s": round(export_s, 2),
+                     "versions": {"optimum-onnx": _dist_version("optimum-onnx"),
+                                  "optimum": version,
+                                  "transformers": transformers.__version__},
+                     "step": "decode: batch 2, past 6 (row 1 left-padded by 2), 1 new token"}
+            entries[f"optimum_{family}_kv"] = write(f"optimum_{family}_kv",
+                                                    out / "model.onnx", optimum_feeds, entry)
+    return entries
+
+
+GENAI_MODELS: dict[str, tuple[str, str, dict[str, str]]] = {
+    # name -> (family, precision, extra builder options)
+    "genai_llama_fp32": ("llama", "fp32", {}),
+    "genai_qwen2_fp32": ("qwen2", "fp32", {}),
+    "genai_phi3_fp32": ("phi3", "fp32", {}),
+    "genai_llama_int4": ("llama", "int4", {"int4_block_size": "32"}),
+    "genai_qwen2_int4_acc4": ("qwen2", "int4", {"int4_block_size": "16",
+                                                 "int4_accuracy_level": "4"}),
+}
+
+
+def export_genai(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """onnxruntime-genai's model builder (``-e cpu``): GroupQueryAttention, MatMulNBits, ..."""
+    import subprocess
+
+    import transformers
+
+    entries = {}
+    for name, (family, precision, extra) in GENAI_MODELS.items():
+        if only and name not in only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out, cache = Path(tmp) / "src", Path(tmp) / "out", Path(tmp) / "cache"
+            source = save_source(family, src)
+            command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src),
+                       "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(cache)]
+            if extra:
+                command += ["--extra_options", *[f"{k}={v}" for k, v in extra.items()]]
+            start = time.perf_counter()
+            subprocess.run(command, check=True)
+            export_s = time.perf_counter() - start
+            entry = {"toolchain": "onnxruntime-genai", "family": family, "source": source,
+                     "precision": precision, "builder_options": extra,
+                     "export_s": round(export_s, 2),
+                     "versions": {"onnxruntime-genai": _dist_version("onnxruntime-genai"),
+                                  "transformers": transformers.__version__},
+                     "step": "decode: batch 2, prompts of 6 and 4 tokens, 1 new token"}
+            genai_config = out / "genai_config.json"
+            if genai_config.is_file():
+                entry["genai_config"] = json.loads(genai_config.read_text())["model"]["decoder"]
+            head_size = entry["genai_config"]["head_size"]
+            entries[name] = write(name, out / "model.onnx",
+                                  lambda session, h=head_size: genai_feeds(session, h), entry)
+    return entries
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+TOOLCHAINS: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
+    "optimum": export_optimum,
+    "genai": export_genai,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("toolchain", choices=sorted(TOOLCHAINS))
+    parser.add_argument("--only", nargs="*", help="model names (default: all of the toolchain)")
+    args = parser.parse_args(argv)
+    exporter = TOOLCHAINS[args.toolchain]
+    exporter(args.only)
+    return 0
+
+
+def record(name: str, entry: dict[str, Any]) -> None:
+    """Add one model's entry to MANIFEST.json (written after every model)."""
+    manifest_path = DATA / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest.setdefault("models", {})[name] = entry
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    manifest["script"] = "scripts/export_toolchain_models.py"
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
