@@ -19,4 +19,11 @@ def compile(model: Any, **options: Any) -> CompiledModel:  # noqa: A001
     return _compile(model, **options)
 
 
-__all__ = ["compile"]
+def generate(model: Any, prompt_ids: Any, **options: Any) -> Any:
+    """Generate tokens on the machine model (see ``maiac.generate.generate``)."""
+    from maiac.generate import generate as _generate
+
+    return _generate(model, prompt_ids, **options)
+
+
+__all__ = ["compile", "generate"]

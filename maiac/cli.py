@@ -584,5 +584,16 @@ def passes_cmd(show_pipeline: bool, quant: str | None, plugins: tuple[str, ...])
             click.echo(f"{'':<30}{o}")
 
 
+
+def _register_commands() -> None:
+    """Commands that live in their own modules (imported here, after main exists)."""
+    from maiac.generate_cli import generate_cmd
+
+    main.add_command(generate_cmd)
+
+
+_register_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -363,3 +363,88 @@ def check_model(model: onnx.ModelProto, full_check: bool = True) -> None:
         path = Path(tmp, "model.onnx")
         onnx.save_model(model, str(path))
         onnx.checker.check_model(str(path), full_check=full_check)
+
+
+def kv_decoder(config: LlamaConfig = LLAMA_TINY, weights: str = "random", layers: int | None = None,
+               max_positions: int = 2048, seed: int = 0) -> onnx.ModelProto:
+    """A Llama-style decoder with optimum's ``text-generation-with-past`` interface.
+
+    Inputs ``input_ids`` and ``position_ids`` [batch, sequence_length], ``attention_mask``
+    [batch, past_sequence_length + sequence_length] and ``past_key_values.{i}.key|value``
+    [batch, kv_heads, past_sequence_length, head_dim]; outputs ``logits`` and
+    ``present.{i}.key|value`` (past and this step's keys/values, Concat on axis 2). Every
+    dimension is symbolic, as optimum exports it, so one file serves prefill and decode at
+    any shape (bind them with ``shapes=``). RoPE gathers its cos/sin rows by
+    ``position_ids``; attention is masked by ``attention_mask`` and by causality among the
+    new tokens (key j visible to new token i iff j <= past_len + i). Weights are created in
+    the same order as :func:`llama_decoder` with the same seed.
+    """
+    b = GraphBuilder(seed, shape_only=weights == "shape_only")
+    d, h, kvh = config.hidden, config.heads, config.kv_heads
+    hd, groups = d // h, h // kvh
+    n_layers = layers or config.layers
+    cos_np, sin_np = _rope_tables(np.arange(max_positions), hd, config.rope_theta)
+    axis0 = b.const(np.array([0], np.int64))
+    cos = b.op("Unsqueeze", [b.op("Gather", [b.const(cos_np, "rope_cos"), "position_ids"],
+                                  axis=0), b.const(np.array([1], np.int64))])
+    sin = b.op("Unsqueeze", [b.op("Gather", [b.const(sin_np, "rope_sin"), "position_ids"],
+                                  axis=0), b.const(np.array([1], np.int64))])
+    # mask [batch, 1, seq, total]: causal among the new tokens, and attention_mask
+    total = b.op("Squeeze", [b.op("Shape", ["attention_mask"], start=1, end=2), axis0])
+    seq = b.op("Squeeze", [b.op("Shape", ["input_ids"], start=1, end=2), axis0])
+    one = b.const(np.array(1, np.int64))
+    keys = b.op("Range", [b.const(np.array(0, np.int64)), total, one])
+    queries = b.op("Range", [b.op("Sub", [total, seq]), total, one])
+    causal = b.op("LessOrEqual", [keys, b.op("Unsqueeze", [queries, b.const(
+        np.array([1], np.int64))])])
+    padding = b.op("Unsqueeze", [b.op("Cast", ["attention_mask"], to=TensorProto.BOOL),
+                                 b.const(np.array([1, 2], np.int64))])
+    visible = b.op("And", [causal, padding])
+    inputs = [_input("input_ids", TensorProto.INT64, ["batch", "sequence_length"]),
+              _input("attention_mask", TensorProto.INT64, ["batch", "total_sequence_length"]),
+              _input("position_ids", TensorProto.INT64, ["batch", "sequence_length"])]
+    outputs = [_input("logits", TensorProto.FLOAT, ["batch", "sequence_length", config.vocab])]
+    x = b.op("Gather", [b.weight((config.vocab, d), "embed_tokens", scale=0.02), "input_ids"],
+             axis=0, name="embed_tokens")
+    for i in range(n_layers):
+        p = f"layers.{i}"
+        hn = b.rms_norm(x, d, f"{p}.input_layernorm")
+        q = b.reshape(b.linear(hn, d, h * hd, f"{p}.self_attn.q_proj", bias=False), [0, 0, h, hd])
+        k = b.reshape(b.linear(hn, d, kvh * hd, f"{p}.self_attn.k_proj", bias=False),
+                      [0, 0, kvh, hd])
+        v = b.reshape(b.linear(hn, d, kvh * hd, f"{p}.self_attn.v_proj", bias=False),
+                      [0, 0, kvh, hd])
+        q = _rope(b, b.op("Transpose", [q], perm=[0, 2, 1, 3]), cos, sin, hd)
+        k = _rope(b, b.op("Transpose", [k], perm=[0, 2, 1, 3]), cos, sin, hd)
+        v = b.op("Transpose", [v], perm=[0, 2, 1, 3])
+        kv_shape = ["batch", kvh, "past_sequence_length", hd]
+        present_shape = ["batch", kvh, "total_sequence_length", hd]
+        cat = []
+        for kind, t in (("key", k), ("value", v)):
+            past = f"past_key_values.{i}.{kind}"
+            inputs.append(_input(past, TensorProto.FLOAT, kv_shape))
+            cat.append(b.op("Concat", [past, t], axis=2, name=f"present.{i}.{kind}"))
+            outputs.append(_input(f"present.{i}.{kind}", TensorProto.FLOAT, present_shape))
+        rep = []
+        for t in cat:  # GQA: repeat_kv as transformers exports it (Expand broadcasts)
+            t5 = b.op("Unsqueeze", [t, b.const(np.array([2], np.int64))])
+            t5 = b.op("Expand", [t5, b.const(np.array([1, 1, groups, 1, 1], np.int64))])
+            rep.append(b.reshape(t5, [0, h, -1, hd]))
+        kt = b.op("Transpose", [rep[0]], perm=[0, 1, 3, 2])
+        scores = b.op("MatMul", [q, kt], name=b.name(f"{p}.self_attn/scores"))
+        scores = b.op("Mul", [scores, b.const(np.array(1 / math.sqrt(hd), np.float32))])
+        scores = b.op("Where", [visible, scores, b.const(np.array(-1e9, np.float32))])
+        probs = b.op("Softmax", [scores], axis=-1, name=b.name(f"{p}.self_attn/softmax"))
+        ctx = b.op("MatMul", [probs, rep[1]])
+        ctx = b.reshape(b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), [0, 0, h * hd])
+        x = b.op("Add", [x, b.linear(ctx, h * hd, d, f"{p}.self_attn.o_proj", bias=False)],
+                 name=f"{p}.residual_1")
+        hn = b.rms_norm(x, d, f"{p}.post_attention_layernorm")
+        gate = b.linear(hn, d, config.ffn, f"{p}.mlp.gate_proj", bias=False)
+        up = b.linear(hn, d, config.ffn, f"{p}.mlp.up_proj", bias=False)
+        act = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
+        down = b.linear(b.op("Mul", [act, up]), config.ffn, d, f"{p}.mlp.down_proj", bias=False)
+        x = b.op("Add", [x, down], name=f"{p}.residual_2")
+    x = b.rms_norm(x, d, "norm")
+    b.op("MatMul", [x, b.weight((d, config.vocab), "lm_head.weight")], name="logits")
+    return b.model(f"{config.name}-with-past", inputs, outputs)

@@ -1,0 +1,131 @@
+"""The KV-cache interface of a decoder graph, and the rewrites `generate`/`perf` apply to it.
+
+A decoder exported "with past" (optimum's ``text-generation-with-past``, the llama builder in
+maiac.models) takes ``past_key_values.{i}.key|value`` [batch, kv_heads, past, head_dim] and
+returns ``present.{i}.key|value`` = Concat(past, new) on the sequence axis. Run as is, every
+step would write the whole cache back out. For generation on the machine the cache is a
+fixed-capacity buffer that stays in HBM between steps (maiac/generate.py), so:
+
+* :func:`new_slots_only` makes each ``present`` output just this step's keys/values (the
+  Concat's second operand) — the generation loop writes them into the resident cache at the
+  sequence's length; attention still reads Concat(cache, new) with the unused capacity
+  masked by ``attention_mask``;
+* :func:`store_cache_as` keeps the cache in bf16 or fp8 (E4M3): past inputs of that type
+  with a Cast to fp32 after, present outputs cast to it, so the modeled HBM traffic of the
+  cache is that of its storage format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto, helper
+
+from maiac.runtime.errors import MaiacError
+
+KV_DTYPES = {"fp32": TensorProto.FLOAT, "bf16": TensorProto.BFLOAT16,
+             "fp8": TensorProto.FLOAT8E4M3FN}
+# past input name -> the present output name exporters give it
+_PAST_PATTERNS = (
+    (re.compile(r"^past_key_values\.(\d+)\.(key|value)$"), "present.{0}.{1}"),
+    (re.compile(r"^past_(key|value)_(\d+)$"), "present_{0}_{1}"),
+    (re.compile(r"^past\.(\d+)\.(key|value)$"), "present.{0}.{1}"),
+)
+
+
+@dataclass(frozen=True)
+class KVPair:
+    past: str      # graph input [batch, kv_heads, past, head_dim]
+    present: str   # graph output, the cache after this step
+
+
+def kv_pairs(model: onnx.ModelProto) -> list[KVPair]:
+    """The (past input, present output) pairs of a decoder, in input order."""
+    outputs = {o.name for o in model.graph.output}
+    pairs = []
+    for inp in model.graph.input:
+        for pattern, present in _PAST_PATTERNS:
+            if (m := pattern.match(inp.name)) is not None:
+                name = present.format(*m.groups())
+                if name not in outputs:
+                    raise MaiacError(f"decoder input {inp.name!r} has no matching output "
+                                     f"{name!r}: cannot keep its KV cache")
+                pairs.append(KVPair(inp.name, name))
+                break
+    return pairs
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _rename_uses(model: onnx.ModelProto, old: str, new: str) -> None:
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def new_slots_only(model: onnx.ModelProto) -> list[str]:
+    """Make every ``present`` output of a Concat(past, new) just ``new`` (in place).
+
+    Returns the present names rewritten; a present made some other way (e.g. a contrib
+    attention op that updates a shared buffer) is left whole.
+    """
+    producers = _producers(model)
+    outputs = {o.name: o for o in model.graph.output}
+    done = []
+    for pair in kv_pairs(model):
+        node = producers.get(pair.present)
+        if node is None or node.op_type != "Concat" or len(node.input) != 2 \
+                or node.input[0] != pair.past:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        if axis not in (2, -2):
+            continue
+        inner = f"{pair.present}/concat"
+        node.output[0] = inner
+        _rename_uses(model, pair.present, inner)
+        model.graph.node.append(helper.make_node("Identity", [node.input[1]], [pair.present],
+                                                 name=f"{pair.present}/new_slots"))
+        dims = outputs[pair.present].type.tensor_type.shape.dim
+        dims[2].Clear()
+        dims[2].dim_param = "sequence_length"
+        done.append(pair.present)
+    return done
+
+
+def store_cache_as(model: onnx.ModelProto, kv_dtype: str) -> None:
+    """Store the cache (past inputs, present outputs) in ``kv_dtype`` (in place)."""
+    if kv_dtype not in KV_DTYPES:
+        raise MaiacError(f"--kv-cache must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
+    elem = KV_DTYPES[kv_dtype]
+    if elem == TensorProto.FLOAT:
+        return
+    inputs = {i.name: i for i in model.graph.input}
+    outputs = {o.name: o for o in model.graph.output}
+    casts = []
+    for pair in kv_pairs(model):
+        f32 = f"{pair.past}/fp32"
+        _rename_uses(model, pair.past, f32)
+        casts.append(helper.make_node("Cast", [pair.past], [f32], to=TensorProto.FLOAT,
+                                      name=f"{pair.past}/load"))
+        inputs[pair.past].type.tensor_type.elem_type = elem
+        inner = f"{pair.present}/fp32"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == pair.present else o for o in node.output]
+        _rename_uses(model, pair.present, inner)
+        model.graph.node.append(helper.make_node("Cast", [inner], [pair.present], to=elem,
+                                                 name=f"{pair.present}/store"))
+        outputs[pair.present].type.tensor_type.elem_type = elem
+    # Cast of float8 needs opset 19; the casts go first so they precede their users
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if elem == TensorProto.FLOAT8E4M3FN:
+        for op in model.opset_import:
+            if op.domain in ("", "ai.onnx") and op.version < 19:
+                op.version = 19
+        model.ir_version = max(model.ir_version, 9)

@@ -1,0 +1,133 @@
+"""`maiac generate`: greedy tokens equal onnxruntime's loop; cache formats; sampling; CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from maiac import models
+from maiac.cli import main
+from maiac.generate import SamplingOptions, choose_token, generate, load_decoder
+from maiac.generate_ref import compare, onnxruntime_greedy
+from maiac.runtime.errors import MaiacError
+
+DATA = Path(__file__).parent / "data"
+PROMPT = [3, 17, 42, 5, 99]
+
+
+@pytest.fixture(scope="module")
+def kv_model() -> onnx.ModelProto:
+    return models.kv_decoder()
+
+
+def test_kv_cache_greedy_equals_onnxruntime(kv_model: onnx.ModelProto) -> None:
+    result = generate(kv_model, PROMPT, max_new_tokens=32)
+    assert result.mode == "kv-cache"
+    assert result.tokens == onnxruntime_greedy(kv_model, PROMPT, 32)
+    # two programs whatever the number of tokens: prefill and one fixed-capacity decode
+    assert sorted(p.role for p in result.programs) == ["decode", "prefill"]
+    assert result.capacity == 64
+    assert result.ttft_s > 0 and result.tpot_s > 0
+    assert result.tokens_per_s == pytest.approx(32 / (result.ttft_s + 31 * result.tpot_s))
+
+
+@pytest.mark.parametrize("name", ["gpt2_torchscript", "llama_dynamo_dynamic"])
+def test_recompute_greedy_equals_onnxruntime(name: str) -> None:
+    path = DATA / f"{name}.onnx"
+    result = generate(path, PROMPT, max_new_tokens=32)
+    assert result.mode == "recompute"
+    assert result.tokens == onnxruntime_greedy(path, PROMPT, 32)
+    # length buckets 16/32/64: at most log2(length) programs
+    assert [p.shapes["input_ids"][1] for p in result.programs] == [16, 32, 64]
+
+
+def test_mxfp8_reports_divergence_and_cosine(kv_model: onnx.ModelProto) -> None:
+    result = generate(kv_model, PROMPT, max_new_tokens=16, quant="mxfp8", keep_logits=True)
+    cmp = compare(kv_model, result)
+    assert len(cmp["logit_cosine"]) == 16
+    assert cmp["min_logit_cosine"] > 0.95
+    assert cmp["tokens_matched"] == (16 if cmp["first_divergence"] is None
+                                     else cmp["first_divergence"])
+    assert result.tokens[:cmp["tokens_matched"]] == cmp["reference_tokens"][:cmp["tokens_matched"]]
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_narrow_kv_cache_is_stored_narrow(kv_model: onnx.ModelProto, fmt: str) -> None:
+    base = generate(kv_model, PROMPT, max_new_tokens=4)
+    narrow = generate(kv_model, PROMPT, max_new_tokens=4, kv_cache=fmt)
+    assert narrow.kv_cache == fmt
+    decode = {p.role: p for p in narrow.programs}["decode"]
+    decode32 = {p.role: p for p in base.programs}["decode"]
+    assert decode.hbm_bytes < decode32.hbm_bytes   # the cache is read in its storage format
+    assert narrow.tokens[0] == base.tokens[0]      # prefill logits do not read the cache
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(kv_model: onnx.ModelProto) -> None:
+    greedy = generate(kv_model, PROMPT, max_new_tokens=6)
+    top1 = generate(kv_model, PROMPT, max_new_tokens=6, temperature=0.7, top_k=1)
+    assert top1.tokens == greedy.tokens
+    a = generate(kv_model, PROMPT, max_new_tokens=6, temperature=1.5, seed=3)
+    b = generate(kv_model, PROMPT, max_new_tokens=6, temperature=1.5, seed=3)
+    assert a.tokens == b.tokens
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 5.0, 4.9, -3.0])
+    opts = SamplingOptions(temperature=1.0, top_p=0.5)
+    assert {choose_token(logits, opts, rng) for _ in range(50)} == {1}
+
+
+def test_eos_stops(kv_model: onnx.ModelProto) -> None:
+    first = generate(kv_model, PROMPT, max_new_tokens=8).tokens
+    stopped = generate(kv_model, PROMPT, max_new_tokens=8, eos_token_id=first[2])
+    assert stopped.tokens == first[:first.index(first[2]) + 1]
+
+
+def test_bad_inputs_are_named(kv_model: onnx.ModelProto) -> None:
+    with pytest.raises(MaiacError, match="top-k"):
+        generate(kv_model, PROMPT, top_k=5)
+    with pytest.raises(MaiacError, match="outside the vocabulary"):
+        generate(kv_model, [1, 100000])
+    with pytest.raises(MaiacError, match="capacity"):
+        generate(kv_model, PROMPT, max_new_tokens=8, capacity=4)
+    no_mask = onnx.ModelProto()
+    no_mask.CopyFrom(kv_model)
+    no_mask.graph.input[1].name = "mask"
+    with pytest.raises(MaiacError, match="'mask'"):
+        load_decoder(no_mask)
+
+
+def _tokenizer(path: Path) -> Path:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {f"w{i}": i for i in range(256)}
+    tok = Tokenizer(WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = Whitespace()
+    out = path / "tokenizer.json"
+    tok.save(str(out))
+    return out
+
+
+def test_cli_json_and_text_prompt(kv_model: onnx.ModelProto, tmp_path: Path) -> None:
+    model = tmp_path / "decoder.onnx"
+    onnx.save(kv_model, str(model))
+    runner = CliRunner()
+    res = runner.invoke(main, ["generate", str(model), "--prompt-ids", "3,17,42,5,99",
+                               "--max-new-tokens", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["tokens"] == generate(kv_model, PROMPT, max_new_tokens=5).tokens
+    assert {"ttft_s", "tpot_s", "tokens_per_s", "compile_count"} <= set(out)
+    tok = _tokenizer(tmp_path)
+    res = runner.invoke(main, ["generate", str(model), "--prompt", "w3 w17 w42 w5 w99",
+                               "--tokenizer", str(tok), "--max-new-tokens", "3"])
+    assert res.exit_code == 0, res.output
+    words = [f"w{t}" for t in out["tokens"][:3]]
+    assert res.stdout.split() == words
+    res = runner.invoke(main, ["generate", str(model), "--prompt", "w1"])
+    assert res.exit_code == 2 and "--tokenizer" in res.output
