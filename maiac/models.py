@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,9 @@ class GraphBuilder:
     inits: list[onnx.TensorProto] = field(default_factory=list)
     counter: int = 0
     external_offset: int = 0
+    # trained weights by hint name (``layers.0.self_attn.q_proj.weight``, maiac's [in, out]
+    # orientation); when set, ``weight`` takes every array from here instead of drawing it
+    checkpoint: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -57,8 +61,18 @@ class GraphBuilder:
 
     def weight(self, shape: tuple[int, ...], hint: str, scale: float | None = None,
                value: float | None = None) -> str:
-        """A float32 weight: random (scaled by 1/sqrt(fan_in)), constant, or shape-only."""
+        """A float32 weight: random (scaled by 1/sqrt(fan_in)), constant, shape-only, or
+        the checkpoint's array named ``hint``."""
         name = self.name(hint)
+        if self.checkpoint is not None:
+            if hint not in self.checkpoint:
+                raise KeyError(f"checkpoint has no weight {hint!r}")
+            array = np.asarray(self.checkpoint[hint], dtype=np.float32)
+            if array.shape != tuple(shape):
+                raise ValueError(f"checkpoint weight {hint!r} has shape {array.shape}, "
+                                 f"the graph needs {tuple(shape)}")
+            self.inits.append(numpy_helper.from_array(array, name))
+            return name
         if self.shape_only:
             tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape))
             tensor.data_location = TensorProto.EXTERNAL
@@ -246,7 +260,8 @@ def _rope(b: GraphBuilder, x: str, cos: str, sin: str, head_dim: int) -> str:
 def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch: int = 1,
                   seq: int = 128, context: int = 4096, weights: str = "random",
                   layers: int | None = None, seed: int = 0,
-                  kv_outputs: bool = False) -> onnx.ModelProto:
+                  kv_outputs: bool = False,
+                  checkpoint: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU, causal attention) → "logits".
 
     ``mode="prefill"``: input_ids [batch, seq] at positions 0..seq-1 (``context`` unused).
@@ -265,7 +280,7 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
     """
     if mode not in ("prefill", "decode") or weights not in ("random", "shape_only"):
         raise ValueError("mode must be prefill|decode and weights random|shape_only")
-    b = GraphBuilder(seed, shape_only=weights == "shape_only")
+    b = GraphBuilder(seed, shape_only=weights == "shape_only", checkpoint=checkpoint)
     d, h, kvh = config.hidden, config.heads, config.kv_heads
     hd, groups = d // h, h // kvh
     n_layers = layers or config.layers
