@@ -201,6 +201,23 @@ class RopeOp(TensorOp):
     ARITY: ClassVar[tuple[int, int]] = (3, 3)
 
 
+@irdl_op_definition
+class AllReduceOp(TensorOp):
+    """Sum of the operand over the ``chips`` chips of a tensor-parallel group (``rank``
+    is this chip); passes/shard.py inserts it after a row-parallel matmul."""
+
+    name = "maia.all_reduce"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
+class AllGatherOp(TensorOp):
+    """The operands of all ``chips`` chips concatenated along ``axis`` in rank order."""
+
+    name = "maia.all_gather"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
 # ---- tiled level -------------------------------------------------------------------
 
 
@@ -249,13 +266,20 @@ class VecOp(IRDLOperation):
     name = "maia.vec"
 
 
-TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, MmOp, VecOp)
+@irdl_op_definition
+class CollectiveOp(IRDLOperation):
+    """runtime.isa.Collective: ``collective``, ``src``/``dst`` accesses, ``chips``, ``rank``."""
+
+    name = "maia.collective"
+
+
+TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, MmOp, VecOp, CollectiveOp)
 
 Maia = Dialect(
     "maia",
     [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
      ViewOp, ReshapeOp, ConcatOp, AttentionOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
-     VecOp, RopeOp],
+     VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp],
 )
 
 

@@ -218,12 +218,14 @@ def main() -> None:
 @click.option("--shape-only", is_flag=True,
               help="Compile without weight data (for report / timing only).")
 @click.option("--pass-timing", is_flag=True, help="Print the time of each pass on stderr.")
+@click.option("--chips", type=click.IntRange(1), default=1, show_default=True,
+              help="Tensor parallelism over N chips: writes OUT.chip0.maia .. OUT.chip{N-1}.maia.")
 @plugin_option
 def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
                 calib: str | None, emit: str | None, print_ir_after_all: bool,
                 print_ir_after: tuple[str, ...], verify_each: bool, shape_only: bool,
-                pass_timing: bool, plugins: tuple[str, ...]) -> None:
+                pass_timing: bool, chips: int, plugins: tuple[str, ...]) -> None:
     """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
     existing_file(model, "model file")
     load_plugins(plugins)
@@ -248,6 +250,11 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
         if output is None:
             raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
         progress(f"compiling {model}")
+        if chips > 1:
+            from maiac.chips_cli import compile_group
+
+            compile_group(driver, model, output, chips, kw)
+            return
         if print_ir_after_all:
             compiled = _compile_printing_ir(driver, model, log, {**kw, **debug})
         else:
@@ -371,10 +378,20 @@ def _summary(name: str, a: np.ndarray) -> str:
 @click.option("--trace", metavar="TRACE.json", default=None,
               help="Write a Chrome/Perfetto trace of the modeled timeline.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random inputs.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Chip programs (--chips): all in this process, or one "
+                                      "Ray actor per chip (pip install maiac[ray]).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster to join (default: ray.init() starts a local one).")
 def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
-            output: str | None, trace: str | None, seed: int) -> None:
+            output: str | None, trace: str | None, seed: int, backend: str,
+            ray_address: str | None) -> None:
     """Run a compiled program on the machine model (random seeded inputs if none given)."""
     existing_file(program_file, "program file")
+    from maiac.chips_cli import run_group
+
+    if run_group(program_file, inputs, input_items, output, trace, seed, backend, ray_address):
+        return
     from maiac.inputs import random_inputs_for_specs
     from maiac.runtime.interpreter import run_program
     from maiac.runtime.program import load_program
@@ -460,9 +477,12 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
 def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int) -> None:
     """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
     existing_file(program_file, "program file")
+    from maiac.chips_cli import report_group
     from maiac.runtime.program import load_program
     from maiac.runtime.timing import simulate
 
+    if report_group(program_file, as_json, html_out, top):
+        return
     program = load_program(program_file)
     progress(f"simulating {program_file}")
     rep = simulate(program)

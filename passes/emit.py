@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,8 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
         constants=constants,
         meta={**(meta or {}), "ops": op_table, "shape_only": missing,
               **({"async": True} if maia.attr(fn, "maia.async", False) else {}),
+              **({"shard": json.loads(maia.attr(fn, "maia.shard"))}  # passes/shard.py
+                 if "maia.shard" in fn.attributes else {}),
               "flops": maia.attr(fn, "maia.flops", 0)},
     )
 
@@ -109,6 +112,10 @@ def _instructions(ops: Any, buffers: dict[str, Buffer], label: str) -> list[isa.
             ins = [_access(a, buffers) for a in maia.attr(op, "ins")]
             out.append(isa.Vec(maia.attr(op, "fn"), ins, acc("out"),
                                maia.attr(op, "params", {}) or {}, grid, label))
+        elif isinstance(op, maia.CollectiveOp):
+            out.append(isa.Collective(maia.attr(op, "collective"), acc("src"), acc("dst"),
+                                      maia.attr(op, "chips"), maia.attr(op, "rank"), grid,
+                                      0, label))
         elif isinstance(op, maia.GatherRowsOp):
             out.append(isa.Gather(acc("table"), acc("indices"), acc("dst"), grid,
                                   maia.attr(op, "queue", 0), label))

@@ -108,6 +108,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.fuse_rope", "FuseRopePass"),
     ("maiac.passes.fuse_attention", "FuseAttentionPass"),
     ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
+    ("maiac.passes.shard", "ShardPass"),
     ("maiac.passes.quantize", "QuantizePass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),

@@ -23,6 +23,7 @@ from maiac.ir.resources import constant_attr
 from maiac.ir.types import tensor_dtype, tensor_shape
 from maiac.passes.tiling import decode_attention
 from maiac.passes.tiling.attention import tile_attention
+from maiac.passes.tiling.collective import tile_collective
 from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
 from maiac.passes.tiling.elementwise import tile_elementwise
 from maiac.passes.tiling.layout import tile_concat, tile_copy, tile_gather, tile_view
@@ -197,6 +198,8 @@ class FunctionTiler:
             tile_view(kernel, ins[0], out, maia.attr(op, "offset", 0), maia.attr(op, "strides"))
         elif isinstance(op, maia.ConcatOp):
             tile_concat(kernel, ins, out, maia.attr(op, "axis"))
+        elif isinstance(op, maia.AllReduceOp | maia.AllGatherOp):
+            tile_collective(kernel, op, ins[0], out)
         else:
             raise MaiacError(f"no tiler for {op.name}")
         return []

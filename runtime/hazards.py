@@ -31,7 +31,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from maiac.runtime.errors import MachineError
-from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec, engine_of
+from maiac.runtime.isa import (
+    Access,
+    Collective,
+    Dma,
+    Gather,
+    Instr,
+    Loop,
+    MatMul,
+    Vec,
+    engine_of,
+)
 from maiac.runtime.memory import StepMap, block_extent, itemsize
 from maiac.runtime.program import Program, instr_label
 from maiac.runtime.target import Target
@@ -40,8 +50,8 @@ SAMPLE_ITERS = 3  # infer mode: iterations of each loop followed exactly (first 
 
 
 def engines(dma_queues: int) -> list[str]:
-    """Engine names in clock order: the DMA queues, then ttu, tvp."""
-    return [f"dma{q}" for q in range(dma_queues)] + ["ttu", "tvp"]
+    """Engine names in clock order: the DMA queues, then ttu, tvp, the network engine."""
+    return [f"dma{q}" for q in range(dma_queues)] + ["ttu", "tvp", "net"]
 
 
 @dataclass
@@ -69,7 +79,7 @@ class Span:
 
 def instr_accesses(instr: Instr) -> list[tuple[Access, bool]]:
     """(access, is_write) of a non-loop instruction; reads first."""
-    if isinstance(instr, Dma):
+    if isinstance(instr, Dma | Collective):  # a collective reads src, writes all of dst
         return [(instr.src, False), (instr.dst, True)]
     if isinstance(instr, Gather):
         return [(instr.table, False), (instr.indices, False), (instr.dst, True)]

@@ -27,7 +27,7 @@ import numpy as np
 from maiac.runtime import isa
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
-from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
 from maiac.runtime.memory import access_extent, np_dtype
@@ -384,6 +384,8 @@ class _Machine:
         if isinstance(instr, Loop):
             return self._loop(instr, path, trips)
         grid = tuple(instr.grid)
+        if isinstance(instr, Collective):
+            return self._collective(instr, path)
         if isinstance(instr, Dma):
             return self._dma(instr, grid, trips)
         if isinstance(instr, Gather):
@@ -445,6 +447,19 @@ class _Machine:
             if acc.level == out.level and rlo < hi and lo < rhi:
                 return False
         return True
+
+    def _collective(self, instr: Collective, path: str) -> Step:
+        """A group of one chip is a copy; larger groups need every chip's memory
+        (runtime/multichip.py runs them between the steps of all chips)."""
+        def step(it: tuple[int, ...]) -> None:
+            if instr.chips != 1:
+                raise MachineError(f"{instr_label(path, instr)}: a {instr.collective} over "
+                                   f"{instr.chips} chips runs only in a multi-chip run "
+                                   f"(maiac.runtime.multichip.run_chips)")
+            from maiac.runtime.multichip import apply_collective
+
+            apply_collective([instr], [self])
+        return step
 
     def _dma(self, instr: Dma, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
         src, dst = self.view(instr.src, grid, trips), self.view(instr.dst, grid, trips)

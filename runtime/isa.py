@@ -203,7 +203,39 @@ class Loop:
     kind: str = "loop"
 
 
-Instr = Dma | Gather | MatMul | Vec | Loop
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
+
+
+@dataclass
+class Collective:
+    """A collective over the ``chips`` chips of a tensor-parallel group, on this chip's
+    network DMA engine (``net``; cost and algorithm from runtime/network.py).
+
+    ``src`` and ``dst`` are HBM blocks of this chip (``rank``); every chip of the group
+    runs the same collective at the same point of its program (a cross-chip semaphore:
+    none completes before all have issued it). In fp32, ranks summed in rank order:
+
+    * ``all_reduce``: ``dst = sum_c src_c`` (``src.shape == dst.shape``);
+    * ``all_gather``: ``dst[c] = src_c`` (``dst.shape == (chips, *src.shape)``; strided
+      ``dst`` puts each chip's slice where it belongs, e.g. columns of the last axis);
+    * ``reduce_scatter``: ``dst = sum_c src_c[rank]`` (``src.shape == (chips, *dst.shape)``).
+
+    Only at the top level of a program (never inside a ``Loop``).
+    """
+
+    collective: str
+    src: Access
+    dst: Access
+    chips: int
+    rank: int = 0
+    grid: tuple[int, ...] = (1,)
+    queue: int = 0
+    op: str = ""
+    kind: str = "collective"
+    waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
+
+
+Instr = Dma | Gather | MatMul | Vec | Loop | Collective
 
 # WAITS (asynchronous semantics; programs whose ``meta["async"]`` is true).
 # Every engine — each DMA queue ``dma0`` .. ``dma{n-1}``, the ``ttu`` and the ``tvp`` — runs
@@ -216,7 +248,8 @@ Instr = Dma | Gather | MatMul | Vec | Loop
 # ``cp.async.wait_group n``. A DMA's data is only guaranteed to a reader after such a
 # wait; runtime/hazards.py checks it. Programs without ``meta["async"]`` run each
 # instruction to completion before the next (synchronous semantics).
-ENGINE_KINDS = {"matmul": "ttu", "vec": "tvp"}
+# Collectives run on the chip's network DMA engine ``net`` (after ttu, tvp in clock order).
+ENGINE_KINDS = {"matmul": "ttu", "vec": "tvp", "collective": "net"}
 
 
 def engine_of(instr: Instr, dma_queues: int) -> str:
@@ -226,7 +259,7 @@ def engine_of(instr: Instr, dma_queues: int) -> str:
     return ENGINE_KINDS[instr.kind]
 
 _KINDS: dict[str, type] = {"dma": Dma, "gather": Gather, "matmul": MatMul, "vec": Vec,
-                           "loop": Loop}
+                           "loop": Loop, "collective": Collective}
 
 
 def instr_to_json(instr: Instr) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from maiac.runtime.errors import MaiacError, ProgramError
-from maiac.runtime.isa import Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Collective, Dma, Gather, Instr, Loop, MatMul, Vec
 
 GiB = 1 << 30
 
@@ -196,7 +196,7 @@ def check_structure(program: Any) -> None:
 
 
 def _accesses(instr: Instr) -> list[Any]:
-    if isinstance(instr, Dma):
+    if isinstance(instr, Dma | Collective):
         return [instr.src, instr.dst]
     if isinstance(instr, Gather):
         return [instr.table, instr.indices, instr.dst]

@@ -23,7 +23,10 @@ def format_instr(instr: isa.Instr, indent: int = 0) -> list[str]:
             lines += format_instr(inner, indent + 1)
         return lines + [f"{pad}}}"]
     grid = f"grid{list(instr.grid)}"
-    if isinstance(instr, isa.Dma):
+    if isinstance(instr, isa.Collective):
+        body = (f"net.{instr.collective}[{instr.rank}/{instr.chips}] "
+                f"{format_access(instr.dst)} <- {format_access(instr.src)}")
+    elif isinstance(instr, isa.Dma):
         body = f"dma.q{instr.queue} {format_access(instr.dst)} <- {format_access(instr.src)}"
     elif isinstance(instr, isa.Gather):
         body = (f"gather {format_access(instr.dst)} <- {format_access(instr.table)}"

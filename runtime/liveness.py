@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from maiac.runtime import isa
-from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import access_extent, np_dtype
 
 WRITTEN, READ_FIRST, CLOBBERED = 1, 2, 4
@@ -50,7 +50,7 @@ Independent = Callable[[Instr, tuple[int, ...], tuple[int, ...]], bool]
 
 
 def _reads_writes(instr: Instr) -> tuple[list[Access], Access]:
-    if isinstance(instr, Dma):
+    if isinstance(instr, Dma | Collective):
         return [instr.src], instr.dst
     if isinstance(instr, Gather):
         return [instr.table, instr.indices], instr.dst

@@ -25,7 +25,7 @@ import numpy as np
 
 from maiac.runtime import isa, limits
 from maiac.runtime.errors import MaiacError, ProgramError
-from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import access_extent, itemsize
 
 FORMAT_VERSION = 1
@@ -168,8 +168,10 @@ def _validate_instrs(instrs: list[Instr], prefix: str, trips: tuple[int, ...],
             _validate_instrs(instr.body, f"{path}.", trips + tuple(instr.trips), maps,
                              n_tiles, error)
             continue
-        if not isinstance(instr, Dma | Gather | MatMul | Vec):
+        if not isinstance(instr, Dma | Gather | MatMul | Vec | Collective):
             raise error(f"instruction {path}: not an instruction: {type(instr).__name__}")
+        if isinstance(instr, Collective) and trips:
+            raise error(f"{label}: a collective must be at the top level, not inside a loop")
         grid = tuple(instr.grid)
         if not grid or any(not isinstance(g, int) or g < 1 for g in grid):
             raise error(f"{label}: grid must be positive integers, got {grid}")
@@ -191,7 +193,7 @@ def _validate_instrs(instrs: list[Instr], prefix: str, trips: tuple[int, ...],
 
 def _accesses(instr: Instr) -> list[tuple[str, Access]]:
     """(role, access) pairs of a non-loop instruction."""
-    if isinstance(instr, Dma):
+    if isinstance(instr, Dma | Collective):
         return [("src", instr.src), ("dst", instr.dst)]
     if isinstance(instr, Gather):
         return [("table", instr.table), ("indices", instr.indices), ("dst", instr.dst)]
@@ -229,6 +231,8 @@ def _operand_problem(instr: Instr) -> str | None:
         if tuple(instr.src.shape) != tuple(instr.dst.shape):
             return f"src shape {instr.src.shape} != dst shape {instr.dst.shape}"
         return None
+    if isinstance(instr, Collective):
+        return collective_problem(instr)
     if isinstance(instr, Gather):
         t, ix, d = instr.table, instr.indices, instr.dst
         if t.level == "tsram" or ix.level != "tsram" or d.level != "tsram":
@@ -277,6 +281,22 @@ def _operand_problem(instr: Instr) -> str | None:
             raise ValueError
     except ValueError:
         return f"{fn} input shapes {shapes} do not broadcast to out {out}"
+    return None
+
+
+def collective_problem(instr: Collective) -> str | None:
+    """What is wrong with a collective's kind, group, levels and shapes (or None)."""
+    if instr.collective not in isa.COLLECTIVES:
+        return f"unknown collective {instr.collective!r} (one of {', '.join(isa.COLLECTIVES)})"
+    if not isinstance(instr.chips, int) or instr.chips < 1 or not 0 <= instr.rank < instr.chips:
+        return f"rank {instr.rank} is not in a group of {instr.chips} chips"
+    if {instr.src.level, instr.dst.level} - {"hbm", "csram"}:
+        return "a collective moves HBM or CSRAM blocks (the network DMA cannot reach TSRAM)"
+    src, dst = tuple(instr.src.shape), tuple(instr.dst.shape)
+    want = {"all_reduce": (src, dst), "all_gather": ((instr.chips, *src), dst),
+            "reduce_scatter": (src, (instr.chips, *dst))}[instr.collective]
+    if want[0] != want[1]:
+        return f"{instr.collective} over {instr.chips} chips: src {src} and dst {dst} disagree"
     return None
 
 

@@ -32,12 +32,14 @@ import bisect
 import itertools
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from maiac.runtime.errors import MaiacError
-from maiac.runtime.isa import Access, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import StepMap, block_extent, distinct_bytes, itemsize, numel
+from maiac.runtime.network import Network
 from maiac.runtime.program import Program
 from maiac.runtime.target import Target
 
@@ -212,7 +214,8 @@ def _dma_time(t: Target, src: Access, dst: Access, src_b: float, dst_b: float,
     return max(times) + t.dma_latency_s
 
 
-def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target) -> _Leaf:
+def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
+          net: Network | None = None) -> _Leaf:
     grid = tuple(instr.grid)
     tiles = math.prod(grid)
     frac = tiles / t.n_tiles
@@ -235,6 +238,18 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target) -> _Leaf:
             reads, writes = fp(instr.table, instr.indices), fp(dst)
         dur = _dma_time(t, src, dst, src_b, dst_b, tiles)
         hbm = (src_b if src.level == "hbm" else 0) + (dst_b if dst.level == "hbm" else 0)
+    elif isinstance(instr, Collective):
+        # the network engine (runtime/network.py); HBM: read src, write dst, and for the
+        # reductions read what the peers sent
+        engine = "net"
+        src_b, dst_b = distinct_bytes(instr.src, grid), distinct_bytes(instr.dst, grid)
+        size = {"all_gather": dst_b, "reduce_scatter": src_b}.get(instr.collective, src_b)
+        dur, _ = (net or Network()).cost(instr.collective, float(size), instr.chips)
+        received = size * (instr.chips - 1) / instr.chips * (
+            2 if instr.collective == "all_reduce" else 1)
+        hbm = ((src_b + (received if instr.collective != "all_gather" else 0))
+               * (instr.src.level == "hbm") + dst_b * (instr.dst.level == "hbm"))
+        reads, writes = fp(instr.src), fp(instr.dst)
     elif isinstance(instr, MatMul):
         engine = "ttu"
         m, n = instr.c.shape[-2:]
@@ -307,9 +322,15 @@ class _Stats:
         self.tvp_ops += other.tvp_ops * scale
 
 
+# A cross-chip semaphore: called with (instruction path, the time this chip could start
+# a collective), returns when every chip of the group can (runtime/multichip.py).
+CollectiveSync = Callable[[str, float], float]
+
+
 class _Sim:
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, sync: CollectiveSync | None = None) -> None:
         self.t = target
+        self.sync = sync
         self.free: dict[str, float] = defaultdict(float)
         self.wf = defaultdict(_RangeMax)  # level -> finish of the last write
         self.af = defaultdict(_RangeMax)  # level -> finish of the last access of any kind
@@ -340,6 +361,8 @@ class _Sim:
             start = max(start, self.wf[lv].query(lo, hi))
         for lv, lo, hi in spans_w:
             start = max(start, self.af[lv].query(lo, hi))
+        if self.sync is not None and lf.engine == "net":
+            start = self.sync(lf.path, start)
         end = start + lf.dur
         if lf.hbm_time > 0:
             # HBM bandwidth is shared by all DMA queues: the transfer takes its slot after
@@ -431,17 +454,18 @@ class _LoopItem:
     leaves: list[_Leaf]  # every leaf inside, at any depth
 
 
-def _items(instrs: list[Instr], prefix: str, trips: tuple[int, ...], t: Target) -> list[Any]:
+def _items(instrs: list[Instr], prefix: str, trips: tuple[int, ...], t: Target,
+           net: Network | None = None) -> list[Any]:
     out: list[Any] = []
     for i, ins in enumerate(instrs):
         path = f"{prefix}{i}"
         if isinstance(ins, Loop):
             inner = trips + tuple(ins.trips)
-            body = _items(ins.body, f"{path}.", inner, t)
+            body = _items(ins.body, f"{path}.", inner, t, net)
             leaves = [x for b in body for x in (b.leaves if isinstance(b, _LoopItem) else [b])]
             out.append(_LoopItem(path, ins.op, tuple(ins.trips), body, leaves))
         else:
-            out.append(_leaf(ins, path, trips, t))
+            out.append(_leaf(ins, path, trips, t, net))
     return out
 
 
@@ -469,13 +493,24 @@ def _overlap(events: list[Event]) -> float:
     return total
 
 
-def simulate(program: Program, target: Target | None = None) -> TimingReport:
-    """Schedule ``program`` on the target's engines and report time, roofline and per-op rows."""
+def simulate(program: Program, target: Target | None = None, *, network: Network | None = None,
+             sync: CollectiveSync | None = None) -> TimingReport:
+    """Schedule ``program`` on the target's engines and report time, roofline and per-op rows.
+
+    ``network``: the scale-up network collectives are costed on (default: the program's
+    ``meta["network"]`` parameters); ``sync``: the cross-chip semaphore of a multi-chip
+    simulation (runtime/multichip.py), else every other chip is taken to arrive at a
+    collective when this one does.
+    """
     t = target or Target.from_json(program.target or {})
-    sim = _Sim(t)
-    modeled = sim.run(_items(program.instructions, "", (), t), ())
+    meta = program.meta if isinstance(program.meta, dict) else {}
+    net = network or Network.from_json(meta.get("network"))
+    sim = _Sim(t, sync)
+    modeled = sim.run(_items(program.instructions, "", (), t, net), ())
     stats = sim.stats[0]
     engines = [f"dma{q}" for q in range(t.dma_queues)] + ["ttu", "tvp"]
+    if "net" in stats.busy:
+        engines.append("net")
     hbm_bytes = sum(stats.op_hbm.values())
     ttu_flops = sum(stats.fmt_flops.values())
     compute = max(sum(f / t.ttu_flops[fmt] for fmt, f in stats.fmt_flops.items()),
@@ -488,11 +523,13 @@ def simulate(program: Program, target: Target | None = None) -> TimingReport:
         busy = stats.op_busy[name]
         dma = max((v for e, v in busy.items() if e.startswith("dma")), default=0.0)
         comp = max(busy.get("ttu", 0.0), busy.get("tvp", 0.0))
+        net = busy.get("net", 0.0)
         info = kinds.get(name, {}) if isinstance(kinds, dict) else {}
         ops.append({"name": name, "kind": info.get("kind") if isinstance(info, dict) else None,
-                    "time_s": max(dma, comp), "flops": stats.op_flops[name],
+                    "time_s": max(dma, comp, net), "flops": stats.op_flops[name],
                     "hbm_bytes": stats.op_hbm[name],
-                    "bound": "compute" if comp >= dma else "memory",
+                    "bound": "network" if net > max(dma, comp) else
+                    "compute" if comp >= dma else "memory",
                     "busy_s": {e: busy[e] for e in sorted(busy)}})
     tiles_used = max((math.prod(i.grid) for i in _all_leaves(program.instructions)), default=1)
     peak = {lv: max((b.addr + b.nbytes for b in program.buffers if b.level == lv), default=0)

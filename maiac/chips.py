@@ -1,0 +1,184 @@
+"""Many chips: compile a model for a tensor-parallel group, run it, time it, save it.
+
+``compile_chips`` runs the front of the pipeline (import, lowering, fusion) once, then
+for every rank `shard{chips=N,rank=r}` (passes/shard.py) and the rest of the pipeline
+(quantize, tile, plan, schedule), so each chip gets its own program. ``ranks="timing"``
+compiles only ranks 0 and 1: ranks 1..N-1 differ only in which slice of the weights they
+hold (rank 0 also adds the biases and residuals), so their schedules are the same and a
+group of any size is timed from two programs (a shape-only 70B at 32 chips compiles
+twice, not 32 times); such a group can be reported, not run.
+
+Files: ``save("model.maia")`` writes ``model.chip0.maia`` .. ``model.chip{N-1}.maia``
+beside each other; every program names the whole group (``meta["shard"]["group"]``), and
+:func:`load_group` reads the siblings from the same folder only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from maiac.runtime.errors import MaiacError
+from maiac.runtime.program import Program
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass
+class ChipGroup:
+    """The programs of a tensor-parallel group (one per chip, or ranks 0-1 for timing)."""
+
+    programs: list[Program]
+    chips: int
+    compile_s: float = 0.0
+    timing_only: bool = False
+    runtime_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- run ------------------------------------------------------------------------
+    def run(self, inputs: dict[str, np.ndarray], *, backend: str = "local",
+            ray_address: str | None = None) -> dict[str, np.ndarray]:
+        """The group's outputs for the whole (unsharded) inputs."""
+        if self.timing_only:
+            raise MaiacError(f"this group was compiled for timing only (ranks 0-1 of "
+                             f"{self.chips}); compile with ranks='all' to run it")
+        if backend not in BACKENDS:
+            raise MaiacError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "ray":
+            from maiac.ray_backend import run_on_ray
+
+            return run_on_ray(self.programs, inputs, address=ray_address)
+        from maiac.runtime.multichip import run_chips
+
+        return run_chips(self.programs, inputs)
+
+    # -- time -----------------------------------------------------------------------
+    def timing(self) -> list[Any]:
+        if "reports" not in self.runtime_cache:
+            from maiac.runtime.multichip import simulate_chips
+
+            self.runtime_cache["reports"] = simulate_chips(self.programs,
+                                                           group_size=self.chips)
+        return self.runtime_cache["reports"]
+
+    def report(self) -> dict[str, Any]:
+        """The group report: makespan, per chip, collectives, network share."""
+        from maiac.runtime.multichip import group_report
+
+        return group_report(self.timing(), self.programs, self.chips)
+
+    def write_trace(self, path: str | Path) -> None:
+        """Chrome/Perfetto trace: one process per chip, one track per engine (incl. net)."""
+        import json
+
+        from maiac.runtime.multichip import group_trace
+
+        Path(path).write_text(json.dumps(group_trace(self.timing()), separators=(",", ":")))
+
+    # -- files ----------------------------------------------------------------------
+    def paths(self, path: str | Path) -> list[Path]:
+        p = Path(path)
+        stem = p.name[:-len(".maia")] if p.name.endswith(".maia") else p.name
+        return [p.with_name(f"{stem}.chip{r}.maia") for r in range(len(self.programs))]
+
+    def save(self, path: str | Path) -> list[Path]:
+        from maiac.runtime.program import save_program
+
+        out = self.paths(path)
+        names = [q.name for q in out]
+        for prog, q in zip(self.programs, out, strict=True):
+            prog.meta.setdefault("shard", {})["group"] = names
+            prog.meta["shard"]["timing_only"] = self.timing_only
+            save_program(prog, q)
+        return out
+
+
+def group_files(program: Program, path: str | Path) -> list[Path] | None:
+    """The sibling files of a group member (None for a one-chip program)."""
+    shard = (program.meta or {}).get("shard") if isinstance(program.meta, dict) else None
+    names = (shard or {}).get("group")
+    if not names:
+        return None
+    folder = Path(path).parent
+    out = []
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".maia"):
+            raise MaiacError(f"{path}: bad group member name {name!r} (a file name in the "
+                             f"same folder is expected)")
+        out.append(folder / name)
+    return out
+
+
+def load_group(path: str | Path) -> ChipGroup | None:
+    """The group ``path`` belongs to (all its programs), or None for a one-chip program."""
+    from maiac.runtime.program import load_program
+
+    first = load_program(path)
+    files = group_files(first, path)
+    if files is None:
+        return None
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise MaiacError(f"{path} is one of {len(files)} chip programs; missing {missing[0]} "
+                         f"in {Path(path).parent}")
+    programs = [first if f.resolve() == Path(path).resolve() else load_program(f)
+                for f in files]
+    shard = programs[0].meta["shard"]
+    return ChipGroup(programs, int(shard.get("chips", len(programs))),
+                     timing_only=bool(shard.get("timing_only", False)))
+
+
+def _front_and_back(passes: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """Split the pipeline where sharding goes: after the fusions, before quantize/tile."""
+    names = [p.name for p in passes]
+    for stop in ("quantize", "tile"):
+        if stop in names:
+            i = names.index(stop)
+            return list(passes[:i]), list(passes[i:])
+    raise MaiacError("--chips needs a pipeline with a 'tile' pass (shard runs before it)")
+
+
+def compile_chips(model: str | Path | onnx.ModelProto, chips: int, *, quant: str | None = None,
+                  shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
+                  target_params: dict[str, str] | None = None, pipeline: Any = None,
+                  shape_only: bool = False, calib: Any = None, ranks: str = "all",
+                  verify_each: bool = True) -> ChipGroup:
+    """Compile ``model`` for a tensor-parallel group of ``chips`` chips."""
+    from maiac import driver
+    from maiac.passes.shard import ShardPass
+    from maiac.runtime.network import Network
+    from maiac.runtime.program import Program as _Program  # noqa: F401 (typing clarity)
+
+    if not isinstance(chips, int) or chips < 1:
+        raise MaiacError(f"--chips must be a positive integer, got {chips!r}")
+    Network().check_group(chips)
+    if ranks not in ("all", "timing"):
+        raise MaiacError(f"ranks must be 'all' or 'timing', got {ranks!r}")
+    start = time.perf_counter()
+    module = driver.import_for_target(model, shapes, target, target_params, shape_only)
+    passes = driver.parse_passes(pipeline or driver.default_pipeline(quant))
+    if any(p.name == "shard" for p in passes):
+        raise MaiacError("--chips adds the shard pass itself; leave it out of --pipeline")
+    front, back = _front_and_back(passes)
+    if not shape_only:
+        driver.attach_calibration(module, model, passes, calib, shapes)
+    driver.run_passes(module, front, verify_each=verify_each)
+    name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
+    meta_base: dict[str, Any] = {"model": name, "quant": quant or "fp32",
+                                 "input_ranges": driver._input_ranges(model),
+                                 **driver._model_props(model)}
+    todo = range(chips) if ranks == "all" or chips == 1 else range(min(chips, 2))
+    programs = []
+    from maiac.passes.emit import emit_program
+
+    for rank in todo:
+        m = module.clone()
+        driver.run_passes(m, [ShardPass(chips=chips, rank=rank), *back], verify_each=verify_each)
+        programs.append(emit_program(m, dict(meta_base), shape_only=shape_only))
+    return ChipGroup(programs, chips, time.perf_counter() - start,
+                     timing_only=len(programs) < chips)
