@@ -212,8 +212,8 @@ def cast(x: Any, elem: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
         y = np.where(np.isnan(x), x, y)  # clip keeps NaN, but be explicit
         if f.has_inf:
             y = np.where(np.isinf(x), x, y)
-        elif f.has_nan:
-            y = np.where(np.isinf(x), np.float32(np.nan), y)
+        elif f.has_nan:  # no Inf code: ±Inf -> NaN keeping the sign (ml_dtypes: -Inf -> 0xFF)
+            y = np.where(np.isinf(x), np.copysign(np.float32(np.nan), x), y)
     if f.bits <= 8:
         return _round_narrow(y, f)
     return y.astype(f.elem)
@@ -435,9 +435,12 @@ def mx_scale_bytes(amax: Any, elem: Any, scale_mode: str = "floor") -> np.ndarra
     * "ceil" (torchao CEIL): ``X = ceil(log2(amax)) - emax`` (``+1`` when ``M != 0``).
     * "even" (torchao EVEN): ``amax`` first rounded to ``mbits`` mantissa bits (add half an
       ulp, truncate), then floor.
-    * "rceil" (torchao RCEIL, cuBLAS "1D block quantization", PTX ``cvt.rp.ue8m0``): byte
-      = E8M0 of ``amax * fl32(1/max_finite)`` rounded up, i.e. the smallest ``2^X >= amax /
-      max`` (fp32 products); byte 0 for ``<= 2^-127``. Never saturates.
+    * "rceil" (torchao RCEIL, cuBLAS "1D block quantization", PTX ``cvt.rp.ue8m0``): the
+      smallest ``2^X >= amax / max_finite`` in exact arithmetic; byte 0 for ``<= 2^-127``.
+      Never saturates. torchao/PTX round up the fp32 product ``amax * fl32(1/max)``, which
+      equals the exact rule for every fp32 ``amax`` except one per element type, where the
+      product is an fp32 subnormal and rounds down onto ``2^-127`` (E4M3: amax 0x04600001,
+      exact byte 1, fp32 product byte 0); maiac keeps the exact answer there.
 
     ``X`` is clamped to the E8M0 range [-127, 127] (MX §5.4.1); an all-zero block gets
     byte 0 (2^-127, as microxcaling and torchao). Non-finite ``amax`` gives 0xFF (NaN).
@@ -449,12 +452,14 @@ def mx_scale_bytes(amax: Any, elem: Any, scale_mode: str = "floor") -> np.ndarra
     finite = np.isfinite(a)
     a = np.where(finite, a, np.float32(0))
     if scale_mode == "rceil":
-        d = (a * np.float32(1.0 / f.max_finite)).astype(np.float32)
-        bits = d.view(np.int32).astype(np.int64)
-        e = bits >> _F32_MBITS
-        m = bits & 0x7FFFFF
-        up = np.where(e == 0, m > 0x400000, m != 0)
-        b = e + up
+        # Exact in float64: amax (24 bits) and max_finite * 2^X (<= 4 bits) are exact there,
+        # so the two comparisons correct frexp's estimate of ceil(log2(amax / max)).
+        a64 = a.astype(np.float64)
+        mx = float(f.max_finite)
+        x = np.frexp(a64 / mx)[1].astype(np.int64)
+        x = np.where(np.ldexp(mx, x - 1) >= a64, x - 1, x)
+        x = np.where(np.ldexp(mx, x) < a64, x + 1, x)
+        b = np.where(a64 == 0, 0, np.clip(x + E8M0_BIAS, 0, 2 * E8M0_BIAS))
     else:
         bits = a.view(np.int32).astype(np.int64)
         if scale_mode == "even":
@@ -510,36 +515,58 @@ def _mx_core(xw: np.ndarray, f: Format, axis: int, scale_mode: str) -> tuple[np.
 def _nvfp4_core(
     xw: np.ndarray, f: Format, axis: int, tensor_scale: float | None
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], float]:
-    """NVFP4 two-level scaling, following torchao ``nvfp4_quantize`` (fp32 arithmetic).
+    """NVFP4 two-level scaling by NVIDIA's recipe, every step an fp32 operation.
 
-    ``ts = amax_tensor / (448 * 6)``; per block ``s = fl32(fl32(block_amax / 6) / ts)``,
-    ``s8 = e4m3(clip(s, 2^-6, 448))``; elements ``e2m1(clip(x / fl32(ts * s8), ±6))``.
-    All-zero tensor: ``ts = 1`` (torchao would divide 0/0). Non-finite blocks get the E4M3
-    NaN scale byte (0x7F) and zero elements.
+    NVIDIA Transformer Engine ``common/cast/nvfp4/core_nvfp4.cuh`` (the kernels of the
+    recipe in NVIDIA, "Pretraining Large Language Models with NVFP4", arXiv:2509.25149,
+    which its tests match byte for byte), with ``ts`` the fp32 per-tensor decode scale
+    maiac stores:
+
+    * global encode scale ``S_enc = fl32(448 * 6 / amax_tensor)`` (1 for an all-zero
+      tensor; ``compute_global_encode_scaling_factor_FP4``) and ``ts = fl32(1 / S_enc)``;
+      a given ``tensor_scale`` is ``ts`` and ``S_enc = fl32(1 / ts)``;
+    * block scale ``s8 = e4m3(block_amax * fl32(S_enc * fl32(1/6)))``, saturating at 448
+      (``compute_decoding_scaling_factor``); an all-zero block, or one below 2^-10 / S_enc
+      (under ~2e-6 of the tensor amax), gets scale 0 and decodes to zeros, as there;
+    * elements ``e2m1(x * fl32(1 / fl32(s8 * ts)))``, saturating (``compute_scaling_coefficient``
+      then ``cvt.rn.satfinite.e2m1x2.f32``): a multiply by the rounded reciprocal, not a
+      division. It differs from the exactly rounded quotient ``x / (s8 * ts)`` on rare near
+      ties (x = -1.3463824, ts = 0.0048085088, s8 byte 114: x * fl32(1 / fl32(160 ts)) is
+      -1.75, code 12 (-2.0), where the exact quotient -1.74999989 gives code 11 (-1.5));
+      maiac emulates NVIDIA's kernels, so it keeps their rule.
+
+    Non-finite blocks get the E4M3 NaN scale byte (0x7F) and zero elements.
     """
     fin = np.isfinite(xw)
     if tensor_scale is None:
         amax_t = np.float32(np.max(np.abs(np.where(fin, xw, 0)))) if xw.size else np.float32(0)
-        ts = np.float32(amax_t / np.float32(_E4M3.max_finite * f.max_finite))
-        if ts == 0 or not np.isfinite(ts):
-            ts = np.float32(1.0)
+        with np.errstate(divide="ignore", over="ignore"):
+            s_enc = np.minimum(np.float32(_E4M3.max_finite * f.max_finite) / amax_t,
+                               np.float32(np.finfo(np.float32).max))
+        if amax_t == 0 or s_enc == 0:
+            s_enc = np.float32(1.0)
+        ts = np.float32(np.float32(1.0) / s_enc)
     else:
         ts = np.float32(tensor_scale)
         if not (np.isfinite(ts) and ts > 0):
             raise ValueError(f"nvfp4: tensor_scale must be finite and > 0, got {tensor_scale}")
+        with np.errstate(over="ignore"):
+            s_enc = np.minimum(np.float32(1.0) / ts, np.float32(np.finfo(np.float32).max))
     xb, moved = _blocks(xw, axis, f.block_size)
     amax = np.max(np.abs(xb), axis=-1) if xb.size else np.zeros(xb.shape[:-1], np.float32)
     bad = ~np.isfinite(amax)
     amax = np.where(bad, np.float32(0), amax)
-    bs = (amax / np.float32(f.max_finite)).astype(np.float32)
-    sbs = (bs / ts).astype(np.float32)
-    tiny = np.float32(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).tiny)
-    s8 = np.clip(sbs, tiny, np.float32(_E4M3.max_finite)).astype(ml_dtypes.float8_e4m3fn)
-    total = (ts * s8.astype(np.float32)).astype(np.float32)
-    data = (xb / total[..., None]).astype(np.float32)
+    enc_over_max = np.float32(s_enc * np.float32(1.0 / f.max_finite))
+    with np.errstate(over="ignore"):
+        sbs = (amax * enc_over_max).astype(np.float32)
+    s8 = np.minimum(sbs, np.float32(_E4M3.max_finite)).astype(ml_dtypes.float8_e4m3fn)
+    with np.errstate(over="ignore", divide="ignore"):
+        rcp = (np.float32(1.0) / (s8.astype(np.float32) * ts).astype(np.float32))
+        rcp = np.minimum(rcp.astype(np.float32), np.float32(np.finfo(np.float32).max))
+        data = (xb * rcp[..., None]).astype(np.float32)
     data = np.where(bad[..., None], np.float32(0), data)
     sbytes = np.where(bad, np.uint8(0x7F), s8.view(np.uint8)).astype(np.uint8)
-    return encode(data, f), sbytes, moved, float(ts)
+    return encode(data, f, allow_nonfinite=True), sbytes, moved, float(ts)
 
 
 def _fp8_scales(
@@ -627,16 +654,13 @@ def quantize(
 def _scale_blocks(vb: np.ndarray, s: np.ndarray, f: Format) -> np.ndarray:
     """Blocked element values (..., nb, block) × block scales (..., nb), float32.
 
-    MX values can exceed the fp32 range (e.g. ceil/rceil scales of a block whose amax is
-    within an element ulp of fp32 max round up to 2^128); such products saturate to
-    ±fp32 max instead of becoming Inf, as a saturating MX → fp32 conversion.
+    One IEEE fp32 multiply, so the result is the exact product rounded to nearest: an
+    MX value beyond the fp32 range (e.g. E8M0 2^127 × E4M3 448, which a ceil/rceil scale
+    of a block whose amax is near fp32 max produces) is ±Inf, as the exact product rounds
+    to. The TTU's operand decode (runtime/quant_ops.py) computes the same products.
     """
     with np.errstate(over="ignore"):
-        out = (vb * s[..., None]).astype(np.float32)
-    if f.is_mx and np.any(s >= np.float32(2.0 ** (E8M0_BIAS - f.emax))):
-        big = np.float32(np.finfo(np.float32).max)
-        out = np.where(np.isinf(out), np.copysign(big, out), out)
-    return out
+        return (vb * s[..., None]).astype(np.float32)
 
 
 def _apply_block_scale(vals: np.ndarray, scale: np.ndarray, axis: int, f: Format) -> np.ndarray:

@@ -138,13 +138,14 @@ def decode_operand(raw: np.ndarray, fmt: str, n: int, scales: np.ndarray | None,
         s = block_scale_values(scales, fmt, tensor_scale)
         axis = vals.ndim + k_axis
         k = vals.shape[axis]
-        big = f.is_mx and bool(np.any(s >= np.float32(2.0 ** (F.E8M0_BIAS - f.emax))))
-        if k % f.block_size == 0 and not big:  # whole blocks: no padding or axis moves
+        if k % f.block_size == 0:  # whole blocks: no padding or axis moves
             nb, blk = k // f.block_size, f.block_size
-            if k_axis == -1:
-                out = vals.reshape(*vals.shape[:-1], nb, blk) * s[..., None]
-            else:
-                out = vals.reshape(*vals.shape[:-2], nb, blk, vals.shape[-1]) * s[..., :, None, :]
+            with np.errstate(over="ignore"):  # beyond fp32: ±Inf, as formats.dequantize
+                if k_axis == -1:
+                    out = vals.reshape(*vals.shape[:-1], nb, blk) * s[..., None]
+                else:
+                    out = (vals.reshape(*vals.shape[:-2], nb, blk, vals.shape[-1])
+                           * s[..., :, None, :])
             return out.reshape(vals.shape)
         vb, moved = F._blocks(vals, axis, f.block_size)
         return F._unblocks(F._scale_blocks(vb, np.moveaxis(s, axis, -1), f), moved, axis)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TIMEOUT_S = 60  # the budget is 30 s each; twice that before CI calls it hung
+TIMEOUT_S = 300  # a hung example, not a slow machine (speed is measured under bench/)
 LIBRARIES = {"my_passes.py"}  # imported by other examples, nothing to run
 
 # What each example must print, so a script that "succeeds" silently still fails.
@@ -35,11 +34,8 @@ def test_every_example_is_covered() -> None:
 @pytest.mark.parametrize("name", scripts())
 def test_example_runs(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    start = time.perf_counter()
     run = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    seconds = time.perf_counter() - start
     assert run.returncode == 0, f"{name} exited {run.returncode}:\n{run.stdout}\n{run.stderr}"
     for needle in EXPECT.get(name, []):
         assert needle in run.stdout, f"{name}: {needle!r} not in output:\n{run.stdout}"
-    assert seconds < 30, f"{name} took {seconds:.1f} s (budget 30 s)"

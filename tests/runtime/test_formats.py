@@ -8,6 +8,7 @@ codes are checked one for one without reusing the vectorized code under test.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
@@ -170,12 +171,13 @@ def ref_shared_exp(amax: float, f: F.Format, mode: str) -> int | None:
     """Unbiased shared exponent X (None = NaN scale), per the rules cited in formats.py."""
     if not math.isfinite(amax):
         return None
-    if mode == "rceil":
-        d = float(np.float32(amax) * np.float32(1.0 / f.max_finite))
-        if d <= 2.0**-127:
+    if mode == "rceil":  # smallest X with 2^X * max >= amax, in exact rationals
+        if amax == 0:
             return -127
-        m, e = math.frexp(d)  # d = m 2^e, m in [0.5, 1)
-        return max(-127, min(127, e - 1 if m == 0.5 else e))
+        x = -127
+        while Fraction(2) ** x * Fraction(f.max_finite) < Fraction(amax) and x < 127:
+            x += 1
+        return x
     if amax == 0:
         return -127
     m, e = math.frexp(amax)
@@ -308,24 +310,46 @@ def test_mx_floor_clipping_vs_ceil_fp4():
 # --------------------------------------------------------------------------- NVFP4
 
 
-def ref_nvfp4(x: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-    """torchao nvfp4_quantize (two-level), block by block in float32 scalars."""
+def fl32(q: Fraction) -> Fraction:
+    """``q`` rounded to the nearest fp32 (ties to even, subnormals, no overflow here)."""
+    if q == 0:
+        return Fraction(0)
+    a = abs(q)
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if Fraction(2) ** e > a:
+        e -= 1
+    ulp = Fraction(2) ** (max(e, -126) - 23)
+    m, r = divmod(a, ulp)
+    if r > ulp / 2 or (r == ulp / 2 and m % 2):
+        m += 1
+    return (m * ulp) if q > 0 else -(m * ulp)
+
+
+def ref_nvfp4(x: np.ndarray, ts: float | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """NVIDIA Transformer Engine's NVFP4 recipe (core_nvfp4.cuh), in exact rationals with an
+    explicit fp32 rounding after every operation the kernels perform."""
     f4 = F.get_format("nvfp4")
-    ts = np.float32(np.float32(np.max(np.abs(x))) / np.float32(448.0 * 6.0))
+    if ts is None:
+        s_enc = fl32(Fraction(448 * 6) / Fraction(float(np.max(np.abs(x)))))
+        ts_q = fl32(1 / s_enc)
+    else:
+        ts_q = Fraction(float(np.float32(ts)))
+        s_enc = fl32(1 / ts_q)
+    enc_over_6 = fl32(s_enc * fl32(Fraction(1, 6)))
     rows, n = x.shape
     sb = np.zeros((rows, n // 16), np.uint8)
     codes = np.zeros((rows, n), np.uint8)
     for r in range(rows):
         for b in range(n // 16):
-            blk = x[r, b * 16:(b + 1) * 16]
-            bs = np.float32(np.float32(np.max(np.abs(blk))) / np.float32(6.0))
-            s = min(max(np.float32(bs / ts), np.float32(2.0**-6)), np.float32(448.0))
-            s8 = np.float32(s).astype(ml_dtypes.float8_e4m3fn)
+            blk = [Fraction(float(v)) for v in x[r, b * 16:(b + 1) * 16]]
+            sbs = min(fl32(max(abs(v) for v in blk) * enc_over_6), Fraction(448))
+            s8 = np.float32(float(sbs)).astype(ml_dtypes.float8_e4m3fn)  # sbs is an fp32
             sb[r, b] = s8.view(np.uint8)
-            total = np.float32(ts * np.float32(s8))
+            s8_q = Fraction(float(s8))
+            rcp = fl32(1 / fl32(s8_q * ts_q)) if s8_q else Fraction(float(np.finfo(np.float32).max))
             for j, v in enumerate(blk):
-                codes[r, b * 16 + j] = ref_grid_code(float(np.float32(v / total)), f4)
-    return sb, float(ts), codes
+                codes[r, b * 16 + j] = ref_grid_code(float(fl32(v * rcp)), f4)
+    return sb, float(ts_q), codes
 
 
 def test_nvfp4_two_level():
@@ -340,11 +364,12 @@ def test_nvfp4_two_level():
     assert q.scales.max() <= 0x7E  # E4M3 448, never NaN
     r, c = np.unravel_index(np.abs(x).argmax(), x.shape)
     assert q.scales[r, c // 16] == 0x7E  # the tensor amax block uses the top of E4M3
-    assert q.scales[0, 0] == 0x08  # zero block: clamp to 2^-6 (E4M3 tiny)
+    assert q.scales[0, 0] == 0x00  # zero block: scale 0 (NVIDIA's kernels), zeros out
     d = F.dequantize(q)
     assert bits_equal(d, F.fake_quantize(x, "nvfp4"))
     total = np.repeat(ts * q.scales.view(ml_dtypes.float8_e4m3fn).astype(np.float64), 16, axis=1)
-    s = np.abs(x) / total
+    with np.errstate(invalid="ignore"):  # the zero block has scale 0
+        s = np.where(total > 0, np.abs(x) / np.where(total > 0, total, 1), 0)
     half_ulp = np.where(s >= 4, 1.0, np.where(s >= 2, 0.5, 0.25))  # E2M1 grid 0, .5, ..., 6
     assert np.all(np.abs(d - x) <= half_ulp * total * (1 + 1e-6))
     # all-zero tensor: tensor scale 1, zeros out
@@ -398,8 +423,14 @@ def test_mx_error_bound(x, fmt, mode):
     e = np.maximum(np.floor(np.log2(np.maximum(s, 2.0**-300))), emin)
     half_ulp = 0.5 * 2.0 ** (e - f.mbits)
     bound = np.maximum(half_ulp, s - f.max_finite) * 2.0**X
+    # the exact value (element x 2^X, in float64) rounds to fp32: Inf beyond its range
+    codes = F.unpack(q.payload, f.bits, x.size).reshape(x.shape)
+    exact = F.decode(codes, f).astype(np.float64) * 2.0**X
+    with np.errstate(over="ignore"):
+        assert bits_equal(d, exact.astype(np.float32))
+    fin = np.isfinite(d)
     err = np.abs(d.astype(np.float64) - x)
-    assert np.all(err <= bound * (1 + 1e-12))
+    assert np.all(err[fin] <= bound[fin] * (1 + 1e-12))
     if mode in ("ceil", "rceil"):
         assert np.all(s <= f.max_finite)  # these modes never clip
     if mode == "floor":  # floor scales are a fixed point: re-quantizing changes nothing
@@ -517,3 +548,91 @@ def test_table_rounding_equals_ml_dtypes_cast(fmt):
     with np.errstate(invalid="ignore", over="ignore"):
         want = x.astype(f.elem).view(np.uint8)
     assert np.array_equal(F._round_narrow(x, f).view(np.uint8), want)
+
+
+# --------------------------------------------------------------------------- spec corners
+
+
+def test_nonfinite_cast_follows_ml_dtypes():
+    """allow_nonfinite: NaN/±Inf map as ml_dtypes maps them, sign included (E4M3FN -Inf)."""
+    x = np.array([np.inf, -np.inf, np.nan, -np.nan, 1.0, -0.0], np.float32)
+    for elem in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2, ml_dtypes.bfloat16):
+        got = F.cast(x, elem, allow_nonfinite=True).view(np.uint8 if elem != ml_dtypes.bfloat16
+                                                          else np.uint16)
+        want = x.astype(elem).view(got.dtype)
+        assert np.array_equal(got, want), elem
+    assert F.encode(np.float32(-np.inf), ml_dtypes.float8_e4m3fn, allow_nonfinite=True) == 0xFF
+
+
+def test_rceil_exact_in_the_subnormal_product_range():
+    """rceil is the smallest 2^X >= amax / max in exact arithmetic, also where amax / max
+    is an fp32 subnormal (the fp32 product rounds 0x04600001 / 448 down onto 2^-127)."""
+    assert F.mx_scale_bytes(np.uint32(0x04600001).view(np.float32), "mxfp8e4m3", "rceil") == 1
+    rng = np.random.default_rng(3)
+    for fmt in ("mxfp8e4m3", "mxfp8e5m2", "mxfp6e2m3", "mxfp6e3m2", "mxfp4"):
+        f = F.get_format(fmt)
+        # amax around max * 2^-127 .. 2^-120 (products subnormal or barely normal), and
+        # exact multiples of max with one ulp either side
+        base = (np.float32(f.max_finite) * 2.0 ** rng.integers(-128, -118, 300)).astype(np.float32)
+        bits = base.view(np.uint32)[:, None] + np.array([-1, 0, 1], np.int64)
+        amax = bits.astype(np.uint32).view(np.float32).reshape(-1)
+        got = F.mx_scale_bytes(amax, fmt, "rceil")
+        want = [ref_shared_exp(float(a), f, "rceil") + 127 for a in amax]
+        assert np.array_equal(got, np.array(want, np.uint8)), fmt
+
+
+def test_nvfp4_follows_nvidia_recipe_on_near_ties():
+    """Elements are e2m1(x * fl32(1 / fl32(s8 * ts))) (NVIDIA TE), checked in exact
+    rationals on values within a few ulps of every E2M1 rounding tie."""
+    ts = np.float32(0.0048085088)
+    # the issue's example: s8 byte 114 (160.0); NVIDIA's rule gives code 12 (-2.0 ... the
+    # scaled value is exactly -1.75 after the reciprocal), the exact quotient would give 11
+    blk = np.zeros((1, 16), np.float32)
+    blk[0, 0], blk[0, 1] = 160.0 * 6 * float(ts), -1.3463824
+    q = F.quantize(blk, "nvfp4", tensor_scale=float(ts))
+    assert q.scales[0, 0] == 114
+    code = int(F.unpack(q.payload, 4, 16)[1])
+    assert code == 12
+    exact = Fraction(float(np.float32(-1.3463824))) / (Fraction(160) * Fraction(float(ts)))
+    assert ref_grid_code(float(exact), F.get_format("nvfp4")) == 11  # documented difference
+    # near-tie set: per block, an amax element fixing s8 and 15 values at ties ± k ulps
+    rng = np.random.default_rng(11)
+    ties = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+    rows = []
+    for _ in range(64):
+        t = np.float32(2.0 ** rng.uniform(-12, 2))
+        amax = np.float32(rng.uniform(0.5, 6.0) * 16 * t)
+        row = np.empty(16, np.float32)
+        row[0] = amax
+        s8 = np.float32(np.float32(amax * np.float32(np.float32(1 / t) * np.float32(1 / 6))))
+        s8 = np.float32(np.minimum(s8, 448).astype(ml_dtypes.float8_e4m3fn))
+        tie_vals = (rng.choice(ties, 15) * float(s8) * float(t) * rng.choice([-1, 1], 15))
+        k = rng.integers(-3, 4, 15).astype(np.int32)
+        row[1:] = (tie_vals.astype(np.float32).view(np.int32) + k).view(np.float32)
+        rows.append((row, t))
+    for row, t in rows:
+        x = row[None, :]
+        q = F.quantize(x, "nvfp4", tensor_scale=float(t))
+        sb, ts_ref, codes = ref_nvfp4(x, float(t))
+        assert np.array_equal(q.scales, sb)
+        assert np.array_equal(F.unpack(q.payload, 4, 16).reshape(x.shape), codes)
+    # and the automatic tensor scale: S_enc = fl32(2688 / amax), ts = fl32(1 / S_enc)
+    x = np.concatenate([r for r, _ in rows])[None, :] * np.float32(1.0)
+    q = F.quantize(x, "nvfp4")
+    sb, ts_ref, codes = ref_nvfp4(x)
+    assert q.tensor_scale == ts_ref and np.array_equal(q.scales, sb)
+    assert np.array_equal(F.unpack(q.payload, 4, x.size).reshape(x.shape), codes)
+
+
+def test_dequantize_beyond_fp32_is_inf():
+    """An MX value whose exact product exceeds fp32 (E8M0 2^127 × 448) is ±Inf, not ±max,
+    in formats.dequantize and in the TTU's operand decode alike."""
+    from maiac.runtime.quant_ops import decode_operand
+    f = F.get_format("mxfp8e4m3")
+    codes = F.encode(np.array([448.0, -448.0, 1.0] + [0.0] * 29, np.float32), f)
+    q = F.QTensor("mxfp8e4m3", (32,), codes.copy(), np.array([254], np.uint8), None, 0)
+    d = F.dequantize(q)
+    assert d[0] == np.inf and d[1] == -np.inf and d[2] == np.float32(2.0**127)
+    dec = decode_operand(codes.reshape(1, 32), "mxfp8e4m3", 32,
+                         np.array([[254]], np.uint8), -1)
+    assert bits_equal(dec.reshape(-1), d)
