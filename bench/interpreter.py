@@ -1,100 +1,316 @@
-"""Interpreter speed: `maiac run` vs onnxruntime on the same model, in one process.
+"""Interpreter speed and memory: `maiac run` vs onnxruntime vs onnx.reference (issue 12).
 
-Prints, per model: compile time, median run time of maiac's machine model and of
-onnxruntime (CPU, same inputs), their ratio, the instruction count and the largest
-absolute difference of the outputs. Rows: an MLP and a 2-layer transformer built here,
-the tests/data exports (GPT-2, Llama, BERT; fp32, with their stored inputs), and the
-transformer quantized to mxfp4 (onnxruntime runs its fp32 model, so that row's ratio
-is the cost of quantized execution against the fp32 reference, and its error is the
-quantization error).
-Usage: python bench/interpreter.py [--repeat N] [--only SUBSTRING]
+Prints one table, per model: best-of-N warm run time of maiac's machine model, of
+onnxruntime (CPU, default threads, same inputs) and of onnx.reference (numpy op by op),
+the ratios maiac/ort and maiac/reference, the peak memory of each engine (peak RSS of a
+child process that loads the model, compiles or creates the session and runs once, less
+the RSS before it), the largest absolute output difference and the instruction count.
+Quantized rows (mxfp8, mxfp4, nvfp4) compare against onnxruntime's fp32 run of the same
+model. Then a matmul sweep (M, N, K from 1 to 4096, odd and prime sizes): per shape the
+time of both engines and the factor by which maiac's time exceeds its own trend
+``t0 + flops / rate`` (t0: the smallest shapes' time; rate: the median rate of the shapes
+of >= 1e8 flops); the worst factor closes the table.
+
+``--baseline REV`` also times the interpreter of git revision REV (its
+runtime/interpreter.py, loaded beside today's) on the same compiled programs in the same
+process, so before and after come from one run on one machine.
+``--profile`` prints the top instruction kinds by time for the largest model.
+Usage: python bench/interpreter.py [--repeat N] [--only SUBSTRING] [--baseline REV]
+       [--no-memory] [--no-sweep] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import statistics
+import math
+import subprocess
+import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import maiac
 from maiac import models
 from maiac.inputs import random_inputs
+from maiac.runtime.interpreter import run_program
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
 EXPORTS = ("gpt2_dynamo", "llama_dynamo", "bert_dynamo")
+LARGEST = "gpt2-small 12L d768 s128"  # the row --profile breaks down
+LLAMA_D768 = models.LlamaConfig("llama-4l-d768", 768, 4, 12, 4, 2048, 8192)
 
 
-def median_time(fn: Callable[[], object], repeat: int) -> float:
+def encoder(layers: int, seq: int, d: int, heads: int, vocab: int) -> onnx.ModelProto:
+    """A BERT-style encoder: token + position embeddings, LayerNorm, bidirectional blocks."""
+    b = models.GraphBuilder(0)
+    x = b.op("Gather", [b.weight((vocab, d), "word_embeddings", scale=0.02), "input_ids"],
+             axis=0, name="embed_tokens")
+    x = b.op("Add", [x, b.weight((seq, d), "position_embeddings", scale=0.02)])
+    x = b.layer_norm(x, d, "embeddings.LayerNorm")
+    for i in range(layers):
+        x = models._block(b, x, 1, seq, d, heads, 4 * d, f"encoder.layer.{i}", False)
+    b.op("Identity", [x], name="last_hidden_state")
+    return b.model("bert-encoder", [models._input("input_ids", TensorProto.INT64, [1, seq])],
+                   [models._input("last_hidden_state", TensorProto.FLOAT, [1, seq, d])])
+
+
+def cases() -> dict[str, Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], dict]]]:
+    """Row name -> () -> (model, inputs, compile options); built lazily, one at a time."""
+    def generated(build: Callable[[], onnx.ModelProto], **opts: Any
+                  ) -> Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], dict]]:
+        def make() -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict]:
+            model = build()
+            return model, random_inputs(model, {}, seed=0), opts
+        return make
+
+    def export(name: str) -> Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], dict]]:
+        def make() -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict]:
+            manifest = json.loads((DATA / "MANIFEST.json").read_text())["models"]
+            with np.load(DATA / f"{name}.inputs.npz") as npz:
+                feeds = {k: npz[k] for k in npz.files}
+            shapes = {k: tuple(v) for k, v in (manifest[name].get("shapes") or {}).items()}
+            return onnx.load(str(DATA / f"{name}.onnx")), feeds, {"shapes": shapes or None}
+        return make
+
+    def llama() -> onnx.ModelProto:
+        return models.llama_decoder(LLAMA_D768, seq=128)
+
+    rows = {
+        "llama 4L d768 s128": generated(llama),
+        "bert-base 12L d768 s128": generated(lambda: encoder(12, 128, 768, 12, 30522)),
+        LARGEST: generated(lambda: models.transformer(
+            layers=12, seq=128, d_model=768, heads=12, vocab=50257)),
+    }
+    rows.update({f"{name} (tests/data)": export(name) for name in EXPORTS})
+    for q in ("mxfp8", "mxfp4", "nvfp4"):
+        rows[f"llama 4L d768 s128 {q}"] = generated(llama, quant=q)
+    return rows
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up: caches, lazy constant decode
-    times = []
+    best = math.inf
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def count_instructions(instrs: list) -> int:
     return sum(1 + (count_instructions(i.body) if i.kind == "loop" else 0) for i in instrs)
 
 
-def bench(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int, *,
-          quant: str | None = None, shapes: dict[str, tuple[int, ...]] | None = None
-          ) -> dict[str, float | str]:
+def load_baseline(rev: str) -> ModuleType:
+    """runtime/interpreter.py of git revision ``rev`` as a module beside today's."""
+    source = subprocess.run(["git", "show", f"{rev}:runtime/interpreter.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    spec = importlib.util.spec_from_loader("maiac.runtime._baseline_interpreter", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    exec(compile(source, f"{rev}:runtime/interpreter.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def child_peak_mb(name: str, engine: str) -> float:
+    """Peak RSS (MiB) a fresh process adds to compile/create + one run of a row's model
+    (already in memory as a ModelProto; Linux: the peak is reset before starting)."""
+    out = subprocess.run([sys.executable, __file__, "--child", engine, "--only", name],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def child(engine: str, name: str) -> None:
+    model, feeds, opts = cases()[name]()
+    rss0 = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS (VmHWM) := current RSS
+    if engine == "maiac":
+        compiled = maiac.compile(model, **opts)
+        compiled.run(feeds)
+    else:
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+    print((_status_kib("VmHWM") - rss0) / 1024)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def bench_row(name: str, repeat: int, baseline: ModuleType | None, profile: bool
+              ) -> dict[str, Any]:
+    model, feeds, opts = cases()[name]()
     start = time.perf_counter()
-    compiled = maiac.compile(model, quant=quant, shapes=shapes)
+    compiled = maiac.compile(model, **opts)
     compile_s = time.perf_counter() - start
+    program = compiled.program
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    ours = compiled.run(feeds)
+    ours = run_program(program, feeds)
     theirs = session.run(None, feeds)
     err = max(float(np.max(np.abs(ours[o.name] - t)))
               for o, t in zip(session.get_outputs(), theirs, strict=True))
-    maia_s = median_time(lambda: compiled.run(feeds), repeat)
-    ort_s = median_time(lambda: session.run(None, feeds), repeat)
-    return {"model": name, "compile_s": compile_s, "maiac_run_s": maia_s, "ort_s": ort_s,
-            "ratio": maia_s / ort_s, "instructions": count_instructions(compiled.program.instructions),
-            "max_abs_err": err}
+    row: dict[str, Any] = {"model": name, "compile_s": compile_s,
+                           "instructions": count_instructions(program.instructions),
+                           "max_abs_err": err}
+    row["maiac_s"] = best_time(lambda: run_program(program, feeds), repeat)
+    row["ort_s"] = best_time(lambda: session.run(None, feeds), repeat)
+    if baseline is not None:
+        program.runtime_cache.clear()
+        row["before_s"] = best_time(lambda: baseline.run_program(program, feeds),
+                                    max(1, repeat // 2))
+        program.runtime_cache.clear()
+    if not opts.get("quant"):
+        try:
+            ref = ReferenceEvaluator(model)
+            row["ref_s"] = best_time(lambda: ref.run(None, feeds), max(1, repeat // 3))
+        except Exception as e:  # onnx.reference lacks an op some exports use
+            row["ref_s"] = math.nan
+            row["ref_error"] = f"{type(e).__name__}: {e}"[:80]
+    if profile:
+        row["profile"] = profile_kinds(program, feeds)
+    return row
 
 
-def cases() -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarray], dict]]:
-    """(name, model, inputs, compile options) of every benchmark row."""
-    tfm = models.transformer(layers=2, batch=1, seq=128, d_model=256, heads=4, vocab=1000)
-    mlp = models.mlp(batch=128, width=1024, layers=2)
-    rows = [("mlp w1024 b128 x2", mlp, random_inputs(mlp, {}, seed=0), {}),
-            ("transformer 2L d256 s128", tfm, random_inputs(tfm, {}, seed=0), {})]
-    manifest = json.loads((DATA / "MANIFEST.json").read_text())["models"]
-    for name in EXPORTS:
-        with np.load(DATA / f"{name}.inputs.npz") as npz:
-            feeds = {k: npz[k] for k in npz.files}
-        shapes = {k: tuple(v) for k, v in (manifest[name].get("shapes") or {}).items()}
-        rows.append((f"{name} (tests/data)", onnx.load(str(DATA / f"{name}.onnx")), feeds,
-                     {"shapes": shapes or None}))
-    rows.append(("transformer ... mxfp4", tfm, random_inputs(tfm, {}, seed=0),
-                 {"quant": "mxfp4"}))
+def profile_kinds(program: Any, feeds: dict[str, np.ndarray]) -> list[tuple[str, float, int]]:
+    """(instruction kind, seconds, count) of the fastest of 3 traced runs, slowest first."""
+    best: list[dict[str, Any]] | None = None
+    for _ in range(3):
+        records: list[dict[str, Any]] = []
+        run_program(program, feeds, trace=records)
+        if best is None or sum(r["wall_s"] for r in records) < sum(r["wall_s"] for r in best):
+            best = records
+    by: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for r in best or []:
+        ins = program.instructions[r["index"]]
+        kind = r["kind"] if r["kind"] != "vec" else f"vec {ins.fn}"
+        if r["kind"] == "matmul" and (ins.a_fmt or ins.b_fmt):
+            kind = "matmul (quantized)"
+        by[kind][0] += r["wall_s"]
+        by[kind][1] += 1
+    return sorted(((k, v[0], int(v[1])) for k, v in by.items()), key=lambda x: -x[1])
+
+
+# --------------------------------------------------------------------------- sweep
+
+SWEEP = ([(n, 256, 256) for n in (1, 7, 31, 64, 97, 127, 128, 257, 509, 1024, 4096)]
+         + [(256, n, 256) for n in (1, 13, 67, 197, 383, 1021, 4096)]
+         + [(256, 256, n) for n in (1, 3, 61, 251, 1009, 4096)]
+         + [(1, 4096, 4096), (4096, 1, 4096), (197, 768, 3072), (1, 1, 1), (2, 3, 5),
+            (1021, 1021, 1021), (2048, 2048, 2048)])
+
+
+def matmul_model(m: int, n: int, k: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(m * 31 + n * 7 + k)
+    w = numpy_helper.from_array((rng.standard_normal((k, n)) / math.sqrt(k)).astype(np.float32),
+                                "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+        [models._input("x", TensorProto.FLOAT, [m, k])],
+        [models._input("y", TensorProto.FLOAT, [m, n])], [w])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def sweep(repeat: int) -> list[dict[str, Any]]:
+    rows = []
+    for m, n, k in SWEEP:
+        model = matmul_model(m, n, k)
+        feeds = {"x": np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)}
+        program = maiac.compile(model).program
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        reps = repeat if m * n * k < 1 << 30 else 2
+        rows.append({"shape": (m, n, k), "flops": 2 * m * n * k,
+                     "maiac_s": best_time(lambda: run_program(program, feeds), reps),  # noqa: B023
+                     "ort_s": best_time(lambda: session.run(None, feeds), reps)})  # noqa: B023
+    t0 = float(np.median([r["maiac_s"] for r in rows if r["flops"] < 1e5]))
+    rate = float(np.median([r["flops"] / max(r["maiac_s"] - t0, 1e-9)
+                            for r in rows if r["flops"] >= 1e8]))
+    for r in rows:
+        r["trend_s"] = t0 + r["flops"] / rate
+        r["factor"] = r["maiac_s"] / r["trend_s"]
     return rows
 
 
+# --------------------------------------------------------------------------- main
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None or math.isnan(v) else f"{v * 1e3:.1f}"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="best of N warm runs")
     parser.add_argument("--only", default="", help="run only rows whose name contains this")
+    parser.add_argument("--baseline", default="", help="also time the interpreter of this git rev")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the matmul sweep")
+    parser.add_argument("--profile", action="store_true",
+                        help="top instruction kinds by time of the largest model")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"{'model':<28} {'compile s':>9} {'maiac ms':>9} {'ort ms':>8} {'ratio':>6} "
-          f"{'instrs':>6} {'max err':>9}")
-    for name, model, feeds, options in cases():
-        if args.only not in name:
-            continue
-        r = bench(name, model, feeds, args.repeat, **options)
-        print(f"{r['model']:<28} {r['compile_s']:>9.2f} {r['maiac_run_s'] * 1e3:>9.2f} "
-              f"{r['ort_s'] * 1e3:>8.2f} {r['ratio']:>6.2f} {r['instructions']:>6} "
-              f"{r['max_abs_err']:>9.2e}", flush=True)
+    if args.child:
+        child(args.child, next(n for n in cases() if args.only in n))
+        return
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    head = (f"{'model':<28} {'maiac ms':>9} {'ort ms':>8} {'ref ms':>8} {'x ort':>6} "
+            f"{'x ref':>6}")
+    if baseline is not None:
+        head += f" {'before ms':>9} {'bef x ort':>9}"
+    head += f" {'maiac MB':>8} {'ort MB':>7} {'x mem':>5} {'compile s':>9} {'instrs':>6} " \
+            f"{'max err':>8}"
+    print(head, flush=True)
+    profiled = None
+    names = [n for n in cases() if args.only in n]
+    for name in names:
+        r = bench_row(name, args.repeat, baseline, args.profile and name == LARGEST)
+        if not args.no_memory:  # after bench_row freed its model, program and session
+            r["maiac_mb"], r["ort_mb"] = child_peak_mb(name, "maiac"), child_peak_mb(name, "ort")
+        line = (f"{name:<28} {_ms(r['maiac_s']):>9} {_ms(r['ort_s']):>8} "
+                f"{_ms(r.get('ref_s')):>8} {r['maiac_s'] / r['ort_s']:>6.2f} "
+                f"{r['maiac_s'] / r.get('ref_s', math.nan):>6.2f}")
+        if baseline is not None:
+            line += f" {_ms(r['before_s']):>9} {r['before_s'] / r['ort_s']:>9.2f}"
+        mem = (r.get("maiac_mb", math.nan), r.get("ort_mb", math.nan))
+        line += (f" {mem[0]:>8.0f} {mem[1]:>7.0f} {mem[0] / max(mem[1], 1):>5.2f} "
+                 f"{r['compile_s']:>9.2f} {r['instructions']:>6} {r['max_abs_err']:>8.1e}")
+        print(line, flush=True)
+        if "profile" in r:
+            profiled = (name, r["profile"])
+    if profiled is not None:
+        name, kinds = profiled
+        total = sum(s for _, s, _ in kinds)
+        print(f"\nprofile of {name} (best of 3 traced runs, {total * 1e3:.0f} ms):")
+        for kind, s, n in kinds[:5]:
+            print(f"  {kind:<22} {s * 1e3:8.1f} ms {100 * s / total:5.1f} %  ({n} instrs)")
+    if not args.no_sweep:
+        rows = sweep(args.repeat)
+        print(f"\nmatmul sweep {'M,N,K':>20} {'MFLOP':>9} {'maiac ms':>9} {'ort ms':>8} "
+              f"{'x ort':>6} {'trend ms':>9} {'factor':>6}")
+        for r in rows:
+            print(f"{'':<13}{str(r['shape']):>20} {r['flops'] / 1e6:>9.2f} "
+                  f"{_ms(r['maiac_s']):>9} {_ms(r['ort_s']):>8} "
+                  f"{r['maiac_s'] / r['ort_s']:>6.2f} {_ms(r['trend_s']):>9} "
+                  f"{r['factor']:>6.2f}")
+        worst = max(rows, key=lambda r: r["factor"])
+        print(f"worst-shape factor {worst['factor']:.2f} at M,N,K = {worst['shape']}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,13 @@ from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatM
 from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
 from maiac.runtime.memory import access_extent, np_dtype
+from maiac.runtime.parallel import (
+    MIN_SPLIT_BYTES,
+    MIN_SPLIT_FLOPS,
+    run_split,
+    single_threaded_blas,
+    split_axis,
+)
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
 from maiac.runtime.quant_ops import decode_operand, quantize_rows
 
@@ -473,16 +480,20 @@ class _Machine:
                         np.copyto(d, s_)
                 return step
             dst, src = _as_rows(dst, src, len(trips))
-            if not trips:
+            split = _dma_splitter(instr, dst, len(trips), len(grid))
+            if split is None and not trips:
                 def step(it: tuple[int, ...]) -> None:
                     np.copyto(dst, src)
             else:
                 def step(it: tuple[int, ...]) -> None:
-                    # (*it, ...) keeps a 0-d view where the block fused into one element
-                    np.copyto(dst[(*it, ...)], src[(*it, ...)])
+                    d = dst[it]
+                    run_split(np.copyto, [d, src[it]], split and split(d, it))
         else:
+            split = _dma_splitter(instr, dst, len(trips), len(grid))
+
             def step(it: tuple[int, ...]) -> None:
-                store(dst[it], src[it])
+                d = dst[it]
+                run_split(store, [d, src[it]], split and split(d, it))
         return step
 
     def _gather(self, instr: Gather, path: str, grid: tuple[int, ...],
@@ -517,24 +528,21 @@ class _Machine:
         cb = instr.b.dtype != "f32"
         store = _storer(instr.c.dtype)
         acc = instr.accumulate
+        split = _matmul_splitter(instr, len(trips), len(grid))
         if not (ca or cb) and instr.c.dtype == "f32":
             # fp32 throughout: the TTU result goes straight into the TSRAM view (numpy
             # buffers it if it overlaps an operand), the K-step partial sum likewise
-            if acc:
-                def step(it: tuple[int, ...]) -> None:
-                    cv = c[it]
-                    np.add(np.matmul(a[it], b[it]), cv, out=cv)
-            else:
-                def step(it: tuple[int, ...]) -> None:
-                    np.matmul(a[it], b[it], out=c[it])
-            return step
+            fn = _mm_acc if acc else _mm
+        else:
+            def fn(av: np.ndarray, bv: np.ndarray, cv: np.ndarray) -> None:
+                r = np.matmul(av.astype(F32) if ca else av, bv.astype(F32) if cb else bv)
+                if acc:
+                    r += cv
+                store(cv, r)
 
         def step(it: tuple[int, ...]) -> None:
-            av, bv, cv = a[it], b[it], c[it]
-            r = np.matmul(av.astype(F32) if ca else av, bv.astype(F32) if cb else bv)
-            if acc:
-                r += cv
-            store(cv, r)
+            cv = c[it]
+            run_split(fn, [a[it], b[it], cv], split(cv, it))
         return step
 
     def _qmatmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
@@ -565,21 +573,19 @@ class _Machine:
         get_b = operand(instr.b, instr.b_fmt, instr.b_scale, instr.b_tensor_scale, n, -2,
                         cached=True)
 
+        split = _matmul_splitter(instr, len(trips), len(grid))
         if instr.c.dtype == "f32":  # straight into the TSRAM view, as in _matmul
-            def step(it: tuple[int, ...]) -> None:
-                cv = c[it]
+            fn = _mm_acc if acc else _mm
+        else:
+            def fn(av: np.ndarray, bv: np.ndarray, cv: np.ndarray) -> None:
+                r = np.matmul(av, bv)
                 if acc:
-                    np.add(np.matmul(get_a(it), get_b(it)), cv, out=cv)
-                else:
-                    np.matmul(get_a(it), get_b(it), out=cv)
-            return step
+                    r += cv
+                store(cv, r)
 
         def step(it: tuple[int, ...]) -> None:
             cv = c[it]
-            r = np.matmul(get_a(it), get_b(it))
-            if acc:
-                r += cv
-            store(cv, r)
+            run_split(fn, [get_a(it), get_b(it), cv], split(cv, it))
         return step
 
     def _vec(self, instr: Vec, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
@@ -615,6 +621,49 @@ class _Machine:
             def step(it: tuple[int, ...]) -> None:
                 store(out[it], fn(*[c(v[it]) for v, c in pairs], attrs))
         return step
+
+
+def _mm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    np.matmul(a, b, out=c)
+
+
+def _mm_acc(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    np.add(np.matmul(a, b), c, out=c)
+
+
+Splitter = Callable[[np.ndarray, tuple[int, ...]], int | None]
+
+
+def _matmul_splitter(instr: MatMul, n_trips: int, n_grid: int) -> Splitter:
+    """The grid axis to split a matmul call on (runtime/parallel.py), None if too small.
+
+    Compute touches only each tile's own TSRAM, so chunks of tiles are disjoint.
+    """
+    flops_per_out = 2 * instr.logical_ab()[0][-1]
+
+    def split(cv: np.ndarray, it: tuple[int, ...]) -> int | None:
+        if cv.size * flops_per_out < MIN_SPLIT_FLOPS:
+            return None
+        return split_axis(cv.shape, n_trips - len(it), n_grid)
+    return split
+
+
+def _dma_splitter(instr: Dma, dst: np.ndarray, n_trips: int, n_grid: int) -> Splitter | None:
+    """How to split a DMA over tiles, or None: only DMAs into TSRAM (tiles own disjoint
+    memory there) from another level (so no chunk reads what another writes), whose
+    destination has no byte written twice, and only along axes that are still grid axes
+    after ``_as_rows`` fused the contiguous tail."""
+    if instr.dst.level != "tsram" or instr.src.level == "tsram":
+        return None
+    if _may_self_overlap(dst.shape[n_trips:], dst.strides[n_trips:], dst.itemsize):
+        return None
+    kept = min(n_grid, dst.ndim - n_trips - 1) if dst.dtype.kind == "V" else n_grid
+
+    def split(dv: np.ndarray, it: tuple[int, ...]) -> int | None:
+        if dv.nbytes < MIN_SPLIT_BYTES:
+            return None
+        return split_axis(dv.shape, n_trips - len(it), kept)
+    return split
 
 
 class _DecodeCache:
@@ -818,7 +867,7 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
         b = program.buffer(spec.buffer)
         machine._write_bytes(b.level, b.addr, arrays[spec.name])
     records = trace if isinstance(trace, list) else None
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), single_threaded_blas():
         i = 0
         try:
             for i, (_, step) in enumerate(machine.steps):

@@ -1,0 +1,112 @@
+"""How the interpreter uses the host's cores: one BLAS thread per worker, tiles split
+across a few workers.
+
+The machine model runs every instruction as one numpy call over all tiles, so a matmul
+is dozens of small per-tile GEMMs. A multithreaded BLAS synchronises its threads inside
+each of those small calls; with more runnable threads than cores (a shared machine)
+every synchronisation waits for a descheduled thread, and a 4-layer d768 Llama took
+15-43 s instead of 1.1 s (issue 12). So a run holds BLAS at one thread
+(``threadpoolctl``) and gets its parallelism from splitting large instructions along a
+grid axis over ``workers()`` Python threads (numpy releases the GIL in matmul and copies),
+one synchronisation per instruction instead of one per tile GEMM.
+
+Splitting along tiles never changes bytes: compute reads and writes only the tile's own
+TSRAM, and the DMAs split here write TSRAM, so chunks touch disjoint memory and each
+element is computed by the same single-threaded call as before.
+``MAIAC_THREADS=1`` turns the splitting off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+# Below this much work a split costs more (thread hand-off, ~20 us) than it saves.
+MIN_SPLIT_FLOPS = 4_000_000
+MIN_SPLIT_BYTES = 2_000_000
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def workers() -> int:
+    """Worker threads for one run: ``MAIAC_THREADS`` or the cores this process may use."""
+    env = os.environ.get("MAIAC_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 8))
+    except AttributeError:  # not Linux
+        return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _pool() -> ThreadPoolExecutor | None:
+    n = workers()
+    with _lock:
+        if _state.get("n") != n:
+            old = _state.get("pool")
+            if old is not None:
+                old.shutdown(wait=False)
+            _state["pool"] = ThreadPoolExecutor(n - 1, "maiac-tile") if n > 1 else None
+            _state["n"] = n
+        return _state["pool"]
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS (OpenBLAS/MKL behind numpy) at one thread while the block runs."""
+    with _lock:
+        ctl = _state.get("controller")
+        if ctl is None:
+            from threadpoolctl import ThreadpoolController
+
+            ctl = _state["controller"] = ThreadpoolController()
+    with ctl.limit(limits=1, user_api="blas"):
+        yield
+
+
+def split_axis(shape: tuple[int, ...], first: int, n_grid: int) -> int | None:
+    """The grid axis (of ``shape[first:first + n_grid]``) to split on: the longest, if > 1."""
+    if n_grid == 0:
+        return None
+    sizes = shape[first:first + n_grid]
+    k = max(range(n_grid), key=lambda i: sizes[i])
+    return first + k if sizes[k] > 1 else None
+
+
+def run_split(fn: Callable[..., Any], arrays: list[np.ndarray], axis: int | None) -> None:
+    """``fn(*arrays)``, or ``fn`` on chunks of every array along ``axis`` on the workers.
+
+    Every array must have the same length on ``axis`` (the grid axis); the caller
+    guarantees the chunks touch disjoint memory.
+    """
+    pool = _pool() if axis is not None else None
+    if pool is None:
+        fn(*arrays)
+        return
+    size = arrays[0].shape[axis]
+    n = min(workers(), size)
+    bounds = [size * i // n for i in range(n + 1)]
+    head = (slice(None),) * axis
+
+    def chunk(i: int) -> list[np.ndarray]:
+        sel = (*head, slice(bounds[i], bounds[i + 1]))
+        return [a[sel] for a in arrays]
+    futures: list[Future[Any]] = [pool.submit(fn, *chunk(i)) for i in range(1, n)]
+    errors: list[BaseException] = []
+    try:
+        fn(*chunk(0))
+    except Exception as err:  # wait for the other chunks before reporting
+        errors.append(err)
+    for f in futures:
+        err = f.exception()
+        if err is not None:
+            errors.append(err)
+    if errors:
+        raise errors[0]
