@@ -33,6 +33,7 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
+from maiac.importers import expand_model
 from maiac.ir import resources
 from maiac.ir.onnx import (
     DOMAIN_ATTR,
@@ -122,6 +123,7 @@ class _Importer:
         }
         if proto.functions:
             proto = onnx.inliner.inline_local_functions(proto)
+        proto = expand_model(proto)  # contrib / QDQ ops -> standard ONNX (maiac.importers)
         self.proto = proto
         self.graph = proto.graph
         self.types: dict[str, TensorType] = {}

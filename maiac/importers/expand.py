@@ -1,0 +1,139 @@
+"""Rewrite a ModelProto's contrib/QDQ nodes into standard ONNX (see maiac.importers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+from onnx import helper
+
+from maiac.importers import contrib, qdq
+from maiac.importers.graph_builder import Expansion
+
+EXPANSIONS: dict[tuple[str, str], Callable[[Expansion], None]] = {
+    **contrib.EXPANSIONS, **qdq.EXPANSIONS,
+}
+_DEFAULT = ("", "ai.onnx")
+
+
+def _domain(node: onnx.NodeProto) -> str:
+    return "" if node.domain in _DEFAULT else node.domain
+
+
+def needs_expansion(model: onnx.ModelProto) -> bool:
+    return any((_domain(n), n.op_type) in EXPANSIONS for n in model.graph.node)
+
+
+def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every expandable node rewritten (``model`` if none is).
+
+    Initializers that only fed rewritten nodes (packed int4 weights, QDQ scales) are
+    dropped; weights the expansions decoded become new fp32 initializers, recorded in the
+    returned model's ``metadata_props`` key ``maiac.narrow_weights`` (their source format).
+    """
+    if not needs_expansion(model):
+        return model
+    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT), 1)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    hints = StaticHints(model)
+    nodes: list[onnx.NodeProto] = []
+    added: list[onnx.TensorProto] = []
+    quant_hints: dict[str, dict] = {}
+    for index, node in enumerate(graph.node):
+        rule = EXPANSIONS.get((_domain(node), node.op_type))
+        if rule is None:
+            nodes.append(node)
+            continue
+        expansion = Expansion(node, opset, index, initializers)
+        expansion.ranks = hints.ranks
+        expansion.last_dim = hints.last_dim
+        expansion.head_size = hints.head_size
+        expansion.quant_hints = quant_hints
+        rule(expansion)
+        nodes.extend(expansion.nodes)
+        added.extend(expansion.new_initializers)
+        for tensor in expansion.new_initializers:
+            initializers[tensor.name] = tensor
+    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    new_graph = helper.make_graph(
+        nodes, graph.name,
+        list(graph.input), list(graph.output),
+        [t for t in graph.initializer if t.name in used] + [t for t in added if t.name in used],
+        value_info=[v for v in graph.value_info],
+    )
+    expanded = helper.make_model(new_graph, opset_imports=list(model.opset_import),
+                                 ir_version=model.ir_version)
+    del expanded.functions[:]
+    expanded.functions.extend(model.functions)
+    if quant_hints:
+        import json
+
+        expanded.metadata_props.add(key="maiac.narrow_weights", value=json.dumps(quant_hints))
+    return expanded
+
+
+class StaticHints:
+    """Ranks and static last dimensions of values, where the model shows them.
+
+    Expansions run before shapes are bound; a few need a static size (a head size for
+    the default attention scale, a transpose's rank), read from initializers, declared
+    shapes and the weights of the producing MatMul/MatMulNBits/Gather.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.ranks: dict[str, int] = {}
+        self.dims: dict[str, int] = {}
+        graph = model.graph
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            tensor = value.type.tensor_type
+            if tensor.HasField("shape"):
+                self.ranks[value.name] = len(tensor.shape.dim)
+                if tensor.shape.dim and tensor.shape.dim[-1].HasField("dim_value"):
+                    self.dims[value.name] = tensor.shape.dim[-1].dim_value
+        inits = {t.name: t for t in graph.initializer}
+        for t in graph.initializer:
+            self.ranks[t.name] = len(t.dims)
+            if t.dims:
+                self.dims[t.name] = int(t.dims[-1])
+        attrs = {}
+        for node in graph.node:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            out = node.output[0] if node.output else ""
+            ins = [i for i in node.input]
+            if node.op_type in ("MatMul", "FusedMatMul", "Gemm") and len(ins) > 1 \
+                    and ins[1] in inits:
+                b = inits[ins[1]]
+                trans = attrs.get("transB", 0)
+                self.dims[out] = int(b.dims[-2] if trans else b.dims[-1])
+                if ins[0] in self.ranks:
+                    self.ranks[out] = self.ranks[ins[0]]
+            elif node.op_type == "MatMulNBits":
+                self.dims[out] = int(attrs["N"])
+                if ins[0] in self.ranks:
+                    self.ranks[out] = self.ranks[ins[0]]
+            elif node.op_type == "Gather" and ins and ins[0] in inits:
+                self.dims[out] = int(inits[ins[0]].dims[-1])
+                if ins[1] in self.ranks:
+                    self.ranks[out] = self.ranks[ins[1]] + len(inits[ins[0]].dims) - 1
+            elif node.op_type in ("Add", "Mul", "Sub", "Div", "SimplifiedLayerNormalization",
+                                  "SkipSimplifiedLayerNormalization", "SkipLayerNormalization",
+                                  "LayerNormalization", "FastGelu", "BiasGelu", "Gelu",
+                                  "Relu", "Sigmoid", "Tanh", "Cast", "Identity"):
+                known = [self.dims[i] for i in ins[:2] if i in self.dims]
+                if known:
+                    for o in node.output:
+                        if o:
+                            self.dims.setdefault(o, max(known))
+                ranks = [self.ranks[i] for i in ins[:2] if i in self.ranks]
+                if ranks:
+                    for o in node.output:
+                        if o:
+                            self.ranks.setdefault(o, max(ranks))
+
+    def last_dim(self, name: str) -> int | None:
+        return self.dims.get(name)
+
+    def head_size(self, name: str, heads: int) -> int | None:
+        dim = self.dims.get(name)
+        return dim // heads if dim and dim % heads == 0 else None
