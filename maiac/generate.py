@@ -182,9 +182,6 @@ def load_decoder(model: str | Path | onnx.ModelProto) -> Decoder:
     if pairs and mask is None:
         raise MaiacError(f"{name}: a KV-cache decoder needs an 'attention_mask' input to mask "
                          f"the cache slots not yet filled")
-    if pairs and positions is None:
-        raise MaiacError(f"{name}: a KV-cache decoder without 'position_ids' derives positions "
-                         f"from the cache length, which a fixed-capacity cache does not have")
     key = hashlib.sha256(proto.SerializeToString()).hexdigest()[:16]
     dec = Decoder(proto, name, "input_ids", logits, mask, positions, pairs, 1, None, key)
     ids_shape = dec.input_shape("input_ids")
@@ -292,9 +289,9 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
     # static shape every pass handles)
     prefill, t_prefill = _program(dec, "prefill", _kv_shapes(dec, n_prompt, 1), opts, records)
     pre = Session(prefill, [p.past for p in dec.pairs])
-    feeds = {dec.ids: _rows(prompt, dec.batch),
-             dec.mask: _rows([0] + [1] * n_prompt, dec.batch),
-             dec.positions: _rows(list(range(n_prompt)), dec.batch)}
+    feeds = {dec.ids: _rows(prompt, dec.batch), dec.mask: _rows([0] + [1] * n_prompt, dec.batch)}
+    if dec.positions:
+        feeds[dec.positions] = _rows(list(range(n_prompt)), dec.batch)
     out = pre.run(feeds, [dec.logits, *presents])
     decode, t_decode = _program(dec, "decode", _kv_shapes(dec, 1, capacity), opts, records)
     dec_session = Session(decode, [p.past for p in dec.pairs])
@@ -316,9 +313,10 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
         tokens.append(token)
         if not emit(token) or len(tokens) == opts.max_new_tokens:
             break
-        out = dec_session.run({dec.ids: _rows([token], dec.batch), dec.mask: mask,
-                               dec.positions: _rows([length], dec.batch)},
-                              [dec.logits, *presents])
+        feeds = {dec.ids: _rows([token], dec.batch), dec.mask: mask}
+        if dec.positions:
+            feeds[dec.positions] = _rows([length], dec.batch)
+        out = dec_session.run(feeds, [dec.logits, *presents])
         times.append(t_decode)
         for pair in dec.pairs:
             caches[pair.past][:, :, length] = out[pair.present][:, :, 0]
