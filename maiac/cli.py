@@ -608,8 +608,10 @@ def passes_cmd(show_pipeline: bool, quant: str | None, plugins: tuple[str, ...])
 def _register_commands() -> None:
     """Commands that live in their own modules (imported here, after main exists)."""
     from maiac.generate_cli import generate_cmd
+    from maiac.perf_cli import perf_cmd
 
     main.add_command(generate_cmd)
+    main.add_command(perf_cmd)
 
 
 _register_commands()

@@ -79,14 +79,17 @@ def new_slots_only(model: onnx.ModelProto) -> list[str]:
     done = []
     for pair in kv_pairs(model):
         node = producers.get(pair.present)
+        if node is not None and node.op_type == "Identity":  # present = Identity(Concat)
+            node = producers.get(node.input[0])
         if node is None or node.op_type != "Concat" or len(node.input) != 2 \
                 or node.input[0] != pair.past:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), None)
         if axis not in (2, -2):
             continue
+        writer = producers[pair.present]
         inner = f"{pair.present}/concat"
-        node.output[0] = inner
+        writer.output[0] = inner
         _rename_uses(model, pair.present, inner)
         model.graph.node.append(helper.make_node("Identity", [node.input[1]], [pair.present],
                                                  name=f"{pair.present}/new_slots"))
@@ -107,19 +110,23 @@ def store_cache_as(model: onnx.ModelProto, kv_dtype: str) -> None:
     inputs = {i.name: i for i in model.graph.input}
     outputs = {o.name: o for o in model.graph.output}
     casts = []
-    for pair in kv_pairs(model):
+    pairs = kv_pairs(model)
+    for pair in pairs:
         f32 = f"{pair.past}/fp32"
         _rename_uses(model, pair.past, f32)
         casts.append(helper.make_node("Cast", [pair.past], [f32], to=TensorProto.FLOAT,
                                       name=f"{pair.past}/load"))
         inputs[pair.past].type.tensor_type.elem_type = elem
-        inner = f"{pair.present}/fp32"
+    # a prefill graph has presents but no pasts
+    presents = [p.present for p in pairs] or [o for o in outputs if o.startswith("present")]
+    for present in presents:
+        inner = f"{present}/fp32"
         for node in model.graph.node:
-            node.output[:] = [inner if o == pair.present else o for o in node.output]
-        _rename_uses(model, pair.present, inner)
-        model.graph.node.append(helper.make_node("Cast", [inner], [pair.present], to=elem,
-                                                 name=f"{pair.present}/store"))
-        outputs[pair.present].type.tensor_type.elem_type = elem
+            node.output[:] = [inner if o == present else o for o in node.output]
+        _rename_uses(model, present, inner)
+        model.graph.node.append(helper.make_node("Cast", [inner], [present], to=elem,
+                                                 name=f"{present}/store"))
+        outputs[present].type.tensor_type.elem_type = elem
     # Cast of float8 needs opset 19; the casts go first so they precede their users
     nodes = casts + list(model.graph.node)
     del model.graph.node[:]

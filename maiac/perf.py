@@ -1,0 +1,381 @@
+"""`maiac perf`: serving numbers (TTFT, TPOT, tokens/s, HBM, fit, bound, cost) over a sweep.
+
+Each point of ``batch x context x quant x kv-cache`` is costed from two programs the timing
+model runs (``maiac.runtime.timing.simulate``; shape-only, so no weights are needed):
+
+* *decode*: ``batch`` sequences, one new token each, against ``context`` cached positions.
+  TPOT = its modeled time; aggregate tokens/s = batch / TPOT.
+* *prefill*: one prompt of ``context`` tokens (batch 1). TTFT = its modeled time (one
+  request arriving alone, so it is the same for every batch).
+
+Presets (``llama3-8b``, ``llama3-70b``, ``qwen2.5-7b``, ...) are built with
+``maiac.models.llama_decoder`` with the cache as graph inputs/outputs; to keep a sweep of
+48 points in minutes, a preset compiles 1 and 2 layers and extrapolates every additive
+figure (time, bytes, FLOPs, engine busy) linearly to all layers: total = f(1) + (L-1) *
+(f(2) - f(1)), i.e. the first layer and the embedding/lm_head plus L-1 times the marginal
+layer (``layers="all"`` compiles the whole model instead). An ONNX file must be a KV-cache
+decoder (maiac/generate.py's interface) and is compiled whole.
+
+HBM bytes = weights (the program's constants, in their quantized format) + KV cache
+(2 x layers x kv_heads x head_dim x context x batch x bytes of the cache format). Compiles
+run in parallel processes and their reports are cached on disk by (model, shapes, spec,
+KV format, target, compiler source) under ``$MAIAC_CACHE_DIR`` (default
+``~/.cache/maiac/perf``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from maiac import models
+from maiac.kv_cache import KV_DTYPES, new_slots_only, store_cache_as
+from maiac.runtime.errors import MaiacError
+
+KV_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
+QWEN2_5_7B = getattr(models, "QWEN2_5_7B", None) or models.LlamaConfig(
+    "qwen2.5-7b", 3584, 28, 28, 4, 18944, 152064, 1e6)
+PRESETS: dict[str, models.LlamaConfig] = {c.name: c for c in (
+    models.LLAMA3_8B, models.LLAMA3_70B, QWEN2_5_7B, models.LLAMA_TINY)}
+# The published decode figure (arXiv 2608.24664; /work/shared/MAIA200_FACTS.md): Qwen2.5-7B,
+# BF16 weights, one chip, generating token 16,385; batch not stated (its KV size, 939.52 MiB,
+# is one sequence's).
+PAPER = {"model": "qwen2.5-7b", "context": 16384, "quant": "bf16", "kv_cache": "bf16",
+         "batch": [1], "published_tokens_per_s": 2434.0,
+         "source": "arXiv 2608.24664, Qwen2.5-7B decode on one chip (batch not stated)"}
+SUMMED = ("modeled_time_s", "hbm_bytes", "weight_bytes", "flops", "hbm_busy_s",
+          "ttu_busy_s", "tvp_busy_s", "dma_busy_s")
+
+
+@dataclass
+class PerfOptions:
+    """A sweep; CLI flags map 1:1 (``chips`` is reserved for tensor parallelism)."""
+
+    batch: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
+    context: list[int] = field(default_factory=lambda: [1024, 8192, 32768])
+    quant: list[str] = field(default_factory=lambda: ["fp8", "mxfp4"])
+    kv_cache: list[str] = field(default_factory=lambda: ["bf16", "fp8"])
+    layers: str = "extrapolate"          # or "all"
+    target: str = "maia200"
+    target_params: dict[str, str] | None = None
+    price_per_hour: float | None = None  # $ per chip-hour, for $/M tokens
+    jobs: int = 0                        # parallel compile processes (0: one per core, <= 4)
+    cache_dir: str | None = None         # None: $MAIAC_CACHE_DIR or ~/.cache/maiac/perf
+    use_cache: bool = True
+
+    def check(self) -> None:
+        for name, values in (("--batch", self.batch), ("--context", self.context)):
+            if not values or any(v < 1 for v in values):
+                raise MaiacError(f"{name} needs positive integers, got {values}")
+        bad = [k for k in self.kv_cache if k not in KV_DTYPES]
+        if bad:
+            raise MaiacError(f"--kv-cache {bad[0]!r}: one of {', '.join(KV_DTYPES)}")
+        if self.layers not in ("extrapolate", "all"):
+            raise MaiacError(f"--layers must be extrapolate or all, got {self.layers!r}")
+        if self.price_per_hour is not None and self.price_per_hour < 0:
+            raise MaiacError("--price-per-hour must be >= 0")
+
+
+# ------------------------------------------------------------------------ the model
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a sweep needs to know of the model besides its programs."""
+
+    name: str
+    layers: int
+    kv_heads: int
+    head_dim: int
+    preset: str | None = None    # a maiac.models config name, else ``path`` is an ONNX file
+    path: str | None = None
+    key: str = ""
+
+    def kv_bytes_per_token(self, kv_cache: str) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * KV_BYTES[kv_cache]
+
+
+def resolve_model(model: str) -> ModelShape:
+    """A preset name or an ONNX KV-cache decoder path."""
+    if model in PRESETS:
+        c = PRESETS[model]
+        return ModelShape(c.name, c.layers, c.kv_heads, c.hidden // c.heads, preset=c.name,
+                          key=json.dumps(asdict(c), sort_keys=True))
+    from maiac.generate import load_decoder
+
+    path = Path(model)
+    if not path.is_file():
+        raise MaiacError(f"{model!r} is neither a model preset ({', '.join(PRESETS)}) nor an "
+                         f"ONNX file")
+    dec = load_decoder(path)
+    if not dec.pairs:
+        raise MaiacError(f"{model}: perf needs a KV-cache decoder (past_key_values.* inputs)")
+    dims = dec.input_shape(dec.pairs[0].past)
+    if not isinstance(dims[1], int) or not isinstance(dims[3], int):
+        raise MaiacError(f"{model}: cache input {dec.pairs[0].past!r} needs static heads and "
+                         f"head_dim, got {dims}")
+    return ModelShape(str(path), len(dec.pairs) // 2, int(dims[1]), int(dims[3]),
+                      path=str(path.resolve()), key=dec.key)
+
+
+def _preset_graph(shape: ModelShape, mode: str, batch: int, context: int, layers: int,
+                  kv_cache: str) -> Any:
+    config = PRESETS[shape.preset or ""]
+    kw = {"seq": context} if mode == "prefill" else {"context": context}
+    model = models.llama_decoder(config, mode=mode, batch=batch, weights="shape_only",
+                                 layers=layers, kv_outputs=True, **kw)
+    if mode == "decode":
+        new_slots_only(model)
+    store_cache_as(model, kv_cache)
+    return model
+
+
+def _file_graph(shape: ModelShape, mode: str, batch: int, context: int,
+                kv_cache: str) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    from maiac.generate import _kv_shapes, load_decoder
+
+    dec = load_decoder(shape.path or "")
+    dec.batch = batch
+    shapes = _kv_shapes(dec, context, 1) if mode == "prefill" else _kv_shapes(dec, 1, context)
+    model = dec.model
+    new_slots_only(model)
+    store_cache_as(model, kv_cache)
+    return model, shapes
+
+
+# ---------------------------------------------------------------------- one program
+
+@dataclass(frozen=True)
+class Task:
+    model: ModelShape
+    mode: str
+    batch: int
+    context: int
+    quant: str
+    kv_cache: str
+    layers: int          # 0 = the whole file / config
+    target: str
+    target_params: tuple[tuple[str, str], ...]
+
+
+def _code_fingerprint() -> str:
+    """Changes when any compiler/runtime source file changes (the cache must not outlive it)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for sub in ("maiac", "passes", "runtime", "ir"):
+        for p in sorted((root / sub).glob("*.py")) + sorted((root / sub).glob("*/*.py")):
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def task_key(task: Task) -> str:
+    from maiac.runtime.target import get_target
+
+    target = get_target(task.target, dict(task.target_params) or None).to_json()
+    blob = json.dumps({"model": task.model.key, "mode": task.mode, "batch": task.batch,
+                       "context": task.context, "quant": task.quant, "kv": task.kv_cache,
+                       "layers": task.layers, "target": target,
+                       "code": _code_fingerprint()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    """Compile one shape-only program and time it: the figures a point is made of."""
+    import time
+
+    from maiac.driver import compile as compile_model
+    from maiac.runtime.timing import simulate
+
+    start = time.perf_counter()
+    shapes = None
+    if task.model.preset:
+        graph = _preset_graph(task.model, task.mode, task.batch, task.context,
+                              task.layers or PRESETS[task.model.preset].layers, task.kv_cache)
+    else:
+        graph, shapes = _file_graph(task.model, task.mode, task.batch, task.context,
+                                    task.kv_cache)
+    quant = None if task.quant in ("fp32", "none") else task.quant
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = compile_model(graph, quant=quant, shapes=shapes, target=task.target,
+                                     target_params=dict(task.target_params) or None,
+                                     shape_only=True)
+    except MaiacError as err:
+        return {"error": str(err), "compile_s": time.perf_counter() - start}
+    rep = simulate(compiled.program).to_json()
+    busy = {e["name"]: e["busy_s"] for e in rep["engines"]}
+    return {
+        "modeled_time_s": rep["modeled_time_s"], "hbm_bytes": rep["hbm_bytes"],
+        "weight_bytes": rep["weight_bytes"], "flops": rep["flops"],
+        "hbm_busy_s": rep.get("hbm_busy_s", 0.0), "ttu_busy_s": busy.get("ttu", 0.0),
+        "tvp_busy_s": busy.get("tvp", 0.0),
+        "dma_busy_s": max((v for k, v in busy.items() if k.startswith("dma")), default=0.0),
+        "compile_s": time.perf_counter() - start,
+    }
+
+
+class TaskCache:
+    """Task results as JSON files, one per key (written atomically)."""
+
+    def __init__(self, directory: str | None, enabled: bool) -> None:
+        default = Path(os.environ.get("MAIAC_CACHE_DIR", Path.home() / ".cache" / "maiac")) / "perf"
+        self.dir = Path(directory) if directory else default
+        self.enabled = enabled
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.dir / f"{key}.json"
+        if not self.enabled or not path.is_file():
+            return None
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        if not self.enabled or "error" in value:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, self.dir / f"{key}.json")
+
+
+def run_tasks(tasks: Sequence[Task], jobs: int, cache: TaskCache,
+              progress: Callable[[str], None] | None = None) -> dict[Task, dict[str, Any]]:
+    """Every task's figures: from the cache, else compiled in ``jobs`` processes."""
+    results: dict[Task, dict[str, Any]] = {}
+    todo: list[tuple[Task, str]] = []
+    for task in dict.fromkeys(tasks):
+        key = task_key(task)
+        hit = cache.get(key)
+        if hit is not None:
+            results[task] = {**hit, "cached": True}
+        else:
+            todo.append((task, key))
+    workers = jobs or min(4, os.cpu_count() or 1)
+    if len(todo) <= 1 or workers <= 1:
+        for i, (task, key) in enumerate(todo):
+            results[task] = run_task(task)
+            cache.put(key, results[task])
+            if progress:
+                progress(f"compiled {i + 1}/{len(todo)}")
+        return results
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding xDSL state
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(run_task, task): (task, key) for task, key in todo}
+        for i, fut in enumerate(concurrent.futures.as_completed(futures)):
+            task, key = futures[fut]
+            results[task] = fut.result()
+            cache.put(key, results[task])
+            if progress:
+                progress(f"compiled {i + 1}/{len(todo)}")
+    return results
+
+
+# ------------------------------------------------------------------------ the sweep
+
+def _combine(one: dict[str, Any], two: dict[str, Any], layers: int) -> dict[str, Any]:
+    """Figures of ``layers`` layers from those of 1 and 2 layers (linear in the layer count)."""
+    if "error" in one or "error" in two:
+        return {"error": one.get("error") or two.get("error")}
+    out = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in SUMMED}
+    out["compile_s"] = one["compile_s"] + two["compile_s"]
+    out["cached"] = bool(one.get("cached") and two.get("cached"))
+    return out
+
+
+def _figures(results: dict[Task, dict[str, Any]], base: Task, shape: ModelShape,
+             extrapolate: bool) -> dict[str, Any]:
+    if not extrapolate:
+        return results[base]
+    return _combine(results[replace(base, layers=1)], results[replace(base, layers=2)],
+                    shape.layers)
+
+
+def _bound(fig: dict[str, Any]) -> str:
+    """The engine whose busy time is the largest: HBM, TTU, TVP or DMA (queue setup/NoC)."""
+    times = {"HBM": fig["hbm_busy_s"], "TTU": fig["ttu_busy_s"], "TVP": fig["tvp_busy_s"],
+             "DMA": fig["dma_busy_s"]}
+    return max(times, key=lambda k: times[k])
+
+
+def sweep(model: str, options: PerfOptions | None = None,
+          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The sweep's points (one dict per batch x context x quant x kv-cache) and its meta."""
+    from maiac.runtime.target import get_target
+
+    opts = options or PerfOptions()
+    opts.check()
+    shape = resolve_model(model)
+    target = get_target(opts.target, opts.target_params)
+    params = tuple(sorted((opts.target_params or {}).items()))
+    extrapolate = shape.preset is not None and opts.layers == "extrapolate"
+    layer_counts = (1, 2) if extrapolate else (0,)
+    tasks: list[Task] = []
+    for q in opts.quant:
+        for kv in opts.kv_cache:
+            for c in opts.context:
+                for n in layer_counts:
+                    tasks.append(Task(shape, "prefill", 1, c, q, kv, n, opts.target, params))
+                    tasks += [Task(shape, "decode", b, c, q, kv, n, opts.target, params)
+                              for b in opts.batch]
+    results = run_tasks(tasks, opts.jobs, TaskCache(opts.cache_dir, opts.use_cache), progress)
+    base_layers = 0 if not extrapolate else 1
+    points = []
+    for q in opts.quant:
+        for kv in opts.kv_cache:
+            for c in opts.context:
+                pre = _figures(results, Task(shape, "prefill", 1, c, q, kv, base_layers,
+                                             opts.target, params), shape, extrapolate)
+                for b in opts.batch:
+                    dec = _figures(results, Task(shape, "decode", b, c, q, kv, base_layers,
+                                                 opts.target, params), shape, extrapolate)
+                    points.append(_point(shape, target, opts, b, c, q, kv, pre, dec))
+    return {"model": shape.name, "target": target.name, "layers": shape.layers,
+            "layers_mode": "extrapolated from 1 and 2 layers" if extrapolate else "all",
+            "hbm_capacity_bytes": target.hbm_bytes, "tdp_w": TDP_W,
+            "price_per_hour": opts.price_per_hour, "points": points}
+
+
+TDP_W = 750.0  # Maia 200 SoC TDP, PUBLIC (MAIA200_FACTS.md [MS])
+
+
+def _point(shape: ModelShape, target: Any, opts: PerfOptions, batch: int, context: int,
+           quant: str, kv: str, pre: dict[str, Any], dec: dict[str, Any]) -> dict[str, Any]:
+    point: dict[str, Any] = {"batch": batch, "context": context, "quant": quant,
+                             "kv_cache": kv}
+    kv_token = shape.kv_bytes_per_token(kv)
+    point["kv_cache_bytes"] = kv_token * context * batch
+    if "error" in dec or "error" in pre:
+        point["error"] = dec.get("error") or pre.get("error")
+        return point
+    tpot = dec["modeled_time_s"]
+    weights = dec["weight_bytes"]
+    total = weights + point["kv_cache_bytes"]
+    tokens_per_s = batch / tpot if tpot > 0 else 0.0
+    point.update({
+        "ttft_s": pre["modeled_time_s"], "tpot_s": tpot, "tokens_per_s": tokens_per_s,
+        "weight_bytes": weights, "hbm_total_bytes": total,
+        "fits": total <= target.hbm_bytes,
+        "max_batch": max(0, int((target.hbm_bytes - weights) // (kv_token * context))),
+        "bound": _bound(dec), "decode_hbm_traffic_bytes": dec["hbm_bytes"],
+        "decode_flops": dec["flops"], "prefill_flops": pre["flops"],
+        "busy_s": {k: dec[f"{k}_busy_s"] for k in ("hbm", "ttu", "tvp", "dma")},
+        "energy_per_token_j": TDP_W * tpot / batch,
+        "usd_per_million_tokens": (opts.price_per_hour / 3600.0 / tokens_per_s * 1e6
+                                   if opts.price_per_hour is not None and tokens_per_s else None),
+        "compile_s": pre["compile_s"] + dec["compile_s"],
+        "cached": bool(pre.get("cached") and dec.get("cached")),
+    })
+    return point

@@ -1,0 +1,99 @@
+"""`maiac perf`: sweep figures, extrapolation, fit, cost, roofline comparison, cache, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from maiac import perf
+from maiac.cli import main
+from maiac.perf_compare import estimate, load_spec, shipped_specs
+from maiac.runtime.errors import MaiacError
+
+TINY = perf.PRESETS["llama-tiny"]
+
+
+def _opts(tmp_path: Path, **kw: object) -> perf.PerfOptions:
+    base = dict(batch=[1, 4], context=[64], quant=["mxfp4"], kv_cache=["bf16"], jobs=1,
+                cache_dir=str(tmp_path / "cache"), price_per_hour=10.0)
+    base.update(kw)
+    return perf.PerfOptions(**base)  # type: ignore[arg-type]
+
+
+def test_sweep_figures_are_consistent(tmp_path: Path) -> None:
+    result = perf.sweep("llama-tiny", _opts(tmp_path))
+    p1, p4 = result["points"]
+    assert (p1["batch"], p4["batch"]) == (1, 4)
+    for p in (p1, p4):
+        assert p["tokens_per_s"] == pytest.approx(p["batch"] / p["tpot_s"])
+        assert p["energy_per_token_j"] == pytest.approx(750 * p["tpot_s"] / p["batch"])
+        assert p["usd_per_million_tokens"] == pytest.approx(10 / 3600 / p["tokens_per_s"] * 1e6)
+        kv_token = 2 * TINY.layers * TINY.kv_heads * (TINY.hidden // TINY.heads) * 2
+        assert p["kv_cache_bytes"] == kv_token * 64 * p["batch"]
+        assert p["fits"] and p["max_batch"] == (216e9 - p["weight_bytes"]) // (kv_token * 64)
+        assert p["bound"] in ("HBM", "TTU", "TVP", "DMA")
+    assert p1["ttft_s"] == p4["ttft_s"]          # one prompt, whatever the batch
+    assert p4["tpot_s"] > p1["tpot_s"]
+
+
+def test_extrapolation_matches_a_whole_compile(tmp_path: Path) -> None:
+    """1+2-layer extrapolation vs compiling all layers of a 2-layer model: equal."""
+    ex = perf.sweep("llama-tiny", _opts(tmp_path, batch=[1]))["points"][0]
+    full = perf.sweep("llama-tiny", _opts(tmp_path, batch=[1], layers="all"))["points"][0]
+    for key in ("tpot_s", "ttft_s", "weight_bytes", "decode_flops"):
+        assert ex[key] == pytest.approx(full[key], rel=1e-9)
+
+
+def test_cache_reuses_results_and_kv_format_counts(tmp_path: Path) -> None:
+    first = perf.sweep("llama-tiny", _opts(tmp_path, batch=[2], kv_cache=["fp32", "fp8"]))
+    again = perf.sweep("llama-tiny", _opts(tmp_path, batch=[2], kv_cache=["fp32", "fp8"]))
+    assert not any(p["cached"] for p in first["points"])
+    assert all(p["cached"] for p in again["points"])
+    assert [p["tpot_s"] for p in again["points"]] == [p["tpot_s"] for p in first["points"]]
+    fp32, fp8 = first["points"]
+    assert fp8["kv_cache_bytes"] * 4 == fp32["kv_cache_bytes"]
+
+
+def test_shipped_specs_load_and_roofline_is_a_max() -> None:
+    assert set(shipped_specs()) == {"h100", "h200", "b200", "trainium3", "tpu_v7"}
+    for name in shipped_specs():
+        acc = load_spec(name)
+        assert acc.sources and acc.hbm_bw > 1e12
+    h100 = load_spec("h100")
+    point = {"batch": 8, "quant": "fp8", "weight_bytes": 8e9, "kv_cache_bytes": 2e9,
+             "decode_flops": 1.3e11, "prefill_flops": 1.6e13}
+    est = estimate(h100, point)
+    assert est["tpot_s"] == pytest.approx(10e9 / 3.35e12)
+    assert est["ttft_s"] == pytest.approx(1.6e13 / 1.979e15)
+    assert est["bound"] == "HBM" and est["energy_per_token_j"] == pytest.approx(700 * est["tpot_s"] / 8)
+    assert estimate(h100, {**point, "quant": "mxfp4"})["peak_assumed"]  # no FP4 on Hopper
+
+
+def test_bad_options_and_specs(tmp_path: Path) -> None:
+    with pytest.raises(MaiacError, match="--kv-cache"):
+        perf.sweep("llama-tiny", _opts(tmp_path, kv_cache=["int3"]))
+    with pytest.raises(MaiacError, match="preset"):
+        perf.sweep("no-such-model", _opts(tmp_path))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nhbm_bw = 1\n')
+    with pytest.raises(MaiacError, match="hbm_bytes"):
+        load_spec(str(bad))
+
+
+def test_cli_json_html_and_compare(tmp_path: Path) -> None:
+    html = tmp_path / "perf.html"
+    res = CliRunner().invoke(main, [
+        "perf", "llama-tiny", "--batch", "1", "--context", "64", "--quant", "fp8",
+        "--kv-cache", "fp8", "--jobs", "1", "--cache-dir", str(tmp_path / "c"),
+        "--compare", "b200", "--html", str(html), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    point = out["points"][0]
+    assert [c["accelerator"] for c in point["compare"]] == ["maia200 roofline", "B200"]
+    page = html.read_text()
+    assert page.count("<svg") == 2 and "src=" not in page and "<link" not in page  # self-contained
+    res = CliRunner().invoke(main, ["perf", "llama-tiny", "--batch", "x"])
+    assert res.exit_code == 2 and "--batch" in res.output
