@@ -27,6 +27,7 @@ from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.isa import Collective, Instr
 from maiac.runtime.memory import np_dtype
 from maiac.runtime.network import Network
+from maiac.runtime.parallel import single_threaded_blas
 from maiac.runtime.program import Program, instr_label
 from maiac.runtime.timing import TimingReport, simulate
 
@@ -105,7 +106,7 @@ class ChipRunner:
     def run_to_collective(self) -> Collective | None:
         """Run until the next collective (returned, not run) or the end (None)."""
         steps, instrs = self.machine.steps, self.program.instructions
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), single_threaded_blas():
             while self.pos < len(steps):
                 ins: Instr = instrs[self.pos]
                 if isinstance(ins, Collective):

@@ -60,15 +60,27 @@ def _pool() -> ThreadPoolExecutor | None:
 
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """BLAS (OpenBLAS/MKL behind numpy) at one thread while the block runs."""
-    with _lock:
-        ctl = _state.get("controller")
-        if ctl is None:
-            from threadpoolctl import ThreadpoolController
+    """BLAS (OpenBLAS/MKL behind numpy) at one thread while the block runs.
 
-            ctl = _state["controller"] = ThreadpoolController()
-    with ctl.limit(limits=1, user_api="blas"):
+    Reference-counted, so runs on several threads at once (runtime/multichip.py) set the
+    limit once and restore the caller's setting when the last one ends.
+    """
+    with _lock:
+        if _state.get("blas_users", 0) == 0:
+            ctl = _state.get("controller")
+            if ctl is None:
+                from threadpoolctl import ThreadpoolController
+
+                ctl = _state["controller"] = ThreadpoolController()
+            _state["blas_limit"] = ctl.limit(limits=1, user_api="blas")
+        _state["blas_users"] = _state.get("blas_users", 0) + 1
+    try:
         yield
+    finally:
+        with _lock:
+            _state["blas_users"] -= 1
+            if _state["blas_users"] == 0:
+                _state.pop("blas_limit").restore_original_limits()
 
 
 def split_axis(shape: tuple[int, ...], first: int, n_grid: int) -> int | None:

@@ -18,6 +18,7 @@ import numpy as np
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.interpreter import _check_inputs, _machine
 from maiac.runtime.memory import np_dtype
+from maiac.runtime.parallel import single_threaded_blas
 from maiac.runtime.program import Program, TensorSpec
 
 
@@ -59,7 +60,7 @@ class Session:
             if spec.name not in self.resident:
                 b = self.program.buffer(spec.buffer)
                 m._write_bytes(b.level, b.addr, arrays[spec.name])
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), single_threaded_blas():
             label = ""
             try:
                 for label, step in m.steps:  # noqa: B007 (label names a failing step)
