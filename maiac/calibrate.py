@@ -88,12 +88,36 @@ def load_samples(data: str | Path | Mapping[str, np.ndarray] | None, model: onnx
     ranks = {n: len(s) for n, _, s in specs}
     counts = {arrays[n].shape[0] for n in names if arrays[n].ndim == ranks[n] + 1}
     if not counts:
-        return [{n: arrays[n] for n in names}]
+        return _checked([{n: arrays[n] for n in names}], specs)
     if len(counts) > 1:
         raise MaiacError(f"calibration data: inputs hold different sample counts {sorted(counts)}")
     count = counts.pop()
-    return [{n: arrays[n][i] if arrays[n].ndim == ranks[n] + 1 else arrays[n] for n in names}
-            for i in range(count)]
+    return _checked([{n: arrays[n][i] if arrays[n].ndim == ranks[n] + 1 else arrays[n]
+                      for n in names} for i in range(count)], specs)
+
+
+def _is_float(dt: np.dtype) -> bool:
+    return dt.kind == "f" or dt.name == "bfloat16"
+
+
+def _checked(samples: list[dict[str, np.ndarray]],
+             specs: list[tuple[str, np.dtype, tuple[int, ...]]]) -> list[dict[str, np.ndarray]]:
+    """Every sample array has its input's shape and converts exactly to its dtype."""
+    from maiac.runtime.conversions import convert_input
+
+    for sample in samples:
+        for name, dtype, shape in specs:
+            a = sample[name]
+            if tuple(a.shape) != tuple(shape):
+                raise MaiacError(f"--calib: array {name!r} has samples of shape "
+                                 f"{list(a.shape)}, model input {name!r} is {list(shape)} "
+                                 f"(an extra leading axis holds the samples)")
+            if _is_float(a.dtype) != _is_float(np.dtype(dtype)):
+                raise MaiacError(f"--calib: array {name!r} has dtype {a.dtype}, model input "
+                                 f"{name!r} is {np.dtype(dtype)}")
+            sample[name] = convert_input(f"--calib {name}", a, np.dtype(dtype),
+                                         str(np.dtype(dtype)))
+    return samples
 
 
 def calibrate(model: str | Path | onnx.ModelProto,

@@ -1,8 +1,9 @@
 """The ``maiac`` command line: compile, run, verify, report, opt, passes.
 
-Conventions (DESIGN §5): user errors (``MaiacError``) print one ``error: ...`` line on
-stderr and exit 2; click usage errors exit 2; a failed verification exits 1; anything
-else is a bug and keeps its traceback. Outputs are written atomically. Progress goes to
+Conventions (DESIGN §5, maiac/cli_errors.py): user errors (``MaiacError``) print one
+``error: ...`` line on stderr and exit 2; click usage errors exit 2; a failed
+verification exits 1; anything else is a bug: one ``internal error`` line, exit 3 (the
+traceback with ``--debug``); SIGINT/SIGTERM exit 130/143. Outputs are written atomically. Progress goes to
 stderr, and only when stderr is a terminal.
 """
 
@@ -10,17 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from maiac.outputs import atomic_path, check_output, write_text_atomic
 from maiac.report_view import _report_json, _time, _timeline, format_report, render_html
 from maiac.runtime.errors import MaiacError
 
@@ -31,44 +31,21 @@ EMITS = ("onnx", "maia", "tiled", "asm")
 
 
 class _Group(click.Group):
-    """A click group that turns every ``MaiacError`` into one line and its exit code."""
+    """A click group whose every ending is one line and its exit code (maiac/cli_errors.py)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MaiacError as e:
-            msg = str(e).strip() or type(e).__name__
-            click.echo(f"error: {msg}", err=True)
-            ctx.exit(int(getattr(e, "exit_code", 2)))
+        from maiac.cli_errors import guarded
+        from maiac.runtime import limits
+
+        limits.set_max_memory(None)  # --max-memory applies to this invocation only
+        return guarded(ctx, lambda: super(_Group, self).invoke(ctx),
+                       bool(ctx.params.get("debug")))
 
 
 def progress(msg: str) -> None:
     """A progress line on stderr, only when stderr is a terminal."""
     if sys.stderr.isatty():
         click.echo(f"maiac: {msg}", err=True)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; move it into place only on success."""
-    dest = Path(path)
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.is_dir():
-        raise MaiacError(f"{dest}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def existing_file(path: str, what: str = "file") -> str:
@@ -170,6 +147,20 @@ def compile_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _set_max_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from maiac.runtime import limits
+
+    limits.set_max_memory(None if value is None else limits.parse_size(value))
+
+
+def max_memory_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-memory SIZE``: host memory a loaded program may use (runtime/limits.py)."""
+    return click.option("--max-memory", metavar="SIZE", default=None, expose_value=False,
+                        callback=_set_max_memory,
+                        help="Host memory the program may use, e.g. 16GiB (default: "
+                             "MAIAC_MAX_MEMORY, else half the RAM, at most 8 GiB).")(f)
+
+
 def plugin_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--load-pass-plugin FILE.py`` (repeatable): passes registered by a user's module."""
     return click.option("--load-pass-plugin", "plugins", metavar="FILE.py", multiple=True,
@@ -198,7 +189,9 @@ def _driver() -> Any:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="maiac", prog_name="maiac")
-def main() -> None:
+@click.option("--debug", is_flag=True,
+              help="Print the traceback of an error (also MAIAC_DEBUG=1).")
+def main(debug: bool) -> None:
     """maiac: compile ONNX transformers for the Microsoft Maia 200 machine model."""
 
 
@@ -228,6 +221,11 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
                 pass_timing: bool, chips: int, plugins: tuple[str, ...]) -> None:
     """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
     existing_file(model, "model file")
+    if emit is None and output is None:
+        raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
+    inputs = (model, calib, *plugins)
+    if output is not None and output != "-":
+        check_output(output, "-o", inputs)  # before the compile, not after it
     load_plugins(plugins)
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
     kw["shape_only"] = shape_only
@@ -245,10 +243,9 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
         if output is None or output == "-":
             click.echo(text, nl=False)
         else:
-            write_text_atomic(output, text)
+            write_text_atomic(output, text, "-o", inputs)
     else:
-        if output is None:
-            raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
+        assert output is not None
         progress(f"compiling {model}")
         if chips > 1:
             from maiac.chips_cli import compile_group
@@ -260,7 +257,7 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
         else:
             compiled = driver.compile(model, **debug, **kw)
             log = compiled.log
-        with atomic_path(output) as tmp:
+        with atomic_path(output, "-o", inputs) as tmp:
             compiled.save(tmp)
         progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
     if pass_timing:
@@ -333,6 +330,7 @@ def _read_inputs(inputs: str | None, input_items: tuple[str, ...]) -> dict[str, 
 def _check_inputs(program: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Match user arrays to the program's inputs by name, shape and dtype kind."""
     from maiac.inputs import np_dtype
+    from maiac.runtime.conversions import convert_input
 
     names = [s.name for s in program.inputs]
     extra = sorted(set(feeds) - set(names))
@@ -353,7 +351,7 @@ def _check_inputs(program: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.nd
             w_kind = "f" if (want.kind == "f" or want.name == "bfloat16") else want.kind
             if a_kind != w_kind and not (a_kind in "iu" and w_kind in "iu"):
                 raise MaiacError(f"input {s.name!r}: dtype {a.dtype}, program expects {s.dtype}")
-            a = a.astype(want)
+            a = convert_input(s.name, a, want, s.dtype)  # range-checked (runtime/conversions.py)
         out[s.name] = a
     return out
 
@@ -377,7 +375,9 @@ def _summary(name: str, a: np.ndarray) -> str:
 @click.option("-o", "--output", metavar="OUT.npz", default=None, help="Write the outputs here.")
 @click.option("--trace", metavar="TRACE.json", default=None,
               help="Write a Chrome/Perfetto trace of the modeled timeline.")
-@click.option("--seed", default=0, show_default=True, help="Seed for random inputs.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed for random inputs.")
+@max_memory_option
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="Chip programs (--chips): all in this process, or one "
                                       "Ray actor per chip (pip install maiac[ray]).")
@@ -388,6 +388,13 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             ray_address: str | None) -> None:
     """Run a compiled program on the machine model (random seeded inputs if none given)."""
     existing_file(program_file, "program file")
+    sources = (program_file, inputs, *(i.partition("=")[2] for i in input_items))
+    for opt, path in (("-o", output), ("--trace", trace)):
+        if path is not None:
+            check_output(path, opt, sources)  # before the run: a bad path costs nothing
+    if output is not None and trace is not None and Path(output).resolve() == \
+            Path(trace).resolve():
+        raise MaiacError(f"-o and --trace name the same file {output}")
     from maiac.chips_cli import run_group
 
     if run_group(program_file, inputs, input_items, output, trace, seed, backend, ray_address):
@@ -412,19 +419,26 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
     click.echo(f"outputs ({dt:.3f} s on the machine model):")
     for k, v in outs.items():
         click.echo("  " + _summary(k, v))
-    if output is not None:
-        with atomic_path(output) as tmp:
+    written = []
+    # both files are written to temporaries first and moved into place only when both
+    # succeeded: a failure of either leaves neither
+    with contextlib.ExitStack() as stack:
+        if output is not None:
+            tmp = stack.enter_context(atomic_path(output, "-o", sources))
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.asarray(v) for k, v in outs.items()})
-        click.echo(f"wrote {output}")
-    if trace is not None:
-        from maiac.runtime.timing import simulate
-        from maiac.runtime.trace import write_chrome_trace
+            written.append(f"wrote {output}")
+        if trace is not None:
+            from maiac.runtime.timing import simulate
+            from maiac.runtime.trace import write_chrome_trace
 
-        rep = simulate(program)
-        with atomic_path(trace) as tmp:
+            rep = simulate(program)
+            tmp = stack.enter_context(atomic_path(trace, "--trace", sources))
             write_chrome_trace(rep, tmp)
-        click.echo(f"wrote {trace} (modeled time {_time(_report_json(rep)['modeled_time_s'])})")
+            written.append(f"wrote {trace} (modeled time "
+                           f"{_time(_report_json(rep)['modeled_time_s'])})")
+    for line in written:
+        click.echo(line)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -435,11 +449,12 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
 @compile_options
 @click.option("--inputs", metavar="IN.npz", default=None,
               help="Inputs by name (default: seeded random inputs).")
-@click.option("--rtol", type=float, default=1e-4, show_default=True)
-@click.option("--atol", type=float, default=1e-5, show_default=True)
-@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+@click.option("--rtol", type=click.FloatRange(0), default=1e-4, show_default=True)
+@click.option("--atol", type=click.FloatRange(0), default=1e-5, show_default=True)
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=0.99, show_default=True,
               help="Pass threshold per output when --quant is set.")
-@click.option("--seed", default=0, show_default=True, help="Seed for random inputs.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed for random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @plugin_option
 def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: str,
@@ -473,10 +488,14 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN §5 report JSON.")
 @click.option("--html", "html_out", metavar="REPORT.html", default=None,
               help="Write a self-contained HTML page with the timeline and per-op table.")
-@click.option("--top", default=30, show_default=True, help="Ops shown in the table (0 = all).")
+@click.option("--top", default=30, show_default=True, type=click.IntRange(0),
+              help="Ops shown in the table (0 = all).")
+@max_memory_option
 def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int) -> None:
     """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
     existing_file(program_file, "program file")
+    if html_out is not None:
+        check_output(html_out, "--html", (program_file,))
     from maiac.chips_cli import report_group
     from maiac.runtime.program import load_program
     from maiac.runtime.timing import simulate
@@ -494,7 +513,7 @@ def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int)
     if html_out is not None:
         page = render_html(r, _timeline(rep, r), f"maiac report: {Path(program_file).name}",
                            program.target)
-        write_text_atomic(html_out, page)
+        write_text_atomic(html_out, page, "--html", (program_file,))
         if not as_json:
             click.echo(f"wrote {html_out}")
 
@@ -533,12 +552,18 @@ def _apply_pipeline(pipeline: Any, ctx: Any, module: Any) -> None:
 @plugin_option
 def opt_cmd(file: str, pipeline: str, output: str | None, plugins: tuple[str, ...]) -> None:
     """Parse IR (FILE.mlir, or - for stdin), run passes, print the result."""
+    if output is not None and output != "-":
+        check_output(output, "-o", (file, *plugins))
     load_plugins(plugins)
     if file == "-":
         text = sys.stdin.read()
     else:
         existing_file(file, "IR file")
-        text = Path(file).read_text(encoding="utf-8")
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise MaiacError(f"{file}: not UTF-8 text (byte {err.start}): not an IR file") \
+                from None
 
     from xdsl.parser import Parser
     from xdsl.utils.exceptions import ParseError, VerifyException
@@ -551,6 +576,8 @@ def opt_cmd(file: str, pipeline: str, output: str | None, plugins: tuple[str, ..
         module = Parser(ctx, text, file).parse_module()
     except ParseError as e:
         raise MaiacError(f"{file}: cannot parse IR:\n{e}") from None
+    except RecursionError:
+        raise MaiacError(f"{file}: cannot parse IR: nested too deeply") from None
     try:
         module.verify()
     except VerifyException as e:
@@ -566,7 +593,7 @@ def opt_cmd(file: str, pipeline: str, output: str | None, plugins: tuple[str, ..
     if output is None or output == "-":
         click.echo(out, nl=False)
     else:
-        write_text_atomic(output, out)
+        write_text_atomic(output, out, "-o", (file, *plugins))
 
 
 def _pass_info(entry: Any) -> tuple[str, list[str]]:

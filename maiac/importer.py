@@ -13,7 +13,6 @@ has at most 16 elements.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +32,7 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 
+from maiac.external_data import check_inline_size, external_data, read_external
 from maiac.importers import expand_model
 from maiac.ir import resources
 from maiac.ir.onnx import (
@@ -257,9 +257,14 @@ class _Importer:
         """
         dtype = numpy_dtype_of_onnx(tensor.data_type)
         shape = tuple(tensor.dims)
+        if any(d < 0 for d in shape):
+            raise MaiacError(f"initializer '{tensor.name or hint}': negative dimension in "
+                             f"shape {list(shape)}")
         tensor_type = self._tensor_type(tensor.data_type, shape, hint)
         size = int(np.prod(shape, dtype=np.int64))
         external = tensor.data_location == TensorProto.EXTERNAL
+        if not external:
+            check_inline_size(tensor, dtype, shape, f"initializer '{tensor.name or hint}'")
         if not external and size <= SMALL_VALUE_LIMIT:
             value = _tensor_to_array(tensor, dtype)
             if record_as:
@@ -276,31 +281,14 @@ class _Importer:
         return resources.resource_attr(handle, tensor_type)
 
     def _external_loader(self, tensor: onnx.TensorProto, dtype: np.dtype, shape: tuple, hint: str):
-        info = {e.key: e.value for e in tensor.external_data}
-        path = self.base_dir / info.get("location", "")
-        offset = int(info.get("offset", 0))
+        what = f"initializer '{tensor.name or hint}'"
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        length = int(info.get("length", nbytes))
-        if length != nbytes:
-            raise MaiacError(
-                f"initializer '{hint}': external data length {length} does not match "
-                f"{dtype}{list(shape)} ({nbytes} bytes) in {path}"
-            )
-
-        def available() -> bool:
-            return path.is_file() and os.path.getsize(path) >= offset + length
-
-        if not self.shape_only and not available():
-            raise MaiacError(
-                f"initializer '{hint}': external data file {path} is missing or too short "
-                "(import with shape_only to compile without weights)"
-            )
+        ext = external_data(tensor, self.base_dir, nbytes, what, required=not self.shape_only)
 
         def loader() -> np.ndarray:
-            return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r",
-                             offset=offset, shape=shape)
+            return read_external(ext, dtype, shape, what)
 
-        return loader, available
+        return loader, ext.present
 
     def _constant_node_attr(self, node: onnx.NodeProto) -> Attribute:
         """A Constant node's value, whichever of value/value_float/... it uses."""

@@ -13,10 +13,10 @@ from maiac.ir import maia
 from maiac.ir.resources import constant_value
 from maiac.ir.types import NUMPY_DTYPES
 from maiac.passes.tile import module_target
-from maiac.runtime import isa
+from maiac.runtime import isa, limits
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
-from maiac.runtime.program import Buffer, Program, TensorSpec
+from maiac.runtime.program import Buffer, Program, TensorSpec, validate_program
 
 SHAPE_ONLY_KEEP_BYTES = 1 << 16  # small tables (RoPE, masks, scalars) keep their bytes
 
@@ -44,6 +44,13 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
     instructions: list[isa.Instr] = []
     op_table: dict[str, dict[str, Any]] = {}
     for kernel in fn.body.block.ops:
+        if not isinstance(kernel, maia.KernelOp | maia.BufferOp | func.ReturnOp):
+            # an op no pass tiled would silently vanish from the program
+            name = kernel.attributes.get("name") or kernel.attributes.get("sym_name")
+            label = f" ({name})" if name is not None else ""
+            raise MaiacError(f"emit: op {kernel.name}{label} was not tiled into machine "
+                             f"instructions: the pipeline must lower, tile and plan memory "
+                             f"(see `maiac passes --pipeline`)")
         if isinstance(kernel, maia.KernelOp):
             label = maia.attr(kernel, "op")
             row = op_table.setdefault(label, {"kind": maia.attr(kernel, "kind"), "flops": 0})
@@ -69,7 +76,7 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
         return TensorSpec(maia.attr(op, "tensor"), maia.attr(op, "dtype"),
                           tuple(maia.attr(op, "shape")), name)
 
-    return Program(
+    program = Program(
         target=module_target(module).to_json(),
         inputs=[spec(n) for n in maia.attr(fn, "maia.inputs", [])],
         outputs=[spec(n) for n in maia.attr(fn, "maia.outputs", [])],
@@ -82,6 +89,19 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
                  if "maia.shard" in fn.attributes else {}),
               "flops": maia.attr(fn, "maia.flops", 0)},
     )
+    check_emitted(program)
+    return program
+
+
+def check_emitted(program: Program) -> None:
+    """The checks the loader makes, at compile time: a program that does not fit the
+    target (buffers past HBM or SRAM capacity, accesses outside buffers) or the bounds of
+    runtime/limits.py is an error naming the cause, never a file the loader rejects."""
+    try:
+        validate_program(program, MaiacError)
+        limits.check_structure(program)
+    except MaiacError as err:
+        raise MaiacError(f"the compiled program does not fit the target: {err}") from None
 
 
 def _instructions(ops: Any, buffers: dict[str, Buffer], label: str) -> list[isa.Instr]:

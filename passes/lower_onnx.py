@@ -24,7 +24,7 @@ from maiac.ir import maia
 from maiac.ir.onnx import describe, get_attr, get_opset, input_at, onnx_attributes
 from maiac.ir.resources import constant_attr, constant_value
 from maiac.ir.types import NUMPY_DTYPES, tensor_dtype, tensor_shape
-from maiac.passes.node_eval import evaluate
+from maiac.passes.node_eval import EvaluationError, evaluate
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.isa import contiguous_strides
 
@@ -106,6 +106,10 @@ class Node:
     def reshape(self, x: SSAValue, shape: Sequence[int]) -> SSAValue:
         if tuple(shape) == tensor_shape(x.type):
             return x
+        if _size(shape) != _size(tensor_shape(x.type)):
+            raise self.fail(f"cannot reshape {list(tensor_shape(x.type))} "
+                            f"({_size(tensor_shape(x.type))} elements) to {list(shape)} "
+                            f"({_size(shape)} elements)")
         out_type = TensorType(x.type.get_element_type(), list(shape))
         return self.emit(maia.ReshapeOp, [x], out_type)
 
@@ -478,6 +482,13 @@ def lower_conv(node: Node) -> list[SSAValue]:
     strides = [int(v) for v in node.attr("strides", [1] * k)]
     dilations = [int(v) for v in node.attr("dilations", [1] * k)]
     groups = int(node.attr("group", 1))
+    if groups < 1 or c % groups or m % groups or c // groups != cg:
+        raise node.fail(f"group={groups} does not split {c} input channels and {m} filters "
+                        f"of {cg} channels each")
+    if any(v < 1 for v in strides + dilations) or len(strides) != k or len(dilations) != k \
+            or len(kernel) != k:
+        raise node.fail(f"strides {strides} and dilations {dilations} must be {k} positive "
+                        f"integers")
     xp = _zero_pad(node, x, _conv_pads(node, spatial, kernel, strides, dilations))
     padded = tensor_shape(xp.type)
     out_sp = [(padded[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
@@ -551,7 +562,10 @@ def lower_one(op: Operation) -> None:
     rule = RULES.get(op.name.removeprefix("onnx."))
     if rule is None:
         raise node.fail("no lowering to the Maia machine")
-    results = rule(node)
+    try:
+        results = rule(node)
+    except EvaluationError as err:  # a constant sub-graph the ONNX semantics reject
+        raise node.fail(f"cannot evaluate on its constant inputs: {err}") from None
     for old, new in zip(op.results, results, strict=False):
         old.replace_all_uses_with(new)
     Rewriter.erase_op(op, safe_erase=False)

@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from maiac.runtime import isa
+from maiac.runtime.conversions import convert_input
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
 from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
@@ -838,15 +839,7 @@ def _check_inputs(program: Program, inputs: dict[str, Any]) -> dict[str, np.ndar
         arr = np.asarray(inputs[name])
         if tuple(arr.shape) != tuple(spec.shape):
             raise MaiacError(f"input {name!r} has shape {list(arr.shape)}, expected {want}")
-        dt = np_dtype(spec.dtype)
-        if arr.dtype != dt:
-            conv = arr.astype(dt)
-            back = conv.astype(arr.dtype)
-            same = np.array_equal(back, arr, equal_nan=arr.dtype.kind in "fc")
-            if not same:
-                raise MaiacError(f"input {name!r} has dtype {arr.dtype} which does not convert "
-                                 f"losslessly to {spec.dtype} (expected {want})")
-            arr = conv
+        arr = convert_input(name, arr, np_dtype(spec.dtype), spec.dtype)
         out[name] = np.ascontiguousarray(arr)
     return out
 
