@@ -636,9 +636,11 @@ def _register_commands() -> None:
     """Commands that live in their own modules (imported here, after main exists)."""
     from maiac.generate_cli import generate_cmd
     from maiac.perf_cli import perf_cmd
+    from maiac.target_cmd import target_cmd
 
     main.add_command(generate_cmd)
     main.add_command(perf_cmd)
+    main.add_command(target_cmd)
 
 
 _register_commands()

@@ -235,6 +235,9 @@ class LlamaConfig:
 LLAMA3_8B = LlamaConfig("llama3-8b", 4096, 32, 32, 8, 14336, 128256)
 LLAMA3_70B = LlamaConfig("llama3-70b", 8192, 80, 64, 8, 28672, 128256)
 LLAMA_TINY = LlamaConfig("llama-tiny", 64, 2, 4, 2, 128, 256)
+# Qwen2.5-7B's shape as arXiv 2608.24664 benchmarks it (28 layers, hidden 3584, FFN 18,944,
+# 28 heads / 4 KV heads); its q/k/v biases (0.01 % of the bytes) are left out
+QWEN2_5_7B = LlamaConfig("qwen2.5-7b", 3584, 28, 28, 4, 18944, 152064, 1e6)
 
 
 def _rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, ...]:
@@ -261,7 +264,8 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
                   seq: int = 128, context: int = 4096, weights: str = "random",
                   layers: int | None = None, seed: int = 0,
                   kv_outputs: bool = False,
-                  checkpoint: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+                  checkpoint: Mapping[str, np.ndarray] | None = None,
+                  kv_dtype: str = "f32") -> onnx.ModelProto:
     """A Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU, causal attention) → "logits".
 
     ``mode="prefill"``: input_ids [batch, seq] at positions 0..seq-1 (``context`` unused).
@@ -277,7 +281,10 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
     Weights are created in the same order whatever the mode, so prefill and decode graphs
     with the same seed share weights. ``kv_outputs`` adds present_key_i/present_value_i
     outputs (the cache including this step's keys and values), as exporters do.
+    ``kv_dtype="bf16"``: the decode KV cache is stored in bf16 (this step's keys and values
+    are cast before the concat), as serving stacks keep it.
     """
+    kv_type = {"f32": TensorProto.FLOAT, "bf16": TensorProto.BFLOAT16}[kv_dtype]
     if mode not in ("prefill", "decode") or weights not in ("random", "shape_only"):
         raise ValueError("mode must be prefill|decode and weights random|shape_only")
     b = GraphBuilder(seed, shape_only=weights == "shape_only", checkpoint=checkpoint)
@@ -309,8 +316,11 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
         v = b.op("Transpose", [v], perm=[0, 2, 1, 3])
         if mode == "decode":
             past_k, past_v = f"past_key_{i}", f"past_value_{i}"
-            inputs += [_input(n, TensorProto.FLOAT, [batch, kvh, context, hd])
+            inputs += [_input(n, kv_type, [batch, kvh, context, hd])
                        for n in (past_k, past_v)]
+            if kv_dtype != "f32":
+                k = b.op("Cast", [k], to=kv_type)
+                v = b.op("Cast", [v], to=kv_type)
             k = b.op("Concat", [past_k, k], axis=2)
             v = b.op("Concat", [past_v, v], axis=2)
         if kv_outputs:

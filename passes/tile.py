@@ -47,13 +47,26 @@ def budget_of(target: Target) -> Budget:
         n_tiles=target.n_tiles,
         tsram_bytes=target.tsram_bytes,
         tile_flops=target.ttu_flops["f32"] / target.n_tiles,
-        tile_bw=target.hbm_bw / target.n_tiles,
+        tile_bw=target.hbm_sustained_bw / target.n_tiles,
         tile_noc_bw=target.noc_bw / target.n_tiles,
         instr_overhead_s=target.instr_latency_s,
         dma_latency_s=target.dma_latency_s,
         tile_vec=target.tvp_flops / target.n_tiles,
         fmt_speedup=tuple((f, v / target.ttu_flops["f32"]) for f, v in target.ttu_flops.items()),
+        native_m=target.ttu_block_m,
+        native_n=target.ttu_block_n,
+        native_ks=tuple((f, target.ttu_block_k(f)) for f in target.ttu_macs),
     )
+
+
+def operand_format(fmt: str, a: Tensor, b: Tensor) -> str:
+    """The TTU format of a matmul: the quantize pass's, else that of narrow operands both
+    stored in one TTU type (bf16 x bf16 runs at the bf16 peak, f8 x f8 at fp8's)."""
+    if fmt != "f32" or a.dtype != b.dtype:
+        return fmt
+    if a.dtype == "bf16":
+        return "bf16"
+    return "fp8" if a.dtype.startswith("f8") else fmt
 
 
 def io_names(attrs: builtin.ArrayAttr | None, count: int, prefix: str) -> list[str]:
@@ -156,10 +169,11 @@ class FunctionTiler:
             residual_fn = maia.attr(op, "residual")
             residual = ins[-1] if residual_fn else None
             bias = ins[2] if len(ins) > (3 if residual_fn else 2) else None
-            tile_matmul(kernel, ins[0], ins[1], out, self.budget, bias=bias,
-                        act=maia.attr(op, "act"), fmt=maia.attr(op, "fmt", "f32"),
-                        residual=residual, residual_fn=residual_fn or "add",
-                        quant=self._matmul_quant(op), glu=maia.attr(op, "glu"))
+            return tile_matmul(kernel, ins[0], ins[1], out, self.budget, bias=bias,
+                               act=maia.attr(op, "act"),
+                               fmt=operand_format(maia.attr(op, "fmt", "f32"), ins[0], ins[1]),
+                               residual=residual, residual_fn=residual_fn or "add",
+                               quant=self._matmul_quant(op), glu=maia.attr(op, "glu"))
         elif isinstance(op, maia.AttentionOp) and not self.budget.fixed_block and \
                 decode_attention.applies(maia.attr(op, "dims"), len(ins),
                                          bool(maia.attr(op, "causal", False))):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,10 +65,11 @@ VEC_OPS: dict[str, int] = {
 ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "quantize")
 
 
-def ttu_format(fmt: str, target: Target) -> str:
-    """The ``ttu_flops`` key a MatMul ``fmt`` runs at (fp8 for mixed fp8 x fp4 formats)."""
+def ttu_format_key(fmt: str) -> str:
+    """The TTU format key of a MatMul ``fmt`` (fp8 for mixed fp8 x fp4 formats); the
+    lower-cased name itself when it is none of the known ones."""
     f = fmt.lower()
-    if f in target.ttu_flops:
+    if f in ("fp4", "fp6", "fp8", "bf16", "f32"):
         return f
     if f in ("fp32", "float32"):
         return "f32"
@@ -79,8 +81,19 @@ def ttu_format(fmt: str, target: Target) -> str:
         return "fp6"
     if "fp4" in f or "e2m1" in f:
         return "fp4"
+    return f
+
+
+def ttu_format(fmt: str, target: Target) -> str:
+    """The ``ttu_flops`` key a MatMul ``fmt`` runs at (fp8 for mixed fp8 x fp4 formats)."""
+    f = fmt.lower()
+    if f in target.ttu_flops:
+        return f
+    key = ttu_format_key(f)
+    if key in target.ttu_flops:
+        return key
     raise MaiacError(f"matmul format {fmt!r} has no TTU peak; known: "
-                     f"{', '.join(target.ttu_flops)} (set ttu_flops.{fmt} to add one)")
+                     f"{', '.join(target.ttu_flops)} (set ttu_macs.{fmt} to add one)")
 
 
 @dataclass
@@ -202,7 +215,7 @@ def _dma_time(t: Target, src: Access, dst: Access, src_b: float, dst_b: float,
     frac = tiles / t.n_tiles
 
     def level_time(level: str, nbytes: float) -> float:
-        bw = {"hbm": t.hbm_bw, "csram": t.csram_bw, "tsram": t.tsram_bw * frac}[level]
+        bw = {"hbm": t.hbm_sustained_bw, "csram": t.csram_bw, "tsram": t.tsram_bw * frac}[level]
         return nbytes / bw
 
     times = [level_time(src.level, src_b), level_time(dst.level, dst_b)]
@@ -212,6 +225,10 @@ def _dma_time(t: Target, src: Access, dst: Access, src_b: float, dst_b: float,
     elif levels == {"hbm", "csram"}:
         times.append(max(src_b, dst_b) / t.noc_bw)
     return max(times) + t.dma_latency_s
+
+
+def _pad(x: int, granule: int) -> int:
+    return -(-x // granule) * granule
 
 
 def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
@@ -256,7 +273,10 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
         k = instr.logical_ab()[0][-1]
         flops = 2.0 * m * n * k * numel(instr.c.shape[:-2]) * tiles
         fmt = ttu_format(instr.fmt, t)
-        dur = flops / (t.ttu_flops[fmt] * frac) + t.instr_latency_s
+        # the TTU computes whole native 32 x K x 32 blocks: a partial block costs a whole one
+        padded = (2.0 * _pad(m, t.ttu_block_m) * _pad(n, t.ttu_block_n)
+                  * _pad(k, t.ttu_block_k(fmt)) * numel(instr.c.shape[:-2]) * tiles)
+        dur = padded / (t.ttu_flops[fmt] * frac) + t.instr_latency_s
         reads = fp(instr.a, instr.b, *([instr.c] if instr.accumulate else []),
                    *(acc for _, acc in instr.scale_accesses()))
         writes = fp(instr.c)
@@ -269,7 +289,7 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
     else:
         raise MaiacError(f"instruction {path}: cannot time {type(instr).__name__}")
     return _Leaf(path, instr.op, instr.kind, engine, dur, flops, fmt, float(hbm), reads,
-                 writes, trips, tuple((instr.waits or {}).items()), hbm / t.hbm_bw)
+                 writes, trips, tuple((instr.waits or {}).items()), hbm / t.hbm_sustained_bw)
 
 
 # --------------------------------------------------------------------------- hazards
@@ -307,6 +327,8 @@ class _Stats:
     op_flops: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     op_hbm: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     fmt_flops: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    op_fmt_flops: dict[tuple[str, str], float] = field(
+        default_factory=lambda: defaultdict(float))
     tvp_ops: float = 0.0
 
     def merge(self, other: _Stats, scale: float) -> None:
@@ -316,7 +338,8 @@ class _Stats:
             for e, v in d.items():
                 self.op_busy[op][e] += v * scale
         for src, dst in ((other.op_flops, self.op_flops), (other.op_hbm, self.op_hbm),
-                         (other.fmt_flops, self.fmt_flops)):
+                         (other.fmt_flops, self.fmt_flops),
+                         (other.op_fmt_flops, self.op_fmt_flops)):
             for k, v in src.items():
                 dst[k] += v * scale
         self.tvp_ops += other.tvp_ops * scale
@@ -327,6 +350,104 @@ class _Stats:
 CollectiveSync = Callable[[str, float], float]
 
 
+@dataclass
+class _Span:
+    """One instruction (or an extrapolated stretch of a loop) of op ``op``: TTU FLOPs of
+    format ``fmt`` and TVP ops spread over ``[start, end]``, HBM bytes over
+    ``[hbm_start, hbm_end]``."""
+
+    op: str
+    start: float
+    end: float
+    ttu_flops: float
+    tvp_ops: float
+    fmt: str
+    hbm_start: float
+    hbm_end: float
+    hbm_bytes: float
+    fmt_flops: dict[str, float] | None = None
+
+
+def _op_windows(spans: list[_Span], order: list[str], target: Target,
+                makespan: float) -> dict[str, dict[str, Any]]:
+    """Per op (in program order) its window of the timeline — from the end of the op
+    before it to its own last instruction's end — and what ran inside that window: TTU
+    FLOPs, TVP ops and HBM bytes of *every* instruction, each spread evenly over the time
+    it ran (a prefetched weight's bytes count in the window they moved in). The windows
+    partition [0, makespan], so no row's rate can exceed an engine's."""
+    last: dict[str, float] = defaultdict(float)
+    for sp in spans:
+        last[sp.op] = max(last[sp.op], sp.end, sp.hbm_end if sp.hbm_bytes else 0.0)
+    bounds = []
+    edge = 0.0
+    for op in order:
+        lo = edge
+        edge = max(edge, min(last[op], makespan))
+        bounds.append((op, lo, edge))
+    bounds[-1:] = [(bounds[-1][0], bounds[-1][1], makespan)] if bounds else []
+    starts = [lo for _, lo, _ in bounds]
+    rows = {op: {"window": (lo, hi), "flops": 0.0, "tvp_ops": 0.0, "hbm_bytes": 0.0,
+                 "fmt_flops": defaultdict(float)} for op, lo, hi in bounds}
+
+    def spread(lo: float, hi: float, amount: float, add: Any) -> None:
+        if amount == 0.0:
+            return
+        if hi <= lo:  # an instant: all in the window that holds it
+            i = max(0, bisect.bisect_right(starts, lo) - 1)
+            add(bounds[i][0], amount)
+            return
+        i = max(0, bisect.bisect_right(starts, lo) - 1)
+        while i < len(bounds):
+            op, w_lo, w_hi = bounds[i]
+            if w_lo >= hi:
+                break
+            part = max(0.0, min(hi, w_hi) - max(lo, w_lo))
+            if part > 0 or (i == len(bounds) - 1 and hi > w_hi):
+                add(op, amount * max(part, 0.0) / (hi - lo))
+            i += 1
+
+    for sp in spans:
+        fmts = sp.fmt_flops or ({sp.fmt: sp.ttu_flops} if sp.fmt else {})
+        for fmt, fl in fmts.items():
+            def add_fmt(op: str, v: float, fmt: str = fmt) -> None:
+                rows[op]["flops"] += v
+                rows[op]["fmt_flops"][fmt] += v
+            spread(sp.start, sp.end, fl, add_fmt)
+        spread(sp.start, sp.end, sp.tvp_ops,
+               lambda op, v: rows[op].__setitem__("tvp_ops", rows[op]["tvp_ops"] + v))
+        spread(sp.hbm_start, sp.hbm_end, sp.hbm_bytes,
+               lambda op, v: rows[op].__setitem__("hbm_bytes", rows[op]["hbm_bytes"] + v))
+    return rows
+
+
+def rate_violations(report: TimingReport, target: Target, rel: float = 1e-6) -> list[str]:
+    """Rows of ``report`` (ops, engines, total) whose work exceeds what the chip's
+    physical peaks allow in the row's time (empty when the report is consistent)."""
+    bad = []
+    slack = 1 + rel
+
+    def check(label: str, time_s: float, hbm: float, fmt_flops: dict[str, float],
+              tvp: float) -> None:
+        eps = 1e-15
+        if hbm > target.hbm_bw * time_s * slack + 1e-3:
+            bad.append(f"{label}: {hbm:.4g} B in {time_s:.4g} s > {target.hbm_bw:.3g} B/s")
+        ttu = sum(f / target.ttu_flops[k] for k, f in fmt_flops.items())
+        if ttu > time_s * slack + eps:
+            bad.append(f"{label}: TTU work of {ttu:.4g} s at peak in {time_s:.4g} s")
+        if tvp / target.tvp_flops > time_s * slack + eps:
+            bad.append(f"{label}: TVP work of {tvp / target.tvp_flops:.4g} s in {time_s:.4g} s")
+
+    for op in report.ops:
+        check(f"op {op['name']}", op["time_s"], op["hbm_bytes"], op.get("fmt_flops", {}),
+              op.get("tvp_ops", 0.0))
+    for e in report.engines:
+        if e["busy_s"] > report.modeled_time_s * slack + 1e-15:
+            bad.append(f"engine {e['name']}: busy {e['busy_s']:.4g} s > makespan")
+    check("total", report.modeled_time_s, report.hbm_bytes,
+          report.extra.get("fmt_flops", {}), report.tvp_ops)
+    return bad
+
+
 class _Sim:
     def __init__(self, target: Target, sync: CollectiveSync | None = None) -> None:
         self.t = target
@@ -335,6 +456,7 @@ class _Sim:
         self.wf = defaultdict(_RangeMax)  # level -> finish of the last write
         self.af = defaultdict(_RangeMax)  # level -> finish of the last access of any kind
         self.events: list[Event] = []
+        self.spans: list[_Span] = []
         self.stats = [_Stats()]
         self.op_order: dict[str, None] = {}
         # semaphores: instructions issued per engine, and the finish time of each
@@ -364,6 +486,7 @@ class _Sim:
         if self.sync is not None and lf.engine == "net":
             start = self.sync(lf.path, start)
         end = start + lf.dur
+        slot = end
         if lf.hbm_time > 0:
             # HBM bandwidth is shared by all DMA queues: the transfer takes its slot after
             # the queue's fixed latency, once earlier HBM transfers are through
@@ -371,6 +494,12 @@ class _Sim:
             self.free["hbm"] = slot + lf.hbm_time
             self.stats[-1].busy["hbm"] += lf.hbm_time
             end = max(end, slot + lf.hbm_time)
+        # what ran when, for the per-op windows: compute over [start, end], HBM bytes over
+        # the transfer's slot
+        name = lf.op or lf.kind
+        self.spans.append(_Span(name, start, end, lf.flops if lf.fmt else 0.0,
+                                lf.flops if lf.engine == "tvp" else 0.0, lf.fmt,
+                                slot, slot + lf.hbm_time, lf.hbm_bytes))
         self.free[lf.engine] = end
         self.issued[lf.engine] += 1
         self.seqs[lf.engine].append(self.issued[lf.engine])
@@ -380,7 +509,6 @@ class _Sim:
         for lv, lo, hi in spans_w:
             self.wf[lv].assign(lo, hi, end)
             self.af[lv].assign(lo, hi, end)
-        name = lf.op or lf.kind
         self.events.append(Event(lf.engine, name, start, end - start, lf.kind,
                                  {"instr": lf.path, "iteration": list(it)} if it
                                  else {"instr": lf.path}))
@@ -391,6 +519,7 @@ class _Sim:
         s.op_hbm[name] += lf.hbm_bytes
         if lf.fmt:
             s.fmt_flops[lf.fmt] += lf.flops
+            s.op_fmt_flops[(name, lf.fmt)] += lf.flops
         elif lf.engine == "tvp":
             s.tvp_ops += lf.flops
         self.op_order.setdefault(name, None)
@@ -416,7 +545,16 @@ class _Sim:
         end = ends[-1]
         if n > k:
             period = (ends[-1] - ends[-3]) / 2 if k >= 3 else ends[-1] - ends[0]
+            # no engine (nor HBM) can do an iteration's work faster than its busy time
+            period = max([period, *(busy / k for busy in frame.busy.values())])
             extra = (n - k) * period
+            scale = (n - k) / k
+            for op, fl in frame.op_flops.items():
+                ttu = sum(f for (o, _), f in frame.op_fmt_flops.items() if o == op)
+                self.spans.append(_Span(op, end, end + extra, ttu * scale, (fl - ttu) * scale,
+                                        "", end, end + extra, frame.op_hbm[op] * scale,
+                                        fmt_flops={f: v * scale for (o, f), v in
+                                                   frame.op_fmt_flops.items() if o == op}))
             for e, busy in frame.busy.items():
                 if e == "hbm":  # not an engine: no track of its own
                     self.free[e] += extra
@@ -518,23 +656,29 @@ def simulate(program: Program, target: Target | None = None, *, network: Network
     memory = hbm_bytes / t.hbm_bw
     roofline = max(compute, memory)
     kinds = program.meta.get("ops", {}) if isinstance(program.meta, dict) else {}
+    windows = _op_windows(sim.spans, list(sim.op_order), t, modeled)
     ops = []
     for name in sim.op_order:
         busy = stats.op_busy[name]
-        dma = max((v for e, v in busy.items() if e.startswith("dma")), default=0.0)
-        comp = max(busy.get("ttu", 0.0), busy.get("tvp", 0.0))
-        net = busy.get("net", 0.0)
+        w = windows[name]
+        lo, hi = w["window"]
+        op_compute = max(sum(f / t.ttu_flops[k] for k, f in w["fmt_flops"].items()),
+                         w["tvp_ops"] / t.tvp_flops)
+        op_memory = w["hbm_bytes"] / t.hbm_bw
+        net_busy = busy.get("net", 0.0)
         info = kinds.get(name, {}) if isinstance(kinds, dict) else {}
         ops.append({"name": name, "kind": info.get("kind") if isinstance(info, dict) else None,
-                    "time_s": max(dma, comp, net), "flops": stats.op_flops[name],
-                    "hbm_bytes": stats.op_hbm[name],
-                    "bound": "network" if net > max(dma, comp) else
-                    "compute" if comp >= dma else "memory",
+                    "time_s": hi - lo, "flops": w["flops"] + w["tvp_ops"],
+                    "hbm_bytes": w["hbm_bytes"],
+                    "bound": "network" if net_busy > max(op_compute, op_memory) else
+                    "compute" if op_compute >= op_memory else "memory",
+                    "start_s": lo, "fmt_flops": dict(w["fmt_flops"]), "tvp_ops": w["tvp_ops"],
+                    "own_flops": stats.op_flops[name], "own_hbm_bytes": stats.op_hbm[name],
                     "busy_s": {e: busy[e] for e in sorted(busy)}})
     tiles_used = max((math.prod(i.grid) for i in _all_leaves(program.instructions)), default=1)
     peak = {lv: max((b.addr + b.nbytes for b in program.buffers if b.level == lv), default=0)
             for lv in ("csram", "tsram")}
-    return TimingReport(
+    return _checked(TimingReport(
         target=t.name,
         modeled_time_s=modeled,
         roofline_time_s=roofline,
@@ -553,8 +697,19 @@ def simulate(program: Program, target: Target | None = None, *, network: Network
         memory_time_s=memory,
         dma_compute_overlap_s=_overlap(sim.events),
         events=sim.events,
-        extra=_extra_keys(program, modeled, stats),
-    )
+        extra={**_extra_keys(program, modeled, stats), "fmt_flops": dict(stats.fmt_flops)},
+    ), t)
+
+
+def _checked(report: TimingReport, target: Target) -> TimingReport:
+    """``report``, after checking it against the chip's physical rates when the
+    environment asks for it (``MAIAC_CHECK_RATES=1``: the test suite sets it, so every
+    report any test makes is checked)."""
+    if os.environ.get("MAIAC_CHECK_RATES") == "1":
+        bad = rate_violations(report, target)
+        if bad:
+            raise MaiacError("timing report exceeds a physical rate: " + "; ".join(bad[:5]))
+    return report
 
 
 def _extra_keys(program: Program, modeled: float, stats: _Stats) -> dict[str, Any]:

@@ -65,8 +65,12 @@ def test_wide_matmul_uses_every_tile_and_k_loop() -> None:
     compiled = check(model, rtol=1e-4, atol=1e-4, target_params={"tsram_bytes": "256KiB"})
     loops = [i for i in compiled.program.instructions if i.kind == "loop"]
     assert loops, "expected a K loop: a 64x2048 fp32 row block cannot sit in 256 KiB"
-    grids = {i.grid for i in compiled.program.instructions if i.kind == "matmul"}
-    assert any(np.prod(g) == 64 for g in grids)
+    def leaves(instrs):
+        for i in instrs:
+            yield from leaves(i.body) if i.kind == "loop" else [i]
+    grids = {i.grid for i in leaves(compiled.program.instructions) if i.kind == "matmul"}
+    # a 64-row (memory-bound) product over maia200's 36 tiles: at least 32 of them
+    assert any(np.prod(g) >= 32 for g in grids), grids
 
 
 def test_op_that_fits_no_tiling_is_named() -> None:

@@ -22,7 +22,8 @@ def _leaves(instrs: list[isa.Instr]) -> list[isa.Instr]:
 
 
 UNSCHEDULED = "tile,plan-memory"
-SMALL = {"n_clusters": "1", "tsram_bytes": "256KiB"}  # 4 tiles: loops with several blocks
+SMALL = {"n_clusters": "1", "tiles_per_cluster": "4",
+         "tsram_bytes": "256KiB"}  # 4 tiles: loops with several blocks
 
 
 UNSCHEDULED_PIPE = default_pipeline().replace(default_pipeline().split("fuse-epilogue,")[1],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from maiac.passes.plan_memory import Placed, first_fit
 from maiac.passes.tiling.common import (
     Budget,
@@ -55,3 +58,41 @@ def test_first_fit_reuses_dead_space() -> None:
     assert first_fit(placed, 64, 2, 3, 1 << 20) == 0  # [0, 64) is dead after step 1
     assert first_fit(placed, 128, 2, 3, 1 << 20) == 128
     assert first_fit(placed, 64, 0, 0, 128) is None
+
+
+@pytest.mark.parametrize("m, k, n, quant", [(100, 128, 1000, None), (96, 256, 1000, "mxfp4"),
+                                            (200, 64, 1184, "fp8")])
+def test_ragged_matmul_tails(m: int, k: int, n: int, quant: str | None) -> None:
+    """Blocks that do not divide M or N: the tails run as kernels of their own, with
+    blocks that are multiples of the TTU's 32 x K x 32 where the dim allows, and the
+    result is the same product."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import maiac
+    from maiac.passes.tiling.matmul import block_candidates
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    compiled = maiac.compile(model, quant=quant)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = compiled.run({"x": x})["y"]
+    ref = x @ w
+    if quant is None:
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    else:
+        cos = float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref))
+        assert cos > 0.98
+    def leaves(instrs):
+        for i in instrs:
+            yield from leaves(i.body) if i.kind == "loop" else [i]
+    shapes = {tuple(i.c.shape) for i in leaves(compiled.program.instructions)
+              if i.kind == "matmul"}
+    if quant is None:  # the cost model picks 32 x 32-multiple blocks and a ragged tail
+        assert len(shapes) >= 2, shapes
+    assert all(b % 32 == 0 or b == 1000 for b in block_candidates(1000, 32, 36))
+    assert any(1000 % b for b in block_candidates(1000, 32, 36))  # need not divide

@@ -17,6 +17,7 @@ from typing import Any
 from maiac.ir import maia
 from maiac.runtime.isa import contiguous_strides
 from maiac.runtime.memory import itemsize
+from maiac.runtime.timing import ttu_format_key
 
 ALIGN = 64  # bytes; every buffer and scratch block starts on this boundary
 
@@ -194,6 +195,13 @@ class Budget:
     tile_vec: float = 0.0  # TVP op/s of one tile (0: not modeled)
     fmt_speedup: tuple[tuple[str, float], ...] = ()  # TTU format key -> peak / f32 peak
     fixed_block: int = 0  # > 0: naive tiling, blocks of this size (no cost model)
+    native_m: int = 1  # the TTU's native block rows / columns (32 x K x 32 on maia200)
+    native_n: int = 1
+    native_ks: tuple[tuple[str, int], ...] = ()  # TTU format key -> native block depth K
+
+    def native_k(self, fmt: str) -> int:
+        """The native block depth of matmul format ``fmt`` (1 when unknown)."""
+        return dict(self.native_ks).get(ttu_format_key(fmt), 1)
 
 
 def broadcast_strides(shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:

@@ -8,9 +8,11 @@ working set inside TSRAM.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
@@ -82,15 +84,19 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
                   budget: Budget, extra_row_bytes: int = 0, k_step: int = 1,
                   n_step: int = 1, block_bytes: int = 0, a_src: float | None = None,
                   speedup: float = 1.0, quant_ops: float = 0.0, b_src: float | None = None,
-                  epilogue_ops: float = 0.0, outputs: int = 1) -> tuple[int, int, int]:
+                  epilogue_ops: float = 0.0, outputs: int = 1,
+                  ragged: bool = False) -> tuple[int, int, int]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
-    ``bk`` is a multiple of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized
-    operands: whole scale blocks along K, whole packed bytes along N). ``a_size`` and
-    ``b_size`` are TSRAM bytes per element, ``a_src``/``b_src`` the bytes per element
-    they are read with (default: the TSRAM size); ``block_bytes``: further TSRAM bytes per
-    element of a ``[bm, bn]`` block (a residual); ``speedup``: the format's TTU peak over
-    f32; ``quant_ops``: TVP ops per element of ``a`` (activation quantize, per K step);
+    ``bm``/``bn`` are multiples of the TTU's native 32 x K x 32 block (or the whole dim);
+    with ``ragged`` they need not divide M / N: the tails are costed as the kernels
+    `tile_matmul` gives them (each tiled by its own divisor blocks). ``bk`` is a multiple
+    of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized operands: whole scale
+    blocks along K, whole packed bytes along N). ``a_size`` and ``b_size`` are TSRAM
+    bytes per element, ``a_src``/``b_src`` the bytes per element they are read with
+    (default: the TSRAM size); ``block_bytes``: further TSRAM bytes per element of a
+    ``[bm, bn]`` block (a residual); ``speedup``: the format's TTU peak over f32;
+    ``quant_ops``: TVP ops per element of ``a`` (activation quantize, per K step);
     ``epilogue_ops``: TVP ops per output element (bias, activation, residual);
     ``outputs``: products per job sharing the ``a`` block (2: a gated matmul, whose ``b``
     blocks and ``[bm, bn]`` accumulators come in pairs).
@@ -99,35 +105,86 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     pipeline) only when the `double-buffer` pass can give the streamed blocks twins, else
     one after the other.
     """
-    slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
+    args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
+            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs)
     if budget.fixed_block:
+        slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
         fixed = _fixed_blocks(m, n, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step,
                               slack)
         if fixed is not None:
             return fixed
+    best = _best_blocks(m, n, ragged, *args)
+    if best is None:
+        raise MaiacError("no matmul block fits TSRAM")
+    return best[1], best[2], best[3]
+
+
+@lru_cache(maxsize=4096)
+def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float,
+                 b_size: float, budget: Budget, extra_row_bytes: int, k_step: int, n_step: int,
+                 block_bytes: int, a_src: float | None, speedup: float, quant_ops: float,
+                 b_src: float | None, epilogue_ops: float, outputs: int
+                 ) -> tuple[float, int, int, int] | None:
+    """(cost, bm, bn, bk) of the best candidate (see `choose_blocks`), or None."""
+    args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
+            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs)
+    slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
+    gm, gn = budget.native_m, math.lcm(budget.native_n, n_step)
+    if ragged:
+        ms, ns = (block_candidates(m, gm, budget.n_tiles),
+                  [b for b in block_candidates(n, gn, budget.n_tiles) if b % n_step == 0])
+    else:
+        ms = [d for d in divisors(m) if d % gm == 0 or d == m]
+        ns = [d for d in divisors(n) if d % n_step == 0 and (d % gn == 0 or d == n)]
     best: tuple[float, int, int, int] | None = None
-    for bm in divisors(m):
-        for bn in divisors(n):
-            if bn % n_step:
-                continue
+    for bm in ms:
+        for bn in ns:
             fixed = (outputs * align(bm * bn * 4) + align(bn * extra_row_bytes)
                      + align(bm * bn * block_bytes) + slack)
             split = split_jobs((batch, m // bm, n // bn), budget.n_tiles)
             shape = _JobShape(bm, bn, k, a_size if a_src is None else a_src,
                               outputs * (b_size if b_src is None else b_src), block_bytes,
                               speedup / outputs, quant_ops, epilogue_ops, split)
+            tails = 0.0
+            if ragged and (m % bm or n % bn):
+                tails = _tails_cost(m, n, bm, bn, args)
+                if tails is None:
+                    continue
             for twins in (True, False):
                 room = budget.tsram_bytes - fixed
                 bk = _deepest_k(k, bm, bn, a_size * (1 + twins),
                                 outputs * b_size * (1 + twins), room, k_step)
                 if bk is None:
                     continue
-                cost = math.prod(split.loops) * _job_time(shape, bk, twins, budget)
+                cost = math.prod(split.loops) * _job_time(shape, bk, twins, budget) + tails
                 if best is None or cost < best[0] - 1e-15:
                     best = (cost, bm, bn, bk)
-    if best is None:
-        raise MaiacError("no matmul block fits TSRAM")
-    return best[1], best[2], best[3]
+    if best is None and not ragged and (len(ms) < len(divisors(m))):
+        # nothing native-shaped fits: any divisor (the TTU pads the block)
+        best = _best_blocks_any(m, n, *args)
+    return best
+
+
+def _best_blocks_any(m: int, n: int, *args: Any) -> tuple[float, int, int, int] | None:
+    (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
+     a_src, speedup, quant_ops, b_src, epilogue_ops, outputs) = args
+    one = dataclasses.replace(budget, native_m=1, native_n=1)
+    return _best_blocks(m, n, False, batch, k, a_size, b_size, one, extra_row_bytes, k_step,
+                        n_step, block_bytes, a_src, speedup, quant_ops, b_src, epilogue_ops,
+                        outputs)
+
+
+def _tails_cost(m: int, n: int, bm: int, bn: int, args: tuple) -> float | None:
+    """Modeled time of the ragged tail kernels of a ``bm x bn`` tiling (None: no fit)."""
+    mm_, nn_ = m // bm * bm, n // bn * bn
+    total = 0.0
+    for mr, nr in ((mm_, n - nn_), (m - mm_, nn_), (m - mm_, n - nn_)):
+        if mr and nr:
+            best = _best_blocks(mr, nr, False, *args)
+            if best is None:
+                return None
+            total += best[0] + args[4].dma_latency_s  # a kernel of its own
+    return total
 
 
 @dataclass(frozen=True)
@@ -172,7 +229,9 @@ def _job_time(s: _JobShape, bk: int, twins: bool, budget: Budget) -> float:
     a_blk, b_blk = s.bm * bk * s.a_src, bk * s.bn * s.b_src
     a_dist, b_dist = a_blk * sp[0] * sp[1], b_blk * sp[0] * sp[2]
     t_dma = max(dma(a_blk, a_dist), dma(b_blk, b_dist), (a_dist + b_dist) / hbm_bw + lat)
-    t_ttu = 2 * s.bm * s.bn * bk / (budget.tile_flops * s.speedup) + budget.instr_overhead_s
+    # the TTU works in native 32 x K x 32 blocks: a partial block costs a whole one
+    pm, pn = (-(-x // g) * g for x, g in ((s.bm, budget.native_m), (s.bn, budget.native_n)))
+    t_ttu = 2 * pm * pn * bk / (budget.tile_flops * s.speedup) + budget.instr_overhead_s
     t_tvp = (s.bm * bk * s.quant_ops / budget.tile_vec + budget.instr_overhead_s
              if s.quant_ops and budget.tile_vec else 0.0)
     steps = s.k // bk
@@ -227,11 +286,53 @@ def _deepest_k(k: int, bm: int, bn: int, a_size: float, b_size: float, room: int
     return None
 
 
+def block_candidates(extent: int, granule: int, n_tiles: int) -> list[int]:
+    """Block sizes along a dim of ``extent``: multiples of ``granule`` (the TTU's native 32
+    rows/columns, or whole packed bytes) that need not divide ``extent`` (the last block
+    is a ragged tail), one per job count up to twice the tiles, plus the divisors that are
+    multiples and the whole extent."""
+    if extent <= granule:
+        return [extent]
+    out = {extent} | {d for d in divisors(extent) if d % granule == 0}
+    for jobs in range(1, 2 * n_tiles + 1):
+        b = -(-extent // jobs)
+        out.add(min(extent, -(-b // granule) * granule))
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A rectangle ``[m0, m0 + mr) x [n0, n0 + nr)`` of the output tiled by ``bm x bn``
+    blocks that divide it."""
+
+    m0: int
+    mr: int
+    n0: int
+    nr: int
+    bm: int
+    bn: int
+    bk: int
+
+
+def _regions(m: int, n: int, bm: int, bn: int, bk: int, tail_blocks: Any) -> list[_Region]:
+    """The main region of whole ``bm x bn`` blocks and the ragged tails along M and N
+    (each tiled by ``tail_blocks(mr, nr)``)."""
+    mm_, nn_ = m // bm * bm, n // bn * bn
+    out = [_Region(0, mm_, 0, nn_, bm, bn, bk)]
+    for m0, mr, n0, nr in ((0, mm_, nn_, n - nn_), (mm_, m - mm_, 0, nn_),
+                           (mm_, m - mm_, nn_, n - nn_)):
+        if mr and nr:
+            out.append(_Region(m0, mr, n0, nr, *tail_blocks(mr, nr)))
+    return out
+
+
 def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budget,
                 bias: Tensor | None = None, act: str | None = None, fmt: str = "f32",
                 residual: Tensor | None = None, residual_fn: str = "add",
-                quant: MatmulQuant | None = None, glu: str | None = None) -> None:
-    """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``.
+                quant: MatmulQuant | None = None, glu: str | None = None) -> list[Kernel]:
+    """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``;
+    returns the kernels of the ragged tails (blocks need not divide M or N: the
+    remainder rows/columns run as kernels of their own, right after this one).
 
     ``glu`` (a binary fn, e.g. ``mul``): ``b`` is ``[K, 2N]``, the gate's columns then the
     up projection's, and ``out = glu(act(a @ b[:, :N]), a @ b[:, N:])``: each job streams
@@ -245,32 +346,54 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     """
     *batch_shape, m, n = out.shape
     k = a.shape[-1]
-    batch_shape = tuple(batch_shape)
-    a_batch = broadcast_strides(a.shape[:-2], batch_shape) if batch_shape else ()
-    b_batch = broadcast_strides(b.shape[:-2], batch_shape) if batch_shape else ()
-    a_batch = tuple(s * m * k for s in a_batch)
-    b_batch = tuple(s * k * n * (2 if glu else 1) for s in b_batch)
-    c_batch = tuple(s * m * n for s in contiguous(batch_shape)) if batch_shape else ()
     nbatch = math.prod(batch_shape)
     extra = itemsize(bias.dtype) if bias is not None else 0
     block = itemsize(residual.dtype) if residual is not None else 0  # a [bm, bn] block
     q = quant or MatmulQuant()
     a_size, b_size, k_step, n_step = _quant_sizes(q, itemsize(a.dtype), itemsize(b.dtype))
+    native_k = math.lcm(k_step, budget.native_k(fmt))
+    k_step = native_k if k % native_k == 0 else k_step  # K steps of whole TTU blocks
     speedup = _speedup(fmt, budget)
     quant_ops = VEC_OPS["quantize"] if q.fmt("a") is not None else 0.0
     epilogue_ops = ((1 if bias is not None else 0) + (VEC_OPS.get(act, 1) if act else 0)
                     + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0)
                     + (VEC_OPS.get(glu, 1) if glu else 0))
     halves = 2 if glu else 1
+    args = dict(extra_row_bytes=extra, k_step=k_step, n_step=n_step, block_bytes=block,
+                a_src=itemsize(a.dtype), speedup=speedup, quant_ops=quant_ops,
+                epilogue_ops=epilogue_ops, outputs=halves)
     try:
-        bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, extra, k_step,
-                                   n_step, block, itemsize(a.dtype), speedup, quant_ops,
-                                   epilogue_ops=epilogue_ops, outputs=halves)
+        bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, ragged=True,
+                                   **args)
+        regions = _regions(m, n, bm, bn, bk, lambda mr, nr: choose_blocks(
+            nbatch, mr, nr, k, a_size, b_size, budget, **args))
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (matmul {m}x{k} @ {k}x{n}): no tiling fits "
                          f"TSRAM ({budget.tsram_bytes} bytes per tile)") from err
-    extents = batch_shape + (m // bm, n // bn)
-    split = split_jobs(extents, budget.n_tiles)
+    kernels = [kernel] + [Kernel(op=kernel.op, kind=kernel.kind, uid=f"{kernel.uid}.tail{i}")
+                          for i in range(1, len(regions))]
+    for kern, region in zip(kernels, regions, strict=True):
+        _tile_region(kern, a, b, out, region, budget.n_tiles, bias, act, fmt, residual, residual_fn, q, glu)
+    kernel.flops += 2 * nbatch * m * n * k * halves
+    return kernels[1:]
+
+
+def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Region,
+                 n_tiles: int, bias: Tensor | None, act: str | None, fmt: str, residual: Tensor | None,
+                 residual_fn: str, q: MatmulQuant, glu: str | None) -> None:
+    """The instructions of one `_Region` of the matmul (see `tile_matmul`)."""
+    *batch_shape, m, n = out.shape
+    k = a.shape[-1]
+    m0, n0, bm, bn, bk = region.m0, region.n0, region.bm, region.bn, region.bk
+    batch_shape = tuple(batch_shape)
+    a_batch = broadcast_strides(a.shape[:-2], batch_shape) if batch_shape else ()
+    b_batch = broadcast_strides(b.shape[:-2], batch_shape) if batch_shape else ()
+    a_batch = tuple(s * m * k for s in a_batch)
+    b_batch = tuple(s * k * n * (2 if glu else 1) for s in b_batch)
+    c_batch = tuple(s * m * n for s in contiguous(batch_shape)) if batch_shape else ()
+    halves = 2 if glu else 1
+    extents = batch_shape + (region.mr // bm, region.nr // bn)
+    split = split_jobs(extents, n_tiles)
     grid = split.grid
     a_steps = a_batch + (bm * k, 0)
     b_steps = b_batch + (0, bn)
@@ -280,8 +403,9 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     if q.fmt("w") is not None and b.dtype == "u8":  # packed: [bk, bn] elements as bytes
         nb, bnb = payload_bytes(q.w_fmt, n), payload_bytes(q.w_fmt, bn)
         b_steps = b_batch + (0, bnb)
+        b_col0 = payload_bytes(q.w_fmt, n0) if n0 else 0
     else:
-        nb, bnb = n, bn
+        nb, bnb, b_col0 = n, bn, n0
     tb = kernel.scratch_buffer("b", b.dtype, (bk, halves * bnb))
     tc = kernel.scratch_buffer("c", "f32", (bm, bn))
     tu = kernel.scratch_buffer("c_up", "f32", (bm, bn)) if glu else None
@@ -290,7 +414,7 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     outer_a = split.loop_strides(a_steps)
     outer_b = split.loop_strides(b_steps)
     a_quant = _a_quantizer(kernel, q, ta, bm, bk, grid)
-    b_scale = _b_scale_loader(kernel, q, bk, bn, n, batch_shape, split, grid, halves)
+    b_scale = _b_scale_loader(kernel, q, bk, bn, n, batch_shape, split, grid, halves, n0)
     if glu:  # both halves' blocks in one DMA: [bk, 2, bn] -> TSRAM rows [gate | up]
         b_shape, b_strides, tb_strides = (bk, 2, bnb), (row, nb, 1), (2 * bnb, bnb, 1)
     else:
@@ -300,9 +424,9 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     def step(k_index: int, inner: bool) -> list:
         a_ls = outer_a + ((bk,) if inner else ())
         b_ls = outer_b + ((bk * row,) if inner else ())
-        src_a = Access(a.buf, a.dtype, (bm, bk), (k, 1), a.off + k_index * bk,
+        src_a = Access(a.buf, a.dtype, (bm, bk), (k, 1), a.off + m0 * k + k_index * bk,
                        split.tile_strides(a_steps), a_ls)
-        src_b = Access(b.buf, b.dtype, b_shape, b_strides, b.off + k_index * bk * row,
+        src_b = Access(b.buf, b.dtype, b_shape, b_strides, b.off + b_col0 + k_index * bk * row,
                        split.tile_strides(b_steps), b_ls)
         a_ops, a_mm, a_extra = a_quant
         b_ops, b_extras = b_scale(k_index, inner)
@@ -324,9 +448,11 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     c_block = Access(tc, "f32", (bm, bn), (bn, 1))
     if bias is not None:
         tbias = kernel.scratch_buffer("bias", bias.dtype, (bn,))
-        bias_steps = tuple(0 for _ in batch_shape) + (0, 1 if bias.shape[-1] > 1 else 0)
+        per_column = bias.shape[-1] > 1
+        bias_steps = tuple(0 for _ in batch_shape) + (0, 1 if per_column else 0)
         bias_steps = tuple(s * bn for s in bias_steps)
-        body.append(dma(Access(bias.buf, bias.dtype, (bn,), (1,), bias.off,
+        body.append(dma(Access(bias.buf, bias.dtype, (bn,), (1,),
+                               bias.off + (n0 if per_column else 0),
                                split.tile_strides(bias_steps), split.loop_strides(bias_steps)),
                         Access(tbias, bias.dtype, (bn,), (1,)), grid, queue=0))
         body.append(vec("add", [c_block, Access(tbias, bias.dtype, (bm, bn), (0, 1))], c_block,
@@ -337,12 +463,12 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
         body.append(vec(glu, [c_block, Access(tu, "f32", (bm, bn), (bn, 1))], c_block, grid))
     if residual is not None:
         body += _residual(kernel, residual, residual_fn, c_block, out.shape, bm, bn, split,
-                          grid)
-    body.append(dma(c_block, Access(out.buf, out.dtype, (bm, bn), (n, 1), out.off,
+                          grid, m0, n0)
+    body.append(dma(c_block, Access(out.buf, out.dtype, (bm, bn), (n, 1),
+                                    out.off + m0 * n + n0,
                                     split.tile_strides(c_steps), split.loop_strides(c_steps)),
                     grid, queue=1))
     kernel.body.extend(loop(split.trips, body))
-    kernel.flops += 2 * nbatch * m * n * k * halves
 
 
 def _a_quantizer(kernel: Kernel, q: MatmulQuant, ta: str, bm: int, bk: int,
@@ -373,7 +499,7 @@ def _a_quantizer(kernel: Kernel, q: MatmulQuant, ta: str, bm: int, bk: int,
 
 def _b_scale_loader(kernel: Kernel, q: MatmulQuant, bk: int, bn: int, n: int,
                     batch_shape: tuple[int, ...], split: JobSplit, grid: Sequence[int],
-                    halves: int = 1) -> Any:
+                    halves: int = 1, n0: int = 0) -> Any:
     """Per K step: (DMAs of the weight scales into TSRAM, mm fields for ``b``, one dict
     per half of a gated matmul's ``b``)."""
     wf, ws = q.fmt("w"), q.w_scales
@@ -399,7 +525,7 @@ def _b_scale_loader(kernel: Kernel, q: MatmulQuant, bk: int, bn: int, n: int,
                                           h * bn).to_dict()} for h in range(halves)]
 
     def load(k_index: int, inner: bool) -> tuple[list, list[dict]]:
-        src = Access(ws.buf, ws.dtype, shape, strides, ws.off + k_index * k_stride,
+        src = Access(ws.buf, ws.dtype, shape, strides, ws.off + n0 + k_index * k_stride,
                      split.tile_strides(steps), outer + ((k_stride,) if inner else ()))
         return [dma(src, local, grid, queue=2)], parts
     return load
@@ -410,13 +536,15 @@ def matmul_shapes_ok(a: Sequence[int], b: Sequence[int]) -> bool:
 
 
 def _residual(kernel: Kernel, r: Tensor, fn: str, c_block: Access, out_shape: Sequence[int],
-              bm: int, bn: int, split: JobSplit, grid: Sequence[int]) -> list:
+              bm: int, bn: int, split: JobSplit, grid: Sequence[int], m0: int = 0,
+              n0: int = 0) -> list:
     """DMA the residual's [bm, bn] block (broadcast dims read with stride 0) and combine."""
     strides = broadcast_strides(r.shape, out_shape)
     *batch, s_m, s_n = strides
     steps = tuple(batch) + (bm * s_m, bn * s_n)
     tr = kernel.scratch_buffer("residual", r.dtype, (bm, bn))
     local = Access(tr, r.dtype, (bm, bn), (bn, 1))
-    return [dma(Access(r.buf, r.dtype, (bm, bn), (s_m, s_n), r.off, split.tile_strides(steps),
+    return [dma(Access(r.buf, r.dtype, (bm, bn), (s_m, s_n), r.off + m0 * s_m + n0 * s_n,
+                       split.tile_strides(steps),
                        split.loop_strides(steps)), local, grid, queue=0),
             vec(fn, [c_block, local], c_block, grid)]

@@ -349,9 +349,9 @@ def test_dispatch_overhead_is_small():
     y = pb.output("y", "f32", (64,))
     t = pb.alloc("t", "tsram", 256)
     acc = pb.access
-    pb.emit(Dma(acc(x, "f32", (64,)), acc(t, "f32", (64,)), grid=(64,)))
+    pb.emit(Dma(acc(x, "f32", (64,)), acc(t, "f32", (64,)), grid=(36,)))
     pb.emit(*[Vec("add", [acc(t, "f32", (64,)), acc(t, "f32", (64,))], acc(t, "f32", (64,)),
-                  grid=(64,)) for _ in range(2000)])
+                  grid=(36,)) for _ in range(2000)])
     pb.emit(Dma(acc(t, "f32", (64,)), acc(y, "f32", (64,))))
     prog = pb.build()
     xin = np.zeros(64, np.float32)

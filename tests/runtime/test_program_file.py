@@ -151,15 +151,15 @@ def test_loop_stride_walks_out_of_buffer():
 
 def test_buffer_outside_capacity():
     prog = small_program()
-    prog.buffers[-1].addr = 2 * 2**20  # past the 2 MiB of TSRAM
+    prog.buffers[-1].addr = 3 * 2**20  # past the 3 MiB of TSRAM
     with pytest.raises(ProgramError, match="buffer 'tw'.*outside tsram"):
         validate_program(prog)
 
 
 def test_grid_larger_than_chip():
     prog = small_program()
-    prog.instructions[0].grid = (65,)
-    with pytest.raises(ProgramError, match="needs 65 tiles"):
+    prog.instructions[0].grid = (37,)  # maia200 has 36 active tiles
+    with pytest.raises(ProgramError, match="needs 37 tiles"):
         validate_program(prog)
 
 
