@@ -123,6 +123,15 @@ class SoftmaxOp(TensorOp):
 
 
 @irdl_op_definition
+class RowOp(TensorOp):
+    """A last-axis row ``fn`` whose result has the input's shape (``cumsum``), with the
+    function's ``params`` (a dictionary, e.g. ``{exclusive = 1, reverse = 0}``)."""
+
+    name = "maia.row"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
 class NormOp(TensorOp):
     """``fn`` = layernorm (x, scale, bias) | rmsnorm (x, scale) over the last axis."""
 
@@ -279,7 +288,7 @@ Maia = Dialect(
     "maia",
     [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
      ViewOp, ReshapeOp, ConcatOp, AttentionOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
-     VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp],
+     VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp, RowOp],
 )
 
 

@@ -1,4 +1,4 @@
-"""The ``maiac`` command line: compile, run, verify, report, opt, passes.
+"""The ``maiac`` command line: compile, run, verify, report, opt, passes, ops.
 
 Conventions (DESIGN §5, maiac/cli_errors.py): user errors (``MaiacError``) print one
 ``error: ...`` line on stderr and exit 2; click usage errors exit 2; a failed
@@ -635,12 +635,14 @@ def passes_cmd(show_pipeline: bool, quant: str | None, plugins: tuple[str, ...])
 def _register_commands() -> None:
     """Commands that live in their own modules (imported here, after main exists)."""
     from maiac.generate_cli import generate_cmd
+    from maiac.ops_cmd import ops_cmd
     from maiac.perf_cli import perf_cmd
     from maiac.target_cmd import target_cmd
 
     main.add_command(generate_cmd)
     main.add_command(perf_cmd)
     main.add_command(target_cmd)
+    main.add_command(ops_cmd)
 
 
 _register_commands()

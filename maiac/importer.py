@@ -45,6 +45,7 @@ from maiac.ir.onnx import (
     numpy_dtype_of_onnx,
     to_attribute,
 )
+from maiac.passes.lower_onnx import family_ops
 from maiac.passes.node_eval import EvaluationError, evaluate
 from maiac.runtime.errors import MaiacError
 
@@ -60,6 +61,7 @@ SUPPORTED_OPS: set[str] = {
     "Xor", "Floor", "Ceil", "Sign", "LogSoftmax", "ReduceMin",
 }  # fmt: skip
 """ONNX op types maiac accepts; other engineers add the ops they lower."""
+SUPPORTED_OPS.update(family_ops())  # the op families lowered in passes/lower_<family>.py
 
 SMALL_VALUE_LIMIT = 4096
 """Values with at most this many elements are tracked while inferring shapes."""
@@ -170,16 +172,11 @@ class _Importer:
             nodes.append(node)
         return nodes
 
-    def _check_supported(self, nodes: Iterable[onnx.NodeProto]) -> None:
-        for node in nodes:
-            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                   for a in node.attribute):
-                raise MaiacError(
-                    f"{self.describe(node)} has subgraphs (control flow), "
-                    "which maiac does not support"
-                )
-            if node.op_type not in SUPPORTED_OPS or node.op_type not in ONNX_OPS:
-                raise MaiacError(f"{self.describe(node)} is not supported by maiac")
+    def _check_supported(self, nodes: list[onnx.NodeProto]) -> None:
+        """Every unsupported op type of the model in one error (maiac.op_support)."""
+        from maiac.op_support import check_supported
+
+        check_supported(nodes, self.label)
 
     def _bind_inputs(self, inputs: list[onnx.ValueInfoProto], shapes: dict) -> None:
         """Static types for the graph inputs, binding symbolic dims from ``shapes``."""

@@ -543,6 +543,37 @@ RULES: dict[str, Callable[[Node], list[SSAValue]]] = {
 }
 BINARY["Sum"] = "add"
 
+# Lowering tables of further op families, one module each (passes/lower_<family>.py):
+# each defines ``RULES`` (op type -> rule) and ``FOLDED`` (op types fold-constants always
+# folds, e.g. Size); they import this module's helpers, so they are merged in on first use.
+FAMILY_MODULES = ("maiac.passes.lower_math", "maiac.passes.lower_norms",
+                  "maiac.passes.lower_index", "maiac.passes.lower_transformer")
+_FAMILY_RULES: dict[str, Callable[[Node], list[SSAValue]]] = {}
+_FAMILY_FOLDED: set[str] = set()
+
+
+def _load_families() -> None:
+    if _FAMILY_RULES or _FAMILY_FOLDED:
+        return
+    import importlib
+
+    for name in FAMILY_MODULES:
+        module = importlib.import_module(name)
+        _FAMILY_RULES.update(module.RULES)
+        _FAMILY_FOLDED.update(getattr(module, "FOLDED", ()))
+
+
+def all_rules() -> dict[str, Callable[[Node], list[SSAValue]]]:
+    """Every lowering rule: this module's ``RULES`` and the families'."""
+    _load_families()
+    return {**RULES, **_FAMILY_RULES}
+
+
+def family_ops() -> set[str]:
+    """The op types the family modules lower or always fold (for the importer)."""
+    _load_families()
+    return set(_FAMILY_RULES) | _FAMILY_FOLDED
+
 
 class LowerOnnxToMaiaPass(ModulePass):
     """Replace every `onnx` op by `maia` tensor ops (fails naming the first unsupported node)."""
@@ -552,14 +583,20 @@ class LowerOnnxToMaiaPass(ModulePass):
     def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
         for fn in op.walk():
             if isinstance(fn, func.FuncOp):
+                absent = []  # onnx.NoValue (an omitted optional input): dropped at the end
                 for onnx_op in list(fn.body.walk()):
-                    if onnx_op.name.startswith("onnx."):
+                    if onnx_op.name == "onnx.NoValue":
+                        absent.append(onnx_op)
+                    elif onnx_op.name.startswith("onnx."):
                         lower_one(onnx_op)
+                for none in absent:
+                    if not none.results[0].uses:
+                        Rewriter.erase_op(none)
 
 
 def lower_one(op: Operation) -> None:
     node = Node(op)
-    rule = RULES.get(op.name.removeprefix("onnx."))
+    rule = all_rules().get(op.name.removeprefix("onnx."))
     if rule is None:
         raise node.fail("no lowering to the Maia machine")
     try:

@@ -194,7 +194,12 @@ class FunctionTiler:
                 fmt=maia.attr(op, "fmt", "f32"))
         elif isinstance(op, maia.UnaryOp | maia.BinaryOp):
             params = {"fmod": 1} if maia.attr(op, "fmod") else None
+            if maia.attr(op, "params"):  # e.g. isinf's detect_positive/negative
+                params = {**(params or {}), **maia.attr(op, "params")}
             tile_elementwise(kernel, fn, ins, out, self.budget, params)
+        elif isinstance(op, maia.RowOp):
+            tile_elementwise(kernel, fn, ins, out, self.budget, maia.attr(op, "params"),
+                             row=True)
         elif isinstance(op, maia.WhereOp):
             tile_elementwise(kernel, "where", ins, out, self.budget)
         elif isinstance(op, maia.ReduceOp | maia.SoftmaxOp):

@@ -24,7 +24,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from maiac.runtime import isa
+from maiac.runtime import isa, tvp_math
 from maiac.runtime.conversions import convert_input
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
@@ -257,6 +257,7 @@ _FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "rope": ("float", lambda x, c, s, at: _rope(x, c, s)),
     "causal_mask": ("float", lambda s, q, k, at: np.where(k > q, np.float32(-np.inf), s)),
 }
+_FNS.update(tvp_math.FNS)  # the op families' functions (round, cumsum, bit ops, ...)
 assert set(_FNS) == set(isa.VEC_FNS), set(isa.VEC_FNS) ^ set(_FNS)
 
 

@@ -68,6 +68,11 @@ QUANT_FNS = ("quantize",)
 #   causal mask of a score block generated from the positions of its rows ([bq, 1]) and
 #   columns ([1, bk]) instead of loaded from memory.
 POSITIONAL_FNS = ("rope", "causal_mask")
+# The op families' functions (runtime/tvp_math.py), appended to their arity groups.
+UNARY_FNS += ("round", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+              "atanh", "isinf", "bitwise_not")
+BINARY_FNS += ("bitshift_left", "bitshift_right", "bitwise_and", "bitwise_or", "bitwise_xor")
+ROW_FNS += ("cumsum",)
 VEC_FNS = UNARY_FNS + BINARY_FNS + TERNARY_FNS + ROW_FNS + QUANT_FNS + POSITIONAL_FNS
 
 

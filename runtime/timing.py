@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maiac.runtime import tvp_math
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.memory import StepMap, block_extent, distinct_bytes, itemsize, numel
@@ -62,6 +63,7 @@ VEC_OPS: dict[str, int] = {
     "rope": 3,  # x*cos, rotated*sin (the sign flip is free), add
     "causal_mask": 2,  # compare, select
 }
+VEC_OPS.update(tvp_math.VEC_OPS)  # the op families' functions
 ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "quantize")
 
 

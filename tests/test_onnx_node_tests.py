@@ -2,14 +2,22 @@
 
 A case may only fail with a documented limit of the machine (maiac.conformance.
 KNOWN_LIMITS: unsupported element types, training-mode ops, zero-size tensors, ...);
-any other failure or wrong value fails this test, naming the cases.
+any other failure or wrong value fails this test, naming the cases. The run over all
+1,884 cases (unsupported ops included) is scripts/gen_ops_doc.py, which writes
+docs/ops.md.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from maiac.conformance import known_limit, node_cases, run_case, supported_cases
+from maiac.conformance import (
+    is_transformer_case,
+    known_limit,
+    node_cases,
+    run_case,
+    supported_cases,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,4 +33,6 @@ def test_no_unexpected_failures(results: list) -> None:
 
 def test_pass_rate(results: list) -> None:
     passed = sum(r.status == "pass" for r in results)
-    assert passed >= 565, f"{passed}/{len(results)} node tests pass"
+    assert passed >= 875, f"{passed}/{len(results)} node tests pass"
+    transformer = [r for r in results if is_transformer_case(r)]
+    assert sum(r.status == "pass" for r in transformer) >= 640
