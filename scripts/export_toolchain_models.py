@@ -301,6 +301,151 @@ def export_genai(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
     return entries
 
 
+TESTS_DATA = DATA.parent  # the torch.onnx exports the ORT tools start from
+
+
+def _stored_feeds(source: str) -> Callable[[ort.InferenceSession], dict[str, np.ndarray]]:
+    def feeds(session: ort.InferenceSession) -> dict[str, np.ndarray]:
+        with np.load(TESTS_DATA / f"{source}.inputs.npz") as npz:
+            stored = {k: npz[k] for k in npz.files}
+        return {i.name: stored[i.name] for i in session.get_inputs()}
+    return feeds
+
+
+ORTOPT_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # name -> (tests/data source export, model_type, FusionOptions overrides)
+    "ortopt_bert": ("bert_torchscript", "bert", {}),
+    "ortopt_bert_mha": ("bert_torchscript", "bert", {"use_multi_head_attention": True}),
+    "ortopt_gpt2": ("gpt2_torchscript", "gpt2", {}),
+}
+
+
+def export_ortopt(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """onnxruntime.transformers.optimizer (offline, opt_level 0: the Python fusions only)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    entries = {}
+    for name, (source, model_type, overrides) in ORTOPT_MODELS.items():
+        if only and name not in only:
+            continue
+        options = FusionOptions(model_type)
+        for key, value in overrides.items():
+            setattr(options, key, value)
+        start = time.perf_counter()
+        optimized = optimize_model(str(TESTS_DATA / f"{source}.onnx"), model_type=model_type,
+                                   num_heads=4, hidden_size=64, optimization_options=options,
+                                   opt_level=0, use_gpu=False)
+        export_s = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            optimized.save_model_to_file(str(path))
+            entry = {"toolchain": "onnxruntime.transformers.optimizer", "source": source,
+                     "model_type": model_type, "fusion_options": overrides,
+                     "export_s": round(export_s, 2), "fused": optimized.get_fused_operator_statistics()}
+            entries[name] = write(name, path, _stored_feeds(source), entry)
+    return entries
+
+
+def _calibration(source: str):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    with np.load(TESTS_DATA / f"{source}.inputs.npz") as npz:
+        stored = {k: npz[k] for k in npz.files}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(7)
+            batches = [stored]
+            for _ in range(3):
+                batch = dict(stored)
+                if "input_ids" in batch:
+                    batch["input_ids"] = rng.integers(1, VOCAB, stored["input_ids"].shape)
+                batches.append(batch)
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    return Reader()
+
+
+def _quant_static(source: str, out: Path, **kwargs: Any) -> None:
+    from onnxruntime.quantization import quantize_static
+
+    quantize_static(str(TESTS_DATA / f"{source}.onnx"), str(out), _calibration(source), **kwargs)
+
+
+def _quant_dynamic(source: str, out: Path, **kwargs: Any) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(TESTS_DATA / f"{source}.onnx"), str(out), **kwargs)
+
+
+def _quant_nbits(source: str, out: Path, **kwargs: Any) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    quant_format = kwargs.pop("quant_format", None)
+    config = DefaultWeightOnlyQuantConfig(**kwargs, **({"quant_format": quant_format}
+                                                       if quant_format is not None else {}))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(TESTS_DATA / f"{source}.onnx")),
+                                     algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+
+
+def _ortquant_models() -> dict[str, tuple[str, Callable[..., None], dict[str, Any]]]:
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    return {
+        # QDQ, int8 weights per output channel, int8 activations (static scales)
+        "ortquant_llama_qdq_s8": ("llama_torchscript", _quant_static, {
+            "quant_format": QuantFormat.QDQ, "per_channel": True,
+            "activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
+            "op_types_to_quantize": ["MatMul"]}),
+        # QDQ, uint8 activations, int8 weights per tensor
+        "ortquant_bert_qdq_u8": ("bert_torchscript", _quant_static, {
+            "quant_format": QuantFormat.QDQ, "per_channel": False,
+            "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+            "op_types_to_quantize": ["MatMul"]}),
+        # QOperator: QLinearMatMul
+        "ortquant_bert_qlinear": ("bert_torchscript", _quant_static, {
+            "quant_format": QuantFormat.QOperator, "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8, "op_types_to_quantize": ["MatMul"]}),
+        # dynamic: DynamicQuantizeLinear + MatMulInteger
+        "ortquant_gpt2_dynamic": ("gpt2_torchscript", _quant_dynamic, {
+            "weight_type": QuantType.QInt8, "op_types_to_quantize": ["MatMul"]}),
+        # weight-only int4 with zero points (asymmetric), block 32: MatMulNBits
+        "ortquant_llama_int4_zp": ("llama_torchscript", _quant_nbits, {
+            "block_size": 32, "is_symmetric": False, "accuracy_level": 0}),
+        # weight-only int4, block 64, as blocked QDQ (DequantizeLinear INT4, opset 21; from the
+    # opset-18 export: the tool bumps the opset without rewriting ReduceMean axes attributes)
+        "ortquant_llama_int4_qdq": ("llama_dynamo", _quant_nbits, {
+            "block_size": 64, "is_symmetric": True, "quant_format": QuantFormat.QDQ}),
+    }
+
+
+def export_ortquant(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """onnxruntime.quantization on the tests/data exports: QDQ, QOperator, dynamic, int4."""
+    entries = {}
+    for name, (source, run, kwargs) in _ortquant_models().items():
+        if only and name not in only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            start = time.perf_counter()
+            run(source, path, **dict(kwargs))
+            entry = {"toolchain": "onnxruntime.quantization", "source": source,
+                     "method": run.__name__.lstrip("_"),
+                     "options": {k: str(v) for k, v in kwargs.items()},
+                     "export_s": round(time.perf_counter() - start, 2)}
+            entries[name] = write(name, path, _stored_feeds(source), entry)
+    return entries
+
+
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -313,6 +458,8 @@ def _dist_version(name: str) -> str | None:
 TOOLCHAINS: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
     "optimum": export_optimum,
     "genai": export_genai,
+    "ortopt": export_ortopt,
+    "ortquant": export_ortquant,
 }
 
 

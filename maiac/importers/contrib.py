@@ -33,6 +33,16 @@ def simplified_layer_norm(e: Expansion) -> None:
     e.rms_norm(e.input(0), e.input(1), float(e.attr("epsilon", 1e-5)), e.output(0))
 
 
+def old_opset_layer_norm(e: Expansion) -> None:
+    """LayerNormalization in a model of opset < 17 (onnxruntime runs it as its own op)."""
+    axis = int(e.attr("axis", -1))
+    if axis != -1:
+        raise e.fail(f"axis {axis} is not supported (only the last axis, -1)")
+    if e.output(1) or e.output(2):
+        raise e.fail("the Mean / InvStdDev outputs are not supported")
+    e.layer_norm(e.input(0), e.input(1), e.input(2), float(e.attr("epsilon", 1e-5)), e.output(0))
+
+
 def _skip_sum(e: Expansion, bias_index: int) -> str:
     """``input + skip (+ bias)``, named as the node's input_skip_bias_sum output if used."""
     total = e.one("Add", [e.input(0), e.input(1)],
@@ -335,10 +345,129 @@ def rotary_embedding(e: Expansion) -> None:
     e.one("Identity", [y], e.output(0))
 
 
+def _padding_mask(e: Expansion, mask: str, keys: str, filter_value: float) -> str:
+    """The additive ``[B, 1, S|1, T]`` mask of an Attention/MHA mask input (CPU semantics).
+
+    ``[B]``: each row's key count (right padding: keys ``j >= len_b`` are masked); ``[B, T]``
+    or ``[B, S, T]``: raw 0/1 masks (0 = masked). Masked keys get ``mask_filter_value``.
+    """
+    rank = _rank(e, mask)
+    zero, fill = e.f32(0.0), e.f32(filter_value)
+    if rank == 1:
+        lengths = e.unsqueeze(e.one("Cast", [mask], to=TensorProto.INT64), [1, 2, 3])
+        return e.one("Where", [e.one("Less", [e.unsqueeze(keys, [0, 1, 2]), lengths]), zero, fill])
+    if rank in (2, 3):
+        keep = e.one("Greater", [e.one("Cast", [mask], to=TensorProto.FLOAT), zero])
+        additive = e.one("Where", [keep, zero, fill])
+        return e.unsqueeze(additive, [1, 2] if rank == 2 else [1])
+    raise e.fail(f"a mask of rank {rank} is not supported (only [B] lengths or [B, (S,) T] masks)")
+
+
+def _multi_head(e: Expansion, q: str, k: str, v: str, heads: int, head_size: int | None,
+                mask: str, output: str) -> None:
+    """softmax(q kᵀ · scale + masks) v over ``heads``; q/k/v ``[B, S, heads * D]``."""
+    scale = float(e.attr("scale", 0.0)) or (1.0 / np.sqrt(head_size) if head_size else 0.0)
+    if not scale:
+        raise e.fail("needs the head size (or a scale attribute) for the default scale")
+
+    def heads_first(x: str) -> str:
+        return e.one("Transpose", [e.one("Reshape", [x, e.i64([0, 0, heads, -1])])],
+                     perm=[0, 2, 1, 3])
+
+    qh, kh, vh = heads_first(q), heads_first(k), heads_first(v)
+    scores = e.one("Mul", [e.one("MatMul", [qh, e.one("Transpose", [kh], perm=[0, 1, 3, 2])]),
+                           e.f32(scale)])
+    filter_value = float(e.attr("mask_filter_value", -10000.0))
+    keys = e.one("Range", [e.const(np.int64(0)), _scalar(e, e.dim(k, 1)), e.const(np.int64(1))])
+    if mask:
+        scores = e.one("Add", [scores, _padding_mask(e, mask, keys, filter_value)])
+    if int(e.attr("unidirectional", 0)):
+        queries = e.one("Range", [e.const(np.int64(0)), _scalar(e, e.dim(q, 1)),
+                                  e.const(np.int64(1))])
+        later = e.one("Greater", [e.unsqueeze(keys, [0]), e.unsqueeze(queries, [1])])
+        scores = e.one("Add", [scores, e.one("Where", [later, e.f32(filter_value),
+                                                       e.f32(0.0)])])
+    probs = e.one("Softmax", [scores], axis=-1)
+    context = e.one("Transpose", [e.one("MatMul", [probs, vh])], perm=[0, 2, 1, 3])
+    e.one("Reshape", [context, e.i64([0, 0, -1])], output)
+
+
+def attention(e: Expansion) -> None:
+    """com.microsoft Attention (the BERT/GPT-2 optimizer's fused self-attention), no past."""
+    for index, what in ((4, "past"), (5, "attention_bias"), (6, "past_sequence_length")):
+        if e.input(index):
+            raise e.fail(f"the {what} input is not supported")
+    if e.attr("do_rotary", 0) or e.attr("past_present_share_buffer", 0):
+        raise e.fail("do_rotary / past_present_share_buffer are not supported")
+    if len(e.node.output) > 1 and e.output(1):
+        raise e.fail("the present output is not supported")
+    heads = int(e.attr("num_heads"))
+    weights = e.initializers.get(e.input(1))
+    sizes = list(e.attr("qkv_hidden_sizes", []) or [])
+    if not sizes:
+        if weights is None:
+            raise e.fail("needs qkv_hidden_sizes or constant weights")
+        sizes = [int(weights.dims[1]) // 3] * 3
+    qkv = e.one("MatMul", [e.input(0), e.input(1)])
+    if e.input(2):
+        qkv = e.one("Add", [qkv, e.input(2)])
+    q, k, v = e.split(qkv, sizes, 2)
+    _multi_head(e, q, k, v, heads, sizes[0] // heads, e.input(3), e.output(0))
+
+
+def multi_head_attention(e: Expansion) -> None:
+    """com.microsoft MultiHeadAttention with separate [B, S, hidden] q/k/v, no past."""
+    for index, what in ((5, "attention_bias"), (6, "past_key"), (7, "past_value")):
+        if e.input(index):
+            raise e.fail(f"the {what} input is not supported")
+    if any(e.output(i) for i in (1, 2)):
+        raise e.fail("the present outputs are not supported")
+    heads = int(e.attr("num_heads"))
+    q, k, v = e.input(0), e.input(1), e.input(2)
+    if not k or not v or _rank(e, k) != 3:
+        raise e.fail("only separate 3-D query, key and value are supported (no packed QKV)")
+    hidden = e.last_dim(q)
+    if e.input(3):
+        if hidden is None:
+            raise e.fail("a bias needs the static hidden size of the query")
+        kv_hidden = e.last_dim(k) or hidden
+        bq, bk, bv = e.split(e.input(3), [hidden, kv_hidden, kv_hidden], 0)
+        q, k, v = e.one("Add", [q, bq]), e.one("Add", [k, bk]), e.one("Add", [v, bv])
+    _multi_head(e, q, k, v, heads, hidden // heads if hidden else None, e.input(4), e.output(0))
+
+
+def embed_layer_norm(e: Expansion) -> None:
+    """EmbedLayerNormalization: word + position (+ segment) embeddings, then LayerNorm.
+
+    Output 1 (mask_index) is the per-row count of mask ones, as onnxruntime computes it.
+    """
+    ids, segments = e.input(0), e.input(1)
+    words = e.one("Gather", [e.input(2), ids], axis=0)
+    if e.input(8):
+        positions = e.input(8)
+    else:
+        positions = e.unsqueeze(e.one("Range", [e.const(np.int64(0)), _scalar(e, e.dim(ids, 1)),
+                                                e.const(np.int64(1))]), [0])
+    total = e.one("Add", [words, e.one("Gather", [e.input(3), positions], axis=0)])
+    if segments and e.input(4):
+        total = e.one("Add", [total, e.one("Gather", [e.input(4), segments], axis=0)])
+    if e.output(2):
+        total = e.one("Identity", [total], e.output(2))
+    e.layer_norm(total, e.input(5), e.input(6), float(e.attr("epsilon", 1e-12)), e.output(0))
+    if e.output(1):
+        if e.input(7):
+            count = e.reduce("ReduceSum", e.one("Cast", [e.input(7)], to=TensorProto.INT32), [1], 0)
+        else:
+            count = e.one("Expand", [e.one("Cast", [e.dim(ids, 1)], to=TensorProto.INT32),
+                                     e.dim(ids, 0)])
+        e.one("Identity", [count], e.output(1))
+
+
 EXPANSIONS: dict[tuple[str, str], Callable[[Expansion], None]] = {
     ("", "SimplifiedLayerNormalization"): simplified_layer_norm,
     (MS, "SimplifiedLayerNormalization"): simplified_layer_norm,
     (MS, "SkipSimplifiedLayerNormalization"): skip_simplified_layer_norm,
+    ("", "LayerNormalization"): old_opset_layer_norm,
     (MS, "SkipLayerNormalization"): skip_layer_norm,
     (MS, "FastGelu"): fast_gelu,
     (MS, "BiasGelu"): bias_gelu,
@@ -347,5 +476,11 @@ EXPANSIONS: dict[tuple[str, str], Callable[[Expansion], None]] = {
     (MS, "MatMulNBits"): matmul_nbits,
     (MS, "GroupQueryAttention"): group_query_attention,
     (MS, "RotaryEmbedding"): rotary_embedding,
+    (MS, "Attention"): attention,
+    (MS, "MultiHeadAttention"): multi_head_attention,
+    (MS, "EmbedLayerNormalization"): embed_layer_norm,
 }
 """(domain, op type) → the expansion into standard ONNX."""
+
+STANDARD_SINCE: dict[tuple[str, str], int] = {("", "LayerNormalization"): 17}
+"""Ops expanded only in models of an older default opset (standard ONNX from this one on)."""

@@ -20,8 +20,20 @@ def _domain(node: onnx.NodeProto) -> str:
     return "" if node.domain in _DEFAULT else node.domain
 
 
+def _rule(node: onnx.NodeProto, opset: int) -> Callable[[Expansion], None] | None:
+    key = (_domain(node), node.op_type)
+    if opset >= contrib.STANDARD_SINCE.get(key, 1 << 30):
+        return None
+    return EXPANSIONS.get(key)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT), 1)
+
+
 def needs_expansion(model: onnx.ModelProto) -> bool:
-    return any((_domain(n), n.op_type) in EXPANSIONS for n in model.graph.node)
+    opset = _default_opset(model)
+    return any(_rule(n, opset) is not None for n in model.graph.node)
 
 
 def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -33,7 +45,7 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     if not needs_expansion(model):
         return model
-    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT), 1)
+    opset = _default_opset(model)
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     hints = StaticHints(model)
@@ -41,7 +53,7 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
     added: list[onnx.TensorProto] = []
     quant_hints: dict[str, dict] = {}
     for index, node in enumerate(graph.node):
-        rule = EXPANSIONS.get((_domain(node), node.op_type))
+        rule = _rule(node, opset)
         if rule is None:
             nodes.append(node)
             continue
@@ -116,6 +128,13 @@ class StaticHints:
                 self.dims[out] = int(inits[ins[0]].dims[-1])
                 if ins[1] in self.ranks:
                     self.ranks[out] = self.ranks[ins[1]] + len(inits[ins[0]].dims) - 1
+            elif node.op_type == "ReduceSum" and ins and ins[0] in self.ranks:
+                axes = attrs.get("axes")
+                if axes is None and len(ins) > 1 and ins[1] in inits:
+                    axes = list(onnx.numpy_helper.to_array(inits[ins[1]]).reshape(-1))
+                if axes is not None:
+                    keep = attrs.get("keepdims", 1)
+                    self.ranks[out] = self.ranks[ins[0]] - (0 if keep else len(axes))
             elif node.op_type in ("Add", "Mul", "Sub", "Div", "SimplifiedLayerNormalization",
                                   "SkipSimplifiedLayerNormalization", "SkipLayerNormalization",
                                   "LayerNormalization", "FastGelu", "BiasGelu", "Gelu",
