@@ -359,6 +359,9 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                     + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0)
                     + (VEC_OPS.get(glu, 1) if glu else 0))
     halves = 2 if glu else 1
+    wf = q.fmt("w")
+    if q.w_scales is not None and wf is not None and not wf.is_blocked:
+        extra += itemsize(q.w_scales.dtype) * halves  # per-column scales: a [1, bn] block
     args = dict(extra_row_bytes=extra, k_step=k_step, n_step=n_step, block_bytes=block,
                 a_src=itemsize(a.dtype), speedup=speedup, quant_ops=quant_ops,
                 epilogue_ops=epilogue_ops, outputs=halves)
