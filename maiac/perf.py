@@ -51,12 +51,13 @@ PAPER = {"model": "qwen2.5-7b", "context": 16384, "quant": "bf16", "kv_cache": "
          "batch": [1], "published_tokens_per_s": 2434.0,
          "source": "arXiv 2608.24664, Qwen2.5-7B decode on one chip (batch not stated)"}
 SUMMED = ("modeled_time_s", "hbm_bytes", "weight_bytes", "flops", "hbm_busy_s",
-          "ttu_busy_s", "tvp_busy_s", "dma_busy_s")
+          "ttu_busy_s", "tvp_busy_s", "dma_busy_s", "net_busy_s")
 
 
 @dataclass
 class PerfOptions:
-    """A sweep; CLI flags map 1:1 (``chips`` is reserved for tensor parallelism)."""
+    """A sweep; CLI flags map 1:1. ``chips``: tensor-parallel group sizes (maiac/chips.py;
+    figures per chip, TPOT of the group, scaling efficiency against one chip)."""
 
     batch: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
     context: list[int] = field(default_factory=lambda: [1024, 8192, 32768])
@@ -69,6 +70,7 @@ class PerfOptions:
     jobs: int = 0                        # parallel compile processes (0: one per core, <= 4)
     cache_dir: str | None = None         # None: $MAIAC_CACHE_DIR or ~/.cache/maiac/perf
     use_cache: bool = True
+    chips: list[int] = field(default_factory=lambda: [1])
 
     def check(self) -> None:
         for name, values in (("--batch", self.batch), ("--context", self.context)):
@@ -79,6 +81,8 @@ class PerfOptions:
             raise MaiacError(f"--kv-cache {bad[0]!r}: one of {', '.join(KV_DTYPES)}")
         if self.layers not in ("extrapolate", "all"):
             raise MaiacError(f"--layers must be extrapolate or all, got {self.layers!r}")
+        if not self.chips or any(c < 1 for c in self.chips):
+            raise MaiacError(f"--chips needs positive integers, got {self.chips}")
         if self.price_per_hour is not None and self.price_per_hour < 0:
             raise MaiacError("--price-per-hour must be >= 0")
 
@@ -162,6 +166,7 @@ class Task:
     layers: int          # 0 = the whole file / config
     target: str
     target_params: tuple[tuple[str, str], ...]
+    chips: int = 1
 
 
 def _code_fingerprint() -> str:
@@ -181,7 +186,7 @@ def task_key(task: Task) -> str:
     target = get_target(task.target, dict(task.target_params) or None).to_json()
     blob = json.dumps({"model": task.model.key, "mode": task.mode, "batch": task.batch,
                        "context": task.context, "quant": task.quant, "kv": task.kv_cache,
-                       "layers": task.layers, "target": target,
+                       "layers": task.layers, "target": target, "chips": task.chips,
                        "code": _code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -205,12 +210,19 @@ def run_task(task: Task) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compiled = compile_model(graph, quant=quant, shapes=shapes, target=task.target,
-                                     target_params=dict(task.target_params) or None,
-                                     shape_only=True)
+            if task.chips > 1:  # ranks 0-1 time the group (maiac/chips.py)
+                from maiac.chips import compile_chips
+
+                group = compile_chips(graph, task.chips, quant=quant, shapes=shapes,
+                                      target=task.target, shape_only=True, ranks="timing",
+                                      target_params=dict(task.target_params) or None)
+            else:
+                compiled = compile_model(graph, quant=quant, shapes=shapes, target=task.target,
+                                         target_params=dict(task.target_params) or None,
+                                         shape_only=True)
     except MaiacError as err:
         return {"error": str(err), "compile_s": time.perf_counter() - start}
-    rep = simulate(compiled.program).to_json()
+    rep = group.report() if task.chips > 1 else simulate(compiled.program).to_json()
     busy = {e["name"]: e["busy_s"] for e in rep["engines"]}
     return {
         "modeled_time_s": rep["modeled_time_s"], "hbm_bytes": rep["hbm_bytes"],
@@ -218,6 +230,7 @@ def run_task(task: Task) -> dict[str, Any]:
         "hbm_busy_s": rep.get("hbm_busy_s", 0.0), "ttu_busy_s": busy.get("ttu", 0.0),
         "tvp_busy_s": busy.get("tvp", 0.0),
         "dma_busy_s": max((v for k, v in busy.items() if k.startswith("dma")), default=0.0),
+        "net_busy_s": max((c["net_busy_s"] for c in rep.get("per_chip", [])), default=0.0),
         "compile_s": time.perf_counter() - start,
     }
 
@@ -327,21 +340,29 @@ def sweep(model: str, options: PerfOptions | None = None,
         for kv in opts.kv_cache:
             for c in opts.context:
                 for n in layer_counts:
-                    tasks.append(Task(shape, "prefill", 1, c, q, kv, n, opts.target, params))
-                    tasks += [Task(shape, "decode", b, c, q, kv, n, opts.target, params)
-                              for b in opts.batch]
+                    for g in opts.chips:
+                        tasks.append(Task(shape, "prefill", 1, c, q, kv, n, opts.target, params,
+                                          g))
+                        tasks += [Task(shape, "decode", b, c, q, kv, n, opts.target, params, g)
+                                  for b in opts.batch]
     results = run_tasks(tasks, opts.jobs, TaskCache(opts.cache_dir, opts.use_cache), progress)
     base_layers = 0 if not extrapolate else 1
     points = []
     for q in opts.quant:
         for kv in opts.kv_cache:
             for c in opts.context:
-                pre = _figures(results, Task(shape, "prefill", 1, c, q, kv, base_layers,
-                                             opts.target, params), shape, extrapolate)
                 for b in opts.batch:
-                    dec = _figures(results, Task(shape, "decode", b, c, q, kv, base_layers,
-                                                 opts.target, params), shape, extrapolate)
-                    points.append(_point(shape, target, opts, b, c, q, kv, pre, dec))
+                    one_chip = None
+                    for g in opts.chips:
+                        pre = _figures(results, Task(shape, "prefill", 1, c, q, kv, base_layers,
+                                                     opts.target, params, g), shape, extrapolate)
+                        dec = _figures(results, Task(shape, "decode", b, c, q, kv, base_layers,
+                                                     opts.target, params, g), shape, extrapolate)
+                        point = _point(shape, target, opts, b, c, q, kv, pre, dec)
+                        if len(opts.chips) > 1 or g > 1:
+                            _chips_figures(point, g, shape, dec, one_chip, target.hbm_bytes)
+                        one_chip = point if g == 1 and "error" not in point else one_chip
+                        points.append(point)
     return {"model": shape.name, "target": target.name, "layers": shape.layers,
             "layers_mode": "extrapolated from 1 and 2 layers" if extrapolate else "all",
             "hbm_capacity_bytes": target.hbm_bytes, "tdp_w": TDP_W,
@@ -349,6 +370,29 @@ def sweep(model: str, options: PerfOptions | None = None,
 
 
 TDP_W = 750.0  # Maia 200 SoC TDP, PUBLIC (MAIA200_FACTS.md [MS])
+
+
+def _chips_figures(point: dict[str, Any], chips: int, shape: ModelShape, dec: dict[str, Any],
+                   one_chip: dict[str, Any] | None, hbm_bytes: float) -> None:
+    """Tensor-parallel keys of a point: per-chip KV and fit (KV heads split, or shared by
+    chips / kv_heads chips each), network share, speedup and scaling efficiency."""
+    point["chips"] = chips
+    if "error" in point:
+        return
+    kv_share = 1 / min(chips, shape.kv_heads)
+    point["kv_cache_bytes_per_chip"] = point["kv_cache_bytes"] * kv_share
+    point["hbm_per_chip_bytes"] = point["weight_bytes"] + point["kv_cache_bytes_per_chip"]
+    point["fits"] = point["hbm_per_chip_bytes"] <= hbm_bytes
+    per_seq = point["kv_cache_bytes_per_chip"] / point["batch"]
+    point["max_batch"] = max(0, int((hbm_bytes - point["weight_bytes"]) // per_seq))
+    point["tokens_per_s_per_chip"] = point["tokens_per_s"] / chips
+    point["energy_per_token_j"] = point["energy_per_token_j"] * chips  # every chip draws TDP
+    if point.get("usd_per_million_tokens") is not None:
+        point["usd_per_million_tokens"] *= chips
+    point["collective_share"] = dec.get("net_busy_s", 0.0) / point["tpot_s"]
+    if one_chip is not None:
+        point["speedup"] = one_chip["tpot_s"] / point["tpot_s"]
+        point["scaling_efficiency"] = point["speedup"] / chips
 
 
 def _point(shape: ModelShape, target: Any, opts: PerfOptions, batch: int, context: int,

@@ -48,6 +48,8 @@ def format_table(result: dict[str, Any]) -> str:
              f"energy at {result['tdp_w']:.0f} W TDP", head]
     for p in result["points"]:
         key = f"{p['batch']:>5} {p['context']:>6} {p['quant']:>6} {p['kv_cache']:>4}"
+        if "chips" in p:
+            key = f"{p['chips']:>3}x {key}"
         if "error" in p:
             lines.append(f"{key} error: {p['error']}")
             continue
@@ -55,7 +57,10 @@ def format_table(result: dict[str, Any]) -> str:
             f"{key} {_ms(p['ttft_s']):>9} {_ms(p['tpot_s']):>9} {p['tokens_per_s']:>9,.0f} "
             f"{_gb(p['weight_bytes']):>6} {_gb(p['kv_cache_bytes']):>6} "
             f"{'yes' if p['fits'] else 'NO':>4} {p['max_batch']:>5} {p['bound']:>5} "
-            f"{p['energy_per_token_j']:>7.3f} {_usd(p['usd_per_million_tokens']):>7}")
+            f"{p['energy_per_token_j']:>7.3f} {_usd(p['usd_per_million_tokens']):>7}"
+            + (f"  {p['tokens_per_s_per_chip']:,.0f} tok/s/chip, net {p['collective_share']:.0%}"
+               + (f", efficiency {p['scaling_efficiency']:.0%}" if "scaling_efficiency" in p
+                  else "") if "chips" in p else ""))
         for c in p.get("compare", []):
             if "error" in c:
                 continue
@@ -144,6 +149,9 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--kv-cache", default="bf16,fp8", show_default=True, help="KV formats (comma list).")
 @click.option("--layers", type=click.Choice(["extrapolate", "all"]), default="extrapolate",
               show_default=True, help="Presets: compile 1 and 2 layers and extrapolate, or all.")
+@click.option("--chips", "chips_text", default="1", show_default=True,
+              help="Tensor-parallel chip counts (comma list): TPOT, tokens/s per chip, "
+                   "scaling efficiency.")
 @click.option("--price-per-hour", type=float, default=None, help="$ per chip-hour (for $/M tokens).")
 @click.option("--compare", "compare_specs", metavar="SPEC.toml", multiple=True,
               help="Roofline estimate for another accelerator (a TOML spec, or a shipped name: "
@@ -157,7 +165,7 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--html", "html_out", metavar="OUT.html", default=None,
               help="Write a self-contained page with plots.")
 def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, quant: str,
-             kv_cache: str, layers: str, price_per_hour: float | None,
+             kv_cache: str, layers: str, chips_text: str, price_per_hour: float | None,
              compare_specs: tuple[str, ...], jobs: int, cache_dir: str | None, no_cache: bool,
              target: str, target_param: tuple[str, ...], as_json: bool,
              html_out: str | None) -> None:
@@ -181,7 +189,7 @@ def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, qu
     opts = PerfOptions(batch=batch_list, context=context_list, quant=quant_list,
                        kv_cache=kv_list, layers=layers, target=target, target_params=params,
                        price_per_hour=price_per_hour, jobs=jobs, cache_dir=cache_dir,
-                       use_cache=not no_cache)
+                       use_cache=not no_cache, chips=_ints(chips_text, "--chips"))
     result = sweep(model, opts, progress=progress)
     if specs:
         maia = maia_roofline_spec(get_target(target, params), result["tdp_w"], price_per_hour)

@@ -228,3 +228,17 @@ def test_ray_backend_matches_local() -> None:
     remote = group.run(feeds, backend="ray")
     for k in local:
         np.testing.assert_array_equal(remote[k], local[k])
+
+
+def test_perf_sweeps_chip_counts(tmp_path: Path) -> None:
+    from maiac import perf
+
+    opts = perf.PerfOptions(batch=[1], context=[64], quant=["fp8"], kv_cache=["bf16"],
+                            chips=[1, 2], jobs=1, cache_dir=str(tmp_path))
+    one, two = perf.sweep("llama-tiny", opts)["points"]
+    assert (one["chips"], two["chips"]) == (1, 2)
+    assert two["speedup"] == pytest.approx(one["tpot_s"] / two["tpot_s"])
+    assert two["scaling_efficiency"] == pytest.approx(two["speedup"] / 2)
+    assert 0 < two["collective_share"] < 1 and one["collective_share"] == 0
+    assert two["weight_bytes"] < one["weight_bytes"]
+    assert two["kv_cache_bytes_per_chip"] == one["kv_cache_bytes"] / 2
