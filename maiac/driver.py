@@ -224,13 +224,16 @@ class CompiledModel:
     program: Program
     compile_s: float = 0.0
     log: CompileLog = field(default_factory=CompileLog)
+    # of the latest run: {"nonfinite_quantized": NaN/Inf values TVP quantize encoded}
+    last_run_stats: dict[str, Any] = field(default_factory=dict)
 
     def run(self, inputs: dict[str, np.ndarray], *, trace: str | Path | None = None
             ) -> dict[str, np.ndarray]:
         """Outputs by name; ``trace``: also write the modeled timeline as Chrome JSON."""
         from maiac.runtime.interpreter import run_program
 
-        outputs = run_program(self.program, inputs)
+        self.last_run_stats = {}
+        outputs = run_program(self.program, inputs, stats=self.last_run_stats)
         if trace is not None:
             from maiac.runtime.timing import simulate
             from maiac.runtime.trace import write_chrome_trace

@@ -237,6 +237,9 @@ def verify(model: Any, *, quant: str | None = None,
         "atol": atol,
         "min_cosine": min_cosine if quant else None,
         "seed": seed,
+        # NaN/Inf the machine's quantize instructions met and encoded (formats.md)
+        "nonfinite_quantized": int(getattr(compiled, "last_run_stats", {}).get(
+            "nonfinite_quantized", 0)),
     }
 
 
@@ -304,6 +307,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         for lay in result["layers"]:
             lines.append(f"{str(lay.get('name'))[-40:]:<40} {_fmt(lay.get('cosine'), '.6f'):>10} "
                          f"{_fmt(lay.get('max_rel_err')):>10}")
+    if result.get("nonfinite_quantized"):
+        lines += ["", f"note: the machine quantized {result['nonfinite_quantized']} non-finite "
+                      "value(s) (NaN/Inf; an MX/NVFP4 block holding one becomes NaN)"]
     lines += ["", f"compile {result['compile_s']:.2f} s   run {result['run_s']:.3f} s   "
                   f"onnxruntime {result['onnxruntime_s']:.3f} s",
               "PASS" if result["ok"] else "FAIL"]

@@ -155,12 +155,12 @@ def quantize_weight(w: np.ndarray, fmt: str, scale_mode: str
     f = F.get_format(fmt)
     k, n = w.shape
     if fmt == "bf16":
-        return F.cast(w, f).astype(ml_dtypes.bfloat16), None, None
+        return F.cast(w, f, allow_nonfinite=True).astype(ml_dtypes.bfloat16), None, None
     if f.scale_kind == "fp32":  # FP8: per output channel (column) scales
-        q = F.quantize(w, fmt, axis=1, granularity="channel")
+        q = F.quantize(w, fmt, axis=1, granularity="channel", allow_nonfinite=True)
         payload = q.payload.view(f.elem).reshape(k, n)
         return payload, q.scales.astype(np.float32).reshape(1, n), None
-    q = F.quantize(w, fmt, axis=0, scale_mode=scale_mode)
+    q = F.quantize(w, fmt, axis=0, scale_mode=scale_mode, allow_nonfinite=True)
     payload = q.payload.reshape(k, n * f.bits // 8)
     return payload, np.ascontiguousarray(q.scales, np.uint8), q.tensor_scale
 
@@ -231,6 +231,11 @@ def quantize_matmul(op: maia.MatMulOp, spec: QuantSpec, calib: Calibration | Non
             payload, scales, tscale = absent_weight((k, n), q.w, q.scale_mode)
             make_attr = _absent_attr
         else:
+            bad = int(w.size - np.count_nonzero(np.isfinite(w)))
+            if bad:  # encoded as the TVP encodes activations (formats: allow_nonfinite)
+                warnings.warn(f"quantize: weight of '{name}' has {bad} non-finite value(s); "
+                              f"encoded as {q.w} NaN/Inf (an MX/NVFP4 block becomes NaN)",
+                              stacklevel=2)
             payload, scales, tscale = quantize_weight(w, q.w, q.scale_mode)
             make_attr = constant_attr
         const = maia.ConstantOp.create(

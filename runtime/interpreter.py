@@ -40,7 +40,7 @@ from maiac.runtime.parallel import (
     split_axis,
 )
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
-from maiac.runtime.quant_ops import decode_operand, quantize_rows
+from maiac.runtime.quant_ops import count_nonfinite, decode_operand, quantize_rows
 
 F32 = np.dtype(np.float32)
 FLOAT_DTYPES = ("f32", "bf16", "f16", "f8e4m3", "f8e5m2")
@@ -847,12 +847,13 @@ def _check_inputs(program: Program, inputs: dict[str, Any]) -> dict[str, np.ndar
 
 def run_program(program: Program, inputs: dict[str, np.ndarray], *,
                 trace: str | os.PathLike[str] | list[dict[str, Any]] | None = None,
-                ) -> dict[str, np.ndarray]:
+                stats: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Run ``program`` on ``inputs`` (name -> array) and return its outputs (name -> array).
 
     ``trace``: a path writes the timing model's Chrome trace of the program there; a list
     receives one ``{"index", "op", "kind", "wall_s"}`` record per top-level instruction
-    (measured interpreter time, for profiling the model itself).
+    (measured interpreter time, for profiling the model itself). ``stats``: a dict that
+    receives ``nonfinite_quantized``, the NaN/Inf values TVP quantize rows encoded.
     """
     machine = _machine(program)
     arrays = _check_inputs(program, inputs)
@@ -861,7 +862,8 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
         b = program.buffer(spec.buffer)
         machine._write_bytes(b.level, b.addr, arrays[spec.name])
     records = trace if isinstance(trace, list) else None
-    with np.errstate(all="ignore"), single_threaded_blas():
+    with (np.errstate(all="ignore"), single_threaded_blas(),
+          count_nonfinite() as nonfinite):
         i = 0
         try:
             for i, (_, step) in enumerate(machine.steps):
@@ -875,6 +877,8 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
             raise
         except Exception as err:
             raise MachineError(f"{machine.steps[i][0]}: {type(err).__name__}: {err}") from err
+    if stats is not None:
+        stats["nonfinite_quantized"] = nonfinite[0]
     result = {}
     for spec in program.outputs:
         b = program.buffer(spec.buffer)

@@ -17,7 +17,10 @@ Layouts (DESIGN §3; isa.MatMul):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import ml_dtypes
@@ -26,6 +29,34 @@ import numpy as np
 from maiac.runtime import formats as F
 
 F32 = np.dtype(np.float32)
+
+
+# Non-finite values a TVP quantize met during the current run (the hardware encodes them,
+# it cannot raise): NaN/Inf in an MX or NVFP4 block give that block the NaN scale, in FP8
+# they map as formats.cast maps them. `count_nonfinite` collects them for run/verify, once
+# per quantize instruction that meets one (a row quantized for several N blocks counts
+# each time).
+_NONFINITE: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "maiac_nonfinite_quantized", default=None)
+
+
+@contextlib.contextmanager
+def count_nonfinite() -> Iterator[list[int]]:
+    """Within the block, ``counter[0]`` sums the non-finite values quantize rows met."""
+    counter = [0]
+    token = _NONFINITE.set(counter)
+    try:
+        yield counter
+    finally:
+        _NONFINITE.reset(token)
+
+
+def _note_nonfinite(x: np.ndarray) -> None:
+    counter = _NONFINITE.get()
+    if counter is not None:
+        finite = np.isfinite(x)
+        if not finite.all():
+            counter[0] += int(finite.size - np.count_nonzero(finite))
 
 
 def payload_bytes(fmt: str, n: int) -> int:
@@ -54,11 +85,13 @@ def quantize_rows(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
 
     ``attrs``: ``fmt``; ``scale_mode`` (MX); ``tensor_scale`` (NVFP4, fp32 per-tensor
     scale from calibration); ``scale`` (FP8: static per-tensor scale; output is the f8
-    elements, float32-typed here and stored by the caller into an f8 access).
+    elements, float32-typed here and stored by the caller into an f8 access). NaN/Inf are
+    encoded (formats' ``allow_nonfinite`` mapping) and counted (`count_nonfinite`).
     """
     fmt = attrs["fmt"]
     f = F.get_format(fmt)
     x = np.asarray(x, F32)
+    _note_nonfinite(x)
     if f.scale_kind == "fp32":
         s = np.float32(attrs["scale"])
         return F.cast((x / s).astype(F32), f, allow_nonfinite=True).astype(F32)

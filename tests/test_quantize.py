@@ -273,3 +273,25 @@ def test_golden_weight_only_vs_onnxruntime_qdq(fmt: str) -> None:
     ref = _ort(qdq, {"x": x})
     got = maiac.compile(model, quant=f"w={fmt}").run({"x": x})["y"]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_nonfinite_values_are_encoded_and_reported_alike() -> None:
+    """NaN/Inf are encoded the same way at compile time (weights: a warning) and on the
+    machine (activations: counted), and verify reports the count."""
+    w = weight_of(linear_model(k=64, n=48, m=8)).copy()
+    w[3, 5] = np.nan
+    model = linear_model(k=64, n=48, m=8, weight=w)
+    with pytest.warns(UserWarning, match="1 non-finite value"):
+        prog = maiac.compile(model, quant="mxfp8")
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    x[1, 2], x[4, 40] = np.inf, -np.inf
+    out = next(iter(prog.run({"x": x}).values()))
+    # counted per quantize instruction that met one (a row quantized once per N block)
+    n_seen = prog.last_run_stats["nonfinite_quantized"]
+    assert n_seen >= 2 and n_seen % 2 == 0
+    assert np.isnan(out[:, 5]).all()  # the weight's NaN block poisons its column
+    assert np.isnan(out[1]).all() and np.isnan(out[4]).all()  # a NaN-scaled row block
+    from maiac.verify import format_table, verify
+    res = verify(linear_model(k=64, n=48, m=8), quant="mxfp8", inputs={"x": x}, layers=False)
+    assert res["nonfinite_quantized"] == n_seen
+    assert f"quantized {n_seen} non-finite" in format_table(res)
