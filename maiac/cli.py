@@ -130,7 +130,8 @@ def compile_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "calib=max|percentile=P, per-layer PATTERN=FMT|none overrides "
                           "('mxfp4;lm_head=mxfp8;layers.0.*=none'). Default: fp32."),
         click.option("--shape", metavar="NAME=1x128", multiple=True,
-                     help="Bind the shape of an input with symbolic dims (repeatable)."),
+                     help="Bind an input's shape (input_ids=1x128) or one symbolic dim "
+                          "wherever it appears (sequence=128) (repeatable)."),
         click.option("--target", default="maia200", show_default=True,
                      help="Target machine description."),
         click.option("--target-param", metavar="KEY=VALUE", multiple=True,
@@ -213,12 +214,15 @@ def main(debug: bool) -> None:
 @click.option("--pass-timing", is_flag=True, help="Print the time of each pass on stderr.")
 @click.option("--chips", type=click.IntRange(1), default=1, show_default=True,
               help="Tensor parallelism over N chips: writes OUT.chip0.maia .. OUT.chip{N-1}.maia.")
+@click.option("--inputs", "inputs_file", metavar="IN.npz", default=None,
+              help="Take the input shapes from these arrays (one per input, by name).")
 @plugin_option
 def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
                 calib: str | None, emit: str | None, print_ir_after_all: bool,
                 print_ir_after: tuple[str, ...], verify_each: bool, shape_only: bool,
-                pass_timing: bool, chips: int, plugins: tuple[str, ...]) -> None:
+                pass_timing: bool, chips: int, inputs_file: str | None,
+                plugins: tuple[str, ...]) -> None:
     """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
     existing_file(model, "model file")
     if emit is None and output is None:
@@ -228,6 +232,11 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
         check_output(output, "-o", inputs)  # before the compile, not after it
     load_plugins(plugins)
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
+    if inputs_file is not None:
+        from maiac.shapes import model_input_shapes
+
+        kw["shapes"] = model_input_shapes(model, kw["shapes"], existing_file(inputs_file,
+                                                                             "inputs file"))
     kw["shape_only"] = shape_only
     driver = _driver()
     # IR dumps after passes go to stderr (as in mlir-opt); stdout keeps the final IR.

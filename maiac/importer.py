@@ -48,6 +48,7 @@ from maiac.ir.onnx import (
 from maiac.passes.lower_onnx import family_ops
 from maiac.passes.node_eval import EvaluationError, evaluate
 from maiac.runtime.errors import MaiacError
+from maiac.shapes import bind_input_shapes
 
 SUPPORTED_OPS: set[str] = {
     "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Relu", "Gelu", "Erf",
@@ -179,63 +180,15 @@ class _Importer:
         check_supported(nodes, self.label)
 
     def _bind_inputs(self, inputs: list[onnx.ValueInfoProto], shapes: dict) -> None:
-        """Static types for the graph inputs, binding symbolic dims from ``shapes``."""
-        names = [v.name for v in inputs]
-        for name in shapes:
-            if name not in names:
-                raise MaiacError(
-                    f"--shape {name}: {self.label} has no input '{name}' "
-                    f"(its inputs: {', '.join(names) or 'none'})"
-                )
-        bound: dict[str, int] = {}  # dim_param → size, shared between inputs
+        """Static types for the graph inputs: ``shapes`` binds input shapes or symbolic
+        dims by name (maiac/shapes.py)."""
         for value in inputs:
-            if value.name in shapes:
-                dims = value.type.tensor_type.shape.dim
-                given = tuple(int(d) for d in shapes[value.name])
-                if value.type.tensor_type.HasField("shape") and len(dims) != len(given):
-                    raise MaiacError(
-                        f"--shape {value.name}={'x'.join(map(str, given))}: input "
-                        f"'{value.name}' has rank {len(dims)} ({_dims_text(dims)})"
-                    )
-                for dim, size in zip(dims, given, strict=False):
-                    if dim.HasField("dim_value") and dim.dim_value != size:
-                        raise MaiacError(
-                            f"--shape {value.name}={'x'.join(map(str, given))}: input "
-                            f"'{value.name}' has static shape {_dims_text(dims)}"
-                        )
-                    if dim.dim_param:
-                        bound.setdefault(dim.dim_param, size)
-        for value in inputs:
-            tensor = value.type.tensor_type
             if not value.type.HasField("tensor_type"):
                 raise MaiacError(f"input '{value.name}': only tensor inputs are supported")
-            if value.name in shapes:
-                shape = tuple(int(d) for d in shapes[value.name])
-            else:
-                shape = self._bound_shape(value, bound)
-            self.types[value.name] = self._tensor_type(tensor.elem_type, shape, value.name)
-
-    def _bound_shape(self, value: onnx.ValueInfoProto, bound: dict[str, int]) -> tuple[int, ...]:
-        tensor = value.type.tensor_type
-        if not tensor.HasField("shape"):
-            raise MaiacError(
-                f"input '{value.name}' has no shape in {self.label}; "
-                f"give one with --shape {value.name}=<d0>x<d1>..."
-            )
-        shape = []
-        for axis, dim in enumerate(tensor.shape.dim):
-            if dim.HasField("dim_value"):
-                shape.append(dim.dim_value)
-            elif dim.dim_param in bound:
-                shape.append(bound[dim.dim_param])
-            else:
-                symbol = f"'{dim.dim_param}'" if dim.dim_param else "(unnamed)"
-                raise MaiacError(
-                    f"input '{value.name}' has symbolic dim {symbol} (dim {axis} of "
-                    f"{_dims_text(tensor.shape.dim)}); bind it, e.g. --shape "
-                    f"{value.name}={'x'.join(_dim_example(d) for d in tensor.shape.dim)}"
-                )
-        return tuple(shape)
+        static = bind_input_shapes(inputs, shapes, self.label)
+        for value in inputs:
+            self.types[value.name] = self._tensor_type(value.type.tensor_type.elem_type,
+                                                       static[value.name], value.name)
 
     def _tensor_type(self, elem_type: int, shape: Iterable[int], what: str) -> TensorType:
         try:
@@ -564,16 +517,3 @@ def _name_hint(name: str) -> str | None:
 def _name_dicts(names: Iterable[str]) -> ArrayAttr[DictionaryAttr]:
     return ArrayAttr([DictionaryAttr({NAME_ATTR: StringAttr(n)}) for n in names])
 
-
-def _dims_text(dims) -> str:
-    return "x".join(_dim_hint(d) for d in dims) or "scalar"
-
-
-def _dim_hint(dim) -> str:
-    if dim.HasField("dim_value"):
-        return str(dim.dim_value)
-    return dim.dim_param or "?"
-
-
-def _dim_example(dim) -> str:
-    return str(dim.dim_value) if dim.HasField("dim_value") else "1"

@@ -131,45 +131,22 @@ def graph_input_specs(model: Any, shapes: Mapping[str, Iterable[int]] | None = N
                       ) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
     """(name, dtype, static shape) of every real graph input (initializers excluded).
 
-    Symbolic or unknown dims must be bound by ``shapes``; the error names the input.
+    Symbolic or unknown dims must be bound by ``shapes`` (input name -> shape, or
+    symbolic dim name -> size; maiac/shapes.py); the error names the input.
     """
-    shapes = dict(shapes or {})
+    from maiac.shapes import bind_input_shapes
+
     graph = model.graph
     inits = {i.name for i in graph.initializer}
-    names = [i.name for i in graph.input if i.name not in inits]
-    unknown = sorted(set(shapes) - set(names))
-    if unknown:
-        raise MaiacError(
-            f"--shape names unknown input {unknown[0]!r}; model inputs: {', '.join(names)}"
-        )
+    real = [inp for inp in graph.input if inp.name not in inits]
+    static = bind_input_shapes(real, shapes)
     specs = []
-    for inp in graph.input:
-        if inp.name in inits:
-            continue
-        tt = inp.type.tensor_type
-        dtype_name = _ONNX_DTYPES.get(tt.elem_type)
+    for inp in real:
+        dtype_name = _ONNX_DTYPES.get(inp.type.tensor_type.elem_type)
         if dtype_name is None:
-            raise MaiacError(
-                f"input {inp.name!r}: unsupported element type {tt.elem_type} for random inputs"
-            )
-        if inp.name in shapes:
-            shape = tuple(int(d) for d in shapes[inp.name])
-        else:
-            dims: list[int] = []
-            all_dims = tt.shape.dim
-            for i, d in enumerate(all_dims):
-                if d.HasField("dim_value") and d.dim_value > 0:
-                    dims.append(int(d.dim_value))
-                else:
-                    sym = d.dim_param or "?"
-                    example = "x".join(str(e.dim_value) if e.dim_value > 0 else "1"
-                                       for e in all_dims)
-                    raise MaiacError(
-                        f"input {inp.name!r} has symbolic dim {sym!r} (dim {i}); "
-                        f"bind it, e.g. --shape {inp.name}={example}"
-                    )
-            shape = tuple(dims)
-        specs.append((inp.name, np_dtype(dtype_name), shape))
+            raise MaiacError(f"input {inp.name!r}: unsupported element type "
+                             f"{inp.type.tensor_type.elem_type} for random inputs")
+        specs.append((inp.name, np_dtype(dtype_name), static[inp.name]))
     return specs
 
 

@@ -1,7 +1,12 @@
 """Compile a model, run it on the machine model and on onnxruntime, compare every output.
 
 `verify` returns the DESIGN §5 verify JSON. fp32 runs pass when every element satisfies
-``|a - b| <= atol + rtol * |b|`` (numpy ``allclose``); quantized runs pass when every
+``|a - b| <= max(atol + rtol * |b|, NOISE_FACTOR * noise)``, where ``noise`` is
+onnxruntime's own deviation on that output: the largest ``|b_opt - b_noopt|`` between its
+default graph optimizations and none, on the same inputs (fused and reordered kernels round
+differently; on a 30-layer model that alone moves outputs by ~1e-4, more than rtol 1e-4 /
+atol 1e-5 allow). maiac is thus held to the tolerance, or to 4x the difference between two
+equally valid onnxruntime runs when that is larger. Quantized runs pass when every
 output's cosine similarity to the fp32 reference is at least ``min_cosine``.
 """
 
@@ -18,10 +23,12 @@ import numpy as np
 
 from maiac.inputs import graph_input_specs, load_onnx, random_inputs
 from maiac.runtime.errors import MaiacError
+from maiac.shapes import bind_input_shapes
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 DEFAULT_MIN_COSINE = 0.99
+NOISE_FACTOR = 4.0  # fp32 passes within max(tolerance, NOISE_FACTOR x onnxruntime's noise)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -76,13 +83,20 @@ def wants_top1(name: str, shape: tuple[int, ...], quant: str | None) -> bool:
 
 
 def compare_output(name: str, got: np.ndarray | None, ref: np.ndarray, *, quant: str | None,
-                   rtol: float, atol: float, min_cosine: float) -> dict[str, Any]:
-    """Error metrics of one output; ``ok`` says whether it passes (see the module docstring)."""
+                   rtol: float, atol: float, min_cosine: float,
+                   ort_noise: float | None = None) -> dict[str, Any]:
+    """Error metrics of one output; ``ok`` says whether it passes (see the module docstring).
+
+    ``ort_noise``: onnxruntime's own max abs deviation on this output (optimized vs not);
+    an fp32 element also passes within ``NOISE_FACTOR * ort_noise``.
+    """
     ref = np.asarray(ref)
+    noise_bound = NOISE_FACTOR * ort_noise if ort_noise is not None else 0.0
     entry: dict[str, Any] = {
         "name": name, "shape": list(ref.shape), "max_abs_err": None, "max_rel_err": None,
         "cosine": None, "top1_agreement": None, "mean_abs_err": None,
-        "mismatch_count": None, "ok": False,
+        "mismatch_count": None, "ort_noise": ort_noise,
+        "noise_bound": noise_bound if ort_noise is not None else None, "ok": False,
     }
     if got is None:
         entry["error"] = "output missing from the maiac program"
@@ -98,7 +112,8 @@ def compare_output(name: str, got: np.ndarray | None, ref: np.ndarray, *, quant:
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.where(both_nan, 0.0, np.abs(a - b))
         diff = np.where(np.isnan(diff), np.inf, diff)
-        close = diff <= atol + rtol * np.abs(np.where(both_nan, 0.0, b))
+        close = diff <= np.maximum(atol + rtol * np.abs(np.where(both_nan, 0.0, b)),
+                                   noise_bound)
         rel = np.where(both_nan, 0.0, rel_err(a, b))
     if a.size:
         entry["max_abs_err"] = _finite_or_none(np.max(diff))
@@ -118,12 +133,8 @@ def compare_output(name: str, got: np.ndarray | None, ref: np.ndarray, *, quant:
     return entry
 
 
-def _load_inputs(inputs: Any, model: Any, shapes: Mapping[str, Iterable[int]] | None,
-                 seed: int) -> dict[str, np.ndarray]:
-    """Inputs from a dict, an .npz path, or seeded random ones (None); names are checked."""
-    specs = graph_input_specs(model, shapes)
-    if inputs is None:
-        return random_inputs(model, shapes, seed)
+def read_arrays(inputs: Any) -> dict[str, np.ndarray]:
+    """Arrays by name from a dict or an ``.npz`` path (never unpickled)."""
     if isinstance(inputs, (str, os.PathLike)):
         path = Path(inputs)
         if not path.exists():
@@ -133,7 +144,16 @@ def _load_inputs(inputs: Any, model: Any, shapes: Mapping[str, Iterable[int]] | 
                 inputs = {k: npz[k] for k in npz.files}
         except Exception as e:
             raise MaiacError(f"{path}: not a readable .npz file ({e})") from None
-    inputs = {k: np.asarray(v) for k, v in dict(inputs).items()}
+    return {k: np.asarray(v) for k, v in dict(inputs).items()}
+
+
+def _load_inputs(inputs: Any, model: Any, shapes: Mapping[str, Iterable[int]] | None,
+                 seed: int) -> dict[str, np.ndarray]:
+    """Inputs from a dict, an .npz path, or seeded random ones (None); names are checked."""
+    specs = graph_input_specs(model, shapes)
+    if inputs is None:
+        return random_inputs(model, shapes, seed)
+    inputs = read_arrays(inputs)
     names = [n for n, _, _ in specs]
     extra = sorted(set(inputs) - set(names))
     if extra:
@@ -145,13 +165,18 @@ def _load_inputs(inputs: Any, model: Any, shapes: Mapping[str, Iterable[int]] | 
     return {n: inputs[n] for n in names}
 
 
-def _reference(model_path: str | None, model: Any, inputs: Mapping[str, np.ndarray]
-               ) -> tuple[dict[str, np.ndarray], float]:
-    """Outputs of onnxruntime (CPU) on the original model, and the time it took."""
+def _reference(model_path: str | None, model: Any, inputs: Mapping[str, np.ndarray],
+               optimize: bool = True) -> tuple[dict[str, np.ndarray], float]:
+    """Outputs of onnxruntime (CPU) on the original model, and the time it took.
+
+    ``optimize=False`` disables onnxruntime's graph optimizations (no fusions, no
+    constant folding, kernels as the graph spells them)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         src = model_path if model_path is not None else model.SerializeToString()
         sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
@@ -165,6 +190,22 @@ def _reference(model_path: str | None, model: Any, inputs: Mapping[str, np.ndarr
     return dict(zip(names, outs, strict=True)), dt
 
 
+def ort_noise(ref: Mapping[str, np.ndarray], unoptimized: Mapping[str, np.ndarray]
+              ) -> dict[str, float]:
+    """Per output, max |optimized - unoptimized| of onnxruntime (float outputs only)."""
+    noise: dict[str, float] = {}
+    for name, a in ref.items():
+        b = unoptimized.get(name)
+        a = np.asarray(a)
+        if b is None or a.dtype.kind != "f" or a.shape != np.shape(b) or not a.size:
+            continue
+        with np.errstate(invalid="ignore"):
+            d = np.abs(a.astype(np.float64) - np.asarray(b, np.float64))
+        d = d[np.isfinite(d)]
+        noise[name] = float(d.max()) if d.size else 0.0
+    return noise
+
+
 def verify(model: Any, *, quant: str | None = None,
            shapes: Mapping[str, Iterable[int]] | None = None, inputs: Any = None,
            rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
@@ -176,15 +217,23 @@ def verify(model: Any, *, quant: str | None = None,
     a constant weight (its output made a graph output of both models); per model output
     also ``top1_agreement``.
 
-    ``inputs``: a dict of arrays, an ``.npz`` path, or None for seeded random inputs.
+    ``inputs``: a dict of arrays, an ``.npz`` path, or None for seeded random inputs; the
+    arrays' shapes bind the model's symbolic dims, as in onnxruntime. ``shapes``: input
+    name -> shape or symbolic dim name -> size (maiac/shapes.py).
     ``compile_options`` go to ``maiac.compile`` (target, target_params, pipeline, calib).
+
+    fp32 also runs onnxruntime without graph optimizations; per output ``ort_noise`` is
+    the deviation between the two and the pass criterion allows ``NOISE_FACTOR`` times it.
     """
     import onnx
 
     model_path = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     proto = load_onnx(model)  # graph only; weights stay on disk for external-data models
-    shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()} or None
-    feeds = _load_inputs(inputs, proto, shapes, seed)
+    arrays = read_arrays(inputs) if inputs is not None else None
+    inits = {i.name for i in proto.graph.initializer}
+    shapes = bind_input_shapes([v for v in proto.graph.input if v.name not in inits],
+                               shapes, arrays=arrays)
+    feeds = _load_inputs(arrays, proto, shapes, seed)
 
     from maiac.driver import compile as maiac_compile
 
@@ -209,10 +258,13 @@ def verify(model: Any, *, quant: str | None = None,
     run_s = time.perf_counter() - t0
 
     ref, ort_s = _reference(ref_path, ref_proto, feeds)
+    noise: dict[str, float] = {}
+    if quant is None:  # quantized runs are judged by cosine; the noise would not count
+        noise = ort_noise(ref, _reference(ref_path, ref_proto, feeds, optimize=False)[0])
     out_names = [o.name for o in proto.graph.output]
     outputs = [
         compare_output(name, got.get(name), ref[name], quant=quant, rtol=rtol, atol=atol,
-                       min_cosine=min_cosine)
+                       min_cosine=min_cosine, ort_noise=noise.get(name))
         for name in out_names if name in ref
     ]
     layer_rows: list[dict[str, Any]] = []
@@ -236,6 +288,8 @@ def verify(model: Any, *, quant: str | None = None,
         "rtol": rtol,
         "atol": atol,
         "min_cosine": min_cosine if quant else None,
+        "noise_factor": NOISE_FACTOR if quant is None else None,
+        "shapes": {k: list(v) for k, v in shapes.items()},
         "seed": seed,
         # NaN/Inf the machine's quantize instructions met and encoded (formats.md)
         "nonfinite_quantized": int(getattr(compiled, "last_run_stats", {}).get(
@@ -283,9 +337,12 @@ def format_table(result: Mapping[str, Any]) -> str:
     q = result["quant"]
     crit = (f"rtol={result.get('rtol')}, atol={result.get('atol')}" if q == "fp32"
             else f"cosine >= {result.get('min_cosine')}")
+    noisy = q == "fp32" and any(o.get("ort_noise") is not None for o in result["outputs"])
+    if noisy:
+        crit += f", or <= {result.get('noise_factor', NOISE_FACTOR):g} x ort_noise"
     lines = [f"model: {result['model']}   quant: {q}   criterion: {crit}", ""]
     head = f"{'output':<24} {'shape':<18} {'max_abs':>10} {'mean_abs':>10} {'max_rel':>10} " \
-           f"{'cosine':>10} {'top1':>7}  result"
+           f"{'cosine':>10} {'top1':>7}" + (f" {'ort_noise':>10}" if noisy else "") + "  result"
     lines.append(head)
     lines.append("-" * len(head))
     for o in result["outputs"]:
@@ -300,7 +357,8 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append(
             f"{o['name'][:24]:<24} {shape[:18]:<18} {_fmt(o['max_abs_err']):>10} "
             f"{_fmt(o.get('mean_abs_err')):>10} {_fmt(o['max_rel_err']):>10} "
-            f"{_fmt(o['cosine'], '.6f'):>10} {_fmt(o['top1_agreement'], '.3f'):>7}  {verdict}"
+            f"{_fmt(o['cosine'], '.6f'):>10} {_fmt(o['top1_agreement'], '.3f'):>7}"
+            + (f" {_fmt(o.get('ort_noise')):>10}" if noisy else "") + f"  {verdict}"
         )
     if result.get("layers"):
         lines += ["", f"{'layer':<40} {'cosine':>10} {'max_rel':>10}"]
