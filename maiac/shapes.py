@@ -84,7 +84,7 @@ def bind_input_shapes(inputs: Sequence[Any], shapes: Mapping[str, Any] | None = 
                 raise MaiacError(f"{who}: input '{name}' has rank {len(dims)} "
                                  f"({_dims_text(dims)})")
             for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
-                if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != size:
+                if dim.HasField("dim_value") and dim.dim_value != size:
                     raise MaiacError(f"{who}: input '{name}' has static shape "
                                      f"{_dims_text(dims)} (dim {axis} is {dim.dim_value})")
                 if dim.dim_param:
@@ -111,7 +111,7 @@ def bind_input_shapes(inputs: Sequence[Any], shapes: Mapping[str, Any] | None = 
         dims = dims_of[value.name]
         shape = []
         for axis, dim in enumerate(dims):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
+            if dim.HasField("dim_value"):
                 shape.append(int(dim.dim_value))
             elif dim.dim_param in bound:
                 shape.append(bound[dim.dim_param][0])
