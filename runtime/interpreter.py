@@ -41,6 +41,7 @@ from maiac.runtime.parallel import (
 )
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
 from maiac.runtime.quant_ops import count_nonfinite, decode_operand, quantize_rows
+from maiac.runtime.tile_dedupe import shared_grid_axes
 
 F32 = np.dtype(np.float32)
 FLOAT_DTYPES = ("f32", "bf16", "f16", "f8e4m3", "f8e5m2")
@@ -268,6 +269,12 @@ _F32_UFUNCS: dict[str, np.ufunc] = {
     "max": np.maximum, "min": np.minimum, "exp": np.exp, "tanh": np.tanh, "sqrt": np.sqrt,
     "neg": np.negative, "abs": np.abs, "log": np.log, "scale": np.multiply,
 }
+
+
+# Vec fns whose cost per element is well above a byte compare of their inputs: for
+# these, tiles holding identical inputs (a broadcast) compute once (runtime/tile_dedupe.py).
+_DEDUPE_FNS = frozenset({"quantize", "gelu", "gelu_tanh", "erf", "silu", "sigmoid", "tanh",
+                         "softmax", "log_softmax", "layernorm", "rmsnorm", "exp_sub", "rope"})
 
 
 def _caster(dtypes: list[str], mode: str) -> list[Callable[[np.ndarray], np.ndarray]]:
@@ -565,8 +572,13 @@ class _Machine:
             sv = self.view(sc, grid, trips, rank) if sc is not None else None
 
             def decode(it: tuple[int, ...]) -> np.ndarray:
-                return decode_operand(v[it], fmt, n_el, None if sv is None else sv[it],
-                                      k_axis, ts)
+                raw, s = v[it], None if sv is None else sv[it]
+                # tiles a DMA broadcast to hold the same bytes: decode those once
+                same = shared_grid_axes([raw] if s is None else [raw, s],
+                                        len(trips) - len(it), len(grid))
+                if same is not None:
+                    raw, s = raw[same], None if s is None else s[same]
+                return decode_operand(raw, fmt, n_el, s, k_axis, ts)
             return self._decode_cache.wrap(v, sv, decode) if cached else decode
 
         get_a = operand(instr.a, instr.a_fmt, instr.a_scale, instr.a_tensor_scale, k, -1,
@@ -612,7 +624,17 @@ class _Machine:
                 def step(it: tuple[int, ...]) -> None:
                     ufunc(*[v[it] for v in ins], *extra, out=out[it])
             return step
-        if len(ins) == 1:
+        if instr.fn in _DEDUPE_FNS and math.prod(grid) > 1:
+            # costly per element: compute once per group of tiles holding the same bytes
+            n_trips, n_grid = len(trips), len(grid)
+
+            def step(it: tuple[int, ...]) -> None:
+                xs = [v[it] for v in ins]
+                same = shared_grid_axes(xs, n_trips - len(it), n_grid)
+                if same is not None:
+                    xs = [x[same] for x in xs]
+                store(out[it], fn(*[c(x) for x, c in zip(xs, casts, strict=True)], attrs))
+        elif len(ins) == 1:
             (x,), (cx,) = ins, casts
 
             def step(it: tuple[int, ...]) -> None:

@@ -95,21 +95,22 @@ def split_axis(shape: tuple[int, ...], first: int, n_grid: int) -> int | None:
 def run_split(fn: Callable[..., Any], arrays: list[np.ndarray], axis: int | None) -> None:
     """``fn(*arrays)``, or ``fn`` on chunks of every array along ``axis`` on the workers.
 
-    Every array must have the same length on ``axis`` (the grid axis); the caller
-    guarantees the chunks touch disjoint memory.
+    Every array has the same length on ``axis`` (the grid axis) or length 1 (broadcast);
+    the caller guarantees the chunks touch disjoint memory.
     """
     pool = _pool() if axis is not None else None
     if pool is None:
         fn(*arrays)
         return
-    size = arrays[0].shape[axis]
+    size = max(a.shape[axis] for a in arrays)
     n = min(workers(), size)
     bounds = [size * i // n for i in range(n + 1)]
     head = (slice(None),) * axis
 
     def chunk(i: int) -> list[np.ndarray]:
         sel = (*head, slice(bounds[i], bounds[i + 1]))
-        return [a[sel] for a in arrays]
+        # an operand of length 1 there broadcasts (runtime/tile_dedupe.py): whole to each
+        return [a if a.shape[axis] == 1 else a[sel] for a in arrays]
     futures: list[Future[Any]] = [pool.submit(fn, *chunk(i)) for i in range(1, n)]
     errors: list[BaseException] = []
     try:
