@@ -643,6 +643,7 @@ def passes_cmd(show_pipeline: bool, quant: str | None, plugins: tuple[str, ...])
 
 def _register_commands() -> None:
     """Commands that live in their own modules (imported here, after main exists)."""
+    from maiac.eval_cli import eval_cmd
     from maiac.generate_cli import generate_cmd
     from maiac.ops_cmd import ops_cmd
     from maiac.perf_cli import perf_cmd
@@ -652,6 +653,7 @@ def _register_commands() -> None:
     main.add_command(perf_cmd)
     main.add_command(target_cmd)
     main.add_command(ops_cmd)
+    main.add_command(eval_cmd)
 
 
 _register_commands()
