@@ -155,7 +155,7 @@ def attach_calibration(module: builtin.ModuleOp, model: str | Path | onnx.ModelP
 
     ``calib``: an .npz path or a dict of inputs; None calibrates on seeded random inputs.
     """
-    from maiac.quant_spec import parse_quant_spec
+    from maiac.passes.quant_spec import parse_quant_spec
 
     specs = [parse_quant_spec(getattr(p, "spec", "")) for p in passes if p.name == "quantize"]
     need = [s for s in specs if s is not None and s.needs_calibration]

@@ -2,7 +2,7 @@
 
 Runs on tensor-level `maia` (after lowering, before `tile`). For each ``maia.matmul``
 whose weight operand (``b``) is a compile-time 2-D constant [K, N], the spec
-(maiac/quant_spec.py) gives the weight format ``w`` and activation format ``a``:
+(passes/quant_spec.py) gives the weight format ``w`` and activation format ``a``:
 
 * the weight is quantized now (runtime.formats, blocks along K): operand ``b`` becomes
   a constant of the stored payload — u8 ``[K, N*bits/8]`` of packed codes (MX, NVFP4),
@@ -40,7 +40,7 @@ from xdsl.passes import ModulePass
 from maiac.ir import maia
 from maiac.ir.resources import constant_attr, constant_value
 from maiac.ir.types import tensor_shape
-from maiac.quant_spec import OpQuant, QuantSpec, glob_matches, parse_quant_spec
+from maiac.passes.quant_spec import OpQuant, QuantSpec, glob_matches, parse_quant_spec
 from maiac.runtime import formats as F
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.quant_ops import pack_unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maiac.quant_spec import OpQuant, glob_matches, parse_quant_spec
+from maiac.passes.quant_spec import OpQuant, glob_matches, parse_quant_spec
 from maiac.runtime.errors import MaiacError
 
 

@@ -96,7 +96,7 @@ def test_weight_and_activation_match_fake_quantization(spec: str) -> None:
     x = np.random.default_rng(2).standard_normal((8, 64)).astype(np.float32)
     prog = maiac.compile(model, quant=spec)
     got = prog.run({"x": x})["y"]
-    q = maiac.quant_spec.parse_quant_spec(spec).default
+    q = maiac.passes.quant_spec.parse_quant_spec(spec).default
     ref = F.fake_quantize(x, q.a, axis=-1, scale_mode=q.scale_mode) @ \
         F.fake_quantize(w, q.w, axis=0, scale_mode=q.scale_mode)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
