@@ -54,6 +54,10 @@ def default_pipeline(quant: str | None = None, schedule: str = "optimized") -> s
     if quant:
         # a spec like "w=mxfp4,a=mxfp8e4m3" has the pipeline's own separators: quote it
         spec = quant if quant.replace("-", "").replace("_", "").isalnum() else json.dumps(quant)
+        from maiac.passes.quant_spec import METHODS, parse_quant_spec
+
+        parsed = parse_quant_spec(quant)
+        stages += [METHODS[m] for m in (parsed.methods if parsed is not None else ())]
         stages.append(f"quantize{{spec={spec}}}")
     stages.append(STAGES["tiled"] if schedule == "optimized" else NAIVE_TILED)
     return ",".join(stages)

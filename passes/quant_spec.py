@@ -8,6 +8,8 @@ Grammar (items separated by ``,`` or ``;``, in any order)::
                                            runtime.formats, an alias, or none/fp32)
               | scale=floor|ceil|even|rceil   MX shared-exponent rule (default floor, OCP MX)
               | calib=max|percentile=P     how calibration turns activations into a scale
+              | method=NAME[+NAME]         accuracy methods run before quantize (METHODS:
+                                           hadamard = passes/rotate_hadamard.py)
               | GLOB=PRESET|FMT|none       per-layer override by node-name pattern
 
 Examples: ``mxfp4``, ``w=mxfp4,a=mxfp8e4m3``, ``w=mxfp4`` (weight-only: activations stay
@@ -45,7 +47,9 @@ PRESETS: dict[str, tuple[str | None, str | None]] = {
     "fp32": (None, None),
     "none": (None, None),
 }
-SETTING_KEYS = ("w", "a", "scale", "calib")
+SETTING_KEYS = ("w", "a", "scale", "calib", "method")
+# method=NAME -> the pass the default pipeline runs before `quantize`
+METHODS: dict[str, str] = {"hadamard": "rotate-hadamard"}
 # formats whose activation scale is static (per tensor): they need calibration
 STATIC_ACT_FORMATS = ("fp8e4m3", "fp8e5m2", "nvfp4")
 
@@ -76,6 +80,7 @@ class QuantSpec:
     calib_method: str = "max"
     calib_percentile: float = 100.0
     unmatched: list[str] = field(default_factory=list, compare=False)
+    methods: tuple[str, ...] = ()
 
     def for_op(self, name: str) -> OpQuant:
         """The formats for the op called ``name`` (last matching override wins)."""
@@ -144,6 +149,7 @@ def parse_quant_spec(spec: str | QuantSpec | None) -> QuantSpec | None:
     scale_mode = "floor"
     calib_method, pct = "max", 100.0
     raw_overrides: list[tuple[str, str]] = []
+    methods: list[str] = []
     for item in items:
         if not item:
             raise MaiacError(f"--quant {spec!r}: empty item (stray ',' or ';')")
@@ -171,6 +177,12 @@ def parse_quant_spec(spec: str | QuantSpec | None) -> QuantSpec | None:
             scale_mode = value.lower()
         elif lkey == "calib":
             calib_method, pct = _parse_calib(value, spec)
+        elif lkey == "method":
+            for m in value.lower().split("+"):
+                if m not in METHODS:
+                    raise MaiacError(f"--quant {spec!r}: unknown method {m!r} "
+                                     f"(valid: {', '.join(METHODS)})")
+                methods.append(m)
         else:
             raw_overrides.append((key, value))
     if preset is not None:
@@ -184,7 +196,7 @@ def parse_quant_spec(spec: str | QuantSpec | None) -> QuantSpec | None:
     overrides = tuple((glob, _value_quant(v, spec, scale_mode)) for glob, v in raw_overrides)
     if not default.active and not any(q.active for _, q in overrides):
         return None
-    return QuantSpec(text, default, overrides, calib_method, pct)
+    return QuantSpec(text, default, overrides, calib_method, pct, methods=tuple(methods))
 
 
 def _parse_calib(value: str, spec: str) -> tuple[str, float]:

@@ -205,6 +205,8 @@ def _absent_attr(arr: np.ndarray, hint: str) -> Any:
 def quantize_matmul(op: maia.MatMulOp, spec: QuantSpec, calib: Calibration | None) -> str:
     """Quantize one matmul in place; returns what was done (for the summary)."""
     name = maia.attr(op, "op", "matmul")
+    if maia.attr(op, "rotation"):  # rotate-hadamard's x @ H: exact, stays fp32
+        return "fp32 (rotation)"
     q = spec.for_op(name)
     if not q.active:
         return "fp32"

@@ -109,6 +109,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.fuse_attention", "FuseAttentionPass"),
     ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
     ("maiac.passes.shard", "ShardPass"),
+    ("maiac.passes.rotate_hadamard", "RotateHadamardPass"),
     ("maiac.passes.quantize", "QuantizePass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
