@@ -111,7 +111,12 @@ def run_split(fn: Callable[..., Any], arrays: list[np.ndarray], axis: int | None
         sel = (*head, slice(bounds[i], bounds[i + 1]))
         # an operand of length 1 there broadcasts (runtime/tile_dedupe.py): whole to each
         return [a if a.shape[axis] == 1 else a[sel] for a in arrays]
-    futures: list[Future[Any]] = [pool.submit(fn, *chunk(i)) for i in range(1, n)]
+    errstate = np.geterr()  # numpy's error state is per thread: the workers take the run's
+
+    def work(*chunk_arrays: np.ndarray) -> None:
+        with np.errstate(**errstate):
+            fn(*chunk_arrays)
+    futures: list[Future[Any]] = [pool.submit(work, *chunk(i)) for i in range(1, n)]
     errors: list[BaseException] = []
     try:
         fn(*chunk(0))
