@@ -51,7 +51,7 @@ def _quantized(program: Any) -> bool:
 
 
 def run_one(mode: str, quant: str | None, schedule: str, layers: int | None,
-            measure_memory: bool = False) -> dict[str, Any]:
+            measure_memory: bool = False, target: str = "maia200") -> dict[str, Any]:
     model = models.llama_decoder(models.LLAMA3_8B, weights="shape_only", layers=layers,
                                  **MODES[mode])
     if measure_memory:
@@ -59,7 +59,8 @@ def run_one(mode: str, quant: str | None, schedule: str, layers: int | None,
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compiled = maiac.compile(model, quant=quant, shape_only=True, schedule=schedule)
+        compiled = maiac.compile(model, quant=quant, shape_only=True, schedule=schedule,
+                                 target=target)
     compile_s = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1] if measure_memory else None
     if measure_memory:
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--modes", default="decode,prefill", help="decode and/or prefill")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: 32)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--target", default="maia200",
+                    help="named target (maia200, maia200-ideal, maia200-v0)")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     rows = []
@@ -93,9 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             quant = None if fmt == "fp32" else fmt
             if mode not in memory:  # tracemalloc slows the compile: a run of its own
                 memory[mode] = run_one(mode, quant, "optimized", args.layers,
-                                       measure_memory=True)
-            opt = run_one(mode, quant, "optimized", args.layers)
-            naive = run_one(mode, quant, "naive", args.layers)
+                                       measure_memory=True, target=args.target)
+            opt = run_one(mode, quant, "optimized", args.layers, target=args.target)
+            naive = run_one(mode, quant, "naive", args.layers, target=args.target)
             opt["naive_time_s"] = naive["modeled_time_s"]
             opt["naive_roofline_fraction"] = naive["roofline_fraction"]
             opt["naive_compile_s"] = naive["compile_s"]
@@ -103,9 +106,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append(opt)
             print(f"{mode:8} {opt['quant']:6} done (compile {opt['compile_s']:.1f} s)",
                   file=sys.stderr)
+    print(f"target {args.target}")
     print(table(rows))
     result = {
-        "model": "llama3-8b shape-only", "layers": args.layers or models.LLAMA3_8B.layers,
+        "model": "llama3-8b shape-only", "target": args.target,
+        "layers": args.layers or models.LLAMA3_8B.layers,
         "rows": rows,
         "compile": {mode: {"quant": m["quant"],
                            "tracemalloc_peak_bytes": m["tracemalloc_peak_bytes"]}

@@ -1,0 +1,114 @@
+"""Fit the unpublished parameters of ``maia200`` to the paper's measured table.
+
+No public source gives the HBM efficiency a DMA stream reaches, the fixed cost of a DMA
+instruction or the NoC rate into the tiles. This script chooses them so that maiac's
+model of the experiments of arXiv 2608.24664 (bench/paper.py) reproduces the published
+figures: coordinate descent over a grid per parameter, minimizing the sum of squared
+log(maiac / paper) over the rows these parameters move (the GEMM peaks compute- and
+memory-bound, the operand size where memory-bound GEMMs pass 50 % of HBM, Qwen2.5-7B
+decode tokens/s) — least squares, so one row the model cannot reach does not decide the
+fit alone. The ridge points follow from public numbers alone, and the "> 90 %
+above 58 TFLOP" row is left out of the objective: with the µs-scale fixed costs the
+memory-bound rows imply (50 % of HBM at 113.5 MiB), no GEMM of 58 TFLOP (~50 ms) can
+stay below 90 %; bench/paper.py prints it with its ratio all the same.
+
+Programs are compiled once (on the current ``maia200``) and re-simulated for every
+candidate: the tiling stays fixed while the rates change, so rerun the script after a
+fit moved the values a lot. ``--write`` stores the result in runtime/maia200_fit.py.
+
+    python bench/fit_paper.py [--write] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import paper  # noqa: E402  (bench/paper.py, beside this script)
+
+from maiac.runtime.target import get_target  # noqa: E402
+
+GRID = {
+    "hbm_efficiency": [0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 1.0],
+    "dma_latency_s": [0.25e-6, 0.5e-6, 1.0e-6, 2.0e-6],
+    "noc_bw": [24e12, 40e12, 80e12],
+}
+FITTED_ROWS = ("bf16_compute_peak", "bf16_memory_peak", "bf16_50pct_bytes",
+               "fp8_compute_peak", "fp8_memory_peak", "qwen_tokens_per_s")
+OUT = Path(__file__).resolve().parent.parent / "runtime" / "maia200_fit.py"
+ROWS_OF = {
+    "hbm_efficiency": "Qwen2.5-7B decode 2,434 tokens/s and the BF16/FP8 memory-bound GEMM peaks",
+    "dma_latency_s": "BF16 memory-bound GEMM: > 50 % of HBM only past 113.5 MiB operands",
+    "noc_bw": "BF16/FP8 compute-bound GEMM peaks (99.69 %, 96 %)",
+}
+
+
+def objective(values: dict[str, float], programs: dict, quick: bool) -> tuple[float, Any]:
+    target = dataclasses.replace(get_target("maia200"), **values)
+    result = paper.run(target, quick=quick, programs=programs)
+    rows = {r["key"]: r for r in result["rows"]}
+    # a row maiac cannot compute (no shape crosses the threshold) counts as a factor 3 off
+    logs = [math.log(r) if math.isfinite(r := rows[k]["ratio"]) and r > 0 else math.log(3.0)
+            for k in FITTED_ROWS]
+    return sum(x * x for x in logs), result
+
+
+def fit(quick: bool, passes: int = 1) -> tuple[dict[str, float], Any]:
+    programs: dict = {}
+    base = get_target("maia200")
+    values = {k: getattr(base, k) for k in GRID}
+    best, result = objective(values, programs, quick)
+    print(f"start {values}: sum of squared log ratios {best:.3f}", file=sys.stderr)
+    for sweep in range(passes):
+        for key, grid in GRID.items():
+            for v in grid:
+                trial = {**values, key: v}
+                score, res = objective(trial, programs, quick)
+                if score < best - 1e-9:
+                    best, values, result = score, trial, res
+            print(f"pass {sweep + 1} {key} -> {values[key]:.4g} (score {best:.3f})",
+                  file=sys.stderr)
+    return values, result
+
+
+def write(values: dict[str, float], result: Any) -> None:
+    rows = "\n".join(f"#   {r['experiment']}: paper {r['paper']:.4g}, maiac {r['maiac']:.4g}, "
+                     f"ratio {r['ratio']:.3f}" for r in result["rows"])
+    OUT.write_text(f'''"""Fitted parameters of the ``maia200`` target (written by ``bench/fit_paper.py``; do not
+edit by hand: rerun the fit). Each value was chosen so maiac's model of the experiments
+of arXiv 2608.24664 reproduces the published table (bench/paper.py); ``FIT_ROWS`` names
+the rows each one was fitted to."""
+
+# the fit's table ({time.strftime("%Y-%m-%d")}):
+{rows}
+
+FIT: dict[str, float] = {{
+''' + "".join(f'    "{k}": {v!r},\n' for k, v in values.items()) + '''}
+
+FIT_ROWS: dict[str, str] = {
+''' + "".join(f'    "{k}": "{ROWS_OF[k]}",\n' for k in values) + "}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="update runtime/maia200_fit.py")
+    ap.add_argument("--quick", action="store_true", help="the quick shape set")
+    ap.add_argument("--passes", type=int, default=1, help="coordinate-descent passes")
+    args = ap.parse_args(argv)
+    values, result = fit(args.quick, args.passes)
+    print(paper.table(result))
+    print(f"fitted: {values}")
+    if args.write:
+        write(values, result)
+        print(f"wrote {OUT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
