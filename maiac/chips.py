@@ -1,7 +1,7 @@
 """Many chips: compile a model for a tensor-parallel group, run it, time it, save it.
 
 ``compile_chips`` runs the front of the pipeline (import, lowering, fusion) once, then
-for every rank `shard{chips=N,rank=r}` (passes/shard.py) and the rest of the pipeline
+for every rank `shard{chips=N rank=r}` (passes/shard.py) and the rest of the pipeline
 (quantize, tile, plan, schedule), so each chip gets its own program. ``ranks="timing"``
 compiles only ranks 0 and 1: ranks 1..N-1 differ only in which slice of the weights they
 hold (rank 0 also adds the biases and residuals), so their schedules are the same and a
@@ -52,7 +52,8 @@ class ChipGroup:
         if backend == "ray":
             from maiac.ray_backend import run_on_ray
 
-            return run_on_ray(self.programs, inputs, address=ray_address)
+            return run_on_ray(self.programs, inputs, address=ray_address,
+                              cache=self.runtime_cache)
         from maiac.runtime.multichip import run_chips
 
         return run_chips(self.programs, inputs)

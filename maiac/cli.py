@@ -243,6 +243,9 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     debug = dict(print_ir_after=print_ir_after, verify_each=verify_each, out=sys.stderr)
     log = driver.CompileLog()
     t0 = time.perf_counter()
+    if emit is not None and chips > 1:
+        raise click.UsageError("--emit prints one chip's IR: use --pipeline with "
+                               "'shard{chips=N rank=R}' after the fusions instead of --chips")
     if emit is not None:
         progress(f"compiling {model} to {emit} IR")
         text = driver.compile_to_ir(model, emit=emit, print_ir_after_all=print_ir_after_all,

@@ -59,8 +59,14 @@ def _actor_class(ray: Any) -> Any:
 
 
 def run_on_ray(programs: Sequence[Program], inputs: dict[str, np.ndarray],
-               address: str | None = None) -> dict[str, np.ndarray]:
-    """Run a group with one Ray actor per chip; the group's outputs."""
+               address: str | None = None, cache: dict[str, Any] | None = None
+               ) -> dict[str, np.ndarray]:
+    """Run a group with one Ray actor per chip; the group's outputs.
+
+    When Ray was already initialized by the caller, the actors (programs and machines
+    loaded) stay alive in ``cache`` for the next run of the same group; a Ray this call
+    starts is shut down again, actors and all.
+    """
     from maiac.runtime.multichip import check_group, merge_outputs
 
     check_group(programs)
@@ -73,11 +79,17 @@ def run_on_ray(programs: Sequence[Program], inputs: dict[str, np.ndarray],
         except Exception as err:  # a bad address, no cluster there
             raise MaiacError(f"--ray-address {address!r}: cannot connect: {err}") from None
         started = True
-    actor = _actor_class(ray)
-    actors = []
+    actors: list[Any] = []
+    keep = not started and cache is not None
     try:
-        # a copy without the in-process interpreter cache (the actor builds its own)
-        actors = [actor.remote(dataclasses.replace(p)) for p in programs]
+        if keep and cache is not None and "ray_actors" in cache:
+            actors = cache["ray_actors"]
+        else:
+            actor = _actor_class(ray)
+            # a copy without the in-process interpreter cache (the actor builds its own)
+            actors = [actor.remote(dataclasses.replace(p)) for p in programs]
+            if keep and cache is not None:
+                cache["ray_actors"] = actors
         ray.get([a.start.remote(inputs) for a in actors])
         while True:
             steps = [a.step.remote() for a in actors]
@@ -90,13 +102,17 @@ def run_on_ray(programs: Sequence[Program], inputs: dict[str, np.ndarray],
             ray.get([a.finish.remote(*pieces) for a in actors])
         per_chip = ray.get([a.outputs.remote() for a in actors])
     except ray.exceptions.RayTaskError as err:
+        keep = False
         cause = err.cause if getattr(err, "cause", None) is not None else err
         if isinstance(cause, MaiacError):
             raise cause from None
         raise MaiacError(f"a chip actor failed: {cause}") from None
     finally:
-        for a in actors:
-            ray.kill(a)
+        if not keep:
+            for a in actors:
+                ray.kill(a)
+            if cache is not None:
+                cache.pop("ray_actors", None)
         if started:
             ray.shutdown()
     return merge_outputs(programs, per_chip)
