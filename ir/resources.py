@@ -11,8 +11,9 @@ Small constants (at most ``DENSE_LIMIT`` elements) are kept inline as
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -120,6 +121,22 @@ def _new_handle(hint: str) -> str:
         counter += 1
         handle = f"{base}_{counter}"
     return handle
+
+
+@contextlib.contextmanager
+def scoped_store() -> Iterator[None]:
+    """Forget the resources registered inside the block when it ends.
+
+    The store is process-global, so a process that compiles many models (maiac eval
+    over formats, sweeps) would keep every weight copy alive; a compiled program holds
+    its own bytes, so the handles can go once the module is emitted.
+    """
+    before = set(_STORE)
+    try:
+        yield
+    finally:
+        for handle in [h for h in _STORE if h not in before]:
+            del _STORE[handle]
 
 
 def register_array(arr: np.ndarray, hint: str = "const") -> str:

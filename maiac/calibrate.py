@@ -120,14 +120,12 @@ def _checked(samples: list[dict[str, np.ndarray]],
     return samples
 
 
-def calibrate(model: str | Path | onnx.ModelProto,
-              data: str | Path | Mapping[str, np.ndarray] | None = None, *,
-              shapes: Mapping[str, Iterable[int]] | None = None, method: str = "max",
-              percentile: float = 100.0, seed: int = 0) -> dict[str, float]:
-    """amax of the activation (first) input of every MatMul/Gemm, by node name."""
+def _matmul_activations(proto: onnx.ModelProto, data: Any, shapes: Any, seed: int
+                        ) -> tuple[dict[str, str], list[dict[str, np.ndarray]]]:
+    """(node label -> its activation tensor, one {tensor: value} per calibration sample)
+    for every MatMul/Gemm, from onnxruntime with those tensors added as outputs."""
     import onnxruntime as ort
 
-    proto = _load_model(model)
     nodes = [n for n in proto.graph.node if n.op_type in MATMUL_OPS and n.input]
     wanted = {node_label(n): n.input[0] for n in nodes}
     inits = {i.name for i in proto.graph.initializer}
@@ -143,14 +141,26 @@ def calibrate(model: str | Path | onnx.ModelProto,
         raise MaiacError(f"calibration: onnxruntime cannot load the model "
                          f"({str(err).strip().splitlines()[0]})") from None
     out_names = [o.name for o in sess.get_outputs()]
-    values: dict[str, list[np.ndarray]] = {}
+    samples = []
     for feeds in load_samples(data, proto, shapes, seed):
         results = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         results.update(feeds)
-        for tensor in set(wanted.values()):
-            if tensor in results:
-                values.setdefault(tensor, []).append(np.abs(np.asarray(results[tensor],
-                                                                       np.float64)).ravel())
+        samples.append({t: results[t] for t in set(wanted.values()) if t in results})
+    return wanted, samples
+
+
+def calibrate(model: str | Path | onnx.ModelProto,
+              data: str | Path | Mapping[str, np.ndarray] | None = None, *,
+              shapes: Mapping[str, Iterable[int]] | None = None, method: str = "max",
+              percentile: float = 100.0, seed: int = 0) -> dict[str, float]:
+    """amax of the activation (first) input of every MatMul/Gemm, by node name."""
+    proto = _load_model(model)
+    wanted, samples = _matmul_activations(proto, data, shapes, seed)
+    inits = {i.name for i in proto.graph.initializer}
+    values: dict[str, list[np.ndarray]] = {}
+    for results in samples:
+        for tensor, value in results.items():
+            values.setdefault(tensor, []).append(np.abs(np.asarray(value, np.float64)).ravel())
     amax: dict[str, float] = {}
     for label, tensor in wanted.items():
         if tensor in inits:
@@ -167,6 +177,25 @@ def calibrate(model: str | Path | onnx.ModelProto,
         amax[label] = float(np.max(allv) if method == "max" or percentile >= 100
                             else np.percentile(allv, percentile))
     return amax
+
+
+def hessians(model: str | Path | onnx.ModelProto,
+             data: str | Path | Mapping[str, np.ndarray] | None = None, *,
+             shapes: Mapping[str, Iterable[int]] | None = None, seed: int = 0
+             ) -> dict[str, np.ndarray]:
+    """``XᵀX`` (float64, [K, K]) of every MatMul/Gemm's activation over all calibration
+    rows, by node name: GPTQ's layer-wise Hessian (passes/gptq.py)."""
+    proto = _load_model(model)
+    wanted, samples = _matmul_activations(proto, data, shapes, seed)
+    out: dict[str, np.ndarray] = {}
+    for label, tensor in wanted.items():
+        rows = [np.asarray(s[tensor], np.float64) for s in samples if tensor in s]
+        rows = [r.reshape(-1, r.shape[-1]) for r in rows if r.ndim >= 2]
+        if rows:
+            x = np.concatenate(rows)
+            x = np.where(np.isfinite(x), x, 0.0)
+            out[label] = x.T @ x
+    return out
 
 
 def summary(amax: Mapping[str, float]) -> dict[str, Any]:

@@ -57,7 +57,8 @@ def default_pipeline(quant: str | None = None, schedule: str = "optimized") -> s
         from maiac.passes.quant_spec import METHODS, parse_quant_spec
 
         parsed = parse_quant_spec(quant)
-        stages += [METHODS[m] for m in (parsed.methods if parsed is not None else ())]
+        chosen = parsed.methods if parsed is not None else ()
+        stages += [METHODS[m].format(spec=spec) for m in METHODS if m in chosen]
         stages.append(f"quantize{{spec={spec}}}")
     stages.append(STAGES["tiled"] if schedule == "optimized" else NAIVE_TILED)
     return ",".join(stages)
@@ -162,6 +163,12 @@ def attach_calibration(module: builtin.ModuleOp, model: str | Path | onnx.ModelP
     from maiac.passes.quant_spec import parse_quant_spec
 
     specs = [parse_quant_spec(getattr(p, "spec", "")) for p in passes if p.name == "quantize"]
+    if any(p.name == "gptq" for p in passes):
+        from maiac.calibrate import hessians
+        from maiac.passes.gptq import HESSIAN_ATTR, register_hessians
+
+        table = hessians(model, calib, shapes=shapes)
+        module.attributes[HESSIAN_ATTR] = builtin.StringAttr(register_hessians(table))
     need = [s for s in specs if s is not None and s.needs_calibration]
     if not need:
         return

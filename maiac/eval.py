@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from maiac.ir.resources import scoped_store
 from maiac.runtime.errors import MaiacError
 
 Progress = Callable[[str], None]
@@ -150,7 +151,9 @@ def perplexity(model: str | Path | onnx.ModelProto, ids: np.ndarray, *,
         if progress:
             progress(f"eval {label}: compiling")
         t0 = time.perf_counter()
-        compiled = maiac_compile(model, quant=q, shapes=shapes, calib=calib, **compile_options)
+        with scoped_store():  # each format's weight copies go once its program exists
+            compiled = maiac_compile(model, quant=q, shapes=shapes, calib=calib,
+                                     **compile_options)
         compile_s = time.perf_counter() - t0
         nll: list[np.ndarray] = []
         t0 = time.perf_counter()
@@ -203,8 +206,10 @@ def embedding_agreement(model: str | Path | onnx.ModelProto,
     def embed(q: str | None) -> np.ndarray:
         if progress:
             progress(f"eval {q or 'fp32'}: compiling and running")
-        out = maiac_compile(model, quant=q, shapes=shapes, calib=feeds,
-                            **compile_options).run(feeds)
+        with scoped_store():
+            compiled = maiac_compile(model, quant=q, shapes=shapes, calib=feeds,
+                                     **compile_options)
+        out = compiled.run(feeds)
         if name not in out:
             raise MaiacError(f"eval: the model has no output {name!r}")
         e = np.asarray(out[name], np.float64)

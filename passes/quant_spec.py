@@ -9,7 +9,8 @@ Grammar (items separated by ``,`` or ``;``, in any order)::
               | scale=floor|ceil|even|rceil   MX shared-exponent rule (default floor, OCP MX)
               | calib=max|percentile=P     how calibration turns activations into a scale
               | method=NAME[+NAME]         accuracy methods run before quantize (METHODS:
-                                           hadamard = passes/rotate_hadamard.py)
+                                           hadamard = passes/rotate_hadamard.py,
+                                           gptq = passes/gptq.py)
               | GLOB=PRESET|FMT|none       per-layer override by node-name pattern
 
 Examples: ``mxfp4``, ``w=mxfp4,a=mxfp8e4m3``, ``w=mxfp4`` (weight-only: activations stay
@@ -48,8 +49,9 @@ PRESETS: dict[str, tuple[str | None, str | None]] = {
     "none": (None, None),
 }
 SETTING_KEYS = ("w", "a", "scale", "calib", "method")
-# method=NAME -> the pass the default pipeline runs before `quantize`
-METHODS: dict[str, str] = {"hadamard": "rotate-hadamard"}
+# method=NAME -> the pass the default pipeline runs before `quantize`, in this order
+# ({spec}: the quoted spec, for passes that need the formats)
+METHODS: dict[str, str] = {"hadamard": "rotate-hadamard", "gptq": "gptq{{spec={spec}}}"}
 # formats whose activation scale is static (per tensor): they need calibration
 STATIC_ACT_FORMATS = ("fp8e4m3", "fp8e5m2", "nvfp4")
 

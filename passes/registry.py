@@ -110,6 +110,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
     ("maiac.passes.shard", "ShardPass"),
     ("maiac.passes.rotate_hadamard", "RotateHadamardPass"),
+    ("maiac.passes.gptq", "GptqPass"),
     ("maiac.passes.quantize", "QuantizePass"),
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),

@@ -37,7 +37,8 @@ from maiac.passes.fuse_match import label, new_constant, new_op
 from maiac.passes.quantize import constant_of
 from maiac.runtime.errors import MaiacError
 
-ROTATION_ATTR = "rotation"
+ROTATION_ATTR = "rotation"  # the x @ H matmul this pass adds
+ROTATED_INPUT_ATTR = "hadamard_in"  # a matmul whose input (and weight) are rotated
 
 
 def hadamard(n: int) -> np.ndarray:
@@ -100,6 +101,7 @@ class RotateHadamardPass(ModulePass):
             mm.parent_block().insert_op_before(const, mm)  # type: ignore[union-attr]
             old_w = mm.operands[1]
             mm.operands = [rotated[x], const.results[0], *mm.operands[2:]]
+            mm.attributes[ROTATED_INPUT_ATTR] = maia.to_attr(self.block)
             if not old_w.uses and old_w.owner is not None:
                 old_w.owner.detach()
                 old_w.owner.erase()
