@@ -94,6 +94,19 @@ def _vit_inputs() -> dict[str, torch.Tensor]:
     return {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
 
 
+def _image224_inputs() -> dict[str, torch.Tensor]:
+    """One 224x224 image: 14x14 patches of 16 -> 196 tokens + [CLS] (+ DeiT's distillation
+    token), the sequence lengths (197, 198) of the ViT/DeiT checkpoints people use."""
+    g = torch.Generator().manual_seed(4)
+    return {"pixel_values": torch.randn(1, 3, 224, 224, generator=g)}
+
+
+def _seq2seq_inputs() -> dict[str, torch.Tensor]:
+    inputs = _bert_inputs()
+    inputs["decoder_input_ids"] = _ids(2, 5, 5)
+    return inputs
+
+
 def _configs() -> dict[str, tuple[str, Any, Callable[[], dict[str, torch.Tensor]], str]]:
     """family → (model class name, config, inputs, output)."""
     t = transformers
@@ -119,6 +132,45 @@ def _configs() -> dict[str, tuple[str, Any, Callable[[], dict[str, torch.Tensor]
                             num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
                 _vit_inputs, "last_hidden_state"),
+        # families of issue 10: what users' checkpoints are made of, at small widths
+        "vit224": ("ViTModel",
+                   t.ViTConfig(image_size=224, patch_size=16, num_channels=3, hidden_size=64,
+                               num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0),
+                   _image224_inputs, "last_hidden_state"),
+        "deit": ("DeiTModel",
+                 t.DeiTConfig(image_size=224, patch_size=16, num_channels=3, hidden_size=64,
+                              num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                 _image224_inputs, "last_hidden_state"),
+        "t5_encoder": ("T5EncoderModel",
+                       t.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128,
+                                  num_layers=2, num_heads=4, dropout_rate=0.0,
+                                  feed_forward_proj="gated-gelu"),
+                       _bert_inputs, "last_hidden_state"),
+        "t5": ("T5ForConditionalGeneration",
+               t.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                          num_decoder_layers=2, num_heads=4, dropout_rate=0.0,
+                          decoder_start_token_id=0),
+               _seq2seq_inputs, "logits"),
+        "mpnet": ("MPNetModel",
+                  t.MPNetConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=128,
+                                max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0),
+                  _bert_inputs, "last_hidden_state"),
+        "distilbert": ("DistilBertModel",
+                       t.DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4,
+                                          hidden_dim=128, max_position_embeddings=64,
+                                          dropout=0.0, attention_dropout=0.0),
+                       _bert_inputs, "last_hidden_state"),
+        "phi": ("PhiForCausalLM",
+                t.PhiConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=64, partial_rotary_factor=0.5,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0),
+                _decoder_inputs, "logits"),
     }
 
 
@@ -127,7 +179,8 @@ def build(family: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[s
     cls_name, config, make_inputs, output = _configs()[family]
     config._attn_implementation = "eager"
     torch.manual_seed(SEED)
-    extra = {"add_pooling_layer": False} if family in ("vit", "bert") else {}
+    pooled = ("vit", "bert", "vit224", "deit", "mpnet")
+    extra = {"add_pooling_layer": False} if family in pooled else {}
     model = getattr(transformers, cls_name)(config, **extra).eval()
     inputs = make_inputs()
     wrapper = OneOutput(model, list(inputs), output).eval()
@@ -152,6 +205,15 @@ MODELS: dict[str, tuple[str, str, int, bool]] = {
     "qwen2_torchscript": ("qwen2", "torchscript", TORCHSCRIPT_OPSET, False),
     "vit_dynamo": ("vit", "dynamo", DYNAMO_OPSET, False),
     "vit_torchscript": ("vit", "torchscript", 16, False),
+    "vit224_dynamo": ("vit224", "dynamo", DYNAMO_OPSET, False),
+    "deit_dynamo": ("deit", "dynamo", DYNAMO_OPSET, False),
+    "t5_encoder_dynamo": ("t5_encoder", "dynamo", DYNAMO_OPSET, False),
+    "t5_dynamo": ("t5", "dynamo", DYNAMO_OPSET, False),
+    "mpnet_dynamo": ("mpnet", "dynamo", DYNAMO_OPSET, False),
+    "mpnet_torchscript": ("mpnet", "torchscript", TORCHSCRIPT_OPSET, True),
+    "distilbert_dynamo": ("distilbert", "dynamo", DYNAMO_OPSET, False),
+    "distilbert_torchscript": ("distilbert", "torchscript", TORCHSCRIPT_OPSET, True),
+    "phi_dynamo": ("phi", "dynamo", DYNAMO_OPSET, False),
 }
 
 

@@ -27,7 +27,11 @@ from maiac import models
 DATA = Path(__file__).parent / "data"
 MANIFEST: dict[str, Any] = json.loads((DATA / "MANIFEST.json").read_text())
 MODELS: dict[str, dict[str, Any]] = MANIFEST["models"]
-MAX_TOTAL_BYTES = 6_500_000
+# 6.4 MB for the first 11 exports, 6.4 MB for the issue-10 families (two 224x224 images)
+MAX_TOTAL_BYTES = 13_000_000
+# families exported both ways; the issue-10 families (vit224, deit, t5, mpnet, distilbert,
+# phi) have a dynamo export at least
+BOTH_EXPORTERS = {"gpt2", "bert", "llama", "qwen2", "vit", "mpnet", "distilbert"}
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -44,7 +48,10 @@ def test_manifest_lists_every_model_file() -> None:
         exporters[m["family"]].add(m["exporter"])
     assert {"gpt2", "bert", "llama", "vit"} <= set(exporters)
     assert {"qwen2", "mistral"} & set(exporters)
-    assert all(e == {"dynamo", "torchscript"} for e in exporters.values()), exporters
+    assert all(e == {"dynamo", "torchscript"} for f, e in exporters.items()
+               if f in BOTH_EXPORTERS), exporters
+    assert all("dynamo" in e for e in exporters.values()), exporters
+    assert {"vit224", "deit", "t5_encoder", "t5", "mpnet", "distilbert", "phi"} <= set(exporters)
     assert not MANIFEST.get("failed_exports"), MANIFEST.get("failed_exports")
     assert any(m["symbolic_dims"] for m in MODELS.values()), "one model has symbolic dims"
 
