@@ -64,6 +64,9 @@ SUPPORTED_OPS: set[str] = {
 """ONNX op types maiac accepts; other engineers add the ops they lower."""
 SUPPORTED_OPS.update(family_ops())  # the op families lowered in passes/lower_<family>.py
 
+SHAPE_PRESERVING = {"GroupNormalization"}
+"""Ops whose output 0 has input 0's type, where ONNX shape inference gives nothing."""
+
 SMALL_VALUE_LIMIT = 4096
 """Values with at most this many elements are tracked while inferring shapes."""
 
@@ -307,7 +310,13 @@ class _Importer:
             missing = [o for o in outputs if o not in self.types]
             if missing:
                 self._infer_one(node, elem_types)
+            if node.op_type in SHAPE_PRESERVING and node.output[0] not in self.types \
+                    and node.input[0] in self.types:  # ONNX has no inference for these
+                self.types[node.output[0]] = self.types[node.input[0]]
             for name in outputs:
+                if name not in self.types and name.startswith("__maiac_unused_"):
+                    # an output the model leaves unnamed: no use, so any type will do
+                    self.types[name] = TensorType(element_type_of_onnx(TensorProto.FLOAT), [1])
                 if name not in self.types:
                     raise MaiacError(f"{self.describe(node)}: {self._why_not_static(node, name)}")
 

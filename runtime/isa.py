@@ -72,7 +72,7 @@ POSITIONAL_FNS = ("rope", "causal_mask")
 UNARY_FNS += ("round", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
               "atanh", "isinf", "bitwise_not")
 BINARY_FNS += ("bitshift_left", "bitshift_right", "bitwise_and", "bitwise_or", "bitwise_xor")
-ROW_FNS += ("cumsum",)
+ROW_FNS += ("cumsum", "reduce_prod")
 VEC_FNS = UNARY_FNS + BINARY_FNS + TERNARY_FNS + ROW_FNS + QUANT_FNS + POSITIONAL_FNS
 
 

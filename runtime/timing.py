@@ -64,7 +64,8 @@ VEC_OPS: dict[str, int] = {
     "causal_mask": 2,  # compare, select
 }
 VEC_OPS.update(tvp_math.VEC_OPS)  # the op families' functions
-ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "quantize")
+ROW_INPUT_FNS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "quantize",
+                 "reduce_prod")
 
 
 def ttu_format_key(fmt: str) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 UNARY = ("round", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
          "isinf", "bitwise_not")
 BINARY = ("bitshift_left", "bitshift_right", "bitwise_and", "bitwise_or", "bitwise_xor")
-ROW = ("cumsum",)  # over the last axis of the block; out has the input's shape
+ROW = ("cumsum",  # over the last axis of the block; out has the input's shape
+       "reduce_prod")  # out has last extent 1, as the other reductions
 
 
 def _cumsum(x: np.ndarray, attrs: dict) -> np.ndarray:
@@ -69,6 +70,7 @@ FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "bitwise_or": ("num", lambda a, b, at: np.bitwise_or(a, b)),
     "bitwise_xor": ("num", lambda a, b, at: np.bitwise_xor(a, b)),
     "cumsum": ("num", _cumsum),
+    "reduce_prod": ("num", lambda x, at: x.prod(-1, keepdims=True, dtype=x.dtype)),
 }
 assert set(FNS) == set(UNARY + BINARY + ROW)
 

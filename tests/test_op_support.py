@@ -52,7 +52,8 @@ def test_ops_lists_supported_ops_with_opsets() -> None:
     result = CliRunner().invoke(main, ["ops", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["op"]: r for r in json.loads(result.output)["ops"]}
-    assert rows["HardSwish"]["how"] == "lowered" and 14 in rows["HardSwish"]["opsets"]
+    assert rows["CumSum"]["how"] == "lowered" and 14 in rows["CumSum"]["opsets"]
+    assert rows["Attention"]["how"] == "lowered" and 23 in rows["Attention"]["opsets"]
     assert rows["Clip"]["opsets"][:3] == [1, 6, 11]
     assert rows["Size"]["how"] == "folded"
     assert "Unique" not in rows
