@@ -12,6 +12,7 @@ compiles for static shapes, as the chip does.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ KNOWN_LIMITS: dict[str, str] = {
     "sequence/optional values": r"only tensor inputs",
     "Cast with saturate=0 to fp8": r"saturate=0",
     "output shape depends on input values": r"static shape|depends on the values",
+    "Attention with per-batch cache lengths (nonpad_kv_seqlen)": r"nonpad_kv_seqlen",
+    "Resize extrapolation outside the crop for linear/cubic": r"extrapolation is supported",
+    "TopK with k > 64": r"TopK with k",
 }
 
 
@@ -60,8 +64,6 @@ def is_transformer_case(result: CaseResult) -> bool:
 
 def known_limit(detail: str) -> str | None:
     """The documented limit an error message falls under, if any."""
-    import re
-
     for reason, pattern in KNOWN_LIMITS.items():
         if re.search(pattern, detail):
             return reason
@@ -108,14 +110,16 @@ def _non_tensor_values(model: onnx.ModelProto) -> list[str]:
             if not v.type.HasField("tensor_type")]
 
 
-def _bind_integer_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose integer inputs are initializers with the case's values."""
+def _bind_integer_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                         named: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """A copy of ``model`` whose integer inputs (and the ``named`` ones, e.g. Resize's
+    float scales) are initializers with the case's values."""
     bound = onnx.ModelProto()
     bound.CopyFrom(model)
     keep = []
     for value in bound.graph.input:
         array = feeds.get(value.name)
-        if array is not None and array.dtype.kind in "iu":
+        if array is not None and (array.dtype.kind in "iu" or value.name in named):
             bound.graph.initializer.append(numpy_helper.from_array(array, value.name))
         else:
             keep.append(value)
@@ -133,6 +137,30 @@ def _ulp(values: np.ndarray, mantissa_bits: int) -> np.ndarray:
     return 2.0 ** (exponent - mantissa_bits)
 
 
+def _compile_binding_parameters(model: onnx.ModelProto, feeds: dict[str, np.ndarray]
+                                ) -> tuple[object, onnx.ModelProto]:
+    """Compile ``model``; where maiac needs an input constant (a shape, Resize's scales),
+    bind it to the case's value and retry (integer inputs, then the inputs the error
+    names, accumulating)."""
+    from maiac.driver import compile as maiac_compile
+
+    used, named = model, frozenset()
+    for attempt in range(4):
+        try:
+            return maiac_compile(used), used
+        except MaiacError as err:
+            text = str(err)
+            if attempt == 3 or not any(w in text for w in ("constant", "static", "symbolic")):
+                raise
+            named |= frozenset(re.findall(r"input '([^']+)'", text))
+            if attempt >= 1:  # float parameters of resizes (scales, roi) when ints were not enough
+                named |= {i.name for i in model.graph.input if len(
+                    i.type.tensor_type.shape.dim) == 1 and i.name in feeds
+                    and feeds[i.name].size <= 16}
+            used = _bind_integer_inputs(model, feeds, named)
+    raise AssertionError("unreachable")
+
+
 def _array(value: object) -> np.ndarray:
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
@@ -141,7 +169,6 @@ def _array(value: object) -> np.ndarray:
 
 def run_case(case: object) -> CaseResult:
     """Compile, run and compare one case (every data set)."""
-    from maiac.driver import compile as maiac_compile
 
     name = case.name  # type: ignore[attr-defined]
     ops = case_ops(case)
@@ -163,15 +190,7 @@ def run_case(case: object) -> CaseResult:
         names = [i.name for i in model.graph.input]
         feeds = {n: _array(v) for n, v in zip(names, inputs, strict=False)}
         try:
-            try:
-                compiled = maiac_compile(model)
-                used = model
-            except MaiacError as err:
-                if "constant" not in str(err) and "static" not in str(err) \
-                        and "symbolic" not in str(err):
-                    raise
-                used = _bind_integer_inputs(model, feeds)
-                compiled = maiac_compile(used)
+            compiled, used = _compile_binding_parameters(model, feeds)
             given = {i.name for i in used.graph.input}
             got = compiled.run({k: v for k, v in feeds.items() if k in given})
         except MaiacError as err:

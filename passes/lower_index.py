@@ -435,3 +435,94 @@ RULES: dict[str, Callable[[Node], list[SSAValue]]] = {
     "SpaceToDepth": lower_index_probe,
     "Einsum": lower_einsum,
 }
+
+
+# ---- Resize -----------------------------------------------------------------------------
+
+
+def _resize_inputs(node: Node) -> list[np.ndarray | None]:
+    """roi, scales, sizes (opset >= 11; scales only before) as constants."""
+    values: list[np.ndarray | None] = []
+    for index in range(1, len(node.op.operands)):
+        value = input_at(node.op, index)
+        if value is None:
+            values.append(None)
+            continue
+        const = node.const(index)
+        if const is None:
+            raise node.fail(f"input '{value.name_hint}' (roi/scales/sizes) must be a constant: "
+                            "maiac resizes by constant factors")
+        values.append(None if const.size == 0 else const)
+    return values
+
+
+def _run_resize(node: Node, probe: np.ndarray, consts: list[np.ndarray | None],
+                **overrides: object) -> np.ndarray:
+    attrs = {**onnx_attributes(node.op), **overrides}
+    (out,) = evaluate("Resize", attrs, [probe, *consts], 1, {"": get_opset(node.op)})
+    return np.asarray(out)
+
+
+def lower_resize(node: Node) -> list[SSAValue]:
+    """Nearest: the index map of Resize on an index probe (a gather, any dtype).
+    Linear/cubic (separable): per resized axis a constant [in, out] weight matrix, from
+    Resize of one-hot probes, applied by a matmul on the TTU."""
+    x = node.op.operands[0]
+    shape = tensor_shape(x.type)
+    out_shape = tensor_shape(_out(node))
+    consts = _resize_inputs(node)
+    mode = str(node.attr("mode", "nearest"))
+    crop = node.attr("coordinate_transformation_mode", "") == "tf_crop_and_resize"
+    if mode == "nearest":
+        probe = np.arange(_size(shape), dtype=np.float64).reshape(shape)
+        index = _run_resize(node, probe, consts, extrapolation_value=-1.0)
+        outside = index < 0
+        gathered = _gather_map(node, x, np.maximum(index, 0).astype(np.int64))
+        if not outside.any():
+            return [gathered]
+        value = scalar(node, float(node.attr("extrapolation_value", 0.0)), x)
+        return [where(node, constant(node, ~outside), gathered, value)]
+    if str(node.attr("keep_aspect_ratio_policy", "stretch")) != "stretch":
+        raise node.fail("keep_aspect_ratio_policy is supported for mode 'nearest' only")
+    if tensor_dtype(x.type) not in ("f32", "bf16", "f16"):
+        raise node.fail(f"{mode} Resize of {tensor_dtype(x.type)} data is not supported")
+    moved_axes = [a for a in range(len(shape)) if shape[a] != out_shape[a] or crop]
+    # a probe keeping only the resized axes (scale-1 axes shrunk to 1)
+    probe_shape = [shape[a] if a in moved_axes else 1 for a in range(len(shape))]
+    if get_opset(node.op) < 11:  # Resize-10: (X, scales)
+        roi, scales, sizes = None, consts[0], None
+    else:
+        roi, scales, sizes = (consts + [None, None, None])[:3]
+    axes = node.attr("axes", None)
+    listed = [_norm_axis(int(a), len(shape)) for a in axes] if axes else list(range(len(shape)))
+    if sizes is not None:
+        sizes = np.array([probe_shape[a] if a not in moved_axes else int(sizes[i])
+                          for i, a in enumerate(listed)], dtype=np.int64)
+    probe_consts = [scales] if get_opset(node.op) < 11 else [roi, scales, sizes][:len(consts)]
+    zero = _run_resize(node, np.zeros(probe_shape), probe_consts)
+    if np.any(zero != 0):
+        raise node.fail("tf_crop_and_resize extrapolation is supported for mode 'nearest' only")
+    y = x if tensor_dtype(x.type) == "f32" else unary(node, "copy", x, TensorType(f32, shape))
+    for axis in moved_axes:
+        n_in = shape[axis]
+        columns = []
+        for k in range(n_in):
+            onehot = np.zeros(probe_shape)  # 1 on hyperplane k of axis, constant elsewhere
+            np.moveaxis(onehot, axis, 0)[k] = 1
+            response = _run_resize(node, onehot, probe_consts)
+            pick = tuple(slice(None) if a == axis else 0 for a in range(len(shape)))
+            columns.append(response[pick])
+        weights = np.stack(columns).astype(np.float32)  # [in, out]
+        if weights.shape == (n_in, n_in) and np.array_equal(weights, np.eye(n_in)):
+            continue
+        moved, back = _move_last(node, y, axis)
+        m_shape = tensor_shape(moved.type)
+        res = node.emit(maia.MatMulOp, [moved, constant(node, weights)],
+                        TensorType(f32, [*m_shape[:-1], weights.shape[1]]))
+        y = node.transpose(res, back)
+    if tensor_shape(y.type) != out_shape:
+        raise node.fail(f"resized shape {tensor_shape(y.type)} != {out_shape}")
+    return [y if y.type == _out(node) else unary(node, "copy", y, _out(node))]
+
+
+RULES["Resize"] = lower_resize

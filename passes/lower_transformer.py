@@ -79,8 +79,9 @@ def _constant_bias(node: Node, sq: int, sk: int, offset: int) -> np.ndarray | No
 
 
 def lower_attention(node: Node) -> list[SSAValue]:
-    if input_at(node.op, 6) is not None:
-        raise node.fail("nonpad_kv_seqlen (per-batch cache lengths) is not supported")
+    nonpad = input_at(node.op, 6)
+    if nonpad is not None and input_at(node.op, 4) is not None:
+        raise node.fail("nonpad_kv_seqlen together with past_key is not supported")
     q_in, k_in, v_in = node.op.operands[:3]
     rank3 = len(tensor_shape(q_in.type)) == 3
     q = _f32(node, _heads(node, q_in, int(node.attr("q_num_heads", 0))))
@@ -128,8 +129,13 @@ def lower_attention(node: Node) -> list[SSAValue]:
             bias = where(node, mask, constant(node, np.float32(0)), constant(node, NEG_INF))
         else:
             bias = _f32(node, mask)
-    fixed = _constant_bias(node, sq, sk, tensor_shape(past_k.type)[2] if past_k is not None
-                           else 0)
+    if nonpad is not None:  # per-batch cache lengths: a runtime bias [B, 1, Sq, Sk]
+        fixed = None
+        lengths = _nonpad_bias(node, nonpad, b, sq, sk)
+        bias = lengths if bias is None else binary(node, "add", bias, lengths)
+    else:
+        fixed = _constant_bias(node, sq, sk, tensor_shape(past_k.type)[2]
+                               if past_k is not None else 0)
     if fixed is not None:
         bias = constant(node, fixed) if bias is None else binary(
             node, "add", bias, constant(node, fixed))
@@ -137,7 +143,7 @@ def lower_attention(node: Node) -> list[SSAValue]:
         scores = binary(node, "add", scores, bias)
     probs = node.emit(maia.SoftmaxOp, [scores], scores.type, fn="softmax")
     y = node.emit(maia.MatMulOp, [probs, v], TensorType(f32, [b, hq, sq, dv]))
-    masked_rows = _fully_masked_rows(node, bias, fixed, mask is not None)
+    masked_rows = _fully_masked_rows(node, bias, fixed, mask is not None or nonpad is not None)
     if masked_rows is not None:  # a query row with no key attended is 0, not NaN (ONNX)
         zero = constant(node, np.float32(0))
         y = where(node, masked_rows, zero, y)
@@ -152,6 +158,32 @@ def lower_attention(node: Node) -> list[SSAValue]:
             used = bool(node.op.results[index].uses)
             results.append(_cast(node, value, _out(node, index)) if used else value)
     return results
+
+
+def _nonpad_bias(node: Node, nonpad: SSAValue, b: int, sq: int, sk: int) -> SSAValue:
+    """0 / -inf for key j of query i in batch b: j < n[b] (padding), and with is_causal
+    or a window the frontier at offset n[b] - Sq: j - i + Sq <= n[b] (causal),
+    j - i + Sq + left >= n[b], j - i + Sq - right <= n[b]."""
+    from xdsl.dialects.builtin import i1, i64
+
+    n = node.reshape(nonpad, [b, 1, 1, 1])
+    if tensor_dtype(n.type) != "i64":
+        n = unary(node, "copy", n, TensorType(i64, [b, 1, 1, 1]))
+    cols = np.arange(sk, dtype=np.int64)[None, :]
+    rel = cols - np.arange(sq, dtype=np.int64)[:, None] + sq  # j - i + Sq
+    conds = [binary(node, "less", constant(node, np.broadcast_to(cols, (sq, sk)).copy()), n,
+                    elem=i1)]
+    left, right = int(node.attr("left_window_size", -1)), int(node.attr("right_window_size", -1))
+    if node.attr("is_causal", 0):
+        conds.append(binary(node, "less_equal", constant(node, rel), n, elem=i1))
+    if left >= 0:
+        conds.append(binary(node, "greater_equal", constant(node, rel + left), n, elem=i1))
+    if right >= 0:
+        conds.append(binary(node, "less_equal", constant(node, rel - right), n, elem=i1))
+    allowed = conds[0]
+    for cond in conds[1:]:
+        allowed = binary(node, "and", allowed, cond, elem=i1)
+    return where(node, allowed, constant(node, np.float32(0)), constant(node, NEG_INF))
 
 
 def _fully_masked_rows(node: Node, bias: SSAValue | None, fixed: np.ndarray | None,

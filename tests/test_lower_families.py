@@ -140,3 +140,13 @@ def test_opset23_block_matches_onnxruntime() -> None:
     x = RNG.standard_normal((2, 8, 64)).astype(np.float32)
     pos = np.tile(np.arange(3, 11), (2, 1)).astype(np.int64)
     _golden(onnx.load(str(path)), {"x": x, "position_ids": pos}, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_position_embedding_grid(mode: str) -> None:
+    """ViT position-embedding interpolation: a [1, 32, 14, 14] grid resized to 16 x 16."""
+    x = RNG.standard_normal((1, 32, 14, 14)).astype(np.float32)
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode)
+    inits = [_c("scales", np.array([1, 1, 16 / 14, 16 / 14], np.float32))]
+    _golden(_model(node, [("x", F, [1, 32, 14, 14])], [("y", F)], opset=19, inits=inits),
+            {"x": x}, atol=1e-5)
