@@ -46,6 +46,8 @@ PAPER = {
     "bf16_compute_peak": 0.9969, "bf16_90pct_flop": 58e12, "bf16_memory_peak": 0.514,
     "bf16_50pct_bytes": 113.5 * MIB, "fp8_compute_peak": 0.96, "fp8_memory_peak": 0.56,
     "bf16_ridge": 169.0, "fp8_ridge": 674.0, "qwen_tokens_per_s": 2434.0,
+    # Allgather, 8 chips over two trays, of SoL = max(4 us, R / 1.4 TiB/s)
+    "allgather_latency_fraction": 0.78, "allgather_bandwidth_fraction": 0.94,
 }
 # (M, K, N): squares and rectangles from compute- to memory-bound; operand sizes from a
 # few MiB to ~1 GiB so the memory-bound curve crosses 113.5 MiB
@@ -176,11 +178,23 @@ def summarize(target: Target, bf16: list[dict], fp8: list[dict], qwen: list[dict
          target.ttu_flops["fp8"] / target.hbm_bw, "FLOP/B"),
         (f"Qwen2.5-7B decode at 16,384 context, tokens/s (batch {best['batch']}, nearest)",
          "qwen_tokens_per_s", best["tokens_per_s"], "tokens/s"),
+        *allgather_summary(),
     ]
     return [{"experiment": name, "key": key, "paper": PAPER[key], "maiac": value,
              "ratio": value / PAPER[key], "unit": unit,
              "within_10pct": abs(value / PAPER[key] - 1) <= 0.10}
             for name, key, value, unit in rows]
+
+
+def allgather_summary() -> list[tuple[str, str, float, str]]:
+    """The network row (runtime/network.py; fitted to it, details: bench/paper_network.py)."""
+    from maiac.runtime.network import LARGE_RESULT_BYTES, SMALL_RESULT_BYTES, allgather_rows
+
+    small, large = allgather_rows(sizes=(SMALL_RESULT_BYTES, LARGE_RESULT_BYTES))
+    return [("Allgather 8 chips / 2 trays, small R: fraction of the latency bound (fitted)",
+             "allgather_latency_fraction", small["fraction_of_sol"], "fraction"),
+            ("Allgather 8 chips / 2 trays, R = 1 GiB: fraction of the bandwidth bound (fitted)",
+             "allgather_bandwidth_fraction", large["fraction_of_sol"], "fraction")]
 
 
 def run(target: Target, quick: bool = False, batches: list[int] | None = None,
