@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from maiac.kv_cache import KV_DTYPES, KVPair, kv_pairs, new_slots_only, store_cache_as
+from maiac.kv_cache import KV_DTYPES, KVPair, appends, kv_pairs, new_slots_only, store_cache_as
 from maiac.runtime.errors import MaiacError
 
 CAPACITY_ALIGN = 64   # KV-cache capacity is rounded up to this many positions
@@ -140,6 +140,7 @@ class Decoder:
     batch: int
     max_length: int | None     # static sequence length of a recompute decoder
     key: str                   # content hash, for the program cache
+    appends: bool = True       # present = Concat(past, new); else new written at the length
 
     @property
     def mode(self) -> str:
@@ -183,7 +184,8 @@ def load_decoder(model: str | Path | onnx.ModelProto) -> Decoder:
         raise MaiacError(f"{name}: a KV-cache decoder needs an 'attention_mask' input to mask "
                          f"the cache slots not yet filled")
     key = hashlib.sha256(proto.SerializeToString()).hexdigest()[:16]
-    dec = Decoder(proto, name, "input_ids", logits, mask, positions, pairs, 1, None, key)
+    dec = Decoder(proto, name, "input_ids", logits, mask, positions, pairs, 1, None, key,
+                  appends(proto) if pairs else True)
     ids_shape = dec.input_shape("input_ids")
     if len(ids_shape) != 2:
         raise MaiacError(f"{name}: input_ids must be [batch, sequence], got {ids_shape}")
@@ -256,12 +258,43 @@ def choose_token(logits: np.ndarray, sampling: SamplingOptions, rng: np.random.G
 
 # ------------------------------------------------------------------------ the loops
 
+def _gqa_head_dim(model: onnx.ModelProto, past: str) -> int | None:
+    """head_dim of a past input read by a com.microsoft GroupQueryAttention (the genai
+    builder leaves it symbolic): the query projection's width / heads."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "GroupQueryAttention" or past not in node.input:
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        heads, kv_heads = attrs.get("num_heads", 0), attrs.get("kv_num_heads", 0)
+        packed = len(node.input) < 2 or not node.input[1]
+        width, name = None, node.input[0]
+        for _ in range(3):  # MatMul / MatMulNBits, maybe behind a bias Add
+            prod = producers.get(name)
+            if prod is None:
+                break
+            if prod.op_type == "MatMulNBits":
+                width = next((a.i for a in prod.attribute if a.name == "N"), None)
+                break
+            if prod.op_type == "MatMul" and prod.input[1] in inits:
+                width = int(inits[prod.input[1]].dims[-1])
+                break
+            name = prod.input[0]
+        div = heads + 2 * kv_heads if packed else heads
+        if width and div and width % div == 0:
+            return width // div
+    return None
+
+
 def _kv_shapes(dec: Decoder, seq: int, past: int) -> dict[str, tuple[int, ...]]:
     shapes = {dec.ids: (dec.batch, seq), dec.mask: (dec.batch, past + seq)}
     if dec.positions:
         shapes[dec.positions] = (dec.batch, seq)
     for pair in dec.pairs:
         dims = dec.input_shape(pair.past)
+        if len(dims) == 4 and not isinstance(dims[3], int):
+            dims[3] = _gqa_head_dim(dec.model, pair.past) or dims[3]
         if len(dims) != 4 or not all(isinstance(d, int) for d in (dims[1], dims[3])):
             raise MaiacError(f"{dec.name}: cache input {pair.past!r} must be [batch, heads, "
                              f"past, head_dim] with static heads and head_dim, got {dims}")
@@ -289,7 +322,10 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
     # static shape every pass handles)
     prefill, t_prefill = _program(dec, "prefill", _kv_shapes(dec, n_prompt, 1), opts, records)
     pre = Session(prefill, [p.past for p in dec.pairs])
-    feeds = {dec.ids: _rows(prompt, dec.batch), dec.mask: _rows([0] + [1] * n_prompt, dec.batch)}
+    # the dummy slot is masked: first (Concat appends after it) or last (an op that writes
+    # the new keys at the sequence length needs the valid slots first)
+    pre_mask = [0] + [1] * n_prompt if dec.appends else [1] * n_prompt + [0]
+    feeds = {dec.ids: _rows(prompt, dec.batch), dec.mask: _rows(pre_mask, dec.batch)}
     if dec.positions:
         feeds[dec.positions] = _rows(list(range(n_prompt)), dec.batch)
     out = pre.run(feeds, [dec.logits, *presents])
@@ -297,14 +333,13 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
     dec_session = Session(decode, [p.past for p in dec.pairs])
     caches = {p.past: dec_session.tensor(p.past) for p in dec.pairs}
     for pair in dec.pairs:  # the prompt's keys/values into the resident cache
-        caches[pair.past][:, :, :n_prompt] = out[pair.present]
+        caches[pair.past][:, :, :n_prompt] = out[pair.present][:, :, :n_prompt]
     tokens: list[int] = []
     times = [t_prefill]
     rng = np.random.default_rng(opts.sampling.seed)
     logits = out[dec.logits][0, -1]
     mask = np.zeros((dec.batch, capacity + 1), np.int64)
     mask[:, :n_prompt] = 1
-    mask[:, capacity] = 1
     length = n_prompt
     while True:
         if opts.keep_logits:
@@ -313,13 +348,15 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
         tokens.append(token)
         if not emit(token) or len(tokens) == opts.max_new_tokens:
             break
+        mask[:, capacity if dec.appends else length] = 1   # this token's slot
         feeds = {dec.ids: _rows([token], dec.batch), dec.mask: mask}
         if dec.positions:
             feeds[dec.positions] = _rows([length], dec.batch)
         out = dec_session.run(feeds, [dec.logits, *presents])
         times.append(t_decode)
+        new_slot = 0 if dec.appends else length
         for pair in dec.pairs:
-            caches[pair.past][:, :, length] = out[pair.present][:, :, 0]
+            caches[pair.past][:, :, length] = out[pair.present][:, :, new_slot]
         mask[:, length] = 1
         length += 1
         logits = out[dec.logits][0, -1]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from maiac.generate import Decoder, GenerationResult, load_decoder
+from maiac.generate import Decoder, GenerationResult, _kv_shapes, load_decoder
 
 
 def _session(model: str | Path | onnx.ModelProto) -> Any:
@@ -43,8 +43,8 @@ def _forward(sess: Any, dec: Decoder, new: list[int], length: int,
             feeds[dec.positions] = _rows(list(range(length - len(new), length)), b)
         for pair in dec.pairs:
             if past is None:
-                dims = dec.input_shape(pair.past)
-                feeds[pair.past] = np.zeros((b, int(dims[1]), 0, int(dims[3])), np.float32)
+                shape = _kv_shapes(dec, len(new), 0)[pair.past]
+                feeds[pair.past] = np.zeros(shape, np.float32)
             else:
                 feeds[pair.past] = past[pair.past]
         names = [dec.logits, *(p.present for p in dec.pairs)]

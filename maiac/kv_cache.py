@@ -68,6 +68,27 @@ def _rename_uses(model: onnx.ModelProto, old: str, new: str) -> None:
                 node.input[i] = new
 
 
+def _concat_of(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto],
+               pair: KVPair) -> onnx.NodeProto | None:
+    """The Concat(past, new) on the sequence axis that makes ``present``, if it is one."""
+    node = producers.get(pair.present)
+    if node is not None and node.op_type == "Identity":  # present = Identity(Concat)
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "Concat" or len(node.input) != 2 \
+            or node.input[0] != pair.past:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    return node if axis in (2, -2) else None
+
+
+def appends(model: onnx.ModelProto) -> bool:
+    """True if every present is Concat(past, new): the new slots come after the past.
+    Otherwise (a GroupQueryAttention-style op) the new keys/values are written at the
+    sequence's length inside a present as long as past + new."""
+    producers = _producers(model)
+    return all(_concat_of(model, producers, p) is not None for p in kv_pairs(model))
+
+
 def new_slots_only(model: onnx.ModelProto) -> list[str]:
     """Make every ``present`` output of a Concat(past, new) just ``new`` (in place).
 
@@ -78,14 +99,8 @@ def new_slots_only(model: onnx.ModelProto) -> list[str]:
     outputs = {o.name: o for o in model.graph.output}
     done = []
     for pair in kv_pairs(model):
-        node = producers.get(pair.present)
-        if node is not None and node.op_type == "Identity":  # present = Identity(Concat)
-            node = producers.get(node.input[0])
-        if node is None or node.op_type != "Concat" or len(node.input) != 2 \
-                or node.input[0] != pair.past:
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
-        if axis not in (2, -2):
+        node = _concat_of(model, producers, pair)
+        if node is None:
             continue
         writer = producers[pair.present]
         inner = f"{pair.present}/concat"
