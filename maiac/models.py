@@ -391,7 +391,8 @@ def check_model(model: onnx.ModelProto, full_check: bool = True) -> None:
 
 
 def kv_decoder(config: LlamaConfig = LLAMA_TINY, weights: str = "random", layers: int | None = None,
-               max_positions: int = 2048, seed: int = 0) -> onnx.ModelProto:
+               max_positions: int = 2048, seed: int = 0,
+               checkpoint: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A Llama-style decoder with optimum's ``text-generation-with-past`` interface.
 
     Inputs ``input_ids`` and ``position_ids`` [batch, sequence_length], ``attention_mask``
@@ -402,9 +403,10 @@ def kv_decoder(config: LlamaConfig = LLAMA_TINY, weights: str = "random", layers
     any shape (bind them with ``shapes=``). RoPE gathers its cos/sin rows by
     ``position_ids``; attention is masked by ``attention_mask`` and by causality among the
     new tokens (key j visible to new token i iff j <= past_len + i). Weights are created in
-    the same order as :func:`llama_decoder` with the same seed.
+    the same order as :func:`llama_decoder` with the same seed; ``checkpoint`` (arrays by
+    llama_decoder's weight names, e.g. ``maiac.real_llm.read_smollm``) gives real ones.
     """
-    b = GraphBuilder(seed, shape_only=weights == "shape_only")
+    b = GraphBuilder(seed, shape_only=weights == "shape_only", checkpoint=checkpoint)
     d, h, kvh = config.hidden, config.heads, config.kv_heads
     hd, groups = d // h, h // kvh
     n_layers = layers or config.layers
