@@ -22,6 +22,7 @@ from typing import Any
 from maiac import models
 from maiac.generate import generate
 from maiac.generate_ref import compare
+from maiac.runtime.errors import MaiacError
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 PROMPT = [3, 17, 42, 5, 99]
@@ -66,7 +67,11 @@ def run_row(name: str, model: Any, prompt: list[int], tokens: int, quant: str,
 
         gen_module._PROGRAMS.clear()  # count this run's compiles from a cold cache
         start = time.perf_counter()
-        res = generate(model, prompt, max_new_tokens=long)
+        try:
+            res = generate(model, prompt, max_new_tokens=long)
+        except MaiacError as err:  # e.g. longer than the model's position table
+            row["long_error"] = str(err)
+            return row
         row.update(long_tokens=long, long_programs=len(res.programs),
                    long_compile_s=sum(p.compile_s for p in res.programs),
                    long_wall_s=time.perf_counter() - start, ttft_s=res.ttft_s,
