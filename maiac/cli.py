@@ -514,7 +514,7 @@ def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int)
 
     if report_group(program_file, as_json, html_out, top):
         return
-    program = load_program(program_file)
+    program = load_program(program_file, keep_constants=False)  # timing needs no data
     progress(f"simulating {program_file}")
     rep = simulate(program)
     r = _report_json(rep)

@@ -31,6 +31,7 @@ from xdsl.dialects.builtin import (
     i64,
 )
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
+from xdsl.utils.exceptions import VerifyException
 
 from maiac.external_data import check_inline_size, external_data, read_external
 from maiac.importers import expand_model
@@ -423,8 +424,24 @@ class _Importer:
         module.attributes[OPSET_ATTR] = DictionaryAttr(
             {d: IntegerAttr(v, i64) for d, v in sorted(self.opsets.items())}
         )
-        module.verify()
+        try:
+            module.verify()
+        except VerifyException:
+            raise self._verify_error(ops) from None
         return module
+
+    def _verify_error(self, ops: list[Operation]) -> MaiacError:
+        """The first imported op that does not verify, named by its ONNX node."""
+        for op in ops:
+            try:
+                op.verify()
+            except VerifyException as err:
+                name = op.attributes.get("onnx.name")
+                label = getattr(name, "data", None) or op.name
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                return MaiacError(f"{self.label}: node '{label}' ({op.name.removeprefix('onnx.')})"
+                                  f": {first}")
+        return MaiacError(f"{self.label}: the imported graph does not verify")
 
     def _build_node(self, node, values, no_value: list[SSAValue], ops: list[Operation]) -> Operation:
         operand_names = list(node.input)

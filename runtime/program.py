@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,8 +357,13 @@ def save_program(program: Program, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def load_program(path: str | os.PathLike[str]) -> Program:
-    """Read and check a `.maia` file; every problem is one ``ProgramError`` naming the file."""
+def load_program(path: str | os.PathLike[str], keep_constants: bool = True) -> Program:
+    """Read and check a `.maia` file; every problem is one ``ProgramError`` naming the file.
+
+    ``keep_constants=False`` (``maiac report``: the timing model needs no data) still
+    checks every blob's size and sha256, streaming, but keeps none of them, so the
+    program's memory is its manifest's, whatever its blobs inflate to.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -375,12 +381,12 @@ def load_program(path: str | os.PathLike[str]) -> Program:
                 limits.check_structure(program)
             except ProgramError as err:
                 raise ProgramError(f"{path}: {err}") from None
-            program.constants = _read_blobs(zf, manifest, path, program)
+            program.constants = _read_blobs(zf, manifest, path, program, keep_constants)
     except zipfile.BadZipFile as err:
         if head.startswith(b"PK"):
             raise ProgramError(f"{path} is truncated or corrupt: {err}") from None
         raise ProgramError(f"{path} is not a .maia file (not a zip archive)") from None
-    except (EOFError, OSError, zipfile.LargeZipFile, NotImplementedError,
+    except (EOFError, OSError, zipfile.LargeZipFile, NotImplementedError, zlib.error,
             RuntimeError) as err:  # RuntimeError: an encrypted member
         raise ProgramError(f"{path} is truncated or corrupt: {err}") from None
     try:
@@ -393,10 +399,13 @@ def load_program(path: str | os.PathLike[str]) -> Program:
 _CHUNK = 1 << 20
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytearray:
-    """A member's bytes, inflated in bounded chunks (never more than its declared size,
-    which the caller bounded first): a hostile deflate stream cannot inflate past it."""
-    out = bytearray(info.file_size)
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path,
+                 keep: bool = True) -> tuple[bytearray, str]:
+    """A member's bytes (empty unless ``keep``) and their sha256, inflated in bounded
+    chunks (never more than its declared size, which the caller bounded first): a hostile
+    deflate stream cannot inflate past it."""
+    out = bytearray(info.file_size if keep else 0)
+    digest = hashlib.sha256()
     pos = 0
     with zf.open(info) as fh:
         while True:
@@ -406,12 +415,14 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> byte
             if pos + len(chunk) > info.file_size:
                 raise ProgramError(f"{path}: {info.filename} inflates past its declared size "
                                    f"({info.file_size} bytes)")
-            out[pos:pos + len(chunk)] = chunk
+            if keep:
+                out[pos:pos + len(chunk)] = chunk
+            digest.update(chunk)
             pos += len(chunk)
     if pos != info.file_size:
         raise ProgramError(f"{path}: {info.filename} is truncated ({pos} of "
                            f"{info.file_size} bytes)")
-    return out  # not bytes(out): that would hold the data twice
+    return out, digest.hexdigest()  # not bytes(out): that would hold the data twice
 
 
 def _read_manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
@@ -423,7 +434,7 @@ def _read_manifest(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
     if info.file_size > limit:
         raise ProgramError(f"{path}: {MANIFEST} is {info.file_size} bytes, over the bound of "
                            f"{limit} bytes (runtime/limits.py)")
-    raw = _read_member(zf, info, path)
+    raw, _ = _read_member(zf, info, path)
     try:
         manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -528,7 +539,7 @@ def _str(v: Any) -> str:
 
 
 def _read_blobs(zf: zipfile.ZipFile, m: dict[str, Any], path: Path,
-                program: Program) -> dict[str, bytes | bytearray]:
+                program: Program, keep: bool = True) -> dict[str, bytes | bytearray]:
     constants: dict[str, bytes | bytearray] = {}
     members = {i.filename: i for i in zf.infolist()}
     sizes = {b.name: b.nbytes for b in program.buffers}
@@ -555,21 +566,22 @@ def _read_blobs(zf: zipfile.ZipFile, m: dict[str, Any], path: Path,
         total += nbytes
         entries.append((name, blob, nbytes, sha))
     limit = limits.max_memory()
-    if total > limit:
+    if keep and total > limit:
         raise limits.memory_error(f"{path}: loading its constants", total, limit)
     for name, blob, nbytes, sha in entries:
         try:
-            data = _read_member(zf, members[blob], path)
+            data, digest = _read_member(zf, members[blob], path, keep)
         except zipfile.BadZipFile as err:
             raise ProgramError(f"{path}: constant blob {blob} (of {name!r}) is corrupt: "
                                f"{err}") from None
-        if len(data) != nbytes:
+        if keep and len(data) != nbytes:
             raise ProgramError(f"{path}: constant blob {blob} (of {name!r}) has {len(data)} "
                                f"bytes, manifest says {nbytes}")
-        if hashlib.sha256(data).hexdigest() != sha:
+        if digest != sha:
             raise ProgramError(f"{path}: constant blob {blob} (of {name!r}) fails its sha256 "
                                f"check (tampered or corrupt)")
-        constants[name] = data
+        if keep:
+            constants[name] = data
     return constants
 
 

@@ -77,7 +77,8 @@ def test_internal_error_is_one_line_exit_3(work, monkeypatch):
     assert not (work / "x.maia").exists()
 
 
-@pytest.mark.parametrize("case", ["conv_group0", "gather_oob", "reshape", "expand", "negdims"])
+@pytest.mark.parametrize("case", ["conv_group0", "gather_oob", "reshape", "expand", "negdims",
+                                  "arity"])
 def test_bad_models_fail_at_compile_naming_the_cause(tmp_path, case):
     if case == "conv_group0":
         w = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w")
@@ -101,6 +102,10 @@ def test_bad_models_fail_at_compile_naming_the_cause(tmp_path, case):
         m = _save(tmp_path / "m.onnx", [helper.make_node("Expand", ["x", "s"], ["y"])], [s],
                   _x(1, 1))
         text = "is outside hbm"
+    elif case == "arity":  # found by tests/test_fuzz.py: an xDSL VerifyException before
+        m = _save(tmp_path / "m.onnx", [helper.make_node("Exp", ["x", "x"], ["y"], name="n0")],
+                  [], _x(1))
+        text = "node 'n0' (Exp): onnx.Exp takes 1 inputs, got 2"
     else:
         w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[-3, 4])
         m = _save(tmp_path / "m.onnx", [helper.make_node("Add", ["x", "w"], ["y"])], [w],

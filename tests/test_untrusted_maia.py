@@ -232,3 +232,51 @@ def test_encrypted_or_truncated_member(tmp_path):
     (tmp_path / "m99.maia").write_bytes(bytes(raw))
     with pytest.raises(ProgramError):
         load_program(tmp_path / "m99.maia")
+
+
+def test_corrupt_deflate_stream(tmp_path):
+    """Damaged compressed bytes (zlib 'invalid distance too far back', found by the fuzz
+    suite) are a ProgramError, not a zlib.error."""
+    _, manifest, members = valid_maia(tmp_path)
+    manifest["meta"]["pad"] = "abc" * 5000  # a long, well-compressed manifest
+    path = write_maia(tmp_path / "z.maia", manifest, members)
+    raw = bytearray(path.read_bytes())
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("manifest.json")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    failures = 0
+    for k in range(1, 40):  # some byte flips must break the deflate stream itself
+        data = bytearray(raw)
+        data[start + k * (info.compress_size // 41)] ^= 0xA5
+        (tmp_path / "c.maia").write_bytes(bytes(data))
+        try:
+            load_program(tmp_path / "c.maia")
+        except ProgramError:
+            failures += 1
+    assert failures == 39
+
+
+def test_report_of_a_zip_bomb_keeps_no_blob(tmp_path):
+    """maiac report loads with keep_constants=False: every blob's sha256 is still checked,
+    streaming, but a 256 MiB blob costs ~a chunk of memory, not 256 MiB."""
+    import tracemalloc
+
+    _, manifest, members = valid_maia(tmp_path)
+    big = 256 << 20
+    manifest["buffers"] = [dict(b, nbytes=big) if b["name"] == "c" else b
+                           for b in manifest["buffers"]]
+    manifest, members = with_blob(manifest, members, "c", bytes(big))
+    path = write_maia(tmp_path / "bomb.maia", manifest, members)
+    tracemalloc.start()
+    prog = load_program(path, keep_constants=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20 and prog.constants == {}
+    simulate(prog)
+    bad = dict(members)
+    blob = manifest["constants"][0]["blob"]
+    bad[blob] = bytes(big - 1) + b"\x01"
+    with pytest.raises(ProgramError, match="sha256"):
+        load_program(write_maia(tmp_path / "t.maia", manifest, bad), keep_constants=False)
