@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +76,12 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         ) from None
     if any(d <= 0 for d in shape):
         raise MaiacError(f"--shape {text!r}: every dim must be a positive integer")
+    from maiac.runtime.target import Target
+
+    hbm = Target().hbm_bytes  # one byte per element would already fill the HBM
+    if math.prod(shape) > hbm:
+        raise MaiacError(f"--shape {text!r}: {math.prod(shape)} elements do not fit the "
+                         f"{hbm} bytes of HBM of a Maia 200")
     return name, shape
 
 

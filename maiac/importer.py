@@ -105,7 +105,27 @@ def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Pa
         raise MaiacError(f"{path}: not a valid ONNX model ({_first_line(err)})") from None
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise MaiacError(f"{path}: not a valid ONNX model (no ir_version or graph)")
+    _check_names(proto.graph, str(path))
     return proto, str(path), path.parent
+
+
+def _check_names(graph: onnx.GraphProto, label: str) -> None:
+    """Every name in the graph is text: protobuf hands invalid UTF-8 back as bytes."""
+    def names(g: onnx.GraphProto) -> Iterable[object]:
+        yield g.name
+        for v in [*g.input, *g.output, *g.value_info, *g.initializer]:
+            yield v.name
+        for n in g.node:
+            yield from (n.name, n.op_type, n.domain, *n.input, *n.output)
+            for a in n.attribute:
+                yield a.name
+                for sub in [a.g, *a.graphs] if a.HasField("g") or a.graphs else []:
+                    yield from names(sub)
+
+    for name in names(graph):
+        if not isinstance(name, str):
+            raise MaiacError(f"{label}: not a valid ONNX model (name {bytes(name)[:40]!r} is "
+                             f"not UTF-8 text)")
 
 
 def _first_line(err: BaseException) -> str:

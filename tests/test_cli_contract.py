@@ -150,6 +150,8 @@ def test_bad_options(work, tmp_path):
     assert_one_error(invoke("report", prog, "--top", "-3"), 2, "--top")
     assert_one_error(invoke("verify", str(work / "tfm.onnx"), "--rtol", "-1"), 2, "--rtol")
     assert_one_error(invoke("run", prog, "--max-memory", "1KiB"), 2, "over the bound of 1024")
+    assert_one_error(invoke("compile", str(work / "tfm.onnx"), "-o", str(tmp_path / "o.maia"),
+                            "--shape", "input_ids=1x999999999999"), 2, "do not fit")
 
 
 def test_opt_on_non_utf8_or_deeply_nested_ir(tmp_path):
@@ -280,3 +282,12 @@ def test_float64_overflowing_float32_is_an_error(work, tmp_path):
     np.savez(tmp_path / "g.npz", x=np.full((1, 4, 32), 0.1))  # rounding is fine
     assert invoke("run", str(work / "block.maia"), "--inputs", str(tmp_path / "g.npz")
                   ).exit_code == 0
+
+
+def test_node_name_that_is_not_utf8(tmp_path):
+    """Found by tests/test_fuzz.py: protobuf hands invalid UTF-8 names back as bytes."""
+    m = _save(tmp_path / "m.onnx", [helper.make_node("Relu", ["x"], ["y"], name="zzmarkzz")],
+              [], _x(1, 4))
+    data = Path(m).read_bytes().replace(b"zzmarkzz", b"zz\x99arkzz")
+    Path(m).write_bytes(data)
+    assert_one_error(invoke("compile", m, "-o", str(tmp_path / "o.maia")), 2, "not UTF-8 text")
