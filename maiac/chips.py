@@ -115,11 +115,13 @@ def group_files(program: Program, path: str | Path) -> list[Path] | None:
     return out
 
 
-def load_group(path: str | Path) -> ChipGroup | None:
-    """The group ``path`` belongs to (all its programs), or None for a one-chip program."""
+def load_group(path: str | Path, keep_constants: bool = True) -> ChipGroup | None:
+    """The group ``path`` belongs to (all its programs), or None for a one-chip program.
+
+    ``keep_constants=False``: for timing only (runtime.program.load_program)."""
     from maiac.runtime.program import load_program
 
-    first = load_program(path)
+    first = load_program(path, keep_constants)
     files = group_files(first, path)
     if files is None:
         return None
@@ -127,7 +129,7 @@ def load_group(path: str | Path) -> ChipGroup | None:
     if missing:
         raise MaiacError(f"{path} is one of {len(files)} chip programs; missing {missing[0]} "
                          f"in {Path(path).parent}")
-    programs = [first if f.resolve() == Path(path).resolve() else load_program(f)
+    programs = [first if f.resolve() == Path(path).resolve() else load_program(f, keep_constants)
                 for f in files]
     shard = programs[0].meta["shard"]
     return ChipGroup(programs, int(shard.get("chips", len(programs))),

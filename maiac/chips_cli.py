@@ -106,7 +106,7 @@ def report_group(program_file: str, as_json: bool, html_out: str | None, top: in
     from maiac.cli import progress, write_text_atomic
     from maiac.report_view import format_report, render_html
 
-    group = load_group(program_file)
+    group = load_group(program_file, keep_constants=False)  # timing needs no data
     if group is None:
         return False
     progress(f"simulating {group.chips} chips")

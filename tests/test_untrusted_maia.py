@@ -280,3 +280,24 @@ def test_report_of_a_zip_bomb_keeps_no_blob(tmp_path):
     bad[blob] = bytes(big - 1) + b"\x01"
     with pytest.raises(ProgramError, match="sha256"):
         load_program(write_maia(tmp_path / "t.maia", manifest, bad), keep_constants=False)
+
+
+def test_cli_report_of_a_zip_bomb_keeps_no_blob(tmp_path):
+    import tracemalloc
+
+    from click.testing import CliRunner
+
+    from maiac.cli import main
+
+    _, manifest, members = valid_maia(tmp_path)
+    big = 128 << 20
+    manifest["buffers"] = [dict(b, nbytes=big) if b["name"] == "c" else b
+                           for b in manifest["buffers"]]
+    manifest, members = with_blob(manifest, members, "c", bytes(big))
+    path = write_maia(tmp_path / "bomb.maia", manifest, members)
+    tracemalloc.start()
+    r = CliRunner().invoke(main, ["report", str(path)])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert r.exit_code == 0, r.output
+    assert peak < 32 << 20
