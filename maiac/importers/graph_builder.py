@@ -93,6 +93,10 @@ class Expansion:
         self.new_initializers.append(numpy_helper.from_array(array, name))
         return name
 
+    def constant_output(self, value: np.ndarray, name: str) -> None:
+        """An initializer holding a node output computed at import (folded weights)."""
+        self.new_initializers.append(numpy_helper.from_array(np.asarray(value), name))
+
     def i64(self, values: Sequence[int] | int) -> str:
         return self.const(np.asarray(values, np.int64), "i64")
 

@@ -1,9 +1,181 @@
-"""Pre-quantized graphs: QuantizeLinear / DequantizeLinear and onnxruntime's integer ops."""
+"""Pre-quantized graphs: QuantizeLinear / DequantizeLinear and onnxruntime's integer ops.
+
+With no ``--quant`` a pre-quantized model runs as it says, so its outputs match
+onnxruntime: a ``DequantizeLinear`` of a constant (int8/uint8/int4/uint4/fp8 weights, per
+tensor, per axis or per block) is evaluated at import by the ONNX reference implementation
+(bit-exact with the spec) into the fp32 weight the graph multiplies by; activation
+QuantizeLinear → DequantizeLinear pairs become the same arithmetic in fp32
+(``clip(round_half_even(x / s) + zp)``, ``(q - zp) * s``); DynamicQuantizeLinear computes
+its scale and zero point from the tensor's range as onnxruntime does; MatMulInteger and
+QLinearMatMul multiply the zero-point-shifted integers in fp32, which is exact while every
+partial sum stays below 2^24 (K · 255² < 2^24, K <= 258). The decoded weights' source
+format is recorded (``maiac.narrow_weights``) so ``--quant`` can map it onto Maia's
+formats.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
 from maiac.importers.graph_builder import Expansion
 
-EXPANSIONS: dict[tuple[str, str], Callable[[Expansion], None]] = {}
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255),
+    TensorProto.INT4: (-8, 7), TensorProto.UINT4: (0, 15),
+    TensorProto.INT16: (-32768, 32767), TensorProto.UINT16: (0, 65535),
+}
+
+
+def _reference_eval(e: Expansion, values: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Run the node on constant inputs with the ONNX reference implementation."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(values)]
+    node = helper.make_node(e.node.op_type, names, [f"out{i}" for i in range(len(e.node.output))])
+    node.attribute.extend(e.node.attribute)
+    graph = helper.make_graph(
+        [node], "fold", [],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output],
+        [numpy_helper.from_array(v, n) for v, n in zip(values, names, strict=True)
+         if v is not None])
+    # the reference implements opsets 19+; older versions of these ops mean the same
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(e.opset, 21))])
+    try:
+        return list(ReferenceEvaluator(model).run(None, {}))
+    except Exception as err:  # the reference raises plain exceptions for bad attributes
+        raise e.fail(f"cannot evaluate it on its constant inputs ({type(err).__name__}: {err})") \
+            from None
+
+
+def _all_constant(e: Expansion) -> bool:
+    return all(not name or name in e.initializers for name in e.node.input)
+
+
+def _fold(e: Expansion) -> bool:
+    """Fold the node when all its inputs are initializers (weights); True if folded."""
+    if not _all_constant(e):
+        return False
+    values = [numpy_helper.to_array(e.initializers[n]) if n else None for n in e.node.input]
+    for name, value in zip(e.node.output, _reference_eval(e, values), strict=False):
+        if name:
+            e.constant_output(value, name)
+    return True
+
+
+def _axis_view(e: Expansion, param: str, x: str) -> str:
+    """A per-axis scale / zero point reshaped to broadcast along ``axis`` of ``x``."""
+    rank = e.ranks.get(x)
+    axis = int(e.attr("axis", 1))
+    size = e.initializers.get(param)
+    if size is None or len(size.dims) == 0 or (len(size.dims) == 1 and size.dims[0] == 1):
+        return param
+    if rank is None:
+        raise e.fail(f"a per-axis parameter needs the rank of '{x}'")
+    axis = axis + rank if axis < 0 else axis
+    shape = [1] * rank
+    shape[axis] = -1
+    return e.one("Reshape", [param, e.i64(shape)])
+
+
+def dequantize_linear(e: Expansion) -> None:
+    """Constant input: folded (reference implementation); runtime input: ``(x - zp) * s``."""
+    if _fold(e):
+        source = e.initializers[e.input(0)]
+        e.quant_hints[e.output(0)] = {"from": TensorProto.DataType.Name(source.data_type),
+                                      "block_size": int(e.attr("block_size", 0)),
+                                      "axis": int(e.attr("axis", 1))}
+        return
+    if int(e.attr("block_size", 0)):
+        raise e.fail("blocked dequantization of a runtime tensor is not supported")
+    x = e.one("Cast", [e.input(0)], to=TensorProto.FLOAT)
+    if e.input(2):
+        x = e.one("Sub", [x, e.one("Cast", [_axis_view(e, e.input(2), e.input(0))],
+                                   to=TensorProto.FLOAT)])
+    e.one("Mul", [x, _axis_view(e, e.input(1), e.input(0))], e.output(0))
+
+
+def _quantized_type(e: Expansion) -> int:
+    if e.input(2):
+        zp = e.initializers.get(e.input(2))
+        if zp is None:
+            raise e.fail("a runtime zero point is not supported")
+        return zp.data_type
+    return int(e.attr("output_dtype", 0)) or TensorProto.UINT8
+
+
+def quantize_linear(e: Expansion) -> None:
+    """Constant input: folded; runtime input: ``saturate(round_half_even(x / s) + zp)``."""
+    if _fold(e):
+        return
+    if int(e.attr("block_size", 0)):
+        raise e.fail("blocked quantization of a runtime tensor is not supported")
+    target = _quantized_type(e)
+    if target not in _INT_RANGES:
+        raise e.fail(f"quantizing a runtime tensor to {TensorProto.DataType.Name(target)} is "
+                     "not supported (int8/uint8/int16/uint16/int4/uint4)")
+    lo, hi = _INT_RANGES[target]
+    scaled = e.round_half_even(e.one("Div", [e.input(0), _axis_view(e, e.input(1), e.input(0))]))
+    if e.input(2):
+        zp = e.one("Cast", [_axis_view(e, e.input(2), e.input(0))], to=TensorProto.FLOAT)
+        scaled = e.one("Add", [scaled, zp])
+    clipped = e.one("Min", [e.one("Max", [scaled, e.f32(float(lo))]), e.f32(float(hi))])
+    e.one("Cast", [clipped], e.output(0), to=target)
+
+
+def dynamic_quantize_linear(e: Expansion) -> None:
+    """uint8 with scale ``(max(0, max x) - min(0, min x)) / 255`` and its zero point."""
+    x = e.input(0)
+    low = e.one("Min", [e.one("ReduceMin", [x], keepdims=0), e.f32(0.0)])
+    high = e.one("Max", [e.one("ReduceMax", [x], keepdims=0), e.f32(0.0)])
+    scale = e.one("Div", [e.one("Sub", [high, low]), e.f32(255.0)], e.output(1) or None)
+    zp = e.round_half_even(e.one("Sub", [e.f32(0.0), e.one("Div", [low, scale])]))
+    zp = e.one("Min", [e.one("Max", [zp, e.f32(0.0)]), e.f32(255.0)])
+    if e.output(2):
+        e.one("Cast", [zp], e.output(2), to=TensorProto.UINT8)
+    q = e.one("Add", [e.round_half_even(e.one("Div", [x, scale])), zp])
+    q = e.one("Min", [e.one("Max", [q, e.f32(0.0)]), e.f32(255.0)])
+    e.one("Cast", [q], e.output(0), to=TensorProto.UINT8)
+
+
+def _shifted(e: Expansion, x: str, zp: str) -> str:
+    value = e.one("Cast", [x], to=TensorProto.FLOAT)
+    if zp:
+        value = e.one("Sub", [value, e.one("Cast", [zp], to=TensorProto.FLOAT)])
+    return value
+
+
+def matmul_integer(e: Expansion) -> None:
+    """int32 ``(a - a_zp) @ (b - b_zp)``, computed in fp32 (exact below 2^24)."""
+    product = e.one("MatMul", [_shifted(e, e.input(0), e.input(2)),
+                               _shifted(e, e.input(1), e.input(3))])
+    e.one("Cast", [product], e.output(0), to=TensorProto.INT32)
+
+
+def qlinear_matmul(e: Expansion) -> None:
+    """``saturate(round((a - a_zp) @ (b - b_zp) · a_s · b_s / y_s) + y_zp)``."""
+    product = e.one("MatMul", [_shifted(e, e.input(0), e.input(2)),
+                               _shifted(e, e.input(3), e.input(5))])
+    multiplier = e.one("Div", [e.one("Mul", [e.input(1), e.input(4)]), e.input(6)])
+    y = e.round_half_even(e.one("Mul", [product, multiplier]))
+    y_zp = e.initializers.get(e.input(7))
+    target = y_zp.data_type if y_zp is not None else TensorProto.UINT8
+    if e.input(7):
+        y = e.one("Add", [y, e.one("Cast", [e.input(7)], to=TensorProto.FLOAT)])
+    lo, hi = _INT_RANGES[target]
+    y = e.one("Min", [e.one("Max", [y, e.f32(float(lo))]), e.f32(float(hi))])
+    e.one("Cast", [y], e.output(0), to=target)
+
+
+EXPANSIONS: dict[tuple[str, str], Callable[[Expansion], None]] = {
+    ("", "DequantizeLinear"): dequantize_linear,
+    ("", "QuantizeLinear"): quantize_linear,
+    ("", "DynamicQuantizeLinear"): dynamic_quantize_linear,
+    ("", "MatMulInteger"): matmul_integer,
+    ("", "QLinearMatMul"): qlinear_matmul,
+    ("com.microsoft", "DequantizeLinear"): dequantize_linear,
+    ("com.microsoft", "QuantizeLinear"): quantize_linear,
+}
+"""(domain, op type) → the expansion into standard ONNX."""
