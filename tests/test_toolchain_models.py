@@ -30,10 +30,7 @@ RTOL, ATOL = 1e-4, 1e-5
 MIN_COSINE = 0.999
 
 # name -> why maiac cannot import it yet (xfail(strict): a fix shows up as XPASS)
-NOT_YET: dict[str, str] = {
-    name: "QuantizeLinear / DequantizeLinear / integer ops import"
-    for name in MODELS if name.startswith("ortquant_") and "int4_zp" not in name
-}
+NOT_YET: dict[str, str] = {}
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -42,10 +39,19 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def int8_activations(name: str) -> bool:
-    """Whether onnxruntime runs the model's MatMulNBits with int8 activations."""
+    """Whether onnxruntime runs the model's int4 matmuls with int8 activations.
+
+    MatMulNBits with ``accuracy_level=4`` does; so does a blocked int4 DequantizeLinear
+    feeding a MatMul, which onnxruntime's graph optimizer fuses into such a MatMulNBits
+    (session option ``session.qdq_matmulnbits_accuracy_level``, default 4).
+    """
     model = onnx.load(str(DATA / f"{name}.onnx"), load_external_data=False)
-    return any(n.op_type == "MatMulNBits" and any(
-        a.name == "accuracy_level" and a.i == 4 for a in n.attribute) for n in model.graph.node)
+    return any(
+        (n.op_type == "MatMulNBits" and any(a.name == "accuracy_level" and a.i == 4
+                                            for a in n.attribute))
+        or (n.op_type == "DequantizeLinear" and any(a.name == "block_size" and a.i > 0
+                                                    for a in n.attribute))
+        for n in model.graph.node)
 
 
 def cases() -> list[Any]:

@@ -52,7 +52,15 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
     quant_hints: dict[str, dict] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    done: set[int] = set()
+    outputs = {o.name for o in graph.output}
     for index, node in enumerate(graph.node):
+        if id(node) in done:
+            continue
         rule = _rule(node, opset)
         if rule is None:
             nodes.append(node)
@@ -62,6 +70,7 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
         expansion.last_dim = hints.last_dim
         expansion.head_size = hints.head_size
         expansion.quant_hints = quant_hints
+        expansion.consumers, expansion.done, expansion.graph_outputs = consumers, done, outputs
         rule(expansion)
         nodes.extend(expansion.nodes)
         added.extend(expansion.new_initializers)

@@ -30,7 +30,11 @@ class Expansion:
         self.new_initializers: list[onnx.TensorProto] = []
         self.initializers = initializers
         self._count = 0
-        # filled in by expand_model: static facts about values, and the narrow-weight record
+        # filled in by expand_model: static facts about values, the narrow-weight record,
+        # the nodes reading each value, and nodes an expansion already computed
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.done: set[int] = set()
+        self.graph_outputs: set[str] = set()
         self.ranks: dict[str, int] = {}
         self.last_dim: Callable[[str], int | None] = lambda name: None
         self.head_size: Callable[[str, int], int | None] = lambda name, heads: None
@@ -163,10 +167,11 @@ class Expansion:
         return self.one("Mul", [self.one("Mul", [x, self.f32(0.5)]), one_plus], output)
 
     def round_half_even(self, x: str) -> str:
-        """Round to nearest, ties to even (ONNX QuantizeLinear's rounding), from Floor."""
-        up = self.one("Floor", [self.one("Add", [x, self.f32(0.5)])])
-        tie = self.one("Equal", [self.one("Sub", [up, x]), self.f32(0.5)])
-        odd = self.one("Not", [self.one("Equal", [
-            self.one("Mod", [up, self.f32(2.0)], fmod=1), self.f32(0.0)])])
-        down = self.one("And", [tie, odd])
-        return self.one("Sub", [up, self.one("Cast", [down], to=onnx.TensorProto.FLOAT)])
+        """Round to nearest, ties to even (QuantizeLinear's rounding) by the fp32 magic number.
+
+        ``(x + 1.5·2^23) - 1.5·2^23`` in fp32 arithmetic is IEEE round-half-even for
+        ``|x| < 2^22``; larger values keep their sign and magnitude (>= 2^22), which the
+        saturation that follows every use here clips exactly as a true rounding would.
+        """
+        magic = self.f32(1.5 * 2.0**23)
+        return self.one("Sub", [self.one("Add", [x, magic]), magic])

@@ -117,12 +117,42 @@ def quantize_linear(e: Expansion) -> None:
         raise e.fail(f"quantizing a runtime tensor to {TensorProto.DataType.Name(target)} is "
                      "not supported (int8/uint8/int16/uint16/int4/uint4)")
     lo, hi = _INT_RANGES[target]
+    if _fake_quant(e, lo, hi):
+        return
     scaled = e.round_half_even(e.one("Div", [e.input(0), _axis_view(e, e.input(1), e.input(0))]))
     if e.input(2):
         zp = e.one("Cast", [_axis_view(e, e.input(2), e.input(0))], to=TensorProto.FLOAT)
         scaled = e.one("Add", [scaled, zp])
     clipped = e.one("Min", [e.one("Max", [scaled, e.f32(float(lo))]), e.f32(float(hi))])
     e.one("Cast", [clipped], e.output(0), to=target)
+
+
+def _fake_quant(e: Expansion, lo: int, hi: int) -> bool:
+    """QuantizeLinear read only by DequantizeLinear nodes of the same scale and zero point:
+    ``clip(round(x / s), lo - zp, hi - zp) · s`` in fp32, no integer tensor in between
+    (the same values, a third of the ops). True when it applied."""
+    q = e.output(0)
+    readers = e.consumers.get(q, [])
+    if q in e.graph_outputs or not readers:
+        return False
+    for reader in readers:
+        if reader.op_type != "DequantizeLinear" or list(reader.input[1:]) != list(e.node.input[1:]):
+            return False
+        if [(a.name, helper.get_attribute_value(a)) for a in reader.attribute if a.name != "axis"]:
+            return False
+    scale = _axis_view(e, e.input(1), e.input(0))
+    scaled = e.round_half_even(e.one("Div", [e.input(0), scale]))
+    low, high = e.f32(float(lo)), e.f32(float(hi))
+    if e.input(2):
+        zp = e.one("Cast", [_axis_view(e, e.input(2), e.input(0))], to=TensorProto.FLOAT)
+        low, high = e.one("Sub", [low, zp]), e.one("Sub", [high, zp])
+    clipped = e.one("Min", [e.one("Max", [scaled, low]), high])
+    first, *others = readers
+    value = e.one("Mul", [clipped, scale], first.output[0])
+    for reader in others:
+        e.one("Identity", [value], reader.output[0])
+    e.done.update(id(r) for r in readers)
+    return True
 
 
 def dynamic_quantize_linear(e: Expansion) -> None:
