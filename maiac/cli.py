@@ -475,11 +475,16 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed for random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--reference", metavar="OUT.npz", default=None,
+              help="Compare against stored outputs instead of running onnxruntime.")
+@click.option("--ort-custom-op-lib", metavar="PATH", default=None,
+              help="Custom-op library onnxruntime registers before loading MODEL.")
 @plugin_option
 def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: str,
                target_param: tuple[str, ...], pipeline: str | None, calib: str | None,
                inputs: str | None, rtol: float, atol: float, min_cosine: float, seed: int,
-               as_json: bool, plugins: tuple[str, ...]) -> None:
+               as_json: bool, reference: str | None, ort_custom_op_lib: str | None,
+               plugins: tuple[str, ...]) -> None:
     """Compile MODEL, run it and onnxruntime on the same inputs, compare (exit 1 on mismatch)."""
     from maiac.verify import format_table, verify
 
@@ -489,8 +494,10 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
         existing_file(inputs, "inputs file")
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
     progress(f"verifying {model}")
+    if reference is not None:
+        existing_file(reference, "reference file")
     result = verify(model, inputs=inputs, rtol=rtol, atol=atol, min_cosine=min_cosine,
-                    seed=seed, **kw)
+                    seed=seed, reference=reference, ort_custom_op_lib=ort_custom_op_lib, **kw)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -166,15 +166,27 @@ def _load_inputs(inputs: Any, model: Any, shapes: Mapping[str, Iterable[int]] | 
 
 
 def _reference(model_path: str | None, model: Any, inputs: Mapping[str, np.ndarray],
-               optimize: bool = True) -> tuple[dict[str, np.ndarray], float]:
+               optimize: bool = True, custom_op_lib: str | None = None
+               ) -> tuple[dict[str, np.ndarray], float]:
     """Outputs of onnxruntime (CPU) on the original model, and the time it took.
 
     ``optimize=False`` disables onnxruntime's graph optimizations (no fusions, no
-    constant folding, kernels as the graph spells them)."""
+    constant folding, kernels as the graph spells them). ``custom_op_lib``: a shared
+    library of custom-op kernels registered first (e.g. AMD Quark's for its
+    ``com.amd.quark`` ops)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if custom_op_lib is not None:
+        if not os.path.isfile(custom_op_lib):
+            raise MaiacError(f"--ort-custom-op-lib {custom_op_lib}: no such file")
+        try:
+            opts.register_custom_ops_library(custom_op_lib)
+        except Exception as e:
+            raise MaiacError(f"--ort-custom-op-lib {custom_op_lib}: onnxruntime could not "
+                             f"load it ({str(e).strip().splitlines()[0] if str(e).strip() else e})"
+                             ) from None
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -210,6 +222,7 @@ def verify(model: Any, *, quant: str | None = None,
            shapes: Mapping[str, Iterable[int]] | None = None, inputs: Any = None,
            rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
            min_cosine: float = DEFAULT_MIN_COSINE, layers: bool = True,
+           reference: Any = None, ort_custom_op_lib: str | None = None,
            **compile_options: Any) -> dict[str, Any]:
     """Compile ``model`` (path or ModelProto), run it and onnxruntime, return the verify JSON.
 
@@ -224,6 +237,10 @@ def verify(model: Any, *, quant: str | None = None,
 
     fp32 also runs onnxruntime without graph optimizations; per output ``ort_noise`` is
     the deviation between the two and the pass criterion allows ``NOISE_FACTOR`` times it.
+
+    ``reference`` (a dict or an ``.npz`` path of outputs by name) replaces onnxruntime,
+    for models onnxruntime cannot run; ``ort_custom_op_lib`` registers a custom-op
+    library with onnxruntime before it loads the model.
     """
     import onnx
 
@@ -239,7 +256,9 @@ def verify(model: Any, *, quant: str | None = None,
 
     # quantized: every weight matmul's output is also a graph output of both the model
     # maiac compiles and the one onnxruntime runs, for the per-layer errors
-    probe = _layer_probe(model, model_path, proto) if quant and layers else None
+    stored = read_arrays(reference) if reference is not None else None
+    probe = _layer_probe(model, model_path, proto) if quant and layers and stored is None \
+        else None
     target_model: Any = model if model_path is None else model_path
     ref_path, ref_proto = model_path, proto
     with tempfile.TemporaryDirectory(prefix="maiac-verify-") as tmp:
@@ -257,11 +276,19 @@ def verify(model: Any, *, quant: str | None = None,
     got = compiled.run(feeds)
     run_s = time.perf_counter() - t0
 
-    ref, ort_s = _reference(ref_path, ref_proto, feeds)
-    noise: dict[str, float] = {}
-    if quant is None:  # quantized runs are judged by cosine; the noise would not count
-        noise = ort_noise(ref, _reference(ref_path, ref_proto, feeds, optimize=False)[0])
     out_names = [o.name for o in proto.graph.output]
+    noise: dict[str, float] = {}
+    if stored is not None:
+        missing = [n for n in out_names if n not in stored]
+        if missing:
+            raise MaiacError(f"reference has no array for model output {missing[0]!r} "
+                             f"(it holds: {', '.join(sorted(stored)) or 'nothing'})")
+        ref, ort_s = stored, None
+    else:
+        ref, ort_s = _reference(ref_path, ref_proto, feeds, custom_op_lib=ort_custom_op_lib)
+        if quant is None:  # quantized runs are judged by cosine; the noise would not count
+            noise = ort_noise(ref, _reference(ref_path, ref_proto, feeds, optimize=False,
+                                              custom_op_lib=ort_custom_op_lib)[0])
     outputs = [
         compare_output(name, got.get(name), ref[name], quant=quant, rtol=rtol, atol=atol,
                        min_cosine=min_cosine, ort_noise=noise.get(name))
@@ -284,7 +311,8 @@ def verify(model: Any, *, quant: str | None = None,
         "layers": layer_rows,
         "compile_s": compile_s,
         "run_s": run_s,
-        "onnxruntime_s": ort_s,
+        "onnxruntime_s": ort_s,  # None when compared to a stored reference
+        "reference": "stored" if stored is not None else "onnxruntime",
         "rtol": rtol,
         "atol": atol,
         "min_cosine": min_cosine if quant else None,
@@ -368,7 +396,8 @@ def format_table(result: Mapping[str, Any]) -> str:
     if result.get("nonfinite_quantized"):
         lines += ["", f"note: the machine quantized {result['nonfinite_quantized']} non-finite "
                       "value(s) (NaN/Inf; an MX/NVFP4 block holding one becomes NaN)"]
-    lines += ["", f"compile {result['compile_s']:.2f} s   run {result['run_s']:.3f} s   "
-                  f"onnxruntime {result['onnxruntime_s']:.3f} s",
+    ort_s = result.get("onnxruntime_s")
+    versus = f"onnxruntime {ort_s:.3f} s" if ort_s is not None else "vs stored reference"
+    lines += ["", f"compile {result['compile_s']:.2f} s   run {result['run_s']:.3f} s   {versus}",
               "PASS" if result["ok"] else "FAIL"]
     return "\n".join(lines)

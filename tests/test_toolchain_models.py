@@ -110,3 +110,30 @@ def test_genai_first_prompt_with_padding_matches_onnxruntime(name: str) -> None:
             np.testing.assert_allclose(got[output][valid], ref[valid], rtol=RTOL, atol=ATOL)
         else:
             np.testing.assert_allclose(got[output], ref, rtol=RTOL, atol=ATOL, err_msg=output)
+
+
+def test_cli_verify_against_stored_reference_and_custom_op_lib(tmp_path: Path) -> None:
+    """`verify --reference OUT.npz` compares to stored outputs (no onnxruntime run); a
+    corrupted reference fails; a missing custom-op library is one clear error."""
+    from click.testing import CliRunner
+
+    from maiac.cli import main
+
+    name = "genai_llama_int4"
+    model, inputs = str(DATA / f"{name}.onnx"), str(DATA / f"{name}.inputs.npz")
+    runner = CliRunner()
+    ok = runner.invoke(main, ["verify", model, "--inputs", inputs, "--reference",
+                              str(DATA / f"{name}.ref.npz"), "--atol", "0.01", "--json"])
+    assert ok.exit_code == 0, ok.output
+    result = json.loads(ok.output)
+    assert result["reference"] == "stored" and result["onnxruntime_s"] is None
+    refs = load_npz(DATA / f"{name}.ref.npz")
+    refs["logits"] = refs["logits"] + 1.0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **refs)
+    failed = runner.invoke(main, ["verify", model, "--inputs", inputs, "--reference", str(bad),
+                                  "--atol", "0.01"])
+    assert failed.exit_code == 1, failed.output
+    missing = runner.invoke(main, ["verify", model, "--inputs", inputs,
+                                   "--ort-custom-op-lib", str(tmp_path / "nope.so")])
+    assert missing.exit_code == 2 and "nope.so: no such file" in missing.output
