@@ -258,11 +258,12 @@ GENAI_MODELS: dict[str, tuple[str, str, dict[str, str]]] = {
     "genai_qwen2_fp32": ("qwen2", "fp32", {}),
     "genai_phi3_fp32": ("phi3", "fp32", {}),
     # the builder's CPU default: block 32, accuracy_level 4 (int8 activations in onnxruntime)
-    "genai_llama_int4": ("llama", "int4", {"int4_block_size": "32"}),
-    # fp32 activations (accuracy_level 1): onnxruntime dequantizes and multiplies in fp32
-    "genai_qwen2_int4_b16": ("qwen2", "int4", {"int4_block_size": "16",
-                                                "int4_accuracy_level": "1"}),
-    "genai_llama_int8": ("llama", "int8", {"int4_accuracy_level": "1"}),
+    "genai_llama_int4": ("llama", "int4", {"block_size": "32"}),
+    # fp32 activations (accuracy_level 1): onnxruntime dequantizes and multiplies in fp32;
+    # asymmetric: uint4 codes with zero points
+    "genai_qwen2_int4_b16": ("qwen2", "int4", {"block_size": "16", "accuracy_level": "1",
+                                                "is_symmetric": "false"}),
+    "genai_llama_int8": ("llama", "int8", {"accuracy_level": "1"}),
 }
 
 
