@@ -33,6 +33,7 @@ from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
 from maiac.runtime.memory import access_extent, np_dtype
 from maiac.runtime.parallel import (
+    BLAS_THREADED_MNK,
     MIN_SPLIT_BYTES,
     MIN_SPLIT_FLOPS,
     run_split,
@@ -273,6 +274,7 @@ _F32_UFUNCS: dict[str, np.ufunc] = {
 
 # Vec fns whose cost per element is well above a byte compare of their inputs: for
 # these, tiles holding identical inputs (a broadcast) compute once (runtime/tile_dedupe.py).
+_DEDUPE_MIN_ELEMENTS = 16384  # below this the compare's fixed cost outweighs the saving
 _DEDUPE_FNS = frozenset({"quantize", "gelu", "gelu_tanh", "erf", "silu", "sigmoid", "tanh",
                          "softmax", "log_softmax", "layernorm", "rmsnorm", "exp_sub", "rope"})
 
@@ -329,6 +331,7 @@ class _Machine:
                              f"{len(missing) - 1} more): it is shape-only; it can be timed "
                              f"(maiac report) but not run")
         self.vectorized_loops = 0
+        self.blas_limit = False  # set when a per-tile GEMM is large enough to be threaded
         self._decode_cache = _DecodeCache()
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
@@ -528,6 +531,9 @@ class _Machine:
         return step
 
     def _matmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+        (*_, rows, depth), cols = instr.logical_ab()[0], instr.c.shape[-1]
+        if rows * depth * cols >= BLAS_THREADED_MNK:
+            self.blas_limit = True
         if instr.a_fmt or instr.b_fmt:
             return self._qmatmul(instr, grid, trips)
         rank = len(instr.c.shape)
@@ -548,6 +554,11 @@ class _Machine:
                 if acc:
                     r += cv
                 store(cv, r)
+
+        if c.size * 2 * instr.logical_ab()[0][-1] < MIN_SPLIT_FLOPS:
+            def step(it: tuple[int, ...]) -> None:
+                fn(a[it], b[it], c[it])
+            return step
 
         def step(it: tuple[int, ...]) -> None:
             cv = c[it]
@@ -574,8 +585,8 @@ class _Machine:
             def decode(it: tuple[int, ...]) -> np.ndarray:
                 raw, s = v[it], None if sv is None else sv[it]
                 # tiles a DMA broadcast to hold the same bytes: decode those once
-                same = shared_grid_axes([raw] if s is None else [raw, s],
-                                        len(trips) - len(it), len(grid))
+                same = None if raw.size < _DEDUPE_MIN_ELEMENTS else shared_grid_axes(
+                    [raw] if s is None else [raw, s], len(trips) - len(it), len(grid))
                 if same is not None:
                     raw, s = raw[same], None if s is None else s[same]
                 return decode_operand(raw, fmt, n_el, s, k_axis, ts)
@@ -630,7 +641,8 @@ class _Machine:
 
             def step(it: tuple[int, ...]) -> None:
                 xs = [v[it] for v in ins]
-                same = shared_grid_axes(xs, n_trips - len(it), n_grid)
+                same = None if xs[0].size < _DEDUPE_MIN_ELEMENTS else shared_grid_axes(
+                    xs, n_trips - len(it), n_grid)
                 if same is not None:
                     xs = [x[same] for x in xs]
                 store(out[it], fn(*[c(x) for x, c in zip(xs, casts, strict=True)], attrs))
@@ -677,7 +689,7 @@ def _dma_splitter(instr: Dma, dst: np.ndarray, n_trips: int, n_grid: int) -> Spl
     memory there) from another level (so no chunk reads what another writes), whose
     destination has no byte written twice, and only along axes that are still grid axes
     after ``_as_rows`` fused the contiguous tail."""
-    if instr.dst.level != "tsram" or instr.src.level == "tsram":
+    if instr.dst.level != "tsram" or instr.src.level == "tsram" or dst.nbytes < MIN_SPLIT_BYTES:
         return None
     if _may_self_overlap(dst.shape[n_trips:], dst.strides[n_trips:], dst.itemsize):
         return None
@@ -884,7 +896,7 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
         b = program.buffer(spec.buffer)
         machine._write_bytes(b.level, b.addr, arrays[spec.name])
     records = trace if isinstance(trace, list) else None
-    with (np.errstate(all="ignore"), single_threaded_blas(),
+    with (np.errstate(all="ignore"), single_threaded_blas(machine.blas_limit),
           count_nonfinite() as nonfinite):
         i = 0
         try:

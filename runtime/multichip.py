@@ -106,7 +106,7 @@ class ChipRunner:
     def run_to_collective(self) -> Collective | None:
         """Run until the next collective (returned, not run) or the end (None)."""
         steps, instrs = self.machine.steps, self.program.instructions
-        with np.errstate(all="ignore"), single_threaded_blas():
+        with np.errstate(all="ignore"), single_threaded_blas(self.machine.blas_limit):
             while self.pos < len(steps):
                 ins: Instr = instrs[self.pos]
                 if isinstance(ins, Collective):

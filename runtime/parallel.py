@@ -58,13 +58,23 @@ def _pool() -> ThreadPoolExecutor | None:
         return _state["pool"]
 
 
+# OpenBLAS runs a GEMM on one thread below m*n*k = 4 * 65536 anyway
+# (GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN), so programs whose per-tile GEMMs are
+# all smaller skip the limit (setting it costs ~0.1-0.4 ms, much of a tiny model's run).
+BLAS_THREADED_MNK = 4 * 65536
+
+
 @contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas(needed: bool = True) -> Iterator[None]:
     """BLAS (OpenBLAS/MKL behind numpy) at one thread while the block runs.
 
     Reference-counted, so runs on several threads at once (runtime/multichip.py) set the
-    limit once and restore the caller's setting when the last one ends.
+    limit once and restore the caller's setting when the last one ends. ``needed=False``
+    leaves BLAS alone (a program without GEMMs large enough to be threaded).
     """
+    if not needed:
+        yield
+        return
     with _lock:
         if _state.get("blas_users", 0) == 0:
             ctl = _state.get("controller")

@@ -60,7 +60,7 @@ class Session:
             if spec.name not in self.resident:
                 b = self.program.buffer(spec.buffer)
                 m._write_bytes(b.level, b.addr, arrays[spec.name])
-        with np.errstate(all="ignore"), single_threaded_blas():
+        with np.errstate(all="ignore"), single_threaded_blas(m.blas_limit):
             label = ""
             try:
                 for label, step in m.steps:  # noqa: B007 (label names a failing step)
