@@ -40,6 +40,7 @@ KNOWN_LIMITS: dict[str, str] = {
     "Attention with per-batch cache lengths (nonpad_kv_seqlen)": r"nonpad_kv_seqlen",
     "Resize extrapolation outside the crop for linear/cubic": r"extrapolation is supported",
     "TopK with k > 64": r"TopK with k",
+    "ConvTranspose with output_shape / SAME padding": r"output_shape or auto_pad",
 }
 
 

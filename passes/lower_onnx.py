@@ -547,7 +547,8 @@ BINARY["Sum"] = "add"
 # each defines ``RULES`` (op type -> rule) and ``FOLDED`` (op types fold-constants always
 # folds, e.g. Size); they import this module's helpers, so they are merged in on first use.
 FAMILY_MODULES = ("maiac.passes.lower_math", "maiac.passes.lower_norms",
-                  "maiac.passes.lower_index", "maiac.passes.lower_transformer")
+                  "maiac.passes.lower_index", "maiac.passes.lower_transformer",
+                  "maiac.passes.lower_vision")
 _FAMILY_RULES: dict[str, Callable[[Node], list[SSAValue]]] = {}
 _FAMILY_FOLDED: set[str] = set()
 

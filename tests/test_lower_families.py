@@ -150,3 +150,14 @@ def test_resize_position_embedding_grid(mode: str) -> None:
     inits = [_c("scales", np.array([1, 1, 16 / 14, 16 / 14], np.float32))]
     _golden(_model(node, [("x", F, [1, 32, 14, 14])], [("y", F)], opset=19, inits=inits),
             {"x": x}, atol=1e-5)
+
+
+def test_conv_transpose_upsampling() -> None:
+    """A stride-2 decoder upsampling (groups 2, padding, output_padding) vs onnxruntime."""
+    x = RNG.standard_normal((1, 4, 5, 6)).astype(np.float32)
+    inits = [_c("w", RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+             _c("b", RNG.standard_normal(6).astype(np.float32))]
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2],
+                            pads=[1, 1, 0, 1], output_padding=[1, 0], group=2)
+    _golden(_model(node, [("x", F, [1, 4, 5, 6])], [("y", F)], inits=inits), {"x": x},
+            atol=1e-4)
