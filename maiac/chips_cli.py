@@ -101,9 +101,10 @@ def format_group(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report_group(program_file: str, as_json: bool, html_out: str | None, top: int) -> bool:
+def report_group(program_file: str, as_json: bool, html_out: str | None, top: int,
+                 trace: str | None = None) -> bool:
     """``maiac report`` on a group member (False: not a group)."""
-    from maiac.cli import progress, write_text_atomic
+    from maiac.cli import atomic_path, progress, write_text_atomic
     from maiac.report_view import format_report, render_html
 
     group = load_group(program_file, keep_constants=False)  # timing needs no data
@@ -123,4 +124,9 @@ def report_group(program_file: str, as_json: bool, html_out: str | None, top: in
                                                 group.programs[0].target))
         if not as_json:
             click.echo(f"wrote {html_out}")
+    if trace is not None:
+        with atomic_path(trace, "--trace", (program_file,)) as tmp:
+            group.write_trace(tmp)
+        if not as_json:
+            click.echo(f"wrote {trace} (one process per chip)")
     return True

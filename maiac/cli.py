@@ -423,6 +423,11 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
     from maiac.runtime.program import load_program
 
     program = load_program(program_file)
+    if (program.meta or {}).get("shape_only"):
+        # its weights have no values: nothing to run (and no HBM image worth allocating)
+        raise MaiacError(f"{program_file} is shape-only (compiled with --shape-only): it can "
+                         f"be timed but not run; use `maiac report {program_file} --trace "
+                         f"{trace or 'TRACE.json'}` for its trace")
     if inputs is None and not input_items:
         ranges = (program.meta or {}).get("input_ranges") or {}
         feeds = random_inputs_for_specs(program.inputs, seed, ranges)
@@ -516,17 +521,25 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
               help="Write a self-contained HTML page with the timeline and per-op table.")
 @click.option("--top", default=30, show_default=True, type=click.IntRange(0),
               help="Ops shown in the table (0 = all).")
+@click.option("--trace", metavar="TRACE.json", default=None,
+              help="Write a Chrome/Perfetto trace of the modeled timeline (no data needed: "
+                   "works for --shape-only programs).")
 @max_memory_option
-def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int) -> None:
+def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int,
+               trace: str | None) -> None:
     """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
     existing_file(program_file, "program file")
-    if html_out is not None:
-        check_output(html_out, "--html", (program_file,))
+    for opt, path in (("--html", html_out), ("--trace", trace)):
+        if path is not None:
+            check_output(path, opt, (program_file,))
+    if html_out is not None and trace is not None and Path(html_out).resolve() == \
+            Path(trace).resolve():
+        raise MaiacError(f"--html and --trace name the same file {trace}")
     from maiac.chips_cli import report_group
     from maiac.runtime.program import load_program
     from maiac.runtime.timing import simulate
 
-    if report_group(program_file, as_json, html_out, top):
+    if report_group(program_file, as_json, html_out, top, trace):
         return
     program = load_program(program_file, keep_constants=False)  # timing needs no data
     progress(f"simulating {program_file}")
@@ -542,6 +555,13 @@ def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int)
         write_text_atomic(html_out, page, "--html", (program_file,))
         if not as_json:
             click.echo(f"wrote {html_out}")
+    if trace is not None:
+        from maiac.runtime.trace import chrome_trace
+
+        write_text_atomic(trace, json.dumps(chrome_trace(rep), separators=(",", ":")),
+                          "--trace", (program_file,))
+        if not as_json:
+            click.echo(f"wrote {trace}")
 
 
 # ----------------------------------------------------------------------------- opt / passes

@@ -312,6 +312,13 @@ class _Machine:
         check_program(program)
         self.program = program
         self.target = _program_target(program, MachineError)
+        # before any memory is allocated: a shape-only 70B program would ask for its HBM
+        self.consts = [b for b in program.buffers if b.kind == "const"]
+        missing = [b.name for b in self.consts if b.name not in program.constants]
+        if missing:
+            raise MaiacError(f"program has no data for constant {missing[0]!r} (and "
+                             f"{len(missing) - 1} more): it is shape-only; it can be timed "
+                             f"(maiac report, --trace) but not run")
         by_level: dict[str, list[Any]] = {lv: [] for lv in isa.LEVELS}
         for b in program.buffers:
             by_level[b.level].append(b)
@@ -324,12 +331,6 @@ class _Machine:
             "csram": np.zeros(end["csram"], np.uint8),
             "tsram": np.zeros((self.target.n_tiles, end["tsram"]), np.uint8),
         }
-        self.consts = [b for b in program.buffers if b.kind == "const"]
-        missing = [b.name for b in self.consts if b.name not in program.constants]
-        if missing:
-            raise MaiacError(f"program has no data for constant {missing[0]!r} (and "
-                             f"{len(missing) - 1} more): it is shape-only; it can be timed "
-                             f"(maiac report) but not run")
         self.vectorized_loops = 0
         self.blas_limit = False  # set when a per-tile GEMM is large enough to be threaded
         self._decode_cache = _DecodeCache()

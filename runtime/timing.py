@@ -204,6 +204,8 @@ class _Leaf:
     trips: tuple[int, ...]
     waits: tuple[tuple[str, int], ...] = ()  # (engine, pending), async programs only
     hbm_time: float = 0.0  # seconds of the shared HBM bandwidth this DMA needs
+    moved_bytes: int = 0  # bytes transferred (DMA, collective) or operand bytes (compute)
+    number_format: str = ""  # TTU format of a matmul, else the dtype it writes
 
 
 def _footprint(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> _Footprint:
@@ -245,6 +247,8 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
 
     flops = hbm = 0.0
     fmt = ""
+    moved = 0
+    number_format = ""
     if isinstance(instr, Dma | Gather):
         engine = f"dma{instr.queue % t.dma_queues}"
         if isinstance(instr, Dma):
@@ -257,6 +261,7 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
             src_b = dst_b // itemsize(dst.dtype) * itemsize(src.dtype)
             reads, writes = fp(instr.table, instr.indices), fp(dst)
         dur = _dma_time(t, src, dst, src_b, dst_b, tiles)
+        moved, number_format = max(src_b, dst_b), dst.dtype
         hbm = (src_b if src.level == "hbm" else 0) + (dst_b if dst.level == "hbm" else 0)
     elif isinstance(instr, Collective):
         # the network engine (runtime/network.py); HBM: read src, write dst, and for the
@@ -270,6 +275,7 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
         hbm = ((src_b + (received if instr.collective != "all_gather" else 0))
                * (instr.src.level == "hbm") + dst_b * (instr.dst.level == "hbm"))
         reads, writes = fp(instr.src), fp(instr.dst)
+        moved, number_format = int(size), instr.dst.dtype
     elif isinstance(instr, MatMul):
         engine = "ttu"
         m, n = instr.c.shape[-2:]
@@ -283,16 +289,21 @@ def _leaf(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
         reads = fp(instr.a, instr.b, *([instr.c] if instr.accumulate else []),
                    *(acc for _, acc in instr.scale_accesses()))
         writes = fp(instr.c)
+        moved = sum(distinct_bytes(a, grid) for a in (instr.a, instr.b, instr.c))
+        number_format = fmt
     elif isinstance(instr, Vec):
         engine = "tvp"
         shape = instr.ins[0].shape if instr.fn in ROW_INPUT_FNS else instr.out.shape
         flops = float(numel(shape) * tiles * VEC_OPS.get(instr.fn, 1))
         dur = flops / (t.tvp_flops * frac) + t.instr_latency_s
         reads, writes = fp(*instr.ins), fp(instr.out)
+        moved = sum(distinct_bytes(a, grid) for a in (*instr.ins, instr.out))
+        number_format = instr.out.dtype
     else:
         raise MaiacError(f"instruction {path}: cannot time {type(instr).__name__}")
     return _Leaf(path, instr.op, instr.kind, engine, dur, flops, fmt, float(hbm), reads,
-                 writes, trips, tuple((instr.waits or {}).items()), hbm / t.hbm_sustained_bw)
+                 writes, trips, tuple((instr.waits or {}).items()), hbm / t.hbm_sustained_bw,
+                 int(moved), number_format)
 
 
 # --------------------------------------------------------------------------- hazards
@@ -512,9 +523,12 @@ class _Sim:
         for lv, lo, hi in spans_w:
             self.wf[lv].assign(lo, hi, end)
             self.af[lv].assign(lo, hi, end)
-        self.events.append(Event(lf.engine, name, start, end - start, lf.kind,
-                                 {"instr": lf.path, "iteration": list(it)} if it
-                                 else {"instr": lf.path}))
+        args: dict[str, Any] = {"instr": lf.path, "bytes": lf.moved_bytes,
+                                "hbm_bytes": lf.hbm_bytes, "flops": lf.flops,
+                                "format": lf.number_format}
+        if it:
+            args["iteration"] = list(it)
+        self.events.append(Event(lf.engine, name, start, end - start, lf.kind, args))
         s = self.stats[-1]
         s.busy[lf.engine] += end - start
         s.op_busy[name][lf.engine] += end - start
@@ -562,9 +576,13 @@ class _Sim:
                 if e == "hbm":  # not an engine: no track of its own
                     self.free[e] += extra
                     continue
-                self.events.append(Event(e, f"{lp.op or 'loop'} x{n - k} more iterations", end,
+                # named by op like the simulated iterations; the args say what it stands for
+                self.events.append(Event(e, lp.op or "loop", end,
                                          min(extra, busy / k * (n - k)), "loop",
-                                         {"instr": lp.path, "extrapolated": True}))
+                                         {"instr": lp.path, "extrapolated": True,
+                                          "iterations": n - k,
+                                          "loop_flops": sum(frame.op_flops.values()) * scale,
+                                          "loop_hbm_bytes": sum(frame.op_hbm.values()) * scale}))
                 self.free[e] += extra
             end += extra
             for e, count in list(self.issued.items()):
