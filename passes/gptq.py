@@ -83,12 +83,18 @@ def gptq_round(w: np.ndarray, hess: np.ndarray, fmt: str, scale_mode: str = "flo
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     W[dead] = 0.0
-    H[np.diag_indices(k)] += damp * float(np.mean(np.diag(H)))
-    try:
-        U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H⁻¹
-    except np.linalg.LinAlgError:
-        raise MaiacError("gptq: the calibration Hessian is not positive definite "
-                         "(raise damp)") from None
+    mean_diag = float(np.mean(np.diag(H)))
+    U = None
+    for attempt in range(4):  # as GPTQ implementations do: more dampening if needed
+        try:
+            Hd = H + (damp * 10**attempt) * mean_diag * np.eye(k)
+            U = np.linalg.cholesky(np.linalg.inv(Hd)).T  # upper Cholesky factor of H⁻¹
+            break
+        except np.linalg.LinAlgError:
+            continue
+    if U is None or not np.isfinite(U).all():
+        raise MaiacError("gptq: the calibration Hessian is not positive definite even "
+                         f"with dampening {damp * 1000:g}")
     elem = f.elem
 
     def round_row(i: int, row: np.ndarray) -> np.ndarray:
@@ -143,7 +149,11 @@ class GptqPass(ModulePass):
             if rot:
                 hess = rotate_rows(rotate_rows(hess.astype(np.float32), hadamard(rot)).T,
                                    hadamard(rot)).astype(np.float64)
-            new_w = gptq_round(w, hess, q.w, q.scale_mode, self.damp)
+            try:
+                new_w = gptq_round(w, hess, q.w, q.scale_mode, self.damp)
+            except MaiacError as err:
+                warnings.warn(f"gptq: '{name}' keeps plain rounding: {err}", stacklevel=2)
+                continue
             per_col = F.get_format(q.w).scale_kind == "fp32"
             lossy += int(np.count_nonzero(F.fake_quantize(
                 new_w, q.w, axis=1 if per_col else 0, scale_mode=q.scale_mode,

@@ -359,7 +359,9 @@ def test_dispatch_overhead_is_small():
     t0 = time.perf_counter()
     run_program(prog, {"x": xin})
     per_instr = (time.perf_counter() - t0) / 2002
-    assert per_instr < 50e-6, per_instr
+    # a guard against per-instruction pathologies (re-planning, copies of the whole
+    # memory), not a speed measurement: bench/interpreter.py measures dispatch cost
+    assert per_instr < 1e-3, per_instr
 
 
 def _machine_of(prog):
