@@ -225,7 +225,10 @@ def test_compile_checks_the_output_before_compiling(work, tmp_path, monkeypatch)
 
 
 _SLOW_SAVE = """
-import sys, time
+import signal, sys, time
+# a child of a background job inherits SIGINT ignored (POSIX): restore what an
+# interactive terminal gives, so the test sends what a user's Ctrl-C does
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import maiac.driver
 def slow_save(self, path):
     with open(path, "wb") as f:
