@@ -260,6 +260,25 @@ def _rope(b: GraphBuilder, x: str, cos: str, sin: str, head_dim: int) -> str:
     return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [_rotate_half(b, x, head_dim), sin])])
 
 
+def _o_proj_and_mlp(b: GraphBuilder, x: str, ctx: str, config: LlamaConfig, p: str) -> str:
+    """A Llama layer after attention: o_proj + residual, RMSNorm, SwiGLU MLP + residual."""
+    d, hd = config.hidden, config.hidden // config.heads
+    x = b.op("Add", [x, b.linear(ctx, config.heads * hd, d, f"{p}.self_attn.o_proj",
+                                 bias=False)], name=f"{p}.residual_1")
+    hn = b.rms_norm(x, d, f"{p}.post_attention_layernorm")
+    gate = b.linear(hn, d, config.ffn, f"{p}.mlp.gate_proj", bias=False)
+    up = b.linear(hn, d, config.ffn, f"{p}.mlp.up_proj", bias=False)
+    act = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
+    down = b.linear(b.op("Mul", [act, up]), config.ffn, d, f"{p}.mlp.down_proj", bias=False)
+    return b.op("Add", [x, down], name=f"{p}.residual_2")
+
+
+def _final_norm_and_head(b: GraphBuilder, x: str, config: LlamaConfig) -> None:
+    x = b.rms_norm(x, config.hidden, "norm")
+    b.op("MatMul", [x, b.weight((config.hidden, config.vocab), "lm_head.weight")],
+         name="logits")
+
+
 def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch: int = 1,
                   seq: int = 128, context: int = 4096, weights: str = "random",
                   layers: int | None = None, seed: int = 0,
@@ -342,16 +361,8 @@ def llama_decoder(config: LlamaConfig = LLAMA_TINY, mode: str = "prefill", batch
         probs = b.op("Softmax", [scores], axis=-1, name=b.name(f"{p}.self_attn/softmax"))
         ctx = b.op("MatMul", [probs, rep[1]])
         ctx = b.reshape(b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), [batch, q_len, h * hd])
-        x = b.op("Add", [x, b.linear(ctx, h * hd, d, f"{p}.self_attn.o_proj", bias=False)],
-                 name=f"{p}.residual_1")
-        hn = b.rms_norm(x, d, f"{p}.post_attention_layernorm")
-        gate = b.linear(hn, d, config.ffn, f"{p}.mlp.gate_proj", bias=False)
-        up = b.linear(hn, d, config.ffn, f"{p}.mlp.up_proj", bias=False)
-        act = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
-        down = b.linear(b.op("Mul", [act, up]), config.ffn, d, f"{p}.mlp.down_proj", bias=False)
-        x = b.op("Add", [x, down], name=f"{p}.residual_2")
-    x = b.rms_norm(x, d, "norm")
-    b.op("MatMul", [x, b.weight((d, config.vocab), "lm_head.weight")], name="logits")
+        x = _o_proj_and_mlp(b, x, ctx, config, p)
+    _final_norm_and_head(b, x, config)
     outputs.insert(0, _input("logits", TensorProto.FLOAT, [batch, q_len, config.vocab]))
     model = b.model(f"{config.name}-{mode}", inputs, outputs)
     model.metadata_props.add(key="maiac.mode", value=mode)
@@ -464,14 +475,6 @@ def kv_decoder(config: LlamaConfig = LLAMA_TINY, weights: str = "random", layers
         probs = b.op("Softmax", [scores], axis=-1, name=b.name(f"{p}.self_attn/softmax"))
         ctx = b.op("MatMul", [probs, rep[1]])
         ctx = b.reshape(b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), [0, 0, h * hd])
-        x = b.op("Add", [x, b.linear(ctx, h * hd, d, f"{p}.self_attn.o_proj", bias=False)],
-                 name=f"{p}.residual_1")
-        hn = b.rms_norm(x, d, f"{p}.post_attention_layernorm")
-        gate = b.linear(hn, d, config.ffn, f"{p}.mlp.gate_proj", bias=False)
-        up = b.linear(hn, d, config.ffn, f"{p}.mlp.up_proj", bias=False)
-        act = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
-        down = b.linear(b.op("Mul", [act, up]), config.ffn, d, f"{p}.mlp.down_proj", bias=False)
-        x = b.op("Add", [x, down], name=f"{p}.residual_2")
-    x = b.rms_norm(x, d, "norm")
-    b.op("MatMul", [x, b.weight((d, config.vocab), "lm_head.weight")], name="logits")
+        x = _o_proj_and_mlp(b, x, ctx, config, p)
+    _final_norm_and_head(b, x, config)
     return b.model(f"{config.name}-with-past", inputs, outputs)
