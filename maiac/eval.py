@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from maiac.inputs import load_onnx
 from maiac.ir.resources import scoped_store
 from maiac.runtime.errors import MaiacError
 
@@ -59,14 +60,6 @@ def text_token_ids(text_path: str | Path, tokenizer: Any) -> np.ndarray:
     if len(ids) < 2:
         raise MaiacError(f"{text_path}: the text has fewer than 2 tokens")
     return np.asarray(ids, np.int64)
-
-
-def _proto(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    from maiac.inputs import load_onnx
-
-    return load_onnx(model)
 
 
 def decoder_feeds(model: onnx.ModelProto, window: np.ndarray) -> dict[str, np.ndarray]:
@@ -140,7 +133,7 @@ def perplexity(model: str | Path | onnx.ModelProto, ids: np.ndarray, *,
     """
     from maiac.driver import compile as maiac_compile
 
-    proto = _proto(model)
+    proto = load_onnx(model)
     wins = windows_of(ids, seq, None if max_windows is None else max_windows + 1)
     calib_win, scored = (wins[0], wins[1:]) if len(wins) > 1 else (wins[0], wins)
     calib = decoder_feeds(proto, calib_win)
@@ -198,7 +191,7 @@ def embedding_agreement(model: str | Path | onnx.ModelProto,
     """
     from maiac.driver import compile as maiac_compile
 
-    proto = _proto(model)
+    proto = load_onnx(model)
     name = output or proto.graph.output[0].name
     shapes = {k: v.shape for k, v in feeds.items()}
     mask = next((v for k, v in feeds.items() if "mask" in k), None)

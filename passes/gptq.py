@@ -147,8 +147,8 @@ class GptqPass(ModulePass):
                 continue
             rot = maia.attr(mm, ROTATED_INPUT_ATTR)
             if rot:
-                hess = rotate_rows(rotate_rows(hess.astype(np.float32), hadamard(rot)).T,
-                                   hadamard(rot)).astype(np.float64)
+                h = hadamard(rot)  # R XᵀX R, R = blockdiag(H) symmetric; float64 as hess
+                hess = rotate_rows(rotate_rows(hess, h).T, h)
             try:
                 new_w = gptq_round(w, hess, q.w, q.scale_mode, self.damp)
             except MaiacError as err:

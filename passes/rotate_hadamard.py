@@ -52,19 +52,21 @@ def hadamard(n: int) -> np.ndarray:
 
 
 def rotate_rows(w: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """``blockdiag(H) @ w`` for ``w`` [K, N]: each group of ``b`` rows mixed by ``H``."""
+    """``blockdiag(H) @ w`` for ``w`` [K, N]: each group of ``b`` rows mixed by ``H``
+    (computed in float64, returned in ``w``'s dtype)."""
     k, n = w.shape
     b = h.shape[0]
     return np.einsum("ij,gjn->gin", h, w.astype(np.float64).reshape(k // b, b, n)
-                     ).reshape(k, n).astype(np.float32)
+                     ).reshape(k, n).astype(w.dtype)
 
 
 def rotate_cols(w: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """``w @ blockdiag(H)`` for ``w`` [..., N]: each group of ``b`` columns mixed."""
+    """``w @ blockdiag(H)`` for ``w`` [..., N]: each group of ``b`` columns mixed (in
+    float64, returned in ``w``'s dtype)."""
     b = h.shape[0]
     lead, n = w.shape[:-1], w.shape[-1]
     g = w.astype(np.float64).reshape(*lead, n // b, b)
-    return np.einsum("...gj,jk->...gk", g, h).reshape(w.shape).astype(np.float32)
+    return np.einsum("...gj,jk->...gk", g, h).reshape(w.shape).astype(w.dtype)
 
 
 def _plain_weight_matmul(op: Operation | None) -> bool:

@@ -622,7 +622,7 @@ def quantize(
     )
 
 
-def _scale_blocks(vb: np.ndarray, s: np.ndarray, f: Format) -> np.ndarray:
+def _scale_blocks(vb: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Blocked element values (..., nb, block) × block scales (..., nb), float32.
 
     One IEEE fp32 multiply, so the result is the exact product rounded to nearest: an
@@ -637,7 +637,7 @@ def _scale_blocks(vb: np.ndarray, s: np.ndarray, f: Format) -> np.ndarray:
 def _apply_block_scale(vals: np.ndarray, scale: np.ndarray, axis: int, f: Format) -> np.ndarray:
     """vals (working shape) * per-block scale (keepdims along axis) in float32."""
     vb, moved = _blocks(vals, axis, f.block_size)
-    return _unblocks(_scale_blocks(vb, np.moveaxis(scale, axis, -1), f), moved, axis)
+    return _unblocks(_scale_blocks(vb, np.moveaxis(scale, axis, -1)), moved, axis)
 
 
 def dequantize(q: QTensor) -> np.ndarray:
@@ -693,7 +693,7 @@ def fake_quantize(
     else:
         cb, sb, moved, ts = _nvfp4_core(xw, f, ax, tensor_scale)
         sf = (np.float32(ts) * sb.view(ml_dtypes.float8_e4m3fn).astype(np.float32))
-    out = _scale_blocks(table[cb], sf.astype(np.float32), f)
+    out = _scale_blocks(table[cb], sf.astype(np.float32))
     return _unblocks(out, moved, ax).reshape(shape)
 
 

@@ -181,7 +181,7 @@ def decode_operand(raw: np.ndarray, fmt: str, n: int, scales: np.ndarray | None,
                            * s[..., :, None, :])
             return out.reshape(vals.shape)
         vb, moved = F._blocks(vals, axis, f.block_size)
-        return F._unblocks(F._scale_blocks(vb, np.moveaxis(s, axis, -1), f), moved, axis)
+        return F._unblocks(F._scale_blocks(vb, np.moveaxis(s, axis, -1)), moved, axis)
     if f.scale_kind == "fp32":
         if scales is not None:
             vals = (vals * np.asarray(scales, F32)).astype(F32)
