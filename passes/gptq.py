@@ -135,7 +135,8 @@ class GptqPass(ModulePass):
         if token is None:
             raise MaiacError("gptq needs calibration Hessians (the driver attaches them when "
                              "the quant spec has method=gptq)")
-        table = HESSIANS.get(str(maia.from_attr(token)), {})
+        # consumed here: a table holds K x K float64 per matmul (18 MB at K = 1536)
+        table = HESSIANS.pop(str(maia.from_attr(token)), {})
         lossy = 0
         for mm in [m for m in op.walk() if isinstance(m, maia.MatMulOp)]:
             name = str(maia.attr(mm, "op", "matmul"))
