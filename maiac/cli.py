@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from maiac.outputs import atomic_path, check_output, write_text_atomic
-from maiac.report_view import _report_json, _time, _timeline, format_report, render_html
+from maiac.report_view import _report_json, _time, format_report  # noqa: F401 (examples import format_report from here)
 from maiac.runtime.errors import MaiacError
 
 EMITS = ("onnx", "maia", "tiled", "asm")
@@ -511,59 +511,6 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
         sys.exit(1)
 
 
-# ----------------------------------------------------------------------------- report
-
-
-@main.command("report")
-@click.argument("program_file", metavar="MODEL.maia")
-@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN §5 report JSON.")
-@click.option("--html", "html_out", metavar="REPORT.html", default=None,
-              help="Write a self-contained HTML page with the timeline and per-op table.")
-@click.option("--top", default=30, show_default=True, type=click.IntRange(0),
-              help="Ops shown in the table (0 = all).")
-@click.option("--trace", metavar="TRACE.json", default=None,
-              help="Write a Chrome/Perfetto trace of the modeled timeline (no data needed: "
-                   "works for --shape-only programs).")
-@max_memory_option
-def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int,
-               trace: str | None) -> None:
-    """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
-    existing_file(program_file, "program file")
-    for opt, path in (("--html", html_out), ("--trace", trace)):
-        if path is not None:
-            check_output(path, opt, (program_file,))
-    if html_out is not None and trace is not None and Path(html_out).resolve() == \
-            Path(trace).resolve():
-        raise MaiacError(f"--html and --trace name the same file {trace}")
-    from maiac.chips_cli import report_group
-    from maiac.runtime.program import load_program
-    from maiac.runtime.timing import simulate
-
-    if report_group(program_file, as_json, html_out, top, trace):
-        return
-    program = load_program(program_file, keep_constants=False)  # timing needs no data
-    progress(f"simulating {program_file}")
-    rep = simulate(program)
-    r = _report_json(rep)
-    if as_json:
-        click.echo(json.dumps(r, indent=2))
-    else:
-        click.echo(format_report(r, top))
-    if html_out is not None:
-        page = render_html(r, _timeline(rep, r), f"maiac report: {Path(program_file).name}",
-                           program.target)
-        write_text_atomic(html_out, page, "--html", (program_file,))
-        if not as_json:
-            click.echo(f"wrote {html_out}")
-    if trace is not None:
-        from maiac.runtime.trace import chrome_trace
-
-        write_text_atomic(trace, json.dumps(chrome_trace(rep), separators=(",", ":")),
-                          "--trace", (program_file,))
-        if not as_json:
-            click.echo(f"wrote {trace}")
-
-
 # ----------------------------------------------------------------------------- opt / passes
 
 
@@ -705,6 +652,7 @@ def _register_commands() -> None:
     from maiac.generate_cli import generate_cmd
     from maiac.ops_cmd import ops_cmd
     from maiac.perf_cli import perf_cmd
+    from maiac.report_cmd import report_cmd
     from maiac.target_cmd import target_cmd
 
     main.add_command(generate_cmd)
@@ -712,6 +660,7 @@ def _register_commands() -> None:
     main.add_command(target_cmd)
     main.add_command(ops_cmd)
     main.add_command(eval_cmd)
+    main.add_command(report_cmd)
 
 
 _register_commands()

@@ -1,0 +1,64 @@
+"""``maiac report``: the timing model's view of a compiled program (text, JSON, HTML,
+Chrome/Perfetto trace). Needs no data: shape-only programs work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from maiac.cli import check_output, existing_file, max_memory_option, progress
+from maiac.outputs import write_text_atomic
+from maiac.report_view import _report_json, _timeline, format_report, render_html
+from maiac.runtime.errors import MaiacError
+
+
+@click.command("report")
+@click.argument("program_file", metavar="MODEL.maia")
+@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN §5 report JSON.")
+@click.option("--html", "html_out", metavar="REPORT.html", default=None,
+              help="Write a self-contained HTML page with the timeline and per-op table.")
+@click.option("--top", default=30, show_default=True, type=click.IntRange(0),
+              help="Ops shown in the table (0 = all).")
+@click.option("--trace", metavar="TRACE.json", default=None,
+              help="Write a Chrome/Perfetto trace of the modeled timeline (no data needed: "
+                   "works for --shape-only programs).")
+@max_memory_option
+def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int,
+               trace: str | None) -> None:
+    """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
+    existing_file(program_file, "program file")
+    for opt, path in (("--html", html_out), ("--trace", trace)):
+        if path is not None:
+            check_output(path, opt, (program_file,))
+    if html_out is not None and trace is not None and Path(html_out).resolve() == \
+            Path(trace).resolve():
+        raise MaiacError(f"--html and --trace name the same file {trace}")
+    from maiac.chips_cli import report_group
+    from maiac.runtime.program import load_program
+    from maiac.runtime.timing import simulate
+
+    if report_group(program_file, as_json, html_out, top, trace):
+        return
+    program = load_program(program_file, keep_constants=False)  # timing needs no data
+    progress(f"simulating {program_file}")
+    rep = simulate(program)
+    r = _report_json(rep)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        click.echo(format_report(r, top))
+    if html_out is not None:
+        page = render_html(r, _timeline(rep, r), f"maiac report: {Path(program_file).name}",
+                           program.target)
+        write_text_atomic(html_out, page, "--html", (program_file,))
+        if not as_json:
+            click.echo(f"wrote {html_out}")
+    if trace is not None:
+        from maiac.runtime.trace import chrome_trace
+
+        write_text_atomic(trace, json.dumps(chrome_trace(rep), separators=(",", ":")),
+                          "--trace", (program_file,))
+        if not as_json:
+            click.echo(f"wrote {trace}")
