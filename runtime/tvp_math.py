@@ -3,7 +3,7 @@
 The interpreter merges ``FNS`` into its function table, the timing model ``VEC_OPS``
 into its per-element costs (ASSUMED: one op per element for bit and rounding ops, as
 for the other elementwise ones; transcendental functions cost like ``tanh``). Same
-contract as runtime/interpreter.py's table: fn -> (compute mode, function(args, attrs)),
+contract as runtime/interpreter_fns.py's table: fn -> (compute mode, function(args, attrs)),
 mode "float" (inputs upcast to fp32) or "num" (integers stay integers).
 """
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from maiac.runtime.errors import MachineError, MaiacError
-from maiac.runtime.interpreter import erf, run_program
+from maiac.runtime.interpreter import run_program
+from maiac.runtime.interpreter_fns import erf
 from maiac.runtime.isa import Dma, Gather, Loop, MatMul, Vec
 from maiac.runtime.program import ProgramBuilder
 
@@ -403,7 +404,7 @@ def test_loop_carried_dependency_keeps_iteration_order():
 
 
 def test_gelu_relative_accuracy_including_negative_tail():
-    from maiac.runtime.interpreter import gelu
+    from maiac.runtime.interpreter_fns import gelu
     x = np.concatenate([np.linspace(-12, 8, 20001), [-1e-6, 1e-6, 0.0]]).astype(np.float32)
     want = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)])
     got = gelu(x).astype(np.float64)

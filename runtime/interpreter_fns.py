@@ -1,0 +1,285 @@
+"""The TVP's functions for the interpreter (runtime/interpreter.py): erf/GELU, norms,
+softmax, the Vec fn table and how a stored block is cast for compute and stored back.
+
+Every function is vectorized numpy over a whole ``(*trips, *grid, *block)`` view.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import ml_dtypes
+import numpy as np
+
+from maiac.runtime import isa, tvp_math
+from maiac.runtime.memory import np_dtype
+from maiac.runtime.quant_ops import quantize_rows
+
+F32 = np.dtype(np.float32)
+FLOAT_DTYPES = ("f32", "bf16", "f16", "f8e4m3", "f8e5m2")
+INT_DTYPES = ("i64", "i32", "i8", "u8")
+# Narrow float formats saturate on store (DESIGN §3: casts round to nearest even and
+# saturate to the largest finite value); NaN stays NaN.
+SATURATE = {name: float(ml_dtypes.finfo(np_dtype(name)).max) for name in ("f8e4m3", "f8e5m2")}
+
+_TAYLOR = [(-1.0) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(14)]
+_ERFC_NR = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+            -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+_BLOCK = 16384  # elements per cache-sized block of the float64 erf/gelu evaluation
+
+
+def _blocked(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``fn`` (elementwise, float32 result) over ``x`` in blocks of ``_BLOCK`` elements.
+
+    The float64 polynomial steps then stay in cache (about 2x faster on 1e5 elements);
+    each block is one vectorized call and elementwise results do not depend on the
+    blocking, so the bytes are the same as one call on the whole array.
+    """
+    x = np.asarray(x)
+    if x.size <= 2 * _BLOCK:
+        return fn(x)
+    flat = x.reshape(-1)
+    out = np.empty(flat.shape, np.float32)
+    for lo in range(0, flat.size, _BLOCK):
+        out[lo:lo + _BLOCK] = fn(flat[lo:lo + _BLOCK])
+    return out.reshape(x.shape)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Vectorized erf, computed in float64, returned as float32; |error| < 3e-8.
+
+    |x| < 1: Maclaurin series to 14 terms (truncation < 1e-10). |x| >= 1: erfc from the
+    Chebyshev-fitted formula of Numerical Recipes (2nd ed., §6.2, ``erfcc``; fractional
+    error < 1.2e-7), and erf = 1 - erfc, so |error| < 1.2e-7 * erfc(1) < 2e-8.
+    Evaluated in place (Horner steps into one buffer): the same float64 operations in
+    the same order as the textbook form, without a temporary per step.
+    """
+    x64 = np.array(x, dtype=np.float64)
+    z = x64 * x64
+    series = np.full_like(x64, _TAYLOR[-1])
+    for c in reversed(_TAYLOR[:-1]):
+        series *= z
+        series += c
+    series *= np.multiply(x64, 2.0 / math.sqrt(math.pi), out=z)  # (2/sqrt(pi) * x) * series
+    ax = np.abs(x64, out=z)
+    large = _erfc_nr(ax)
+    np.subtract(1.0, large, out=large)
+    np.copysign(large, x64, out=large)
+    return np.where(ax < 1.0, series, large).astype(np.float32)
+
+
+def _erfc_nr(ax: np.ndarray) -> np.ndarray:
+    """erfc(|x|) for ``ax = |x|`` in float64; fractional error < 1.2e-7 (NR ``erfcc``).
+
+    Returns a new array; ``ax`` is not modified.
+    """
+    t = np.multiply(ax, 0.5)
+    t += 1.0
+    np.divide(1.0, t, out=t)
+    poly = np.full_like(ax, _ERFC_NR[-1])
+    for c in reversed(_ERFC_NR[:-1]):
+        poly *= t
+        poly += c
+    e = np.multiply(ax, ax)
+    np.negative(e, out=e)
+    e += poly
+    np.exp(e, out=e)
+    e *= t
+    return e
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU ``0.5 x (1 + erf(x / sqrt 2))`` with relative error < 2e-7.
+
+    ``1 + erf(u)`` is ``erfc(-u)`` for u < 0 and ``2 - erfc(u)`` otherwise, so one
+    erfc evaluation (relative error 1.2e-7) gives it to full relative accuracy on both
+    sides, also deep in the negative tail. In place, same operations as ``erf``.
+    """
+    x64 = np.array(x, dtype=np.float64)
+    u = np.abs(x64)
+    u *= 1.0 / math.sqrt(2.0)
+    e = _erfc_nr(u)
+    one_plus_erf = np.subtract(2.0, e, out=u)
+    np.copyto(one_plus_erf, e, where=x64 < 0)
+    # 0.5 * x * y, evaluated left to right as before: (0.5 * x) * y
+    np.multiply(x64, 0.5, out=x64)
+    x64 *= one_plus_erf
+    return x64.astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (np.tanh(0.5 * x) + 1.0)).astype(x.dtype)
+
+
+def _trunc_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division rounding toward zero (ONNX Div on integers)."""
+    q = np.floor_divide(a, b)
+    fix = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+    return q + fix
+
+
+def _mean(x: np.ndarray) -> np.ndarray:
+    """``x.mean(-1, keepdims=True)`` by the same two ufunc calls, without its Python wrapper."""
+    s = np.add.reduce(x, -1, keepdims=True)
+    return np.true_divide(s, np.intp(x.shape[-1]), out=s, casting="unsafe")
+
+
+def _layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = _mean(x)
+    d = x - mean
+    var = _mean(d * d)
+    return d / np.sqrt(var + np.float32(eps)) * scale + bias
+
+
+def _rmsnorm(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
+    ms = _mean(x * x)
+    return x / np.sqrt(ms + np.float32(eps)) * scale
+
+
+def _exp_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``exp(a - b)``; where ``a == b == -inf`` (a fully masked row so far) it is 0, not NaN.
+
+    The online-softmax step of flash attention (Dao et al. 2022, Alg. 1): both the
+    rescale factor ``exp(m_old - m_new)`` and the probabilities ``exp(s - m_new)``.
+    """
+    d = a - b
+    return np.exp(np.where(np.isnan(d) & np.isneginf(a), -np.inf, d)).astype(np.float32)
+
+
+def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate-half RoPE over the last axis: ``x * cos + concat(-x2, x1) * sin``."""
+    half = x.shape[-1] // 2
+    rotated = np.concatenate([np.negative(x[..., half:]), x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    s = x - x.max(-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(-1, keepdims=True))
+
+
+_SQRT_2_PI = np.float32(math.sqrt(2.0 / math.pi))
+
+# fn -> (compute mode, function(args, attrs)). Mode "float": every input upcast to fp32;
+# "num": fp32 if any input is a float, else integer arithmetic; "logic": inputs as bool;
+# "cmp": like "num", result is bool.
+FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
+    "copy": ("num", lambda x, at: x),
+    "relu": ("num", lambda x, at: np.maximum(x, 0).astype(x.dtype)),
+    "gelu": ("float", lambda x, at: _blocked(gelu, x)),
+    "gelu_tanh": ("float", lambda x, at: np.float32(0.5) * x * (np.float32(1) + np.tanh(
+        _SQRT_2_PI * (x + np.float32(0.044715) * x * x * x)))),
+    "erf": ("float", lambda x, at: _blocked(erf, x)),
+    "tanh": ("float", lambda x, at: np.tanh(x)),
+    "sigmoid": ("float", lambda x, at: _sigmoid(x)),
+    "silu": ("float", lambda x, at: x * _sigmoid(x)),
+    "exp": ("float", lambda x, at: np.exp(x)),
+    "log": ("float", lambda x, at: np.log(x)),
+    "sqrt": ("float", lambda x, at: np.sqrt(x)),
+    "rsqrt": ("float", lambda x, at: np.float32(1) / np.sqrt(x)),
+    "reciprocal": ("float", lambda x, at: np.float32(1) / x),
+    "neg": ("num", lambda x, at: np.negative(x)),
+    "abs": ("num", lambda x, at: np.abs(x)),
+    "cos": ("float", lambda x, at: np.cos(x)),
+    "sin": ("float", lambda x, at: np.sin(x)),
+    "floor": ("num", lambda x, at: np.floor(x) if x.dtype.kind == "f" else x),
+    "ceil": ("num", lambda x, at: np.ceil(x) if x.dtype.kind == "f" else x),
+    "not": ("logic", lambda x, at: np.logical_not(x)),
+    "isnan": ("float", lambda x, at: np.isnan(x)),
+    "sign": ("num", lambda x, at: np.sign(x)),
+    "scale": ("float", lambda x, at: x * np.float32(at.get("scale", 1.0))),
+    "add": ("num", lambda a, b, at: a + b),
+    "sub": ("num", lambda a, b, at: a - b),
+    "mul": ("num", lambda a, b, at: a * b),
+    "div": ("num", lambda a, b, at: a / b if a.dtype.kind == "f" else _trunc_div(a, b)),
+    "pow": ("float", lambda a, b, at: np.power(a, b)),
+    "max": ("num", lambda a, b, at: np.maximum(a, b)),
+    "min": ("num", lambda a, b, at: np.minimum(a, b)),
+    "mod": ("num", lambda a, b, at: np.fmod(a, b) if at.get("fmod") else np.mod(a, b)),
+    "equal": ("cmp", lambda a, b, at: a == b),
+    "less": ("cmp", lambda a, b, at: a < b),
+    "greater": ("cmp", lambda a, b, at: a > b),
+    "less_equal": ("cmp", lambda a, b, at: a <= b),
+    "greater_equal": ("cmp", lambda a, b, at: a >= b),
+    "and": ("logic", lambda a, b, at: np.logical_and(a, b)),
+    "or": ("logic", lambda a, b, at: np.logical_or(a, b)),
+    "xor": ("logic", lambda a, b, at: np.logical_xor(a, b)),
+    "exp_sub": ("float", lambda a, b, at: _exp_sub(a, b)),
+    "where": ("where", lambda c, a, b, at: np.where(c, a, b)),
+    "reduce_sum": ("num", lambda x, at: x.sum(-1, keepdims=True, dtype=x.dtype)),
+    "reduce_mean": ("float", lambda x, at: _mean(x)),
+    "reduce_max": ("num", lambda x, at: x.max(-1, keepdims=True)),
+    "reduce_min": ("num", lambda x, at: x.min(-1, keepdims=True)),
+    "softmax": ("float", lambda x, at: _softmax(x)),
+    "log_softmax": ("float", lambda x, at: _log_softmax(x)),
+    "layernorm": ("float", lambda x, s, b, at: _layernorm(x, s, b, at.get("eps", 1e-5))),
+    "rmsnorm": ("float", lambda x, s, at: _rmsnorm(x, s, at.get("eps", 1e-5))),
+    "quantize": ("float", lambda x, at: quantize_rows(x, at)),
+    "rope": ("float", lambda x, c, s, at: _rope(x, c, s)),
+    "causal_mask": ("float", lambda s, q, k, at: np.where(k > q, np.float32(-np.inf), s)),
+}
+FNS.update(tvp_math.FNS)  # the op families' functions (round, cumsum, bit ops, ...)
+assert set(FNS) == set(isa.VEC_FNS), set(isa.VEC_FNS) ^ set(FNS)
+
+
+# Vec fns that are one numpy ufunc on fp32 operands (the FNS lambda of the fn computes
+# exactly this); with fp32 inputs and output they write into the output view directly.
+F32_UFUNCS: dict[str, np.ufunc] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "max": np.maximum, "min": np.minimum, "exp": np.exp, "tanh": np.tanh, "sqrt": np.sqrt,
+    "neg": np.negative, "abs": np.abs, "log": np.log, "scale": np.multiply,
+}
+
+
+# Vec fns whose cost per element is well above a byte compare of their inputs: for
+# these, tiles holding identical inputs (a broadcast) compute once (runtime/tile_dedupe.py).
+DEDUPE_MIN_ELEMENTS = 16384  # below this the compare's fixed cost outweighs the saving
+DEDUPE_FNS = frozenset({"quantize", "gelu", "gelu_tanh", "erf", "silu", "sigmoid", "tanh",
+                         "softmax", "log_softmax", "layernorm", "rmsnorm", "exp_sub", "rope"})
+
+
+def caster(dtypes: list[str], mode: str) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Per input, how to bring a stored block to the compute type of ``mode``."""
+    def ident(x: np.ndarray) -> np.ndarray:
+        return x
+
+    def to_f32(x: np.ndarray) -> np.ndarray:
+        return x.astype(F32)
+
+    def to_bool(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.bool_)
+
+    if mode == "where":
+        return [to_bool, *caster(dtypes[1:], "num")]
+    if mode == "logic":
+        return [ident if d == "bool" else to_bool for d in dtypes]
+    is_float = mode == "float" or any(d in FLOAT_DTYPES for d in dtypes)
+    if is_float:
+        return [ident if d == "f32" else to_f32 for d in dtypes]
+    return [ident for _ in dtypes]
+
+
+def storer(dtype: str) -> Callable[[np.ndarray, np.ndarray], None]:
+    """How to store a computed block into a ``dtype`` view (round; saturate narrow floats)."""
+    if dtype in SATURATE:
+        lim = SATURATE[dtype]
+
+        def store(dst: np.ndarray, value: np.ndarray) -> None:
+            v = np.asarray(value)
+            if v.dtype != F32:
+                v = v.astype(F32)
+            np.copyto(dst, np.clip(v, -lim, lim), casting="unsafe")
+        return store
+
+    def plain(dst: np.ndarray, value: np.ndarray) -> None:
+        np.copyto(dst, value, casting="unsafe")
+    return plain
+

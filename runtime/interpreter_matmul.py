@@ -1,0 +1,82 @@
+"""Matmul helpers of the interpreter (runtime/interpreter.py): the fp32 GEMM calls, how a
+matmul is split over the host's workers, and the cache of decoded quantized weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from maiac.runtime.isa import MatMul
+from maiac.runtime.parallel import MIN_SPLIT_FLOPS, split_axis
+
+
+def mm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    np.matmul(a, b, out=c)
+
+
+def mm_acc(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    np.add(np.matmul(a, b), c, out=c)
+
+
+Splitter = Callable[[np.ndarray, tuple[int, ...]], int | None]
+
+
+def matmul_splitter(instr: MatMul, n_trips: int, n_grid: int) -> Splitter:
+    """The grid axis to split a matmul call on (runtime/parallel.py), None if too small.
+
+    Compute touches only each tile's own TSRAM, so chunks of tiles are disjoint.
+    """
+    flops_per_out = 2 * instr.logical_ab()[0][-1]
+
+    def split(cv: np.ndarray, it: tuple[int, ...]) -> int | None:
+        if cv.size * flops_per_out < MIN_SPLIT_FLOPS:
+            return None
+        return split_axis(cv.shape, n_trips - len(it), n_grid)
+    return split
+
+
+class DecodeCache:
+    """Decoded fp32 values of quantized matmul weight blocks, reused while their bytes stay.
+
+    DESIGN §2 allows decoding constant weights once per program. Rather than trusting
+    that a TSRAM block holds a constant, each entry keeps a copy of the packed codes and
+    scales it was decoded from and is used only when the TSRAM bytes still equal them
+    (one byte compare, far cheaper than the decode), so the result is always the decode
+    of what is in memory now. An operand whose bytes change between runs twice stops
+    being cached; the cache holds at most ``limit`` bytes.
+    """
+
+    def __init__(self, limit: int = 512 << 20) -> None:
+        self.limit = limit
+        self.used = 0
+        self.hits = 0
+
+    def wrap(self, raw: np.ndarray, scales: np.ndarray | None,
+             decode: Callable[[tuple[int, ...]], np.ndarray]
+             ) -> Callable[[tuple[int, ...]], np.ndarray]:
+        """``decode`` with a per-iteration cache validated against ``raw`` / ``scales``."""
+        entries: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
+        misses = [0]
+
+        def get(it: tuple[int, ...]) -> np.ndarray:
+            rv = raw[it]
+            sv = None if scales is None else scales[it]
+            hit = entries.get(it)
+            if hit is not None and np.array_equal(hit[0], rv) and (
+                    sv is None or np.array_equal(hit[1], sv)):
+                self.hits += 1
+                return hit[2]
+            out = decode(it)
+            if hit is not None:
+                misses[0] += 1
+                self.used -= hit[0].nbytes + hit[2].nbytes + (0 if sv is None else sv.nbytes)
+                del entries[it]
+            size = rv.nbytes + out.nbytes + (0 if sv is None else sv.nbytes)
+            if misses[0] < 2 and self.used + size <= self.limit:
+                out.setflags(write=False)
+                entries[it] = (rv.copy(), None if sv is None else sv.copy(), out)
+                self.used += size
+            return out
+        return get
+
