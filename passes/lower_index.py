@@ -29,17 +29,9 @@ from xdsl.ir import SSAValue
 from maiac.ir import maia
 from maiac.ir.onnx import get_opset, input_at, onnx_attributes
 from maiac.ir.types import NUMPY_DTYPES, tensor_dtype, tensor_shape
+from maiac.passes.lower_layout import _affine_view, gather_by_index, lower_by_index_probe
 from maiac.passes.lower_math import binary, scalar, unary, where
-from maiac.passes.lower_onnx import (
-    Node,
-    _affine_view,
-    _norm_axis,
-    _out,
-    _size,
-    constant,
-    gather_by_index,
-    lower_by_index_probe,
-)
+from maiac.passes.lower_node import Node, _norm_axis, _out, _size, constant
 from maiac.passes.node_eval import evaluate
 from maiac.runtime.errors import MaiacError
 

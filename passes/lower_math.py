@@ -18,7 +18,8 @@ from xdsl.ir import SSAValue
 from maiac.ir import maia
 from maiac.ir.onnx import get_opset, input_at
 from maiac.ir.types import NUMPY_DTYPES, tensor_dtype, tensor_shape
-from maiac.passes.lower_onnx import Node, _out, constant, lower_cast
+from maiac.passes.lower_node import Node, _out, constant
+from maiac.passes.lower_onnx import lower_cast
 
 
 def scalar(node: Node, value: float, like: SSAValue) -> SSAValue:

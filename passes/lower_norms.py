@@ -21,7 +21,7 @@ from maiac.ir import maia
 from maiac.ir.onnx import input_at
 from maiac.ir.types import tensor_shape
 from maiac.passes.lower_math import binary, finish, scalar, unary, x_of
-from maiac.passes.lower_onnx import Node, _norm_axis, _out, _size, constant
+from maiac.passes.lower_node import Node, _norm_axis, _out, _size, constant
 
 
 def _norm_rows(node: Node, rows: SSAValue, fn: str, eps: float,

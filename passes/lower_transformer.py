@@ -27,7 +27,7 @@ from maiac.ir import maia
 from maiac.ir.onnx import input_at
 from maiac.ir.types import tensor_dtype, tensor_shape
 from maiac.passes.lower_math import binary, scalar, unary, where
-from maiac.passes.lower_onnx import Node, _out, constant
+from maiac.passes.lower_node import Node, _out, constant
 
 NEG_INF = np.float32(-np.inf)
 

@@ -1,15 +1,15 @@
-"""Lowering of the vision family: ConvTranspose.
+"""Lowering of the vision family: Conv and ConvTranspose.
 
-ConvTranspose is the convolution of the zero-upsampled input with the flipped, transposed
+Conv is im2col + matmul (see ``lower_conv``). ConvTranspose is the convolution of the zero-upsampled input with the flipped, transposed
 kernel: the upsampling (a zero between every ``stride`` input positions) and its padding
 are one constant index map with a constant mask (a gather + select, as constant Pad), the
-convolution the im2col strided view + one batched matmul of lower_onnx's Conv. Merged
+convolution the im2col strided view + one batched matmul of Conv. Merged
 into the lowering table by ``lower_onnx.all_rules``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from xdsl.dialects.builtin import TensorType
@@ -20,7 +20,7 @@ from maiac.ir.onnx import input_at
 from maiac.ir.types import NUMPY_DTYPES, tensor_dtype, tensor_shape
 from maiac.passes.lower_index import _gather_map
 from maiac.passes.lower_math import where
-from maiac.passes.lower_onnx import Node, _out, _size, constant
+from maiac.passes.lower_node import Node, _out, _size, constant
 from maiac.runtime.isa import contiguous_strides
 
 
@@ -83,4 +83,89 @@ def lower_conv_transpose(node: Node) -> list[SSAValue]:
     return [node.transpose(y, [0, k + 1, *range(1, k + 1)])]
 
 
-RULES: dict[str, Callable[[Node], list[SSAValue]]] = {"ConvTranspose": lower_conv_transpose}
+def _conv_pads(node: Node, spatial: Sequence[int], kernel: Sequence[int],
+               strides: Sequence[int], dilations: Sequence[int]) -> list[int]:
+    """Explicit [begin..., end...] pads, resolving ``auto_pad`` as ONNX defines it."""
+    k = len(spatial)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, kk, st, dl in zip(spatial, kernel, strides, dilations, strict=True):
+            total = max(0, (-(-size // st) - 1) * st + (kk - 1) * dl + 1 - size)
+            small = total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+        return begin + end
+    if auto_pad == "VALID":
+        return [0] * (2 * k)
+    return [int(p) for p in node.attr("pads", [0] * (2 * k))]
+
+
+def _zero_pad(node: Node, x: SSAValue, pads: Sequence[int]) -> SSAValue:
+    """Concatenate zero blocks around the spatial axes (dims 2..) of ``x``."""
+    k = len(pads) // 2
+    dtype = NUMPY_DTYPES[tensor_dtype(x.type)]
+    for i in range(k):
+        before, after = pads[i], pads[k + i]
+        if not before and not after:
+            continue
+        shape = list(tensor_shape(x.type))
+        parts = []
+        for width in (before, after):
+            block = shape.copy()
+            block[2 + i] = width
+            parts.append(constant(node, np.zeros(block, dtype)) if width else None)
+        ins = [v for v in (parts[0], x, parts[1]) if v is not None]
+        shape[2 + i] += before + after
+        x = node.emit(maia.ConcatOp, ins, TensorType(x.type.get_element_type(), shape),
+                      axis=2 + i)
+    return x
+
+
+def lower_conv(node: Node) -> list[SSAValue]:
+    """Conv as im2col + matmul: the patch matrix is a strided view of the (zero-padded)
+    input, the kernel a [C*K, M] matrix, groups a batch dim of the matmul."""
+    x, w = node.op.operands[0], node.op.operands[1]
+    n, c, *spatial = tensor_shape(x.type)
+    m, cg, *kernel = tensor_shape(w.type)
+    k = len(spatial)
+    strides = [int(v) for v in node.attr("strides", [1] * k)]
+    dilations = [int(v) for v in node.attr("dilations", [1] * k)]
+    groups = int(node.attr("group", 1))
+    if groups < 1 or c % groups or m % groups or c // groups != cg:
+        raise node.fail(f"group={groups} does not split {c} input channels and {m} filters "
+                        f"of {cg} channels each")
+    if any(v < 1 for v in strides + dilations) or len(strides) != k or len(dilations) != k \
+            or len(kernel) != k:
+        raise node.fail(f"strides {strides} and dilations {dilations} must be {k} positive "
+                        f"integers")
+    xp = _zero_pad(node, x, _conv_pads(node, spatial, kernel, strides, dilations))
+    padded = tensor_shape(xp.type)
+    out_sp = [(padded[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+              for i in range(k)]
+    cs = contiguous_strides(padded)
+    patch_shape = [n, *out_sp, c, *kernel]
+    patch_strides = [cs[0], *(cs[2 + i] * strides[i] for i in range(k)), cs[1],
+                     *(cs[2 + i] * dilations[i] for i in range(k))]
+    patches = node.view(xp, patch_shape, 0, patch_strides)
+    rows, per_group = n * _size(out_sp), cg * _size(kernel)
+    elem = _out(node).get_element_type()
+    a = node.reshape(patches, [rows, groups, per_group])
+    a = node.transpose(a, [1, 0, 2])  # [G, rows, Cg*K]
+    w_const = node.const(1)
+    if w_const is not None:
+        w_mat = constant(node, np.ascontiguousarray(
+            w_const.reshape(groups, m // groups, per_group).transpose(0, 2, 1)))
+    else:
+        w_mat = node.transpose(node.reshape(w, [groups, m // groups, per_group]), [0, 2, 1])
+    y = node.emit(maia.MatMulOp, [a, w_mat], TensorType(elem, [groups, rows, m // groups]))
+    y = node.reshape(node.transpose(y, [1, 0, 2]), [rows, m])
+    bias = input_at(node.op, 2)
+    if bias is not None:
+        y = node.emit(maia.BinaryOp, [y, bias], y.type, fn="add")
+    y = node.reshape(y, [n, *out_sp, m])
+    return [node.transpose(y, [0, k + 1, *range(1, k + 1)])]
+
+
+RULES: dict[str, Callable[[Node], list[SSAValue]]] = {"Conv": lower_conv,
+                                                  "ConvTranspose": lower_conv_transpose}
