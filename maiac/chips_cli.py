@@ -105,23 +105,27 @@ def report_group(program_file: str, as_json: bool, html_out: str | None, top: in
                  trace: str | None = None) -> bool:
     """``maiac report`` on a group member (False: not a group)."""
     from maiac.cli import atomic_path, progress, write_text_atomic
-    from maiac.report_view import format_report, render_html
+    from maiac.report_view import annotate, format_report, render_html
+    from maiac.runtime.memory_use import memory_use
 
     group = load_group(program_file, keep_constants=False)  # timing needs no data
     if group is None:
         return False
     progress(f"simulating {group.chips} chips")
-    r = group.report()
+    reports = group.timing()
+    r = annotate(group.report(), group.programs[0].meta,
+                 [ev for rep in reports for ev in rep.events])
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
         click.echo(format_report(r, top) + format_group(r))
     if html_out is not None:
         events = [{"engine": f"chip{rank}/{ev.engine}", "name": ev.name, "start_s": ev.start,
-                   "dur_s": ev.dur} for rank, rep in enumerate(group.timing())
+                   "dur_s": ev.dur, "kind": ev.kind} for rank, rep in enumerate(reports)
                   for ev in rep.events]
+        memory = memory_use(group.programs[0], reports[0].events, reports[0].modeled_time_s)
         write_text_atomic(html_out, render_html(r, events, f"maiac report: {group.chips} chips",
-                                                group.programs[0].target))
+                                                group.programs[0].target, memory))
         if not as_json:
             click.echo(f"wrote {html_out}")
     if trace is not None:

@@ -10,7 +10,7 @@ import click
 
 from maiac.cli import check_output, existing_file, max_memory_option, progress
 from maiac.outputs import write_text_atomic
-from maiac.report_view import _report_json, _timeline, format_report, render_html
+from maiac.report_view import _report_json, _timeline, annotate, format_report, render_html
 from maiac.runtime.errors import MaiacError
 
 
@@ -18,7 +18,7 @@ from maiac.runtime.errors import MaiacError
 @click.argument("program_file", metavar="MODEL.maia")
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN §5 report JSON.")
 @click.option("--html", "html_out", metavar="REPORT.html", default=None,
-              help="Write a self-contained HTML page with the timeline and per-op table.")
+              help="Write a self-contained HTML page: roofline, timeline, memory over time, ops table.")
 @click.option("--top", default=30, show_default=True, type=click.IntRange(0),
               help="Ops shown in the table (0 = all).")
 @click.option("--trace", metavar="TRACE.json", default=None,
@@ -44,14 +44,16 @@ def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int,
     program = load_program(program_file, keep_constants=False)  # timing needs no data
     progress(f"simulating {program_file}")
     rep = simulate(program)
-    r = _report_json(rep)
+    r = annotate(_report_json(rep), program.meta, rep.events)
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
         click.echo(format_report(r, top))
     if html_out is not None:
+        from maiac.runtime.memory_use import memory_use
+
         page = render_html(r, _timeline(rep, r), f"maiac report: {Path(program_file).name}",
-                           program.target)
+                           program.target, memory_use(program, rep.events, rep.modeled_time_s))
         write_text_atomic(html_out, page, "--html", (program_file,))
         if not as_json:
             click.echo(f"wrote {html_out}")
