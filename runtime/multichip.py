@@ -287,16 +287,14 @@ def _collective_size(c: Collective) -> float:
 
 
 def group_trace(reports: Sequence[TimingReport]) -> dict[str, Any]:
-    """One Perfetto process per chip (pid = rank + 1), one track per engine."""
+    """One Perfetto process per chip (pid = rank + 1), one track per engine, flow ids
+    unique across chips."""
     from maiac.runtime.trace import chrome_trace
 
     events: list[dict[str, Any]] = []
     for rank, r in enumerate(reports):
-        for ev in chrome_trace(r)["traceEvents"]:
-            ev = dict(ev, pid=rank + 1)
-            if ev.get("name") == "process_name":
-                ev["args"] = {"name": f"chip {rank} ({r.target}, modeled)"}
-            events.append(ev)
+        events += chrome_trace(r, pid=rank + 1, flow_id_base=len(events),
+                               process_name=f"chip {rank} ({r.target}, modeled)")["traceEvents"]
     return {"traceEvents": events, "displayTimeUnit": "ns",
             "otherData": {"chips": len(reports),
                           "modeled_time_s": max(r.modeled_time_s for r in reports)}}

@@ -127,6 +127,7 @@ class _Sim:
         self.issued: dict[str, int] = defaultdict(int)
         self.seqs: dict[str, list[int]] = defaultdict(list)
         self.ends: dict[str, list[float]] = defaultdict(list)
+        self.event_of: dict[tuple[str, int], int] = {}  # (engine, seq) -> index in events
 
     def _end_of(self, engine: str, seq: int) -> float:
         """When instruction number ``seq`` (1-based) of ``engine`` finished."""
@@ -136,10 +137,13 @@ class _Sim:
 
     def leaf(self, lf: Leaf, it: tuple[int, ...]) -> float:
         start = self.free[lf.engine]
+        waited: list[int] = []
         for e, k in lf.waits:
             seq = self.issued[e] - k
             if seq >= 1:
                 start = max(start, self._end_of(e, seq))
+                if (e, seq) in self.event_of:  # not inside an extrapolated loop tail
+                    waited.append(self.event_of[(e, seq)])
         spans_r = [(f.level, *f.at(it)) for f in lf.reads]
         spans_w = [(f.level, *f.at(it)) for f in lf.writes]
         for lv, lo, hi in spans_r:
@@ -177,7 +181,9 @@ class _Sim:
                                 "format": lf.number_format}
         if it:
             args["iteration"] = list(it)
-        self.events.append(Event(lf.engine, name, start, end - start, lf.kind, args))
+        self.event_of[(lf.engine, self.issued[lf.engine])] = len(self.events)
+        self.events.append(Event(lf.engine, name, start, end - start, lf.kind, args,
+                                 tuple(waited)))
         s = self.stats[-1]
         s.busy[lf.engine] += end - start
         s.op_busy[name][lf.engine] += end - start
@@ -343,6 +349,7 @@ def simulate(program: Program, target: Target | None = None, *, network: Network
         memory_time_s=memory,
         dma_compute_overlap_s=dma_compute_overlap(sim.events),
         events=sim.events,
+        program=program,
         extra={**_extra_keys(program, modeled, stats), "fmt_flops": dict(stats.fmt_flops)},
     ), t)
 

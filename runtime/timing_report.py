@@ -23,6 +23,9 @@ class Event:
     dur: float
     kind: str
     args: dict[str, Any] = field(default_factory=dict)
+    # indices (into the report's events) of the instructions this one's semaphore waits
+    # named, for the trace's flow arrows
+    waits_on: tuple[int, ...] = ()
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TimingReport:
     dma_compute_overlap_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # added report keys (tokens/s, ...)
     events: list[Event] = field(default_factory=list, repr=False)
+    program: Any = field(default=None, repr=False, compare=False)  # what was simulated
 
     def to_json(self) -> dict[str, Any]:
         """The stable ``maiac report --json`` dict (events excluded; see trace.py)."""
