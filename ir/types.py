@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from xdsl.dialects.builtin import (
     BFloat16Type,
+    Float4E2M1FNType,
     Float8E4M3FNType,
+    Float8E4M3FNUZType,
+    Float8E5M2FNUZType,
     Float8E5M2Type,
+    Float8E8M0FNUType,
     Float16Type,
     Float32Type,
     Float64Type,
@@ -30,8 +34,15 @@ _ELEMENT_TYPES: dict[str, Attribute] = {
     "f32": f32, "bf16": bf16, "f16": f16, "i64": i64, "i32": i32, "i8": i8, "bool": i1,
     "u8": IntegerType(8, Signedness.UNSIGNED), "i16": IntegerType(16),
     "u16": IntegerType(16, Signedness.UNSIGNED), "f8e4m3": Float8E4M3FNType(),
-    "f8e5m2": Float8E5M2Type(),
+    "f8e5m2": Float8E5M2Type(), "f8e4m3fnuz": Float8E4M3FNUZType(),
+    "f8e5m2fnuz": Float8E5M2FNUZType(), "f8e8m0": Float8E8M0FNUType(),
+    "f4e2m1": Float4E2M1FNType(), "i4": IntegerType(4),
+    "u4": IntegerType(4, Signedness.UNSIGNED), "i2": IntegerType(2),
+    "u2": IntegerType(2, Signedness.UNSIGNED),
 }
+_NARROW_FLOATS: tuple[tuple[type, str], ...] = (
+    (Float8E4M3FNUZType, "f8e4m3fnuz"), (Float8E5M2FNUZType, "f8e5m2fnuz"),
+    (Float8E8M0FNUType, "f8e8m0"), (Float4E2M1FNType, "f4e2m1"))
 
 
 def dtype_name(element_type: Attribute) -> str:
@@ -46,13 +57,16 @@ def dtype_name(element_type: Attribute) -> str:
         return "f8e4m3"
     if isinstance(element_type, Float8E5M2Type):
         return "f8e5m2"
+    for cls, name in _NARROW_FLOATS:
+        if isinstance(element_type, cls):
+            return name
     if isinstance(element_type, IntegerType):
         width = element_type.width.data
         if width == 1:
             return "bool"
-        if element_type.signedness.data == Signedness.UNSIGNED and width in (8, 16):
+        if element_type.signedness.data == Signedness.UNSIGNED and width in (2, 4, 8, 16):
             return f"u{width}"
-        if width in (8, 16, 32, 64):
+        if width in (2, 4, 8, 16, 32, 64):
             return f"i{width}"
     raise MaiacError(f"element type {element_type} is not supported by the Maia machine model")
 

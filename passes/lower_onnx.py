@@ -24,6 +24,7 @@ from maiac.ir.onnx import input_at
 from maiac.ir.types import tensor_dtype, tensor_shape
 from maiac.passes.lower_node import Node, _norm_axis, _out, _size, constant
 from maiac.passes.node_eval import EvaluationError
+from maiac.runtime.narrow_store import E8M0_ROUND_MODES
 
 UNARY = {
     "Relu": "relu", "Erf": "erf", "Tanh": "tanh", "Sigmoid": "sigmoid", "Exp": "exp",
@@ -72,12 +73,23 @@ def lower_gelu(node: Node) -> list[SSAValue]:
 
 
 def lower_cast(node: Node) -> list[SSAValue]:
+    """Cast/CastLike: a ``copy`` into the target type; the store rounds and saturates as
+    the ONNX Cast does (runtime/narrow_store.py), ``saturate`` and ``round_mode`` (E8M0)
+    passed through when they differ from the defaults."""
     x = node.op.operands[0]
-    if not node.attr("saturate", 1) and tensor_dtype(_out(node)).startswith("f8"):
-        raise node.fail("Cast with saturate=0 is not supported: Maia fp8 stores saturate")
     if x.type == _out(node):
         return [x]
-    return [node.emit(maia.UnaryOp, [x], _out(node), fn="copy")]
+    target = tensor_dtype(_out(node))
+    params: dict[str, object] = {}
+    if not node.attr("saturate", 1) and target.startswith("f8"):
+        params["saturate"] = 0
+    round_mode = node.attr("round_mode", "up")
+    if target == "f8e8m0" and round_mode != "up":
+        if round_mode not in E8M0_ROUND_MODES:
+            raise node.fail(f"round_mode {round_mode!r} is not one of {E8M0_ROUND_MODES}")
+        params["round_mode"] = round_mode
+    extra = {"params": params} if params else {}
+    return [node.emit(maia.UnaryOp, [x], _out(node), fn="copy", **extra)]
 
 
 def lower_where(node: Node) -> list[SSAValue]:

@@ -379,8 +379,8 @@ class _Machine:
         ins = [self.view(a, grid, trips, rank) for a in instr.ins]
         out = self.view(instr.out, grid, trips)
         casts = caster([a.dtype for a in instr.ins], "num" if mode == "cmp" else mode)
-        store = storer(instr.out.dtype)
         attrs = dict(instr.attrs)
+        store = storer(instr.out.dtype, attrs)
         ufunc = F32_UFUNCS.get(instr.fn)
         if ufunc is not None and instr.out.dtype == "f32" and all(
                 a.dtype == "f32" for a in instr.ins):

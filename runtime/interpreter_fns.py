@@ -7,21 +7,18 @@ Every function is vectorized numpy over a whole ``(*trips, *grid, *block)`` view
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from maiac.runtime import isa, tvp_math
-from maiac.runtime.memory import np_dtype
+from maiac.runtime.narrow_store import NARROW_FLOAT_DTYPES, NARROW_INT_DTYPES, narrow_storer
 from maiac.runtime.quant_ops import quantize_rows
 
 F32 = np.dtype(np.float32)
-FLOAT_DTYPES = ("f32", "bf16", "f16", "f8e4m3", "f8e5m2")
+FLOAT_DTYPES = ("f32", "bf16", "f16", *NARROW_FLOAT_DTYPES)
 INT_DTYPES = ("i64", "i32", "i8", "u8")
-# Narrow float formats saturate on store (DESIGN §3: casts round to nearest even and
-# saturate to the largest finite value); NaN stays NaN.
-SATURATE = {name: float(ml_dtypes.finfo(np_dtype(name)).max) for name in ("f8e4m3", "f8e5m2")}
 
 _TAYLOR = [(-1.0) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(14)]
 _ERFC_NR = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
@@ -257,6 +254,9 @@ def caster(dtypes: list[str], mode: str) -> list[Callable[[np.ndarray], np.ndarr
     def to_bool(x: np.ndarray) -> np.ndarray:
         return x.astype(np.bool_)
 
+    def to_i32(x: np.ndarray) -> np.ndarray:  # ml_dtypes' int4/int2 have no arithmetic
+        return x.astype(np.int32)
+
     if mode == "where":
         return [to_bool, *caster(dtypes[1:], "num")]
     if mode == "logic":
@@ -264,22 +264,19 @@ def caster(dtypes: list[str], mode: str) -> list[Callable[[np.ndarray], np.ndarr
     is_float = mode == "float" or any(d in FLOAT_DTYPES for d in dtypes)
     if is_float:
         return [ident if d == "f32" else to_f32 for d in dtypes]
-    return [ident for _ in dtypes]
+    return [to_i32 if d in NARROW_INT_DTYPES else ident for d in dtypes]
 
 
-def storer(dtype: str) -> Callable[[np.ndarray, np.ndarray], None]:
-    """How to store a computed block into a ``dtype`` view (round; saturate narrow floats)."""
-    if dtype in SATURATE:
-        lim = SATURATE[dtype]
-
-        def store(dst: np.ndarray, value: np.ndarray) -> None:
-            v = np.asarray(value)
-            if v.dtype != F32:
-                v = v.astype(F32)
-            np.copyto(dst, np.clip(v, -lim, lim), casting="unsafe")
-        return store
+def storer(dtype: str, attrs: Mapping[str, Any] | None = None
+           ) -> Callable[[np.ndarray, np.ndarray], None]:
+    """How to store a computed block into a ``dtype`` view: narrow formats round and
+    saturate as a Cast does (runtime/narrow_store.py; DESIGN §3: round to nearest even,
+    saturate to the largest finite value unless a Cast says ``saturate=0``), the others
+    are a plain conversion."""
+    narrow = narrow_storer(dtype, attrs or {})
+    if narrow is not None:
+        return narrow
 
     def plain(dst: np.ndarray, value: np.ndarray) -> None:
         np.copyto(dst, value, casting="unsafe")
     return plain
-

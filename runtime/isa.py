@@ -38,7 +38,9 @@ LEVELS = ("hbm", "csram", "tsram")
 # Storage dtypes an Access may have. Narrow MX/NVFP4 payloads are stored as "u8"
 # (packed) and decoded by Vec(fn="dequantize"); see runtime/formats.py.
 DTYPES = ("f32", "bf16", "f16", "i64", "i32", "i16", "i8", "u16", "u8", "bool", "f8e4m3",
-          "f8e5m2")
+          "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz", "f8e8m0", "f4e2m1", "i4", "u4", "i2", "u2")
+# (the last eight are the narrow types ONNX tensors may have, one element per byte, cast
+# by runtime/narrow_store.py; the TTU's matmul operands stay the formats above)
 
 # Vec functions. Unary and binary ones are elementwise with numpy broadcasting through
 # stride-0 operands; reductions/softmax/norms act on the last axis of the block.
