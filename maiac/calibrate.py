@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from maiac.onnx_model import OnnxModel, open_model, ort_session
 from maiac.runtime.errors import MaiacError
 
 MATMUL_OPS = ("MatMul", "Gemm")
@@ -30,15 +32,6 @@ MATMUL_OPS = ("MatMul", "Gemm")
 def node_label(node: onnx.NodeProto) -> str:
     """The name maiac gives the ops lowered from ``node`` (as the importer does)."""
     return node.name or (node.output[0] if node.output else "")
-
-
-def _load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        return onnx.load(os.fspath(model))
-    except Exception as err:
-        raise MaiacError(f"{model}: cannot load the ONNX model for calibration ({err})") from None
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -120,54 +113,65 @@ def _checked(samples: list[dict[str, np.ndarray]],
     return samples
 
 
-def _matmul_activations(proto: onnx.ModelProto, data: Any, shapes: Any, seed: int
-                        ) -> tuple[dict[str, str], list[dict[str, np.ndarray]]]:
-    """(node label -> its activation tensor, one {tensor: value} per calibration sample)
-    for every MatMul/Gemm, from onnxruntime with those tensors added as outputs."""
-    import onnxruntime as ort
+@dataclass
+class Activations:
+    """The activation (first) input of every MatMul/Gemm over the calibration samples,
+    from one onnxruntime pass: ``tensor_of`` maps node label -> tensor name, ``samples``
+    holds one {tensor: value} per sample, ``constants`` the initializers among them."""
 
+    tensor_of: dict[str, str]
+    samples: list[dict[str, np.ndarray]]
+    constants: dict[str, np.ndarray]
+
+
+def collect_activations(model: str | Path | onnx.ModelProto | OnnxModel, data: Any = None, *,
+                        shapes: Mapping[str, Iterable[int]] | None = None, seed: int = 0
+                        ) -> Activations:
+    """Run onnxruntime once over the calibration samples with every MatMul/Gemm
+    activation added as an output (``data``: an .npz path, a dict, or None for seeded
+    random inputs)."""
+    opened = open_model(model)
+    proto = opened.proto
     nodes = [n for n in proto.graph.node if n.op_type in MATMUL_OPS and n.input]
     wanted = {node_label(n): n.input[0] for n in nodes}
-    inits = {i.name for i in proto.graph.initializer}
+    inits = {i.name: i for i in proto.graph.initializer}
     graph_inputs = {i.name for i in proto.graph.input}
     extra = [t for t in dict.fromkeys(wanted.values()) if t not in inits and t not in graph_inputs]
-    probe = with_outputs(proto, extra)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(probe.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as err:
-        raise MaiacError(f"calibration: onnxruntime cannot load the model "
-                         f"({str(err).strip().splitlines()[0]})") from None
+    sess = ort_session(opened, with_outputs(proto, extra), what="calibration")
     out_names = [o.name for o in sess.get_outputs()]
     samples = []
     for feeds in load_samples(data, proto, shapes, seed):
         results = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
         results.update(feeds)
         samples.append({t: results[t] for t in set(wanted.values()) if t in results})
-    return wanted, samples
+    constants = {t: _initializer(inits[t], opened) for t in set(wanted.values()) if t in inits}
+    return Activations(wanted, samples, constants)
 
 
-def calibrate(model: str | Path | onnx.ModelProto,
-              data: str | Path | Mapping[str, np.ndarray] | None = None, *,
-              shapes: Mapping[str, Iterable[int]] | None = None, method: str = "max",
-              percentile: float = 100.0, seed: int = 0) -> dict[str, float]:
-    """amax of the activation (first) input of every MatMul/Gemm, by node name."""
-    proto = _load_model(model)
-    wanted, samples = _matmul_activations(proto, data, shapes, seed)
-    inits = {i.name for i in proto.graph.initializer}
-    values: dict[str, list[np.ndarray]] = {}
-    for results in samples:
-        for tensor, value in results.items():
-            values.setdefault(tensor, []).append(np.abs(np.asarray(value, np.float64)).ravel())
+def _initializer(tensor: onnx.TensorProto, model: OnnxModel) -> np.ndarray:
+    """A constant MatMul activation (rare), external data read through maiac's checks."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return onnx.numpy_helper.to_array(tensor)
+    from maiac.external_data import external_data, read_external
+
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    shape = tuple(int(d) for d in tensor.dims)
+    what = f"initializer {tensor.name!r}"
+    ext = external_data(tensor, model.base_dir or Path.cwd(),
+                        int(np.prod(shape)) * dtype.itemsize, what, required=True)
+    return read_external(ext, dtype, shape, what)
+
+
+def amax_table(acts: Activations, *, method: str = "max", percentile: float = 100.0
+               ) -> dict[str, float]:
+    """amax of every MatMul/Gemm's activation, by node name (non-finite values ignored)."""
     amax: dict[str, float] = {}
-    for label, tensor in wanted.items():
-        if tensor in inits:
-            init = next(i for i in proto.graph.initializer if i.name == tensor)
-            vals = [np.abs(onnx.numpy_helper.to_array(init).astype(np.float64)).ravel()]
+    for label, tensor in acts.tensor_of.items():
+        if tensor in acts.constants:
+            vals = [np.abs(acts.constants[tensor].astype(np.float64)).ravel()]
         else:
-            vals = values.get(tensor, [])
+            vals = [np.abs(np.asarray(s[tensor], np.float64)).ravel()
+                    for s in acts.samples if tensor in s]
         if not vals:
             continue
         allv = np.concatenate(vals)
@@ -179,23 +183,35 @@ def calibrate(model: str | Path | onnx.ModelProto,
     return amax
 
 
-def hessians(model: str | Path | onnx.ModelProto,
-             data: str | Path | Mapping[str, np.ndarray] | None = None, *,
-             shapes: Mapping[str, Iterable[int]] | None = None, seed: int = 0
-             ) -> dict[str, np.ndarray]:
+def hessian_table(acts: Activations) -> dict[str, np.ndarray]:
     """``XᵀX`` (float64, [K, K]) of every MatMul/Gemm's activation over all calibration
     rows, by node name: GPTQ's layer-wise Hessian (passes/gptq.py)."""
-    proto = _load_model(model)
-    wanted, samples = _matmul_activations(proto, data, shapes, seed)
     out: dict[str, np.ndarray] = {}
-    for label, tensor in wanted.items():
-        rows = [np.asarray(s[tensor], np.float64) for s in samples if tensor in s]
+    for label, tensor in acts.tensor_of.items():
+        rows = [np.asarray(s[tensor], np.float64) for s in acts.samples if tensor in s]
         rows = [r.reshape(-1, r.shape[-1]) for r in rows if r.ndim >= 2]
         if rows:
             x = np.concatenate(rows)
             x = np.where(np.isfinite(x), x, 0.0)
             out[label] = x.T @ x
     return out
+
+
+def calibrate(model: str | Path | onnx.ModelProto | OnnxModel,
+              data: str | Path | Mapping[str, np.ndarray] | None = None, *,
+              shapes: Mapping[str, Iterable[int]] | None = None, method: str = "max",
+              percentile: float = 100.0, seed: int = 0) -> dict[str, float]:
+    """amax of the activation (first) input of every MatMul/Gemm, by node name."""
+    return amax_table(collect_activations(model, data, shapes=shapes, seed=seed),
+                      method=method, percentile=percentile)
+
+
+def hessians(model: str | Path | onnx.ModelProto | OnnxModel,
+             data: str | Path | Mapping[str, np.ndarray] | None = None, *,
+             shapes: Mapping[str, Iterable[int]] | None = None, seed: int = 0
+             ) -> dict[str, np.ndarray]:
+    """GPTQ's Hessians (:func:`hessian_table`) over the calibration samples."""
+    return hessian_table(collect_activations(model, data, shapes=shapes, seed=seed))
 
 
 def summary(amax: Mapping[str, float]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from maiac.onnx_model import open_model
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.program import Program
 
@@ -163,18 +164,19 @@ def compile_chips(model: str | Path | onnx.ModelProto, chips: int, *, quant: str
     if ranks not in ("all", "timing"):
         raise MaiacError(f"ranks must be 'all' or 'timing', got {ranks!r}")
     start = time.perf_counter()
-    module = driver.import_for_target(model, shapes, target, target_params, shape_only)
+    opened = open_model(model)  # once: the importer and calibration share the graph
+    module = driver.import_for_target(opened, shapes, target, target_params, shape_only)
     passes = driver.parse_passes(pipeline or driver.default_pipeline(quant))
     if any(p.name == "shard" for p in passes):
         raise MaiacError("--chips adds the shard pass itself; leave it out of --pipeline")
     front, back = _front_and_back(passes)
     if not shape_only:
-        driver.attach_calibration(module, model, passes, calib, shapes)
+        driver.attach_calibration(module, opened, passes, calib, shapes)
     driver.run_passes(module, front, verify_each=verify_each)
-    name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
+    name = opened.path or opened.proto.graph.name or "model"
     meta_base: dict[str, Any] = {"model": name, "quant": quant or "fp32",
-                                 "input_ranges": driver._input_ranges(model),
-                                 **driver._model_props(model)}
+                                 "input_ranges": driver._input_ranges(opened.proto),
+                                 **driver._model_props(opened.proto)}
     todo = range(chips) if ranks == "all" or chips == 1 else range(min(chips, 2))
     programs = []
     from maiac.passes.emit import emit_program

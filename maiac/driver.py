@@ -21,6 +21,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from maiac.importer import import_model
 from maiac.ir.onnx import make_context
+from maiac.onnx_model import OnnxModel, open_model
 from maiac.passes.emit import emit_program
 from maiac.passes.tile import TARGET_ATTR
 from maiac.runtime.errors import MaiacError
@@ -143,7 +144,7 @@ def run_passes(module: builtin.ModuleOp, passes: Sequence[ModulePass], *,
             stream.write("\n")
 
 
-def import_for_target(model: str | Path | onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None,
+def import_for_target(model: str | Path | onnx.ModelProto | OnnxModel, shapes: dict[str, tuple[int, ...]] | None,
                       target: str, target_params: dict[str, str] | None,
                       shape_only: bool) -> builtin.ModuleOp:
     module = import_model(model, shapes, shape_only=shape_only)
@@ -152,35 +153,39 @@ def import_for_target(model: str | Path | onnx.ModelProto, shapes: dict[str, tup
     return module
 
 
-def attach_calibration(module: builtin.ModuleOp, model: str | Path | onnx.ModelProto,
+def attach_calibration(module: builtin.ModuleOp, model: OnnxModel,
                        passes: Sequence[ModulePass], calib: Any,
                        shapes: dict[str, tuple[int, ...]] | None) -> None:
     """Run calibration (maiac/calibrate.py) when a `quantize` pass needs static activation
-    scales, and attach its amax table to the module for that pass (``maia.calib``).
+    scales or a `gptq` pass needs Hessians, and attach its tables to the module for those
+    passes (``maia.calib``, the Hessian handle); one onnxruntime pass serves both.
 
     ``calib``: an .npz path or a dict of inputs; None calibrates on seeded random inputs.
     """
     from maiac.passes.quant_spec import parse_quant_spec
 
     specs = [parse_quant_spec(getattr(p, "spec", "")) for p in passes if p.name == "quantize"]
-    if any(p.name == "gptq" for p in passes):
-        from maiac.calibrate import hessians
+    need = [s for s in specs if s is not None and s.needs_calibration]
+    want_hessians = any(p.name == "gptq" for p in passes)
+    if not need and not want_hessians:
+        return
+    from maiac.calibrate import amax_table, collect_activations, hessian_table
+
+    acts = collect_activations(model, calib, shapes=shapes)
+    if want_hessians:
         from maiac.passes.gptq import HESSIAN_ATTR, register_hessians
 
-        table = hessians(model, calib, shapes=shapes)
-        module.attributes[HESSIAN_ATTR] = builtin.StringAttr(register_hessians(table))
-    need = [s for s in specs if s is not None and s.needs_calibration]
-    if not need:
-        return
-    from maiac.calibrate import calibrate
-    from maiac.passes.quantize import CALIB_ATTR
+        module.attributes[HESSIAN_ATTR] = builtin.StringAttr(
+            register_hessians(hessian_table(acts)))
+    if need:
+        from maiac.passes.quantize import CALIB_ATTR
 
-    amax = calibrate(model, calib, shapes=shapes, method=need[0].calib_method,
-                     percentile=need[0].calib_percentile)
-    module.attributes[CALIB_ATTR] = builtin.StringAttr(json.dumps(amax))
+        amax = amax_table(acts, method=need[0].calib_method,
+                          percentile=need[0].calib_percentile)
+        module.attributes[CALIB_ATTR] = builtin.StringAttr(json.dumps(amax))
 
 
-def compile_module(model: str | Path | onnx.ModelProto, *, quant: str | None = None,
+def compile_module(model: str | Path | onnx.ModelProto | OnnxModel, *, quant: str | None = None,
                    shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
                    target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
                    shape_only: bool = False, print_ir_after_all: bool = False,
@@ -188,6 +193,7 @@ def compile_module(model: str | Path | onnx.ModelProto, *, quant: str | None = N
                    log: CompileLog | None = None, out: TextIO | None = None,
                    calib: Any = None) -> builtin.ModuleOp:
     """Import and run the whole pipeline; returns the tiled, planned module."""
+    model = open_model(model)  # once: the importer and calibration share the graph
     module = import_for_target(model, shapes, target, target_params, shape_only)
     passes = parse_passes(pipeline or default_pipeline(quant))
     if not shape_only:  # shape-only weights cannot run; quantize uses placeholder scales
@@ -207,6 +213,7 @@ def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
     """The IR (or the assembly listing) at stage ``emit`` as text."""
     if emit not in EMIT_CHOICES:
         raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
+    model = open_model(model)
     module = import_for_target(model, shapes, target, target_params, shape_only)
     full = parse_passes(pipeline or default_pipeline(quant))
     # Stop where the next stage begins, so passes added inside a stage (a plugin's
@@ -263,26 +270,19 @@ class CompiledModel:
         return simulate(self.program).to_json()
 
 
-def _input_ranges(model: str | Path | onnx.ModelProto) -> dict[str, int]:
+def _input_ranges(proto: onnx.ModelProto) -> dict[str, int]:
     """Vocabulary sizes of token-id inputs, so `maiac run` can draw valid random ids."""
     from maiac.inputs import infer_int_ranges
 
     try:
-        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(
-            str(model), load_external_data=False)
         return infer_int_ranges(proto)
     except Exception:  # a hint only; the importer already validated the model
         return {}
 
 
-def _model_props(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+def _model_props(proto: onnx.ModelProto) -> dict[str, Any]:
     """``mode`` (prefill/decode) and ``tokens`` per call from the model's ``maiac.*``
     metadata (maiac.models sets them), for the report's tokens/s."""
-    try:
-        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(
-            str(model), load_external_data=False)
-    except Exception:
-        return {}
     props = {p.key: p.value for p in proto.metadata_props}
     out: dict[str, Any] = {}
     if props.get("maiac.mode") in ("prefill", "decode"):
@@ -317,12 +317,14 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
     log = CompileLog()
     if pipeline is None and schedule != "optimized":
         pipeline = default_pipeline(quant, schedule)
-    module = compile_module(model, quant=quant, shapes=shapes, target=target,
+    opened = open_model(model)
+    module = compile_module(opened, quant=quant, shapes=shapes, target=target,
                             target_params=target_params, pipeline=pipeline,
                             shape_only=shape_only, log=log, verify_each=verify_each,
                             print_ir_after=print_ir_after, out=out, calib=calib)
-    name = str(model) if isinstance(model, str | Path) else (model.graph.name or "model")
+    name = opened.path or opened.proto.graph.name or "model"
     meta: dict[str, Any] = {"model": name, "quant": quant or "fp32",
-                            "input_ranges": _input_ranges(model), **_model_props(model)}
+                            "input_ranges": _input_ranges(opened.proto),
+                            **_model_props(opened.proto)}
     program = emit_program(module, meta, shape_only=shape_only)
     return CompiledModel(program, time.perf_counter() - start, log)

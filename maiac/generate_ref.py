@@ -17,15 +17,7 @@ import numpy as np
 import onnx
 
 from maiac.generate import Decoder, GenerationResult, _kv_shapes, load_decoder
-
-
-def _session(model: str | Path | onnx.ModelProto) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+from maiac.onnx_model import open_model, ort_session
 
 
 def _rows(x: list[int], batch: int) -> np.ndarray:
@@ -62,7 +54,7 @@ def _forward(sess: Any, dec: Decoder, new: list[int], length: int,
 def onnxruntime_greedy(model: str | Path | onnx.ModelProto, prompt: list[int],
                        max_new_tokens: int) -> list[int]:
     """onnxruntime's greedy tokens after ``prompt``."""
-    dec, sess = load_decoder(model), _session(model)
+    dec, sess = load_decoder(model), ort_session(open_model(model), what="generation reference")
     seq, tokens = list(prompt), []
     new, past = list(prompt), None
     for _ in range(max_new_tokens):
@@ -78,7 +70,7 @@ def onnxruntime_greedy(model: str | Path | onnx.ModelProto, prompt: list[int],
 def onnxruntime_step_logits(model: str | Path | onnx.ModelProto, prompt: list[int],
                             tokens: list[int]) -> np.ndarray:
     """onnxruntime's logits [len(tokens), vocab] before each of ``tokens`` (teacher forced)."""
-    dec, sess = load_decoder(model), _session(model)
+    dec, sess = load_decoder(model), ort_session(open_model(model), what="generation reference")
     seq = list(prompt) + list(tokens[:-1])
     logits, _ = _forward(sess, dec, seq, len(seq), None)
     return logits[len(prompt) - 1:]

@@ -46,6 +46,7 @@ from maiac.ir.onnx import (
     numpy_dtype_of_onnx,
     to_attribute,
 )
+from maiac.onnx_model import OnnxModel, open_model
 from maiac.passes.lower_onnx import family_ops
 from maiac.passes.node_eval import EvaluationError, evaluate
 from maiac.runtime.errors import MaiacError
@@ -77,7 +78,7 @@ _I64, _I32 = element_type_of_onnx(TensorProto.INT64), element_type_of_onnx(Tenso
 
 
 def import_model(
-    model: str | Path | onnx.ModelProto,
+    model: str | Path | onnx.ModelProto | OnnxModel,
     shapes: dict[str, tuple[int, ...]] | None = None,
     *,
     shape_only: bool = False,
@@ -92,40 +93,10 @@ def import_model(
     return _Importer(proto, label, base_dir, shape_only).run(dict(shapes or {}))
 
 
-def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Path]:
+def _load(model: str | Path | onnx.ModelProto | OnnxModel) -> tuple[onnx.ModelProto, str, Path]:
     """The ModelProto (external data not loaded), a label for errors, its directory."""
-    if isinstance(model, onnx.ModelProto):
-        return model, model.graph.name or "<model>", Path.cwd()
-    path = Path(model)
-    if not path.is_file():
-        raise MaiacError(f"{path}: no such ONNX model file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # protobuf raises DecodeError, onnx may raise others
-        raise MaiacError(f"{path}: not a valid ONNX model ({_first_line(err)})") from None
-    if proto.ir_version <= 0 or not proto.HasField("graph"):
-        raise MaiacError(f"{path}: not a valid ONNX model (no ir_version or graph)")
-    _check_names(proto.graph, str(path))
-    return proto, str(path), path.parent
-
-
-def _check_names(graph: onnx.GraphProto, label: str) -> None:
-    """Every name in the graph is text: protobuf hands invalid UTF-8 back as bytes."""
-    def names(g: onnx.GraphProto) -> Iterable[object]:
-        yield g.name
-        for v in [*g.input, *g.output, *g.value_info, *g.initializer]:
-            yield v.name
-        for n in g.node:
-            yield from (n.name, n.op_type, n.domain, *n.input, *n.output)
-            for a in n.attribute:
-                yield a.name
-                for sub in [a.g, *a.graphs] if a.HasField("g") or a.graphs else []:
-                    yield from names(sub)
-
-    for name in names(graph):
-        if not isinstance(name, str):
-            raise MaiacError(f"{label}: not a valid ONNX model (name {bytes(name)[:40]!r} is "
-                             f"not UTF-8 text)")
+    opened = open_model(model)
+    return opened.proto, opened.label, opened.base_dir or Path.cwd()
 
 
 def _first_line(err: BaseException) -> str:

@@ -13,7 +13,6 @@ output's cosine similarity to the fp32 reference is at least ``min_cosine``.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from maiac.inputs import graph_input_specs, load_onnx, random_inputs
+from maiac.inputs import graph_input_specs, random_inputs
+from maiac.onnx_model import OnnxModel, first_line, open_model, ort_session
 from maiac.runtime.errors import MaiacError
 from maiac.shapes import bind_input_shapes
 
@@ -165,40 +165,26 @@ def _load_inputs(inputs: Any, model: Any, shapes: Mapping[str, Iterable[int]] | 
     return {n: inputs[n] for n in names}
 
 
-def _reference(model_path: str | None, model: Any, inputs: Mapping[str, np.ndarray],
+def _reference(model: OnnxModel, graph: Any, inputs: Mapping[str, np.ndarray],
                optimize: bool = True, custom_op_lib: str | None = None
                ) -> tuple[dict[str, np.ndarray], float]:
-    """Outputs of onnxruntime (CPU) on the original model, and the time it took.
+    """Outputs of onnxruntime (CPU) on ``graph`` (the model, or it with extra outputs),
+    and the time it took.
 
     ``optimize=False`` disables onnxruntime's graph optimizations (no fusions, no
     constant folding, kernels as the graph spells them). ``custom_op_lib``: a shared
     library of custom-op kernels registered first (e.g. AMD Quark's for its
     ``com.amd.quark`` ops)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if custom_op_lib is not None:
-        if not os.path.isfile(custom_op_lib):
-            raise MaiacError(f"--ort-custom-op-lib {custom_op_lib}: no such file")
-        try:
-            opts.register_custom_ops_library(custom_op_lib)
-        except Exception as e:
-            raise MaiacError(f"--ort-custom-op-lib {custom_op_lib}: onnxruntime could not "
-                             f"load it ({str(e).strip().splitlines()[0] if str(e).strip() else e})"
-                             ) from None
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort_session(model, graph, optimize=optimize, custom_op_lib=custom_op_lib,
+                       what="reference")
     try:
-        src = model_path if model_path is not None else model.SerializeToString()
-        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
         t0 = time.perf_counter()
         outs = sess.run(names, dict(inputs))
         dt = time.perf_counter() - t0
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MaiacError(f"onnxruntime could not run the reference model: {msg}") from None
+        raise MaiacError(f"onnxruntime could not run the reference model: {first_line(e)}"
+                         ) from None
     return dict(zip(names, outs, strict=True)), dt
 
 
@@ -242,10 +228,9 @@ def verify(model: Any, *, quant: str | None = None,
     for models onnxruntime cannot run; ``ort_custom_op_lib`` registers a custom-op
     library with onnxruntime before it loads the model.
     """
-    import onnx
 
-    model_path = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    proto = load_onnx(model)  # graph only; weights stay on disk for external-data models
+    opened = open_model(model)  # graph only; weights stay on disk for external-data models
+    model_path, proto = opened.path, opened.proto
     arrays = read_arrays(inputs) if inputs is not None else None
     inits = {i.name for i in proto.graph.initializer}
     shapes = bind_input_shapes([v for v in proto.graph.input if v.name not in inits],
@@ -257,20 +242,12 @@ def verify(model: Any, *, quant: str | None = None,
     # quantized: every weight matmul's output is also a graph output of both the model
     # maiac compiles and the one onnxruntime runs, for the per-layer errors
     stored = read_arrays(reference) if reference is not None else None
-    probe = _layer_probe(model, model_path, proto) if quant and layers and stored is None \
-        else None
-    target_model: Any = model if model_path is None else model_path
-    ref_path, ref_proto = model_path, proto
-    with tempfile.TemporaryDirectory(prefix="maiac-verify-") as tmp:
-        if probe is not None:
-            ref_path, ref_proto = None, probe[0]
-            target_model = probe[0]
-            if model_path is not None:  # the driver gets a file, as for the model itself
-                target_model = os.path.join(tmp, Path(model_path).name)
-                onnx.save(probe[0], target_model)
-        t0 = time.perf_counter()
-        compiled = maiac_compile(target_model, quant=quant, shapes=shapes, **compile_options)
-        compile_s = time.perf_counter() - t0
+    probe = _layer_probe(model_path, proto) if quant and layers and stored is None else None
+    ref_graph = probe[0] if probe is not None else proto
+    target = opened if probe is None else OnnxModel(probe[0], opened.label, opened.base_dir)
+    t0 = time.perf_counter()
+    compiled = maiac_compile(target, quant=quant, shapes=shapes, **compile_options)
+    compile_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     got = compiled.run(feeds)
@@ -285,9 +262,9 @@ def verify(model: Any, *, quant: str | None = None,
                              f"(it holds: {', '.join(sorted(stored)) or 'nothing'})")
         ref, ort_s = stored, None
     else:
-        ref, ort_s = _reference(ref_path, ref_proto, feeds, custom_op_lib=ort_custom_op_lib)
+        ref, ort_s = _reference(opened, ref_graph, feeds, custom_op_lib=ort_custom_op_lib)
         if quant is None:  # quantized runs are judged by cosine; the noise would not count
-            noise = ort_noise(ref, _reference(ref_path, ref_proto, feeds, optimize=False,
+            noise = ort_noise(ref, _reference(opened, ref_graph, feeds, optimize=False,
                                               custom_op_lib=ort_custom_op_lib)[0])
     outputs = [
         compare_output(name, got.get(name), ref[name], quant=quant, rtol=rtol, atol=atol,
@@ -328,7 +305,7 @@ def verify(model: Any, *, quant: str | None = None,
 MAX_LAYERS = 256
 
 
-def _layer_probe(model: Any, model_path: str | None, proto: Any
+def _layer_probe(model_path: str | None, full: Any
                  ) -> tuple[Any, list[tuple[str, str]]] | None:
     """(model with weight-matmul outputs added as graph outputs, [(node, tensor)]).
 
@@ -337,15 +314,9 @@ def _layer_probe(model: Any, model_path: str | None, proto: Any
 
     from maiac.calibrate import MATMUL_OPS, node_label, with_outputs
 
-    if model_path is not None:
-        try:
-            full = onnx.load(model_path, load_external_data=False)
-        except Exception:
-            return None
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer):
-            return None
-    else:
-        full = model
+    if model_path is not None and any(t.data_location == onnx.TensorProto.EXTERNAL
+                                      for t in full.graph.initializer):
+        return None
     inits = {i.name for i in full.graph.initializer}
     consts = inits | {o for n in full.graph.node if n.op_type == "Constant" for o in n.output}
     pairs = [(node_label(n), n.output[0]) for n in full.graph.node

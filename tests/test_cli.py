@@ -206,10 +206,10 @@ def test_passes_lists_registry() -> None:
 
 
 class _FakeCompiled:
-    def __init__(self, path: str, scale: float) -> None:
-        import onnxruntime as ort
+    def __init__(self, model: Any, scale: float) -> None:
+        from maiac.onnx_model import open_model, ort_session
 
-        self.sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.sess = ort_session(open_model(model))  # verify hands over the opened model
         self.scale = scale
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -221,7 +221,7 @@ class _FakeCompiled:
 def fake_driver(monkeypatch: pytest.MonkeyPatch, scale: float) -> None:
     """A stand-in ``maiac.driver`` whose program is onnxruntime times ``scale``."""
     mod = types.ModuleType("maiac.driver")
-    mod.compile = lambda model, **kw: _FakeCompiled(str(model), scale)  # type: ignore[attr-defined]
+    mod.compile = lambda model, **kw: _FakeCompiled(model, scale)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "maiac.driver", mod)
     monkeypatch.setattr("maiac.cli.check_target", lambda target, params: None)
 
