@@ -9,7 +9,9 @@ TSRAM bytes are free — during the previous op:
   program order, so a weight load never queues behind a write-back that waits for
   compute); so do copies of a program input that stay outside the tiles (a KV cache
   concatenated with the new row: the past part depends on no compute, so it streams
-  from HBM early instead of queueing behind the activation loads);
+  from HBM early instead of queueing behind the activation loads), and so do the loads
+  a tiler put on queue 1 (a matmul's ``b`` block read from an activation, attention's
+  V): a kernel's two streamed operands then load side by side, not one after the other;
 * a TSRAM ring: the function gets ``maia.tsram_pingpong``; ``plan-memory`` then puts
   each kernel's scratch right after the previous kernel's, wrapping to 0 at the end, so
   consecutive kernels use disjoint bytes as long as their working sets fit together
@@ -46,7 +48,10 @@ def assign_queues(fn: func.FuncOp) -> None:
             dst = accs.get("dst")
             src_kind, src_level = kinds.get(src["buf"], ("", "")) if src else ("", "")
             dst_kind, dst_level = kinds.get(dst["buf"], ("", "")) if dst else ("", "")
-            if src_kind == "const" or (src_kind == "input" and dst_kind != "scratch"):
+            second = (dst_kind == "scratch" and src_kind != "scratch"
+                      and maia.attr(op, "queue", 0) == 1)
+            if src_kind == "const" or (src_kind == "input" and dst_kind != "scratch") \
+                    or second:
                 queue = WEIGHT_QUEUES[weights % len(WEIGHT_QUEUES)]
                 weights += 1
             elif src_kind == "scratch" and dst_kind != "scratch":

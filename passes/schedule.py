@@ -118,10 +118,12 @@ def _renameable(loop: maia.LoopOp, kernel: maia.KernelOp, scratch: set[str]) -> 
 
 
 def double_buffer_loop(loop: maia.LoopOp, kernel: maia.KernelOp, sizes: dict[str, int],
-                       capacity: int) -> bool:
-    """Unroll ``loop`` by two with twin scratch buffers; False if not applicable."""
+                       capacity: int, exclude: set[str] | frozenset[str] = frozenset()
+                       ) -> bool:
+    """Unroll ``loop`` by two with twin scratch buffers (none of ``exclude``); False if
+    not applicable."""
     trips = list(maia.attr(loop, "trips"))
-    names = _renameable(loop, kernel, set(sizes))
+    names = [b for b in _renameable(loop, kernel, set(sizes)) if b not in exclude]
     if not names:
         return False
     extra = sum(sizes[n] for n in names)
@@ -149,6 +151,13 @@ def double_buffer_loop(loop: maia.LoopOp, kernel: maia.KernelOp, sizes: dict[str
             return acc
         return fn
 
+    def shifted_names() -> Any:
+        def fn(acc: dict[str, Any]) -> dict[str, Any]:
+            if acc["buf"] in names:
+                acc["buf"] += TWIN
+            return acc
+        return fn
+
     def last(acc: dict[str, Any]) -> dict[str, Any]:
         ls = list(acc["ls"])
         if len(ls) > idx:
@@ -172,8 +181,12 @@ def double_buffer_loop(loop: maia.LoopOp, kernel: maia.KernelOp, sizes: dict[str
     trips[d] = n // 2
     loop.attributes["trips"] = maia.to_attr(trips)
     if peel:
+        # the peeled last iteration takes the twins too: the loop's last copy used the
+        # originals, so the blocks keep alternating (and the next job's first step, on
+        # the originals again, need not wait for this one's compute)
         for op in tail:
             rewrite_accesses(op, last)
+            rewrite_accesses(op, shifted_names())
         parent = loop.parent_block()
         assert parent is not None
         parent.insert_ops_after(tail, loop)
@@ -200,7 +213,20 @@ def double_buffer_kernel(kernel: maia.KernelOp, capacity: int) -> int:
             continue
         if double_buffer_loop(loop, kernel, sizes, capacity):
             done.append(loop)
-    return len(done)
+    # a loop around double-buffered ones (a matmul's jobs around its K loop) then twins
+    # the blocks its body writes first that have no twin yet (the accumulator, a bias or
+    # residual block), where they fit: the next job's first product then need not wait
+    # for this job's epilogue and store
+    twinned = {n for n in sizes if n.endswith(TWIN)}
+    twinned |= {n.removesuffix(TWIN) for n in twinned}
+    outer = [lp for lp in loops if any(_encloses(lp, d) for d in done)
+             and not any(_encloses(lp, o) for o in loops if o is not lp
+                         and any(_encloses(o, d) for d in done))]
+    changed = 0
+    for loop in outer:
+        if double_buffer_loop(loop, kernel, sizes, capacity, exclude=twinned):
+            changed += 1
+    return len(done) + changed
 
 
 def _encloses(outer: Operation, inner: Operation) -> bool:

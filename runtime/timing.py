@@ -111,6 +111,54 @@ class _Stats:
 CollectiveSync = Callable[[str, float], float]
 
 
+class _HbmTimeline:
+    """When the shared HBM bandwidth is taken: sorted, disjoint busy intervals. A transfer
+    takes the first gap long enough after it may start, so a DMA that is ready early is
+    not queued behind one simulated before it that starts later (program order is not
+    time order across queues)."""
+
+    KEEP = 256  # intervals kept; older ones are merged into one busy prefix
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def book(self, t0: float, dur: float) -> float:
+        """Start of the first free slot of ``dur`` seconds at or after ``t0``; booked."""
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(ends, t0)  # intervals ending after t0
+        t = t0
+        while i < len(starts) and starts[i] < t + dur:
+            t = max(t, ends[i])
+            i += 1
+        starts.insert(i, t)
+        ends.insert(i, t + dur)
+        if len(starts) > 2 * self.KEEP:  # old history: one solid block (conservative)
+            cut = len(starts) - self.KEEP
+            self.starts[:cut] = [starts[0]]
+            self.ends[:cut] = [ends[cut - 1]]
+        return t
+
+    def shift_after(self, t: float, extra: float) -> None:
+        """A loop's skipped iterations: bookings ending after ``t`` (the last simulated
+        iteration's) move ``extra`` later, and the stretch they leave counts as busy."""
+        i = bisect.bisect_right(self.ends, t)
+        if i == len(self.starts):
+            return
+        lo = self.starts[i]
+        moved = [(a + extra, b + extra) for a, b in zip(self.starts[i:], self.ends[i:],
+                                                        strict=True)]
+        del self.starts[i:], self.ends[i:]
+        self.starts.append(lo)
+        self.ends.append(lo + extra)
+        for a, b in moved:
+            if a <= self.ends[-1]:
+                self.ends[-1] = max(self.ends[-1], b)
+            else:
+                self.starts.append(a)
+                self.ends.append(b)
+
+
 class _Sim:
     def __init__(self, target: Target, sync: CollectiveSync | None = None) -> None:
         self.t = target
@@ -119,6 +167,8 @@ class _Sim:
         self.wf = defaultdict(_RangeMax)  # level -> finish of the last write
         self.af = defaultdict(_RangeMax)  # level -> finish of the last access of any kind
         self.events: list[Event] = []
+        self.last_end: dict[int, float] = {}  # id(leaf) -> finish of its latest run
+        self.hbm = _HbmTimeline()
         self.spans: list[Span] = []
         self.stats = [_Stats()]
         self.op_order: dict[str, None] = {}
@@ -157,8 +207,7 @@ class _Sim:
         if lf.hbm_time > 0:
             # HBM bandwidth is shared by all DMA queues: the transfer takes its slot after
             # the queue's fixed latency, once earlier HBM transfers are through
-            slot = max(start + self.t.dma_latency_s, self.free["hbm"])
-            self.free["hbm"] = slot + lf.hbm_time
+            slot = self.hbm.book(start + self.t.dma_latency_s, lf.hbm_time)
             self.stats[-1].busy["hbm"] += lf.hbm_time
             end = max(end, slot + lf.hbm_time)
         # what ran when, for the per-op windows: compute over [start, end], HBM bytes over
@@ -168,6 +217,7 @@ class _Sim:
                                 lf.flops if lf.engine == "tvp" else 0.0, lf.fmt,
                                 slot, slot + lf.hbm_time, lf.hbm_bytes))
         self.free[lf.engine] = end
+        self.last_end[id(lf)] = end
         self.issued[lf.engine] += 1
         self.seqs[lf.engine].append(self.issued[lf.engine])
         self.ends[lf.engine].append(end)
@@ -229,7 +279,7 @@ class _Sim:
                                                    frame.op_fmt_flops.items() if o == op}))
             for e, busy in frame.busy.items():
                 if e == "hbm":  # not an engine: no track of its own
-                    self.free[e] += extra
+                    self.hbm.shift_after(ends[-2] if k >= 2 else ends[0] - period, extra)
                     continue
                 # named by op like the simulated iterations; the args say what it stands for
                 self.events.append(Event(e, lp.op or "loop", end,
@@ -240,21 +290,34 @@ class _Sim:
                                           "loop_hbm_bytes": sum(frame.op_hbm.values()) * scale}))
                 self.free[e] += extra
             end += extra
+            # the machine leaves the loop as it left the last simulated iteration, shifted
+            # by the skipped iterations: each engine's last instructions, and each leaf's
+            # bytes, finish ``extra`` later than they did then (not all at the loop's end,
+            # which would drain the pipeline into the next job or kernel)
             for e, count in list(self.issued.items()):
                 per_iter = count - before.get(e, 0)
-                if per_iter:  # the skipped instructions all finish by the loop's end
-                    self.issued[e] += (n - k) * per_iter
-                    self.seqs[e].append(self.issued[e])
-                    self.ends[e].append(max(self.free[e], self.ends[e][-1]))
+                if per_iter:
+                    skipped = (n - k) * per_iter
+                    seqs, ends_e = self.seqs[e], self.ends[e]
+                    last = [(q, f) for q, f in zip(seqs, ends_e, strict=True)
+                            if q > before.get(e, 0)]
+                    self.issued[e] += skipped
+                    top = ends_e[-1]
+                    for q, f in last:
+                        top = max(top, f + extra)
+                        seqs.append(q + skipped)
+                        ends_e.append(top)
             for lf in lp.leaves:
+                lf_end = self.last_end.get(id(lf), end - extra) + extra
+                self.last_end[id(lf)] = lf_end
                 for fps, writes in ((lf.reads, False), (lf.writes, True)):
                     for f in fps:
                         lo, hi = f.over(prefix, lf.trips)
                         if writes:
-                            self.wf[f.level].assign(lo, hi, end)
-                            self.af[f.level].assign(lo, hi, end)
+                            self.wf[f.level].assign(lo, hi, lf_end)
+                            self.af[f.level].assign(lo, hi, lf_end)
                         else:
-                            self.af[f.level].raise_to(lo, hi, end)
+                            self.af[f.level].raise_to(lo, hi, lf_end)
         self.stats[-1].merge(frame, n / k)
         return end
 

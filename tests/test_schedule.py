@@ -116,3 +116,37 @@ def test_llama_8b_decode_shape_only_schedules() -> None:
     rep = simulate(prog).to_json()
     assert rep["async"] and rep["tokens_per_s"] > 0
     assert rep["roofline_fraction"] > 0.6
+
+
+def test_jobs_twin_their_accumulators() -> None:
+    """A matmul's job loop around its double-buffered K loop twins the accumulator
+    where it fits, and the numbers stay those of the unscheduled program."""
+    model = models.mlp(batch=512, width=512, hidden=2048, layers=1)
+    prog = maiac.compile(model, target_params={**SMALL, "tsram_bytes": "1MiB"}).program
+    names = {b.name for b in prog.buffers if b.kind == "scratch"}
+    assert any(n.endswith("/c@1") for n in names)
+    ref = _run(maiac.compile(model, pipeline=UNSCHEDULED_PIPE).program, model)
+    np.testing.assert_allclose(_run(prog, model), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_peeled_k_step_alternates_blocks() -> None:
+    """An even number of K steps: step 0, pairs in the loop, the peeled last step on the
+    twin — so consecutive steps never land on the same block (no drain per job)."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"], name="gemm")], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT8E4M3FN, [8192, 8192]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT8E4M3FN, [8192, 8192])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT8E4M3FN, [8192, 8192])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    prog = maiac.compile(model, shape_only=True).program
+    addr = {b.name: b.addr for b in prog.buffers}
+    loads = [i for i in _leaves(prog.instructions[:1]) if isinstance(i, isa.Dma)
+             and i.dst.level == "tsram"]
+    a_blocks = [d.dst.addr for d in loads[::2]]  # a and b alternate in program order
+    assert all(x != y for x, y in zip(a_blocks, a_blocks[1:], strict=False))
+    assert any(n.endswith("/a@1") for n in addr)
+    # the fp8 GEMM on the paper's chip: was 0.817 of peak with a drained pipeline per
+    # job (loop exits, HBM taken in program order, a and b on one queue)
+    assert simulate(prog).roofline_fraction > 0.85

@@ -150,13 +150,22 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                 tails = _tails_cost(m, n, bm, bn, args)
                 if tails is None:
                     continue
-            for twins in (True, False):
-                room = budget.tsram_bytes - fixed
+            jobs = math.prod(split.loops)
+            # the per-job blocks (accumulators, residual, bias) the `double-buffer` pass
+            # twins across jobs when they fit, so a job's epilogue and store overlap the
+            # next job's K steps
+            per_job = fixed - slack
+            for twins, job_twins in ((True, True), (True, False), (False, False)):
+                if job_twins and not _twinnable(split.trips):
+                    continue
+                room = budget.tsram_bytes - fixed - (per_job if job_twins else 0)
                 bk = _deepest_k(k, bm, bn, a_size * (1 + twins),
                                 outputs * b_size * (1 + twins), room, k_step)
                 if bk is None:
                     continue
-                cost = math.prod(split.loops) * _job_time(shape, bk, twins, budget) + tails
+                body, epilogue = _job_parts(shape, bk, twins, budget)
+                cost = (jobs * max(body, epilogue) + epilogue if job_twins
+                        else jobs * (body + epilogue)) + tails
                 if best is None or cost < best[0] - 1e-15:
                     best = (cost, bm, bn, bk)
     if best is None and not ragged and (len(ms) < len(divisors(m))):
@@ -203,9 +212,20 @@ class _JobShape:
     split: JobSplit
 
 
+def _twinnable(trips: tuple[int, ...]) -> bool:
+    """Whether `double-buffer` can unroll a job loop of ``trips`` by two."""
+    return any(t % 2 == 0 for t in trips) or (len(trips) == 1 and trips[0] >= 3)
+
+
 def _job_time(s: _JobShape, bk: int, twins: bool, budget: Budget) -> float:
-    """Modeled time of one job (one ``[bm, bn]`` block on every tile at once), as the
-    timing model charges its instructions (runtime/timing.py):
+    """Modeled time of one job whose epilogue does not overlap the next (`_job_parts`)."""
+    body, epilogue = _job_parts(s, bk, twins, budget)
+    return body + epilogue
+
+
+def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[float, float]:
+    """(K steps, epilogue) of one job (one ``[bm, bn]`` block on every tile at once), as
+    the timing model charges its instructions (runtime/timing.py):
 
     * a DMA: max(distinct bytes of all tiles / HBM bandwidth, bytes per tile / NoC
       bandwidth per tile) + the DMA latency; ``a`` is shared by the tiles of one row
@@ -246,7 +266,7 @@ def _job_time(s: _JobShape, bk: int, twins: bool, budget: Budget) -> float:
         epilogue += dma(r_blk, r_blk * tiles)
     if s.epilogue_ops and budget.tile_vec:
         epilogue += s.bm * s.bn * s.epilogue_ops / budget.tile_vec + budget.instr_overhead_s
-    return body + epilogue
+    return body, epilogue
 
 
 def _speedup(fmt: str, budget: Budget) -> float:

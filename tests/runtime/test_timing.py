@@ -168,3 +168,19 @@ def test_weight_bytes_counts_const_buffers():
     pb = ProgramBuilder()
     pb.const("w", np.zeros((100,), np.float32))
     assert simulate(pb.build()).weight_bytes == 400
+
+
+def test_hbm_timeline_fills_gaps_in_time_order() -> None:
+    """HBM is taken in time order, not program order: a transfer ready early takes a gap
+    before one simulated earlier that starts later; busy stretches never overlap."""
+    from maiac.runtime.timing import _HbmTimeline
+
+    hbm = _HbmTimeline()
+    assert hbm.book(10.0, 2.0) == 10.0  # [10, 12)
+    assert hbm.book(0.0, 3.0) == 0.0  # before it
+    assert hbm.book(1.0, 8.0) == 12.0  # the gap [3, 10) is too short
+    assert hbm.book(3.0, 4.0) == 3.0  # [3, 7) fits before 10
+    spans = sorted(zip(hbm.starts, hbm.ends, strict=True))
+    assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:], strict=False))
+    hbm.shift_after(11.0, 100.0)  # a loop's skipped iterations
+    assert hbm.book(12.5, 1.0) >= 112.0
