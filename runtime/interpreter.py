@@ -41,7 +41,15 @@ from maiac.runtime.interpreter_fns import (
     caster,
     storer,
 )
-from maiac.runtime.interpreter_matmul import DecodeCache, matmul_splitter, mm, mm_acc
+from maiac.runtime.interpreter_matmul import (
+    MERGE_MIN_MNK,
+    DecodeCache,
+    matmul_splitter,
+    mm,
+    mm_acc,
+    row_major,
+    stacked_matmul,
+)
 from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
 from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
@@ -55,6 +63,7 @@ from maiac.runtime.parallel import (
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
 from maiac.runtime.quant_ops import count_nonfinite, decode_operand
 from maiac.runtime.tile_dedupe import shared_grid_axes
+from maiac.runtime.tile_uniform import uniform_b_axes
 
 Step = Callable[[tuple[int, ...]], None]
 
@@ -93,6 +102,9 @@ class _Machine:
         self.vectorized_loops = 0
         self.blas_limit = False  # set when a per-tile GEMM is large enough to be threaded
         self._decode_cache = DecodeCache()
+        # per matmul, the grid axes along which its weight block is the same on every tile
+        self.uniform_b = uniform_b_axes(program.instructions)
+        self.stacked_calls = 0  # matmul calls run as stacked GEMMs (tests, profiling)
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
         # What reset() poisons: the bytes some run reads before writing them (exact, from
@@ -170,7 +182,7 @@ class _Machine:
         if isinstance(instr, Gather):
             return self._gather(instr, path, grid, trips)
         if isinstance(instr, MatMul):
-            return self._matmul(instr, grid, trips)
+            return self._matmul(instr, path, grid, trips)
         return self._vec(instr, grid, trips)
 
     def _loop(self, loop: Loop, path: str, trips: tuple[int, ...]) -> Step:
@@ -249,7 +261,7 @@ class _Machine:
             if pairs is not None:
                 def step(it: tuple[int, ...]) -> None:
                     for d, s_ in pairs:
-                        np.copyto(d, s_)
+                        np.copyto(d[it], s_[it])
                 return step
             dst, src = as_rows(dst, src, len(trips))
             split = dma_splitter(instr, dst, len(trips), len(grid))
@@ -290,12 +302,14 @@ class _Machine:
             store(dst[it], table[it][(*gidx, ix)])
         return step
 
-    def _matmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+    def _matmul(self, instr: MatMul, path: str, grid: tuple[int, ...],
+                trips: tuple[int, ...]) -> Step:
         (*_, rows, depth), cols = instr.logical_ab()[0], instr.c.shape[-1]
         if rows * depth * cols >= BLAS_THREADED_MNK:
             self.blas_limit = True
+        stackable = rows > 1 and cols > 1 and depth > 1 and rows * depth * cols > MERGE_MIN_MNK
         if instr.a_fmt or instr.b_fmt:
-            return self._qmatmul(instr, grid, trips)
+            return self._qmatmul(instr, grid, trips, stackable)
         rank = len(instr.c.shape)
         a, b = self.view(instr.a, grid, trips, rank), self.view(instr.b, grid, trips, rank)
         c = self.view(instr.c, grid, trips)
@@ -304,7 +318,8 @@ class _Machine:
         store = storer(instr.c.dtype)
         acc = instr.accumulate
         split = matmul_splitter(instr, len(trips), len(grid))
-        if not (ca or cb) and instr.c.dtype == "f32":
+        direct = not (ca or cb) and instr.c.dtype == "f32"
+        if direct:
             # fp32 throughout: the TTU result goes straight into the TSRAM view (numpy
             # buffers it if it overlaps an operand), the K-step partial sum likewise
             fn = mm_acc if acc else mm
@@ -314,6 +329,32 @@ class _Machine:
                 if acc:
                     r += cv
                 store(cv, r)
+
+        shared = [g for g in self.uniform_b.get(path, ()) if grid[g] > 1]
+        if stackable and shared and (ca or row_major(a, depth)) and (
+                cb or row_major(b, cols)) and (not direct or row_major(c, cols)):
+            # every tile along grid axis g holds the same b bytes (tile_uniform.py): one
+            # GEMM over the stacked a rows of those tiles instead of one per tile
+            g = max(shared, key=lambda x: grid[x])
+            n_trips, n_grid = len(trips), len(grid)
+
+            def step(it: tuple[int, ...]) -> None:
+                first = n_trips - len(it)
+                av, bv = a[it], b[it]
+                self.stacked_calls += 1
+                r = stacked_matmul(av.astype(F32) if ca else av, bv.astype(F32) if cb else bv,
+                                   first + g, (first, n_grid - 1))
+                cv = c[it]
+                if direct:
+                    if acc:
+                        np.add(r, cv, out=cv)
+                    else:
+                        np.copyto(cv, r)
+                    return
+                if acc:
+                    r += cv
+                store(cv, r)
+            return step
 
         if c.size * 2 * instr.logical_ab()[0][-1] < MIN_SPLIT_FLOPS:
             def step(it: tuple[int, ...]) -> None:
@@ -325,9 +366,12 @@ class _Machine:
             run_split(fn, [a[it], b[it], cv], split(cv, it))
         return step
 
-    def _qmatmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+    def _qmatmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...],
+                 stackable: bool) -> Step:
         """A matmul with quantized operands: decode blocks to fp32 (runtime/quant_ops.py,
-        bit-exact with formats.dequantize), multiply, accumulate in fp32."""
+        bit-exact with formats.dequantize), multiply, accumulate in fp32. Where the
+        decode found the weight block the same on all tiles of a grid axis (one decoded
+        copy), the stacked rows of those tiles go through one GEMM (``stacked_matmul``)."""
         rank = len(instr.c.shape)
         c = self.view(instr.c, grid, trips)
         store = storer(instr.c.dtype)
@@ -368,9 +412,31 @@ class _Machine:
                     r += cv
                 store(cv, r)
 
+        n_trips, n_grid = len(trips), len(grid)
+        direct = instr.c.dtype == "f32"
+
         def step(it: tuple[int, ...]) -> None:
             cv = c[it]
-            run_split(fn, [get_a(it), get_b(it), cv], split(cv, it))
+            av, bv = get_a(it), get_b(it)
+            first = n_trips - len(it)
+            shared = [x for x in range(first, first + n_grid)
+                      if bv.shape[x] == 1 and av.shape[x] > 1] if stackable else []
+            if shared and row_major(av, k) and row_major(bv, n) and (
+                    not direct or row_major(cv, n)):
+                self.stacked_calls += 1
+                r = stacked_matmul(av, bv, max(shared, key=lambda x: av.shape[x]),
+                                   (first, n_grid - 1))
+                if direct:
+                    if acc:
+                        np.add(r, cv, out=cv)
+                    else:
+                        np.copyto(cv, r)
+                    return
+                if acc:
+                    r += cv
+                store(cv, r)
+                return
+            run_split(fn, [av, bv, cv], split(cv, it))
         return step
 
     def _vec(self, instr: Vec, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:

@@ -1,5 +1,6 @@
 """Matmul helpers of the interpreter (runtime/interpreter.py): the fp32 GEMM calls, how a
-matmul is split over the host's workers, and the cache of decoded quantized weights."""
+matmul is split over the host's workers, one GEMM for the tiles that share a weight block,
+and the cache of decoded quantized weights."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from collections.abc import Callable
 import numpy as np
 
 from maiac.runtime.isa import MatMul
-from maiac.runtime.parallel import MIN_SPLIT_FLOPS, split_axis
+from maiac.runtime.parallel import MIN_SPLIT_FLOPS, run_split, split_axis
+
+# OpenBLAS (the SkylakeX/Haswell kernels numpy's wheels ship) runs a GEMM with
+# m*n*k <= 100**3 in its small-matrix kernel, whose sums differ in the last bit from the
+# blocked kernel's; above that each C element is the same FMA chain over K whatever M
+# is, so stacking the rows of several tiles into one GEMM gives the same bytes.
+# (bench on this host: 0 of 952 shapes differ above it, 869 of 4592 at or below.)
+MERGE_MIN_MNK = 100 ** 3
 
 
 def mm(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
@@ -80,3 +88,37 @@ class DecodeCache:
             return out
         return get
 
+
+
+def row_major(v: np.ndarray, inner: int) -> bool:
+    """True if numpy hands the matrices of ``v`` (last two axes, ``inner`` columns) to
+    BLAS as they are, row-major (``is_blasable2d`` in numpy's matmul)."""
+    isz = v.itemsize
+    row = v.strides[-2]
+    return v.strides[-1] == isz and row % isz == 0 and row // isz >= inner
+
+
+def stacked_matmul(a: np.ndarray, b: np.ndarray, axis: int, n_rest: tuple[int, int]
+                   ) -> np.ndarray:
+    """``np.matmul(a, b)`` (fp32, batched over tiles) where ``b`` is the same on every tile
+    along ``axis`` (length 1 there, or equal bytes): the rows of those tiles stacked
+    into one GEMM per remaining tile. ``n_rest``: (first grid axis, grid axes) of the
+    result without ``axis``, for splitting over the workers. Same bytes as the per-tile
+    GEMMs when ``m*n*k > MERGE_MIN_MNK`` and both operands are row-major (row_major)."""
+    tiles, rows = a.shape[axis], a.shape[-2]
+    b1 = b if b.shape[axis] == 1 else b[(slice(None),) * axis + (slice(0, 1),)]
+    a_moved = np.moveaxis(a, axis, -3)  # (..., tiles, M, K): the tiles' rows next to M
+    stacked = a_moved.reshape(a_moved.shape[:-3] + (tiles * rows, a.shape[-1]))  # a copy
+    b_moved = np.moveaxis(b1, axis, -3)[..., 0, :, :]
+    batch = np.broadcast_shapes(stacked.shape[:-2], b_moved.shape[:-2])
+    out = np.empty(batch + (tiles * rows, b.shape[-1]), np.float32)
+    first, n_grid = n_rest
+    split = split_axis(out.shape, first, n_grid) if out.size * 2 * a.shape[-1] >= \
+        MIN_SPLIT_FLOPS else None
+    run_split(_mm_into, [stacked, b_moved, out], split)
+    r = out.reshape(out.shape[:-2] + (tiles, rows, out.shape[-1]))
+    return np.moveaxis(r, -3, axis)
+
+
+def _mm_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.matmul(a, b, out=out)
