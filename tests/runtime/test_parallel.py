@@ -28,6 +28,7 @@ def test_split_over_workers_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch
         splits.append(axis)
         real(fn, arrays, axis)
     monkeypatch.setattr("maiac.runtime.interpreter.run_split", counting)
+    monkeypatch.setattr("maiac.runtime.interpreter_matmul.run_split", counting)  # stacked GEMMs
     outs = {}
     for n in ("1", "2", "3"):
         monkeypatch.setenv("MAIAC_THREADS", n)
