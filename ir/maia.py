@@ -227,6 +227,24 @@ class AllGatherOp(TensorOp):
     ARITY: ClassVar[tuple[int, int]] = (1, 1)
 
 
+@irdl_op_definition
+class SendOp(TensorOp):
+    """Send the operand to pipeline stage ``peer`` (passes/pipeline.py); the result is the
+    operand itself (never read: the op is kept for the transfer it makes)."""
+
+    name = "maia.send"
+    ARITY: ClassVar[tuple[int, int]] = (1, 1)
+
+
+@irdl_op_definition
+class RecvOp(TensorOp):
+    """The value pipeline stage ``peer`` sends (the k-th recv from a stage pairs with its
+    k-th send to this one)."""
+
+    name = "maia.recv"
+    ARITY: ClassVar[tuple[int, int]] = (0, 0)
+
+
 # ---- tiled level -------------------------------------------------------------------
 
 
@@ -288,7 +306,7 @@ Maia = Dialect(
     "maia",
     [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
      ViewOp, ReshapeOp, ConcatOp, AttentionOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
-     VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp, RowOp],
+     VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp, RowOp, SendOp, RecvOp],
 )
 
 

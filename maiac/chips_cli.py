@@ -15,18 +15,39 @@ import click
 import numpy as np
 
 from maiac.chips import ChipGroup, load_group
+from maiac.pipeline import PipelineGroup, load_pipeline
 from maiac.runtime.program import Program, TensorSpec
 
 
-def compile_group(driver: Any, model: str, output: str, chips: int, kw: dict[str, Any]) -> None:
+def compile_group(driver: Any, model: str, output: str, chips: int, kw: dict[str, Any],
+                  pp: int = 1, micro_batches: int = 1) -> None:
     from maiac.cli import progress
 
     t0 = time.perf_counter()
-    group: ChipGroup = driver.compile(model, chips=chips, **kw)
+    group: ChipGroup | PipelineGroup = (
+        driver.compile(model, chips=chips, pp=pp, micro_batches=micro_batches, **kw)
+        if pp > 1 or micro_batches > 1 else driver.compile(model, chips=chips, **kw))
     paths = group.save(output)
     progress(f"wrote {len(paths)} chip programs ({paths[0].name} .. {paths[-1].name}) in "
              f"{time.perf_counter() - t0:.2f} s")
     click.echo("\n".join(str(p) for p in paths))
+
+
+def load_any_group(path: str, keep_constants: bool = True) -> ChipGroup | PipelineGroup | None:
+    """The tensor-parallel group or pipeline ``path`` belongs to (None: one chip)."""
+    pipe = load_pipeline(path, keep_constants)
+    return pipe if pipe is not None else load_group(path, keep_constants)
+
+
+def group_input_specs(group: ChipGroup | PipelineGroup) -> list[TensorSpec]:
+    """The whole inputs of a group (a pipeline's: every stage's, once each)."""
+    firsts = ([s[0] for s in group.stages] if isinstance(group, PipelineGroup)
+              else [group.programs[0]])
+    seen: dict[str, TensorSpec] = {}
+    for prog in firsts:
+        for spec in full_input_specs(prog):
+            seen.setdefault(spec.name, spec)
+    return list(seen.values())
 
 
 def full_input_specs(program: Program) -> list[TensorSpec]:
@@ -51,7 +72,7 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
     from maiac.cli import _read_inputs, _summary, atomic_path, progress
     from maiac.inputs import random_inputs_for_specs
 
-    group = load_group(program_file)
+    group = load_any_group(program_file)
     if group is None:
         if backend != "local":
             raise click.UsageError("--backend ray runs the programs of `compile --chips N`")
@@ -59,15 +80,16 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
     first = group.programs[0]
     if inputs is None and not input_items:
         ranges = (first.meta or {}).get("input_ranges") or {}
-        feeds = random_inputs_for_specs(full_input_specs(first), seed, ranges)
+        feeds = random_inputs_for_specs(group_input_specs(group), seed, ranges)
         click.echo(f"no inputs given: using random inputs (seed {seed})")
     else:
         feeds = _read_inputs(inputs, input_items)
-    progress(f"running {group.chips} chips ({backend})")
+    n = group.total_chips if isinstance(group, PipelineGroup) else group.chips
+    progress(f"running {n} chips ({backend})")
     t0 = time.perf_counter()
     outs = group.run(feeds, backend=backend, ray_address=ray_address)
     dt = time.perf_counter() - t0
-    click.echo(f"outputs ({dt:.3f} s on the machine model, {group.chips} chips, {backend}):")
+    click.echo(f"outputs ({dt:.3f} s on the machine model, {n} chips, {backend}):")
     for k, v in outs.items():
         click.echo("  " + _summary(k, v))
     if output is not None:
@@ -101,6 +123,27 @@ def format_group(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_pipeline(r: dict[str, Any]) -> str:
+    """The per-stage and pipeline lines under a pipeline's report."""
+    from maiac.report_view import _time
+
+    p = r["pipeline"]
+    lines = ["", f"pipeline           {p['stages']} stages x {r['tensor_parallel']} chips = "
+                 f"{r['chips']} chips; {p['micro_batches']} micro-batches (GPipe)",
+             f"  fill             {_time(p['fill_s'])} (one micro-batch through every stage)",
+             f"  steady state     one micro-batch every {_time(p['steady_interval_s'])} "
+             f"({p['micro_batches_per_s']:,.0f}/s); stage balance {p['balance']:.0%}",
+             f"  total            {_time(p['total_s'])}; bubble {p['bubble_fraction']:.1%} of "
+             f"chip-time idle"]
+    for row in r["per_stage"]:
+        layers = row["layers"]
+        span = f"layers {layers[0]}-{layers[1]}" if layers else "no layer names"
+        lines.append(f"  stage {row['stage']:<3} {_time(row['modeled_time_s']):>12}   "
+                     f"{row['ops']} ops, {span}, weights {row['weight_bytes'] / 1e6:.4g} MB, "
+                     f"sends {row['sent_bytes'] / 1e3:.4g} kB (p2p {_time(row['p2p_time_s'])})")
+    return "\n".join(lines)
+
+
 def report_group(program_file: str, as_json: bool, html_out: str | None, top: int,
                  trace: str | None = None) -> bool:
     """``maiac report`` on a group member (False: not a group)."""
@@ -108,23 +151,25 @@ def report_group(program_file: str, as_json: bool, html_out: str | None, top: in
     from maiac.report_view import annotate, format_report, render_html
     from maiac.runtime.memory_use import memory_use
 
-    group = load_group(program_file, keep_constants=False)  # timing needs no data
+    group = load_any_group(program_file, keep_constants=False)  # timing needs no data
     if group is None:
         return False
-    progress(f"simulating {group.chips} chips")
-    reports = group.timing()
+    pipe = isinstance(group, PipelineGroup)
+    n = group.total_chips if pipe else group.chips
+    progress(f"simulating {n} chips")
+    reports = [x for stage in group.timing() for x in stage] if pipe else group.timing()
     r = annotate(group.report(), group.programs[0].meta,
                  [ev for rep in reports for ev in rep.events])
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
-        click.echo(format_report(r, top) + format_group(r))
+        click.echo(format_report(r, top) + (format_pipeline(r) if pipe else format_group(r)))
     if html_out is not None:
         events = [{"engine": f"chip{rank}/{ev.engine}", "name": ev.name, "start_s": ev.start,
                    "dur_s": ev.dur, "kind": ev.kind} for rank, rep in enumerate(reports)
                   for ev in rep.events]
         memory = memory_use(group.programs[0], reports[0].events, reports[0].modeled_time_s)
-        write_text_atomic(html_out, render_html(r, events, f"maiac report: {group.chips} chips",
+        write_text_atomic(html_out, render_html(r, events, f"maiac report: {n} chips",
                                                 group.programs[0].target, memory))
         if not as_json:
             click.echo(f"wrote {html_out}")

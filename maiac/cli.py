@@ -221,6 +221,11 @@ def main(debug: bool) -> None:
 @click.option("--pass-timing", is_flag=True, help="Print the time of each pass on stderr.")
 @click.option("--chips", type=click.IntRange(1), default=1, show_default=True,
               help="Tensor parallelism over N chips: writes OUT.chip0.maia .. OUT.chip{N-1}.maia.")
+@click.option("--pp", type=click.IntRange(1), default=1, show_default=True,
+              help="Pipeline parallelism over P stages of layers (x --chips each): writes "
+                   "OUT.stage0.maia .. (docs/chips.md).")
+@click.option("--micro-batches", type=click.IntRange(1), default=1, show_default=True,
+              help="With --pp: micro-batches the report's pipeline fill and bubble assume.")
 @click.option("--inputs", "inputs_file", metavar="IN.npz", default=None,
               help="Take the input shapes from these arrays (one per input, by name).")
 @plugin_option
@@ -228,8 +233,8 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
                 calib: str | None, emit: str | None, print_ir_after_all: bool,
                 print_ir_after: tuple[str, ...], verify_each: bool, shape_only: bool,
-                pass_timing: bool, chips: int, inputs_file: str | None,
-                plugins: tuple[str, ...]) -> None:
+                pass_timing: bool, chips: int, pp: int, micro_batches: int,
+                inputs_file: str | None, plugins: tuple[str, ...]) -> None:
     """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
     existing_file(model, "model file")
     if emit is None and output is None:
@@ -250,7 +255,7 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     debug = dict(print_ir_after=print_ir_after, verify_each=verify_each, out=sys.stderr)
     log = driver.CompileLog()
     t0 = time.perf_counter()
-    if emit is not None and chips > 1:
+    if emit is not None and (chips > 1 or pp > 1):
         raise click.UsageError("--emit prints one chip's IR: use --pipeline with "
                                "'shard{chips=N rank=R}' after the fusions instead of --chips")
     if emit is not None:
@@ -266,10 +271,10 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     else:
         assert output is not None
         progress(f"compiling {model}")
-        if chips > 1:
+        if chips > 1 or pp > 1:
             from maiac.chips_cli import compile_group
 
-            compile_group(driver, model, output, chips, kw)
+            compile_group(driver, model, output, chips, kw, pp, micro_batches)
             return
         if print_ir_after_all:
             compiled = _compile_printing_ir(driver, model, log, {**kw, **debug})

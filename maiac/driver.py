@@ -297,14 +297,26 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
             target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
             shape_only: bool = False, calib: str | None = None, verify_each: bool = True,
             print_ir_after: Sequence[str] = (), out: TextIO | None = None,
-            schedule: str = "optimized", chips: int = 1) -> Any:
+            schedule: str = "optimized", chips: int = 1, pp: int = 1,
+            micro_batches: int = 1) -> Any:
     """Compile an ONNX model (path or ModelProto) for the Maia 200 machine model.
 
     ``pipeline``: a pipeline string ("fold-constants,...") or a list of pass objects and
     names; default ``default_pipeline(quant, schedule)``. ``compiled.log`` has the time
     per pass. ``chips`` > 1: tensor parallelism, one program per chip — returns a
-    ``maiac.chips.ChipGroup`` (``run``, ``report``, ``save`` as here).
+    ``maiac.chips.ChipGroup`` (``run``, ``report``, ``save`` as here). ``pp`` > 1:
+    pipeline parallelism over ``pp`` stages of layers (``chips`` chips each; the report's
+    fill, bubble and throughput for ``micro_batches``) — a ``maiac.pipeline.PipelineGroup``.
     """
+    if pp != 1 or micro_batches != 1:
+        from maiac.pipeline import compile_pipeline
+
+        if pipeline is None and schedule != "optimized":
+            pipeline = default_pipeline(quant, schedule)
+        return compile_pipeline(model, pp, chips=chips, micro_batches=micro_batches,
+                                quant=quant, shapes=shapes, target=target,
+                                target_params=target_params, pipeline=pipeline,
+                                shape_only=shape_only, calib=calib, verify_each=verify_each)
     if chips != 1:
         from maiac.chips import compile_chips
 

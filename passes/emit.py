@@ -87,6 +87,8 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
               **({"async": True} if maia.attr(fn, "maia.async", False) else {}),
               **({"shard": json.loads(maia.attr(fn, "maia.shard"))}  # passes/shard.py
                  if "maia.shard" in fn.attributes else {}),
+              **({"pipeline": json.loads(maia.attr(fn, "maia.pipeline"))}  # passes/pipeline.py
+                 if "maia.pipeline" in fn.attributes else {}),
               "flops": maia.attr(fn, "maia.flops", 0)},
     )
     check_emitted(program)
@@ -135,7 +137,7 @@ def _instructions(ops: Any, buffers: dict[str, Buffer], label: str) -> list[isa.
         elif isinstance(op, maia.CollectiveOp):
             out.append(isa.Collective(maia.attr(op, "collective"), acc("src"), acc("dst"),
                                       maia.attr(op, "chips"), maia.attr(op, "rank"), grid,
-                                      0, label))
+                                      0, label, peer=maia.attr(op, "peer", -1)))
         elif isinstance(op, maia.GatherRowsOp):
             out.append(isa.Gather(acc("table"), acc("indices"), acc("dst"), grid,
                                   maia.attr(op, "queue", 0), label))

@@ -109,6 +109,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.fuse_attention", "FuseAttentionPass"),
     ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
     ("maiac.passes.shard", "ShardPass"),
+    ("maiac.passes.pipeline_stages", "PipelineStagePass"),
     ("maiac.passes.rotate_hadamard", "RotateHadamardPass"),
     ("maiac.passes.gptq", "GptqPass"),
     ("maiac.passes.quantize", "QuantizePass"),

@@ -288,6 +288,13 @@ class Sharder:
     def on_ConstantOp(self, op: Operation) -> None:
         return
 
+    def on_SendOp(self, op: Operation) -> None:
+        """A pipeline stage's activation goes whole to the same rank of the next stage."""
+        self.replicate(op)
+        op.attributes.update({"tp": maia.to_attr(self.chips), "tp_rank": maia.to_attr(self.rank)})
+
+    on_RecvOp = on_SendOp
+
     def on_UnaryOp(self, op: Operation) -> None:
         s = self.st(op.operands[0])
         if s is None:

@@ -23,7 +23,7 @@ from maiac.ir.resources import constant_attr
 from maiac.ir.types import tensor_dtype, tensor_shape
 from maiac.passes.tiling import decode_attention
 from maiac.passes.tiling.attention import tile_attention
-from maiac.passes.tiling.collective import tile_collective
+from maiac.passes.tiling.collective import tile_collective, tile_p2p
 from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
 from maiac.passes.tiling.elementwise import tile_elementwise
 from maiac.passes.tiling.layout import tile_concat, tile_copy, tile_gather, tile_view
@@ -125,6 +125,12 @@ class FunctionTiler:
             self.values[op.results[0]] = Tensor(src.buf, src.dtype,
                                                 tensor_shape(op.results[0].type), src.off)
             return
+        if isinstance(op, maia.SendOp):  # the result is the operand (never read)
+            self.values[op.results[0]] = ins[0]
+            kernel = Kernel(op=label, kind="send", uid=f"k{self.counter}")
+            tile_p2p(kernel, op, ins[0])
+            self.kernels.append(kernel.build())
+            return
         if any(0 in t.shape for t in ins) or 0 in tensor_shape(op.results[0].type):
             raise MaiacError(f"op '{label}': zero-size tensors are not supported")
         out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
@@ -219,6 +225,8 @@ class FunctionTiler:
             tile_concat(kernel, ins, out, maia.attr(op, "axis"))
         elif isinstance(op, maia.AllReduceOp | maia.AllGatherOp):
             tile_collective(kernel, op, ins[0], out)
+        elif isinstance(op, maia.RecvOp):
+            tile_p2p(kernel, op, out)
         else:
             raise MaiacError(f"no tiler for {op.name}")
         return []

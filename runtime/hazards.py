@@ -79,6 +79,8 @@ class Span:
 
 def instr_accesses(instr: Instr) -> list[tuple[Access, bool]]:
     """(access, is_write) of a non-loop instruction; reads first."""
+    if isinstance(instr, Collective) and instr.collective == "recv":
+        return [(instr.dst, True)]  # a recv writes dst (its src is dst, not read)
     if isinstance(instr, Dma | Collective):  # a collective reads src, writes all of dst
         return [(instr.src, False), (instr.dst, True)]
     if isinstance(instr, Gather):

@@ -243,6 +243,10 @@ class _Machine:
         """A group of one chip is a copy; larger groups need every chip's memory
         (runtime/multichip.py runs them between the steps of all chips)."""
         def step(it: tuple[int, ...]) -> None:
+            if instr.peer >= 0:
+                raise MachineError(f"{instr_label(path, instr)}: a {instr.collective} between "
+                                   f"pipeline stages runs only in a pipeline run "
+                                   f"(maiac.runtime.pipeline.run_pipeline)")
             if instr.chips != 1:
                 raise MachineError(f"{instr_label(path, instr)}: a {instr.collective} over "
                                    f"{instr.chips} chips runs only in a multi-chip run "

@@ -210,7 +210,8 @@ class Loop:
     kind: str = "loop"
 
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send", "recv")
+POINT_TO_POINT = ("send", "recv")  # pipeline stages (passes/pipeline.py)
 
 
 @dataclass
@@ -227,6 +228,14 @@ class Collective:
       ``dst`` puts each chip's slice where it belongs, e.g. columns of the last axis);
     * ``reduce_scatter``: ``dst = sum_c src_c[rank]`` (``src.shape == (chips, *dst.shape)``).
 
+    Point to point, between pipeline stages (``chips`` = every chip of the pipeline,
+    ``rank`` and ``peer`` global chip numbers): ``send`` hands ``src`` to chip ``peer``
+    (``dst`` is ``src``: the block must not change before the send completes); ``recv``
+    writes ``dst`` with what chip ``peer`` sent (``src`` is ``dst``, not read). The k-th
+    ``send`` from chip a to chip b pairs with the k-th ``recv`` of b from a (ordered
+    channels); a ``recv`` completes only once the matching ``send`` has issued (the
+    cross-chip semaphore).
+
     Only at the top level of a program (never inside a ``Loop``).
     """
 
@@ -240,6 +249,7 @@ class Collective:
     op: str = ""
     kind: str = "collective"
     waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
+    peer: int = -1  # send/recv: the other chip (global number); -1 for group collectives
 
 
 Instr = Dma | Gather | MatMul | Vec | Loop | Collective
@@ -274,7 +284,10 @@ def instr_to_json(instr: Instr) -> dict[str, Any]:
     if isinstance(instr, Loop):
         return {"kind": "loop", "trips": list(instr.trips), "op": instr.op,
                 "body": [instr_to_json(i) for i in instr.body]}
-    return _plain(dataclasses.asdict(instr))
+    out = _plain(dataclasses.asdict(instr))
+    if isinstance(instr, Collective) and instr.peer < 0:
+        del out["peer"]  # group collectives: the files of earlier versions, unchanged
+    return out
 
 
 def instr_from_json(data: dict[str, Any]) -> Instr:

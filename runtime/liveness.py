@@ -50,6 +50,8 @@ Independent = Callable[[Instr, tuple[int, ...], tuple[int, ...]], bool]
 
 
 def _reads_writes(instr: Instr) -> tuple[list[Access], Access]:
+    if isinstance(instr, Collective) and instr.collective == "recv":
+        return [], instr.dst  # src is dst, not read
     if isinstance(instr, Dma | Collective):
         return [instr.src], instr.dst
     if isinstance(instr, Gather):

@@ -38,7 +38,8 @@ def collectives_of(program: Program) -> list[tuple[int, Collective]]:
 
 def check_group(programs: Sequence[Program], group_size: int | None = None) -> None:
     """Every chip has the same collectives in the same order, ranks 0..len-1 of
-    ``group_size`` chips (default: one program per chip)."""
+    ``group_size`` chips (default: one program per chip). A pipeline stage's sends and
+    receives (``peer`` >= 0) are checked by runtime/pipeline.py."""
     n = group_size or len(programs)
     if n == 0:
         raise MaiacError("a multi-chip run needs at least one program")
@@ -49,6 +50,8 @@ def check_group(programs: Sequence[Program], group_size: int | None = None) -> N
             raise MaiacError(f"chip {rank}'s collectives differ from chip 0's: the programs "
                              f"are not one tensor-parallel group")
         for i, c in seq:
+            if c.peer >= 0:
+                continue
             if c.chips != n or c.rank != rank:
                 raise MaiacError(f"chip {rank}: {instr_label(str(i), c)} is rank {c.rank} of "
                                  f"{c.chips} chips, the group has {n}")
@@ -259,7 +262,8 @@ def group_report(reports: Sequence[TimingReport], programs: Sequence[Program],
     net = Network.from_json((programs[0].meta or {}).get("network"))
     for _, c in collectives_of(programs[0]):
         size = _collective_size(c)
-        seconds, algo = net.cost(c.collective, size, c.chips)
+        seconds, algo = (net.p2p_cost(size, c.rank, c.peer, c.chips) if c.peer >= 0
+                         else net.cost(c.collective, size, c.chips))
         collectives.append({"op": c.op, "collective": c.collective, "bytes": int(size),
                             "algorithm": algo, "time_s": seconds})
     if chips > len(reports):

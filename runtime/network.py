@@ -135,6 +135,18 @@ class Network:
         algo = min(options, key=options.__getitem__)
         return options[algo], algo
 
+    def p2p_cost(self, nbytes: float, a: int, b: int, chips: int) -> tuple[float, str]:
+        """(seconds, path) of chip ``a`` sending ``nbytes`` to chip ``b`` of a group of
+        ``chips`` (pipeline stages): over their own link inside a tray (chips 4t..4t+3),
+        else over the switched planes at the share a chip has for off-tray peers."""
+        self.check_group(chips)
+        if self.chips_per_tray and a // self.chips_per_tray == b // self.chips_per_tray:
+            lat, bw, path = self.direct_latency_s, self.neighbour_bw, "link"
+        else:
+            lat = self.switched_latency_s if chips <= self.tier0_chips else self.tier1_latency_s
+            bw, path = self.switched_share(chips), "switched"
+        return self.collective_overhead_s + lat + nbytes / (bw * self.link_efficiency), path
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

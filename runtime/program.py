@@ -294,6 +294,16 @@ def collective_problem(instr: Collective) -> str | None:
     if {instr.src.level, instr.dst.level} - {"hbm", "csram"}:
         return "a collective moves HBM or CSRAM blocks (the network DMA cannot reach TSRAM)"
     src, dst = tuple(instr.src.shape), tuple(instr.dst.shape)
+    if instr.collective in isa.POINT_TO_POINT:
+        if not isinstance(instr.peer, int) or not 0 <= instr.peer < instr.chips \
+                or instr.peer == instr.rank:
+            return (f"{instr.collective} from chip {instr.rank} to peer {instr.peer}: the peer "
+                    f"must be another chip of the {instr.chips}")
+        if instr.src != instr.dst:
+            return f"a {instr.collective} names one block (src == dst), got two"
+        return None
+    if instr.peer != -1:
+        return f"a {instr.collective} has no peer (got {instr.peer})"
     want = {"all_reduce": (src, dst), "all_gather": ((instr.chips, *src), dst),
             "reduce_scatter": (src, (instr.chips, *dst))}[instr.collective]
     if want[0] != want[1]:

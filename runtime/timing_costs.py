@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from maiac.runtime import tvp_math
 from maiac.runtime.errors import MaiacError
-from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, MatMul, Vec
+from maiac.runtime.isa import POINT_TO_POINT, Access, Collective, Dma, Gather, Instr, MatMul, Vec
 from maiac.runtime.memory import block_extent, distinct_bytes, itemsize, numel
 from maiac.runtime.network import Network
 from maiac.runtime.target import Target
@@ -183,13 +183,21 @@ def leaf_cost(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
         # reductions read what the peers sent
         engine = "net"
         src_b, dst_b = distinct_bytes(instr.src, grid), distinct_bytes(instr.dst, grid)
-        size = {"all_gather": dst_b, "reduce_scatter": src_b}.get(instr.collective, src_b)
-        dur, _ = (net or Network()).cost(instr.collective, float(size), instr.chips)
-        received = size * (instr.chips - 1) / instr.chips * (
-            2 if instr.collective == "all_reduce" else 1)
-        hbm = ((src_b + (received if instr.collective != "all_gather" else 0))
-               * (instr.src.level == "hbm") + dst_b * (instr.dst.level == "hbm"))
-        reads, writes = fp(instr.src), fp(instr.dst)
+        if instr.collective in POINT_TO_POINT:  # one block read (send) or written (recv)
+            size = src_b
+            dur, _ = (net or Network()).p2p_cost(float(size), instr.rank, instr.peer,
+                                                 instr.chips)
+            hbm = float(size) * (instr.src.level == "hbm")
+            reads = fp(instr.src) if instr.collective == "send" else []
+            writes = fp(instr.dst)
+        else:
+            size = {"all_gather": dst_b, "reduce_scatter": src_b}.get(instr.collective, src_b)
+            dur, _ = (net or Network()).cost(instr.collective, float(size), instr.chips)
+            received = size * (instr.chips - 1) / instr.chips * (
+                2 if instr.collective == "all_reduce" else 1)
+            hbm = ((src_b + (received if instr.collective != "all_gather" else 0))
+                   * (instr.src.level == "hbm") + dst_b * (instr.dst.level == "hbm"))
+            reads, writes = fp(instr.src), fp(instr.dst)
         moved, number_format = int(size), instr.dst.dtype
     elif isinstance(instr, MatMul):
         engine = "ttu"

@@ -17,9 +17,24 @@ from maiac.passes.tiling.common import Access, Kernel, Tensor, contiguous
 from maiac.runtime.errors import MaiacError
 
 
-def collective_op(collective: str, src: Access, dst: Access, chips: int, rank: int) -> Any:
+def collective_op(collective: str, src: Access, dst: Access, chips: int, rank: int,
+                  peer: int = -1) -> Any:
+    extra = {"peer": peer} if peer >= 0 else {}
     return maia.instruction(maia.CollectiveOp, collective=collective, src=src.to_dict(),
-                            dst=dst.to_dict(), chips=chips, rank=rank, grid=[1])
+                            dst=dst.to_dict(), chips=chips, rank=rank, grid=[1], **extra)
+
+
+def tile_p2p(kernel: Kernel, op: Operation, block: Tensor) -> None:
+    """A send (``block`` = its operand) or recv (``block`` = its result) between pipeline
+    stages: global chip numbers from the stage and the tensor-parallel rank (a stage of
+    ``tp`` chips: chip ``stage * tp + tp_rank``, sending to the same rank of ``peer``)."""
+    tp, tp_rank = maia.attr(op, "tp", 1), maia.attr(op, "tp_rank", 0)
+    stage, peer, stages = maia.attr(op, "stage"), maia.attr(op, "peer"), maia.attr(op, "stages")
+    shape = block.shape or (1,)
+    acc = Access(block.buf, block.dtype, shape, contiguous(shape), block.off)
+    kind = "send" if isinstance(op, maia.SendOp) else "recv"
+    kernel.body.append(collective_op(kind, acc, acc, stages * tp, stage * tp + tp_rank,
+                                     peer * tp + tp_rank))
 
 
 def tile_collective(kernel: Kernel, op: Operation, x: Tensor, out: Tensor) -> None:
