@@ -65,6 +65,16 @@ def default_pipeline(quant: str | None = None, schedule: str = "optimized") -> s
     return ",".join(stages)
 
 
+def model_default_quant(module: builtin.ModuleOp, quant: str | None) -> str | None:
+    """``quant``, or ``model`` when none is given and the model carries its own
+    quantization nodes (AMD Quark MX): such a model runs in the formats it names."""
+    from maiac.passes.quant_spec import MODEL_QUANT_ATTR, MODEL_SPEC
+
+    if quant is None and MODEL_QUANT_ATTR in module.attributes:
+        return MODEL_SPEC
+    return quant
+
+
 def context() -> Context:
     return make_context()
 
@@ -195,7 +205,7 @@ def compile_module(model: str | Path | onnx.ModelProto | OnnxModel, *, quant: st
     """Import and run the whole pipeline; returns the tiled, planned module."""
     model = open_model(model)  # once: the importer and calibration share the graph
     module = import_for_target(model, shapes, target, target_params, shape_only)
-    passes = parse_passes(pipeline or default_pipeline(quant))
+    passes = parse_passes(pipeline or default_pipeline(model_default_quant(module, quant)))
     if not shape_only:  # shape-only weights cannot run; quantize uses placeholder scales
         attach_calibration(module, model, passes, calib, shapes)
     run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, passes),
@@ -215,7 +225,7 @@ def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
         raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
     model = open_model(model)
     module = import_for_target(model, shapes, target, target_params, shape_only)
-    full = parse_passes(pipeline or default_pipeline(quant))
+    full = parse_passes(pipeline or default_pipeline(model_default_quant(module, quant)))
     # Stop where the next stage begins, so passes added inside a stage (a plugin's
     # fusion after lowering, quantize) still run before the IR is printed.
     next_stage = {"onnx": STAGES["maia"], "maia": STAGES["tiled"]}.get(emit)
@@ -335,6 +345,8 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
                             shape_only=shape_only, log=log, verify_each=verify_each,
                             print_ir_after=print_ir_after, out=out, calib=calib)
     name = opened.path or opened.proto.graph.name or "model"
+    if pipeline is None:
+        quant = model_default_quant(module, quant)
     meta: dict[str, Any] = {"model": name, "quant": quant or "fp32",
                             "input_ranges": _input_ranges(opened.proto),
                             **_model_props(opened.proto)}

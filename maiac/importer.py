@@ -13,6 +13,7 @@ has at most 16 elements.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,7 +35,7 @@ from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.utils.exceptions import VerifyException
 
 from maiac.external_data import check_inline_size, external_data, read_external
-from maiac.importers import expand_model
+from maiac.importers import expand_model, model_quant_table
 from maiac.ir import resources
 from maiac.ir.onnx import (
     DOMAIN_ATTR,
@@ -49,6 +50,7 @@ from maiac.ir.onnx import (
 from maiac.onnx_model import OnnxModel, open_model
 from maiac.passes.lower_onnx import family_ops
 from maiac.passes.node_eval import EvaluationError, evaluate
+from maiac.passes.quant_spec import MODEL_QUANT_ATTR
 from maiac.runtime.errors import MaiacError
 from maiac.shapes import bind_input_shapes
 
@@ -415,6 +417,9 @@ class _Importer:
         module.attributes[OPSET_ATTR] = DictionaryAttr(
             {d: IntegerAttr(v, i64) for d, v in sorted(self.opsets.items())}
         )
+        model_quant = model_quant_table(self.proto)  # e.g. Quark MX nodes (maiac/importers)
+        if model_quant:
+            module.attributes[MODEL_QUANT_ATTR] = StringAttr(json.dumps(model_quant))
         try:
             module.verify()
         except VerifyException:

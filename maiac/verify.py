@@ -228,6 +228,7 @@ def verify(model: Any, *, quant: str | None = None,
     for models onnxruntime cannot run; ``ort_custom_op_lib`` registers a custom-op
     library with onnxruntime before it loads the model.
     """
+    from maiac.importers import carries_model_quant
 
     opened = open_model(model)  # graph only; weights stay on disk for external-data models
     model_path, proto = opened.path, opened.proto
@@ -236,6 +237,8 @@ def verify(model: Any, *, quant: str | None = None,
     shapes = bind_input_shapes([v for v in proto.graph.input if v.name not in inits],
                                shapes, arrays=arrays)
     feeds = _load_inputs(arrays, proto, shapes, seed)
+    if quant is None and carries_model_quant(proto):
+        quant = "model"  # the formats the model's own MX nodes name (maiac/importers/quark.py)
 
     from maiac.driver import compile as maiac_compile
 

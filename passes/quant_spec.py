@@ -12,6 +12,9 @@ Grammar (items separated by ``,`` or ``;``, in any order)::
                                            hadamard = passes/rotate_hadamard.py,
                                            gptq = passes/gptq.py)
               | GLOB=PRESET|FMT|none       per-layer override by node-name pattern
+    SPEC     := model                      the formats the model's own quantization nodes
+                                           name (AMD Quark MX: maiac/importers/quark.py);
+                                           the default for such a model
 
 Examples: ``mxfp4``, ``w=mxfp4,a=mxfp8e4m3``, ``w=mxfp4`` (weight-only: activations stay
 fp32), ``mxfp4;lm_head=mxfp8;layers.0.*=none``, ``mxfp8,scale=rceil``.
@@ -32,6 +35,10 @@ from maiac.runtime.errors import MaiacError
 from maiac.runtime.formats import FORMATS, SCALE_MODES
 
 NONE_NAMES = ("none", "fp32", "f32")
+MODEL_SPEC = "model"
+# module attribute the importer sets from a model's own quantization nodes:
+# JSON {matmul node name: {"w": FMT|null, "a": FMT|null, "scale_mode": MODE}}
+MODEL_QUANT_ATTR = "maia.model_quant"
 ALIASES: dict[str, str] = {
     "fp8": "fp8e4m3", "e4m3": "fp8e4m3", "e5m2": "fp8e5m2", "mxfp8": "mxfp8e4m3",
     "mxfp6": "mxfp6e2m3", "fp4": "mxfp4", "nvfp4": "nvfp4", "bfloat16": "bf16",
@@ -83,9 +90,16 @@ class QuantSpec:
     calib_percentile: float = 100.0
     unmatched: list[str] = field(default_factory=list, compare=False)
     methods: tuple[str, ...] = ()
+    # per op by exact name (the model's own quantization), before the glob overrides
+    exact: tuple[tuple[str, OpQuant], ...] = ()
+    from_model: bool = False  # "model": resolved from the module (MODEL_QUANT_ATTR)
 
     def for_op(self, name: str) -> OpQuant:
-        """The formats for the op called ``name`` (last matching override wins)."""
+        """The formats for the op called ``name`` (exact entry, else the last matching
+        override, else the default)."""
+        for exact_name, q in self.exact:
+            if exact_name == name:
+                return q
         chosen = self.default
         for glob, q in self.overrides:
             if glob_matches(glob, name):
@@ -93,7 +107,7 @@ class QuantSpec:
         return chosen
 
     def all_op_quants(self) -> list[OpQuant]:
-        return [self.default] + [q for _, q in self.overrides]
+        return [self.default] + [q for _, q in self.overrides] + [q for _, q in self.exact]
 
     @property
     def needs_calibration(self) -> bool:
@@ -143,6 +157,8 @@ def parse_quant_spec(spec: str | QuantSpec | None) -> QuantSpec | None:
         text = text[1:-1].strip()
     if not text:
         return None
+    if text.lower() == MODEL_SPEC:
+        return QuantSpec(MODEL_SPEC, OpQuant(None, None), from_model=True)
     items = [i.strip() for i in text.replace(";", ",").split(",")]
     w: str | None = None
     a: str | None = None
@@ -199,6 +215,21 @@ def parse_quant_spec(spec: str | QuantSpec | None) -> QuantSpec | None:
     if not default.active and not any(q.active for _, q in overrides):
         return None
     return QuantSpec(text, default, overrides, calib_method, pct, methods=tuple(methods))
+
+
+def model_spec(table: dict[str, dict]) -> QuantSpec:
+    """The ``model`` spec of a module: its matmuls' formats by name, others fp32."""
+    exact = []
+    for name, entry in table.items():
+        scale_mode = entry.get("scale_mode", "floor")
+        if scale_mode not in SCALE_MODES:
+            raise MaiacError(f"--quant model: op '{name}': unknown scale mode {scale_mode!r}")
+        for role in ("w", "a"):
+            fmt = entry.get(role)
+            if fmt is not None and fmt not in FORMATS:
+                raise MaiacError(f"--quant model: op '{name}': unknown format {fmt!r}")
+        exact.append((name, OpQuant(entry.get("w"), entry.get("a"), scale_mode)))
+    return QuantSpec(MODEL_SPEC, OpQuant(None, None), exact=tuple(exact))
 
 
 def _parse_calib(value: str, spec: str) -> tuple[str, float]:

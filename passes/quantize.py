@@ -40,7 +40,14 @@ from xdsl.passes import ModulePass
 from maiac.ir import maia
 from maiac.ir.resources import constant_attr, constant_value
 from maiac.ir.types import tensor_shape
-from maiac.passes.quant_spec import OpQuant, QuantSpec, glob_matches, parse_quant_spec
+from maiac.passes.quant_spec import (
+    MODEL_QUANT_ATTR,
+    OpQuant,
+    QuantSpec,
+    glob_matches,
+    model_spec,
+    parse_quant_spec,
+)
 from maiac.runtime import formats as F
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.quant_ops import pack_unit
@@ -283,6 +290,8 @@ def _erase_if_dead(value: SSAValue) -> None:
 
 def quantize_module(module: builtin.ModuleOp, spec: QuantSpec) -> dict[str, str]:
     """Apply ``spec`` to every matmul of ``module``; op name → what it became."""
+    if spec.from_model:
+        spec = _model_spec(module)
     calib = Calibration.of_module(module)
     done: dict[str, str] = {}
     attention: dict[str, str] = {}
@@ -308,6 +317,15 @@ def quantize_module(module: builtin.ModuleOp, spec: QuantSpec) -> dict[str, str]
         summary["attention"] = attention
     module.attributes[QUANT_ATTR] = builtin.StringAttr(json.dumps(summary))
     return done
+
+
+def _model_spec(module: builtin.ModuleOp) -> QuantSpec:
+    """``--quant model``: the formats the importer read from the model's quantization nodes."""
+    attr = module.attributes.get(MODEL_QUANT_ATTR)
+    if not isinstance(attr, builtin.StringAttr):
+        raise MaiacError("--quant model: the model has no quantization nodes maiac maps "
+                         "onto its formats (AMD Quark MXQuantizeDequantize)")
+    return model_spec(json.loads(attr.data))
 
 
 def quantize_attention(op: maia.AttentionOp, spec: QuantSpec) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
 import tempfile
@@ -447,6 +448,135 @@ def export_ortquant(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
     return entries
 
 
+QUARK_MODELS: dict[str, str] = {
+    # name -> Quark's MX element dtype (MXAttributes.element_dtype; block 32, E8M0 scales)
+    "quark_llama_mxfp8": "fp8_e4m3",
+    "quark_llama_mxfp6": "fp6_e2m3",
+    "quark_llama_mxfp4": "fp4_e2m1",
+}
+QUARK_SOURCE = "llama_torchscript"
+QUARK_ELEMENT_DTYPES = ("fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1")
+
+
+def _quark_library() -> str:
+    """Quark's onnxruntime custom-op library (com.amd.quark ops), JIT-built on first use."""
+    from quark.onnx.operators.custom_ops import get_library_path
+
+    return get_library_path("CPU")
+
+
+def _quark_config(element_dtype: str, source: onnx.ModelProto) -> Any:
+    """Quark's MX config for the element dtype, restricted as LLM deployments use it: the
+    linear layers' MatMuls (weights and input activations MX, block 32 along K), not the
+    attention's activation x activation MatMuls, no MX on the MatMul outputs."""
+    import dataclasses
+
+    from quark.onnx.quantization.config import custom_config
+
+    base = {"fp8_e4m3": custom_config.MXFP8E4M3_CONFIG,
+            "fp8_e5m2": custom_config.MXFP8E5M2_CONFIG,
+            "fp6_e3m2": custom_config.MXFP6E3M2_CONFIG,
+            "fp6_e2m3": custom_config.MXFP6E2M3_CONFIG,
+            "fp4_e2m1": custom_config.MXFP4E2M1_CONFIG}[element_dtype]
+    weights = {t.name for t in source.graph.initializer}
+    activation_matmuls = [n.name for n in source.graph.node
+                          if n.op_type == "MatMul" and n.input[1] not in weights]
+    return dataclasses.replace(
+        base, op_types_to_quantize=["MatMul"], nodes_to_exclude=activation_matmuls,
+        extra_options={**base.extra_options, "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+
+
+def export_quark(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """AMD Quark's ONNX quantizer (ModelQuantizer) to MXFP8 / MXFP6 / MXFP4 on the Llama
+    export, references from onnxruntime with Quark's custom-op library; plus
+    ``quark_mx_elements``: one MXQuantizeDequantize per element dtype on edge-case values
+    (ties, saturation, zeros, 2^±100 blocks) for the element-by-element comparison."""
+    from quark.onnx import ModelQuantizer
+    from quark.onnx.quantization.config.config import Config
+
+    library = _quark_library()
+    source = onnx.load(str(TESTS_DATA / f"{QUARK_SOURCE}.onnx"))
+    feeds = _stored_feeds(QUARK_SOURCE)
+    entries = {}
+    for name, element_dtype in QUARK_MODELS.items():
+        if only and name not in only:
+            continue
+        config = _quark_config(element_dtype, source)
+
+        class Reader:  # calibration: the stored inputs (MX needs no activation statistics)
+            def __init__(self) -> None:
+                self.rewind()
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.batches, None)
+
+            def rewind(self) -> None:
+                with np.load(TESTS_DATA / f"{QUARK_SOURCE}.inputs.npz") as npz:
+                    self.batches = iter([{k: npz[k] for k in npz.files}])
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            start = time.perf_counter()
+            with contextlib.chdir(tmp):  # Quark writes a quantized_info.csv into the cwd
+                ModelQuantizer(Config(global_quant_config=config)).quantize_model(
+                    str(TESTS_DATA / f"{QUARK_SOURCE}.onnx"), str(path), Reader())
+            entry = {"toolchain": "amd-quark", "source": QUARK_SOURCE,
+                     "element_dtype": element_dtype,
+                     "config": {"op_types_to_quantize": ["MatMul"],
+                                "nodes_to_exclude": config.nodes_to_exclude,
+                                "OpTypesToExcludeOutputQuantization": ["MatMul"],
+                                "MXAttributes": config.extra_options["MXAttributes"]},
+                     "export_s": round(time.perf_counter() - start, 2),
+                     "versions": {"amd-quark": _dist_version("amd-quark")},
+                     "reference": "onnxruntime with Quark's custom-op library"}
+            entries[name] = write(name, path, feeds, entry, custom_op_lib=library)
+    if not only or "quark_mx_elements" in only:
+        entries["quark_mx_elements"] = _export_quark_elements(library)
+    return entries
+
+
+def mx_edge_values(rows: int = 8, block: int = 32) -> np.ndarray:
+    """[rows, 4 * block] fp32 values whose MX quantization exercises the rule's corners."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((rows, 4 * block)).astype(np.float32)
+    x *= np.float32(2.0) ** rng.integers(-12, 12, (rows, 4, 1)).repeat(block, 2).reshape(rows, -1)
+    x[0, :block] = 0.0  # an all-zero block
+    ladder = np.float32(2.0) ** np.arange(-8, 3, dtype=np.float32)
+    x[1, :block] = np.resize(np.concatenate([ladder * 1.5, -ladder * 1.25]), block)  # ties
+    x[2, :block] = np.linspace(-7.99, 7.99, block, dtype=np.float32)  # saturation (amax < 8)
+    x[3, :block] = np.float32(2.0 ** 100) * rng.standard_normal(block).astype(np.float32)
+    x[3, block:2 * block] = np.float32(2.0 ** -100) * rng.standard_normal(block).astype(np.float32)
+    x[4, :block] = np.float32(1.0) + np.arange(block, dtype=np.float32) / 64  # fine steps
+    return x
+
+
+def _export_quark_elements(library: str) -> dict[str, Any]:
+    """One MXQuantizeDequantize per element dtype (axis -1 and axis 0) on mx_edge_values."""
+    x = mx_edge_values()
+    nodes, outputs = [], []
+    for dtype in QUARK_ELEMENT_DTYPES:
+        for axis in (-1, 0):
+            out = f"{dtype}_axis{axis % 2}"
+            nodes.append(onnx.helper.make_node(
+                "MXQuantizeDequantize", ["x"], [out], f"mx_{out}", domain="com.amd.quark",
+                element_dtype=dtype, axis=axis, block_size=32, rounding_mode=2))
+            outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT,
+                                                              list(x.shape)))
+    graph = onnx.helper.make_graph(
+        nodes, "quark_mx_elements",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))], outputs)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                         onnx.helper.make_opsetid("com.amd.quark", 1)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, str(path))
+        entry = {"toolchain": "amd-quark", "element_dtypes": list(QUARK_ELEMENT_DTYPES),
+                 "versions": {"amd-quark": _dist_version("amd-quark")},
+                 "reference": "onnxruntime with Quark's custom-op library"}
+        return write("quark_mx_elements", path, lambda session: {"x": x}, entry,
+                     custom_op_lib=library)
+
+
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -461,6 +591,7 @@ TOOLCHAINS: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
     "genai": export_genai,
     "ortopt": export_ortopt,
     "ortquant": export_ortquant,
+    "quark": export_quark,
 }
 
 

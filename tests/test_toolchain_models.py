@@ -4,7 +4,9 @@ Every model there was written by a real toolchain (optimum-onnx, onnxruntime-gen
 builder, onnxruntime's optimizer and quantizers, AMD Quark) from a random-weight transformers
 config by scripts/export_toolchain_models.py, with onnxruntime's outputs stored beside it.
 maiac compiles each (symbolic dims bound from the stored inputs) and must match onnxruntime
-within rtol 1e-4 / atol 1e-5 on every output (logits and the present KV cache), except where
+within rtol 1e-4 / atol 1e-5 on every output (logits and the present KV cache; AMD Quark's MX
+models run in native MX formats and are compared with onnxruntime + Quark's custom-op
+library), except where
 onnxruntime's kernel computes in another precision than the graph says
 (MatMulNBits ``accuracy_level=4`` quantizes activations to int8): those by cosine >= 0.999
 and top-1 agreement of the logits.
@@ -31,6 +33,8 @@ MIN_COSINE = 0.999
 
 # name -> why maiac cannot import it yet (xfail(strict): a fix shows up as XPASS)
 NOT_YET: dict[str, str] = {}
+# element-level reference data, not a model to compile (test_quark_mx_elements_bit_exact)
+NOT_A_MODEL = ("quark_mx_elements",)
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -56,7 +60,8 @@ def int8_activations(name: str) -> bool:
 
 def cases() -> list[Any]:
     return [pytest.param(name, id=name, marks=[pytest.mark.xfail(strict=True, reason=NOT_YET[name])]
-                         if name in NOT_YET else []) for name in sorted(MODELS)]
+                         if name in NOT_YET else []) for name in sorted(MODELS)
+            if name not in NOT_A_MODEL]
 
 
 def check(name: str, got: dict[str, np.ndarray], refs: dict[str, np.ndarray]) -> None:
@@ -137,3 +142,98 @@ def test_cli_verify_against_stored_reference_and_custom_op_lib(tmp_path: Path) -
     missing = runner.invoke(main, ["verify", model, "--inputs", inputs,
                                    "--ort-custom-op-lib", str(tmp_path / "nope.so")])
     assert missing.exit_code == 2 and "nope.so: no such file" in missing.output
+
+
+# -- AMD Quark MX ------------------------------------------------------------------------
+
+def test_quark_mx_elements_bit_exact() -> None:
+    """maiac's MX quantization (runtime.formats, floor scale rule) equals Quark's
+    MXQuantizeDequantize kernel (run by onnxruntime with Quark's library) value for value
+    on edge cases (ties, saturation, zero blocks, 2^+-100 scales), along both axes, for
+    every element dtype; bit for bit except Quark's +0 for a negative value rounding to 0."""
+    from maiac.importers.quark import ELEMENT_FORMATS
+    from maiac.runtime import formats
+
+    x = load_npz(DATA / "quark_mx_elements.inputs.npz")["x"]
+    refs = load_npz(DATA / "quark_mx_elements.ref.npz")
+    assert len(refs) == 2 * len(ELEMENT_FORMATS)
+    for name, ref in refs.items():
+        dtype, axis = name.rsplit("_axis", 1)
+        got = formats.fake_quantize(x, ELEMENT_FORMATS[dtype], axis=-1 if axis == "1" else 0,
+                                    scale_mode="floor")
+        np.testing.assert_array_equal(got, ref, err_msg=name)
+        nonzero = ref != 0
+        assert np.array_equal(got[nonzero].view(np.uint32), ref[nonzero].view(np.uint32)), name
+        assert np.count_nonzero(ref) > 128, name  # not a vacuous comparison
+
+
+def test_quark_mx_model_runs_native_mx_formats() -> None:
+    """A Quark MXFP4 model compiles with no --quant into MX matmuls (weights stored as
+    codes + E8M0 scales, activations quantized on the TVP) named by its nodes, equals
+    the reference, and differs from the same graph run without its MX (--quant none)."""
+    from maiac.driver import compile_module
+
+    name = "quark_llama_mxfp4"
+    feeds = load_npz(DATA / f"{name}.inputs.npz")
+    ref = load_npz(DATA / f"{name}.ref.npz")["logits"]
+    module = compile_module(DATA / f"{name}.onnx")
+    summary = json.loads(module.attributes["maia.quant"].data)
+    assert summary["spec"] == "model"
+    assert len(summary["ops"]) == 15 and set(summary["ops"].values()) == {"w=mxfp4,a=mxfp4"}
+    assert set(summary["attention"].values()) == {"f32"}  # Quark left attention unquantized
+    program = maiac.compile(DATA / f"{name}.onnx")
+    assert program.program.meta["quant"] == "model"
+    np.testing.assert_allclose(program.run(feeds)["logits"], ref, rtol=RTOL, atol=ATOL)
+    plain = maiac.compile(DATA / f"{name}.onnx", quant="none").run(feeds)["logits"]
+    assert cosine(plain, ref) < 0.99  # the MX is what makes the outputs agree
+
+
+def _mx_matmul(element_dtype: str, block_size: int = 32, reader: str = "MatMul"
+               ) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    mx = helper.make_node("MXQuantizeDequantize", ["x"], ["xq"], "mx_x", domain="com.amd.quark",
+                          element_dtype=element_dtype, axis=-1, block_size=block_size,
+                          rounding_mode=2)
+    if reader == "MatMul":
+        nodes = [mx, helper.make_node("MatMul", ["xq", "w"], ["y"], "mm")]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])
+    else:
+        nodes = [mx, helper.make_node("Add", ["xq", "x"], ["y"], "add")]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])
+    graph = helper.make_graph(nodes, "mx", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [4, 64])], [out], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.amd.quark", 1)])
+
+
+def test_quark_mx_attributes_without_a_maia_format_are_one_error() -> None:
+    from maiac.runtime.errors import MaiacError
+
+    with pytest.raises(MaiacError, match="node 'mx_x'.*element_dtype 'int8' has no Maia MX"):
+        maiac.compile(_mx_matmul("int8"))
+    with pytest.raises(MaiacError, match="node 'mx_x'.*block_size 16 is not supported"):
+        maiac.compile(_mx_matmul("fp4_e2m1", block_size=16))
+
+
+def test_quark_mx_on_a_non_matmul_operand_warns_and_runs_fp32() -> None:
+    x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    with pytest.warns(UserWarning, match="1 MX quantization node.*mx_x \\(read by Add\\)"):
+        program = maiac.compile(_mx_matmul("fp8_e4m3", reader="Add"))
+    np.testing.assert_allclose(program.run({"x": x})["y"], 2 * x, rtol=1e-6)
+
+
+def test_cli_verify_quark_model_against_stored_reference() -> None:
+    from click.testing import CliRunner
+
+    from maiac.cli import main
+
+    name = "quark_llama_mxfp8"
+    result = CliRunner().invoke(main, [
+        "verify", str(DATA / f"{name}.onnx"), "--inputs", str(DATA / f"{name}.inputs.npz"),
+        "--reference", str(DATA / f"{name}.ref.npz"), "--json"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.output)
+    assert verdict["quant"] == "model" and verdict["ok"]
+    assert verdict["outputs"][0]["cosine"] >= 0.99999

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Callable
 
 import onnx
 from onnx import helper
 
-from maiac.importers import contrib, qdq
+from maiac.importers import contrib, qdq, quark
 from maiac.importers.graph_builder import Expansion
 
 EXPANSIONS: dict[tuple[str, str], Callable[[Expansion], None]] = {
-    **contrib.EXPANSIONS, **qdq.EXPANSIONS,
+    **contrib.EXPANSIONS, **qdq.EXPANSIONS, **quark.EXPANSIONS,
 }
 _DEFAULT = ("", "ai.onnx")
+MODEL_QUANT_KEY = "maiac.model_quant"
 
 
 def _domain(node: onnx.NodeProto) -> str:
@@ -52,6 +55,8 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
     quant_hints: dict[str, dict] = {}
+    model_quant: dict[str, dict] = {}
+    dropped: list[str] = []
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -70,6 +75,7 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
         expansion.last_dim = hints.last_dim
         expansion.head_size = hints.head_size
         expansion.quant_hints = quant_hints
+        expansion.model_quant, expansion.model_quant_dropped = model_quant, dropped
         expansion.consumers, expansion.done, expansion.graph_outputs = consumers, done, outputs
         rule(expansion)
         nodes.extend(expansion.nodes)
@@ -88,10 +94,28 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
     del expanded.functions[:]
     expanded.functions.extend(model.functions)
     if quant_hints:
-        import json
-
         expanded.metadata_props.add(key="maiac.narrow_weights", value=json.dumps(quant_hints))
+    if model_quant:
+        expanded.metadata_props.add(key=MODEL_QUANT_KEY, value=json.dumps(model_quant))
+    if dropped:
+        warnings.warn(f"{len(dropped)} MX quantization node(s) quantize no matmul operand and "
+                      f"are not applied (maiac computes there in fp32): {', '.join(dropped[:3])}"
+                      f"{', ...' if len(dropped) > 3 else ''}", stacklevel=2)
     return expanded
+
+
+def model_quant_table(model: onnx.ModelProto) -> dict[str, dict] | None:
+    """The model's own quantization as maiac formats (MatMul name -> {"w", "a",
+    "scale_mode"}), from an expanded model's metadata; None when it has none."""
+    for prop in model.metadata_props:
+        if prop.key == MODEL_QUANT_KEY:
+            return json.loads(prop.value)
+    return None
+
+
+def carries_model_quant(model: onnx.ModelProto) -> bool:
+    """True when the model has quantization nodes maiac maps onto native formats (Quark MX)."""
+    return any(_domain(n) in (quark.QUARK, quark.QUARK_DEPRECATED) for n in model.graph.node)
 
 
 class StaticHints:

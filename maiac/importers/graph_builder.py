@@ -39,6 +39,10 @@ class Expansion:
         self.last_dim: Callable[[str], int | None] = lambda name: None
         self.head_size: Callable[[str, int], int | None] = lambda name, heads: None
         self.quant_hints: dict[str, dict] = {}
+        # the model's own quantization mapped onto maiac formats (importers/quark.py):
+        # MatMul node name -> {"w", "a", "scale_mode"}; quantization nodes not mappable
+        self.model_quant: dict[str, dict] = {}
+        self.model_quant_dropped: list[str] = []
 
     # -- naming and errors -------------------------------------------------------------
 
