@@ -56,9 +56,11 @@ from maiac.runtime.liveness import first_reads
 from maiac.runtime.memory import access_extent, np_dtype
 from maiac.runtime.parallel import (
     BLAS_THREADED_MNK,
+    MIN_SPLIT_BYTES,
     MIN_SPLIT_FLOPS,
     run_split,
     single_threaded_blas,
+    split_axis,
 )
 from maiac.runtime.program import Program, _program_target, instr_label, validate_program
 from maiac.runtime.quant_ops import count_nonfinite, decode_operand
@@ -263,9 +265,23 @@ class _Machine:
             # a byte copy: trailing dims contiguous on both sides move as one wide element
             pairs = broadcast_copies(dst, src, len(trips), instr, grid)
             if pairs is not None:
+                if dma_splitter(instr, dst, len(trips), len(grid)) is None:
+                    def step(it: tuple[int, ...]) -> None:
+                        for d, s_ in pairs:
+                            np.copyto(d[it], s_[it])
+                    return step
+                # large: each copy split over the workers along a grid axis (chunks write
+                # disjoint tiles; the tile-to-tile copies read tiles none of them writes)
+                n_trips = len(trips)
+                kept = [min(len(grid), d.ndim - n_trips - 1) if d.dtype.kind == "V"
+                        else len(grid) for d, _ in pairs]
+
                 def step(it: tuple[int, ...]) -> None:
-                    for d, s_ in pairs:
-                        np.copyto(d[it], s_[it])
+                    for (d, s_), n_kept in zip(pairs, kept, strict=True):
+                        dv = d[it]
+                        axis = split_axis(dv.shape, n_trips - len(it), n_kept) \
+                            if dv.nbytes >= MIN_SPLIT_BYTES else None
+                        run_split(np.copyto, [dv, s_[it]], axis)
                 return step
             dst, src = as_rows(dst, src, len(trips))
             split = dma_splitter(instr, dst, len(trips), len(grid))
