@@ -30,6 +30,7 @@ from xdsl.pattern_rewriter import (
     PatternRewriteWalker,
     RewritePattern,
 )
+from xdsl.rewriter import InsertPoint
 from xdsl.transforms.dead_code_elimination import region_dce
 
 from maiac.ir import resources
@@ -54,12 +55,26 @@ def _static_shape(value_type) -> tuple[int, ...] | None:
     return None
 
 
+def _empty_value(value_type) -> np.ndarray | None:
+    """The (only) value of a static tensor type with zero elements, else None."""
+    shape = _static_shape(value_type)
+    if shape is None or 0 not in shape:
+        return None
+    return np.zeros(shape, resources.numpy_dtype(value_type.get_element_type()))
+
+
 def _constant_inputs(op: Operation) -> list[np.ndarray | None] | None:
-    """The values of all of ``op``'s inputs (None for absent ones), or None if one is unknown."""
+    """The values of all of ``op``'s inputs (None for absent ones), or None if one is unknown.
+
+    A zero-size input is known whatever produces it: it has no values."""
     values: list[np.ndarray | None] = []
     for operand in op.operands:
         if isinstance(operand.type, NoneType):
             values.append(None)
+            continue
+        empty = _empty_value(operand.type)
+        if empty is not None:
+            values.append(empty)
             continue
         owner = operand.owner
         if not isinstance(owner, Operation) or owner.name != "onnx.Constant":
@@ -126,6 +141,27 @@ class FoldConstant(RewritePattern):
         rewriter.replace(op, new_ops, [c.results[0] for c in new_ops])
 
 
+class ReplaceEmptyResults(RewritePattern):
+    """A used zero-size result of a runtime op (a Slice past the end, an empty piece of a
+    Split) becomes an empty ``onnx.Constant``: the machine has nothing to compute for it,
+    and its consumers see a constant (Concat drops it, a reduce over it folds)."""
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter, /) -> None:
+        if not op.name.startswith("onnx.") or op.name in _NEVER_FOLD:
+            return
+        for result in op.results:
+            empty = _empty_value(result.type)
+            if empty is None or not result.uses:
+                continue
+            hint = (node_name(op) or "empty") + "_empty"
+            const = ONNX_OPS["Constant"].create(
+                result_types=[result.type],
+                attributes={"value": resources.constant_attr(empty, hint),
+                            NAME_ATTR: StringAttr(hint)})
+            rewriter.insert(const, InsertPoint.before(op))
+            rewriter.replace_all_uses_with(result, const.results[0])
+
+
 def module_opsets(module: ModuleOp) -> dict[str, int]:
     """The module's ``onnx.opset_import`` as a dict (default domain ""), or {}."""
     attr = module.attributes.get(OPSET_ATTR)
@@ -157,6 +193,7 @@ class FoldConstantsPass(ModulePass):
             RemoveNoOp(),
             RemoveInferenceDropout(),
             FoldConstant(opsets, self.size_limit, self.grow_limit),
+            ReplaceEmptyResults(),
         ]
         PatternRewriteWalker(
             GreedyRewritePatternApplier(patterns), post_walk_func=region_dce
