@@ -8,6 +8,7 @@ the project venv never gets torch)::
     ortopt   (onnxruntime only): onnxruntime.transformers.optimizer contrib-op graphs
     ortquant (onnxruntime only): QDQ / dynamic int8 / QOperator / MatMulNBits quantization
     quark    (amd-quark, onnx 1.22): MX quantization
+    onnxqdq  (onnx >= 1.18, the project venv): the standard-opset MX QDQ form (opset 24)
 
     python -m venv /work/venvs/deployed-optimum
     /work/venvs/deployed-optimum/bin/pip install torch==2.13.0 optimum-onnx onnxruntime
@@ -188,24 +189,37 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def write(name: str, model_path: Path, feeds_for: Callable[[ort.InferenceSession],
-          dict[str, np.ndarray]], entry: dict[str, Any], custom_op_lib: str | None = None
-          ) -> dict[str, Any]:
-    """Copy the model in as one file, run onnxruntime on the feeds, store both."""
+          dict[str, np.ndarray]], entry: dict[str, Any], custom_op_lib: str | None = None,
+          onnx_reference: bool = False) -> dict[str, Any]:
+    """Copy the model in as one file, run onnxruntime on the feeds, store both.
+
+    ``onnx_reference``: the outputs come from the ONNX reference implementation
+    (``onnx.reference``) instead, for ops the installed onnxruntime does not run;
+    ``feeds_for`` then gets the session None."""
     model = onnx.load(str(model_path))  # external data, if any, is loaded and embedded
     for node in model.graph.node:
         del node.metadata_props[:]
     DATA.mkdir(parents=True, exist_ok=True)
     target = DATA / f"{name}.onnx"
     onnx.save_model(model, str(target), save_as_external_data=False)
-    options = ort.SessionOptions()
-    if custom_op_lib:
-        options.register_custom_ops_library(custom_op_lib)
-    session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
-    feeds = feeds_for(session)
-    start = time.perf_counter()
-    outputs = session.run(None, feeds)
-    entry["onnxruntime_s"] = round(time.perf_counter() - start, 4)
-    refs = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+    if onnx_reference:
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = feeds_for(None)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        outputs = ReferenceEvaluator(model).run(None, feeds)
+        entry["onnx_reference_s"] = round(time.perf_counter() - start, 4)
+        refs = dict(zip([o.name for o in model.graph.output], outputs, strict=True))
+    else:
+        options = ort.SessionOptions()
+        if custom_op_lib:
+            options.register_custom_ops_library(custom_op_lib)
+        session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+        feeds = feeds_for(session)
+        start = time.perf_counter()
+        outputs = session.run(None, feeds)
+        entry["onnxruntime_s"] = round(time.perf_counter() - start, 4)
+        refs = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
     np.savez(DATA / f"{name}.inputs.npz", **feeds)
     np.savez(DATA / f"{name}.ref.npz", **refs)
     entry.update({
@@ -577,6 +591,90 @@ def _export_quark_elements(library: str) -> dict[str, Any]:
                      custom_op_lib=library)
 
 
+ONNX_MX_MODELS: dict[str, tuple[int, int]] = {
+    # name -> (element type of the weights, emax of that element type); E8M0 block scales
+    "onnxqdq_llama_mxfp4": (onnx.TensorProto.FLOAT4E2M1, 2),
+    "onnxqdq_llama_mxfp8": (onnx.TensorProto.FLOAT8E4M3FN, 8),
+}
+ONNX_MX_SOURCE = "llama_dynamo"
+
+
+def _mx_weight_nodes(name: str, w: np.ndarray, element_type: int, emax: int
+                     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """``DequantizeLinear(codes, e8m0 scales, axis=0, block_size=32)`` of the [K, N] weight:
+    scales by the OCP rule (2^(floor(log2 amax) - emax) per block of 32 along K), codes by
+    the ONNX reference's QuantizeLinear (round half to even, saturate)."""
+    import ml_dtypes
+    from onnx.reference import ReferenceEvaluator
+
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    k, n = w.shape
+    amax = np.abs(w.reshape(k // 32, 32, n)).max(axis=1)
+    exponent = np.floor(np.log2(np.where(amax > 0, amax, 1.0))) - emax
+    exponent = np.where(amax > 0, exponent, -127).clip(-127, 127)
+    scales = (2.0 ** exponent).astype(ml_dtypes.float8_e8m0fnu)
+    quantize = helper.make_model(helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["w", "s"], ["q"], axis=0, block_size=32,
+                          output_dtype=element_type)], "q", [],
+        [helper.make_tensor_value_info("q", element_type, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scales, "s")]),
+        opset_imports=[helper.make_opsetid("", 24)])
+    codes = ReferenceEvaluator(quantize).run(None, {})[0]
+    node = helper.make_node("DequantizeLinear", [f"{name}_codes", f"{name}_scales"],
+                            [f"{name}_dequantized"], f"{name}_DequantizeLinear", axis=0,
+                            block_size=32, output_dtype=onnx.TensorProto.FLOAT)
+    return ([node], [numpy_helper.from_array(codes, f"{name}_codes"),
+                     numpy_helper.from_array(scales, f"{name}_scales")], f"{name}_dequantized")
+
+
+def export_onnxqdq(only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The standard-opset MX QDQ form (opset 24): every linear layer's weight as FLOAT4E2M1 /
+    FLOAT8E4M3FN codes with FLOAT8E8M0 block scales through DequantizeLinear. onnxruntime
+    1.32's CPU provider has no kernel for these types, so the references come from the ONNX
+    reference implementation (``onnx.reference``)."""
+    from onnx import version_converter
+
+    entries = {}
+    for name, (element_type, emax) in ONNX_MX_MODELS.items():
+        if only and name not in only:
+            continue
+        model = version_converter.convert_version(
+            onnx.load(str(TESTS_DATA / f"{ONNX_MX_SOURCE}.onnx")), 24)
+        inits = {t.name: t for t in model.graph.initializer}
+        nodes: list[onnx.NodeProto] = []
+        replaced: set[str] = set()
+        for node in model.graph.node:
+            weight = node.input[1] if node.op_type == "MatMul" else ""
+            if weight in inits and len(inits[weight].dims) == 2:
+                w = onnx.numpy_helper.to_array(inits[weight]).astype(np.float32)
+                dq, tensors, out = _mx_weight_nodes(weight, w, element_type, emax)
+                nodes.extend(dq)
+                model.graph.initializer.extend(tensors)
+                replaced.add(weight)
+                node.input[1] = out
+            nodes.append(node)
+        kept = [t for t in model.graph.initializer if t.name not in replaced]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.checker.check_model(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model, str(path))
+            entry = {"toolchain": "onnx (standard MX QDQ)", "source": ONNX_MX_SOURCE,
+                     "weights": onnx.TensorProto.DataType.Name(element_type),
+                     "scales": "FLOAT8E8M0, block 32 along K (OCP floor rule)",
+                     "mx_weights": len(replaced),
+                     "reference": f"onnx.reference (onnx {onnx.__version__}); onnxruntime "
+                                  f"{ort.__version__} has no CPU kernel for these types"}
+            with np.load(TESTS_DATA / f"{ONNX_MX_SOURCE}.inputs.npz") as npz:
+                stored = {k: npz[k] for k in npz.files}
+            entries[name] = write(name, path, lambda _session, feeds=stored: feeds, entry,
+                                  onnx_reference=True)
+    return entries
+
+
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -592,6 +690,7 @@ TOOLCHAINS: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
     "ortopt": export_ortopt,
     "ortquant": export_ortquant,
     "quark": export_quark,
+    "onnxqdq": export_onnxqdq,
 }
 
 

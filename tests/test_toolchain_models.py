@@ -237,3 +237,81 @@ def test_cli_verify_quark_model_against_stored_reference() -> None:
     verdict = json.loads(result.output)
     assert verdict["quant"] == "model" and verdict["ok"]
     assert verdict["outputs"][0]["cosine"] >= 0.99999
+
+
+# -- the standard-opset MX QDQ form (opset 23/24 DequantizeLinear) ------------------------
+
+def test_standard_mx_qdq_weights_stay_mx() -> None:
+    """FLOAT4E2M1 codes with FLOAT8E8M0 block scales through DequantizeLinear (opset 24; no
+    onnxruntime CPU kernel, reference from onnx.reference) compile to MXFP4 weights (codes +
+    E8M0 scales, not fp32) with the same outputs as the graph's own dequantized semantics."""
+    from maiac.driver import compile_module
+
+    name = "onnxqdq_llama_mxfp4"
+    feeds = load_npz(DATA / f"{name}.inputs.npz")
+    shapes = {k: v.shape for k, v in feeds.items()}
+    module = compile_module(DATA / f"{name}.onnx", shapes=shapes)
+    summary = json.loads(module.attributes["maia.quant"].data)
+    assert len(summary["ops"]) == 15 and set(summary["ops"].values()) == {"w=mxfp4,a=fp32"}
+    native = maiac.compile(DATA / f"{name}.onnx", shapes=shapes)
+    fp32 = maiac.compile(DATA / f"{name}.onnx", shapes=shapes, quant="none")
+    assert native.report()["weight_bytes"] < 0.3 * fp32.report()["weight_bytes"]
+    ref = load_npz(DATA / f"{name}.ref.npz")["logits"]
+    np.testing.assert_allclose(native.run(feeds)["logits"], ref, rtol=RTOL, atol=ATOL)
+
+
+def _dq_matmul(codes: np.ndarray, scales: np.ndarray, element_type: int,
+               opset: int = 24) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = codes.shape
+    extra = {"output_dtype": TensorProto.FLOAT} if opset >= 24 else {}
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s"], ["wd"], "dq", axis=0,
+                              block_size=32, **extra),
+             helper.make_node("MatMul", ["x", "wd"], ["y"], "mm")]
+    graph = helper.make_graph(nodes, "mx_qdq", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [4, k])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [4, n])],
+        [numpy_helper.from_array(codes, "w"), numpy_helper.from_array(scales, "s")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _weight_formats(model: onnx.ModelProto) -> set[str]:
+    from maiac.driver import compile_module
+
+    quant = compile_module(model).attributes.get("maia.quant")  # absent: no quantize pass
+    return set(json.loads(quant.data)["ops"].values()) if quant is not None else set()
+
+
+def test_standard_mx_qdq_mapping_rules() -> None:
+    """Power-of-two fp32 scales (opset 23) map onto MX too; a non-power-of-two scale does
+    not (it stays the graph's fp32 dequantization); an E4M3 block whose scale is above the
+    floor rule's and whose largest element would saturate on requantization keeps fp32,
+    with a warning, and every case computes what onnx.reference computes."""
+    import ml_dtypes
+    from onnx import TensorProto
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    codes = rng.standard_normal((64, 32)).astype(ml_dtypes.float4_e2m1fn)
+    pow2 = (2.0 ** rng.integers(-4, 4, (2, 32))).astype(np.float32)
+    cases = [
+        (_dq_matmul(codes, pow2, TensorProto.FLOAT4E2M1, opset=23), {"w=mxfp4,a=fp32"}),
+        (_dq_matmul(codes, pow2 * np.float32(1.5), TensorProto.FLOAT4E2M1, opset=23), set()),
+        (_dq_matmul(codes, pow2.astype(ml_dtypes.float8_e8m0fnu), TensorProto.FLOAT4E2M1),
+         {"w=mxfp4,a=fp32"}),
+    ]
+    # 240 = 1.875 * 2^7 is the block's largest E4M3 code: the floor rule's scale is half of
+    # the stored one, and 480 does not exist in E4M3
+    e4m3 = np.full((64, 32), 1.0, np.float32)
+    e4m3[0, :] = 240.0
+    saturating = _dq_matmul(e4m3.astype(ml_dtypes.float8_e4m3fn),
+                            np.ones((2, 32), ml_dtypes.float8_e8m0fnu), TensorProto.FLOAT8E4M3FN)
+    for model, expected in cases:
+        assert _weight_formats(model) == expected
+        ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        np.testing.assert_allclose(maiac.compile(model).run({"x": x})["y"], ref, rtol=1e-5,
+                                   atol=1e-5)
+    with pytest.warns(UserWarning, match="node 'dq': mxfp8e4m3 weight not reproducible"):
+        assert _weight_formats(saturating) == set()

@@ -87,6 +87,7 @@ def dequantize_linear(e: Expansion) -> None:
         e.quant_hints[e.output(0)] = {"from": TensorProto.DataType.Name(source.data_type),
                                       "block_size": int(e.attr("block_size", 0)),
                                       "axis": int(e.attr("axis", 1))}
+        _record_mx_weight(e)
         return
     if int(e.attr("block_size", 0)):
         raise e.fail("blocked dequantization of a runtime tensor is not supported")
@@ -95,6 +96,67 @@ def dequantize_linear(e: Expansion) -> None:
         x = e.one("Sub", [x, e.one("Cast", [_axis_view(e, e.input(2), e.input(0))],
                                    to=TensorProto.FLOAT)])
     e.one("Mul", [x, _axis_view(e, e.input(1), e.input(0))], e.output(0))
+
+
+# the standard-opset MX form of a weight: DequantizeLinear of these element types with
+# power-of-two (FLOAT8E8M0, opset 24) block scales, block 32 along K -> the Maia MX format
+MX_ELEMENTS: dict[int, str] = {
+    TensorProto.FLOAT4E2M1: "mxfp4", TensorProto.FLOAT8E4M3FN: "mxfp8e4m3",
+    TensorProto.FLOAT8E5M2: "mxfp8e5m2", TensorProto.FLOAT6E2M3: "mxfp6e2m3",
+    TensorProto.FLOAT6E3M2: "mxfp6e3m2",
+}
+MX_BLOCK = 32
+
+
+def _power_of_two_scales(e: Expansion) -> bool:
+    scale = e.initializers.get(e.input(1))
+    if scale is None:
+        return False
+    if scale.data_type == TensorProto.FLOAT8E8M0:
+        return True
+    values = numpy_helper.to_array(scale).astype(np.float64)
+    mantissa, _ = np.frexp(values)
+    return bool(np.all(np.isfinite(values)) and np.all(mantissa == 0.5))
+
+
+def _record_mx_weight(e: Expansion) -> None:
+    """A folded DequantizeLinear that is an MX weight (MX element type, power-of-two
+    scales, blocks of 32 along K of a [K, N] MatMul weight, no zero point) keeps its format:
+    its MatMul is recorded for ``--quant model`` (importers/quark.py's table) so the weight
+    is stored as MX codes + E8M0 scales again. Requantizing the decoded values by the
+    floor rule reproduces them exactly (checked here: a block whose scale the exporter
+    chose larger than the floor rule and whose largest element then saturates, possible
+    only for E4M3, keeps the whole weight in fp32, with a warning)."""
+    import warnings
+
+    from maiac.runtime import formats
+
+    source = e.initializers[e.input(0)]
+    fmt = MX_ELEMENTS.get(source.data_type)
+    axis = int(e.attr("axis", 1))
+    if fmt is None or int(e.attr("block_size", 0)) != MX_BLOCK or len(source.dims) != 2 \
+            or axis not in (0, -2) or not _power_of_two_scales(e):
+        return
+    if e.input(2):
+        zero_point = e.initializers.get(e.input(2))
+        if zero_point is None or np.any(numpy_helper.to_array(zero_point).astype(np.float32)):
+            return
+    readers = [r for r in e.consumers.get(e.output(0), [])
+               if r.op_type == "MatMul" and len(r.input) > 1 and r.input[1] == e.output(0)]
+    if not readers:
+        return
+    decoded = e.new_initializers[-1]
+    value = numpy_helper.to_array(decoded)
+    again = formats.fake_quantize(value, fmt, axis=0, scale_mode="floor")
+    if not np.array_equal(again, value):
+        warnings.warn(f"node '{e.node.name or e.output(0)}': {fmt} weight not reproducible "
+                      f"by the floor scale rule ({int(np.sum(again != value))} element(s) "
+                      "differ); it runs in fp32", stacklevel=2)
+        return
+    for reader in readers:
+        entry = e.model_quant.setdefault(reader.name or reader.output[0],
+                                         {"w": None, "a": None, "scale_mode": "floor"})
+        entry["w"] = fmt
 
 
 def _quantized_type(e: Expansion) -> int:
