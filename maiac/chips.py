@@ -100,6 +100,56 @@ class ChipGroup:
         return out
 
 
+class ShardedSession:
+    """A tensor-parallel group as a generation session (the interface of
+    runtime.session.Session that maiac/generate.py uses): each chip keeps its machine
+    between runs and holds its KV heads of every ``resident`` cache (``meta["shard"]
+    ["inputs"]`` says which); :meth:`tensor` of a resident input is the host's staging
+    copy of the whole cache, from which every run hands each chip its heads."""
+
+    def __init__(self, group: ChipGroup, resident: Sequence[str] = ()) -> None:
+        from maiac.runtime.multichip import ChipRunner, check_group
+        from maiac.runtime.program import TensorSpec  # noqa: F401 (the specs' type)
+
+        if group.timing_only:
+            raise MaiacError("a timing-only chip group cannot run a generation")
+        check_group(group.programs)
+        self.group = group
+        self.runners = [ChipRunner(p) for p in group.programs]
+        from maiac.chips_cli import full_input_specs
+
+        specs = {s.name: s for s in full_input_specs(group.programs[0])}
+        missing = [n for n in resident if n not in specs]
+        if missing:
+            raise MaiacError(f"resident tensor {missing[0]!r} is not an input of the program")
+        from maiac.runtime.memory import np_dtype
+
+        self.resident = {n: np.zeros(specs[n].shape, np_dtype(specs[n].dtype)) for n in resident}
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The whole of resident input ``name`` (writable; sliced by heads at each run)."""
+        if name not in self.resident:
+            raise MaiacError(f"{name!r} is not a resident input of this chip group")
+        return self.resident[name]
+
+    def run(self, inputs: dict[str, Any], outputs: Sequence[str] | None = None
+            ) -> dict[str, np.ndarray]:
+        from maiac.runtime.multichip import run_runners
+
+        out = run_runners(self.runners, {**inputs, **self.resident})
+        return out if outputs is None else {k: out[k] for k in outputs}
+
+
+def open_session(program: Program | ChipGroup, resident: Sequence[str] = ()) -> Any:
+    """A generation session: runtime.session.Session for one chip's program, a
+    :class:`ShardedSession` for a tensor-parallel group."""
+    if isinstance(program, ChipGroup):
+        return ShardedSession(program, resident)
+    from maiac.runtime.session import Session
+
+    return Session(program, resident)
+
+
 def group_files(program: Program, path: str | Path) -> list[Path] | None:
     """The sibling files of a group member (None for a one-chip program)."""
     shard = (program.meta or {}).get("shard") if isinstance(program.meta, dict) else None

@@ -73,6 +73,7 @@ class GenerateOptions:
     target: str = "maia200"
     target_params: dict[str, str] | None = None
     keep_logits: bool = False         # keep each step's logits (for comparisons)
+    chips: int = 1                    # tensor parallelism: maiac.chips.ShardedSession
 
     def check(self) -> None:
         if self.max_new_tokens < 1:
@@ -80,6 +81,8 @@ class GenerateOptions:
         if self.kv_cache not in KV_DTYPES:
             raise MaiacError(f"--kv-cache must be one of {', '.join(KV_DTYPES)}, "
                              f"got {self.kv_cache!r}")
+        if not isinstance(self.chips, int) or self.chips < 1:
+            raise MaiacError(f"--chips must be a positive integer, got {self.chips!r}")
         self.sampling.check()
 
 
@@ -211,7 +214,7 @@ def _program(dec: Decoder, role: str, shapes: dict[str, tuple[int, ...]],
     from maiac.runtime.timing import simulate
 
     key = (dec.key, tuple(sorted(shapes.items())), opts.quant, opts.kv_cache, opts.target,
-           tuple(sorted((opts.target_params or {}).items())))
+           tuple(sorted((opts.target_params or {}).items())), opts.chips)
     cached = key in _PROGRAMS
     if not cached:
         model = onnx.ModelProto()
@@ -224,12 +227,18 @@ def _program(dec: Decoder, role: str, shapes: dict[str, tuple[int, ...]],
         folder = Path(dec.name).parent if Path(dec.name).is_file() else Path.cwd()
         with contextlib.chdir(folder):
             compiled = compile_model(model, quant=opts.quant, shapes=shapes,
-                                     target=opts.target, target_params=opts.target_params)
+                                     target=opts.target, target_params=opts.target_params,
+                                     **({"chips": opts.chips} if opts.chips > 1 else {}))
         compile_s = time.perf_counter() - start
-        report = simulate(compiled.program)
+        if opts.chips > 1:  # a maiac.chips.ChipGroup: the slowest chip's time
+            rep = compiled.report()
+            entry = (compiled, compile_s, rep["modeled_time_s"], rep["hbm_bytes"])
+        else:
+            report = simulate(compiled.program)
+            entry = (compiled.program, compile_s, report.modeled_time_s, report.hbm_bytes)
         if len(_PROGRAMS) >= _PROGRAM_CACHE_LIMIT:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        _PROGRAMS[key] = (compiled.program, compile_s, report.modeled_time_s, report.hbm_bytes)
+        _PROGRAMS[key] = entry
     program, compile_s, modeled, hbm = _PROGRAMS[key]
     if not any(r.role == role and r.shapes == {k: list(v) for k, v in shapes.items()}
                for r in records):
@@ -309,7 +318,7 @@ def _rows(x: list[int], batch: int) -> np.ndarray:
 def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
                  emit: Callable[[int], bool], records: list[ProgramRecord],
                  logits_out: list[np.ndarray]) -> tuple[list[int], list[float], int]:
-    from maiac.runtime.session import Session
+    from maiac.chips import open_session
 
     n_prompt = len(prompt)
     need = n_prompt + opts.max_new_tokens - 1   # cache slots the last step reads
@@ -321,7 +330,7 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
     # prefill: the prompt against one masked dummy past slot (a zero-length past is not a
     # static shape every pass handles)
     prefill, t_prefill = _program(dec, "prefill", _kv_shapes(dec, n_prompt, 1), opts, records)
-    pre = Session(prefill, [p.past for p in dec.pairs])
+    pre = open_session(prefill, [p.past for p in dec.pairs])
     # the dummy slot is masked: first (Concat appends after it) or last (an op that writes
     # the new keys at the sequence length needs the valid slots first)
     pre_mask = [0] + [1] * n_prompt if dec.appends else [1] * n_prompt + [0]
@@ -330,7 +339,7 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
         feeds[dec.positions] = _rows(list(range(n_prompt)), dec.batch)
     out = pre.run(feeds, [dec.logits, *presents])
     decode, t_decode = _program(dec, "decode", _kv_shapes(dec, 1, capacity), opts, records)
-    dec_session = Session(decode, [p.past for p in dec.pairs])
+    dec_session = open_session(decode, [p.past for p in dec.pairs])
     caches = {p.past: dec_session.tensor(p.past) for p in dec.pairs}
     for pair in dec.pairs:  # the prompt's keys/values into the resident cache
         caches[pair.past][:, :, :n_prompt] = out[pair.present][:, :, :n_prompt]
@@ -375,7 +384,7 @@ def _bucket(n: int, dec: Decoder) -> int:
 def _generate_recompute(dec: Decoder, prompt: list[int], opts: GenerateOptions,
                         emit: Callable[[int], bool], records: list[ProgramRecord],
                         logits_out: list[np.ndarray]) -> tuple[list[int], list[float], int]:
-    from maiac.runtime.session import Session
+    from maiac.chips import open_session
 
     seq = list(prompt)
     tokens: list[int] = []
@@ -393,7 +402,7 @@ def _generate_recompute(dec: Decoder, prompt: list[int], opts: GenerateOptions,
             shapes[dec.positions] = (dec.batch, size)
             feeds[dec.positions] = _rows(list(range(size)), dec.batch)
         program, modeled = _program(dec, "recompute", shapes, opts, records)
-        logits = Session(program).run(feeds, [dec.logits])[dec.logits][0, n - 1]
+        logits = open_session(program).run(feeds, [dec.logits])[dec.logits][0, n - 1]
         times.append(modeled)
         if opts.keep_logits:
             logits_out.append(logits.copy())

@@ -83,12 +83,14 @@ class _Stream:
 @click.option("--compare-onnxruntime", is_flag=True,
               help="Also run onnxruntime's greedy loop: tokens matched, first divergent "
                    "position, per-step logit cosine.")
+@click.option("--chips", type=click.IntRange(1), default=1, show_default=True,
+              help="Tensor parallelism over N chips (KV cache split by KV heads; docs/chips.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 def generate_cmd(model: str, prompt_ids: str | None, prompt: str | None, tokenizer: str | None,
                  max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
                  eos_token_id: int | None, quant: str | None, kv_cache: str,
                  capacity: int | None, target: str, target_param: tuple[str, ...],
-                 compare_onnxruntime: bool, as_json: bool) -> None:
+                 compare_onnxruntime: bool, chips: int, as_json: bool) -> None:
     """Prefill and decode token by token on the machine model; modeled TTFT/TPOT/tokens/s."""
     from maiac.generate import GenerateOptions, SamplingOptions, generate
 
@@ -107,12 +109,14 @@ def generate_cmd(model: str, prompt_ids: str | None, prompt: str | None, tokeniz
         max_new_tokens=max_new_tokens, quant=quant, kv_cache=kv_cache, capacity=capacity,
         eos_token_id=eos_token_id, target=target, target_params=params,
         sampling=SamplingOptions(temperature, top_k, top_p, seed),
-        keep_logits=compare_onnxruntime)
+        keep_logits=compare_onnxruntime, chips=chips)
     stream = _Stream(tok, enabled=not as_json)
     result = generate(model, ids, options=opts, on_token=stream)
     if tok is not None:
         result.text = tok.decode(result.tokens)
     out = result.to_json()
+    if chips > 1:
+        out["chips"] = chips
     if compare_onnxruntime:
         from maiac.generate_ref import compare
 

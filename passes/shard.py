@@ -233,7 +233,7 @@ class Sharder:
         the concat of the cached keys with the new ones."""
         owner = v.owner
         for _ in range(8):
-            if isinstance(owner, maia.RopeOp | maia.ReshapeOp):
+            if isinstance(owner, maia.RopeOp | maia.ReshapeOp | maia.ViewOp):
                 owner = owner.operands[0].owner
             elif isinstance(owner, maia.ConcatOp) and len(owner.operands) == 2:
                 owner = owner.operands[1].owner

@@ -171,7 +171,13 @@ def merge_outputs(programs: Sequence[Program],
 def run_chips(programs: Sequence[Program], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a tensor-parallel group in this process; the group's outputs."""
     check_group(programs)
-    runners = [ChipRunner(p) for p in programs]
+    return run_runners([ChipRunner(p) for p in programs], inputs)
+
+
+def run_runners(runners: Sequence[ChipRunner],
+                inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One run of a group's chips (machines kept by the caller between runs)."""
+    programs = [r.program for r in runners]
     for r in runners:
         r.start(inputs)
     while True:
