@@ -32,6 +32,11 @@ def dma_splitter(instr: Dma, dst: np.ndarray, n_trips: int, n_grid: int) -> Spli
     return split
 
 
+# A broadcast DMA whose rows already copy as wide (>= 64-byte) elements gains from the
+# tile-to-tile copies only when large: below this the extra numpy calls cost more.
+WIDE_BROADCAST_BYTES = 1 << 18
+
+
 def broadcast_copies(dst: np.ndarray, src: np.ndarray, first: int, instr: Dma,
                      grid: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """A DMA into TSRAM whose source block is the same for every tile along some grid
@@ -40,13 +45,15 @@ def broadcast_copies(dst: np.ndarray, src: np.ndarray, first: int, instr: Dma,
     TSRAM to the other tiles' (contiguous rows, 2-4x faster than re-reading a strided
     source per tile). Every tile's TSRAM still receives every byte of its block. Views
     keep the ``first`` loop axes in front. None when that does not apply (no broadcast
-    axis, or destination overlapping the source)."""
+    axis, wide rows below ``WIDE_BROADCAST_BYTES``, or destination overlapping the
+    source)."""
     if instr.dst.level != "tsram" or instr.src.level == "tsram" or dst.size == 0:
         return None
     ts = tuple(instr.src.tile_strides) or (0,) * len(grid)
     axes = [first + g for g, (n, st) in enumerate(zip(grid, ts, strict=True))
             if n > 1 and st == 0]
-    if not axes or np.shares_memory(dst, src):
+    if not axes or (as_rows(dst, src, first)[0].itemsize >= 64 and
+                    dst.nbytes < WIDE_BROADCAST_BYTES) or np.shares_memory(dst, src):
         return None
     mem = dst.base
 
