@@ -37,6 +37,12 @@ from xdsl.passes import ModulePass
 from maiac.ir import maia
 from maiac.ir.resources import get_array, is_materializable, register_lazy, stored_shape
 from maiac.ir.types import tensor_shape
+from maiac.passes.shard_attention import (
+    FusedQKV,
+    fused_qkv_columns,
+    plan_fused_qkv,
+    shard_attention,
+)
 from maiac.passes.shard_views import (  # noqa: F401 (re-exported)
     Split,
     _indexed_shape,
@@ -65,6 +71,8 @@ class Sharder:
         self.sharded_ops = 0
         self.gathered: dict[SSAValue, SSAValue] = {}
         self.gathers = 0
+        self.fused_qkv: dict[Operation, FusedQKV] = {}  # attention -> its fused projection
+        self.fused_mm: dict[Operation, FusedQKV] = {}   # that projection's matmul
 
     # -- helpers ------------------------------------------------------------------
     def st(self, v: SSAValue) -> State:
@@ -218,6 +226,11 @@ class Sharder:
         """Column-split parts of the q/k/v projections feeding each attention."""
         for op in self.block.ops:
             if not isinstance(op, maia.AttentionOp):
+                continue
+            fused = plan_fused_qkv(self, op)
+            if fused is not None:  # GPT-2's c_attn: one matmul, split by heads
+                mm = op.operands[0].owner
+                self.fused_qkv[op], self.fused_mm[mm], self.want[mm] = fused, fused, self.chips
                 continue
             b, hkv, g = maia.attr(op, "dims")[:3]
             h, c = hkv * g, self.chips
@@ -388,17 +401,20 @@ class Sharder:
         b = op.operands[1]
         wconst = self.const_of(b)
         assert wconst is not None
-        if maia.attr(op, "glu"):
+        fused = self.fused_mm.get(op)
+        cols: slice | np.ndarray = slice(lo, hi)
+        if fused is not None:  # this chip's q heads | k heads | v heads
+            cols = fused_qkv_columns(fused, parts, s.chunk)
+        elif maia.attr(op, "glu"):
             cols = np.r_[lo:hi, width + lo:width + hi]
-            w = self.sliced_const(wconst, (slice(None), cols), f"cols{s.chunk}of{parts}", op)
-        else:
-            w = self.sliced_const(wconst, (slice(None), slice(lo, hi)), f"cols{s.chunk}of{parts}", op)
+        w = self.sliced_const(wconst, (slice(None), cols), f"cols{s.chunk}of{parts}", op)
+        bias_cols = cols if fused is not None else slice(lo, hi)
         operands = [op.operands[0], w]
         for v in op.operands[2:]:
             shape = tensor_shape(v.type)
             c = self.const_of(v)
             if c is not None and len(shape) == 1 and shape[0] == width:
-                operands.append(self.sliced_const(c, (slice(lo, hi),), f"cols{s.chunk}of{parts}", op))
+                operands.append(self.sliced_const(c, (bias_cols,), f"cols{s.chunk}of{parts}", op))
             elif shape and shape[-1] == 1:
                 operands.append(v)
             else:
@@ -521,72 +537,7 @@ class Sharder:
 
     def attention(self, op: Operation) -> bool:
         """Each chip attends with its own query heads and the KV heads they read."""
-        bsz, hkv, g, sq, sk, d = maia.attr(op, "dims")
-        h, c = hkv * g, self.chips
-        q, k, v = op.operands[:3]
-        sq_, sk_, sv_ = self.st(q), self.st(k), self.st(v)
-        if sq_ is None or sk_ is None or sv_ is None or sq_.parts != c or h % c:
-            return False
-        p_kv = sk_.parts
-        if sv_.parts != p_kv or p_kv not in (c, hkv) or (p_kv == hkv and c % hkv):
-            return False
-        hkv_l = hkv // c if p_kv == c else 1
-        g_l = h // c // hkv_l
-        views = {}
-        # q and out: heads h = hkv * G + g as one axis (needs s_Hkv = G * s_G)
-        for name, val, s, parts in (("q", q, sq_, c), ("k", k, sk_, p_kv), ("v", v, sv_, p_kv)):
-            off, s_b, s_hkv, s_g, s_r, s_c = maia.attr(op, f"{name}_view")
-            src = self.full(val)
-            if name == "q":
-                if hkv > 1 and s_hkv != g * s_g:
-                    return False
-                got = shard_view(src, s.axis, parts, off, [s_b, s_g, s_r, s_c], [bsz, h, sq, d], 1)
-                if got is None:
-                    return False
-                o, (nb, ng, nr, nc) = got
-                views[name] = [o, nb, g_l * ng, ng, nr, nc]
-            else:
-                if s_g != 0:
-                    return False
-                got = shard_view(src, s.axis, parts, off, [s_b, s_hkv, s_r, s_c],
-                                 [bsz, hkv, sk, d], 1)
-                if got is None:
-                    return False
-                o, (nb, nh, nr, nc) = got
-                views[name] = [o, nb, nh, 0, nr, nc]
-        extra = list(op.operands[3:])
-        if extra:
-            moff, mb, mh, mg, mr, mc = maia.attr(op, "mask_view")
-            if mh or mg or self.st(extra[0]) is not None:
-                return False
-            views["mask"] = [moff, mb, 0, 0, mr, mc]
-        out_full = tensor_shape(op.results[0].type)
-        out_view = maia.attr(op, "out_view")
-        if out_view is None:
-            res_axis = 1
-            new_out_view = None
-        else:
-            off, s_b, s_hkv, s_g, s_r, s_c = out_view
-            if hkv > 1 and s_hkv != g * s_g:
-                return False
-            res_axis, new_out_view = -1, None
-            for ax in range(len(out_full)):
-                got = shard_view(out_full, ax, c, off, [s_b, s_g, s_r, s_c], [bsz, h, sq, d], 1)
-                if got is not None:
-                    o, (nb, ng, nr, nc) = got
-                    res_axis, new_out_view = ax, [o, nb, g_l * ng, ng, nr, nc]
-                    break
-            if res_axis < 0:
-                return False
-        ns = self.split_for(c, res_axis - len(out_full))
-        attrs: dict[str, object] = {"dims": [bsz, hkv_l, g_l, sq, sk, d], "kv_groups": g_l,
-                                    **{f"{n}_view": vv for n, vv in views.items()}}
-        if new_out_view is not None:
-            attrs["out_view"] = new_out_view
-        new = self.rebuild(op, list(op.operands), local_shape(out_full, ns), attrs)
-        self.state[new.results[0]] = ns
-        self.sharded_ops += 1
-        return True
+        return shard_attention(self, op)
 
 
 class ShardPass(ModulePass):
