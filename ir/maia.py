@@ -196,6 +196,20 @@ class AttentionOp(TensorOp):
 
 
 @irdl_op_definition
+class CacheWriteOp(TensorOp):
+    """Write ``new`` [B, H, S, D] into the cache [B, H, C, D] at rows ``pos[b] + s`` (in
+    place: the result *is* the cache operand's buffer, with the new rows in it).
+
+    Operands ``(cache, new, pos)`` with ``pos`` an integer [B] tensor (each sequence's
+    length). Made by passes/kv_cache_inplace.py; ``new`` is converted to the cache's
+    element type as it is stored.
+    """
+
+    name = "maia.cache_write"
+    ARITY: ClassVar[tuple[int, int]] = (3, 3)
+
+
+@irdl_op_definition
 class RopeOp(TensorOp):
     """Rotate-half rotary embedding ``x * cos + rotate_half(x) * sin`` over the last axis.
 
@@ -284,6 +298,13 @@ class GatherRowsOp(IRDLOperation):
 
 
 @irdl_op_definition
+class ScatterRowsOp(IRDLOperation):
+    """runtime.isa.Scatter: ``dst`` (the table, written), ``indices``, ``src`` (the rows)."""
+
+    name = "maia.scatter_rows"
+
+
+@irdl_op_definition
 class MmOp(IRDLOperation):
     name = "maia.mm"
 
@@ -300,13 +321,14 @@ class CollectiveOp(IRDLOperation):
     name = "maia.collective"
 
 
-TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, MmOp, VecOp, CollectiveOp)
+TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, ScatterRowsOp, MmOp, VecOp, CollectiveOp)
 
 Maia = Dialect(
     "maia",
     [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
      ViewOp, ReshapeOp, ConcatOp, AttentionOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
-     VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp, RowOp, SendOp, RecvOp],
+     VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp, RowOp, SendOp, RecvOp,
+     CacheWriteOp, ScatterRowsOp],
 )
 
 

@@ -32,7 +32,8 @@ from maiac.runtime.target import get_target
 STAGES: dict[str, str] = {
     "onnx": "fold-constants,canonicalize",
     "maia": "lower-onnx-to-maia",
-    "fuse": "fuse-norm,fuse-gelu,fuse-swiglu,fuse-rope,fuse-attention,fuse-epilogue",
+    "fuse": "fuse-norm,fuse-gelu,fuse-swiglu,fuse-rope,fuse-attention,kv-cache-inplace,"
+            "fuse-epilogue",
     "tiled": "tile,double-buffer,prefetch,plan-memory{resident=true},sync",
 }
 # The baseline bench/schedule.py compares against: fixed 128-blocks (no cost model, no

@@ -33,7 +33,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from maiac.kv_cache import KV_DTYPES, KVPair, appends, kv_pairs, new_slots_only, store_cache_as
+from maiac.kv_cache import (
+    KV_DTYPES,
+    POSITION_INPUT,
+    KVPair,
+    appends,
+    cache_in_place,
+    kv_pairs,
+    new_slots_only,
+    store_cache_as,
+)
 from maiac.runtime.errors import MaiacError
 
 CAPACITY_ALIGN = 64   # KV-cache capacity is rounded up to this many positions
@@ -94,6 +103,8 @@ class ProgramRecord:
     modeled_time_s: float
     hbm_bytes: float
     cached: bool
+    weight_bytes: int = 0            # the program's constants (quantized format)
+    resident_weight_bytes: int = 0   # of which kept in SRAM (not re-read from HBM)
 
 
 @dataclass
@@ -113,6 +124,9 @@ class GenerationResult:
     quant: str
     text: str | None = None
     logits: list[np.ndarray] = field(default_factory=list, repr=False)
+    # how decode steps update the cache: "in-place" (the program writes the new rows into
+    # the resident cache), "copy" (the loop copies the present rows in), "none" (recompute)
+    kv_update: str = "none"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,7 +137,8 @@ class GenerationResult:
             "modeled_total_s": self.modeled_total_s, "step_times_s": self.step_times_s,
             "compile_count": sum(not p.cached for p in self.programs),
             "programs": [asdict(p) for p in self.programs], "wall_s": self.wall_s,
-            "capacity": self.capacity, "kv_cache": self.kv_cache, "quant": self.quant,
+            "capacity": self.capacity, "kv_cache": self.kv_cache, "kv_update": self.kv_update,
+            "quant": self.quant,
         }
 
 
@@ -209,17 +224,22 @@ _PROGRAM_CACHE_LIMIT = 16
 
 
 def _program(dec: Decoder, role: str, shapes: dict[str, tuple[int, ...]],
-             opts: GenerateOptions, records: list[ProgramRecord]) -> Any:
+             opts: GenerateOptions, records: list[ProgramRecord], in_place: bool = False) -> Any:
+    """The compiled program of ``role`` (cached); ``in_place``: the decode step writes its
+    new keys/values into the resident cache itself (passes/kv_cache_inplace.py)."""
     from maiac.driver import compile as compile_model
     from maiac.runtime.timing import simulate
 
     key = (dec.key, tuple(sorted(shapes.items())), opts.quant, opts.kv_cache, opts.target,
-           tuple(sorted((opts.target_params or {}).items())), opts.chips)
+           tuple(sorted((opts.target_params or {}).items())), opts.chips, in_place)
     cached = key in _PROGRAMS
     if not cached:
         model = onnx.ModelProto()
         model.CopyFrom(dec.model)
-        if dec.pairs:
+        if dec.pairs and in_place:
+            store_cache_as(model, opts.kv_cache)
+            cache_in_place(model)
+        elif dec.pairs:
             new_slots_only(model)
             store_cache_as(model, opts.kv_cache)
         start = time.perf_counter()
@@ -232,18 +252,20 @@ def _program(dec: Decoder, role: str, shapes: dict[str, tuple[int, ...]],
         compile_s = time.perf_counter() - start
         if opts.chips > 1:  # a maiac.chips.ChipGroup: the slowest chip's time
             rep = compiled.report()
-            entry = (compiled, compile_s, rep["modeled_time_s"], rep["hbm_bytes"])
+            entry = (compiled, compile_s, rep["modeled_time_s"], rep["hbm_bytes"],
+                     rep.get("weight_bytes", 0), 0)
         else:
             report = simulate(compiled.program)
-            entry = (compiled.program, compile_s, report.modeled_time_s, report.hbm_bytes)
+            entry = (compiled.program, compile_s, report.modeled_time_s, report.hbm_bytes,
+                     report.weight_bytes, report.extra["resident_weight_bytes"])
         if len(_PROGRAMS) >= _PROGRAM_CACHE_LIMIT:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
         _PROGRAMS[key] = entry
-    program, compile_s, modeled, hbm = _PROGRAMS[key]
+    program, compile_s, modeled, hbm, weights, resident = _PROGRAMS[key]
     if not any(r.role == role and r.shapes == {k: list(v) for k, v in shapes.items()}
                for r in records):
         records.append(ProgramRecord(role, {k: list(v) for k, v in shapes.items()},
-                                     compile_s, modeled, hbm, cached))
+                                     compile_s, modeled, hbm, cached, weights, resident))
     return program, modeled
 
 
@@ -317,7 +339,7 @@ def _rows(x: list[int], batch: int) -> np.ndarray:
 
 def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
                  emit: Callable[[int], bool], records: list[ProgramRecord],
-                 logits_out: list[np.ndarray]) -> tuple[list[int], list[float], int]:
+                 logits_out: list[np.ndarray]) -> tuple[list[int], list[float], int, str]:
     from maiac.chips import open_session
 
     n_prompt = len(prompt)
@@ -338,7 +360,7 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
     if dec.positions:
         feeds[dec.positions] = _rows(list(range(n_prompt)), dec.batch)
     out = pre.run(feeds, [dec.logits, *presents])
-    decode, t_decode = _program(dec, "decode", _kv_shapes(dec, 1, capacity), opts, records)
+    decode, t_decode, in_place = _decode_program(dec, capacity, opts, records)
     dec_session = open_session(decode, [p.past for p in dec.pairs])
     caches = {p.past: dec_session.tensor(p.past) for p in dec.pairs}
     for pair in dec.pairs:  # the prompt's keys/values into the resident cache
@@ -357,19 +379,43 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
         tokens.append(token)
         if not emit(token) or len(tokens) == opts.max_new_tokens:
             break
-        mask[:, capacity if dec.appends else length] = 1   # this token's slot
+        # this token's slot: in the cache itself, after the cache (Concat), or at the length
+        mask[:, length if in_place or not dec.appends else capacity] = 1
         feeds = {dec.ids: _rows([token], dec.batch), dec.mask: mask}
         if dec.positions:
             feeds[dec.positions] = _rows([length], dec.batch)
-        out = dec_session.run(feeds, [dec.logits, *presents])
+        if in_place:  # the program writes its keys/values into slot `length` itself
+            feeds[POSITION_INPUT] = np.full(dec.batch, length, np.int64)
+            out = dec_session.run(feeds, [dec.logits])
+        else:
+            out = dec_session.run(feeds, [dec.logits, *presents])
+            new_slot = 0 if dec.appends else length
+            for pair in dec.pairs:
+                caches[pair.past][:, :, length] = out[pair.present][:, :, new_slot]
         times.append(t_decode)
-        new_slot = 0 if dec.appends else length
-        for pair in dec.pairs:
-            caches[pair.past][:, :, length] = out[pair.present][:, :, new_slot]
+        mask[:, capacity] = 0
         mask[:, length] = 1
         length += 1
         logits = out[dec.logits][0, -1]
-    return tokens, times, capacity
+    return tokens, times, capacity, "in-place" if in_place else "copy"
+
+
+def _decode_program(dec: Decoder, capacity: int, opts: GenerateOptions,
+                    records: list[ProgramRecord]) -> tuple[Any, float, bool]:
+    """The decode program with the in-place cache update where the graph allows it (every
+    present a Concat(past, new) read by a fused single-query attention), else the one whose
+    presents the loop copies into the cache."""
+    shapes = _kv_shapes(dec, 1, capacity)
+    if dec.appends and opts.chips == 1:  # passes/shard.py splits the Concat form only
+        try:
+            program, modeled = _program(dec, "decode", {**shapes, POSITION_INPUT: (dec.batch,)},
+                                        opts, records, in_place=True)
+            return program, modeled, True
+        except MaiacError as err:
+            if "kv-cache-inplace" not in str(err):
+                raise
+    program, modeled = _program(dec, "decode", shapes, opts, records)
+    return program, modeled, False
 
 
 def _bucket(n: int, dec: Decoder) -> int:
@@ -383,7 +429,7 @@ def _bucket(n: int, dec: Decoder) -> int:
 
 def _generate_recompute(dec: Decoder, prompt: list[int], opts: GenerateOptions,
                         emit: Callable[[int], bool], records: list[ProgramRecord],
-                        logits_out: list[np.ndarray]) -> tuple[list[int], list[float], int]:
+                        logits_out: list[np.ndarray]) -> tuple[list[int], list[float], int, str]:
     from maiac.chips import open_session
 
     seq = list(prompt)
@@ -411,7 +457,7 @@ def _generate_recompute(dec: Decoder, prompt: list[int], opts: GenerateOptions,
         seq.append(token)
         if not emit(token) or len(tokens) == opts.max_new_tokens:
             break
-    return tokens, times, 0
+    return tokens, times, 0, "none"
 
 
 def generate(model: str | Path | onnx.ModelProto, prompt_ids: Sequence[int], *,
@@ -443,7 +489,7 @@ def generate(model: str | Path | onnx.ModelProto, prompt_ids: Sequence[int], *,
         return token != opts.eos_token_id
 
     run = _generate_kv if dec.pairs else _generate_recompute
-    tokens, times, capacity = run(dec, prompt, opts, emit, records, logits)
+    tokens, times, capacity, kv_update = run(dec, prompt, opts, emit, records, logits)
     ttft = times[0]
     tpot = float(np.mean(times[1:])) if len(times) > 1 else 0.0
     total = float(sum(times))
@@ -453,7 +499,7 @@ def generate(model: str | Path | onnx.ModelProto, prompt_ids: Sequence[int], *,
         modeled_total_s=total, step_times_s=times, programs=records,
         wall_s=time.perf_counter() - start, capacity=capacity or None,
         kv_cache=opts.kv_cache if dec.pairs else "none", quant=opts.quant or "fp32",
-        logits=logits)
+        logits=logits, kv_update=kv_update)
 
 
 def _options(**kwargs: Any) -> GenerateOptions:

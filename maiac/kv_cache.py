@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
+from maiac.passes.kv_cache_inplace import POSITION_INPUT
 from maiac.runtime.errors import MaiacError
 
 KV_DTYPES = {"fp32": TensorProto.FLOAT, "bf16": TensorProto.BFLOAT16,
@@ -113,6 +114,39 @@ def new_slots_only(model: onnx.ModelProto) -> list[str]:
         dims[2].dim_param = "sequence_length"
         done.append(pair.present)
     return done
+
+
+def cache_in_place(model: onnx.ModelProto) -> None:
+    """Prepare a decode-step graph for the in-place cache (in place).
+
+    Adds the input ``cache_position`` [batch] (each sequence's length: the slot its new
+    keys/values go to) and drops the ``present`` outputs with the nodes only they used;
+    the `kv-cache-inplace` pass (passes/kv_cache_inplace.py) then turns every
+    Concat(past, new) read by attention into a write of the new rows into the resident
+    cache at that slot plus attention over the cache. Every present must be a
+    Concat(past, new) (:func:`appends`).
+    """
+    presents = {p.present for p in kv_pairs(model)}
+    kept = [o for o in model.graph.output if o.name not in presents]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    batch = next(i for i in model.graph.input if i.name == "input_ids") \
+        .type.tensor_type.shape.dim[0]
+    position = helper.make_tensor_value_info(POSITION_INPUT, TensorProto.INT64, [None])
+    position.type.tensor_type.shape.dim[0].CopyFrom(batch)
+    model.graph.input.append(position)
+    _drop_dead_nodes(model)
+
+
+def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+    live = {o.name for o in model.graph.output}
+    kept = []
+    for node in reversed(model.graph.node):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(node.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept))
 
 
 def store_cache_as(model: onnx.ModelProto, kv_dtype: str) -> None:

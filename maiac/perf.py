@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from maiac import models
-from maiac.kv_cache import KV_DTYPES, new_slots_only, store_cache_as
+from maiac.kv_cache import KV_DTYPES, POSITION_INPUT, cache_in_place, new_slots_only, store_cache_as
 from maiac.runtime.errors import MaiacError
 
 KV_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
+KV_UPDATES = ("in-place", "copy")
 QWEN2_5_7B = getattr(models, "QWEN2_5_7B", None) or models.LlamaConfig(
     "qwen2.5-7b", 3584, 28, 28, 4, 18944, 152064, 1e6)
 PRESETS: dict[str, models.LlamaConfig] = {c.name: c for c in (
@@ -71,6 +72,11 @@ class PerfOptions:
     cache_dir: str | None = None         # None: $MAIAC_CACHE_DIR or ~/.cache/maiac/perf
     use_cache: bool = True
     chips: list[int] = field(default_factory=lambda: [1])
+    # how a decode step updates its cache: "in-place" (passes/kv_cache_inplace.py: the new
+    # rows written into the fixed-capacity cache, attention reads it once in its storage
+    # format) or "copy" (the graph's Concat(past, new) materialized, a narrow cache cast by
+    # its own op: what maiac compiled before the in-place pass)
+    kv_update: str = "in-place"
 
     def check(self) -> None:
         for name, values in (("--batch", self.batch), ("--context", self.context)):
@@ -85,6 +91,9 @@ class PerfOptions:
             raise MaiacError(f"--chips needs positive integers, got {self.chips}")
         if self.price_per_hour is not None and self.price_per_hour < 0:
             raise MaiacError("--price-per-hour must be >= 0")
+        if self.kv_update not in KV_UPDATES:
+            raise MaiacError(f"--kv-update must be one of {', '.join(KV_UPDATES)}, "
+                             f"got {self.kv_update!r}")
 
 
 # ------------------------------------------------------------------------ the model
@@ -129,27 +138,48 @@ def resolve_model(model: str) -> ModelShape:
 
 
 def _preset_graph(shape: ModelShape, mode: str, batch: int, context: int, layers: int,
-                  kv_cache: str) -> Any:
+                  kv_cache: str, kv_update: str = "copy"
+                  ) -> tuple[Any, dict[str, tuple[int, ...]] | None]:
     config = PRESETS[shape.preset or ""]
+    if mode == "decode" and kv_update == "in-place":
+        # the optimum interface generate runs: the cache [batch, kv_heads, context, hd]
+        # updated in place at `cache_position`, attention masked by attention_mask
+        model = models.kv_decoder(config, weights="shape_only", layers=layers,
+                                  max_positions=context + 1)
+        store_cache_as(model, kv_cache)
+        cache_in_place(model)
+        hd = config.hidden // config.heads
+        shapes = {"input_ids": (batch, 1), "position_ids": (batch, 1),
+                  "attention_mask": (batch, context + 1), POSITION_INPUT: (batch,)}
+        for i in range(layers):
+            for kind in ("key", "value"):
+                shapes[f"past_key_values.{i}.{kind}"] = (batch, config.kv_heads, context, hd)
+        return model, shapes
     kw = {"seq": context} if mode == "prefill" else {"context": context}
     model = models.llama_decoder(config, mode=mode, batch=batch, weights="shape_only",
                                  layers=layers, kv_outputs=True, **kw)
     if mode == "decode":
         new_slots_only(model)
     store_cache_as(model, kv_cache)
-    return model
+    return model, None
 
 
 def _file_graph(shape: ModelShape, mode: str, batch: int, context: int,
-                kv_cache: str) -> tuple[Any, dict[str, tuple[int, ...]]]:
+                kv_cache: str, kv_update: str = "copy"
+                ) -> tuple[Any, dict[str, tuple[int, ...]]]:
     from maiac.generate import _kv_shapes, load_decoder
 
     dec = load_decoder(shape.path or "")
     dec.batch = batch
     shapes = _kv_shapes(dec, context, 1) if mode == "prefill" else _kv_shapes(dec, 1, context)
     model = dec.model
-    new_slots_only(model)
-    store_cache_as(model, kv_cache)
+    if mode == "decode" and kv_update == "in-place" and dec.appends:
+        store_cache_as(model, kv_cache)
+        cache_in_place(model)
+        shapes[POSITION_INPUT] = (batch,)
+    else:
+        new_slots_only(model)
+        store_cache_as(model, kv_cache)
     return model, shapes
 
 
@@ -167,6 +197,7 @@ class Task:
     target: str
     target_params: tuple[tuple[str, str], ...]
     chips: int = 1
+    kv_update: str = "copy"
 
 
 def _code_fingerprint() -> str:
@@ -187,6 +218,7 @@ def task_key(task: Task) -> str:
     blob = json.dumps({"model": task.model.key, "mode": task.mode, "batch": task.batch,
                        "context": task.context, "quant": task.quant, "kv": task.kv_cache,
                        "layers": task.layers, "target": target, "chips": task.chips,
+                       "kv_update": task.kv_update,
                        "code": _code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -199,13 +231,16 @@ def run_task(task: Task) -> dict[str, Any]:
     from maiac.runtime.timing import simulate
 
     start = time.perf_counter()
-    shapes = None
+    if task.chips > 1 and task.kv_update != "copy":  # passes/shard.py splits Concat caches
+        task = replace(task, kv_update="copy")
+    kv_update = task.kv_update if task.mode == "decode" else "none"
     if task.model.preset:
-        graph = _preset_graph(task.model, task.mode, task.batch, task.context,
-                              task.layers or PRESETS[task.model.preset].layers, task.kv_cache)
+        graph, shapes = _preset_graph(task.model, task.mode, task.batch, task.context,
+                                      task.layers or PRESETS[task.model.preset].layers,
+                                      task.kv_cache, task.kv_update)
     else:
         graph, shapes = _file_graph(task.model, task.mode, task.batch, task.context,
-                                    task.kv_cache)
+                                    task.kv_cache, task.kv_update)
     quant = None if task.quant in ("fp32", "none") else task.quant
     try:
         with warnings.catch_warnings():
@@ -221,6 +256,8 @@ def run_task(task: Task) -> dict[str, Any]:
                                          target_params=dict(task.target_params) or None,
                                          shape_only=True)
     except MaiacError as err:
+        if kv_update == "in-place" and "kv-cache-inplace" in str(err):
+            return {**run_task(replace(task, kv_update="copy")), "kv_update": "copy"}
         return {"error": str(err), "compile_s": time.perf_counter() - start}
     rep = group.report() if task.chips > 1 else simulate(compiled.program).to_json()
     busy = {e["name"]: e["busy_s"] for e in rep["engines"]}
@@ -231,7 +268,7 @@ def run_task(task: Task) -> dict[str, Any]:
         "tvp_busy_s": busy.get("tvp", 0.0),
         "dma_busy_s": max((v for k, v in busy.items() if k.startswith("dma")), default=0.0),
         "net_busy_s": max((c["net_busy_s"] for c in rep.get("per_chip", [])), default=0.0),
-        "compile_s": time.perf_counter() - start,
+        "compile_s": time.perf_counter() - start, "kv_update": kv_update,
     }
 
 
@@ -304,6 +341,7 @@ def _combine(one: dict[str, Any], two: dict[str, Any], layers: int) -> dict[str,
         return {"error": one.get("error") or two.get("error")}
     out = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in SUMMED}
     out["compile_s"] = one["compile_s"] + two["compile_s"]
+    out["kv_update"] = two.get("kv_update", "copy")
     out["cached"] = bool(one.get("cached") and two.get("cached"))
     return out
 
@@ -342,9 +380,9 @@ def sweep(model: str, options: PerfOptions | None = None,
                 for n in layer_counts:
                     for g in opts.chips:
                         tasks.append(Task(shape, "prefill", 1, c, q, kv, n, opts.target, params,
-                                          g))
-                        tasks += [Task(shape, "decode", b, c, q, kv, n, opts.target, params, g)
-                                  for b in opts.batch]
+                                          g, opts.kv_update))
+                        tasks += [Task(shape, "decode", b, c, q, kv, n, opts.target, params, g,
+                                       opts.kv_update) for b in opts.batch]
     results = run_tasks(tasks, opts.jobs, TaskCache(opts.cache_dir, opts.use_cache), progress)
     base_layers = 0 if not extrapolate else 1
     points = []
@@ -355,9 +393,11 @@ def sweep(model: str, options: PerfOptions | None = None,
                     one_chip = None
                     for g in opts.chips:
                         pre = _figures(results, Task(shape, "prefill", 1, c, q, kv, base_layers,
-                                                     opts.target, params, g), shape, extrapolate)
+                                                     opts.target, params, g, opts.kv_update),
+                                       shape, extrapolate)
                         dec = _figures(results, Task(shape, "decode", b, c, q, kv, base_layers,
-                                                     opts.target, params, g), shape, extrapolate)
+                                                     opts.target, params, g, opts.kv_update),
+                                       shape, extrapolate)
                         point = _point(shape, target, opts, b, c, q, kv, pre, dec)
                         if len(opts.chips) > 1 or g > 1:
                             _chips_figures(point, g, shape, dec, one_chip, target.hbm_bytes)
@@ -414,6 +454,7 @@ def _point(shape: ModelShape, target: Any, opts: PerfOptions, batch: int, contex
         "fits": total <= target.hbm_bytes,
         "max_batch": max(0, int((target.hbm_bytes - weights) // (kv_token * context))),
         "bound": _bound(dec), "decode_hbm_traffic_bytes": dec["hbm_bytes"],
+        "kv_update": dec.get("kv_update", "copy"),
         "decode_flops": dec["flops"], "prefill_flops": pre["flops"],
         "busy_s": {k: dec[f"{k}_busy_s"] for k in ("hbm", "ttu", "tvp", "dma")},
         "energy_per_token_j": TDP_W * tpot / batch,

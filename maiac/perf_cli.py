@@ -152,6 +152,9 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--chips", "chips_text", default="1", show_default=True,
               help="Tensor-parallel chip counts (comma list): TPOT, tokens/s per chip, "
                    "scaling efficiency.")
+@click.option("--kv-update", type=click.Choice(["in-place", "copy"]), default="in-place",
+              show_default=True, help="Decode cache update: in place (new rows written into "
+              "the cache) or the graph's Concat copy (the old program, for comparison).")
 @click.option("--price-per-hour", type=float, default=None, help="$ per chip-hour (for $/M tokens).")
 @click.option("--compare", "compare_specs", metavar="SPEC.toml", multiple=True,
               help="Roofline estimate for another accelerator (a TOML spec, or a shipped name: "
@@ -165,7 +168,8 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--html", "html_out", metavar="OUT.html", default=None,
               help="Write a self-contained page with plots.")
 def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, quant: str,
-             kv_cache: str, layers: str, chips_text: str, price_per_hour: float | None,
+             kv_cache: str, layers: str, chips_text: str, kv_update: str,
+             price_per_hour: float | None,
              compare_specs: tuple[str, ...], jobs: int, cache_dir: str | None, no_cache: bool,
              target: str, target_param: tuple[str, ...], as_json: bool,
              html_out: str | None) -> None:
@@ -189,7 +193,8 @@ def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, qu
     opts = PerfOptions(batch=batch_list, context=context_list, quant=quant_list,
                        kv_cache=kv_list, layers=layers, target=target, target_params=params,
                        price_per_hour=price_per_hour, jobs=jobs, cache_dir=cache_dir,
-                       use_cache=not no_cache, chips=_ints(chips_text, "--chips"))
+                       use_cache=not no_cache, chips=_ints(chips_text, "--chips"),
+                       kv_update=kv_update)
     result = sweep(model, opts, progress=progress)
     if specs:
         maia = maia_roofline_spec(get_target(target, params), result["tdp_w"], price_per_hour)

@@ -107,6 +107,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.fuse_swiglu", "FuseSwigluPass"),
     ("maiac.passes.fuse_rope", "FuseRopePass"),
     ("maiac.passes.fuse_attention", "FuseAttentionPass"),
+    ("maiac.passes.kv_cache_inplace", "KVCacheInPlacePass"),
     ("maiac.passes.fuse_epilogue", "FuseEpiloguePass"),
     ("maiac.passes.shard", "ShardPass"),
     ("maiac.passes.pipeline_stages", "PipelineStagePass"),

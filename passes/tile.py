@@ -23,6 +23,7 @@ from maiac.ir.resources import constant_attr
 from maiac.ir.types import tensor_dtype, tensor_shape
 from maiac.passes.tiling import decode_attention
 from maiac.passes.tiling.attention import tile_attention
+from maiac.passes.tiling.cache_write import tile_cache_write
 from maiac.passes.tiling.collective import tile_collective, tile_p2p
 from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
 from maiac.passes.tiling.elementwise import tile_elementwise
@@ -133,8 +134,14 @@ class FunctionTiler:
             return
         if any(0 in t.shape for t in ins) or 0 in tensor_shape(op.results[0].type):
             raise MaiacError(f"op '{label}': zero-size tensors are not supported")
-        out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
         kind = op.name.removeprefix("maia.")
+        if isinstance(op, maia.CacheWriteOp):  # in place: the result is the cache's buffer
+            self.values[op.results[0]] = ins[0]
+            kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
+            tile_cache_write(kernel, ins[0], ins[1], ins[2], self.budget)
+            self.kernels.append(kernel.build())
+            return
+        out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
         kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
         fn = maia.attr(op, "fn")
         try:

@@ -39,6 +39,7 @@ from maiac.runtime.isa import (
     Instr,
     Loop,
     MatMul,
+    Scatter,
     Vec,
     engine_of,
 )
@@ -85,6 +86,8 @@ def instr_accesses(instr: Instr) -> list[tuple[Access, bool]]:
         return [(instr.src, False), (instr.dst, True)]
     if isinstance(instr, Gather):
         return [(instr.table, False), (instr.indices, False), (instr.dst, True)]
+    if isinstance(instr, Scatter):  # the whole table counts as written (data-dependent rows)
+        return [(instr.indices, False), (instr.src, False), (instr.table, True)]
     if isinstance(instr, MatMul):
         reads = [instr.a, instr.b] + ([instr.c] if instr.accumulate else [])
         reads += [s for s in (getattr(instr, "a_scale", None), getattr(instr, "b_scale", None))

@@ -50,7 +50,7 @@ from maiac.runtime.interpreter_matmul import (
     row_major,
     stacked_matmul,
 )
-from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Vec
 from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
 from maiac.runtime.memory import access_extent, np_dtype
@@ -183,6 +183,8 @@ class _Machine:
             return self._dma(instr, grid, trips)
         if isinstance(instr, Gather):
             return self._gather(instr, path, grid, trips)
+        if isinstance(instr, Scatter):
+            return self._scatter(instr, path, grid, trips)
         if isinstance(instr, MatMul):
             return self._matmul(instr, path, grid, trips)
         return self._vec(instr, grid, trips)
@@ -320,6 +322,30 @@ class _Machine:
                 raise MachineError(f"{label}: gather index out of range: {bad} "
                                    f"(table has {rows} rows)")
             store(dst[it], table[it][(*gidx, ix)])
+        return step
+
+    def _scatter(self, instr: Scatter, path: str, grid: tuple[int, ...],
+                 trips: tuple[int, ...]) -> Step:
+        table = self.view(instr.table, grid, trips)
+        idx = self.view(instr.indices, grid, trips)
+        src = self.view(instr.src, grid, trips)
+        store = storer(instr.table.dtype)
+        rows = instr.table.shape[0]
+        nd = len(grid) + len(instr.indices.shape)
+        gidx = tuple(np.arange(g).reshape((1,) * k + (g,) + (1,) * (nd - k - 1))
+                     for k, g in enumerate(grid))
+        label = instr_label(path, instr)
+
+        def step(it: tuple[int, ...]) -> None:
+            ix = idx[it].astype(np.int64)
+            ix = np.where(ix < 0, ix + rows, ix)
+            if ix.size and (ix.min() < 0 or ix.max() >= rows):
+                bad = ix[(ix < 0) | (ix >= rows)].flat[0]
+                raise MachineError(f"{label}: scatter index out of range: {bad} "
+                                   f"(table has {rows} rows)")
+            converted = np.empty(src[it].shape, table.dtype)
+            store(converted, src[it])
+            table[it][(*gidx, ix)] = converted
         return step
 
     def _matmul(self, instr: MatMul, path: str, grid: tuple[int, ...],

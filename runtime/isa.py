@@ -137,6 +137,28 @@ class Gather:
 
 
 @dataclass
+class Scatter:
+    """``table[indices[..., r], ...] = src[..., r, ...]`` — an indexed DMA of rows into a table.
+
+    Gather's inverse: ``table`` an access [rows, *row_shape] (HBM or CSRAM, any strides:
+    a KV cache [H, C, D] seen as rows [C, H, D]) that is *written*; ``indices`` an integer
+    TSRAM block; ``src`` a TSRAM block of shape ``indices.shape + row_shape``, converted to the table's dtype (rounded, narrow floats
+    saturated) as it is stored. Writes a KV cache's new rows at a position known only at
+    run time (passes/kv_cache_inplace.py). Out-of-range indices are an error (negative
+    ones wrap).
+    """
+
+    table: Access
+    indices: Access
+    src: Access
+    grid: tuple[int, ...] = (1,)
+    queue: int = 0
+    op: str = ""
+    kind: str = "scatter"
+    waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
+
+
+@dataclass
 class MatMul:
     """``c[..., m, n] (+)= sum_k a[..., m, k] * b[..., k, n]`` on the TTU, fp32 accumulate.
 
@@ -252,7 +274,7 @@ class Collective:
     peer: int = -1  # send/recv: the other chip (global number); -1 for group collectives
 
 
-Instr = Dma | Gather | MatMul | Vec | Loop | Collective
+Instr = Dma | Gather | Scatter | MatMul | Vec | Loop | Collective
 
 # WAITS (asynchronous semantics; programs whose ``meta["async"]`` is true).
 # Every engine — each DMA queue ``dma0`` .. ``dma{n-1}``, the ``ttu`` and the ``tvp`` — runs
@@ -271,11 +293,12 @@ ENGINE_KINDS = {"matmul": "ttu", "vec": "tvp", "collective": "net"}
 
 def engine_of(instr: Instr, dma_queues: int) -> str:
     """The engine an instruction runs on: ``dma<q>`` (queue modulo ``dma_queues``), ttu, tvp."""
-    if isinstance(instr, Dma | Gather):
+    if isinstance(instr, Dma | Gather | Scatter):
         return f"dma{instr.queue % dma_queues}"
     return ENGINE_KINDS[instr.kind]
 
-_KINDS: dict[str, type] = {"dma": Dma, "gather": Gather, "matmul": MatMul, "vec": Vec,
+_KINDS: dict[str, type] = {"dma": Dma, "gather": Gather, "scatter": Scatter, "matmul": MatMul,
+                           "vec": Vec,
                            "loop": Loop, "collective": Collective}
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from maiac.runtime.errors import MaiacError, ProgramError
-from maiac.runtime.isa import Collective, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Vec
 
 GiB = 1 << 30
 
@@ -200,6 +200,8 @@ def _accesses(instr: Instr) -> list[Any]:
         return [instr.src, instr.dst]
     if isinstance(instr, Gather):
         return [instr.table, instr.indices, instr.dst]
+    if isinstance(instr, Scatter):
+        return [instr.table, instr.indices, instr.src]
     if isinstance(instr, MatMul):
         return [instr.a, instr.b, instr.c, *(a for _, a in instr.scale_accesses())]
     assert isinstance(instr, Vec)
@@ -249,7 +251,7 @@ def check_runnable(program: Any) -> None:
         # a vectorized loop materializes every iteration's block at once
         iters = math.prod(math.prod(t) for t in trips)
         for acc in _accesses(ins):
-            if isinstance(ins, Gather) and acc is ins.table:
+            if isinstance(ins, Gather | Scatter) and acc is ins.table:
                 continue  # a view of memory already counted; only the picked rows are copied
             block = math.prod(acc.shape) * itemsize(acc.dtype) * tiles * iters
             if block > limit:

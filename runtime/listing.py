@@ -31,6 +31,9 @@ def format_instr(instr: isa.Instr, indent: int = 0) -> list[str]:
     elif isinstance(instr, isa.Gather):
         body = (f"gather {format_access(instr.dst)} <- {format_access(instr.table)}"
                 f" by {format_access(instr.indices)}")
+    elif isinstance(instr, isa.Scatter):
+        body = (f"scatter {format_access(instr.table)} <- {format_access(instr.src)}"
+                f" by {format_access(instr.indices)}")
     elif isinstance(instr, isa.MatMul):
         op = "ttu.matmul.acc" if instr.accumulate else "ttu.matmul"
         def operand(x: isa.Access, fmt: str, sc: isa.Access | None) -> str:

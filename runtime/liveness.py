@@ -35,7 +35,17 @@ from typing import Any
 import numpy as np
 
 from maiac.runtime import isa
-from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import (
+    Access,
+    Collective,
+    Dma,
+    Gather,
+    Instr,
+    Loop,
+    MatMul,
+    Scatter,
+    Vec,
+)
 from maiac.runtime.memory import access_extent, np_dtype
 
 WRITTEN, READ_FIRST, CLOBBERED = 1, 2, 4
@@ -56,6 +66,8 @@ def _reads_writes(instr: Instr) -> tuple[list[Access], Access]:
         return [instr.src], instr.dst
     if isinstance(instr, Gather):
         return [instr.table, instr.indices], instr.dst
+    if isinstance(instr, Scatter):
+        return [instr.indices, instr.src], instr.table
     if isinstance(instr, MatMul):
         reads = [instr.a, instr.b] + ([instr.c] if instr.accumulate else [])
         return reads + [acc for _, acc in instr.scale_accesses()], instr.c

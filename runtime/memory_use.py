@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Vec
 from maiac.runtime.memory import access_extent
 from maiac.runtime.program import Program
 
@@ -50,6 +50,8 @@ def _accesses(instr: Instr) -> tuple[list[Access], list[Access]]:
         return [instr.src], [instr.dst]
     if isinstance(instr, Gather):
         return [instr.table, instr.indices], [instr.dst]
+    if isinstance(instr, Scatter):
+        return [instr.indices, instr.src], [instr.table]
     if isinstance(instr, MatMul):
         reads = [instr.a, instr.b] + ([instr.c] if instr.accumulate else [])
         reads += [s for s in (instr.a_scale, instr.b_scale) if s is not None]

@@ -26,7 +26,17 @@ import numpy as np
 
 from maiac.runtime import isa, limits
 from maiac.runtime.errors import MaiacError, ProgramError
-from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Vec
+from maiac.runtime.isa import (
+    Access,
+    Collective,
+    Dma,
+    Gather,
+    Instr,
+    Loop,
+    MatMul,
+    Scatter,
+    Vec,
+)
 from maiac.runtime.memory import access_extent, itemsize
 
 FORMAT_VERSION = 1
@@ -169,7 +179,7 @@ def _validate_instrs(instrs: list[Instr], prefix: str, trips: tuple[int, ...],
             _validate_instrs(instr.body, f"{path}.", trips + tuple(instr.trips), maps,
                              n_tiles, error)
             continue
-        if not isinstance(instr, Dma | Gather | MatMul | Vec | Collective):
+        if not isinstance(instr, Dma | Gather | Scatter | MatMul | Vec | Collective):
             raise error(f"instruction {path}: not an instruction: {type(instr).__name__}")
         if isinstance(instr, Collective) and trips:
             raise error(f"{label}: a collective must be at the top level, not inside a loop")
@@ -198,6 +208,8 @@ def _accesses(instr: Instr) -> list[tuple[str, Access]]:
         return [("src", instr.src), ("dst", instr.dst)]
     if isinstance(instr, Gather):
         return [("table", instr.table), ("indices", instr.indices), ("dst", instr.dst)]
+    if isinstance(instr, Scatter):
+        return [("table", instr.table), ("indices", instr.indices), ("src", instr.src)]
     if isinstance(instr, MatMul):
         return [("a", instr.a), ("b", instr.b), ("c", instr.c), *instr.scale_accesses()]
     return [*((f"ins[{k}]", a) for k, a in enumerate(instr.ins)), ("out", instr.out)]
@@ -244,6 +256,17 @@ def _operand_problem(instr: Instr) -> str | None:
             return f"indices must be integers, got {ix.dtype}"
         if tuple(d.shape) != tuple(ix.shape) + (t.shape[1],):
             return f"dst shape {d.shape} != indices shape {ix.shape} + ({t.shape[1]},)"
+        return None
+    if isinstance(instr, Scatter):
+        t, ix, s = instr.table, instr.indices, instr.src
+        if t.level == "tsram" or ix.level != "tsram" or s.level != "tsram":
+            return "scatter writes a table in hbm/csram from rows and indices in tsram"
+        if len(t.shape) < 2:
+            return f"table must be [rows, *row_shape], got {t.shape}"
+        if ix.dtype not in ("i64", "i32", "i8", "u8"):
+            return f"indices must be integers, got {ix.dtype}"
+        if tuple(s.shape) != tuple(ix.shape) + tuple(t.shape[1:]):
+            return f"src shape {s.shape} != indices shape {ix.shape} + {tuple(t.shape[1:])}"
         return None
     accs = _accesses(instr)
     if any(a.level != "tsram" for _, a in accs):
@@ -507,7 +530,7 @@ def _checked_instr(instr: Instr) -> Instr:
         raise TypeError("waits must be an object")
     for v in instr.waits.values():
         _int(v)
-    if isinstance(instr, Dma | Gather):
+    if isinstance(instr, Dma | Gather | Scatter):
         _int(instr.queue)
         if instr.queue < 0:
             raise ValueError(f"queue must be >= 0, got {instr.queue}")

@@ -22,7 +22,17 @@ from dataclasses import dataclass
 
 from maiac.runtime import tvp_math
 from maiac.runtime.errors import MaiacError
-from maiac.runtime.isa import POINT_TO_POINT, Access, Collective, Dma, Gather, Instr, MatMul, Vec
+from maiac.runtime.isa import (
+    POINT_TO_POINT,
+    Access,
+    Collective,
+    Dma,
+    Gather,
+    Instr,
+    MatMul,
+    Scatter,
+    Vec,
+)
 from maiac.runtime.memory import block_extent, distinct_bytes, itemsize, numel
 from maiac.runtime.network import Network
 from maiac.runtime.target import Target
@@ -164,12 +174,17 @@ def leaf_cost(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
     fmt = ""
     moved = 0
     number_format = ""
-    if isinstance(instr, Dma | Gather):
+    if isinstance(instr, Dma | Gather | Scatter):
         engine = f"dma{instr.queue % t.dma_queues}"
         if isinstance(instr, Dma):
             src, dst = instr.src, instr.dst
             src_b, dst_b = distinct_bytes(src, grid), distinct_bytes(dst, grid)
             reads, writes = fp(src), fp(dst)
+        elif isinstance(instr, Scatter):  # only the picked rows of the table are written
+            src, dst = instr.src, instr.table
+            src_b = distinct_bytes(src, grid)
+            dst_b = src_b // itemsize(src.dtype) * itemsize(dst.dtype)
+            reads, writes = fp(instr.src, instr.indices), fp(instr.table)
         else:
             src, dst = instr.table, instr.dst
             dst_b = distinct_bytes(dst, grid)

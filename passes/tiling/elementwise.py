@@ -8,6 +8,7 @@ reductions) keep the whole last axis inside a block.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,6 @@ from maiac.passes.tiling.common import (
     dma,
     loop,
     merge_dims,
-    prefer,
     split_jobs,
     vec,
 )
@@ -40,7 +40,7 @@ def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], 
     included; stride 0 dims take no TSRAM.
     """
     rank = len(shape)
-    best: tuple[tuple[int, int], int, int] | None = None
+    best: tuple[tuple[float, int, int], int, int] | None = None
     for d in range(rank):
         for b in divisors(shape[d]):
             if whole_last and d == rank - 1 and b != shape[d]:
@@ -54,14 +54,16 @@ def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], 
                 nbytes += align(unique * size)
             if nbytes > budget.tsram_bytes:
                 continue
-            jobs = 1
-            for extent in shape[:d]:
-                jobs *= extent
-            jobs *= shape[d] // b
             block_elems = 1
             for extent in block:
                 block_elems *= extent
-            key = prefer(jobs, block_elems, budget.n_tiles)
+            # the loop trips split_jobs really makes (it spreads only divisors of each
+            # extent over the tiles: 2049 jobs of 1 element would run on 3 tiles) times
+            # a block's DMA latencies and bytes; then more tiles, then bigger blocks
+            split = split_jobs(tuple(shape[:d]) + (shape[d] // b,), budget.n_tiles)
+            trips = math.prod(split.trips)
+            cost = trips * (3 * budget.dma_latency_s + nbytes / budget.tile_bw)
+            key = (-cost, math.prod(split.grid), block_elems)
             if best is None or key > best[0]:
                 best = (key, d, b)
     if best is None:
