@@ -181,6 +181,8 @@ def _walk(body: list[Instr], path: str, state: _State, trips: tuple[int, ...],
     for k, ins in enumerate(body):
         here = f"{path}.{k}" if path else str(k)
         if isinstance(ins, Loop):
+            if math.prod(ins.trips) < 1:  # never runs (validation refuses such loops)
+                continue
             inner = trips + tuple(ins.trips)
             _all_writes(ins.body, state, inner)  # the state at the start of any iteration
             _walk(ins.body, here, state, inner, found)
