@@ -76,3 +76,23 @@ def test_smollm_first_layers_fp32_and_mxfp8() -> None:
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-4)
         quant = maiac.compile(model, shapes=shapes, quant="mxfp8").run(inputs)["logits"]
     assert cosine(quant, ref) >= 0.99
+
+
+@needs_smollm
+def test_smollm_generation_greedy_equals_onnxruntime() -> None:
+    """`maiac generate` on trained weights: SmolLM2-135M's embedding, first 2 layers, final
+    norm and tied head with the optimum KV-cache interface, a short chat prompt, 16 greedy
+    tokens equal onnxruntime's loop over the same graph (prefill + 15 in-place decode steps,
+    two programs). The whole 30-layer model (32/32 tokens, ~2.5 min and 7.6 GB here) is
+    bench/generate.py's."""
+    from maiac import models
+    from maiac.generate import generate
+    from maiac.generate_ref import onnxruntime_greedy
+    from maiac.real_llm import read_smollm, smollm_tokenizer
+
+    config, weights = read_smollm(str(smollm_path()))
+    model = models.kv_decoder(config, checkpoint=weights, layers=2, max_positions=64)
+    ids = smollm_tokenizer().encode("<|im_start|>user\nHi!<|im_end|>\n").ids
+    result = generate(model, ids, max_new_tokens=16)
+    assert result.kv_update == "in-place" and len(result.programs) == 2
+    assert result.tokens == onnxruntime_greedy(model, ids, 16)
