@@ -35,6 +35,7 @@ import numpy as np
 
 import maiac
 import maiac.models as M
+from maiac import progress
 from maiac.verify import cosine, top1_agreement
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
@@ -247,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m for m in args.models.split(",") if m]:
         formats = [f for f in args.formats.split(";") if f]
         try:
-            rows += (bench_minilm(formats, args.repeat) if name == "minilm"
-                     else bench_model(name, formats, args.repeat))
+            with progress.step(f"bench {name}"):  # compiles and runs show their own bars
+                rows += (bench_minilm(formats, args.repeat) if name == "minilm"
+                         else bench_model(name, formats, args.repeat))
         except Exception as err:
             rows.append({"model": name, "format": "fp32", "error": f"{type(err).__name__}: {err}"})
         print(f"{name} done", file=sys.stderr)

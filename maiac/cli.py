@@ -44,9 +44,10 @@ class _Group(click.Group):
 
 
 def progress(msg: str) -> None:
-    """A progress line on stderr, only when stderr is a terminal."""
-    if sys.stderr.isatty():
-        click.echo(f"maiac: {msg}", err=True)
+    """A progress line on stderr, only on a terminal and without --quiet (maiac/progress.py)."""
+    from maiac import progress as live
+
+    live.note(msg)
 
 
 def existing_file(path: str, what: str = "file") -> str:
@@ -199,8 +200,13 @@ def _driver() -> Any:
 @click.version_option(package_name="maiac", prog_name="maiac")
 @click.option("--debug", is_flag=True,
               help="Print the traceback of an error (also MAIAC_DEBUG=1).")
-def main(debug: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress on stderr (also MAIAC_QUIET=1; none without a terminal).")
+def main(debug: bool, quiet: bool) -> None:
     """maiac: compile ONNX transformers for the Microsoft Maia 200 machine model."""
+    from maiac import progress as live
+
+    live.set_quiet(quiet)
 
 
 @main.command("compile")

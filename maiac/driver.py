@@ -137,8 +137,18 @@ def run_passes(module: builtin.ModuleOp, passes: Sequence[ModulePass], *,
                print_after: Callable[[str], bool] | None = None, verify_each: bool = True,
                out: TextIO | None = None, log: CompileLog | None = None) -> None:
     """Apply ``passes`` in order; verify after each, naming the pass that broke the IR."""
+    from maiac import progress
+
     ctx = context()
+    with progress.step("compile", total=len(passes)) as bar:
+        _run_passes(ctx, module, passes, bar, print_after, verify_each, out, log)
+
+
+def _run_passes(ctx: Any, module: builtin.ModuleOp, passes: Sequence[ModulePass], bar: Any,
+                print_after: Callable[[str], bool] | None, verify_each: bool,
+                out: TextIO | None, log: CompileLog | None) -> None:
     for p in passes:
+        bar.update(f"compile: {p.name}")
         start = time.perf_counter()
         p.apply(ctx, module)
         if log is not None:
@@ -153,12 +163,16 @@ def run_passes(module: builtin.ModuleOp, passes: Sequence[ModulePass], *,
             stream.write(f"// -----// IR Dump After {p.name} //----- //\n")
             Printer(stream=stream).print_op(module)
             stream.write("\n")
+        bar.advance()
 
 
 def import_for_target(model: str | Path | onnx.ModelProto | OnnxModel, shapes: dict[str, tuple[int, ...]] | None,
                       target: str, target_params: dict[str, str] | None,
                       shape_only: bool) -> builtin.ModuleOp:
-    module = import_model(model, shapes, shape_only=shape_only)
+    from maiac import progress
+
+    with progress.step("import"):
+        module = import_model(model, shapes, shape_only=shape_only)
     tgt = get_target(target, target_params)
     module.attributes[TARGET_ATTR] = builtin.StringAttr(json.dumps(tgt.to_json()))
     return module
@@ -259,10 +273,15 @@ class CompiledModel:
     def run(self, inputs: dict[str, np.ndarray], *, trace: str | Path | None = None
             ) -> dict[str, np.ndarray]:
         """Outputs by name; ``trace``: also write the modeled timeline as Chrome JSON."""
+        from maiac import progress
         from maiac.runtime.interpreter import run_program
 
         self.last_run_stats = {}
-        outputs = run_program(self.program, inputs, stats=self.last_run_stats)
+        with progress.step("run on the machine model",
+                           total=len(self.program.instructions)) as bar:
+            outputs = run_program(self.program, inputs, stats=self.last_run_stats,
+                                  on_step=(lambda i, _n: bar.update(completed=i))
+                                  if progress.enabled() else None)
         if trace is not None:
             from maiac.runtime.timing import simulate
             from maiac.runtime.trace import write_chrome_trace
@@ -351,5 +370,8 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
     meta: dict[str, Any] = {"model": name, "quant": quant or "fp32",
                             "input_ranges": _input_ranges(opened.proto),
                             **_model_props(opened.proto)}
-    program = emit_program(module, meta, shape_only=shape_only)
+    from maiac import progress
+
+    with progress.step("emit"):
+        program = emit_program(module, meta, shape_only=shape_only)
     return CompiledModel(program, time.perf_counter() - start, log)

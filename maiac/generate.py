@@ -483,13 +483,17 @@ def generate(model: str | Path | onnx.ModelProto, prompt_ids: Sequence[int], *,
     records: list[ProgramRecord] = []
     logits: list[np.ndarray] = []
 
-    def emit(token: int) -> bool:
-        if on_token is not None:
-            on_token(token)
-        return token != opts.eos_token_id
+    from maiac import progress
 
-    run = _generate_kv if dec.pairs else _generate_recompute
-    tokens, times, capacity, kv_update = run(dec, prompt, opts, emit, records, logits)
+    with progress.step("generate", total=opts.max_new_tokens) as bar:
+        def emit(token: int) -> bool:
+            bar.advance()
+            if on_token is not None:
+                on_token(token)
+            return token != opts.eos_token_id
+
+        run = _generate_kv if dec.pairs else _generate_recompute
+        tokens, times, capacity, kv_update = run(dec, prompt, opts, emit, records, logits)
     ttft = times[0]
     tpot = float(np.mean(times[1:])) if len(times) > 1 else 0.0
     total = float(sum(times))

@@ -249,6 +249,7 @@ def verify(model: Any, *, quant: str | None = None,
     if quant is None and carries_model_quant(proto):
         quant = "model"  # the formats the model's own MX nodes name (maiac/importers/quark.py)
 
+    from maiac import progress
     from maiac.driver import compile as maiac_compile
 
     # quantized: every weight matmul's output is also a graph output of both the model
@@ -274,10 +275,12 @@ def verify(model: Any, *, quant: str | None = None,
                              f"(it holds: {', '.join(sorted(stored)) or 'nothing'})")
         ref, ort_s = stored, None
     else:
-        ref, ort_s = _reference(opened, ref_graph, feeds, custom_op_lib=ort_custom_op_lib)
-        if quant is None:  # quantized runs are judged by cosine; the noise would not count
-            noise = ort_noise(ref, _reference(opened, ref_graph, feeds, optimize=False,
-                                              custom_op_lib=ort_custom_op_lib)[0])
+        with progress.step("onnxruntime reference"):
+            ref, ort_s = _reference(opened, ref_graph, feeds,
+                                    custom_op_lib=ort_custom_op_lib)
+            if quant is None:  # quantized runs are judged by cosine; the noise would not count
+                noise = ort_noise(ref, _reference(opened, ref_graph, feeds, optimize=False,
+                                                  custom_op_lib=ort_custom_op_lib)[0])
     outputs = [
         compare_output(name, got.get(name), ref[name], quant=quant, rtol=rtol, atol=atol,
                        min_cosine=min_cosine, ort_noise=noise.get(name))

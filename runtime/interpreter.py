@@ -566,13 +566,15 @@ def _check_inputs(program: Program, inputs: dict[str, Any]) -> dict[str, np.ndar
 
 def run_program(program: Program, inputs: dict[str, np.ndarray], *,
                 trace: str | os.PathLike[str] | list[dict[str, Any]] | None = None,
-                stats: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+                stats: dict[str, Any] | None = None,
+                on_step: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """Run ``program`` on ``inputs`` (name -> array) and return its outputs (name -> array).
 
     ``trace``: a path writes the timing model's Chrome trace of the program there; a list
     receives one ``{"index", "op", "kind", "wall_s"}`` record per top-level instruction
     (measured interpreter time, for profiling the model itself). ``stats``: a dict that
     receives ``nonfinite_quantized``, the NaN/Inf values TVP quantize rows encoded.
+    ``on_step(done, total)``: called after each top-level instruction (progress bars).
     """
     machine = _machine(program)
     arrays = _check_inputs(program, inputs)
@@ -588,6 +590,8 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
             for i, (_, step) in enumerate(machine.steps):
                 t0 = time.perf_counter() if records is not None else 0.0
                 step(())
+                if on_step is not None:
+                    on_step(i + 1, len(machine.steps))
                 if records is not None:
                     ins = program.instructions[i]
                     records.append({"index": i, "op": ins.op, "kind": ins.kind,

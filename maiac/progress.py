@@ -1,0 +1,129 @@
+"""Progress on stderr for long work (compile passes, runs, verify, eval, generate, benches).
+
+A live ``rich`` display — spinner, step name, bar and count when the total is known,
+elapsed time — redrawn in place by rich's refresh thread, so it moves even while one
+numpy call or one compiler pass takes seconds. Only on a terminal: nothing at all when
+stderr is not a tty (pipes, CI logs, ``2>file``), with ``maiac --quiet`` or with
+``MAIAC_QUIET=1``. The display is transient (erased when the outermost step ends), so
+what stays on the terminal is the command's own output; ``note`` lines stay.
+
+Use::
+
+    with progress.step("compile", total=len(passes)) as bar:
+        for p in passes:
+            bar.update(f"compile: {p.name}")
+            ...
+            bar.advance()
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_quiet = False
+_lock = threading.RLock()
+_live: Any = None  # the rich Progress while a step is open
+_depth = 0
+
+
+def set_quiet(quiet: bool) -> None:
+    """``maiac --quiet``: no progress output for the rest of this process."""
+    global _quiet
+    _quiet = quiet
+
+
+def enabled() -> bool:
+    """Progress is shown: stderr is a terminal and nobody asked for quiet."""
+    if _quiet or os.environ.get("MAIAC_QUIET", "") not in ("", "0"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+class Bar:
+    """The handle of one open step: rename it, advance it."""
+
+    def __init__(self, task: Any = None) -> None:
+        self._task = task
+
+    def update(self, description: str | None = None, *, completed: int | None = None,
+               total: int | None = None) -> None:
+        if self._task is None or _live is None:
+            return
+        kw: dict[str, Any] = {}
+        if description is not None:
+            kw["description"] = description
+        if completed is not None:
+            kw["completed"] = completed
+        if total is not None:
+            kw["total"] = total
+        _live.update(self._task, **kw)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None and _live is not None:
+            _live.advance(self._task, n)
+
+
+def _start() -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(file=sys.stderr, force_terminal=True)
+    live = Progress(SpinnerColumn(), TextColumn("[bold]maiac[/bold] {task.description}"),
+                    BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, refresh_per_second=8)
+    live.start()
+    return live
+
+
+@contextmanager
+def step(description: str, total: int | None = None) -> Iterator[Bar]:
+    """Show ``description`` while the body runs (a bar when ``total`` is given).
+
+    Steps nest: an inner step is one more line under the outer one, removed when it
+    ends. Without a terminal this costs one function call and shows nothing.
+    """
+    global _live, _depth
+    if not enabled():
+        yield Bar()
+        return
+    with _lock:
+        if _live is None:
+            _live = _start()
+        _depth += 1
+        task = _live.add_task(description, total=total)
+    try:
+        yield Bar(task)
+    finally:
+        with _lock:
+            if _live is not None:
+                _live.remove_task(task)
+            _depth -= 1
+            if _depth == 0 and _live is not None:
+                _live.stop()
+                _live = None
+
+
+def note(message: str) -> None:
+    """A line that stays (``maiac: message``), above any live display; terminal only."""
+    if not enabled():
+        return
+    with _lock:
+        if _live is not None:
+            _live.console.print(f"maiac: {message}", markup=False, highlight=False)
+        else:
+            print(f"maiac: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,87 @@
+"""Progress on stderr: live on a terminal (a pseudo-tty here), absent without one or with
+``--quiet``."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maiac import progress
+
+DATA = Path(__file__).parent / "data"
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _run(args: list[str], tty: bool) -> tuple[int, str]:
+    """Run ``python -m maiac ARGS``; stderr on a pseudo-terminal or a pipe. Returns the
+    exit code and stderr with the terminal's control sequences removed."""
+    env = {k: v for k, v in os.environ.items() if k != "MAIAC_QUIET"}
+    env.update(TERM="xterm", COLUMNS="120")
+    cmd = [sys.executable, "-m", "maiac", *args]
+    if not tty:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env,
+                           timeout=600)
+        return p.returncode, ANSI.sub(b"", p.stderr).decode(errors="replace")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=slave, env=env)
+    os.close(slave)
+    data = bytearray()
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            data += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=600), ANSI.sub(b"", bytes(data)).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("progress")
+
+
+def test_progress_on_a_terminal(out_dir: Path) -> None:
+    rc, err = _run(["compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(out_dir / "a.maia")],
+                   tty=True)
+    assert rc == 0, err
+    assert "maiac: compiling" in err  # the note line
+    # the live display: step name, pass name, count of passes, elapsed time
+    assert re.search(r"maiac compile: [a-z-]+ .* \d+/\d+ \d:\d\d:\d\d", err), err[-2000:]
+
+
+def test_no_progress_without_a_terminal(out_dir: Path) -> None:
+    rc, err = _run(["compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(out_dir / "b.maia")],
+                   tty=False)
+    assert rc == 0, err
+    assert "maiac" not in err and "compile" not in err
+
+
+def test_no_progress_with_quiet(out_dir: Path) -> None:
+    rc, err = _run(["--quiet", "compile", str(DATA / "gpt2_dynamo.onnx"), "-o",
+                    str(out_dir / "c.maia")], tty=True)
+    assert rc == 0, err
+    assert "maiac" not in err and "compile" not in err
+
+
+def test_step_is_a_no_op_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIAC_QUIET", "1")
+    assert not progress.enabled()
+    with progress.step("x", total=3) as bar:
+        bar.update("y", completed=1)
+        bar.advance()
+    assert progress._live is None
