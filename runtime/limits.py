@@ -14,10 +14,9 @@ breaking a bound is one ``ProgramError`` (exit 2) naming the field. The bounds:
   largest block one instruction touches.
 * Fixed, far above what the compiler emits (its programs nest loops 2 deep, have a few
   thousand instructions): ``MAX_LOOP_DEPTH``, ``MAX_INSTRUCTIONS``, ``MAX_TRIPS`` per
-  loop, ``MAX_JSON_DEPTH`` of the manifest, ``MAX_TIMED_VISITS`` instruction visits of
-  the timing model (it schedules at most ``SIM_ITERS`` iterations per loop and
-  extrapolates, so its cost is closed-form in the trip counts but grows with nesting),
-  and ``MAX_RUN_STEPS`` instruction executions of one run of the interpreter.
+  loop, ``MAX_JSON_DEPTH`` of the manifest, and ``MAX_RUN_STEPS`` instruction executions
+  of one run of the interpreter. The timing model needs no bound of its own: its work is
+  closed-form in trip counts and depth (``timing.VISIT_BUDGET``).
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ MAX_TRIPS = 1 << 40
 MAX_INT = 1 << 62
 """Largest magnitude of any address, shape, stride or count (fits int64 arithmetic)."""
 
-MAX_TIMED_VISITS = 1 << 22
 MAX_RUN_STEPS = 1 << 22
 
 TARGET_BOUNDS: dict[str, float] = {
@@ -169,9 +167,8 @@ def _leaves(instrs: list[Instr], trips: tuple[int, ...] = (),
 
 
 def check_structure(program: Any) -> None:
-    """Trip counts, loop depth and the timing model's work; ``ProgramError`` naming the
-    instruction. Run on every loaded program (``report`` too), before any walk."""
-    from maiac.runtime.timing import SIM_ITERS
+    """Trip counts and loop depth; ``ProgramError`` naming the instruction. Run on every
+    loaded program (``report`` too), before any walk."""
 
     def loops(instrs: list[Instr], depth: int, path: str) -> None:
         for i, ins in enumerate(instrs):
@@ -187,12 +184,6 @@ def check_structure(program: Any) -> None:
                 loops(ins.body, depth + 1, f"{p}.")
 
     loops(program.instructions, 0, "")
-    visits = sum(math.prod(min(math.prod(t), SIM_ITERS) for t in trips)
-                 for _, _, trips in _leaves(program.instructions))
-    if visits > MAX_TIMED_VISITS:
-        raise ProgramError(f"instructions: the timing model would schedule {visits} "
-                           f"instruction visits (loop nests too deep or wide), over the bound "
-                           f"{MAX_TIMED_VISITS}")
 
 
 def _accesses(instr: Instr) -> list[Any]:

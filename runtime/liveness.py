@@ -111,7 +111,8 @@ def _write(v: np.ndarray) -> None:
     np.bitwise_or(v, WRITTEN | CLOBBERED, out=v)
 
 
-def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independent
+def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independent,
+                work: dict[str, int] | None = None
                 ) -> tuple[dict[str, list[tuple[int, int]]], set[str]]:
     """``({level: [(lo, hi), ...]}, clobbered constant names)`` of ``program``.
 
@@ -122,7 +123,9 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
     bytes)``) serves as the shadow and is left holding flags: the machine passes its own
     memory before writing the constants (a byte no run reads before writing may hold
     anything; every other one is poisoned before each run), which also pays the first
-    touch of its pages here rather than in the first run.
+    touch of its pages here rather than in the first run. ``work``, if given, receives
+    the walk's counters: ``visits`` (instructions walked one iteration at a time) and
+    ``summarized`` (loops summarized in closed form).
     """
     sh = _Shadow(mem)
     loaded = [b for b in program.buffers if b.kind == "const"]
@@ -215,11 +218,15 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
                 continue
             if math.prod(ins.trips) * visits(ins.body, inner) > budget[0]:
                 summarize(ins.body, inner, it)
+                summarized[0] += 1
                 continue
             for sub in itertools.product(*map(range, ins.trips)):
                 walk(ins.body, inner, it + sub)
 
+    summarized = [0]
     walk(program.instructions, (), ())
+    if work is not None:
+        work.update(visits=WALK_BUDGET - budget[0], summarized=summarized[0])
     for spec in program.outputs:  # read back after the run
         b = program.buffer(spec.buffer)
         read(b.level, sh.whole(b.level, b.addr, b.addr + b.nbytes))

@@ -13,18 +13,24 @@ range). So the DMA of the next op overlaps the compute of this one wherever the
 program's buffers allow it (double buffering, prefetch into separate buffers).
 
 Loops are costed in closed form: the first ``SIM_ITERS`` iterations are scheduled
-exactly, then the steady-state period (from the last two simulated iterations) is
-extrapolated over the remaining ones; busy times and per-op totals scale by
-``trips / SIM_ITERS``.
+exactly, then the steady-state period (from the last two simulated iterations, and never
+shorter than any engine's busy time per iteration) is extrapolated over the remaining
+ones; busy times and per-op totals scale by ``trips / SIM_ITERS``. A nest of loops
+multiplies those iterations (``SIM_ITERS ** depth`` visits of its innermost body), so
+when a program's loops would cost more than ``VISIT_BUDGET`` instruction visits, the
+innermost loop levels schedule fewer iterations (2, then 1, whose period is that
+iteration's span: no overlap between iterations) until it fits (``_plan_iterations``). The work is therefore
+bounded by ``max(VISIT_BUDGET, instructions)`` whatever the trip counts and the depth;
+the compiler's programs (loops 2 deep) stay far inside the budget and are scheduled
+as before. ``TimingReport.visits`` counts the visits a simulation made.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +58,9 @@ from maiac.runtime.timing_report import (  # noqa: F401  (re-exported)
 )
 
 SIM_ITERS = 4
+VISIT_BUDGET = 1 << 20
+"""Instruction visits the scheduler may make before inner loop levels schedule fewer
+iterations (a Llama-3-8B prefill program makes ~1,200 per layer)."""
 
 # --------------------------------------------------------------------------- hazards
 
@@ -169,6 +178,7 @@ class _Sim:
         self.events: list[Event] = []
         self.last_end: dict[int, float] = {}  # id(leaf) -> finish of its latest run
         self.hbm = _HbmTimeline()
+        self.visits = 0  # leaf schedulings: the work counter the budget bounds
         self.spans: list[Span] = []
         self.stats = [_Stats()]
         self.op_order: dict[str, None] = {}
@@ -186,6 +196,7 @@ class _Sim:
         return self.ends[engine][i] if i >= 0 else 0.0
 
     def leaf(self, lf: Leaf, it: tuple[int, ...]) -> float:
+        self.visits += 1
         start = self.free[lf.engine]
         waited: list[int] = []
         for e, k in lf.waits:
@@ -256,17 +267,21 @@ class _Sim:
 
     def loop(self, lp: _LoopItem, prefix: tuple[int, ...]) -> float:
         n = math.prod(lp.trips)
-        k = min(n, SIM_ITERS)
+        k = min(n, lp.sim_iters)
         self.stats.append(_Stats())
         ends: list[float] = []
         before = dict(self.issued)
-        for inner in itertools.islice(itertools.product(*map(range, lp.trips)), k):
+        first_event = len(self.events)
+        for inner in _first_iterations(lp.trips, k):
             before = dict(self.issued)
             ends.append(max(self.run(lp.body, prefix + inner), ends[-1] if ends else 0.0))
         frame = self.stats.pop()
         end = ends[-1]
         if n > k:
-            period = (ends[-1] - ends[-3]) / 2 if k >= 3 else ends[-1] - ends[0]
+            if k >= 2:
+                period = (ends[-1] - ends[-3]) / 2 if k >= 3 else ends[-1] - ends[0]
+            else:  # one iteration scheduled: its own span (no overlap between iterations)
+                period = end - min((e.start for e in self.events[first_event:]), default=end)
             # no engine (nor HBM) can do an iteration's work faster than its busy time
             period = max([period, *(busy / k for busy in frame.busy.values())])
             extra = (n - k) * period
@@ -299,8 +314,10 @@ class _Sim:
                 if per_iter:
                     skipped = (n - k) * per_iter
                     seqs, ends_e = self.seqs[e], self.ends[e]
-                    last = [(q, f) for q, f in zip(seqs, ends_e, strict=True)
-                            if q > before.get(e, 0)]
+                    # seqs ascend: the last iteration's entries are a suffix (a scan of
+                    # the whole list per loop made deep nests quadratic)
+                    i = bisect.bisect_right(seqs, before.get(e, 0))
+                    last = list(zip(seqs[i:], ends_e[i:], strict=True))
                     self.issued[e] += skipped
                     top = ends_e[-1]
                     for q, f in last:
@@ -322,6 +339,17 @@ class _Sim:
         return end
 
 
+def _first_iterations(trips: tuple[int, ...], k: int) -> Iterator[tuple[int, ...]]:
+    """The first ``k`` index tuples of a loop over ``trips`` (last axis fastest), without
+    building the ranges (``itertools.product`` would hold a 10^9-long one in memory)."""
+    for flat in range(k):
+        idx = []
+        for n in reversed(trips):
+            flat, i = divmod(flat, n)
+            idx.append(i)
+        yield tuple(reversed(idx))
+
+
 @dataclass
 class _LoopItem:
     path: str
@@ -329,6 +357,48 @@ class _LoopItem:
     trips: tuple[int, ...]
     body: list[Any]
     leaves: list[Leaf]  # every leaf inside, at any depth
+    sim_iters: int = SIM_ITERS  # iterations scheduled before extrapolating (_plan_iterations)
+
+
+def _depth(items: list[Any]) -> int:
+    """Loop levels of the deepest nest in ``items``."""
+    return max((1 + _depth(x.body) for x in items if isinstance(x, _LoopItem)), default=0)
+
+
+def _visits(items: list[Any], iters: list[int], cap: int, depth: int = 0) -> int:
+    """Leaf visits of scheduling ``items`` when loops at depth ``d`` schedule ``iters[d]``
+    iterations (any value past ``cap`` is reported as ``cap + 1``)."""
+    total = 0
+    for x in items:
+        if isinstance(x, _LoopItem):
+            total += min(math.prod(x.trips), iters[depth]) * _visits(x.body, iters, cap,
+                                                                      depth + 1)
+        else:
+            total += 1
+        if total > cap:
+            return cap + 1
+    return total
+
+
+def _plan_iterations(items: list[Any], budget: int) -> list[int]:
+    """Iterations each loop level schedules: ``SIM_ITERS`` everywhere when the program's
+    visits fit ``budget``; else the innermost levels drop to 2, then 1, one level at a
+    time, until they fit (or every level schedules one iteration: visits = leaves).
+    Sets ``sim_iters`` of every loop item; returns the per-depth iterations."""
+    iters = [SIM_ITERS] * _depth(items)
+    level = len(iters) - 1
+    while level >= 0 and _visits(items, iters, budget) > budget:
+        iters[level] = 2 if iters[level] > 2 else 1
+        if iters[level] == 1:
+            level -= 1
+
+    def assign(xs: list[Any], depth: int) -> None:
+        for x in xs:
+            if isinstance(x, _LoopItem):
+                x.sim_iters = iters[depth]
+                assign(x.body, depth + 1)
+    assign(items, 0)
+    return iters
 
 
 def _items(instrs: list[Instr], prefix: str, trips: tuple[int, ...], t: Target,
@@ -359,7 +429,9 @@ def simulate(program: Program, target: Target | None = None, *, network: Network
     meta = program.meta if isinstance(program.meta, dict) else {}
     net = network or Network.from_json(meta.get("network"))
     sim = _Sim(t, sync)
-    modeled = sim.run(_items(program.instructions, "", (), t, net), ())
+    items = _items(program.instructions, "", (), t, net)
+    _plan_iterations(items, VISIT_BUDGET)
+    modeled = sim.run(items, ())
     stats = sim.stats[0]
     engines = [f"dma{q}" for q in range(t.dma_queues)] + ["ttu", "tvp"]
     if "net" in stats.busy:
@@ -413,6 +485,7 @@ def simulate(program: Program, target: Target | None = None, *, network: Network
         dma_compute_overlap_s=dma_compute_overlap(sim.events),
         events=sim.events,
         program=program,
+        visits=sim.visits,
         extra={**_extra_keys(program, modeled, stats), "fmt_flops": dict(stats.fmt_flops)},
     ), t)
 

@@ -50,6 +50,7 @@ class TimingReport:
     extra: dict[str, Any] = field(default_factory=dict)  # added report keys (tokens/s, ...)
     events: list[Event] = field(default_factory=list, repr=False)
     program: Any = field(default=None, repr=False, compare=False)  # what was simulated
+    visits: int = 0  # instructions the scheduler visited (its work; not in the JSON)
 
     def to_json(self) -> dict[str, Any]:
         """The stable ``maiac report --json`` dict (events excluded; see trace.py)."""

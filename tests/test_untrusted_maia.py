@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import resource
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from maiac.runtime.errors import ProgramError
 from maiac.runtime.interpreter import run_program
 from maiac.runtime.isa import Dma, Loop, Vec
 from maiac.runtime.program import ProgramBuilder, load_program
-from maiac.runtime.timing import simulate
+from maiac.runtime.timing import SIM_ITERS, simulate
 
 
 @pytest.fixture
@@ -146,10 +145,9 @@ def test_huge_trip_counts_time_in_closed_form_and_refuse_to_run(tmp_path):
     from maiac.runtime.program import save_program
 
     save_program(prog, tmp_path / "h.maia")
-    t0 = time.perf_counter()
     loaded = load_program(tmp_path / "h.maia")
     rep = simulate(loaded)
-    assert time.perf_counter() - t0 < 5
+    assert rep.visits == 2 + 2 * SIM_ITERS  # the DMAs, SIM_ITERS iterations of the loop
     assert rep.modeled_time_s > 1e10 * 50e-9  # 2e10 vec instructions, each >= 50 ns
     with pytest.raises(ProgramError, match="more than .* instructions"):
         run_program(loaded, {"x": np.ones(16, np.float32)})
@@ -163,9 +161,9 @@ def test_liveness_is_closed_form_in_trip_counts():
     prog = _huge_loop_program((100_000, 100_000))
     mem = {"hbm": np.zeros(256, np.uint8), "csram": np.zeros(64, np.uint8),
            "tsram": np.zeros((64, 128), np.uint8)}
-    t0 = time.perf_counter()
-    ranges, _ = liveness.first_reads(prog, mem, lambda *a: False)
-    assert time.perf_counter() - t0 < 2
+    work: dict[str, int] = {}
+    ranges, _ = liveness.first_reads(prog, mem, lambda *a: False, work)
+    assert work == {"visits": 2, "summarized": 1}  # the two DMAs; the loop all at once
     assert ranges["tsram"] == []  # t was written before the loop
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,60 @@ def test_hbm_timeline_fills_gaps_in_time_order() -> None:
     assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:], strict=False))
     hbm.shift_after(11.0, 100.0)  # a loop's skipped iterations
     assert hbm.book(12.5, 1.0) >= 112.0
+
+
+def nested_program(trips: tuple[int, ...], depth: int = 1):
+    """``depth`` loops nested around the serial DMA + Vec body of ``loop_program`` (the
+    innermost loop has ``trips``, the 15 around it 2 iterations each, the rest 1: the
+    modeled time stays ~10^3 s, where float64 still resolves a 1.4 us period)."""
+    pb = ProgramBuilder()
+    n = 64 * 1024
+    x = pb.input("x", "f32", (n,))
+    t = pb.alloc("t", "tsram", n * 4)
+    y = pb.alloc("y", "tsram", n * 4)
+    body: list = [Dma(pb.access(x, "f32", (n,)), pb.access(t, "f32", (n,)), op="body"),
+                  Vec("exp", [pb.access(t, "f32", (n,))], pb.access(y, "f32", (n,)), op="body")]
+    loop = Loop(trips, body, op="body")
+    for level in range(depth - 1):
+        loop = Loop((2 if level < 15 else 1,), [loop], op="body")
+    pb.emit(loop)
+    return pb.build()
+
+
+def test_loop_time_is_trips_times_body_in_closed_form():
+    """T(N) = N x the body's period for N up to 1e9 (here one DMA then a Vec on one buffer:
+    serial, so the period is their sum), scheduled with the same work for every N."""
+    costs = [timing.leaf_cost(ins, "", (1,), T) for ins in nested_program((1,)).instructions[0].body]
+    period = sum(c.dur for c in costs)
+    visits = set()
+    for n in (8, 1000, 10**6, 10**9, (10**5, 10**5)):
+        trips = n if isinstance(n, tuple) else (n,)
+        rep = simulate(nested_program(trips))
+        total = math.prod(trips)
+        assert rep.modeled_time_s == pytest.approx(total * period, rel=1e-9)
+        assert rep.ops[0]["hbm_bytes"] == pytest.approx(total * 64 * 1024 * 4, rel=1e-12)
+        visits.add(rep.visits)
+    assert visits == {2 * timing.SIM_ITERS}
+
+
+@pytest.mark.parametrize("depth", [3, 12, 16, 300])
+def test_deep_nests_are_scheduled_within_the_visit_budget(monkeypatch, depth):
+    """A nest 300 deep (the loader refuses past 8; the timing model needs no such bound)
+    costs at most the budget in visits, and its time still scales with the trips."""
+    monkeypatch.setattr(timing, "VISIT_BUDGET", 4096)
+    reps = [simulate(nested_program((n,), depth)) for n in (10**3, 10**9)]
+    assert all(r.visits <= 4096 for r in reps)
+    assert reps[0].visits == reps[1].visits
+    costs = [timing.leaf_cost(ins, "", (1,), T) for ins in nested_program((1,)).instructions[0].body]
+    period = sum(c.dur for c in costs)
+    outer = 2 ** min(depth - 1, 15)
+    for n, rep, rel in zip((10**3, 10**9), reps, (1e-9, 1e-3), strict=True):
+        # each level extrapolates from what it scheduled; at 10^9 trips later iterations
+        # start ~10^7 s in, where float64 resolves a 1.4 us period to ~1e-4
+        assert rep.modeled_time_s == pytest.approx(outer * n * period, rel=rel)
+
+
+def test_programs_within_the_budget_schedule_sim_iters_per_loop():
+    items = timing._items(nested_program((50,), 2).instructions, "", (), T)
+    assert timing._plan_iterations(items, timing.VISIT_BUDGET) == [timing.SIM_ITERS] * 2
+    assert timing._plan_iterations(items, 5) == [4, 1]  # 2 outer trips x 1 x 2 leaves = 4
