@@ -57,6 +57,8 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
     quant_hints: dict[str, dict] = {}
     model_quant: dict[str, dict] = {}
     dropped: list[str] = []
+    float_of: dict[str, str] = {}
+    made: set[int] = set()  # nodes the expansions wrote (pruned when dead)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -76,12 +78,15 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
         expansion.head_size = hints.head_size
         expansion.quant_hints = quant_hints
         expansion.model_quant, expansion.model_quant_dropped = model_quant, dropped
+        expansion.float_of = float_of
         expansion.consumers, expansion.done, expansion.graph_outputs = consumers, done, outputs
         rule(expansion)
         nodes.extend(expansion.nodes)
+        made.update(id(n) for n in expansion.nodes)
         added.extend(expansion.new_initializers)
         for tensor in expansion.new_initializers:
             initializers[tensor.name] = tensor
+    nodes = _without_dead(nodes, made, {o.name for o in graph.output})
     used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
     new_graph = helper.make_graph(
         nodes, graph.name,
@@ -102,6 +107,19 @@ def expand_model(model: onnx.ModelProto) -> onnx.ModelProto:
                       f"are not applied (maiac computes there in fp32): {', '.join(dropped[:3])}"
                       f"{', ...' if len(dropped) > 3 else ''}", stacklevel=2)
     return expanded
+
+
+def _without_dead(nodes: list[onnx.NodeProto], made: set[int], outputs: set[str]
+                  ) -> list[onnx.NodeProto]:
+    """``nodes`` less the expansion-written ones nothing reads (e.g. an integer Cast whose
+    readers take the fp32 value instead); the model's own nodes are all kept."""
+    kept = list(nodes)
+    while True:
+        read = {i for n in kept for i in n.input} | outputs
+        alive = [n for n in kept if id(n) not in made or any(o in read for o in n.output if o)]
+        if len(alive) == len(kept):
+            return kept
+        kept = alive
 
 
 def model_quant_table(model: onnx.ModelProto) -> dict[str, dict] | None:

@@ -43,6 +43,9 @@ class Expansion:
         # MatMul node name -> {"w", "a", "scale_mode"}; quantization nodes not mappable
         self.model_quant: dict[str, dict] = {}
         self.model_quant_dropped: list[str] = []
+        # integer tensor an expansion cast from an exactly integral, in-range fp32 value ->
+        # that fp32 value: a later Cast back to float reads it instead (no Cast pair)
+        self.float_of: dict[str, str] = {}
 
     # -- naming and errors -------------------------------------------------------------
 
@@ -171,11 +174,11 @@ class Expansion:
         return self.one("Mul", [self.one("Mul", [x, self.f32(0.5)]), one_plus], output)
 
     def round_half_even(self, x: str) -> str:
-        """Round to nearest, ties to even (QuantizeLinear's rounding) by the fp32 magic number.
-
-        ``(x + 1.5·2^23) - 1.5·2^23`` in fp32 arithmetic is IEEE round-half-even for
-        ``|x| < 2^22``; larger values keep their sign and magnitude (>= 2^22), which the
-        saturation that follows every use here clips exactly as a true rounding would.
-        """
+        """Round to nearest, ties to even (QuantizeLinear's rounding): ONNX ``Round`` (opset
+        11+; one TVP op, ``np.round``), else ``(x + 1.5·2^23) - 1.5·2^23`` in fp32, which is
+        IEEE round-half-even for ``|x| < 2^22`` (larger values keep their sign and
+        magnitude, which the saturation that follows every use here clips exactly)."""
+        if self.opset >= 11:
+            return self.one("Round", [x])
         magic = self.f32(1.5 * 2.0**23)
         return self.one("Sub", [self.one("Add", [x, magic]), magic])

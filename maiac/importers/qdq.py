@@ -91,7 +91,7 @@ def dequantize_linear(e: Expansion) -> None:
         return
     if int(e.attr("block_size", 0)):
         raise e.fail("blocked dequantization of a runtime tensor is not supported")
-    x = e.one("Cast", [e.input(0)], to=TensorProto.FLOAT)
+    x = _as_float(e, e.input(0))
     if e.input(2):
         x = e.one("Sub", [x, e.one("Cast", [_axis_view(e, e.input(2), e.input(0))],
                                    to=TensorProto.FLOAT)])
@@ -187,6 +187,12 @@ def quantize_linear(e: Expansion) -> None:
         scaled = e.one("Add", [scaled, zp])
     clipped = e.one("Min", [e.one("Max", [scaled, e.f32(float(lo))]), e.f32(float(hi))])
     e.one("Cast", [clipped], e.output(0), to=target)
+    e.float_of[e.output(0)] = clipped
+
+
+def _as_float(e: Expansion, x: str) -> str:
+    """``Cast(x, float)``, or the exact fp32 value an expansion cast ``x`` from."""
+    return e.float_of.get(x) or e.one("Cast", [x], to=TensorProto.FLOAT)
 
 
 def _fake_quant(e: Expansion, lo: int, hi: int) -> bool:
@@ -227,15 +233,17 @@ def dynamic_quantize_linear(e: Expansion) -> None:
     zp = e.one("Min", [e.one("Max", [zp, e.f32(0.0)]), e.f32(255.0)])
     if e.output(2):
         e.one("Cast", [zp], e.output(2), to=TensorProto.UINT8)
+        e.float_of[e.output(2)] = zp
     q = e.one("Add", [e.round_half_even(e.one("Div", [x, scale])), zp])
     q = e.one("Min", [e.one("Max", [q, e.f32(0.0)]), e.f32(255.0)])
     e.one("Cast", [q], e.output(0), to=TensorProto.UINT8)
+    e.float_of[e.output(0)] = q
 
 
 def _shifted(e: Expansion, x: str, zp: str) -> str:
-    value = e.one("Cast", [x], to=TensorProto.FLOAT)
+    value = _as_float(e, x)
     if zp:
-        value = e.one("Sub", [value, e.one("Cast", [zp], to=TensorProto.FLOAT)])
+        value = e.one("Sub", [value, _as_float(e, zp)])
     return value
 
 
@@ -259,6 +267,7 @@ def qlinear_matmul(e: Expansion) -> None:
     lo, hi = _INT_RANGES[target]
     y = e.one("Min", [e.one("Max", [y, e.f32(float(lo))]), e.f32(float(hi))])
     e.one("Cast", [y], e.output(0), to=target)
+    e.float_of[e.output(0)] = y
 
 
 EXPANSIONS: dict[tuple[str, str], Callable[[Expansion], None]] = {
