@@ -1,7 +1,8 @@
 """Real trained models from PyPI packages through maiac: one row per model.
 
 Per model: whether ``maiac verify`` passes in fp32 (max abs error against onnxruntime,
-onnxruntime's own optimized-vs-unoptimized noise, the criterion of issue 10 item 5), the
+onnxruntime's own optimized-vs-unoptimized noise, and, where the float64 criterion decided,
+maiac's and onnxruntime's distance from the float64 answer; the criterion met), the
 mxfp8 cosine against the fp32 onnxruntime output (on real tokens: padded positions
 masked), fp32 compile and interpreter run time, onnxruntime's run time, and the op types
 of the model that maiac does not lower. Models whose package is not installed are listed
@@ -87,6 +88,11 @@ def measure(name: str, source: Any) -> dict[str, Any]:
         row["fp32_ok"] = fp32["ok"]
         row["fp32_max_abs_err"] = max(o["max_abs_err"] or 0.0 for o in fp32["outputs"])
         row["ort_noise"] = max(o["ort_noise"] or 0.0 for o in fp32["outputs"])
+        row["fp32_criterion"] = sorted({str(o.get("criterion")) for o in fp32["outputs"]})
+        deep = [o for o in fp32["outputs"] if o.get("fp64_err_maiac") is not None]
+        if deep:  # the float64 criterion decided (maiac/fp64_reference.py)
+            row["fp64_err_maiac"] = max(o["fp64_err_maiac"] for o in deep)
+            row["fp64_err_ort"] = max(o["fp64_err_ort"] or 0.0 for o in deep)
         row["compile_s"], row["run_s"] = fp32["compile_s"], fp32["run_s"]
         ref, row["onnxruntime_s"] = _ort(model, inputs)
         start = time.perf_counter()
@@ -112,20 +118,23 @@ def measure(name: str, source: Any) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | fp32 verify | max abs err | ort noise | mxfp8 cosine (min) | "
-            "compile s | run s | ort s | unsupported ops |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| model | fp32 verify (criterion) | max abs err | ort noise | fp64 err maiac / ort "
+            "| mxfp8 cosine (min) | compile s | run s | ort s | unsupported ops |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "note" in r:
-            lines.append(f"| {r['model']} | {r['note']} |" + " |" * 7)
+            lines.append(f"| {r['model']} | {r['note']} |" + " |" * 8)
             continue
         ops = ", ".join(f"{k} ({v})" for k, v in r["unsupported_ops"].items()) or "none"
         if r["unsupported_ops"]:
-            lines.append(f"| {r['model']} | cannot compile | | | | | | | {ops} |")
+            lines.append(f"| {r['model']} | cannot compile | | | | | | | | {ops} |")
             continue
+        fp64 = (f"{r['fp64_err_maiac']:.2e} / {r['fp64_err_ort']:.2e}"
+                if "fp64_err_maiac" in r else "-")
         lines.append(
-            f"| {r['model']} | {'PASS' if r['fp32_ok'] else 'FAIL'} | "
-            f"{r['fp32_max_abs_err']:.2e} | {r['ort_noise']:.2e} | "
+            f"| {r['model']} | {'PASS' if r['fp32_ok'] else 'FAIL'} "
+            f"({', '.join(r['fp32_criterion'])}) | "
+            f"{r['fp32_max_abs_err']:.2e} | {r['ort_noise']:.2e} | {fp64} | "
             f"{min(r['mxfp8_cosine'].values()):.4f} | {r['compile_s']:.1f} | "
             f"{r['run_s']:.1f} | {r['onnxruntime_s']:.3f} | {ops} |")
     return "\n".join(lines)

@@ -15,7 +15,9 @@ still fails.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,6 +31,12 @@ FP64_FACTOR = 4.0
 _F, _D = TensorProto.FLOAT, TensorProto.DOUBLE
 
 
+FP64_MAX_BYTES = 4 << 30
+"""No float64 reference for models whose float64 weights would exceed this (memory)."""
+
+_DATA_FILE = "weights64.bin"
+
+
 def _tensor_to_double(t: onnx.TensorProto) -> None:
     if t.data_type == _F:
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
@@ -40,8 +48,7 @@ def _value_to_double(v: onnx.ValueInfoProto) -> None:
 
 
 def _graph_to_double(graph: onnx.GraphProto) -> None:
-    for t in graph.initializer:
-        _tensor_to_double(t)
+    """Everything but ``graph.initializer`` (streamed by ``double_model``) to float64."""
     for v in [*graph.input, *graph.output, *graph.value_info]:
         _value_to_double(v)
     for node in graph.node:
@@ -49,6 +56,8 @@ def _graph_to_double(graph: onnx.GraphProto) -> None:
             if attr.type == onnx.AttributeProto.TENSOR:
                 _tensor_to_double(attr.t)
             elif attr.type == onnx.AttributeProto.GRAPH:
+                for t in attr.g.initializer:
+                    _tensor_to_double(t)
                 _graph_to_double(attr.g)
             elif attr.name == "to" and node.op_type == "Cast" and attr.i == _F:
                 attr.i = _D
@@ -62,14 +71,50 @@ def _graph_to_double(graph: onnx.GraphProto) -> None:
                         "value", numpy_helper.from_array(value)))
 
 
-def double_model(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+def _float64_bytes(proto: onnx.ModelProto) -> int:
+    total = 0
+    for t in proto.graph.initializer:
+        n = int(np.prod(t.dims, dtype=np.int64))
+        total += 8 * n  # float64, an upper bound for the other element types
+    return total
+
+
+def double_model(proto: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelProto | None:
     """A copy of ``proto`` computing in float64 wherever it computes in float32 (weights,
-    inputs, outputs, constants, Casts to float), or None when its weights are external."""
+    inputs, outputs, constants, Casts to float), or None when its weights are external or
+    their float64 copy would exceed ``FP64_MAX_BYTES``. With ``folder`` the widened
+    weights are written there as one external-data file, one tensor at a time, so the
+    float64 weights never sit in memory twice (onnxruntime reads them from the file)."""
     if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return None
+    if _float64_bytes(proto) > FP64_MAX_BYTES:
         return None
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
+    del copy.graph.initializer[:]  # rebuilt one by one below
     _graph_to_double(copy.graph)
+    sink = open(folder / _DATA_FILE, "wb") if folder is not None else None  # noqa: SIM115
+    try:
+        for t in proto.graph.initializer:
+            value = numpy_helper.to_array(t)
+            if value.dtype == np.float32:
+                value = value.astype(np.float64)
+            if sink is None or value.nbytes < 1024:
+                copy.graph.initializer.append(numpy_helper.from_array(value, t.name))
+                continue
+            offset = sink.tell()
+            sink.write(np.ascontiguousarray(value).tobytes())
+            wide = onnx.TensorProto(name=t.name, dims=list(value.shape),
+                                    data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+                                    data_location=TensorProto.EXTERNAL)
+            for key, val in (("location", _DATA_FILE), ("offset", str(offset)),
+                             ("length", str(value.nbytes))):
+                wide.external_data.add(key=key, value=val)
+            copy.graph.initializer.append(wide)
+            del value
+    finally:
+        if sink is not None:
+            sink.close()
     return copy
 
 
@@ -77,27 +122,32 @@ def fp64_outputs(model: OnnxModel, graph: onnx.ModelProto,
                  feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str] | None:
     """The float64 outputs of ``graph`` on ``feeds`` (float32 inputs widened) and which
     engine computed them ("onnxruntime-fp64" or "onnx-reference-fp64"); None when the
-    graph cannot be widened (external weights) or neither engine runs it."""
-    doubled = double_model(graph)
-    if doubled is None:
-        return None
-    wide = {k: (np.asarray(v, np.float64) if np.asarray(v).dtype == np.float32 else v)
-            for k, v in feeds.items()}
-    names = [o.name for o in doubled.graph.output]
-    try:
-        sess = ort_session(model, doubled, what="float64 reference")
-        outs = sess.run(names, wide)
-        return dict(zip(names, outs, strict=True)), "onnxruntime-fp64"
-    except Exception:  # noqa: BLE001 - e.g. no double kernel for one of its ops
-        pass
-    try:
-        from onnx.reference import ReferenceEvaluator
+    graph cannot be widened (external or too large weights) or neither engine runs it."""
+    with tempfile.TemporaryDirectory(prefix="maiac-fp64-") as tmp:
+        folder = Path(tmp)
+        doubled = double_model(graph, folder)
+        if doubled is None:
+            return None
+        wide = {k: (np.asarray(v, np.float64) if np.asarray(v).dtype == np.float32 else v)
+                for k, v in feeds.items()}
+        names = [o.name for o in doubled.graph.output]
+        try:
+            sess = ort_session(OnnxModel(doubled, model.label, folder),
+                               what="float64 reference")
+            outs = sess.run(names, wide)
+            return dict(zip(names, outs, strict=True)), "onnxruntime-fp64"
+        except Exception:  # noqa: BLE001 - e.g. no double kernel for one of its ops
+            sess = None
+        try:
+            from onnx.external_data_helper import load_external_data_for_model
+            from onnx.reference import ReferenceEvaluator
 
-        with np.errstate(all="ignore"):
-            outs = ReferenceEvaluator(doubled).run(names, wide)
-        return dict(zip(names, outs, strict=True)), "onnx-reference-fp64"
-    except Exception:  # noqa: BLE001 - verify then reports that no fp64 reference exists
-        return None
+            load_external_data_for_model(doubled, tmp)
+            with np.errstate(all="ignore"):
+                outs = ReferenceEvaluator(doubled).run(names, wide)
+            return dict(zip(names, outs, strict=True)), "onnx-reference-fp64"
+        except Exception:  # noqa: BLE001 - verify then reports that no fp64 reference exists
+            return None
 
 
 def max_distance(a: np.ndarray, exact: np.ndarray) -> float:
