@@ -77,6 +77,8 @@ class PerfOptions:
     # format) or "copy" (the graph's Concat(past, new) materialized, a narrow cache cast by
     # its own op: what maiac compiled before the in-place pass)
     kv_update: str = "in-place"
+    pp: list[int] = field(default_factory=lambda: [1])  # pipeline stages (maiac/perf_pipeline.py)
+    micro_batches: int | None = None     # with pp > 1: in flight (default: the stage count)
 
     def check(self) -> None:
         for name, values in (("--batch", self.batch), ("--context", self.context)):
@@ -89,6 +91,10 @@ class PerfOptions:
             raise MaiacError(f"--layers must be extrapolate or all, got {self.layers!r}")
         if not self.chips or any(c < 1 for c in self.chips):
             raise MaiacError(f"--chips needs positive integers, got {self.chips}")
+        if not self.pp or any(p < 1 for p in self.pp):
+            raise MaiacError(f"--pp needs positive integers, got {self.pp}")
+        if self.micro_batches is not None and self.micro_batches < 1:
+            raise MaiacError(f"--micro-batches must be >= 1, got {self.micro_batches}")
         if self.price_per_hour is not None and self.price_per_hour < 0:
             raise MaiacError("--price-per-hour must be >= 0")
         if self.kv_update not in KV_UPDATES:
@@ -403,6 +409,13 @@ def sweep(model: str, options: PerfOptions | None = None,
                             _chips_figures(point, g, shape, dec, one_chip, target.hbm_bytes)
                         one_chip = point if g == 1 and "error" not in point else one_chip
                         points.append(point)
+                        for stages in opts.pp:
+                            if stages > 1:
+                                dec_task = Task(shape, "decode", b, c, q, kv, 1, opts.target,
+                                                params, g, opts.kv_update)
+                                points.append(_pipeline_point(
+                                    point, stages, opts, results, dec_task, shape, target,
+                                    extrapolate, c, one_chip))
     return {"model": shape.name, "target": target.name, "layers": shape.layers,
             "layers_mode": "extrapolated from 1 and 2 layers" if extrapolate else "all",
             "hbm_capacity_bytes": target.hbm_bytes, "tdp_w": TDP_W,
@@ -410,6 +423,31 @@ def sweep(model: str, options: PerfOptions | None = None,
 
 
 TDP_W = 750.0  # Maia 200 SoC TDP, PUBLIC (MAIA200_FACTS.md [MS])
+
+
+def _pipeline_point(point: dict[str, Any], stages: int, opts: PerfOptions,
+                    results: dict[Task, dict[str, Any]], dec_task: Task, shape: ModelShape,
+                    target: Any, extrapolate: bool, context: int,
+                    one_chip: dict[str, Any] | None) -> dict[str, Any]:
+    """``point`` (one TP group of ``dec_task.chips``) as ``stages`` pipeline stages."""
+    from maiac.perf_pipeline import pipeline_figures
+
+    if not extrapolate:
+        raise MaiacError("--pp composes the per-layer times of a preset: it needs a preset "
+                         "model and --layers extrapolate")
+    out = dict(point)
+    if "error" in out:
+        out["pp"] = stages
+        return out
+    t1 = results[dec_task]["modeled_time_s"]
+    t2 = results[replace(dec_task, layers=2)]["modeled_time_s"]
+    pipeline_figures(out, stages, opts.micro_batches, t1, t2, shape.layers,
+                     PRESETS[shape.preset or ""].hidden, dec_task.chips, target.hbm_bytes,
+                     context, TDP_W, opts.price_per_hour)
+    if one_chip is not None and one_chip.get("tokens_per_s"):
+        out["speedup"] = out["tokens_per_s"] / one_chip["tokens_per_s"]
+        out["scaling_efficiency"] = out["speedup"] / out["chips"]
+    return out
 
 
 def _chips_figures(point: dict[str, Any], chips: int, shape: ModelShape, dec: dict[str, Any],

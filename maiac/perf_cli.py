@@ -48,7 +48,9 @@ def format_table(result: dict[str, Any]) -> str:
              f"energy at {result['tdp_w']:.0f} W TDP", head]
     for p in result["points"]:
         key = f"{p['batch']:>5} {p['context']:>6} {p['quant']:>6} {p['kv_cache']:>4}"
-        if "chips" in p:
+        if "pp" in p:
+            key = f"{p['pp']}x{p['tensor_parallel']:<2}pp {key}"
+        elif "chips" in p:
             key = f"{p['chips']:>3}x {key}"
         if "error" in p:
             lines.append(f"{key} error: {p['error']}")
@@ -60,7 +62,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"{p['energy_per_token_j']:>7.3f} {_usd(p['usd_per_million_tokens']):>7}"
             + (f"  {p['tokens_per_s_per_chip']:,.0f} tok/s/chip, net {p['collective_share']:.0%}"
                + (f", efficiency {p['scaling_efficiency']:.0%}" if "scaling_efficiency" in p
-                  else "") if "chips" in p else ""))
+                  else "") if "chips" in p else "")
+            + (f", {p['micro_batches']} micro-batches, bubble {p['bubble_fraction']:.0%}, "
+               f"layers/stage {p['layers_per_stage']}" if "pp" in p else ""))
         for c in p.get("compare", []):
             if "error" in c:
                 continue
@@ -155,6 +159,11 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--kv-update", type=click.Choice(["in-place", "copy"]), default="in-place",
               show_default=True, help="Decode cache update: in place (new rows written into "
               "the cache) or the graph's Concat copy (the old program, for comparison).")
+@click.option("--pp", "pp_text", default="1", show_default=True,
+              help="Pipeline stages (comma list; x --chips each): stage times, TPOT, tokens/s "
+                   "and bubble with --micro-batches in flight (maiac/perf_pipeline.py).")
+@click.option("--micro-batches", type=click.IntRange(1), default=None,
+              help="With --pp: micro-batches in flight (default: the stage count).")
 @click.option("--price-per-hour", type=float, default=None, help="$ per chip-hour (for $/M tokens).")
 @click.option("--compare", "compare_specs", metavar="SPEC.toml", multiple=True,
               help="Roofline estimate for another accelerator (a TOML spec, or a shipped name: "
@@ -168,8 +177,8 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--html", "html_out", metavar="OUT.html", default=None,
               help="Write a self-contained page with plots.")
 def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, quant: str,
-             kv_cache: str, layers: str, chips_text: str, kv_update: str,
-             price_per_hour: float | None,
+             kv_cache: str, layers: str, chips_text: str, kv_update: str, pp_text: str,
+             micro_batches: int | None, price_per_hour: float | None,
              compare_specs: tuple[str, ...], jobs: int, cache_dir: str | None, no_cache: bool,
              target: str, target_param: tuple[str, ...], as_json: bool,
              html_out: str | None) -> None:
@@ -194,7 +203,8 @@ def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, qu
                        kv_cache=kv_list, layers=layers, target=target, target_params=params,
                        price_per_hour=price_per_hour, jobs=jobs, cache_dir=cache_dir,
                        use_cache=not no_cache, chips=_ints(chips_text, "--chips"),
-                       kv_update=kv_update)
+                       kv_update=kv_update, pp=_ints(pp_text, "--pp"),
+                       micro_batches=micro_batches)
     result = sweep(model, opts, progress=progress)
     if specs:
         maia = maia_roofline_spec(get_target(target, params), result["tdp_w"], price_per_hour)

@@ -194,3 +194,28 @@ def test_save_load_and_cli(tmp_path: Path) -> None:
     (tmp_path / "m.stage1.maia").unlink()
     res = runner.invoke(main, ["report", str(tmp_path / "m.stage0.maia")])
     assert res.exit_code == 2 and "missing m.stage1.maia" in res.output
+
+
+def test_perf_pipeline_points(tmp_path: Path) -> None:
+    from maiac import perf
+    from maiac.perf_pipeline import split_layers
+
+    opts = perf.PerfOptions(batch=[1], context=[64], quant=["fp8"], kv_cache=["bf16"],
+                            chips=[1], pp=[1, 2], micro_batches=4, jobs=1,
+                            cache_dir=str(tmp_path))
+    one, two = perf.sweep("llama-tiny", opts)["points"]
+    assert "pp" not in one and two["pp"] == 2 and two["chips"] == 2
+    assert sum(two["layers_per_stage"]) == 2 and two["micro_batches"] == 4
+    times = two["stage_time_s"]
+    assert two["tpot_s"] == pytest.approx(max(sum(times), 4 * max(times)))
+    assert two["tokens_per_s"] == pytest.approx(4 / two["tpot_s"])
+    assert two["bubble_fraction"] == pytest.approx(1 - 4 * sum(times) / (2 * two["tpot_s"]))
+    assert two["p2p_time_s"] > 0 and two["hbm_per_chip_bytes"] < one["weight_bytes"] \
+        + one["kv_cache_bytes"] * 4
+    # the last stage also holds the head: it gets fewer layers when the head is heavy
+    assert split_layers(10, 1.0, 2.0, 2) == [6, 4]
+    assert split_layers(8, 1.0, 0.0, 4) == [2, 2, 2, 2]
+    with pytest.raises(MaiacError, match="only 2 layers"):
+        split_layers(2, 1.0, 0.0, 3)
+    with pytest.raises(MaiacError, match="--pp"):
+        perf.PerfOptions(pp=[0]).check()
