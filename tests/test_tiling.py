@@ -96,3 +96,34 @@ def test_ragged_matmul_tails(m: int, k: int, n: int, quant: str | None) -> None:
         assert len(shapes) >= 2, shapes
     assert all(b % 32 == 0 or b == 1000 for b in block_candidates(1000, 32, 36))
     assert any(1000 % b for b in block_candidates(1000, 32, 36))  # need not divide
+
+
+@pytest.mark.parametrize("k", [2 * 1009, 2 * 601])
+def test_ragged_k_first_step(k: int) -> None:
+    """K = the TTU's native depth (2 for f32) x a prime has no deep divisor: the K blocks
+    then need not divide K (the remainder is a first, shorter step) instead of hundreds
+    of native-deep steps; same product."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import maiac
+
+    m, n = 64, 96
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    compiled = maiac.compile(model, target_params={"n_clusters": "1", "tiles_per_cluster": "2",
+                                                   "tsram_bytes": "160KiB"})
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
+
+    def leaves(instrs):
+        for i in instrs:
+            yield from leaves(i.body) if i.kind == "loop" else [i]
+    depths = {i.a.shape[-1] for i in leaves(compiled.program.instructions)
+              if i.kind == "matmul"}
+    assert any(k % d for d in depths), depths  # a K block that does not divide K
+    assert min(depths) > 2, depths

@@ -85,7 +85,7 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
                   n_step: int = 1, block_bytes: int = 0, a_src: float | None = None,
                   speedup: float = 1.0, quant_ops: float = 0.0, b_src: float | None = None,
                   epilogue_ops: float = 0.0, outputs: int = 1,
-                  ragged: bool = False) -> tuple[int, int, int]:
+                  ragged: bool = False, ragged_k: bool = False) -> tuple[int, int, int]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
     ``bm``/``bn`` are multiples of the TTU's native 32 x K x 32 block (or the whole dim);
@@ -99,14 +99,15 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     ``quant_ops``: TVP ops per element of ``a`` (activation quantize, per K step);
     ``epilogue_ops``: TVP ops per output element (bias, activation, residual);
     ``outputs``: products per job sharing the ``a`` block (2: a gated matmul, whose ``b``
-    blocks and ``[bm, bn]`` accumulators come in pairs).
+    blocks and ``[bm, bn]`` accumulators come in pairs); ``ragged_k``: ``bk`` need not
+    divide K (a first, shorter K step takes the remainder; plain operands only).
 
     Each candidate is costed as `_job_time` says: K steps overlapped (DMA, TVP, TTU in a
     pipeline) only when the `double-buffer` pass can give the streamed blocks twins, else
     one after the other.
     """
     args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs)
+            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k)
     if budget.fixed_block:
         slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
         fixed = _fixed_blocks(m, n, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step,
@@ -123,11 +124,11 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
 def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float,
                  b_size: float, budget: Budget, extra_row_bytes: int, k_step: int, n_step: int,
                  block_bytes: int, a_src: float | None, speedup: float, quant_ops: float,
-                 b_src: float | None, epilogue_ops: float, outputs: int
+                 b_src: float | None, epilogue_ops: float, outputs: int, ragged_k: bool
                  ) -> tuple[float, int, int, int] | None:
     """(cost, bm, bn, bk) of the best candidate (see `choose_blocks`), or None."""
     args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs)
+            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k)
     slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
     gm, gn = budget.native_m, math.lcm(budget.native_n, n_step)
     if ragged:
@@ -160,7 +161,7 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                     continue
                 room = budget.tsram_bytes - fixed - (per_job if job_twins else 0)
                 bk = _deepest_k(k, bm, bn, a_size * (1 + twins),
-                                outputs * b_size * (1 + twins), room, k_step)
+                                outputs * b_size * (1 + twins), room, k_step, ragged_k)
                 if bk is None:
                     continue
                 body, epilogue = _job_parts(shape, bk, twins, budget)
@@ -176,11 +177,11 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
 
 def _best_blocks_any(m: int, n: int, *args: Any) -> tuple[float, int, int, int] | None:
     (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-     a_src, speedup, quant_ops, b_src, epilogue_ops, outputs) = args
+     a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k) = args
     one = dataclasses.replace(budget, native_m=1, native_n=1)
     return _best_blocks(m, n, False, batch, k, a_size, b_size, one, extra_row_bytes, k_step,
                         n_step, block_bytes, a_src, speedup, quant_ops, b_src, epilogue_ops,
-                        outputs)
+                        outputs, ragged_k)
 
 
 def _tails_cost(m: int, n: int, bm: int, bn: int, args: tuple) -> float | None:
@@ -254,7 +255,7 @@ def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[floa
     t_ttu = 2 * pm * pn * bk / (budget.tile_flops * s.speedup) + budget.instr_overhead_s
     t_tvp = (s.bm * bk * s.quant_ops / budget.tile_vec + budget.instr_overhead_s
              if s.quant_ops and budget.tile_vec else 0.0)
-    steps = s.k // bk
+    steps = -(-s.k // bk)  # a ragged K: the remainder is one more (shorter) step
     if twins and steps >= 3:
         body = t_dma + t_tvp + steps * max(t_dma, t_tvp, t_ttu)
     else:
@@ -297,11 +298,37 @@ def _fixed_blocks(m: int, n: int, k: int, a_size: float, b_size: float, budget: 
 
 
 def _deepest_k(k: int, bm: int, bn: int, a_size: float, b_size: float, room: int,
-               k_step: int = 1) -> int | None:
+               k_step: int = 1, ragged: bool = False) -> int | None:
+    """The deepest K block that fits ``room``: a divisor of K (a multiple of ``k_step``);
+    with ``ragged``, a multiple of ``k_step`` that need not divide K when that takes
+    under half the steps (as even as the steps can be: the remainder is the first)."""
+    def fits(bk: int) -> bool:
+        return align(math.ceil(bm * bk * a_size)) + align(math.ceil(bk * bn * b_size)) <= room
+
+    best = _deepest_divisor(k, fits, k_step)
+    if not ragged or k_step <= 0 or k <= k_step:
+        return best
+    per_k = bm * a_size + bn * b_size
+    top = min(k, int(room // max(per_k, 1e-9)) // k_step * k_step)
+    while top >= k_step and not fits(top):
+        top -= k_step
+    if top < k_step:
+        return best
+    steps = -(-k // top)
+    # only where the divisors are poor (K = 32 x a prime: hundreds of 32-deep steps); a
+    # divisor that is merely shallower keeps the simpler, evenly alternating K loop
+    if best is not None and -(-k // best) < 2 * steps:
+        return best
+    per_step = -(-k // steps)
+    even = -(-per_step // k_step) * k_step  # ceil(K / steps) in whole k_step units
+    return even if fits(even) else top
+
+
+def _deepest_divisor(k: int, fits: Any, k_step: int) -> int | None:
     for bk in reversed(divisors(k)):
         if bk % k_step and bk != k:
             continue
-        if align(math.ceil(bm * bk * a_size)) + align(math.ceil(bk * bn * b_size)) <= room:
+        if fits(bk):
             return bk
     return None
 
@@ -384,7 +411,7 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
         extra += itemsize(q.w_scales.dtype) * halves  # per-column scales: a [1, bn] block
     args = dict(extra_row_bytes=extra, k_step=k_step, n_step=n_step, block_bytes=block,
                 a_src=itemsize(a.dtype), speedup=speedup, quant_ops=quant_ops,
-                epilogue_ops=epilogue_ops, outputs=halves)
+                epilogue_ops=epilogue_ops, outputs=halves, ragged_k=_plain(q))
     try:
         bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, ragged=True,
                                    **args)
@@ -433,7 +460,8 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
     tc = kernel.scratch_buffer("c", "f32", (bm, bn))
     tu = kernel.scratch_buffer("c_up", "f32", (bm, bn)) if glu else None
     row = halves * nb  # b's row, in elements (bytes when packed)
-    nk = k // bk
+    nk, kr = divmod(k, bk)  # kr: a ragged K's remainder, the first (shorter) step
+    assert not kr or _plain(q), "ragged K only for plain operands"
     outer_a = split.loop_strides(a_steps)
     outer_b = split.loop_strides(b_steps)
     a_quant = _a_quantizer(kernel, q, ta, bm, bk, grid)
@@ -444,30 +472,39 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
         b_shape, b_strides, tb_strides = (bk, bnb), (nb, 1), (bnb, 1)
     accs = [tc] + ([tu] if tu else [])
 
-    def step(k_index: int, inner: bool) -> list:
+    def step(k_index: int, inner: bool, width: int = bk, k0: int = kr) -> list:
+        """The K step at elements ``k0 + k_index * bk`` of ``width`` (``inner``: the
+        loop's body, its offsets moving by ``bk`` per iteration)."""
+        kw = k0 + k_index * bk if inner or k_index else 0
         a_ls = outer_a + ((bk,) if inner else ())
         b_ls = outer_b + ((bk * row,) if inner else ())
-        src_a = Access(a.buf, a.dtype, (bm, bk), (k, 1), a.off + m0 * k + k_index * bk,
+        bsh = (width, *b_shape[1:])
+        src_a = Access(a.buf, a.dtype, (bm, width), (k, 1), a.off + m0 * k + kw,
                        split.tile_strides(a_steps), a_ls)
-        src_b = Access(b.buf, b.dtype, b_shape, b_strides, b.off + b_col0 + k_index * bk * row,
+        src_b = Access(b.buf, b.dtype, bsh, b_strides, b.off + b_col0 + kw * row,
                        split.tile_strides(b_steps), b_ls)
         a_ops, a_mm, a_extra = a_quant
         b_ops, b_extras = b_scale(k_index, inner)
         return [
-            dma(src_a, Access(ta, ta_dtype, (bm, bk), (bk, 1)), grid, queue=0),
-            dma(src_b, Access(tb, b.dtype, b_shape, tb_strides), grid, queue=1),
+            dma(src_a, Access(ta, ta_dtype, (bm, width), (bk, 1)), grid, queue=0),
+            dma(src_b, Access(tb, b.dtype, bsh, tb_strides), grid, queue=1),
             *b_ops,
             *(op.clone() for op in a_ops),  # fresh ops: step() builds the peel and the loop
-            *(mm(a_mm or Access(ta, ta_dtype, (bm, bk), (bk, 1)),
-                 Access(tb, b.dtype, (bk, bnb), (halves * bnb, 1), h * bnb),
+            *(mm(a_mm or Access(ta, ta_dtype, (bm, width), (bk, 1)),
+                 Access(tb, b.dtype, (width, bnb), (halves * bnb, 1), h * bnb),
                  Access(acc, "f32", (bm, bn), (bn, 1)), grid,
                  accumulate=k_index > 0 or inner, fmt=fmt, **a_extra, **b_extras[h])
               for h, acc in enumerate(accs)),
         ]
 
-    body = step(0, inner=False)
-    if nk > 1:
-        body += loop((nk - 1,), step(1, inner=True))
+    if kr:  # the remainder first, then nk whole steps in the loop
+        body = step(0, inner=False, width=kr)
+        # one whole step after it: outside a loop, at element kr (k_index 1 from kr - bk)
+        body += loop((nk,), step(0, inner=True)) if nk > 1 else step(1, False, k0=kr - bk)
+    else:
+        body = step(0, inner=False)
+        if nk > 1:
+            body += loop((nk - 1,), step(1, inner=True, k0=0))
     c_block = Access(tc, "f32", (bm, bn), (bn, 1))
     if bias is not None:
         tbias = kernel.scratch_buffer("bias", bias.dtype, (bn,))
@@ -492,6 +529,12 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
                                     split.tile_strides(c_steps), split.loop_strides(c_steps)),
                     grid, queue=1))
     kernel.body.extend(loop(split.trips, body))
+
+
+def _plain(q: MatmulQuant) -> bool:
+    """Operands the TTU reads as stored (no block scales along K, no quantize step): K
+    blocks then need not divide K."""
+    return q.fmt("a") is None and q.fmt("w") is None and q.w_scales is None
 
 
 def _a_quantizer(kernel: Kernel, q: MatmulQuant, ta: str, bm: int, bk: int,
