@@ -49,16 +49,33 @@ PAPER = {
     # Allgather, 8 chips over two trays, of SoL = max(4 us, R / 1.4 TiB/s)
     "allgather_latency_fraction": 0.78, "allgather_bandwidth_fraction": 0.94,
 }
-# (M, K, N): squares and rectangles from compute- to memory-bound; operand sizes from a
-# few MiB to ~1 GiB so the memory-bound curve crosses 113.5 MiB
+# (M, K, N) compute-bound: squares and rectangles from 2 GFLOP up past the paper's 58 TFLOP
+# (a sweep that stops below it cannot place the "> 90 % above 58 TFLOP" threshold there)
 GEMMS_COMPUTE = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
                  (8192, 8192, 8192), (4096, 8192, 2048), (2048, 4096, 14336),
-                 (6144, 6144, 6144), (3072, 3072, 3072)]
-GEMMS_MEMORY = [(2048, 2048, 16), (4096, 4096, 32), (8192, 4096, 32), (16384, 4096, 32),
-                (16384, 8192, 32), (32768, 4096, 64), (32768, 8192, 32), (65536, 4096, 32),
-                (8192, 8192, 64), (4096, 16384, 64)]
+                 (6144, 6144, 6144), (3072, 3072, 3072), (16384, 16384, 16384),
+                 (32768, 16384, 32768), (32768, 32768, 32768)]
 QUICK_COMPUTE = [(2048, 2048, 2048), (8192, 8192, 8192), (4096, 4096, 4096)]
-QUICK_MEMORY = [(4096, 4096, 32), (16384, 4096, 32), (32768, 8192, 32), (65536, 4096, 32)]
+
+
+def memory_shapes(step: float, lo_mib: float = 16.0, hi_mib: float = 1024.0
+                  ) -> list[tuple[int, int, int]]:
+    """Memory-bound (M, K, N): operand sizes on a geometric grid (``step`` per point) from
+    ``lo_mib`` to ``hi_mib`` (bf16 bytes), two aspect ratios each — A tall (M = 4 K,
+    N = 32) and A square (M = K, N = 64) — so the size where the curve passes 50 % of HBM
+    is resolved to about ``step``, as the paper's 6,143 shapes resolve it."""
+    out = []
+    size = lo_mib * MIB
+    while size <= hi_mib * MIB * 1.0001:
+        for ratio, n in ((4, 32), (1, 64)):
+            k = max(32, round((size / 2 / ratio) ** 0.5 / 32) * 32)
+            out.append((ratio * k, k, n))
+        size *= step
+    return out
+
+
+GEMMS_MEMORY = memory_shapes(2 ** (1 / 8))
+QUICK_MEMORY = memory_shapes(2 ** (1 / 4), 32.0, 512.0)
 
 
 def gemm_model(m: int, k: int, n: int, dtype: int) -> Any:
@@ -149,14 +166,15 @@ def summarize(target: Target, bf16: list[dict], fp8: list[dict], qwen: list[dict
         return max((r["efficiency"] for r in rows if r["bound"] == bound), default=0.0)
 
     def threshold(rows: list[dict], bound: str, key: str, level: float) -> float:
-        """Smallest ``key`` above which every ``bound`` row is over ``level`` efficiency."""
+        """Where every ``bound`` row from there on is over ``level`` efficiency: between
+        the largest ``key`` still at or below ``level`` and the next row (their geometric
+        mean); nan when no row fails or none passes above the last failure."""
         rs = sorted((r for r in rows if r["bound"] == bound), key=lambda r: r[key])
-        out = float("nan")
-        for r in reversed(rs):
-            if r["efficiency"] <= level:
-                break
-            out = r[key]
-        return out
+        fails = [i for i, r in enumerate(rs) if r["efficiency"] <= level]
+        if not fails or fails[-1] + 1 >= len(rs):
+            return float("nan")
+        i = fails[-1]
+        return (rs[i][key] * rs[i + 1][key]) ** 0.5
 
     best = min(qwen, key=lambda r: abs(r["tokens_per_s"] - PAPER["qwen_tokens_per_s"]))
     rows = [
@@ -198,16 +216,35 @@ def allgather_summary() -> list[tuple[str, str, float, str]]:
 
 
 def run(target: Target, quick: bool = False, batches: list[int] | None = None,
-        programs: dict | None = None) -> dict[str, Any]:
+        programs: dict | None = None, qwen_decode: bool = True) -> dict[str, Any]:
+    """Every experiment on ``target`` (``qwen_decode=False``: the GEMMs only; the Qwen
+    row is then nan)."""
     comp, mem = (QUICK_COMPUTE, QUICK_MEMORY) if quick else (GEMMS_COMPUTE, GEMMS_MEMORY)
     batches = batches or ([8, 12, 16] if quick else list(range(1, 17)))
     bf16 = gemm_rows(target, "bf16", comp + mem, programs)
     fp8 = gemm_rows(target, "fp8", comp + mem, programs)
-    qwen = qwen_rows(target, batches, programs)
+    qwen = (qwen_rows(target, batches, programs) if qwen_decode else
+            [{"batch": 0, "tokens_per_s": float("nan"), "modeled_time_s": float("nan"),
+              "roofline_fraction": float("nan"), "hbm_bytes": 0.0, "compile_s": 0.0}])
     return {"target": target.name, "fit": "runtime/maia200_fit.py (bench/fit_paper.py)"
             if target.name == "maia200" else "none (unfitted)",
             "overrides": _overrides(target), "rows": summarize(target, bf16, fp8, qwen),
-            "gemms": bf16 + fp8, "qwen_decode": qwen}
+            "gemms": bf16 + fp8, "qwen_decode": qwen,
+            "qwen_implied_batch": implied_batch(qwen)}
+
+
+def implied_batch(qwen: list[dict[str, Any]]) -> float | None:
+    """The decode batch at which maiac's tokens/s reaches the published 2,434 (linear
+    between the two batches around it), None when no modeled batch gets there."""
+    want = PAPER["qwen_tokens_per_s"]
+    rows = sorted(qwen, key=lambda r: r["batch"])
+    for lo, hi in zip(rows, rows[1:], strict=False):
+        if lo["tokens_per_s"] < want <= hi["tokens_per_s"]:
+            f = (want - lo["tokens_per_s"]) / (hi["tokens_per_s"] - lo["tokens_per_s"])
+            return lo["batch"] + f * (hi["batch"] - lo["batch"])
+    if rows and rows[0]["tokens_per_s"] >= want:
+        return float(rows[0]["batch"])
+    return None
 
 
 def table(result: dict[str, Any]) -> str:
@@ -230,6 +267,9 @@ def table(result: dict[str, Any]) -> str:
     for q in result["qwen_decode"]:
         lines.append(f"| {q['batch']} | {q['tokens_per_s']:.0f} | {q['modeled_time_s'] * 1e3:.3f} "
                      f"| {q['roofline_fraction']:.3f} |")
+    b = result.get("qwen_implied_batch")
+    lines.append(f"The published 2,434 tokens/s implies batch {b:.1f} on this model."
+                 if b is not None else "No modeled batch reaches the published 2,434 tokens/s.")
     return "\n".join(lines)
 
 
