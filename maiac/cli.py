@@ -24,6 +24,7 @@ import numpy as np
 from maiac.outputs import atomic_path, check_output, write_text_atomic
 from maiac.report_view import _report_json, _time, format_report  # noqa: F401 (examples import format_report from here)
 from maiac.runtime.errors import MaiacError
+from maiac.shape_errors import shape_errors_explained
 
 EMITS = ("onnx", "maia", "tiled", "asm")
 
@@ -257,6 +258,15 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
                                                                              "inputs file"))
     kw["shape_only"] = shape_only
     driver = _driver()
+    with shape_errors_explained(kw["shapes"]):
+        _compile(driver, model, output, kw, inputs, emit, print_ir_after_all,
+                 print_ir_after, verify_each, pass_timing, chips, pp, micro_batches)
+
+
+def _compile(driver: Any, model: str, output: str | None, kw: dict[str, Any],
+             inputs: tuple[Any, ...], emit: str | None, print_ir_after_all: bool,
+             print_ir_after: tuple[str, ...], verify_each: bool, pass_timing: bool,
+             chips: int, pp: int, micro_batches: int) -> None:
     # IR dumps after passes go to stderr (as in mlir-opt); stdout keeps the final IR.
     debug = dict(print_ir_after=print_ir_after, verify_each=verify_each, out=sys.stderr)
     log = driver.CompileLog()
@@ -512,8 +522,10 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
     progress(f"verifying {model}")
     if reference is not None:
         existing_file(reference, "reference file")
-    result = verify(model, inputs=inputs, rtol=rtol, atol=atol, min_cosine=min_cosine,
-                    seed=seed, reference=reference, ort_custom_op_lib=ort_custom_op_lib, **kw)
+    with shape_errors_explained(kw["shapes"]):
+        result = verify(model, inputs=inputs, rtol=rtol, atol=atol, min_cosine=min_cosine,
+                        seed=seed, reference=reference, ort_custom_op_lib=ort_custom_op_lib,
+                        **kw)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

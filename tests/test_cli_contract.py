@@ -294,3 +294,18 @@ def test_node_name_that_is_not_utf8(tmp_path):
     data = Path(m).read_bytes().replace(b"zzmarkzz", b"zz\x99arkzz")
     Path(m).write_bytes(data)
     assert_one_error(invoke("compile", m, "-o", str(tmp_path / "o.maia")), 2, "not UTF-8 text")
+
+
+def test_sequence_past_the_position_table_names_the_table_and_the_shape():
+    """gpt2_torchscript (symbolic batch x sequence) has 64 positions: 1x65 is one error
+    giving the table size and the --shape dim past it, in compile and verify; 1x64 works."""
+    model = str(Path(__file__).parent / "data" / "gpt2_torchscript.onnx")
+    for cmd in ("compile", "verify"):
+        args = [cmd, model, "--shape", "input_ids=1x65", "--shape", "attention_mask=1x65"]
+        r = invoke(*args, *(["--emit", "maia"] if cmd == "compile" else []))
+        assert_one_error(r, 2, "the table has 64 entries along axis 0")
+        assert "--shape input_ids=1x65 (input 'input_ids', dim 1 = 65)" in r.output
+    r = invoke("verify", model, "--shape", "batch=1", "--shape", "sequence=65")
+    assert_one_error(r, 2, "fewer than --shape sequence=65 needs; use at most 64")
+    r = invoke("compile", model, "--shape", "batch=1", "--shape", "sequence=64", "--emit", "maia")
+    assert r.exit_code == 0, r.output
