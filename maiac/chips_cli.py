@@ -145,7 +145,7 @@ def format_pipeline(r: dict[str, Any]) -> str:
 
 
 def report_group(program_file: str, as_json: bool, html_out: str | None, top: int,
-                 trace: str | None = None) -> bool:
+                 trace: str | None = None, tokens_per_run: int | None = None) -> bool:
     """``maiac report`` on a group member (False: not a group)."""
     from maiac.cli import atomic_path, progress, write_text_atomic
     from maiac.report_view import annotate, format_report, render_html
@@ -159,7 +159,7 @@ def report_group(program_file: str, as_json: bool, html_out: str | None, top: in
     progress(f"simulating {n} chips")
     reports = [x for stage in group.timing() for x in stage] if pipe else group.timing()
     r = annotate(group.report(), group.programs[0].meta,
-                 [ev for rep in reports for ev in rep.events])
+                 [ev for rep in reports for ev in rep.events], tokens_per_run)
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:

@@ -374,4 +374,9 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
 
     with progress.step("emit"):
         program = emit_program(module, meta, shape_only=shape_only)
+    if "mode" not in program.meta:  # a KV-cache decoder from its graph (tokens/s in reports)
+        from maiac.decoder_props import decoder_props
+
+        program.meta.update(decoder_props(opened.proto,
+                                          {t.name: t.shape for t in program.inputs}))
     return CompiledModel(program, time.perf_counter() - start, log)

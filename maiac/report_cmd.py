@@ -24,9 +24,12 @@ from maiac.runtime.errors import MaiacError
 @click.option("--trace", metavar="TRACE.json", default=None,
               help="Write a Chrome/Perfetto trace of the modeled timeline (no data needed: "
                    "works for --shape-only programs).")
+@click.option("--tokens-per-run", type=click.IntRange(1), default=None,
+              help="Tokens one run produces, for tokens/s (default: from the graph when it "
+                   "is a KV-cache decoder: batch for a decode step, batch x seq for a prefill).")
 @max_memory_option
 def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int,
-               trace: str | None) -> None:
+               trace: str | None, tokens_per_run: int | None) -> None:
     """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""
     existing_file(program_file, "program file")
     for opt, path in (("--html", html_out), ("--trace", trace)):
@@ -39,12 +42,12 @@ def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int,
     from maiac.runtime.program import load_program
     from maiac.runtime.timing import simulate
 
-    if report_group(program_file, as_json, html_out, top, trace):
+    if report_group(program_file, as_json, html_out, top, trace, tokens_per_run):
         return
     program = load_program(program_file, keep_constants=False)  # timing needs no data
     progress(f"simulating {program_file}")
     rep = simulate(program)
-    r = annotate(_report_json(rep), program.meta, rep.events)
+    r = annotate(_report_json(rep), program.meta, rep.events, tokens_per_run)
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:

@@ -321,7 +321,11 @@ def render_html(r: dict[str, Any], events: list[dict[str, Any]], title: str,
         header.insert(3, ("chips", str(r["chips"])))
     if r.get("tokens_per_s") is not None:
         header.append(("tokens/s", f"{r['tokens_per_s']:.4g} ({r.get('mode')}, "
-                                   f"{r.get('tokens')} tokens per call)"))
+                                   f"{r.get('tokens')} tokens per call, from "
+                                   f"{r.get('tokens_source')})"))
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
+        if r.get(key) is not None:
+            header.append((label, _time(r[key])))
     t = r.get("modeled_time_s") or 0.0
     eng_rows = "".join(
         f"<tr><td>{esc(str(e.get('name')))}</td><td>{_time(e.get('busy_s'))}</td>"

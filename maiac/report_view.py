@@ -39,14 +39,31 @@ def op_formats(events: list[Any]) -> dict[str, str]:
     return out
 
 
-def annotate(r: dict[str, Any], meta: dict[str, Any] | None, events: list[Any]
-             ) -> dict[str, Any]:
-    """``r`` with ``model`` and ``quant`` (from the program's meta) and a ``format`` per op
-    row (from the events): what the text, JSON and HTML reports show beside the numbers."""
+def annotate(r: dict[str, Any], meta: dict[str, Any] | None, events: list[Any],
+             tokens_per_run: int | None = None) -> dict[str, Any]:
+    """``r`` with ``model`` and ``quant`` (from the program's meta), a ``format`` per op
+    row (from the events), and for a decoder (its meta's ``mode``/``tokens``: maiac.models
+    metadata or maiac/decoder_props.py; or ``tokens_per_run`` given) ``tokens_per_s`` and
+    the run's time as ``ttft_s`` (prefill) or ``tpot_s`` (decode step)."""
     meta = meta if isinstance(meta, dict) else {}
     out = dict(r)
     out.setdefault("model", meta.get("model"))
     out.setdefault("quant", meta.get("quant"))
+    t = float(out.get("modeled_time_s") or 0.0)
+    if tokens_per_run is not None:
+        out["tokens"] = tokens_per_run
+        out["mode"] = meta.get("mode") or "given"
+        out["tokens_source"] = "--tokens-per-run"
+    elif meta.get("mode") in ("prefill", "decode") and isinstance(meta.get("tokens"), int):
+        out.setdefault("mode", meta["mode"])
+        out.setdefault("tokens", meta["tokens"])
+        out["tokens_source"] = meta.get("tokens_source", "metadata")
+    if isinstance(out.get("tokens"), int) and t > 0:
+        out["tokens_per_s"] = out["tokens"] / t
+        if out.get("mode") == "prefill":
+            out["ttft_s"] = t
+        elif out.get("mode") == "decode":
+            out["tpot_s"] = t
     fmts = op_formats(events)
     out["ops"] = [dict(o, format=o.get("format") or fmts.get(str(o.get("name")), ""))
                   for o in r.get("ops", [])]
@@ -103,7 +120,11 @@ def format_report(r: dict[str, Any], top: int = 30) -> str:
     ]
     if r.get("tokens_per_s") is not None:
         lines.append(f"tokens/s           {r['tokens_per_s']:.4g} ({r.get('mode')}, "
-                     f"{r.get('tokens')} tokens per call)")
+                     f"{r.get('tokens')} tokens per call, from {r.get('tokens_source')})")
+    if r.get("ttft_s") is not None:
+        lines.append(f"TTFT               {_time(r['ttft_s'])} (this prefill)")
+    if r.get("tpot_s") is not None:
+        lines.append(f"TPOT               {_time(r['tpot_s'])} (this decode step)")
     resident = r.get("resident_weights") or []
     if resident:
         names = ", ".join(str(n).split(":", 1)[-1] for n in resident[:6])
