@@ -82,9 +82,15 @@ def _start() -> Any:
         TimeElapsedColumn,
     )
 
+    class Count(MofNCompleteColumn):
+        """``n/total``, or nothing for a step of unknown length (not ``0/?``)."""
+
+        def render(self, task: Any) -> Any:
+            return super().render(task) if task.total is not None else ""
+
     console = Console(file=sys.stderr, force_terminal=True)
     live = Progress(SpinnerColumn(), TextColumn("[bold]maiac[/bold] {task.description}"),
-                    BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
+                    BarColumn(bar_width=30), Count(), TimeElapsedColumn(),
                     console=console, transient=True, refresh_per_second=8)
     live.start()
     return live

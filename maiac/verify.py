@@ -237,25 +237,28 @@ def verify(model: Any, *, quant: str | None = None,
     for models onnxruntime cannot run; ``ort_custom_op_lib`` registers a custom-op
     library with onnxruntime before it loads the model.
     """
+    from maiac import progress
     from maiac.importers import carries_model_quant
 
-    opened = open_model(model)  # graph only; weights stay on disk for external-data models
-    model_path, proto = opened.path, opened.proto
-    arrays = read_arrays(inputs) if inputs is not None else None
-    inits = {i.name for i in proto.graph.initializer}
-    shapes = bind_input_shapes([v for v in proto.graph.input if v.name not in inits],
-                               shapes, arrays=arrays)
-    feeds = _load_inputs(arrays, proto, shapes, seed)
+    with progress.step("load the model and inputs"):
+        opened = open_model(model)  # graph only; weights stay on disk (external data)
+        model_path, proto = opened.path, opened.proto
+        arrays = read_arrays(inputs) if inputs is not None else None
+        inits = {i.name for i in proto.graph.initializer}
+        shapes = bind_input_shapes([v for v in proto.graph.input if v.name not in inits],
+                                   shapes, arrays=arrays)
+        feeds = _load_inputs(arrays, proto, shapes, seed)
     if quant is None and carries_model_quant(proto):
         quant = "model"  # the formats the model's own MX nodes name (maiac/importers/quark.py)
 
-    from maiac import progress
     from maiac.driver import compile as maiac_compile
 
     # quantized: every weight matmul's output is also a graph output of both the model
     # maiac compiles and the one onnxruntime runs, for the per-layer errors
     stored = read_arrays(reference) if reference is not None else None
-    probe = _layer_probe(model_path, proto) if quant and layers and stored is None else None
+    with progress.step("per-layer probe (every weight matmul's output)"):
+        probe = _layer_probe(model_path, proto) if quant and layers and stored is None \
+            else None
     ref_graph = probe[0] if probe is not None else proto
     target = opened if probe is None else OnnxModel(probe[0], opened.label, opened.base_dir)
     t0 = time.perf_counter()
@@ -290,7 +293,8 @@ def verify(model: Any, *, quant: str | None = None,
     fp64_engine = None
     if quant is None and stored is None and not all(o["ok"] for o in outputs):
         del compiled  # its weights: room for the float64 copy of the model
-        fp64_engine = apply_fp64_criterion(outputs, got, ref, opened, ref_graph, feeds)
+        with progress.step("float64 reference"):
+            fp64_engine = apply_fp64_criterion(outputs, got, ref, opened, ref_graph, feeds)
     layer_rows: list[dict[str, Any]] = []
     for node_name, tensor in (probe[1] if probe is not None else []):
         if tensor in got and tensor in ref:
