@@ -443,7 +443,7 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
     from maiac.runtime.interpreter import run_program
     from maiac.runtime.program import load_program
 
-    program = load_program(program_file)
+    program = load_program(program_file, in_place=True)  # weights inflate into HBM once
     if (program.meta or {}).get("shape_only"):
         # its weights have no values: nothing to run (and no HBM image worth allocating)
         raise MaiacError(f"{program_file} is shape-only (compiled with --shape-only): it can "

@@ -62,7 +62,13 @@ from maiac.runtime.parallel import (
     single_threaded_blas,
     split_axis,
 )
-from maiac.runtime.program import Program, _program_target, instr_label, validate_program
+from maiac.runtime.program import (
+    Program,
+    ZipBlob,
+    _program_target,
+    instr_label,
+    validate_program,
+)
 from maiac.runtime.quant_ops import count_nonfinite, decode_operand
 from maiac.runtime.tile_dedupe import shared_grid_axes
 from maiac.runtime.tile_uniform import uniform_b_axes
@@ -120,6 +126,13 @@ class _Machine:
 
     # -- memory ----------------------------------------------------------------
     def _write_bytes(self, level: str, addr: int, data: Any) -> None:
+        if isinstance(data, ZipBlob):  # inflated in place: no copy of the weights
+            mem = self.mem[level]
+            row = mem[0] if level == "tsram" else mem
+            data.read_into(row[addr:addr + data.nbytes])
+            if level == "tsram":
+                mem[1:, addr:addr + data.nbytes] = row[addr:addr + data.nbytes]
+            return
         raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) \
             else np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         mem = self.mem[level]

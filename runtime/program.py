@@ -162,7 +162,8 @@ def validate_program(program: Program, error: type[MaiacError] = ProgramError) -
     for name, blob in program.constants.items():
         if name not in by_name:
             raise error(f"constant {name!r} has no buffer")
-        if len(memoryview(blob).cast("B")) > by_name[name].nbytes:
+        size = blob.nbytes if isinstance(blob, ZipBlob) else len(memoryview(blob).cast("B"))
+        if size > by_name[name].nbytes:
             raise error(f"constant {name!r} is larger than its buffer")
     maps = {lv: _LevelMap([b for b in program.buffers if b.level == lv]) for lv in isa.LEVELS}
     _validate_instrs(program.instructions, "", (), maps, target.n_tiles, error)
@@ -390,12 +391,15 @@ def save_program(program: Program, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def load_program(path: str | os.PathLike[str], keep_constants: bool = True) -> Program:
+def load_program(path: str | os.PathLike[str], keep_constants: bool = True, *,
+                 in_place: bool = False) -> Program:
     """Read and check a `.maia` file; every problem is one ``ProgramError`` naming the file.
 
     ``keep_constants=False`` (``maiac report``: the timing model needs no data) still
     checks every blob's size and sha256, streaming, but keeps none of them, so the
-    program's memory is its manifest's, whatever its blobs inflate to.
+    program's memory is its manifest's, whatever its blobs inflate to. ``in_place=True``
+    (``maiac run``) checks them the same way and keeps a ``ZipBlob`` per constant, which
+    the interpreter inflates straight into its memory.
     """
     path = Path(path)
     try:
@@ -414,7 +418,9 @@ def load_program(path: str | os.PathLike[str], keep_constants: bool = True) -> P
                 limits.check_structure(program)
             except ProgramError as err:
                 raise ProgramError(f"{path}: {err}") from None
-            program.constants = _read_blobs(zf, manifest, path, program, keep_constants)
+            program.constants = _read_blobs(zf, manifest, path, program,
+                                            keep_constants and not in_place,
+                                            in_place and keep_constants)
     except zipfile.BadZipFile as err:
         if head.startswith(b"PK"):
             raise ProgramError(f"{path} is truncated or corrupt: {err}") from None
@@ -432,12 +438,42 @@ def load_program(path: str | os.PathLike[str], keep_constants: bool = True) -> P
 _CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class ZipBlob:
+    """A constant left in its `.maia` file (``load_program(..., in_place=True)``): the
+    interpreter inflates it straight into the machine's memory (``read_into``), so a run
+    holds the weights once, not once in the program and again in the machine's HBM. The
+    loader checked its size and sha256; ``read_into`` checks them again (the file may have
+    changed since)."""
+
+    path: Path
+    member: str
+    nbytes: int
+    sha256: str
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Inflate the blob into ``out`` (a contiguous uint8 array of ``nbytes``)."""
+        assert out.nbytes == self.nbytes and out.dtype == np.uint8
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                info = zf.getinfo(self.member)
+                if info.file_size != self.nbytes:
+                    raise ProgramError(f"{self.path}: {self.member} changed since it was loaded")
+                _, digest = _read_member(zf, info, self.path, into=out)
+        except (KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise ProgramError(f"{self.path}: cannot read {self.member}: {err}") from None
+        if digest != self.sha256:
+            raise ProgramError(f"{self.path}: {self.member} fails its sha256 check (changed "
+                               f"since it was loaded)")
+
+
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path,
-                 keep: bool = True) -> tuple[bytearray, str]:
+                 keep: bool = True, into: Any = None) -> tuple[Any, str]:
     """A member's bytes (empty unless ``keep``) and their sha256, inflated in bounded
     chunks (never more than its declared size, which the caller bounded first): a hostile
-    deflate stream cannot inflate past it."""
-    out = bytearray(info.file_size if keep else 0)
+    deflate stream cannot inflate past it. ``into`` (a writable uint8 array of the
+    member's size) receives the bytes instead of a new bytearray."""
+    out = into if into is not None else bytearray(info.file_size if keep else 0)
     digest = hashlib.sha256()
     pos = 0
     with zf.open(info) as fh:
@@ -448,7 +484,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path,
             if pos + len(chunk) > info.file_size:
                 raise ProgramError(f"{path}: {info.filename} inflates past its declared size "
                                    f"({info.file_size} bytes)")
-            if keep:
+            if into is not None:
+                into[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            elif keep:
                 out[pos:pos + len(chunk)] = chunk
             digest.update(chunk)
             pos += len(chunk)
@@ -571,9 +609,9 @@ def _str(v: Any) -> str:
     return v
 
 
-def _read_blobs(zf: zipfile.ZipFile, m: dict[str, Any], path: Path,
-                program: Program, keep: bool = True) -> dict[str, bytes | bytearray]:
-    constants: dict[str, bytes | bytearray] = {}
+def _read_blobs(zf: zipfile.ZipFile, m: dict[str, Any], path: Path, program: Program,
+                keep: bool = True, refer: bool = False) -> dict[str, Any]:
+    constants: dict[str, Any] = {}
     members = {i.filename: i for i in zf.infolist()}
     sizes = {b.name: b.nbytes for b in program.buffers}
     entries = []
@@ -615,6 +653,8 @@ def _read_blobs(zf: zipfile.ZipFile, m: dict[str, Any], path: Path,
                                f"check (tampered or corrupt)")
         if keep:
             constants[name] = data
+        elif refer:
+            constants[name] = ZipBlob(path.resolve(), blob, nbytes, sha)
     return constants
 
 

@@ -299,3 +299,44 @@ def test_cli_report_of_a_zip_bomb_keeps_no_blob(tmp_path):
     tracemalloc.stop()
     assert r.exit_code == 0, r.output
     assert peak < 32 << 20
+
+
+def _big_const_program(nbytes: int):
+    pb = ProgramBuilder()
+    w = pb.const("w", np.arange(nbytes // 4, dtype=np.float32))
+    y = pb.output("y", "f32", (1024,))
+    t = pb.alloc("t", "tsram", 4096)
+    acc = pb.access
+    pb.emit(Dma(acc(w, "f32", (1024,), offset=nbytes // 4 - 1024), acc(t, "f32", (1024,))),
+            Dma(acc(t, "f32", (1024,)), acc(y, "f32", (1024,))))
+    return pb.build()
+
+
+def test_run_inflates_weights_in_place_once(tmp_path):
+    """load_program(in_place=True) (maiac run) keeps no copy of a blob: the interpreter
+    inflates it into its HBM, so a run's traced peak is ~1x the blob, not 2x; a blob
+    changed after loading is an error, not wrong weights."""
+    import tracemalloc
+
+    from maiac.runtime.program import ZipBlob, save_program
+
+    nbytes = 64 << 20
+    path = tmp_path / "big.maia"
+    save_program(_big_const_program(nbytes), path)
+    want = np.arange(nbytes // 4 - 1024, nbytes // 4, dtype=np.float32)
+    peaks = {}
+    for in_place in (False, True):
+        tracemalloc.start()
+        prog = load_program(path, in_place=in_place)
+        out = run_program(prog, {})
+        peaks[in_place] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(out["y"], want)
+        assert isinstance(prog.constants["w"], ZipBlob) == in_place
+        del prog, out
+    assert peaks[True] < 1.25 * nbytes < 1.75 * nbytes < peaks[False]
+    prog = load_program(path, in_place=True)
+    blob = prog.constants["w"]
+    with pytest.raises(ProgramError, match="sha256"):
+        ZipBlob(blob.path, blob.member, blob.nbytes, "0" * 64).read_into(
+            np.zeros(nbytes, np.uint8))
