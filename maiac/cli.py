@@ -439,8 +439,8 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
 
     if run_group(program_file, inputs, input_items, output, trace, seed, backend, ray_address):
         return
+    from maiac import progress as live_progress
     from maiac.inputs import random_inputs_for_specs
-    from maiac.runtime.interpreter import run_program
     from maiac.runtime.program import load_program
 
     program = load_program(program_file, in_place=True)  # weights inflate into HBM once
@@ -459,7 +459,7 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
         feeds = _check_inputs(program, _read_inputs(inputs, input_items))
     progress(f"running {program_file}")
     t0 = time.perf_counter()
-    outs = run_program(program, feeds)
+    outs = live_progress.run_program(program, feeds)  # a bar on a terminal
     dt = time.perf_counter() - t0
     click.echo(f"outputs ({dt:.3f} s on the machine model):")
     for k, v in outs.items():

@@ -274,14 +274,9 @@ class CompiledModel:
             ) -> dict[str, np.ndarray]:
         """Outputs by name; ``trace``: also write the modeled timeline as Chrome JSON."""
         from maiac import progress
-        from maiac.runtime.interpreter import run_program
 
         self.last_run_stats = {}
-        with progress.step("run on the machine model",
-                           total=len(self.program.instructions)) as bar:
-            outputs = run_program(self.program, inputs, stats=self.last_run_stats,
-                                  on_step=(lambda i, _n: bar.update(completed=i))
-                                  if progress.enabled() else None)
+        outputs = progress.run_program(self.program, inputs, stats=self.last_run_stats)
         if trace is not None:
             from maiac.runtime.timing import simulate
             from maiac.runtime.trace import write_chrome_trace

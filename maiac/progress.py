@@ -124,6 +124,16 @@ def step(description: str, total: int | None = None) -> Iterator[Bar]:
                 _live = None
 
 
+def run_program(program: Any, inputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """``maiac.runtime.interpreter.run_program`` with a bar over the program's top-level
+    instructions (the runtime knows nothing of terminals: it only calls ``on_step``)."""
+    from maiac.runtime.interpreter import run_program as run
+
+    with step("run on the machine model", total=len(program.instructions)) as bar:
+        return run(program, inputs, on_step=(lambda i, _n: bar.update(completed=i))
+                   if enabled() else None, **kwargs)
+
+
 def note(message: str) -> None:
     """A line that stays (``maiac: message``), above any live display; terminal only."""
     if not enabled():

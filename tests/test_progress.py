@@ -85,3 +85,11 @@ def test_step_is_a_no_op_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
         bar.update("y", completed=1)
         bar.advance()
     assert progress._live is None
+
+
+def test_run_shows_a_bar_over_instructions(out_dir: Path) -> None:
+    prog = out_dir / "r.maia"
+    assert _run(["compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(prog)], tty=False)[0] == 0
+    rc, err = _run(["run", str(prog)], tty=True)
+    assert rc == 0, err
+    assert "maiac: running" in err and "maiac run on the machine model" in err
