@@ -185,7 +185,7 @@ def _memory_figure(use: dict[str, Any]) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    titles = {"hbm": "HBM", "csram": "CSRAM", "tsram": "TSRAM (per tile)"}
+    titles = {"hbm": "HBM", "csram": "CSRAM (all clusters)", "tsram": "TSRAM (per tile)"}
     levels = [lv for lv in ("hbm", "csram", "tsram") if lv in use]
     fig = make_subplots(rows=len(levels), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[titles[lv] for lv in levels])

@@ -37,7 +37,7 @@ class LevelUse:
     level: str
     times: np.ndarray  # seconds, non-decreasing, starting at 0
     bytes: np.ndarray  # int64, same length
-    capacity: int  # bytes of the level (per tile for TSRAM)
+    capacity: int  # bytes of the level (all clusters for CSRAM, per tile for TSRAM)
 
     @property
     def peak(self) -> int:
@@ -130,7 +130,8 @@ def memory_use(program: Program, events: list[Any], end_s: float) -> dict[str, L
     always = {(b.level, b.addr, b.addr + b.nbytes): b.kind for b in program.buffers
               if b.kind in ("input", "const") or (b.level == "hbm" and b.kind == "output")}
     capacity = {"hbm": int(target.get("hbm_bytes") or 0),
-                "csram": int(target.get("csram_bytes") or 0),
+                # CSRAM addresses span every cluster's CSRAM (as the planner's capacity)
+                "csram": int(target.get("csram_bytes") or 0) * int(target.get("n_clusters") or 1),
                 "tsram": int(target.get("tsram_bytes") or 0)}
     out: dict[str, LevelUse] = {}
     for lv in LEVELS:

@@ -12,6 +12,7 @@ from maiac.report_html import figures, roofline_points
 from maiac.report_view import _timeline, annotate, format_report
 from maiac.runtime.memory_use import memory_use
 from maiac.runtime.program import load_program
+from maiac.runtime.target import Target
 from maiac.runtime.timing import simulate
 from tests.test_cli import invoke
 
@@ -114,6 +115,9 @@ def test_memory_over_time(gpt2_mxfp4: Path) -> None:
         resident = sum(b.nbytes for b in program.buffers
                        if b.level == lv and b.kind in ("const", "input"))
         assert u.bytes.min() >= resident, lv
+        # the capacity line is the planner's: CSRAM of all clusters, TSRAM per tile
+        assert u.capacity == Target.from_json(program.target).capacity(lv), lv
+        assert u.peak <= u.capacity, lv
     # activations come and go in CSRAM and TSRAM: the curve is not flat
     assert use["csram"].peak > use["csram"].bytes.min()
     assert use["tsram"].peak > use["tsram"].bytes[0]
