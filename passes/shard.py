@@ -143,7 +143,9 @@ class Sharder:
         """An input every use of which is one concat with a split value: its chunk can
         come in from the host (a KV cache split by heads) instead of the whole tensor."""
         uses = list(arg.uses)
-        return len(uses) == 1 and isinstance(uses[0].operation, maia.ConcatOp)
+        return len(uses) == 1 and (isinstance(uses[0].operation, maia.ConcatOp)
+                                   or isinstance(uses[0].operation, maia.CacheWriteOp)
+                                   and uses[0].index == 0)
 
     def _shard_argument(self, arg: BlockArgument, s: Split) -> SSAValue:
         shape = tensor_shape(arg.type)
@@ -248,8 +250,9 @@ class Sharder:
         for _ in range(8):
             if isinstance(owner, maia.RopeOp | maia.ReshapeOp | maia.ViewOp):
                 owner = owner.operands[0].owner
-            elif isinstance(owner, maia.ConcatOp) and len(owner.operands) == 2:
-                owner = owner.operands[1].owner
+            elif isinstance(owner, maia.ConcatOp) and len(owner.operands) == 2 \
+                    or isinstance(owner, maia.CacheWriteOp):
+                owner = owner.operands[1].owner  # the new keys/values
             else:
                 break
         return owner if isinstance(owner, maia.MatMulOp) else None
@@ -300,6 +303,19 @@ class Sharder:
     # -- ops ------------------------------------------------------------------------
     def on_ConstantOp(self, op: Operation) -> None:
         return
+
+    def on_CacheWriteOp(self, op: Operation) -> None:
+        """The in-place KV cache (passes/kv_cache_inplace.py): the chip writes its heads'
+        new rows into its heads of the cache (an input split the same way)."""
+        cache, new, pos = op.operands
+        s = self.st(new)
+        if s is None or self.st(pos) is not None or s.axis % 4 != 1 or self.st(cache) not in (None, s):
+            self.replicate(op)
+            return
+        local = self.localize(cache, s, op)
+        written = self.rebuild(op, [local, new, pos], local_shape(tensor_shape(op.results[0].type), s))
+        self.state[written.results[0]] = s
+        self.sharded_ops += 1
 
     def on_SendOp(self, op: Operation) -> None:
         """A pipeline stage's activation goes whole to the same rank of the next stage."""

@@ -260,3 +260,32 @@ def test_perf_sweeps_chip_counts(tmp_path: Path) -> None:
     assert 0 < two["collective_share"] < 1 and one["collective_share"] == 0
     assert two["weight_bytes"] < one["weight_bytes"]
     assert two["kv_cache_bytes_per_chip"] == one["kv_cache_bytes"] / 2
+
+
+def test_in_place_kv_cache_is_split_by_heads() -> None:
+    """A decode step with the in-place cache (maia.cache_write, passes/kv_cache_inplace.py):
+    each chip writes and reads its KV heads only; the same logits as one chip."""
+    from maiac import models
+    from maiac.kv_cache import POSITION_INPUT, cache_in_place
+
+    model = models.kv_decoder(seed=2, max_positions=64)
+    cache_in_place(model)
+    cap, shapes = 16, {"input_ids": (1, 1), "position_ids": (1, 1),
+                       "attention_mask": (1, 17), POSITION_INPUT: (1,)}
+    rng = np.random.default_rng(0)
+    mask = np.zeros((1, cap + 1), np.int64)
+    mask[:, :6] = 1
+    feeds = {"input_ids": np.array([[7]]), "position_ids": np.array([[5]]),
+             POSITION_INPUT: np.array([5]), "attention_mask": mask}
+    for i in range(2):
+        for kind in ("key", "value"):
+            shapes[f"past_key_values.{i}.{kind}"] = (1, 2, cap, 16)
+            feeds[f"past_key_values.{i}.{kind}"] = rng.standard_normal(
+                (1, 2, cap, 16)).astype(np.float32)
+    one = maiac.compile(model, shapes=shapes).run(feeds)
+    group = compile_chips(model, 2, shapes=shapes)
+    cuts = group.programs[1].meta["shard"]["inputs"]
+    assert cuts["past_key_values.0.key"] == {"axis": 1, "start": 1, "stop": 2, "size": 2}
+    kinds = [c.collective for _, c in collectives_of(group.programs[1])]
+    assert kinds == ["all_reduce"] * 4 + ["all_gather"]  # attention ran on the slice
+    np.testing.assert_allclose(group.run(feeds)["logits"], one["logits"], rtol=1e-4, atol=2e-5)
