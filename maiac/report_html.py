@@ -28,6 +28,9 @@ _PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#
 # a fixed colour per number format so pages compare at a glance
 _FORMAT_COLOURS = {"fp4": "#e15759", "fp6": "#f28e2b", "fp8": "#edc948", "bf16": "#59a14f",
                    "f32": "#4e79a7", "fp32": "#4e79a7", "tvp": "#b07aa1"}
+# and per event kind, so one chip's page and a group's look alike
+_KIND_COLOURS = {"dma": "#4e79a7", "gather": "#f28e2b", "matmul": "#e15759", "vec": "#59a14f",
+                 "loop": "#b07aa1", "collective": "#76b7b2"}
 MAX_TIMELINE_BARS = 20000
 """Bars drawn per page; past that, neighbouring intervals of an engine closer than the
 page's time resolution are merged (the hover says how many)."""
@@ -162,7 +165,8 @@ def _timeline_figure(events: list[dict[str, Any]]) -> Any:
         fig.add_trace(go.Bar(
             orientation="h", y=[ev["engine"] for ev in group],
             x=[ev["dur_s"] * 1e6 for ev in group], base=[ev["start_s"] * 1e6 for ev in group],
-            name=kind, marker={"color": _PALETTE[i % len(_PALETTE)], "line": {"width": 0}},
+            name=kind, marker={"color": _KIND_COLOURS.get(kind, _PALETTE[i % len(_PALETTE)]),
+                               "line": {"width": 0}},
             customdata=[[ev["name"], _time(ev["start_s"]), _time(ev["dur_s"]),
                          f", {ev['n']} intervals merged" if ev.get("n", 1) > 1 else ""]
                         for ev in group],

@@ -136,3 +136,17 @@ def test_roofline_edges_are_marked() -> None:
     assert pts["sram_only"]["plot_x"] >= 10 * 1e15 / 1e12  # right of every ridge point
     assert pts["copy"]["edge"] == "no FLOPs"
     assert pts["copy"]["plot_y"] < pts["a"]["plot_y"]
+
+
+def test_group_page_has_a_timeline_row_per_chip_and_engine(tmp_path: Path) -> None:
+    prog = tmp_path / "g.maia"
+    r = invoke("compile", str(DATA / "gpt2_dynamo.onnx"), "--chips", "2", "-o", str(prog))
+    assert r.exit_code == 0, r.output
+    page = tmp_path / "g.html"
+    r = invoke("report", str(tmp_path / "g.chip0.maia"), "--html", str(page))
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    for row in ("chip0/dma0", "chip1/dma0", "chip0/net", "chip1/ttu"):
+        # the timeline's y categories (plotly's JSON writes "/" as \u002f)
+        assert f'"{row}"'.replace("/", "\\u002f") in text, row
+    assert "<th>chips</th><td>2</td>" in text
