@@ -1,6 +1,6 @@
 """The ``maiac`` command line: compile, run, verify, report, opt, passes, ops.
 
-Conventions (DESIGN §5, maiac/cli_errors.py): user errors (``MaiacError``) print one
+Conventions (docs/cli.md, maiac/cli_errors.py): user errors (``MaiacError``) print one
 ``error: ...`` line on stderr and exit 2; click usage errors exit 2; a failed
 verification exits 1; anything else is a bug: one ``internal error`` line, exit 3 (the
 traceback with ``--debug``); SIGINT/SIGTERM exit 130/143. Outputs are written atomically. Progress goes to

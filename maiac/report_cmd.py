@@ -16,7 +16,7 @@ from maiac.runtime.errors import MaiacError
 
 @click.command("report")
 @click.argument("program_file", metavar="MODEL.maia")
-@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN §5 report JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable keys: added, never renamed).")
 @click.option("--html", "html_out", metavar="REPORT.html", default=None,
               help="Write a self-contained HTML page: roofline, timeline, memory over time, ops table.")
 @click.option("--top", default=30, show_default=True, type=click.IntRange(0),

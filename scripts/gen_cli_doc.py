@@ -78,7 +78,7 @@ def render() -> str:
         "work (never an input, a directory or a device), written atomically with the user's",
         "umask, and nothing is left behind on failure. Untrusted inputs and their limits:",
         "[security.md](security.md). `--json` output is a stable",
-        "contract (DESIGN §5). Pipelines use xdsl-opt syntax: `\"p1,p2{opt=v,flag=true}\"`;",
+        "contract: keys are added, never renamed or removed. Pipelines use xdsl-opt syntax: `\"p1,p2{opt=v,flag=true}\"`;",
         "quote values containing `,` or `=`: `quantize{spec=\"w=mxfp4,a=mxfp8e4m3\"}`.",
         "",
         "| command | what it does |",
