@@ -233,9 +233,6 @@ def run_task(task: Task) -> dict[str, Any]:
     """Compile one shape-only program and time it: the figures a point is made of."""
     import time
 
-    from maiac.driver import compile as compile_model
-    from maiac.runtime.timing import simulate
-
     start = time.perf_counter()
     if task.chips > 1 and task.kv_update != "copy":  # passes/shard.py splits Concat caches
         task = replace(task, kv_update="copy")
@@ -248,6 +245,22 @@ def run_task(task: Task) -> dict[str, Any]:
         graph, shapes = _file_graph(task.model, task.mode, task.batch, task.context,
                                     task.kv_cache, task.kv_update)
     quant = None if task.quant in ("fp32", "none") else task.quant
+    from maiac.ir.resources import scoped_store
+
+    # a pool process runs many tasks: the resource handles a compile registers (RoPE tables,
+    # masks; weights are never materialized, shape-only) go with its task, and so do the
+    # program and its report (only the figures are returned)
+    with scoped_store():
+        return _compile_and_time(task, graph, shapes, quant, kv_update, start)
+
+
+def _compile_and_time(task: Task, graph: Any, shapes: dict[str, tuple[int, ...]] | None,
+                      quant: str | None, kv_update: str, start: float) -> dict[str, Any]:
+    import time
+
+    from maiac.driver import compile as compile_model
+    from maiac.runtime.timing import simulate
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -328,7 +341,9 @@ def run_tasks(tasks: Sequence[Task], jobs: int, cache: TaskCache,
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding xDSL state
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    # a fresh process every few tasks: what numpy/xDSL leave allocated does not pile up
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
+                                                max_tasks_per_child=2) as pool:
         futures = {pool.submit(run_task, task): (task, key) for task, key in todo}
         for i, fut in enumerate(concurrent.futures.as_completed(futures)):
             task, key = futures[fut]

@@ -148,8 +148,9 @@ CAUSAL_LIMIT = 1 << 28  # mask elements read at compile time to recognize a caus
 
 def _future(sq: int, sk: int) -> np.ndarray:
     """``[sq, sk]``: True where key ``c`` comes after query ``r`` (``c > r + sk - sq``)."""
-    rows, cols = np.indices((sq, sk))
-    return cols > rows + (sk - sq)
+    # broadcast [sq, 1] against [1, sk]: only the bool result is materialized (np.indices
+    # made two int64 [sq, sk] arrays: 4 GiB at 16k tokens, which the perf sweep runs)
+    return np.arange(sk)[None, :] > np.arange(sq)[:, None] + (sk - sq)
 
 
 def is_causal(mask: SSAValue, sq: int, sk: int) -> bool:
@@ -169,8 +170,11 @@ def _causal_where(cond: SSAValue, fill: float, keep_when: bool, sq: int, sk: int
     c = constant_array(cond, limit=CAUSAL_LIMIT)
     if c is None or c.shape[-2:] != (sq, sk):
         return False
-    hidden = ~c.astype(bool) if keep_when else c.astype(bool)
-    return bool(np.all(hidden == _future(sq, sk)))
+    c = np.asarray(c, dtype=bool)   # no copy when already bool
+    future = _future(sq, sk)
+    # hidden (= ~c when keep_when, else c) must equal future
+    same = np.not_equal(c, future) if keep_when else np.equal(c, future)
+    return bool(same.all())
 
 
 class FuseAttention(RewritePattern):
