@@ -39,6 +39,9 @@ KNOWN_LIMITS: dict[str, str] = {
     "Resize extrapolation outside the crop for linear/cubic": r"extrapolation is supported",
     "TopK with k > 64": r"TopK with k",
     "ConvTranspose with output_shape / SAME padding": r"output_shape or auto_pad",
+    "QDQ of a runtime tensor: blocked, runtime zero point, fp8/fp4/2-bit target "
+    "(maiac/importers/qdq.py)": r"(blocked (de)?quantization|a runtime zero point|"
+                                 r"quantizing a runtime tensor)",
 }
 
 
@@ -55,6 +58,15 @@ TRANSFORMER_OPS: frozenset[str] = frozenset({
     "ScatterND", "Shape", "Sigmoid", "Sin", "Size", "Slice", "Softmax", "Split", "Sqrt",
     "Squeeze", "Sub", "Tanh", "TopK", "Transpose", "Trilu", "Unsqueeze", "Where",
 })
+
+
+def _expanded_ops() -> frozenset[tuple[str, str]]:
+    from maiac.importers.expand import EXPANSIONS
+
+    return frozenset(("" if d in ("", "ai.onnx") else d, op) for d, op in EXPANSIONS)
+
+
+_EXPANDED = _expanded_ops()
 
 
 def is_transformer_case(result: CaseResult) -> bool:
@@ -149,7 +161,8 @@ def _compile_binding_parameters(model: onnx.ModelProto, feeds: dict[str, np.ndar
             return maiac_compile(used), used
         except MaiacError as err:
             text = str(err)
-            if attempt == 3 or not any(w in text for w in ("constant", "static", "symbolic")):
+            if attempt == 3 or not any(w in text for w in ("constant", "static", "symbolic",
+                                                           "runtime")):
                 raise
             named |= frozenset(re.findall(r"input '([^']+)'", text))
             if attempt >= 1:  # float parameters of resizes (scales, roi) when ints were not enough
@@ -176,9 +189,15 @@ def run_case(case: object) -> CaseResult:
     model: onnx.ModelProto = case.model  # type: ignore[attr-defined]
     if model is None or not case.data_sets:  # type: ignore[attr-defined]
         return CaseResult(name, ops, "skip", "no model or no data in the onnx package")
+    from maiac.importers import expand_model
     from maiac.op_support import unsupported_message, unsupported_ops
 
-    missing = unsupported_ops(model.graph.node)
+    try:  # contrib and QDQ nodes become standard ONNX first, as the importer does
+        expanded = expand_model(model)
+    except MaiacError:  # e.g. a runtime zero point: compiling binds it (below) or says why
+        expanded = model
+    missing = [u for u in unsupported_ops(expanded.graph.node)
+               if expanded is not model or (u.domain, u.op_type) not in _EXPANDED]
     if missing:
         return CaseResult(name, ops, "unsupported", unsupported_message(missing, name))
     non_tensor = _non_tensor_values(model)

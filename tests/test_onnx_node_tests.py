@@ -33,6 +33,15 @@ def test_no_unexpected_failures(results: list) -> None:
 
 def test_pass_rate(results: list) -> None:
     passed = sum(r.status == "pass" for r in results)
-    assert passed >= 1210, f"{passed}/{len(results)} node tests pass"
+    assert passed >= 1370, f"{passed}/{len(results)} node tests pass"
     transformer = [r for r in results if is_transformer_case(r)]
-    assert sum(r.status == "pass" for r in transformer) >= 870
+    assert sum(r.status == "pass" for r in transformer) >= 1010
+
+
+def test_qdq_cases_go_through_the_importers_expansion() -> None:
+    # QuantizeLinear/DequantizeLinear are not lowering rules: the importer expands them
+    # (maiac/importers/qdq.py), so the harness must count them as supported
+    wanted = {"test_dequantizelinear_int4", "test_quantizelinear_axis", "test_matmulinteger"}
+    cases = [c for c in node_cases() if c.name in wanted]
+    assert {c.name for c in cases} == wanted
+    assert all(run_case(c).status == "pass" for c in cases)
