@@ -51,12 +51,16 @@ def _run(args: list[str], tty: bool) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("progress")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_cli import invoke
+
+    out = tmp_path_factory.mktemp("progress") / "gpt2.maia"
+    assert invoke("compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(out)).exit_code == 0
+    return out
 
 
-def test_progress_on_a_terminal(out_dir: Path) -> None:
-    rc, err = _run(["compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(out_dir / "a.maia")],
+def test_compile_progress_on_a_terminal(tmp_path: Path) -> None:
+    rc, err = _run(["compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(tmp_path / "a.maia")],
                    tty=True)
     assert rc == 0, err
     assert "maiac: compiling" in err  # the note line
@@ -64,18 +68,22 @@ def test_progress_on_a_terminal(out_dir: Path) -> None:
     assert re.search(r"maiac compile: [a-z-]+ .* \d+/\d+ \d:\d\d:\d\d", err), err[-2000:]
 
 
-def test_no_progress_without_a_terminal(out_dir: Path) -> None:
-    rc, err = _run(["compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(out_dir / "b.maia")],
-                   tty=False)
+def test_run_shows_a_bar_over_instructions(program: Path) -> None:
+    rc, err = _run(["run", str(program)], tty=True)
     assert rc == 0, err
-    assert "maiac" not in err and "compile" not in err
+    assert "maiac: running" in err and "maiac run on the machine model" in err
 
 
-def test_no_progress_with_quiet(out_dir: Path) -> None:
-    rc, err = _run(["--quiet", "compile", str(DATA / "gpt2_dynamo.onnx"), "-o",
-                    str(out_dir / "c.maia")], tty=True)
+def test_no_progress_without_a_terminal(program: Path) -> None:
+    rc, err = _run(["run", str(program)], tty=False)
     assert rc == 0, err
-    assert "maiac" not in err and "compile" not in err
+    assert "maiac" not in err and "running" not in err
+
+
+def test_no_progress_with_quiet(program: Path) -> None:
+    rc, err = _run(["--quiet", "run", str(program)], tty=True)
+    assert rc == 0, err
+    assert "maiac" not in err and "running" not in err
 
 
 def test_step_is_a_no_op_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,10 +94,3 @@ def test_step_is_a_no_op_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
         bar.advance()
     assert progress._live is None
 
-
-def test_run_shows_a_bar_over_instructions(out_dir: Path) -> None:
-    prog = out_dir / "r.maia"
-    assert _run(["compile", str(DATA / "gpt2_dynamo.onnx"), "-o", str(prog)], tty=False)[0] == 0
-    rc, err = _run(["run", str(prog)], tty=True)
-    assert rc == 0, err
-    assert "maiac: running" in err and "maiac run on the machine model" in err
