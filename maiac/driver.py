@@ -25,7 +25,7 @@ from maiac.onnx_model import OnnxModel, open_model
 from maiac.passes.emit import emit_program
 from maiac.passes.tile import TARGET_ATTR
 from maiac.runtime.errors import MaiacError
-from maiac.runtime.program import Program
+from maiac.runtime.program import Program, TensorSpec
 from maiac.runtime.target import get_target
 
 # Named stages: where `--emit` stops. Each stage is a pipeline string.
@@ -269,6 +269,17 @@ class CompiledModel:
     log: CompileLog = field(default_factory=CompileLog)
     # of the latest run: {"nonfinite_quantized": NaN/Inf values TVP quantize encoded}
     last_run_stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """The program's inputs (``.name``, ``.shape``, ``.dtype``), as onnxruntime's
+        ``get_inputs()``."""
+        return list(self.program.inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """The program's outputs (``.name``, ``.shape``, ``.dtype``)."""
+        return list(self.program.outputs)
 
     def run(self, inputs: dict[str, np.ndarray], *, trace: str | Path | None = None
             ) -> dict[str, np.ndarray]:

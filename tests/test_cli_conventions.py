@@ -44,3 +44,36 @@ def test_passes_pipeline_json_is_the_default_pipeline() -> None:
     r = invoke("passes", "--pipeline", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == {"quant": None, "pipeline": default_pipeline()}
+
+
+def test_python_api_load_inputs_outputs_verify_version(tmp_path: Path) -> None:
+    """maiac.load gives what maiac.compile gives (same class, same outputs), with
+    .inputs/.outputs like onnxruntime's get_inputs(); run checks names and dtypes;
+    maiac.verify and maiac.__version__ are at top level."""
+    import importlib.metadata
+
+    import numpy as np
+    import pytest
+
+    import maiac
+    from maiac.runtime.errors import MaiacError
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    compiled = maiac.compile(str(model))
+    compiled.save(tmp_path / "tiny.maia")
+    loaded = maiac.load(tmp_path / "tiny.maia")
+    assert type(loaded) is type(compiled)
+    assert [(i.name, i.shape, i.dtype) for i in loaded.inputs] == [("x", (2, 8), "f32")]
+    assert [(o.name, o.shape, o.dtype) for o in loaded.outputs] == [("y", (2, 8), "f32")]
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.run({"x": x})["y"], compiled.run({"x": x})["y"])
+    with pytest.raises(MaiacError):
+        loaded.run({"x": x.astype(np.float64) * 1e300})  # overflows f32: not silently inf
+    with pytest.raises(MaiacError):
+        loaded.run({"nope": x})
+    result = maiac.verify(str(model))
+    assert result["ok"] and result["outputs"][0]["name"] == "y"
+    import maiac.verify  # the submodule replaces the attribute: still callable
+
+    assert maiac.verify(str(model))["ok"]
+    assert maiac.__version__ == importlib.metadata.version("maiac")
