@@ -235,5 +235,10 @@ def compile_chips(model: str | Path | onnx.ModelProto, chips: int, *, quant: str
         m = module.clone()
         driver.run_passes(m, [ShardPass(chips=chips, rank=rank), *back], verify_each=verify_each)
         programs.append(emit_program(m, dict(meta_base), shape_only=shape_only))
+    if "mode" not in meta_base:  # a KV-cache decoder from its graph (tokens/s in reports)
+        from maiac.decoder_props import decoder_props
+
+        for prog in programs:  # every chip sees the whole batch's input_ids
+            prog.meta.update(decoder_props(opened.proto, {t.name: t.shape for t in prog.inputs}))
     return ChipGroup(programs, chips, time.perf_counter() - start,
                      timing_only=len(programs) < chips)

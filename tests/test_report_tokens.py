@@ -59,3 +59,16 @@ def test_decoder_props_of_graphs() -> None:
     assert decoder_props(kv, {}) == {}
     plain = onnx.load(str(DATA / "gpt2_dynamo.onnx"), load_external_data=False)
     assert decoder_props(plain, {"input_ids": (1, 1)}) == {}
+
+
+def test_decode_step_of_a_chip_group(tmp_path: Path) -> None:
+    name = "optimum_llama_kv"
+    r = invoke("compile", str(TOOLCHAIN / f"{name}.onnx"), "--inputs",
+               str(TOOLCHAIN / f"{name}.inputs.npz"), "--chips", "2", "-o",
+               str(tmp_path / "g.maia"))
+    assert r.exit_code == 0, r.output
+    rep = _report(tmp_path / "g.chip0.maia")
+    assert rep["chips"] == 2 and rep["mode"] == "decode" and rep["tokens"] == 2
+    # the group's step is its slowest chip's: that is the TPOT
+    assert rep["tpot_s"] == rep["modeled_time_s"]
+    assert rep["tokens_per_s"] == pytest.approx(2 / rep["modeled_time_s"])
