@@ -261,6 +261,8 @@ def qlinear_matmul(e: Expansion) -> None:
     multiplier = e.one("Div", [e.one("Mul", [e.input(1), e.input(4)]), e.input(6)])
     y = e.round_half_even(e.one("Mul", [product, multiplier]))
     y_zp = e.initializers.get(e.input(7))
+    if e.input(7) and y_zp is None:  # its type is the output's: uint8 would clip an int8 y
+        raise e.fail("a runtime zero point is not supported")
     target = y_zp.data_type if y_zp is not None else TensorProto.UINT8
     if e.input(7):
         y = e.one("Add", [y, e.one("Cast", [e.input(7)], to=TensorProto.FLOAT)])
