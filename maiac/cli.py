@@ -21,6 +21,7 @@ from typing import Any
 import click
 import numpy as np
 
+from maiac.opt_cmd import make_context, opt_cmd  # noqa: F401  (make_context: re-exported)
 from maiac.outputs import atomic_path, check_output, write_text_atomic
 from maiac.report_view import _report_json, _time, format_report  # noqa: F401 (examples import format_report from here)
 from maiac.runtime.errors import MaiacError
@@ -536,80 +537,7 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
 
 # ----------------------------------------------------------------------------- opt / passes
 
-
-def make_context() -> Any:
-    """An xDSL context with the builtin, func, arith, onnx, maia and scf dialects loaded."""
-    from xdsl.dialects.scf import Scf
-
-    from maiac.ir.maia import Maia
-    from maiac.ir.onnx import make_context as onnx_context
-
-    ctx = onnx_context()  # builtin (with its own resource table), func, arith, onnx
-    for d in (Maia, Scf):
-        if d.name not in ctx.registered_dialect_names:
-            ctx.load_dialect(d)
-    return ctx
-
-
-def _apply_pipeline(pipeline: Any, ctx: Any, module: Any) -> None:
-    """Run what ``parse_pipeline`` returned: a PassPipeline, one pass, or a list of passes."""
-    if hasattr(pipeline, "apply"):
-        pipeline.apply(ctx, module)
-        return
-    for p in pipeline:
-        p.apply(ctx, module)
-
-
-@main.command("opt")
-@click.argument("file", metavar="FILE.mlir")
-@click.option("-p", "--passes", "pipeline", default="", metavar="'p1,p2{opt=v}'",
-              help="Passes to run, in order (xdsl-opt syntax).")
-@click.option("-o", "--output", default=None, metavar="OUT.mlir", help="Write the IR here.")
-@plugin_option
-def opt_cmd(file: str, pipeline: str, output: str | None, plugins: tuple[str, ...]) -> None:
-    """Parse IR (FILE.mlir, or - for stdin), run passes, print the result."""
-    if output is not None and output != "-":
-        check_output(output, "-o", (file, *plugins))
-    load_plugins(plugins)
-    if file == "-":
-        text = sys.stdin.read()
-    else:
-        existing_file(file, "IR file")
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise MaiacError(f"{file}: not UTF-8 text (byte {err.start}): not an IR file") \
-                from None
-
-    from xdsl.parser import Parser
-    from xdsl.utils.exceptions import ParseError, VerifyException
-
-    from maiac.passes.registry import parse_pipeline
-
-    ctx = make_context()
-    passes = parse_pipeline(pipeline) if pipeline.strip() else []
-    try:
-        module = Parser(ctx, text, file).parse_module()
-    except ParseError as e:
-        raise MaiacError(f"{file}: cannot parse IR:\n{e}") from None
-    except RecursionError:
-        raise MaiacError(f"{file}: cannot parse IR: nested too deeply") from None
-    try:
-        module.verify()
-    except VerifyException as e:
-        raise MaiacError(f"{file}: input IR does not verify: {e}") from None
-    _apply_pipeline(passes, ctx, module)
-    import io
-
-    from xdsl.printer import Printer
-
-    buf = io.StringIO()
-    Printer(stream=buf).print_op(module)
-    out = buf.getvalue().rstrip("\n") + "\n"
-    if output is None or output == "-":
-        click.echo(out, nl=False)
-    else:
-        write_text_atomic(output, out, "-o", (file, *plugins))
+main.add_command(opt_cmd)  # maiac/opt_cmd.py
 
 
 def _pass_info(entry: Any) -> tuple[str, list[str]]:

@@ -77,3 +77,28 @@ def test_python_api_load_inputs_outputs_verify_version(tmp_path: Path) -> None:
 
     assert maiac.verify(str(model))["ok"]
     assert maiac.__version__ == importlib.metadata.version("maiac")
+
+
+def test_opt_refuses_weight_passes_without_weights_and_prints_ir_and_timing(
+        tmp_path: Path) -> None:
+    """IR text from --emit holds weight handles, not bytes: quantize on it is refused
+    (it silently quantized placeholders), unless --shape-only; --print-ir-after-all and
+    --pass-timing report each pass on stderr; -o - is stdout."""
+    from maiac.ir.resources import scoped_store
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    ir = tmp_path / "tiny.mlir"
+    with scoped_store():  # the weights go with the compile, as in another process
+        r = invoke("compile", str(model), "--emit", "maia", "-o", str(ir))
+    assert r.exit_code == 0, r.output
+    r = invoke("opt", str(ir), "-p", "quantize{spec=mxfp4}")
+    assert_user_error(r, "needs the weights' values")
+    r = invoke("opt", str(ir), "-p", "quantize{spec=mxfp4}", "--shape-only", "-o", "-")
+    assert r.exit_code == 0, r.output
+    assert "maia.matmul" in r.stdout
+    r = invoke("opt", str(ir), "-p", "canonicalize,dce", "--print-ir-after-all",
+               "--pass-timing")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("// -----// IR Dump After") == 2
+    assert "canonicalize" in r.stderr and "total" in r.stderr
+    assert "IR Dump" not in r.stdout and "builtin.module" in r.stdout
