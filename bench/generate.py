@@ -56,7 +56,8 @@ def run_row(name: str, model: Any, prompt: list[int], tokens: int, quant: str,
     row: dict[str, Any] = {"model": name}
     fp32 = generate(model, prompt, max_new_tokens=tokens)
     cmp = compare(model, fp32)
-    row.update(mode=fp32.mode, tokens=tokens, fp32_matched=cmp["tokens_matched"])
+    row.update(mode=fp32.mode, kv_update=fp32.kv_update, tokens=tokens,
+               fp32_matched=cmp["tokens_matched"])
     narrow = generate(model, prompt, max_new_tokens=tokens, quant=quant, keep_logits=True)
     cmp = compare(model, narrow)
     row.update(quant=quant, quant_matched=cmp["tokens_matched"],

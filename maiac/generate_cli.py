@@ -127,7 +127,8 @@ def generate_cmd(model: str, prompt_ids: str | None, prompt: str | None, tokeniz
     click.echo("")
     compiled = sum(not p.cached for p in result.programs)
     click.echo(f"{len(result.tokens)} tokens, {result.mode}"
-               + (f" (capacity {result.capacity}, cache {result.kv_cache})"
+               + (f" (capacity {result.capacity}, cache {result.kv_cache}, "
+                  f"updated {result.kv_update})"
                   if result.mode == "kv-cache" else " (no KV cache: every step re-runs the "
                                                     "whole sequence)")
                + f", {compiled} program(s) compiled, {result.wall_s:.1f} s wall", err=True)
