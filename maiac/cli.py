@@ -236,15 +236,21 @@ def main(debug: bool, quiet: bool) -> None:
               help="With --pp: micro-batches the report's pipeline fill and bubble assume.")
 @click.option("--inputs", "inputs_file", metavar="IN.npz", default=None,
               help="Take the input shapes from these arrays (one per input, by name).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what was written (inputs, outputs, weights, instructions, time per "
+                   "pass) as JSON.")
 @plugin_option
 def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
                 calib: str | None, emit: str | None, print_ir_after_all: bool,
                 print_ir_after: tuple[str, ...], verify_each: bool, shape_only: bool,
                 pass_timing: bool, chips: int, pp: int, micro_batches: int,
-                inputs_file: str | None, plugins: tuple[str, ...]) -> None:
+                inputs_file: str | None, as_json: bool, plugins: tuple[str, ...]) -> None:
     """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
     existing_file(model, "model file")
+    if as_json and (emit is not None or chips > 1 or pp > 1):
+        raise click.UsageError("--json describes one written program: not with --emit, "
+                               "--chips or --pp")
     if emit is None and output is None:
         raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
     inputs = (model, calib, *plugins)
@@ -260,14 +266,30 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     kw["shape_only"] = shape_only
     driver = _driver()
     with shape_errors_explained(kw["shapes"]):
-        _compile(driver, model, output, kw, inputs, emit, print_ir_after_all,
-                 print_ir_after, verify_each, pass_timing, chips, pp, micro_batches)
+        compiled = _compile(driver, model, output, kw, inputs, emit, print_ir_after_all,
+                            print_ir_after, verify_each, pass_timing, chips, pp,
+                            micro_batches)
+    if as_json and compiled is not None:
+        prog = compiled.program
+
+        def specs(ts: Any) -> list[dict[str, Any]]:
+            return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ts]
+        click.echo(json.dumps({
+            "model": model, "output": output, "quant": kw.get("quant"),
+            "target": kw.get("target"), "compile_s": compiled.compile_s,
+            "inputs": specs(prog.inputs), "outputs": specs(prog.outputs),
+            "weight_bytes": sum(b.nbytes for b in prog.buffers if b.kind == "const"),
+            "instructions": len(prog.instructions),
+            "passes": [{"name": r.name, "seconds": r.seconds}
+                       for r in getattr(compiled.log, "passes", [])]}, indent=2))
 
 
 def _compile(driver: Any, model: str, output: str | None, kw: dict[str, Any],
              inputs: tuple[Any, ...], emit: str | None, print_ir_after_all: bool,
              print_ir_after: tuple[str, ...], verify_each: bool, pass_timing: bool,
-             chips: int, pp: int, micro_batches: int) -> None:
+             chips: int, pp: int, micro_batches: int) -> Any:
+    """The compile itself; returns the CompiledModel written (None for --emit, chips)."""
+    compiled = None
     # IR dumps after passes go to stderr (as in mlir-opt); stdout keeps the final IR.
     debug = dict(print_ir_after=print_ir_after, verify_each=verify_each, out=sys.stderr)
     log = driver.CompileLog()
@@ -292,7 +314,7 @@ def _compile(driver: Any, model: str, output: str | None, kw: dict[str, Any],
             from maiac.chips_cli import compile_group
 
             compile_group(driver, model, output, chips, kw, pp, micro_batches)
-            return
+            return None
         if print_ir_after_all:
             compiled = _compile_printing_ir(driver, model, log, {**kw, **debug})
         else:
@@ -303,6 +325,7 @@ def _compile(driver: Any, model: str, output: str | None, kw: dict[str, Any],
         progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
     if pass_timing:
         click.echo(format_pass_timing(log), err=True)
+    return compiled
 
 
 def _supported(fn: Callable[..., Any], kw: dict[str, Any]) -> dict[str, Any]:
@@ -424,10 +447,14 @@ def _summary(name: str, a: np.ndarray) -> str:
                                       "Ray actor per chip (pip install maiac[ray]).")
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="Ray cluster to join (default: ray.init() starts a local one).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print inputs, outputs (name, shape, dtype, range), run time and files "
+                   "written as JSON.")
 def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             output: str | None, trace: str | None, seed: int, backend: str,
-            ray_address: str | None) -> None:
+            ray_address: str | None, as_json: bool) -> None:
     """Run a compiled program on the machine model (random seeded inputs if none given)."""
+    say = (lambda _line: None) if as_json else click.echo
     existing_file(program_file, "program file")
     sources = (program_file, inputs, *(i.partition("=")[2] for i in input_items))
     for opt, path in (("-o", output), ("--trace", trace)):
@@ -453,18 +480,18 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
     if inputs is None and not input_items:
         ranges = (program.meta or {}).get("input_ranges") or {}
         feeds = random_inputs_for_specs(program.inputs, seed, ranges)
-        click.echo(f"no inputs given: using random inputs (seed {seed})")
+        say(f"no inputs given: using random inputs (seed {seed})")
         for k, v in feeds.items():
-            click.echo("  " + _summary(k, v))
+            say("  " + _summary(k, v))
     else:
         feeds = _check_inputs(program, _read_inputs(inputs, input_items))
     progress(f"running {program_file}")
     t0 = time.perf_counter()
     outs = live_progress.run_program(program, feeds)  # a bar on a terminal
     dt = time.perf_counter() - t0
-    click.echo(f"outputs ({dt:.3f} s on the machine model):")
+    say(f"outputs ({dt:.3f} s on the machine model):")
     for k, v in outs.items():
-        click.echo("  " + _summary(k, v))
+        say("  " + _summary(k, v))
     written = []
     # both files are written to temporaries first and moved into place only when both
     # succeeded: a failure of either leaves neither
@@ -473,7 +500,7 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             tmp = stack.enter_context(atomic_path(output, "-o", sources))
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.asarray(v) for k, v in outs.items()})
-            written.append(f"wrote {output}")
+            written.append(output)
         if trace is not None:
             from maiac.runtime.timing import simulate
             from maiac.runtime.trace import write_chrome_trace
@@ -481,10 +508,28 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             rep = simulate(program)
             tmp = stack.enter_context(atomic_path(trace, "--trace", sources))
             write_chrome_trace(rep, tmp)
-            written.append(f"wrote {trace} (modeled time "
-                           f"{_time(_report_json(rep)['modeled_time_s'])})")
-    for line in written:
-        click.echo(line)
+            modeled = _report_json(rep)["modeled_time_s"]
+            written.append(trace)
+    for path in written:
+        say(f"wrote {path}" + (f" (modeled time {_time(modeled)})" if path == trace else ""))
+    if as_json:
+        click.echo(json.dumps({
+            "program": program_file, "random_inputs": inputs is None and not input_items,
+            "seed": seed, "run_s": dt, "inputs": [_array_json(k, v) for k, v in feeds.items()],
+            "outputs": [_array_json(k, v) for k, v in outs.items()], "written": written,
+            **({"modeled_time_s": modeled} if trace is not None else {})}, indent=2))
+
+
+def _array_json(name: str, value: Any) -> dict[str, Any]:
+    """``run --json``: an array's name, shape, dtype and finite range."""
+    arr = np.asarray(value)
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind in "fc" else arr
+    return {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+            "min": float(finite.min()) if finite.size else None,
+            "max": float(finite.max()) if finite.size else None,
+            "nonfinite": int(arr.size - finite.size)}
+
+
 
 
 # ----------------------------------------------------------------------------- verify

@@ -102,3 +102,26 @@ def test_opt_refuses_weight_passes_without_weights_and_prints_ir_and_timing(
     assert r.stderr.count("// -----// IR Dump After") == 2
     assert "canonicalize" in r.stderr and "total" in r.stderr
     assert "IR Dump" not in r.stdout and "builtin.module" in r.stdout
+
+
+def test_compile_and_run_json(tmp_path: Path) -> None:
+    """compile --json and run --json print one JSON document on stdout (nothing else)."""
+    model = tiny_model(tmp_path / "tiny.onnx")
+    out = tmp_path / "tiny.maia"
+    r = invoke("compile", str(model), "-o", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["output"] == str(out) and doc["inputs"] == [
+        {"name": "x", "shape": [2, 8], "dtype": "f32"}]
+    assert doc["weight_bytes"] > 0 and doc["instructions"] > 0
+    assert {p["name"] for p in doc["passes"]} >= {"tile", "plan-memory"}
+    r = invoke("compile", str(model), "--emit", "maia", "--json")
+    assert r.exit_code == 2 and "--json describes one written program" in r.stderr
+    r = invoke("run", str(out), "--json", "-o", str(tmp_path / "o.npz"),
+               "--trace", str(tmp_path / "t.json"))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["random_inputs"] and doc["outputs"][0]["name"] == "y"
+    assert doc["outputs"][0]["shape"] == [2, 8] and doc["outputs"][0]["nonfinite"] == 0
+    assert doc["written"] == [str(tmp_path / "o.npz"), str(tmp_path / "t.json")]
+    assert doc["modeled_time_s"] > 0
