@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -67,19 +69,44 @@ def _new_file_mode(dest: Path) -> int:
     return 0o666 & ~umask
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], option: str = "-o",
-                inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; move it into place only on success."""
-    dest = check_output(path, option, inputs)
-    parent = dest.parent if str(dest.parent) else Path(".")
+def _stop_signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait (blocked, pending) until the block ends; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _create_temporary(dest: Path, parent: Path, option: str) -> str:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     except OSError as err:
         raise MaiacError(f"{option} {dest}: cannot create a file in {parent}: "
                          f"{err.strerror or err}") from None
     os.close(fd)
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], option: str = "-o",
+                inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; move it into place only on success."""
+    dest = check_output(path, option, inputs)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    tmp: str | None = None
     try:
+        # an interrupt while the file is created is held until its name is known, so
+        # it always unwinds through the ``finally`` that removes the file
+        with _stop_signals_held():
+            tmp = _create_temporary(dest, parent, option)
         yield tmp
         check_output(dest, option)  # it may have become a directory meanwhile
         try:
@@ -88,8 +115,9 @@ def atomic_path(path: str | os.PathLike[str], option: str = "-o",
         except OSError as err:
             raise MaiacError(f"{option} {dest}: cannot write: {err.strerror or err}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, option: str = "-o",
