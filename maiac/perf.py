@@ -234,8 +234,6 @@ def run_task(task: Task) -> dict[str, Any]:
     import time
 
     start = time.perf_counter()
-    if task.chips > 1 and task.kv_update != "copy":  # passes/shard.py splits Concat caches
-        task = replace(task, kv_update="copy")
     kv_update = task.kv_update if task.mode == "decode" else "none"
     if task.model.preset:
         graph, shapes = _preset_graph(task.model, task.mode, task.batch, task.context,

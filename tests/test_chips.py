@@ -255,6 +255,7 @@ def test_perf_sweeps_chip_counts(tmp_path: Path) -> None:
                             chips=[1, 2], jobs=1, cache_dir=str(tmp_path))
     one, two = perf.sweep("llama-tiny", opts)["points"]
     assert (one["chips"], two["chips"]) == (1, 2)
+    assert two["kv_update"] == "in-place"  # shard splits the in-place cache by heads too
     assert two["speedup"] == pytest.approx(one["tpot_s"] / two["tpot_s"])
     assert two["scaling_efficiency"] == pytest.approx(two["speedup"] / 2)
     assert 0 < two["collective_share"] < 1 and one["collective_share"] == 0
