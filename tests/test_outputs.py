@@ -11,7 +11,17 @@ import pytest
 from maiac import outputs
 
 
-def test_interrupt_while_the_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler (a job started in the background inherits SIGINT
+    ignored, and then no KeyboardInterrupt would ever come)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupt_while_the_temporary_file_is_created_leaves_nothing(
+        tmp_path, monkeypatch, python_sigint_handler):
     real_mkstemp = tempfile.mkstemp
 
     def mkstemp_then_interrupted(*args, **kwargs):
