@@ -339,9 +339,9 @@ def run_tasks(tasks: Sequence[Task], jobs: int, cache: TaskCache,
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding xDSL state
-    # a fresh process every few tasks: what numpy/xDSL leave allocated does not pile up
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
-                                                max_tasks_per_child=2) as pool:
+    # (no max_tasks_per_child: this Python's pool does not replace the retired workers and
+    # the sweep hangs once every worker has run its quota)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         futures = {pool.submit(run_task, task): (task, key) for task, key in todo}
         for i, fut in enumerate(concurrent.futures.as_completed(futures)):
             task, key = futures[fut]
