@@ -322,18 +322,11 @@ class _Machine:
         dst = self.view(instr.dst, grid, trips)
         store = storer(instr.dst.dtype)
         rows = instr.table.shape[0]
-        nd = len(grid) + len(instr.indices.shape)
-        gidx = tuple(np.arange(g).reshape((1,) * k + (g,) + (1,) * (nd - k - 1))
-                     for k, g in enumerate(grid))
+        gidx = _grid_index(grid, len(instr.indices.shape))
         label = instr_label(path, instr)
 
         def step(it: tuple[int, ...]) -> None:
-            ix = idx[it].astype(np.int64)
-            ix = np.where(ix < 0, ix + rows, ix)
-            if ix.size and (ix.min() < 0 or ix.max() >= rows):
-                bad = ix[(ix < 0) | (ix >= rows)].flat[0]
-                raise MachineError(f"{label}: gather index out of range: {bad} "
-                                   f"(table has {rows} rows)")
+            ix = _row_indices(idx[it], rows, f"{label}: gather")
             store(dst[it], table[it][(*gidx, ix)])
         return step
 
@@ -344,18 +337,11 @@ class _Machine:
         src = self.view(instr.src, grid, trips)
         store = storer(instr.table.dtype)
         rows = instr.table.shape[0]
-        nd = len(grid) + len(instr.indices.shape)
-        gidx = tuple(np.arange(g).reshape((1,) * k + (g,) + (1,) * (nd - k - 1))
-                     for k, g in enumerate(grid))
+        gidx = _grid_index(grid, len(instr.indices.shape))
         label = instr_label(path, instr)
 
         def step(it: tuple[int, ...]) -> None:
-            ix = idx[it].astype(np.int64)
-            ix = np.where(ix < 0, ix + rows, ix)
-            if ix.size and (ix.min() < 0 or ix.max() >= rows):
-                bad = ix[(ix < 0) | (ix >= rows)].flat[0]
-                raise MachineError(f"{label}: scatter index out of range: {bad} "
-                                   f"(table has {rows} rows)")
+            ix = _row_indices(idx[it], rows, f"{label}: scatter")
             converted = np.empty(src[it].shape, table.dtype)
             store(converted, src[it])
             table[it][(*gidx, ix)] = converted
@@ -624,3 +610,21 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
         from maiac.runtime.trace import write_chrome_trace
         write_chrome_trace(simulate(program), trace)
     return result
+
+
+def _grid_index(grid: tuple[int, ...], index_rank: int) -> tuple[np.ndarray, ...]:
+    """Broadcastable aranges over the tile grid axes, for fancy-indexing a gridded table
+    with per-tile row indices of rank ``index_rank``."""
+    nd = len(grid) + index_rank
+    return tuple(np.arange(g).reshape((1,) * k + (g,) + (1,) * (nd - k - 1))
+                 for k, g in enumerate(grid))
+
+
+def _row_indices(indices: np.ndarray, rows: int, what: str) -> np.ndarray:
+    """Row indices into a table of ``rows`` rows (negative ones from the end), checked."""
+    ix = indices.astype(np.int64)
+    ix = np.where(ix < 0, ix + rows, ix)
+    if ix.size and (ix.min() < 0 or ix.max() >= rows):
+        bad = ix[(ix < 0) | (ix >= rows)].flat[0]
+        raise MachineError(f"{what} index out of range: {bad} (table has {rows} rows)")
+    return ix
