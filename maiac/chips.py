@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from maiac.onnx_model import open_model
+from maiac.onnx_model import OnnxModel, open_model
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.program import Program
 
@@ -197,6 +197,29 @@ def _front_and_back(passes: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     raise MaiacError("--chips needs a pipeline with a 'tile' pass (shard runs before it)")
 
 
+def compile_front(model: str | Path | onnx.ModelProto, *, quant: str | None,
+                  shapes: dict[str, tuple[int, ...]] | None, target: str,
+                  target_params: dict[str, str] | None, pipeline: Any, shape_only: bool,
+                  calib: Any, verify_each: bool, reserved: tuple[str, ...],
+                  reserved_error: str) -> tuple[OnnxModel, Any, list[Any], dict[str, Any]]:
+    """What every chip of a group shares: the model opened once, imported, calibrated and
+    run through the passes before sharding. Returns (model, module, the passes from
+    quantize/tile on, the programs' common metadata). A ``reserved`` pass in the user's
+    pipeline is the error ``reserved_error`` (the group compile inserts it itself)."""
+    from maiac import driver
+
+    opened = open_model(model)  # once: the importer and calibration share the graph
+    module = driver.import_for_target(opened, shapes, target, target_params, shape_only)
+    passes = driver.parse_passes(pipeline or driver.default_pipeline(quant))
+    if any(p.name in reserved for p in passes):
+        raise MaiacError(reserved_error)
+    front, back = _front_and_back(passes)
+    if not shape_only:
+        driver.attach_calibration(module, opened, passes, calib, shapes)
+    driver.run_passes(module, front, verify_each=verify_each)
+    return opened, module, back, driver.program_meta(opened, quant)
+
+
 def compile_chips(model: str | Path | onnx.ModelProto, chips: int, *, quant: str | None = None,
                   shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
                   target_params: dict[str, str] | None = None, pipeline: Any = None,
@@ -214,19 +237,11 @@ def compile_chips(model: str | Path | onnx.ModelProto, chips: int, *, quant: str
     if ranks not in ("all", "timing"):
         raise MaiacError(f"ranks must be 'all' or 'timing', got {ranks!r}")
     start = time.perf_counter()
-    opened = open_model(model)  # once: the importer and calibration share the graph
-    module = driver.import_for_target(opened, shapes, target, target_params, shape_only)
-    passes = driver.parse_passes(pipeline or driver.default_pipeline(quant))
-    if any(p.name == "shard" for p in passes):
-        raise MaiacError("--chips adds the shard pass itself; leave it out of --pipeline")
-    front, back = _front_and_back(passes)
-    if not shape_only:
-        driver.attach_calibration(module, opened, passes, calib, shapes)
-    driver.run_passes(module, front, verify_each=verify_each)
-    name = opened.path or opened.proto.graph.name or "model"
-    meta_base: dict[str, Any] = {"model": name, "quant": quant or "fp32",
-                                 "input_ranges": driver._input_ranges(opened.proto),
-                                 **driver._model_props(opened.proto)}
+    opened, module, back, meta_base = compile_front(
+        model, quant=quant, shapes=shapes, target=target, target_params=target_params,
+        pipeline=pipeline, shape_only=shape_only, calib=calib, verify_each=verify_each,
+        reserved=("shard",),
+        reserved_error="--chips adds the shard pass itself; leave it out of --pipeline")
     todo = range(chips) if ranks == "all" or chips == 1 else range(min(chips, 2))
     programs = []
     from maiac.passes.emit import emit_program

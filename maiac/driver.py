@@ -316,6 +316,13 @@ def _input_ranges(proto: onnx.ModelProto) -> dict[str, int]:
         return {}
 
 
+def program_meta(model: OnnxModel, quant: str | None) -> dict[str, Any]:
+    """The manifest metadata every program compiled from ``model`` carries: its name, the
+    quant spec, token-id ranges and the ``maiac.*`` mode/tokens hints."""
+    return {"model": model.path or model.proto.graph.name or "model", "quant": quant or "fp32",
+            "input_ranges": _input_ranges(model.proto), **_model_props(model.proto)}
+
+
 def _model_props(proto: onnx.ModelProto) -> dict[str, Any]:
     """``mode`` (prefill/decode) and ``tokens`` per call from the model's ``maiac.*``
     metadata (maiac.models sets them), for the report's tokens/s."""
@@ -370,12 +377,9 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
                             target_params=target_params, pipeline=pipeline,
                             shape_only=shape_only, log=log, verify_each=verify_each,
                             print_ir_after=print_ir_after, out=out, calib=calib)
-    name = opened.path or opened.proto.graph.name or "model"
     if pipeline is None:
         quant = model_default_quant(module, quant)
-    meta: dict[str, Any] = {"model": name, "quant": quant or "fp32",
-                            "input_ranges": _input_ranges(opened.proto),
-                            **_model_props(opened.proto)}
+    meta = program_meta(opened, quant)
     from maiac import progress
 
     with progress.step("emit"):

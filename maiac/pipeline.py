@@ -175,8 +175,7 @@ def compile_pipeline(model: str | Path | onnx.ModelProto, stages: int, *, chips:
                      ranks: str = "all", verify_each: bool = True) -> PipelineGroup:
     """Compile ``model`` as ``stages`` pipeline stages of ``chips`` chips each."""
     from maiac import driver
-    from maiac.chips import _front_and_back
-    from maiac.onnx_model import open_model
+    from maiac.chips import compile_front
     from maiac.passes.emit import emit_program
     from maiac.passes.pipeline_stages import PipelineStagePass
     from maiac.passes.shard import ShardPass
@@ -189,20 +188,12 @@ def compile_pipeline(model: str | Path | onnx.ModelProto, stages: int, *, chips:
     if ranks not in ("all", "timing"):
         raise MaiacError(f"ranks must be 'all' or 'timing', got {ranks!r}")
     start = time.perf_counter()
-    opened = open_model(model)  # once: the importer and calibration share the graph
-    module = driver.import_for_target(opened, shapes, target, target_params, shape_only)
-    passes = driver.parse_passes(pipeline or driver.default_pipeline(quant))
-    if any(p.name in ("shard", "pipeline-stage") for p in passes):
-        raise MaiacError("--pp adds the pipeline-stage (and shard) passes itself; leave them "
-                         "out of --pipeline")
-    front, back = _front_and_back(passes)
-    if not shape_only:
-        driver.attach_calibration(module, opened, passes, calib, shapes)
-    driver.run_passes(module, front, verify_each=verify_each)
-    name = opened.path or opened.proto.graph.name or "model"
-    meta_base: dict[str, Any] = {"model": name, "quant": quant or "fp32",
-                                 "input_ranges": driver._input_ranges(opened.proto),
-                                 **driver._model_props(opened.proto)}
+    _, module, back, meta_base = compile_front(
+        model, quant=quant, shapes=shapes, target=target, target_params=target_params,
+        pipeline=pipeline, shape_only=shape_only, calib=calib, verify_each=verify_each,
+        reserved=("shard", "pipeline-stage"),
+        reserved_error="--pp adds the pipeline-stage (and shard) passes itself; leave them "
+                       "out of --pipeline")
     ranks_todo = range(chips) if ranks == "all" or chips == 1 else range(min(chips, 2))
     out: list[list[Program]] = []
     for s in range(stages):
