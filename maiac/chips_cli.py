@@ -21,7 +21,7 @@ from maiac.runtime.program import Program, TensorSpec
 
 def compile_group(driver: Any, model: str, output: str, chips: int, kw: dict[str, Any],
                   pp: int = 1, micro_batches: int = 1) -> None:
-    from maiac.cli import progress
+    from maiac.cli_options import progress
 
     t0 = time.perf_counter()
     group: ChipGroup | PipelineGroup = (
@@ -69,8 +69,10 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
               output: str | None, trace: str | None, seed: int, backend: str,
               ray_address: str | None) -> bool:
     """``maiac run`` on a group member: run the group (False: not a group)."""
-    from maiac.cli import _read_inputs, _summary, atomic_path, progress
+    from maiac.cli_options import progress
     from maiac.inputs import random_inputs_for_specs
+    from maiac.outputs import atomic_path
+    from maiac.run_cmd import _read_inputs, _summary
 
     group = load_any_group(program_file)
     if group is None:
@@ -147,7 +149,8 @@ def format_pipeline(r: dict[str, Any]) -> str:
 def report_group(program_file: str, as_json: bool, html_out: str | None, top: int,
                  trace: str | None = None, tokens_per_run: int | None = None) -> bool:
     """``maiac report`` on a group member (False: not a group)."""
-    from maiac.cli import atomic_path, progress, write_text_atomic
+    from maiac.cli_options import progress
+    from maiac.outputs import atomic_path, write_text_atomic
     from maiac.report_view import annotate, format_report, render_html
     from maiac.runtime.memory_use import memory_use
 

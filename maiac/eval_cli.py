@@ -10,7 +10,7 @@ import click
 import numpy as np
 import onnx
 
-from maiac.cli import check_target, existing_file, parse_kv
+from maiac.cli_options import check_target, existing_file, parse_kv
 from maiac.generate_cli import load_tokenizer
 from maiac.runtime.errors import MaiacError
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from maiac.cli import check_target, existing_file, parse_kv
+from maiac.cli_options import check_target, existing_file, parse_kv
 from maiac.kv_cache import KV_DTYPES
 from maiac.runtime.errors import MaiacError
 

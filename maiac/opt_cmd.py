@@ -52,7 +52,7 @@ def absent_weights(module: Any) -> list[str]:
 
 
 def _read_ir(file: str) -> str:
-    from maiac.cli import existing_file
+    from maiac.cli_options import existing_file
 
     if file == "-":
         return sys.stdin.read()
@@ -80,7 +80,8 @@ def _read_ir(file: str) -> str:
 def opt_cmd(file: str, pipeline: str, output: str | None, print_ir_after_all: bool,
             pass_timing: bool, shape_only: bool, plugins: tuple[str, ...]) -> None:
     """Parse IR (FILE.mlir, or - for stdin), run passes, print the result."""
-    from maiac.cli import format_pass_timing, load_plugins
+    from maiac.cli_options import load_plugins
+    from maiac.compile_cmd import format_pass_timing
 
     if output is not None and output != "-":
         check_output(output, "-o", (file, *plugins))

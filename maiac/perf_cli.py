@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from maiac.cli import atomic_path, check_target, parse_kv, progress
+from maiac.cli_options import check_target, parse_kv, progress
+from maiac.outputs import atomic_path
 from maiac.perf import PAPER, PRESETS, PerfOptions, sweep
 from maiac.runtime.errors import MaiacError
 

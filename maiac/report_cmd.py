@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from maiac.cli import check_output, existing_file, max_memory_option, progress
-from maiac.outputs import write_text_atomic
+from maiac.cli_options import existing_file, max_memory_option, progress
+from maiac.outputs import check_output, write_text_atomic
 from maiac.report_view import _report_json, _timeline, annotate, format_report, render_html
 from maiac.runtime.errors import MaiacError
 

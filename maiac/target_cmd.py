@@ -21,7 +21,7 @@ def target_cmd(name: str, target_param: tuple[str, ...], param_file: str | None,
                as_json: bool) -> None:
     """Print every target parameter: value, unit, status (public with its source,
     fitted to which published figure, assumed, or override) and the derived peaks."""
-    from maiac.cli import parse_kv
+    from maiac.cli_options import parse_kv
 
     target = get_target(name, parse_kv(target_param, "--target-param"), param_file)
     if as_json:

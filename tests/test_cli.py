@@ -223,7 +223,7 @@ def fake_driver(monkeypatch: pytest.MonkeyPatch, scale: float) -> None:
     mod = types.ModuleType("maiac.driver")
     mod.compile = lambda model, **kw: _FakeCompiled(model, scale)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "maiac.driver", mod)
-    monkeypatch.setattr("maiac.cli.check_target", lambda target, params: None)
+    monkeypatch.setattr("maiac.cli_options.check_target", lambda target, params: None)
 
 
 def test_verify_json_contract_with_stand_in_driver(tmp_path: Path,
