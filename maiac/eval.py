@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from maiac.inputs import load_onnx
 from maiac.ir.resources import scoped_store
+from maiac.onnx_model import open_model
 from maiac.runtime.errors import MaiacError
 
 Progress = Callable[[str], None]
@@ -133,7 +133,7 @@ def perplexity(model: str | Path | onnx.ModelProto, ids: np.ndarray, *,
     """
     from maiac.driver import compile as maiac_compile
 
-    proto = load_onnx(model)
+    proto = open_model(model).proto
     wins = windows_of(ids, seq, None if max_windows is None else max_windows + 1)
     calib_win, scored = (wins[0], wins[1:]) if len(wins) > 1 else (wins[0], wins)
     calib = decoder_feeds(proto, calib_win)
@@ -191,7 +191,7 @@ def embedding_agreement(model: str | Path | onnx.ModelProto,
     """
     from maiac.driver import compile as maiac_compile
 
-    proto = load_onnx(model)
+    proto = open_model(model).proto
     name = output or proto.graph.output[0].name
     shapes = {k: v.shape for k, v in feeds.items()}
     mask = next((v for k, v in feeds.items() if "mask" in k), None)

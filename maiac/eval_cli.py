@@ -74,7 +74,7 @@ def eval_cmd(model: str, text_path: str, tokenizer: str, quants: str, task: str,
     """Accuracy as users measure it: perplexity per format of a decoder on a text, or
     an encoder's embedding agreement with fp32 (cosine, nearest-neighbour retrieval)."""
     from maiac import eval as ev
-    from maiac.inputs import load_onnx
+    from maiac.onnx_model import open_model
 
     existing_file(model, "model")
     existing_file(text_path, "text file")
@@ -83,7 +83,7 @@ def eval_cmd(model: str, text_path: str, tokenizer: str, quants: str, task: str,
     tok = load_tokenizer(tokenizer)
     specs = [s.strip() for s in (quants.split(";") if ";" in quants else quants.split(","))]
     specs = [s for s in specs if s]
-    proto = load_onnx(model)
+    proto = open_model(model).proto
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     kind = _task(proto, task)
     options = {"target": target, "target_params": params}

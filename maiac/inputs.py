@@ -9,9 +9,7 @@ feed); attention masks are ones (optionally with a zero-padded tail); position i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,24 +43,6 @@ def np_dtype(name: str) -> np.dtype:
         return np.dtype(name)
     except TypeError as e:
         raise MaiacError(f"unsupported input dtype {name!r}") from e
-
-
-def load_onnx(model: Any, *, load_external_data: bool = False) -> Any:
-    """Load an ONNX model from a path (or return a ModelProto as is), with clear errors."""
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(os.fspath(model))
-    if not path.exists():
-        raise MaiacError(f"{path}: no such file")
-    if path.is_dir():
-        raise MaiacError(f"{path}: is a directory, expected an .onnx file")
-    try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as e:  # protobuf DecodeError and friends
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MaiacError(f"{path}: not a valid ONNX model ({msg})") from None
 
 
 def _kind(name: str) -> str:
@@ -179,7 +159,9 @@ def random_inputs(model_proto: Any, shapes: Mapping[str, Iterable[int]] | None =
     ``shapes`` binds symbolic dims (``{"input_ids": (1, 128)}``); ``mask_pad`` zeroes that
     many trailing positions of attention-mask-like inputs.
     """
-    model = load_onnx(model_proto)
+    from maiac.onnx_model import open_model
+
+    model = open_model(model_proto).proto
     ranges = infer_int_ranges(model)
     rng = np.random.default_rng(seed)
     return {

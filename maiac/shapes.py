@@ -130,10 +130,10 @@ def model_input_shapes(model: Any, shapes: Mapping[str, Any] | None = None,
                        inputs: Any = None) -> dict[str, tuple[int, ...]]:
     """:func:`bind_input_shapes` for a model (path or ModelProto) and optional arrays
     (a dict or an ``.npz`` path, e.g. ``compile --inputs IN.npz``)."""
-    from maiac.inputs import load_onnx
+    from maiac.onnx_model import open_model
     from maiac.verify import read_arrays
 
-    proto = load_onnx(model)
+    proto = open_model(model).proto
     inits = {i.name for i in proto.graph.initializer}
     real = [v for v in proto.graph.input if v.name not in inits]
     arrays = read_arrays(inputs) if inputs is not None else None

@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from feeds import seeded_feeds
 
 import maiac
 from maiac.chips import ChipGroup, compile_chips
@@ -27,18 +28,6 @@ from maiac.runtime.program import load_program, save_program
 DATA = Path(__file__).parent / "data"
 # 8 query heads over 4 KV heads: N = 2, 4 split KV heads, N = 8 shares each KV head by two chips
 CFG = LlamaConfig("tp-test", 128, 1, 8, 4, 256, 256)
-
-
-def _feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for inp in model.graph.input:
-        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-        if inp.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-            out[inp.name] = rng.integers(0, 256, shape)
-        else:
-            out[inp.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
 
 
 def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,7 +49,7 @@ def _group(mode: str, chips: int) -> ChipGroup:
                                              ("decode", 2), ("decode", 8)])
 def test_llama_matches_onnxruntime_and_one_chip(mode: str, chips: int) -> None:
     model = _model(mode)
-    feeds = _feeds(model)
+    feeds = seeded_feeds(model)
     ref = _ort(model, feeds)
     one = maiac.compile(model).run(feeds)
     group = _group(mode, chips)
@@ -120,7 +109,7 @@ def test_uneven_shapes_fall_back_to_replication() -> None:
     """3 chips divide neither the heads, the FFN nor the vocabulary: every op runs whole
     on every chip (still exact), and the program says nothing was split."""
     model = llama_decoder(LLAMA_TINY, seq=8, layers=1)
-    feeds = _feeds(model)
+    feeds = seeded_feeds(model)
     group = compile_chips(model, 3)
     np.testing.assert_allclose(group.run(feeds)["logits"], _ort(model, feeds)["logits"],
                                rtol=1e-4, atol=2e-5)
@@ -130,7 +119,7 @@ def test_uneven_shapes_fall_back_to_replication() -> None:
 
 def test_mlp_row_parallel_bias_added_once() -> None:
     model = mlp(batch=4, width=64, layers=2)
-    feeds = _feeds(model)
+    feeds = seeded_feeds(model)
     out = compile_chips(model, 4).run(feeds)["y"]
     np.testing.assert_allclose(out, _ort(model, feeds)["y"], rtol=1e-4, atol=2e-5)
 
@@ -151,7 +140,7 @@ def test_collective_needs_a_group_and_roundtrips(tmp_path: Path) -> None:
     back = load_program(path)
     assert [c for _, c in collectives_of(back)] == [c for _, c in collectives_of(prog)]
     with pytest.raises(MachineError, match="multi-chip run"):
-        maiac.driver.CompiledModel(back).run(_feeds(_model("prefill")))
+        maiac.driver.CompiledModel(back).run(seeded_feeds(_model("prefill")))
 
 
 def test_hazard_checker_covers_collectives() -> None:
@@ -184,7 +173,7 @@ def test_group_timing_and_trace() -> None:
     assert len(quick.programs) == 2 and quick.timing_only
     assert quick.report()["modeled_time_s"] == pytest.approx(r["modeled_time_s"], rel=1e-9)
     with pytest.raises(MaiacError, match="timing only"):
-        quick.run(_feeds(_model("decode")))
+        quick.run(seeded_feeds(_model("decode")))
 
 
 def test_network_fit_reproduces_the_paper_row() -> None:
@@ -240,7 +229,7 @@ def test_cli_compile_run_report(tmp_path: Path) -> None:
 def test_ray_backend_matches_local() -> None:
     pytest.importorskip("ray")
     model = _model("decode")
-    feeds = _feeds(model)
+    feeds = seeded_feeds(model)
     group = _group("decode", 2)
     local = group.run(feeds)
     remote = group.run(feeds, backend="ray")

@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from feeds import seeded_feeds
 
 import maiac
 from maiac.cli import main
@@ -25,18 +26,6 @@ from maiac.runtime.pipeline import check_pipeline, p2p_of, pipeline_summary
 
 # 3 layers: 2 and 4 stages do not divide them (balanced by weight bytes instead)
 CFG = LlamaConfig("pp-test", 128, 3, 8, 4, 256, 256)
-
-
-def _feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for inp in model.graph.input:
-        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-        if inp.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-            out[inp.name] = rng.integers(0, 256, shape)
-        else:
-            out[inp.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
 
 
 @cache
@@ -52,7 +41,7 @@ def _pipe(mode: str, stages: int, chips: int = 1) -> PipelineGroup:
 @cache
 def _reference(mode: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     model = _model(mode)
-    feeds = _feeds(model)
+    feeds = seeded_feeds(model)
     sess = ort.InferenceSession(model.SerializeToString())
     ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
     return ref, maiac.compile(model).run(feeds)
@@ -64,7 +53,7 @@ def test_pipeline_matches_onnxruntime_and_one_chip(mode: str, stages: int, chips
     ref, one = _reference(mode)
     group = _pipe(mode, stages, chips)
     assert len(group.stages) == stages and all(len(s) == chips for s in group.stages)
-    out = group.run(_feeds(_model(mode)))
+    out = group.run(seeded_feeds(_model(mode)))
     assert list(out) == list(ref)  # every output once, in the model's order
     for name in ref:
         np.testing.assert_allclose(out[name], ref[name], rtol=1e-4, atol=2e-5, err_msg=name)
@@ -177,7 +166,7 @@ def test_save_load_and_cli(tmp_path: Path) -> None:
                                                                      "m.stage1.maia"]
     back = load_pipeline(tmp_path / "m.stage1.maia")
     assert back is not None and back.micro_batches == 4 and len(back.stages) == 2
-    feeds = _feeds(_model("prefill"))
+    feeds = seeded_feeds(_model("prefill"))
     np.savez(tmp_path / "in.npz", **feeds)
     res = runner.invoke(main, ["run", str(tmp_path / "m.stage1.maia"), "--inputs",
                                str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")])
