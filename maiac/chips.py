@@ -210,6 +210,8 @@ def compile_front(model: str | Path | onnx.ModelProto, *, quant: str | None,
 
     opened = open_model(model)  # once: the importer and calibration share the graph
     module = driver.import_for_target(opened, shapes, target, target_params, shape_only)
+    if pipeline is None:  # a model with its own quantization nodes (Quark MX) runs in them
+        quant = driver.model_default_quant(module, quant)
     passes = driver.parse_passes(pipeline or driver.default_pipeline(quant))
     if any(p.name in reserved for p in passes):
         raise MaiacError(reserved_error)

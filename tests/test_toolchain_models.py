@@ -188,6 +188,19 @@ def test_quark_mx_model_runs_native_mx_formats() -> None:
     assert cosine(plain, ref) < 0.99  # the MX is what makes the outputs agree
 
 
+def test_quark_mx_model_keeps_its_formats_on_two_chips() -> None:
+    """--chips 2 applies the model's own MX formats as one chip does (the group compile
+    used to quantize nothing without --quant), and the group equals the reference."""
+    from maiac.chips import compile_chips
+
+    name = "quark_llama_mxfp4"
+    feeds = load_npz(DATA / f"{name}.inputs.npz")
+    ref = load_npz(DATA / f"{name}.ref.npz")["logits"]
+    group = compile_chips(DATA / f"{name}.onnx", 2)
+    assert {p.meta["quant"] for p in group.programs} == {"model"}
+    np.testing.assert_allclose(group.run(feeds)["logits"], ref, rtol=RTOL, atol=ATOL)
+
+
 def _mx_matmul(element_dtype: str, block_size: int = 32, reader: str = "MatMul"
                ) -> onnx.ModelProto:
     from onnx import TensorProto, helper, numpy_helper
