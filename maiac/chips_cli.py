@@ -77,7 +77,7 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
     group = load_any_group(program_file)
     if group is None:
         if backend != "local":
-            raise click.UsageError("--backend ray runs the programs of `compile --chips N`")
+            raise click.UsageError("--backend ray runs the programs of `compile --chips N` or `--pp P`")
         return False
     first = group.programs[0]
     if inputs is None and not input_items:

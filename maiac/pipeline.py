@@ -52,11 +52,19 @@ class PipelineGroup:
         if self.timing_only:
             raise MaiacError(f"this pipeline was compiled for timing only (ranks 0-1 of "
                              f"{self.chips} per stage); compile with ranks='all' to run it")
-        if backend != "local":
-            raise MaiacError("a pipeline (--pp) runs locally (--backend local)")
-        from maiac.runtime.pipeline import run_pipeline
+        from maiac.chips import BACKENDS
 
-        out = run_pipeline(self.stages, inputs)
+        if backend not in BACKENDS:
+            raise MaiacError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "ray":
+            from maiac.ray_backend import run_pipeline_on_ray
+
+            out = run_pipeline_on_ray(self.stages, inputs, address=ray_address,
+                                      cache=self.runtime_cache)
+        else:
+            from maiac.runtime.pipeline import run_pipeline
+
+            out = run_pipeline(self.stages, inputs)
         order = (self.stages[-1][0].meta.get("pipeline") or {}).get("model_outputs") or list(out)
         return {k: out[k] for k in order if k in out}
 

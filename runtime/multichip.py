@@ -131,6 +131,17 @@ class ChipRunner:
         store_dst(self.machine, instr, collective_result(instr, pieces))
         self.pos += 1
 
+    def send(self, instr: Collective) -> np.ndarray:
+        """Run a point-to-point ``send``: the block that leaves for ``instr.peer``."""
+        block = self.collective_src(instr)
+        self.pos += 1
+        return block
+
+    def receive(self, instr: Collective, block: np.ndarray) -> None:
+        """Run a ``recv``: ``block`` (sent by ``instr.peer``) lands in ``instr.dst``."""
+        store_dst(self.machine, instr, block)
+        self.pos += 1
+
     def outputs(self) -> dict[str, np.ndarray]:
         out = {}
         for spec in self.program.outputs:

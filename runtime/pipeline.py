@@ -58,10 +58,21 @@ def check_pipeline(stages: Sequence[Sequence[Program]]) -> None:
                              f"match the receives {got.get(channel, [])} (not one pipeline)")
 
 
+def take_sent(channels: dict[tuple[int, int], deque[Any]], rank: int, peer: int,
+              stage: int) -> Any:
+    """The oldest block chip ``peer`` sent to chip ``rank`` (a ``recv`` takes the k-th
+    ``send`` of its channel)."""
+    queue = channels[(peer, rank)]
+    if not queue:
+        raise MachineError(f"stage {stage}: chip {rank} receives from chip {peer}, "
+                           f"which sent nothing (yet)")
+    return queue.popleft()
+
+
 def run_pipeline(stages: Sequence[Sequence[Program]],
                  inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One micro-batch through every stage; the outputs of all stages."""
-    from maiac.runtime.multichip import ChipRunner, merge_outputs, store_dst
+    from maiac.runtime.multichip import ChipRunner, merge_outputs
 
     check_pipeline(stages)
     channels: dict[tuple[int, int], deque[np.ndarray]] = defaultdict(deque)
@@ -80,15 +91,9 @@ def run_pipeline(stages: Sequence[Sequence[Program]],
             for r, i in zip(runners, instrs, strict=True):
                 assert i is not None
                 if i.collective == "send":
-                    channels[(i.rank, i.peer)].append(r.collective_src(i))
-                    r.pos += 1
+                    channels[(i.rank, i.peer)].append(r.send(i))
                 elif i.collective == "recv":
-                    queue = channels[(i.peer, i.rank)]
-                    if not queue:
-                        raise MachineError(f"stage {s}: chip {i.rank} receives from chip "
-                                           f"{i.peer}, which sent nothing (yet)")
-                    store_dst(r.machine, i, queue.popleft())
-                    r.pos += 1
+                    r.receive(i, take_sent(channels, i.rank, i.peer, s))
             if instrs[0].collective not in POINT_TO_POINT:  # the stage's own TP collective
                 pieces = [r.collective_src(i) for r, i in zip(runners, instrs, strict=True)]
                 for r, i in zip(runners, instrs, strict=True):
