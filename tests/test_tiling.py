@@ -127,3 +127,47 @@ def test_ragged_k_first_step(k: int) -> None:
               if i.kind == "matmul"}
     assert any(k % d for d in depths), depths  # a K block that does not divide K
     assert min(depths) > 2, depths
+
+
+@pytest.mark.parametrize("batch, residual", [(5, False), (5, True), (3, True)])
+def test_batched_rows_share_one_matmul(batch: int, residual: bool) -> None:
+    """``[batch, 1, K] @ [K, N]`` (a decode step's projection) is one ``[batch, K]``
+    matmul: the rows fill the TTU's 32-row blocks together and the weight's columns
+    spread over the tiles (not one 1-row job per sequence, which took the TTU 32 x the
+    padded work and left most tiles idle from batch 5 on); same product, residual too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import maiac
+    from maiac.runtime.timing import simulate
+
+    k, n = 256, 1152
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if not residual else "p"], name="mm")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, k])]
+    if residual:
+        nodes.append(helper.make_node("Add", ["p", "r"], ["y"], name="res"))
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [batch, 1, n]))
+    g = helper.make_graph(nodes, "g", inputs,
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 1, n])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    compiled = maiac.compile(model)
+    feeds = {"x": rng.standard_normal((batch, 1, k)).astype(np.float32)}
+    ref = feeds["x"] @ w
+    if residual:
+        feeds["r"] = rng.standard_normal((batch, 1, n)).astype(np.float32)
+        ref = ref + feeds["r"]
+    np.testing.assert_allclose(compiled.run(feeds)["y"], ref, rtol=1e-4, atol=1e-4)
+
+    def leaves(instrs):
+        for i in instrs:
+            yield from leaves(i.body) if i.kind == "loop" else [i]
+    mms = [i for i in leaves(compiled.program.instructions) if i.kind == "matmul"]
+    assert {tuple(i.c.shape)[0] for i in mms} == {batch}, [i.c.shape for i in mms]
+    assert max(np.prod(i.grid) for i in mms) >= 8  # the columns spread over the tiles
+    rep = simulate(compiled.program)
+    ttu = next(e["busy_s"] for e in rep.to_json()["engines"] if e["name"] == "ttu")
+    # one 32-row block of padded work per K x N, not batch of them
+    peak = compiled.program.target["ttu_flops"]["f32"]
+    assert ttu < 4 * 2 * 32 * k * n / peak + 64 * 50e-9

@@ -390,7 +390,13 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
 
     The residual (any shape broadcasting to ``out``) is DMA'd block by block into TSRAM
     and combined before the result's single store: no extra HBM round trip of ``out``.
+
+    A 2-D ``b`` shared by every batch element (a projection of ``[batch, seq, hidden]``
+    activations) is one ``[batch * seq, K] @ [K, N]`` matmul (`fold_batch`): a decode
+    step's ``[batch, 1, K]`` rows then fill the TTU's 32-row blocks together and ``b``'s
+    columns spread over every tile, instead of one 1-row job per sequence.
     """
+    a, out, residual = fold_batch(a, b, out, residual)
     *batch_shape, m, n = out.shape
     k = a.shape[-1]
     nbatch = math.prod(batch_shape)
@@ -426,6 +432,27 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
         _tile_region(kern, a, b, out, region, budget.n_tiles, bias, act, fmt, residual, residual_fn, q, glu)
     kernel.flops += 2 * nbatch * m * n * k * halves
     return kernels[1:]
+
+
+def fold_batch(a: Tensor, b: Tensor, out: Tensor, residual: Tensor | None
+               ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``a``, ``out`` (and a full-shaped residual) as 2-D ``[batch * M, ...]`` tensors when
+    ``b`` has no batch dims of its own (all contiguous: the rows of every batch element
+    follow each other), else unchanged. A residual that broadcasts along the batch or M
+    dims blocks the fold unless it is one row (``[..., 1, N]`` of ones, or ``[N]``)."""
+    *batch_shape, m, n = out.shape
+    if not batch_shape or math.prod(b.shape[:-2]) != 1 or a.shape[:-2] != out.shape[:-2]:
+        return a, out, residual
+    rows = math.prod(batch_shape) * m
+    if residual is not None:
+        if tuple(residual.shape) == tuple(out.shape):
+            residual = dataclasses.replace(residual, shape=(rows, n))
+        elif math.prod(residual.shape[:-1]) == 1:
+            residual = dataclasses.replace(residual, shape=tuple(residual.shape[-1:]))
+        else:
+            return a, out, residual
+    return (dataclasses.replace(a, shape=(rows, a.shape[-1])),
+            dataclasses.replace(out, shape=(rows, n)), residual)
 
 
 def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Region,
