@@ -8,7 +8,22 @@ Qwen2, ViT; TorchScript and dynamo)::
     s = s + mask          additive mask (padding/causal), any broadcast shape
       | where(cond, fill, s)   becomes the additive mask where(cond, fill, 0)
     p = softmax(s)
+      | where(isnan(p), 0, p)  the exporters' NaN guard: ``empty_rows = "zero"``
     o = p @ v
+
+**The NaN guard** (optimum's exports, from torch's SDPA): ``where(isnan(p), 0, p)``
+between the softmax and ``· V``. On a softmax row that is not NaN it is the identity:
+if every score of a row is finite or -inf and at least one is finite (some key
+visible), the row max ``m`` is finite, every ``exp(s - m)`` is in [0, 1] and the one
+with ``s = m`` is exactly 1, so the sum is >= 1 and every ``p`` is a finite number in
+[0, 1]. The row is NaN exactly when all its scores are -inf (every key masked, e.g. a
+padded query) -- the guard then makes its probabilities 0 and its output ``0 @ V = 0``
+-- or when a score is NaN/+inf (non-finite activations). The fused attention with
+``empty_rows = "zero"`` reproduces the first case exactly: its online softmax keeps
+``m = -inf``, ``l = 0``, ``O = 0`` for a row with no visible key and divides by
+``max(l, 1)`` instead of ``l`` (the same ``l`` for every other row, since there
+``l >= 1``), so that row's output is 0; only NaN/+inf scores (which the guard would
+also hide) stay NaN.
 
 The operands are read through their view chains (passes/fuse_views.py), so the head
 split/transposes and the GQA repeat (Unsqueeze → Expand → Reshape of K/V) are not
@@ -39,8 +54,10 @@ from maiac.passes.fuse_match import (
     label,
     new_constant,
     new_op,
+    only_used_by,
     producer,
     scalar,
+    unary,
 )
 from maiac.passes.fuse_views import Strided, resolve
 from maiac.passes.tiling.common import divisors
@@ -110,6 +127,21 @@ def _additive_mask(where: Operation, cond: SSAValue, fill: float, keep_when: boo
     add = new_op(maia.WhereOp, args, out_type, op=label(where))
     rewriter.insert([zero, fill_op, add], InsertPoint.before(where))
     return add.results[0]
+
+
+def _nan_guard(probs: SSAValue) -> tuple[SSAValue, list[Operation]] | None:
+    """``probs = where(isnan(p), 0, p)``, the guard read only by ``· V``: (p, its ops)."""
+    where = producer(probs, "maia.where")
+    if where is None or not probs.has_one_use():
+        return None
+    cond, zero, p = where.operands
+    isnan = unary(cond, "isnan")
+    if isnan is None or isnan.operands[0] is not p or not cond.has_one_use() \
+            or scalar(zero) != 0.0 or tensor_shape(p.type) != tensor_shape(probs.type):
+        return None
+    if not only_used_by(p, (isnan, where)) or len(list(p.uses)) != 2:
+        return None
+    return p, [where, isnan]
 
 
 def _is_scores(value: SSAValue) -> bool:
@@ -182,15 +214,18 @@ class FuseAttention(RewritePattern):
         if op.name != "maia.matmul" or len(op.operands) != 2 or maia.attr(op, "act"):
             return
         probs, v = op.operands
+        guard = _nan_guard(probs)
+        if guard is not None:
+            probs = guard[0]
         softmax = producer(probs, "maia.softmax", "softmax")
-        if softmax is None or not probs.has_one_use():
+        if softmax is None or (guard is None and not probs.has_one_use()):
             return
         x = softmax.operands[0]
         if not x.has_one_use():
             return
         mask: SSAValue | None = None
         where_mask: tuple[Operation, SSAValue, float, bool] | None = None
-        matched: list[Operation] = [softmax]
+        matched: list[Operation] = [*(guard[1] if guard else []), softmax]
         if (add := binary(x, "add")) is not None:
             for s, m in commuted(add):
                 if _is_scores(s) and s.has_one_use():
@@ -223,6 +258,8 @@ class FuseAttention(RewritePattern):
             "op": label(op), "dims": [b, h // g, g, sq, sk, d], "scale": float(scores.scale),
             "kv_groups": g, "causal": False,
             "q_view": _view_attr(q5), "k_view": _view_attr(k5), "v_view": _view_attr(v5)}
+        if guard is not None:
+            attrs["empty_rows"] = "zero"
         # a constant causal mask (with Sk >= Sq: every row sees a key) is not loaded at
         # all: the tiler generates it per block and skips the hidden key blocks
         if sk >= sq and ((where_mask is not None and _causal_where(*where_mask[1:], sq, sk))

@@ -65,13 +65,14 @@ def _is_past(arg: BlockArgument) -> bool:
 
 
 def _cache_view(view: tuple[int, ...], concat_shape: tuple[int, ...],
-                cache_shape: tuple[int, ...]) -> list[int] | None:
+                cache_shape: tuple[int, ...], groups: int) -> list[int] | None:
     """An attention operand view ``[offset, s_B, s_Hkv, s_G, s_row, s_col]`` over the
     concat, re-expressed over the cache (same dims, one slot fewer), or None when it is
-    not a plain walk of the concat's [B, Hkv, S, D] layout."""
+    not a plain walk of the concat's [B, Hkv, S, D] layout (``s_G`` is free when each
+    K/V head has one query head: ``groups == 1``)."""
     offset, s_b, s_h, s_g, s_row, s_col = view
     old, new = contiguous_strides(concat_shape), contiguous_strides(cache_shape)
-    if offset != 0 or s_g != 0 or s_row != old[2] or s_col != old[3]:
+    if offset != 0 or (s_g != 0 and groups > 1) or s_row != old[2] or s_col != old[3]:
         return None
     out = [0]
     for stride, dim in ((s_b, 0), (s_h, 1)):
@@ -113,7 +114,8 @@ def rewrite_function(fn: func.FuncOp) -> int:
             new_shape = tensor_shape(new.type)
             if new_shape[2] != 1 or dims[4] != cache_shape[2] + 1:
                 break
-            view = _cache_view(tuple(maia.attr(op, view_name)), concat_shape, cache_shape)
+            view = _cache_view(tuple(maia.attr(op, view_name)), concat_shape, cache_shape,
+                               dims[2])
             if view is None:
                 break
             plan.append((index, view_name, concat, source, new, view))

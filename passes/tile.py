@@ -195,7 +195,8 @@ class FunctionTiler:
                 kernel, ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None, out,
                 self.budget, maia.attr(op, "dims"), views, maia.attr(op, "scale", 1.0),
                 partial=lambda name, shape: self.act_buffer(f"{kernel.uid}/{name}", shape),
-                out_view=maia.attr(op, "out_view"))
+                out_view=maia.attr(op, "out_view"),
+                zero_empty_rows=maia.attr(op, "empty_rows", "nan") == "zero")
         elif isinstance(op, maia.AttentionOp):
             views = {name: maia.attr(op, f"{name}_view") for name in ("q", "k", "v", "mask")}
             causal = bool(maia.attr(op, "causal", False)) and len(ins) == 3
@@ -204,7 +205,8 @@ class FunctionTiler:
                 self.budget, maia.attr(op, "dims"), views, maia.attr(op, "scale", 1.0),
                 causal=causal, positions=self.positions(maia.attr(op, "dims")[4])
                 if causal else None, out_view=maia.attr(op, "out_view"),
-                fmt=maia.attr(op, "fmt", "f32"))
+                fmt=maia.attr(op, "fmt", "f32"),
+                zero_empty_rows=maia.attr(op, "empty_rows", "nan") == "zero")
         elif isinstance(op, maia.UnaryOp | maia.BinaryOp):
             params = {"fmod": 1} if maia.attr(op, "fmod") else None
             if maia.attr(op, "params"):  # e.g. isinf's detect_positive/negative

@@ -38,10 +38,13 @@ def test_kv_cache_greedy_equals_onnxruntime(kv_model: onnx.ModelProto) -> None:
 
 @pytest.mark.parametrize("name", ["optimum_llama_kv", "optimum_qwen2_kv", "optimum_gpt2_kv"])
 def test_optimum_kv_decoders_greedy_equal_onnxruntime(name: str) -> None:
-    """optimum-onnx text-generation-with-past exports (GPT-2: positions from the mask)."""
+    """optimum-onnx text-generation-with-past exports (GPT-2: positions from the mask),
+    their NaN-guarded softmax fused (passes/fuse_attention.py), so the cache is updated in
+    place."""
     path = DATA / "toolchain" / f"{name}.onnx"
     result = generate(path, PROMPT, max_new_tokens=32)
     assert result.mode == "kv-cache" and len(result.programs) == 2
+    assert result.kv_update == "in-place"
     assert result.tokens == onnxruntime_greedy(path, PROMPT, 32)
 
 

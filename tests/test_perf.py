@@ -136,3 +136,35 @@ def test_a_task_leaves_no_resources_and_the_causal_check_stays_small() -> None:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2 * 2048 * 2048   # the bool result is 4 MiB; np.indices made 64 MiB
+
+
+def test_a_sweep_of_more_tasks_than_twice_the_workers_finishes() -> None:
+    """Regression (a1e19f7): with ``max_tasks_per_child=2`` the process pool retired each
+    worker after two tasks without replacing it, so 5 uncached tasks on 2 workers hung
+    forever. Run in a subprocess (its own process group, killed on timeout), so a hang
+    fails the test instead of the suite."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import json\n"
+        "from maiac import perf\n"
+        "shape = perf.resolve_model('llama-tiny')\n"
+        "tasks = [perf.Task(shape, 'decode', b, 16, 'fp32', 'fp32', 1, 'maia200', ())\n"
+        "         for b in range(1, 6)]\n"
+        "out = perf.run_tasks(tasks, 2, perf.TaskCache(None, enabled=False))\n"
+        "print(json.dumps([out[t]['modeled_time_s'] for t in tasks]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a sweep of 5 uncached tasks on 2 workers did not finish in 240 s")
+    assert proc.returncode == 0, err
+    times = json.loads(out)
+    assert len(times) == 5 and all(t > 0 for t in times)
+    assert times == sorted(times)   # more sequences per step never take less time

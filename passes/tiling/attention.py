@@ -47,6 +47,7 @@ from maiac.passes.tiling.common import (
     Kernel,
     Tensor,
     align,
+    at_least_one,
     divisors,
     dma,
     loop,
@@ -154,10 +155,13 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
                    out: Tensor, budget: Budget, dims: Sequence[int],
                    views: dict[str, Sequence[int]], scale: float, causal: bool = False,
                    positions: Tensor | None = None,
-                   out_view: Sequence[int] | None = None, fmt: str = "f32") -> list[Kernel]:
+                   out_view: Sequence[int] | None = None, fmt: str = "f32",
+                   zero_empty_rows: bool = False) -> list[Kernel]:
     """Append the flash-attention instructions of ``out = attention(q, k, v, mask)``.
 
     ``fmt``: the TTU operand format of both products (``f32`` or ``bf16``).
+    ``zero_empty_rows``: a query row with every key masked gives 0, not 0/0
+    (``empty_rows = "zero"``, the absorbed NaN guard of passes/fuse_attention.py).
 
     ``causal`` without ``mask``: the mask is generated (``positions``: an f32 ``arange``
     of at least ``Sk`` elements) and hidden key blocks are skipped; the groups of query
@@ -187,7 +191,7 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
         part = kernel if index == 0 else Kernel(op=kernel.op, kind=kernel.kind,
                                                 uid=f"{kernel.uid or kernel.op}.{index}")
         _tile_group(part, q, k, v, mask, out, budget, dims, views, scale, bq, bk, group,
-                    positions if generate else None, out_view, fmt)
+                    positions if generate else None, out_view, fmt, zero_empty_rows)
         # the work done: a causal group skips the key blocks above its diagonal
         part.flops += b * h * group.count * bq * group.keys * bk * (4 * d + 8)
         if index:
@@ -199,7 +203,7 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
                 out: Tensor, budget: Budget, dims: Sequence[int],
                 views: dict[str, Sequence[int]], scale: float, bq: int, bk: int,
                 group: QueryGroup, positions: Tensor | None, out_view: Sequence[int],
-                fmt: str = "f32") -> None:
+                fmt: str = "f32", zero_empty_rows: bool = False) -> None:
     """The instructions of one group of query blocks (all of them unless causal)."""
     b, hkv, g, sq, sk, d = dims
     split = split_jobs((b, hkv, g, group.count), budget.n_tiles)
@@ -307,6 +311,8 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
                                              causal_mask=with_mask))
     off, s_b, s_hkv, s_g, s_row, s_col = out_view
     out_steps = (s_b, s_hkv, s_g, bq * s_row)
+    if zero_empty_rows:
+        body += at_least_one(l_acc, r_acc, grid)
     body += [vec("div", [o_acc, l_acc], o_acc, grid),
              dma(o_acc, Access(out.buf, out.dtype, (bq, d), (s_row, s_col),
                                out.off + off + q0 * s_row, split.tile_strides(out_steps),

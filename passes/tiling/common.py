@@ -134,6 +134,17 @@ def vec(fn: str, ins: Sequence[Access], out: Access, grid: Sequence[int], **para
                             grid=list(grid), params=params or None)
 
 
+def at_least_one(x: Access, scratch: Access, grid: Sequence[int]) -> list[Any]:
+    """``x = max(x, 1)``; ``scratch`` (x's shape) gets the ones, ``exp(x - x)`` (x finite).
+
+    The softmax denominator of an attention with ``empty_rows = "zero"``
+    (passes/fuse_attention.py): a row with no visible key has ``l = 0`` and ``O = 0``,
+    so ``O / max(l, 1)`` is 0 instead of 0/0; every other row has ``l >= 1`` (its max
+    term is ``exp(0) = 1``) and is divided by its own ``l``.
+    """
+    return [vec("exp_sub", [x, x], scratch, grid), vec("max", [x, scratch], x, grid)]
+
+
 def mm(a: Access, b: Access, c: Access, grid: Sequence[int], accumulate: bool,
        fmt: str = "f32", **quant: Any) -> Any:
     """A TTU matmul; ``quant``: isa.MatMul's quantized-operand fields (None ones dropped)."""

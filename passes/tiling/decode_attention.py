@@ -29,6 +29,7 @@ from maiac.passes.tiling.common import (
     Kernel,
     Tensor,
     align,
+    at_least_one,
     divisors,
     dma,
     loop,
@@ -91,10 +92,12 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
                           out: Tensor, budget: Budget, dims: Sequence[int],
                           views: dict[str, Sequence[int]], scale: float,
                           partial: Callable[[str, tuple[int, ...]], Tensor],
-                          out_view: Sequence[int] | None = None) -> None:
+                          out_view: Sequence[int] | None = None,
+                          zero_empty_rows: bool = False) -> None:
     """Append the split-K decode attention of ``out = attention(q, k, v, mask)``.
 
-    ``partial(name, shape)`` makes an f32 activation buffer for the per-chunk partials.
+    ``partial(name, shape)`` makes an f32 activation buffer for the per-chunk partials;
+    ``zero_empty_rows``: a row with every key masked gives 0, not 0/0.
     """
     b, hkv, g, sq, sk, d = dims
     sizes = [itemsize(t.dtype) for t in (q, k, v)] + [itemsize(mask.dtype) if mask else 4]
@@ -197,14 +200,15 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
     if rest:
         kernel.body.extend(phase(nb * bk, rest, 1, 1, chunks))
     kernel.body.extend(_combine(kernel, o_part, m_part, l_part, out, budget, dims, parts,
-                                out_view))
+                                out_view, zero_empty_rows))
     kernel.flops += b * hkv * g * sk * (4 * d + 8)
 
 
 def _combine(kernel: Kernel, o_part: Tensor, m_part: Tensor, l_part: Tensor, out: Tensor,
              budget: Budget, dims: Sequence[int], parts: int,
-             out_view: Sequence[int] | None) -> list:
-    """Per row: ``w = exp(m - max m)``, ``O = (w @ O_parts) / sum(w * l)``."""
+             out_view: Sequence[int] | None, zero_empty_rows: bool = False) -> list:
+    """Per row: ``w = exp(m - max m)``, ``O = (w @ O_parts) / sum(w * l)`` (the sum is
+    >= 1 unless no key of the row is visible; ``zero_empty_rows``: divided by max(sum, 1))."""
     b, hkv, g, sq, sk, d = dims
     split = split_jobs((b, hkv, g), budget.n_tiles)
     grid = split.grid
@@ -237,6 +241,7 @@ def _combine(kernel: Kernel, o_part: Tensor, m_part: Tensor, l_part: Tensor, out
             vec("exp_sub", [m_acc, mx], m_acc, grid),
             vec("mul", [m_acc, l_acc], l_acc, grid),
             vec("reduce_sum", [l_acc], sm, grid),
+            *(at_least_one(sm, mx, grid) if zero_empty_rows else []),
             mm(m_acc, o_acc, res, grid, accumulate=False),
             vec("div", [res, sm], res, grid),
             dma(res, Access(out.buf, out.dtype, (1, d), (s_row, s_col), out.off + off,
