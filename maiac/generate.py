@@ -406,7 +406,7 @@ def _decode_program(dec: Decoder, capacity: int, opts: GenerateOptions,
     present a Concat(past, new) read by a fused single-query attention), else the one whose
     presents the loop copies into the cache."""
     shapes = _kv_shapes(dec, 1, capacity)
-    if dec.appends and opts.chips == 1:  # passes/shard.py splits the Concat form only
+    if opts.chips == 1:  # passes/shard.py splits the Concat form only
         try:
             program, modeled = _program(dec, "decode", {**shapes, POSITION_INPUT: (dec.batch,)},
                                         opts, records, in_place=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
+from maiac.importers.contrib import IN_PLACE_CACHE
 from maiac.passes.kv_cache_inplace import POSITION_INPUT
 from maiac.runtime.errors import MaiacError
 
@@ -124,9 +125,19 @@ def cache_in_place(model: onnx.ModelProto) -> None:
     the `kv-cache-inplace` pass (passes/kv_cache_inplace.py) then turns every
     Concat(past, new) read by attention into a write of the new rows into the resident
     cache at that slot plus attention over the cache. Every present must be a
-    Concat(past, new) (:func:`appends`).
+    Concat(past, new) (:func:`appends`) or made by a GroupQueryAttention, which is marked
+    ``maiac_in_place_cache`` (its expansion then reads ``Concat(past, new)`` with the new
+    keys seen at slot ``past length = cache_position``: maiac/importers/contrib.py).
     """
-    presents = {p.present for p in kv_pairs(model)}
+    pairs = kv_pairs(model)
+    pasts = {p.past for p in pairs}
+    pasts |= {n.output[0] for n in model.graph.node  # a narrow cache's load (store_cache_as)
+              if n.op_type == "Cast" and n.input[0] in pasts}
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention" and pasts & set(node.input[3:5]):
+            node.attribute.append(helper.make_attribute(IN_PLACE_CACHE, 1))
+            node.output[1:] = [""] * (len(node.output) - 1)
+    presents = {p.present for p in pairs}
     kept = [o for o in model.graph.output if o.name not in presents]
     del model.graph.output[:]
     model.graph.output.extend(kept)

@@ -179,7 +179,7 @@ def _file_graph(shape: ModelShape, mode: str, batch: int, context: int,
     dec.batch = batch
     shapes = _kv_shapes(dec, context, 1) if mode == "prefill" else _kv_shapes(dec, 1, context)
     model = dec.model
-    if mode == "decode" and kv_update == "in-place" and dec.appends:
+    if mode == "decode" and kv_update == "in-place":
         store_cache_as(model, kv_cache)
         cache_in_place(model)
         shapes[POSITION_INPUT] = (batch,)

@@ -50,11 +50,32 @@ def test_optimum_kv_decoders_greedy_equal_onnxruntime(name: str) -> None:
 
 def test_genai_decoder_greedy_equals_onnxruntime() -> None:
     """onnxruntime-genai builder export: GroupQueryAttention writes the new keys at the
-    sequence length (valid slots first), head_dim symbolic (taken from the QKV width)."""
+    sequence length (valid slots first), head_dim symbolic (taken from the QKV width); the
+    decode step writes them into the resident cache in place (maiac/kv_cache.py marks the
+    op, its expansion reads Concat(past, new), passes/kv_cache_inplace.py rewrites it)."""
     path = DATA / "toolchain" / "genai_phi3_fp32.onnx"
     result = generate(path, PROMPT, max_new_tokens=32)
     assert result.mode == "kv-cache" and len(result.programs) == 2
+    assert result.kv_update == "in-place"
     assert result.tokens == onnxruntime_greedy(path, PROMPT, 32)
+
+
+def test_genai_narrow_cache_is_updated_in_place() -> None:
+    """A bf16 cache of a GroupQueryAttention decoder (the op reads the past through its
+    load Cast) is in place too, and its decode step moves fewer bytes than the copy."""
+    from maiac import generate as gen_module
+
+    path = DATA / "toolchain" / "genai_llama_fp32.onnx"
+    result = generate(path, PROMPT, max_new_tokens=4, kv_cache="bf16", capacity=512)
+    assert result.kv_update == "in-place"
+    dec = gen_module.load_decoder(path)
+    copy, _ = gen_module._program(dec, "decode", gen_module._kv_shapes(dec, 1, 512),
+                                  gen_module.GenerateOptions(kv_cache="bf16"), [])
+    in_place = {p.role: p for p in result.programs}["decode"]
+    from maiac.runtime.timing import simulate
+
+    assert in_place.hbm_bytes < simulate(copy).hbm_bytes
+    assert result.tokens[:1] == onnxruntime_greedy(path, PROMPT, 1)
 
 
 def test_recompute_greedy_equals_onnxruntime() -> None:

@@ -21,6 +21,8 @@ from maiac.importers.graph_builder import Expansion
 
 MS = "com.microsoft"
 FLOAT_MIN = float(np.finfo(np.float32).min)
+# set by maiac.kv_cache.cache_in_place on a GroupQueryAttention whose cache is resident
+IN_PLACE_CACHE = "maiac_in_place_cache"
 
 
 def simplified_layer_norm(e: Expansion) -> None:
@@ -209,6 +211,14 @@ def group_query_attention(e: Expansion) -> None:
     ``max(total_sequence_length, past length)`` slots: the past, with the new K/V written
     at ``past_b ..`` of each row (a one-hot matmul: exact) and zeros after a row's
     ``total_b``, as onnxruntime leaves them.
+
+    With the attribute ``maiac_in_place_cache = 1`` (a decode step whose cache the
+    machine keeps, maiac/kv_cache.py) there is no present: the keys are
+    ``Concat(past, new)`` and key ``j`` is visible to query ``s`` iff ``j <= past_b + s``
+    and ``j < past length`` (the appended columns hidden), the contract of the
+    `kv-cache-inplace` pass (passes/kv_cache_inplace.py), which writes the new rows into
+    the cache at slot ``past_b`` (its ``cache_position`` input) and attends over the
+    cache's slots: the new keys are then those of slot ``past_b``.
     """
     heads, kv_heads = int(e.attr("num_heads")), int(e.attr("kv_num_heads"))
     if heads % kv_heads:
@@ -253,8 +263,18 @@ def group_query_attention(e: Expansion) -> None:
         q = _rotate(e, q, cos, sin, rotary_dim, head_size, interleaved)
         k = _rotate(e, k, cos, sin, rotary_dim, head_size, interleaved)
 
+    in_place = bool(e.attr(IN_PLACE_CACHE, 0))
+    if in_place and not (e.input(3) and e.input(4)):
+        raise e.fail(f"{IN_PLACE_CACHE} needs the past_key and past_value inputs")
     # the present cache: past with the new rows written at past_b ..
-    if e.input(3):
+    if in_place:
+        past_len = e.dim(e.input(3), 2)
+        k_all = e.one("Concat", [e.input(3), k], axis=2)
+        v_all = e.one("Concat", [e.input(4), v], axis=2)
+        slot_range = e.one("Range", [e.const(np.int64(0)),
+                                     _scalar(e, e.one("Add", [past_len, seq])),
+                                     e.const(np.int64(1))])
+    elif e.input(3):
         past_len = e.dim(e.input(3), 2)
         slots = e.one("Max", [total_len, past_len])
         slot_range = e.one("Range", [e.const(np.int64(0)), _scalar(e, slots),
@@ -301,6 +321,8 @@ def group_query_attention(e: Expansion) -> None:
     keys = e.unsqueeze(slot_range, [0, 1])  # [1, 1, T]
     visible = e.one("And", [e.one("LessOrEqual", [keys, last]),
                             e.one("Less", [keys, e.unsqueeze(total, [2])])])
+    if in_place:  # the new keys are read at slot past_b of the cache, not appended
+        visible = e.one("And", [visible, e.one("Less", [keys, past_len])])
     window = int(e.attr("local_window_size", -1))
     if window > 0:
         visible = e.one("And", [visible, e.one("Greater", [
