@@ -103,40 +103,49 @@ class ChipGroup:
 class ShardedSession:
     """A tensor-parallel group as a generation session (the interface of
     runtime.session.Session that maiac/generate.py uses): each chip keeps its machine
-    between runs and holds its KV heads of every ``resident`` cache (``meta["shard"]
-    ["inputs"]`` says which); :meth:`tensor` of a resident input is the host's staging
-    copy of the whole cache, from which every run hands each chip its heads."""
+    between runs and, in that machine's memory, its KV heads of every ``resident`` cache
+    (``meta["shard"]["inputs"]`` says which; a cache not split is whole on every chip).
+    A run sends only the other inputs; the decode program writes each chip's new rows
+    into its heads in place (passes/shard.py splits ``maia.cache_write`` by heads), and
+    :meth:`write_slots` hands each chip its heads of rows the host writes (the prompt's,
+    or a Concat decode program's new ones)."""
 
     def __init__(self, group: ChipGroup, resident: Sequence[str] = ()) -> None:
         from maiac.runtime.multichip import ChipRunner, check_group
-        from maiac.runtime.program import TensorSpec  # noqa: F401 (the specs' type)
+        from maiac.runtime.session import tensor_view
 
         if group.timing_only:
             raise MaiacError("a timing-only chip group cannot run a generation")
         check_group(group.programs)
         self.group = group
         self.runners = [ChipRunner(p) for p in group.programs]
-        from maiac.chips_cli import full_input_specs
-
-        specs = {s.name: s for s in full_input_specs(group.programs[0])}
-        missing = [n for n in resident if n not in specs]
+        names = {s.name for s in group.programs[0].inputs}
+        missing = [n for n in resident if n not in names]
         if missing:
             raise MaiacError(f"resident tensor {missing[0]!r} is not an input of the program")
-        from maiac.runtime.memory import np_dtype
+        self.resident = list(resident)
+        for runner in self.runners:
+            for name in self.resident:
+                tensor_view(runner.program, runner.machine, name)[...] = 0
 
-        self.resident = {n: np.zeros(specs[n].shape, np_dtype(specs[n].dtype)) for n in resident}
+    def write_slots(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write ``values`` [B, H, n, D] (all heads) into slots ``start .. start + n`` of
+        the resident cache ``name``: each chip gets its heads."""
+        from maiac.runtime.multichip import local_inputs
+        from maiac.runtime.session import tensor_view
 
-    def tensor(self, name: str) -> np.ndarray:
-        """The whole of resident input ``name`` (writable; sliced by heads at each run)."""
         if name not in self.resident:
             raise MaiacError(f"{name!r} is not a resident input of this chip group")
-        return self.resident[name]
+        for runner in self.runners:
+            part = local_inputs(runner.program, {name: values})[name]
+            tensor_view(runner.program, runner.machine, name)[
+                :, :, start:start + values.shape[2]] = part
 
     def run(self, inputs: dict[str, Any], outputs: Sequence[str] | None = None
             ) -> dict[str, np.ndarray]:
         from maiac.runtime.multichip import run_runners
 
-        out = run_runners(self.runners, {**inputs, **self.resident})
+        out = run_runners(self.runners, inputs, self.resident)
         return out if outputs is None else {k: out[k] for k in outputs}
 
 

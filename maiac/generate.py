@@ -362,9 +362,8 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
     out = pre.run(feeds, [dec.logits, *presents])
     decode, t_decode, in_place = _decode_program(dec, capacity, opts, records)
     dec_session = open_session(decode, [p.past for p in dec.pairs])
-    caches = {p.past: dec_session.tensor(p.past) for p in dec.pairs}
     for pair in dec.pairs:  # the prompt's keys/values into the resident cache
-        caches[pair.past][:, :, :n_prompt] = out[pair.present][:, :, :n_prompt]
+        dec_session.write_slots(pair.past, 0, out[pair.present][:, :, :n_prompt])
     tokens: list[int] = []
     times = [t_prefill]
     rng = np.random.default_rng(opts.sampling.seed)
@@ -391,7 +390,8 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
             out = dec_session.run(feeds, [dec.logits, *presents])
             new_slot = 0 if dec.appends else length
             for pair in dec.pairs:
-                caches[pair.past][:, :, length] = out[pair.present][:, :, new_slot]
+                dec_session.write_slots(pair.past, length,
+                                        out[pair.present][:, :, new_slot:new_slot + 1])
         times.append(t_decode)
         mask[:, capacity] = 0
         mask[:, length] = 1
@@ -403,17 +403,17 @@ def _generate_kv(dec: Decoder, prompt: list[int], opts: GenerateOptions,
 def _decode_program(dec: Decoder, capacity: int, opts: GenerateOptions,
                     records: list[ProgramRecord]) -> tuple[Any, float, bool]:
     """The decode program with the in-place cache update where the graph allows it (every
-    present a Concat(past, new) read by a fused single-query attention), else the one whose
-    presents the loop copies into the cache."""
+    present a Concat(past, new) or a GroupQueryAttention's, read by a fused single-query
+    attention; on N chips too, the cache split by KV heads), else the one whose presents
+    the loop copies into the cache."""
     shapes = _kv_shapes(dec, 1, capacity)
-    if opts.chips == 1:  # passes/shard.py splits the Concat form only
-        try:
-            program, modeled = _program(dec, "decode", {**shapes, POSITION_INPUT: (dec.batch,)},
-                                        opts, records, in_place=True)
-            return program, modeled, True
-        except MaiacError as err:
-            if "kv-cache-inplace" not in str(err):
-                raise
+    try:
+        program, modeled = _program(dec, "decode", {**shapes, POSITION_INPUT: (dec.batch,)},
+                                    opts, records, in_place=True)
+        return program, modeled, True
+    except MaiacError as err:
+        if "kv-cache-inplace" not in str(err):
+            raise
     program, modeled = _program(dec, "decode", shapes, opts, records)
     return program, modeled, False
 

@@ -96,14 +96,21 @@ class ChipRunner:
         self.machine = _machine(self.program)
         self.pos = 0
 
-    def start(self, inputs: dict[str, np.ndarray]) -> None:
+    def start(self, inputs: dict[str, np.ndarray], resident: Sequence[str] = ()) -> None:
+        """Load ``inputs`` (the whole tensors: this chip takes its slice); ``resident``
+        inputs are already in this chip's memory (its slice of a KV cache kept between
+        runs, runtime/session.py's tensor_view) and are not written."""
         from maiac.runtime.interpreter import _check_inputs
+        from maiac.runtime.session import tensor_view
 
-        arrays = _check_inputs(self.program, local_inputs(self.program, inputs))
+        feeds = local_inputs(self.program, inputs)
+        feeds.update({n: tensor_view(self.program, self.machine, n) for n in resident})
+        arrays = _check_inputs(self.program, feeds)
         self.machine.reset()
         for spec in self.program.inputs:
-            b = self.program.buffer(spec.buffer)
-            self.machine._write_bytes(b.level, b.addr, arrays[spec.name])
+            if spec.name not in resident:
+                b = self.program.buffer(spec.buffer)
+                self.machine._write_bytes(b.level, b.addr, arrays[spec.name])
         self.pos = 0
 
     def run_to_collective(self) -> Collective | None:
@@ -185,12 +192,13 @@ def run_chips(programs: Sequence[Program], inputs: dict[str, np.ndarray]) -> dic
     return run_runners([ChipRunner(p) for p in programs], inputs)
 
 
-def run_runners(runners: Sequence[ChipRunner],
-                inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One run of a group's chips (machines kept by the caller between runs)."""
+def run_runners(runners: Sequence[ChipRunner], inputs: dict[str, np.ndarray],
+                resident: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """One run of a group's chips (machines kept by the caller between runs; ``resident``
+    inputs stay in each chip's memory, see :meth:`ChipRunner.start`)."""
     programs = [r.program for r in runners]
     for r in runners:
-        r.start(inputs)
+        r.start(inputs, resident)
     while True:
         instrs = [r.run_to_collective() for r in runners]
         if all(i is None for i in instrs):

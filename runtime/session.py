@@ -22,6 +22,20 @@ from maiac.runtime.parallel import single_threaded_blas
 from maiac.runtime.program import Program, TensorSpec
 
 
+def tensor_view(program: Program, machine: Any, name: str) -> np.ndarray:
+    """A writable view of ``program``'s input or output ``name`` in ``machine``'s memory
+    (tile 0 for TSRAM)."""
+    spec = next((s for s in (*program.inputs, *program.outputs) if s.name == name), None)
+    if spec is None:
+        raise MaiacError(f"{name!r} is not an input or output of the program")
+    buf = program.buffer(spec.buffer)
+    dt = np_dtype(spec.dtype)
+    mem = machine.mem[buf.level]
+    mem = mem[0] if buf.level == "tsram" else mem
+    n = math.prod(spec.shape) * dt.itemsize
+    return mem[buf.addr:buf.addr + n].view(dt).reshape(spec.shape)
+
+
 class Session:
     """A program's machine with ``resident`` inputs kept between :meth:`run` calls."""
 
@@ -39,13 +53,12 @@ class Session:
 
     def tensor(self, name: str) -> np.ndarray:
         """A writable view of input or output ``name`` in machine memory (tile 0 for TSRAM)."""
-        spec = self.specs[name]
-        buf = self.program.buffer(spec.buffer)
-        dt = np_dtype(spec.dtype)
-        mem = self.machine.mem[buf.level]
-        mem = mem[0] if buf.level == "tsram" else mem
-        n = math.prod(spec.shape) * dt.itemsize
-        return mem[buf.addr:buf.addr + n].view(dt).reshape(spec.shape)
+        return tensor_view(self.program, self.machine, name)
+
+    def write_slots(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write ``values`` [B, H, n, D] into slots ``start .. start + n`` (axis 2) of the
+        resident cache ``name``."""
+        self.tensor(name)[:, :, start:start + values.shape[2]] = values
 
     def run(self, inputs: dict[str, Any], outputs: Iterable[str] | None = None
             ) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from maiac.chips import ChipGroup
 from maiac.cli import main
 from maiac.generate import _PROGRAMS, generate
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.isa import Loop, Scatter
 
 PROMPT = [5, 17, 42, 7]
 
@@ -35,6 +36,7 @@ def test_tokens_identical_to_one_chip(model: onnx.ModelProto, one_chip, chips: i
     out = generate(model, PROMPT, max_new_tokens=20, chips=chips, keep_logits=True)
     assert len(set(one_chip.tokens)) > 5  # a real sequence, not one token repeated
     assert out.tokens == one_chip.tokens
+    assert out.kv_update == one_chip.kv_update == "in-place"
     for a, b in zip(out.logits, one_chip.logits, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     assert out.tpot_s > 0 and out.ttft_s > 0
@@ -43,9 +45,20 @@ def test_tokens_identical_to_one_chip(model: onnx.ModelProto, one_chip, chips: i
     groups = [v[0] for v in _PROGRAMS.values()
               if isinstance(v[0], ChipGroup) and v[0].chips == chips]
     assert groups
-    cuts = groups[-1].programs[chips - 1].meta["shard"]["inputs"]
+    decode = next(g for g in groups if "cache_position" in
+                  {s.name for s in g.programs[0].inputs})
+    cuts = decode.programs[chips - 1].meta["shard"]["inputs"]
     assert {c["stop"] - c["start"] for c in cuts.values()} == {1}
     assert any(name.startswith("past_key_values.") for name in cuts)
+    # each chip writes its own heads of the cache (a Scatter per K/V per layer), so the
+    # cache never travels with a step
+    for program in decode.programs:
+        assert _count(program.instructions, Scatter) == 4   # K and V of 2 layers
+
+
+def _count(instrs: list, kind: type) -> int:
+    return sum(_count(i.body, kind) if isinstance(i, Loop) else isinstance(i, kind)
+               for i in instrs)
 
 
 def test_cli_chips(model: onnx.ModelProto, one_chip, tmp_path: Path) -> None:  # noqa: ANN001
