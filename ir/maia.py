@@ -321,14 +321,22 @@ class CollectiveOp(IRDLOperation):
     name = "maia.collective"
 
 
-TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, ScatterRowsOp, MmOp, VecOp, CollectiveOp)
+@irdl_op_definition
+class SyncOp(IRDLOperation):
+    """runtime.isa.Sync: a barrier on ``engine`` carrying ``waits`` (the sync pass inserts
+    it where an instruction needs more waits than the target allows)."""
+
+    name = "maia.sync"
+
+
+TILED_INSTRUCTIONS = (DmaOp, GatherRowsOp, ScatterRowsOp, MmOp, VecOp, CollectiveOp, SyncOp)
 
 Maia = Dialect(
     "maia",
     [ConstantOp, MatMulOp, UnaryOp, BinaryOp, WhereOp, ReduceOp, SoftmaxOp, NormOp, GatherOp,
      ViewOp, ReshapeOp, ConcatOp, AttentionOp, BufferOp, KernelOp, LoopOp, DmaOp, GatherRowsOp, MmOp,
      VecOp, RopeOp, AllReduceOp, AllGatherOp, CollectiveOp, RowOp, SendOp, RecvOp,
-     CacheWriteOp, ScatterRowsOp],
+     CacheWriteOp, ScatterRowsOp, SyncOp],
 )
 
 

@@ -141,6 +141,8 @@ def _instructions(ops: Any, buffers: dict[str, Buffer], label: str) -> list[isa.
         elif isinstance(op, maia.GatherRowsOp):
             out.append(isa.Gather(acc("table"), acc("indices"), acc("dst"), grid,
                                   maia.attr(op, "queue", 0), label))
+        elif isinstance(op, maia.SyncOp):
+            out.append(isa.Sync(maia.attr(op, "engine"), label))
         elif isinstance(op, maia.ScatterRowsOp):
             out.append(isa.Scatter(acc("dst"), acc("indices"), acc("src"), grid,
                                    maia.attr(op, "queue", 0), label))

@@ -12,7 +12,11 @@ alone when the twins would not fit TSRAM or a buffer it renames is used outside 
 by runtime/hazards.py from the planned addresses: the tightest ``{engine: pending}``
 that orders each conflicting pair (so a DMA may stay in flight while the compute of
 the previous block runs). ``sync{naive=true}`` makes every instruction wait for every
-other engine to drain — the no-overlap baseline of bench/schedule.py.
+other engine (that runs anything) to drain — the no-overlap baseline of bench/schedule.py.
+
+An instruction carries at most the target's ``max_waits`` waits (Maia 200: 2, public);
+one that needs more gets ``maia.sync`` barriers on its own engine right before it
+(runtime/barriers.py: the waits are then inferred again with the barriers in place).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from maiac.ir import maia
 from maiac.passes.tile import module_target
 from maiac.passes.tiling.common import align
 from maiac.runtime import hazards, isa
+from maiac.runtime.barriers import limit_waits
+from maiac.runtime.errors import MaiacError
 from maiac.runtime.program import Buffer
 
 TWIN = "@1"  # suffix of a double-buffer twin
@@ -259,31 +265,64 @@ def planned_buffers(fn: func.FuncOp) -> dict[str, Buffer]:
             for b in fn.walk() if isinstance(b, maia.BufferOp)}
 
 
-def sync_function(fn: func.FuncOp, dma_queues: int, naive: bool) -> None:
+def _program_of(fn: func.FuncOp) -> tuple[list[isa.Instr], list[Operation]]:
+    """The function's instructions as the ISA sees them, and the IR ops they come from
+    (the kernels' top-level ops, buffers left out, in program order)."""
     from maiac.passes.emit import _instructions
 
     buffers = planned_buffers(fn)
     program: list[isa.Instr] = []
-    ir_leaves: list[Operation] = []
+    ops: list[Operation] = []
     for kernel in fn.body.block.ops:
         if isinstance(kernel, maia.KernelOp):
             program.extend(_instructions(kernel.body.block.ops, buffers,
                                          maia.attr(kernel, "op")))
-            ir_leaves.extend(_leaf_ops(kernel.body.block.ops))
-    leaves = list(_isa_leaves(program))
-    assert len(leaves) == len(ir_leaves)
-    names = hazards.engines(dma_queues)
+            ops.extend(o for o in kernel.body.block.ops if not isinstance(o, maia.BufferOp))
+    return program, ops
+
+
+def _mirror(instrs: list[isa.Instr], ops: list[Operation]) -> None:
+    """Write the waits of ``instrs`` back onto the IR ``ops`` they were emitted from, and
+    a ``maia.sync`` before the op of every barrier the IR does not have yet."""
+    it = iter(ops)
+    barriers: list[isa.Sync] = []
+    for ins in instrs:
+        if isinstance(ins, isa.Sync):
+            barriers.append(ins)
+            continue
+        op = next(it)
+        block = op.parent_block()
+        assert block is not None
+        for b in barriers:
+            block.insert_op_before(maia.instruction(maia.SyncOp, engine=b.engine,
+                                                    waits=dict(b.waits)), op)
+        barriers = []
+        if isinstance(ins, isa.Loop):
+            assert isinstance(op, maia.LoopOp)
+            _mirror(ins.body, [o for o in op.body.block.ops if not isinstance(o, maia.BufferOp)])
+        elif ins.waits:
+            op.attributes["waits"] = maia.to_attr(dict(ins.waits))
+        elif "waits" in op.attributes:
+            del op.attributes["waits"]
+    assert not barriers and next(it, None) is None
+
+
+def sync_function(fn: func.FuncOp, dma_queues: int, naive: bool, max_waits: int) -> None:
+    """Give every instruction of ``fn`` its waits, within ``max_waits`` per instruction."""
+    program, ops = _program_of(fn)
     if naive:
-        for ins in leaves:
+        used = {isa.engine_of(ins, dma_queues) for ins in _isa_leaves(program)}
+        names = [e for e in hazards.engines(dma_queues) if e in used]
+        for ins in _isa_leaves(program):
             own = isa.engine_of(ins, dma_queues)
             ins.waits = {e: 0 for e in names if e != own}
     else:
         hazards.infer_waits(program, dma_queues)
-    for ins, op in zip(leaves, ir_leaves, strict=True):
-        if ins.waits:
-            op.attributes["waits"] = maia.to_attr(dict(ins.waits))
-        elif "waits" in op.attributes:
-            del op.attributes["waits"]
+    try:  # naive waits drain whole engines: a barrier shifts no count they depend on
+        limit_waits(program, dma_queues, max_waits, reinfer=not naive)
+    except MaiacError as err:
+        raise MaiacError(f"sync: {err}") from None
+    _mirror(program, ops)
     fn.attributes["maia.async"] = maia.to_attr(True)
 
 
@@ -306,4 +345,4 @@ class SyncPass(ModulePass):
         target = module_target(op)
         for fn in list(op.walk()):
             if isinstance(fn, func.FuncOp):
-                sync_function(fn, target.dma_queues, self.naive)
+                sync_function(fn, target.dma_queues, self.naive, target.max_waits)

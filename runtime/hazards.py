@@ -40,19 +40,16 @@ from maiac.runtime.isa import (
     Loop,
     MatMul,
     Scatter,
+    Sync,
     Vec,
     engine_of,
+    engines,
 )
 from maiac.runtime.memory import StepMap, block_extent, itemsize
 from maiac.runtime.program import Program, instr_label
 from maiac.runtime.target import Target
 
 SAMPLE_ITERS = 3  # infer mode: iterations of each loop followed exactly (first + steady state)
-
-
-def engines(dma_queues: int) -> list[str]:
-    """Engine names in clock order: the DMA queues, then ttu, tvp, the network engine."""
-    return [f"dma{q}" for q in range(dma_queues)] + ["ttu", "tvp", "net"]
 
 
 @dataclass
@@ -80,6 +77,8 @@ class Span:
 
 def instr_accesses(instr: Instr) -> list[tuple[Access, bool]]:
     """(access, is_write) of a non-loop instruction; reads first."""
+    if isinstance(instr, Sync):
+        return []  # a barrier touches no memory
     if isinstance(instr, Collective) and instr.collective == "recv":
         return [(instr.dst, True)]  # a recv writes dst (its src is dst, not read)
     if isinstance(instr, Dma | Collective):  # a collective reads src, writes all of dst
@@ -148,7 +147,11 @@ def build(instrs: list[Instr], names: list[str], prefix: str = "",
                 raise MachineError(f"{instr_label(path, ins)}: bad wait {e}={k!r} (engines: "
                                    f"{', '.join(names)}; pending counts >= 0)")
             waits.append((index[e], k))
-        out.append(Leaf(ins, instr_label(path, ins), index[engine_of(ins, dma_queues)],
+        engine = engine_of(ins, dma_queues)
+        if engine not in index:
+            raise MachineError(f"{instr_label(path, ins)}: unknown engine {engine!r} "
+                               f"(engines: {', '.join(names)})")
+        out.append(Leaf(ins, instr_label(path, ins), index[engine],
                         spans(ins, n_loops), waits))
     return out
 

@@ -200,16 +200,16 @@ class _Machine:
             return self._scatter(instr, path, grid, trips)
         if isinstance(instr, MatMul):
             return self._matmul(instr, path, grid, trips)
-        return self._vec(instr, grid, trips)
+        return self._vec(instr, grid, trips) if isinstance(instr, Vec) else lambda it: None
 
     def _loop(self, loop: Loop, path: str, trips: tuple[int, ...]) -> Step:
         inner = trips + tuple(loop.trips)
-        if len(loop.body) == 1 and self._independent(loop.body[0], trips, inner):
+        work = [(k, ins) for k, ins in enumerate(loop.body) if not isinstance(ins, isa.Sync)]
+        if len(work) == 1 and self._independent(work[0][1], trips, inner):
             # one numpy call over (*loop.trips, *grid, *block) instead of a Python loop
             self.vectorized_loops += 1
-            return self._compile(loop.body[0], f"{path}.0", inner)
-        body = [(instr_label(f"{path}.{k}", ins), self._compile(ins, f"{path}.{k}",
-                                                                 trips + tuple(loop.trips)))
+            return self._compile(work[0][1], f"{path}.{work[0][0]}", inner)
+        body = [(instr_label(f"{path}.{k}", ins), self._compile(ins, f"{path}.{k}", inner))
                 for k, ins in enumerate(loop.body)]
         ranges = [range(t) for t in loop.trips]
 

@@ -274,7 +274,24 @@ class Collective:
     peer: int = -1  # send/recv: the other chip (global number); -1 for group collectives
 
 
-Instr = Dma | Gather | Scatter | MatMul | Vec | Loop | Collective
+@dataclass
+class Sync:
+    """A barrier on ``engine`` (``dma<q>``, ``ttu``, ``tvp`` or ``net``): it holds that
+    engine's queue until its ``waits`` hold, then completes. It moves no data and does no
+    work; it exists because one instruction carries at most ``Target.max_waits`` waits
+    (the published Maia 200 limit is 2): the ``sync`` pass (passes/schedule.py) puts the
+    waits an instruction needs beyond that on barriers of the instruction's own engine
+    right before it, which the in-order engine then passes on. Like every instruction it
+    counts on its engine's semaphore (see WAITS)."""
+
+    engine: str
+    op: str = ""
+    kind: str = "sync"
+    waits: dict[str, int] = field(default_factory=dict)  # see WAITS below
+    grid: tuple[int, ...] = (1,)
+
+
+Instr = Dma | Gather | Scatter | MatMul | Vec | Loop | Collective | Sync
 
 # WAITS (asynchronous semantics; programs whose ``meta["async"]`` is true).
 # Every engine — each DMA queue ``dma0`` .. ``dma{n-1}``, the ``ttu`` and the ``tvp`` — runs
@@ -287,19 +304,31 @@ Instr = Dma | Gather | Scatter | MatMul | Vec | Loop | Collective
 # ``cp.async.wait_group n``. A DMA's data is only guaranteed to a reader after such a
 # wait; runtime/hazards.py checks it. Programs without ``meta["async"]`` run each
 # instruction to completion before the next (synchronous semantics).
+# Limits (public, Maia 200): an instruction carries at most ``Target.max_waits`` (2) waits
+# ("pre-semaphores") and ``Target.max_signals`` (2) signals ("post-semaphores"). Every
+# instruction here posts exactly one signal, its own engine's count, so only the waits
+# can exceed the limit: the ``sync`` pass splits them over ``Sync`` barriers and
+# runtime/program.py refuses a program with an instruction over the limit.
 # Collectives run on the chip's network DMA engine ``net`` (after ttu, tvp in clock order).
 ENGINE_KINDS = {"matmul": "ttu", "vec": "tvp", "collective": "net"}
+
+
+def engines(dma_queues: int) -> list[str]:
+    """Engine names in clock order: the DMA queues, then ttu, tvp, the network engine."""
+    return [f"dma{q}" for q in range(dma_queues)] + ["ttu", "tvp", "net"]
 
 
 def engine_of(instr: Instr, dma_queues: int) -> str:
     """The engine an instruction runs on: ``dma<q>`` (queue modulo ``dma_queues``), ttu, tvp."""
     if isinstance(instr, Dma | Gather | Scatter):
         return f"dma{instr.queue % dma_queues}"
+    if isinstance(instr, Sync):
+        return instr.engine
     return ENGINE_KINDS[instr.kind]
 
 _KINDS: dict[str, type] = {"dma": Dma, "gather": Gather, "scatter": Scatter, "matmul": MatMul,
                            "vec": Vec,
-                           "loop": Loop, "collective": Collective}
+                           "loop": Loop, "collective": Collective, "sync": Sync}
 
 
 def instr_to_json(instr: Instr) -> dict[str, Any]:

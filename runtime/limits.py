@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from maiac.runtime.errors import MaiacError, ProgramError
-from maiac.runtime.isa import Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Vec
+from maiac.runtime.isa import Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Sync, Vec
 
 GiB = 1 << 30
 
@@ -195,6 +195,8 @@ def _accesses(instr: Instr) -> list[Any]:
         return [instr.table, instr.indices, instr.src]
     if isinstance(instr, MatMul):
         return [instr.a, instr.b, instr.c, *(a for _, a in instr.scale_accesses())]
+    if isinstance(instr, Sync):
+        return []
     assert isinstance(instr, Vec)
     return [*instr.ins, instr.out]
 

@@ -23,7 +23,9 @@ def format_instr(instr: isa.Instr, indent: int = 0) -> list[str]:
             lines += format_instr(inner, indent + 1)
         return lines + [f"{pad}}}"]
     grid = f"grid{list(instr.grid)}"
-    if isinstance(instr, isa.Collective):
+    if isinstance(instr, isa.Sync):  # a barrier: no operands, no grid
+        body, grid = f"{instr.engine}.sync", ""
+    elif isinstance(instr, isa.Collective):
         body = (f"net.{instr.collective}[{instr.rank}/{instr.chips}] "
                 f"{format_access(instr.dst)} <- {format_access(instr.src)}")
     elif isinstance(instr, isa.Dma):
@@ -48,7 +50,7 @@ def format_instr(instr: isa.Instr, indent: int = 0) -> list[str]:
         extra = "".join(f" {k}={v}" for k, v in instr.attrs.items())
         body = f"tvp.{instr.fn} {format_access(instr.out)} <- {args}{extra}"
     waits = "".join(f" wait({e}<={n})" for e, n in (instr.waits or {}).items())
-    return [f"{pad}{body} {grid}{waits}   // {instr.op}"]
+    return [f"{pad}{' '.join(x for x in (body, grid) if x)}{waits}   // {instr.op}"]
 
 
 def format_program(program: Program) -> str:

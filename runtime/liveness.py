@@ -44,6 +44,7 @@ from maiac.runtime.isa import (
     Loop,
     MatMul,
     Scatter,
+    Sync,
     Vec,
 )
 from maiac.runtime.memory import access_extent, np_dtype
@@ -147,6 +148,8 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
         np.bitwise_or(v, READ_FIRST, out=v, where=np.bitwise_and(v, WRITTEN) == 0)
 
     def leaf(instr: Instr, trips: tuple[int, ...], it: tuple[int, ...]) -> None:
+        if isinstance(instr, Sync):  # a barrier touches no memory
+            return
         grid = tuple(instr.grid)
         reads, out = _reads_writes(instr)
         for acc in reads:
@@ -164,6 +167,8 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
         return v if v.size <= SUMMARY_VIEW_LIMIT else None
 
     def summarize_leaf(instr: Instr, trips: tuple[int, ...], it: tuple[int, ...]) -> None:
+        if isinstance(instr, Sync):
+            return
         grid = tuple(instr.grid)
         reads, out = _reads_writes(instr)
         for acc in reads:

@@ -23,6 +23,7 @@ from maiac.runtime.isa import (
     Loop,
     MatMul,
     Scatter,
+    Sync,
     Vec,
 )
 from maiac.runtime.memory import access_extent, itemsize
@@ -100,11 +101,12 @@ def validate_program(program: Program, error: type[MaiacError] = ProgramError) -
         if size > by_name[name].nbytes:
             raise error(f"constant {name!r} is larger than its buffer")
     maps = {lv: _LevelMap([b for b in program.buffers if b.level == lv]) for lv in isa.LEVELS}
-    _validate_instrs(program.instructions, "", (), maps, target.n_tiles, error)
+    _validate_instrs(program.instructions, "", (), maps, target, error)
 
 
 def _validate_instrs(instrs: list[Instr], prefix: str, trips: tuple[int, ...],
-                     maps: dict[str, _LevelMap], n_tiles: int, error: type[MaiacError]) -> None:
+                     maps: dict[str, _LevelMap], target: Any, error: type[MaiacError]) -> None:
+    n_tiles = target.n_tiles
     for i, instr in enumerate(instrs):
         path = f"{prefix}{i}"
         label = instr_label(path, instr)
@@ -112,10 +114,15 @@ def _validate_instrs(instrs: list[Instr], prefix: str, trips: tuple[int, ...],
             if not instr.trips or any(not isinstance(t, int) or t < 1 for t in instr.trips):
                 raise error(f"{label}: trip counts must be positive integers, got {instr.trips}")
             _validate_instrs(instr.body, f"{path}.", trips + tuple(instr.trips), maps,
-                             n_tiles, error)
+                             target, error)
             continue
-        if not isinstance(instr, Dma | Gather | Scatter | MatMul | Vec | Collective):
+        if not isinstance(instr, Dma | Gather | Scatter | MatMul | Vec | Collective | Sync):
             raise error(f"instruction {path}: not an instruction: {type(instr).__name__}")
+        problem = sync_problem(instr, target)
+        if problem:
+            raise error(f"{label}: {problem}")
+        if isinstance(instr, Sync):
+            continue
         if isinstance(instr, Collective) and trips:
             raise error(f"{label}: a collective must be at the top level, not inside a loop")
         grid = tuple(instr.grid)
@@ -137,8 +144,24 @@ def _validate_instrs(instrs: list[Instr], prefix: str, trips: tuple[int, ...],
                 raise error(f"{label}: operand {role}: {problem}")
 
 
+def sync_problem(instr: Instr, target: Any) -> str | None:
+    """What breaks the target's semaphore limits in one instruction's waits (or a
+    barrier's engine), or None: at most ``max_waits`` waits per instruction (Maia 200:
+    2, public). Signals need no check: each instruction posts exactly one (its engine's)."""
+    if len(instr.waits) > target.max_waits:
+        return (f"{len(instr.waits)} waits ({', '.join(sorted(instr.waits))}); target "
+                f"{target.name!r} allows at most {target.max_waits} per instruction "
+                f"(max_waits): split them over sync barriers (the sync pass does)")
+    names = isa.engines(target.dma_queues)
+    if isinstance(instr, Sync) and instr.engine not in names:
+        return f"sync on unknown engine {instr.engine!r} (engines: {', '.join(names)})"
+    return None
+
+
 def _accesses(instr: Instr) -> list[tuple[str, Access]]:
     """(role, access) pairs of a non-loop instruction."""
+    if isinstance(instr, Sync):
+        return []
     if isinstance(instr, Dma | Collective):
         return [("src", instr.src), ("dst", instr.dst)]
     if isinstance(instr, Gather):

@@ -278,6 +278,8 @@ def _checked_instr(instr: Instr) -> Instr:
                 raise TypeError(f"tensor scale must be a finite number, got {ts!r}")
     if isinstance(instr, Vec):
         _str(instr.fn)
+    if isinstance(instr, isa.Sync):
+        _str(instr.engine)
     for _, acc in _accesses(instr):
         if not isinstance(acc, Access):
             raise TypeError("operand is not an access")

@@ -35,7 +35,18 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Vec
+from maiac.runtime.isa import (
+    Access,
+    Collective,
+    Dma,
+    Gather,
+    Instr,
+    Loop,
+    MatMul,
+    Scatter,
+    Sync,
+    Vec,
+)
 from maiac.runtime.memory import StepMap, access_extent
 
 
@@ -149,7 +160,7 @@ def _writes(ins: Instr, state: _State | None, trips: tuple[int, ...]
         return [(ins.c, UNKNOWN)]
     if isinstance(ins, Gather | Collective):
         return [(ins.dst, UNKNOWN)] if ins.dst.level == "tsram" else []
-    if isinstance(ins, Scatter):  # writes HBM/CSRAM rows only
+    if isinstance(ins, Scatter | Sync):  # writes HBM/CSRAM rows only / nothing
         return []
     raise TypeError(f"unknown instruction {type(ins).__name__}")
 

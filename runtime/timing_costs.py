@@ -31,6 +31,7 @@ from maiac.runtime.isa import (
     Instr,
     MatMul,
     Scatter,
+    Sync,
     Vec,
 )
 from maiac.runtime.memory import block_extent, distinct_bytes, itemsize, numel
@@ -237,6 +238,10 @@ def leaf_cost(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
         reads, writes = fp(*instr.ins), fp(instr.out)
         moved = sum(distinct_bytes(a, grid) for a in (*instr.ins, instr.out))
         number_format = instr.out.dtype
+    elif isinstance(instr, Sync):
+        # a barrier: holds its engine until its waits hold, takes no time of its own
+        # (ASSUMED: its issue overlaps the wait)
+        engine, dur, reads, writes = instr.engine, 0.0, [], []
     else:
         raise MaiacError(f"instruction {path}: cannot time {type(instr).__name__}")
     return Leaf(path, instr.op, instr.kind, engine, dur, flops, fmt, float(hbm), reads,

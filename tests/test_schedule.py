@@ -63,6 +63,33 @@ def test_schedules_compute_the_same_numbers(mode: str) -> None:
         np.testing.assert_allclose(_run(prog, model), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("max_waits", [2, 1])
+def test_no_instruction_carries_more_waits_than_the_target_allows(max_waits: int) -> None:
+    """Maia 200 instructions carry at most 2 waits: the sync pass puts the rest on
+    barriers of the same engine (the numbers, the hazard check and the modeled time of
+    the optimized schedule unchanged: a barrier costs nothing); a looser target gets
+    none."""
+    from maiac.runtime.hazards import check_program
+
+    model = models.llama_decoder(models.LLAMA_TINY, mode="prefill", seq=8, context=16)
+    ref = _run(maiac.compile(model, pipeline=UNSCHEDULED_PIPE).program, model)
+    loose = maiac.compile(model, target_params={"max_waits": "8"}).program
+    assert not any(isinstance(i, isa.Sync) for i in _leaves(loose.instructions))
+    assert max(len(i.waits) for i in _leaves(loose.instructions)) > 2  # the case exists
+    for schedule in ("optimized", "naive"):
+        prog = maiac.compile(model, schedule=schedule,
+                             target_params={"max_waits": str(max_waits)}).program
+        leaves = _leaves(prog.instructions)
+        assert max(len(i.waits) for i in leaves) <= max_waits
+        barriers = [i for i in leaves if isinstance(i, isa.Sync)]
+        assert barriers and all(b.waits for b in barriers)
+        check_program(prog)
+        np.testing.assert_allclose(_run(prog, model), ref, rtol=1e-5, atol=1e-5)
+        if schedule == "optimized":
+            assert simulate(prog).modeled_time_s == pytest.approx(
+                simulate(loose).modeled_time_s, rel=0.02)
+
+
 def test_double_buffer_twins_and_overlap(mlp: object) -> None:
     pipe = default_pipeline().replace(",tile,", ",tile{buffers=2},")
     prog = maiac.compile(mlp, target_params=SMALL, pipeline=pipe).program

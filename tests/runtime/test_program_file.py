@@ -11,7 +11,7 @@ import pytest
 
 from maiac.runtime.errors import ProgramError
 from maiac.runtime.interpreter import run_program
-from maiac.runtime.isa import Dma, Loop, Vec
+from maiac.runtime.isa import Dma, Loop, Sync, Vec
 from maiac.runtime.program import (
     FORMAT_VERSION,
     ProgramBuilder,
@@ -161,6 +161,53 @@ def test_grid_larger_than_chip():
     prog.instructions[0].grid = (37,)  # maia200 has 36 active tiles
     with pytest.raises(ProgramError, match="needs 37 tiles"):
         validate_program(prog)
+
+
+def _waits(m: dict, waits: dict) -> None:
+    m["meta"]["async"] = True
+    m["instructions"][1]["body"][1]["waits"] = waits
+
+
+def test_more_waits_than_the_target_allows(saved: Path):
+    """A Maia 200 instruction carries at most 2 waits (public): a third is refused, by
+    the loader and by `maiac run` / `maiac report` (exit 2, one line naming it)."""
+    from click.testing import CliRunner
+
+    from maiac.cli import main
+
+    _edit_manifest(saved, lambda m: _waits(m, {"dma0": 0, "dma1": 0, "ttu": 0}))
+    message = (r"instruction 1\.1 \(vec, op 'mul'\): 3 waits \(dma0, dma1, ttu\); target "
+               r"'maia200' allows at most 2 per instruction \(max_waits\)")
+    with pytest.raises(ProgramError, match=message):
+        load_program(saved)
+    for cmd in ("run", "report"):
+        r = CliRunner().invoke(main, [cmd, str(saved)])
+        assert r.exit_code == 2, (r.output, r.exception)
+        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+        assert "3 waits (dma0, dma1, ttu)" in r.stderr and "Traceback" not in r.output
+
+
+def test_two_waits_and_a_barrier_load_and_run(saved: Path):
+    """The same waits split over a barrier on the vec's engine are within the limit."""
+    def change(m: dict) -> None:
+        _waits(m, {"dma0": 0, "dma1": 0})
+        body = m["instructions"][1]["body"]
+        body[0]["waits"] = body[2]["waits"] = {"tvp": 0}  # tx: the vec's, then dma0's
+        body.insert(1, {"kind": "sync", "engine": "tvp", "op": "mul", "waits": {"ttu": 0}})
+    _edit_manifest(saved, change)
+    prog = load_program(saved)
+    barrier = prog.instructions[1].body[1]
+    assert isinstance(barrier, Sync) and barrier.waits == {"ttu": 0}
+    x = np.arange(32, dtype=np.float32).reshape(4, 8)
+    np.testing.assert_array_equal(run_program(prog, {"x": x})["y"], x * np.arange(8))
+
+
+def test_barrier_on_unknown_engine(saved: Path):
+    _edit_manifest(saved, lambda m: m["instructions"].insert(0, {"kind": "sync",
+                                                                 "engine": "dma7"}))
+    with pytest.raises(ProgramError, match=r"instruction 0 .*sync on unknown engine 'dma7' "
+                                           r"\(engines: dma0, dma1, dma2, dma3, ttu, tvp, net\)"):
+        load_program(saved)
 
 
 def test_failed_save_leaves_old_file(saved: Path):
