@@ -275,6 +275,24 @@ def constant_value(op_or_attr: Operation | Attribute | None) -> np.ndarray | Non
     if isinstance(attr, DenseResourceAttr):
         handle = attr.resource_handle.data
         if not is_materializable(handle):
+            for seen in _ABSENT_READS:
+                seen.add(handle)
             return None
         return get_array(handle)
     return None
+
+
+_ABSENT_READS: list[set[str]] = []
+
+
+@contextlib.contextmanager
+def absent_reads() -> Iterator[set[str]]:
+    """The handles whose values ``constant_value`` was asked for inside the block but could
+    not give (their data is absent): a pass that reads a weight of IR text without its
+    weights folder would otherwise silently see no value (``maiac opt`` refuses)."""
+    seen: set[str] = set()
+    _ABSENT_READS.append(seen)
+    try:
+        yield seen
+    finally:
+        _ABSENT_READS.remove(seen)

@@ -33,6 +33,12 @@ EMITS = ("onnx", "maia", "tiled", "asm")
 @compile_options
 @click.option("--emit", type=click.Choice(EMITS), default=None,
               help="Print the IR at this stage instead of writing a program.")
+@click.option("--emit-weights", metavar="DIR", default=None,
+              help="With --emit: write the IR's weights to DIR (.npy files and weights.json), "
+                   "so `maiac compile OUT.mlir` can finish the compile.")
+@click.option("--weights", metavar="DIR", default=None,
+              help="MODEL.mlir's weights folder (default: the one its maia.weights attribute "
+                   "names).")
 @click.option("--print-ir-after-all", is_flag=True,
               help="Print the IR after every pass (on stderr).")
 @click.option("--print-ir-after", metavar="PASS", multiple=True,
@@ -57,12 +63,24 @@ EMITS = ("onnx", "maia", "tiled", "asm")
 @plugin_option
 def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
-                calib: str | None, emit: str | None, print_ir_after_all: bool,
+                calib: str | None, emit: str | None, emit_weights: str | None,
+                weights: str | None, print_ir_after_all: bool,
                 print_ir_after: tuple[str, ...], verify_each: bool, shape_only: bool,
                 pass_timing: bool, chips: int, pp: int, micro_batches: int,
                 inputs_file: str | None, as_json: bool, plugins: tuple[str, ...]) -> None:
-    """Compile MODEL (.onnx) to a Maia 200 program (-o OUT.maia), or print its IR (--emit)."""
+    """Compile MODEL (.onnx, or .mlir from --emit) to a Maia 200 program (-o OUT.maia), or
+    print its IR (--emit)."""
     existing_file(model, "model file")
+    is_ir = model.endswith(".mlir")
+    if is_ir:
+        _check_ir_options(emit, quant, shape, target, target_param, calib, inputs_file,
+                          chips, pp)
+    elif weights is not None:
+        raise click.UsageError("--weights names the weights of a MODEL.mlir; MODEL.onnx "
+                               "holds its own")
+    if emit_weights is not None and emit is None:
+        raise click.UsageError("--emit-weights goes with --emit (a .maia program holds its "
+                               "weights)")
     if as_json and (emit is not None or chips > 1 or pp > 1):
         raise click.UsageError("--json describes one written program: not with --emit, "
                                "--chips or --pp")
@@ -72,6 +90,13 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     if output is not None and output != "-":
         check_output(output, "-o", inputs)  # before the compile, not after it
     load_plugins(plugins)
+    if is_ir:
+        compiled = _compile_ir(model, output, inputs, pipeline, weights, shape_only,
+                               print_ir_after_all, print_ir_after, verify_each, pass_timing)
+        if as_json:
+            _print_json(model, output, compiled, compiled.program.meta.get("quant"),
+                        compiled.program.target.get("name"))
+        return
     kw = _compile_kwargs(quant, shape, target, target_param, pipeline, calib)
     if inputs_file is not None:
         from maiac.shapes import model_input_shapes
@@ -81,26 +106,69 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     kw["shape_only"] = shape_only
     driver = _driver()
     with shape_errors_explained(kw["shapes"]):
-        compiled = _compile(driver, model, output, kw, inputs, emit, print_ir_after_all,
-                            print_ir_after, verify_each, pass_timing, chips, pp,
-                            micro_batches)
+        compiled = _compile(driver, model, output, kw, inputs, emit, emit_weights,
+                            print_ir_after_all, print_ir_after, verify_each, pass_timing,
+                            chips, pp, micro_batches)
     if as_json and compiled is not None:
-        prog = compiled.program
+        _print_json(model, output, compiled, kw.get("quant"), kw.get("target"))
 
-        def specs(ts: Any) -> list[dict[str, Any]]:
-            return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ts]
-        click.echo(json.dumps({
-            "model": model, "output": output, "quant": kw.get("quant"),
-            "target": kw.get("target"), "compile_s": compiled.compile_s,
-            "inputs": specs(prog.inputs), "outputs": specs(prog.outputs),
-            "weight_bytes": sum(b.nbytes for b in prog.buffers if b.kind == "const"),
-            "instructions": len(prog.instructions),
-            "passes": [{"name": r.name, "seconds": r.seconds}
-                       for r in getattr(compiled.log, "passes", [])]}, indent=2))
+
+def _print_json(model: str, output: str | None, compiled: Any, quant: str | None,
+                target: str | None) -> None:
+    """``compile --json``: what was written."""
+    prog = compiled.program
+
+    def specs(ts: Any) -> list[dict[str, Any]]:
+        return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ts]
+    click.echo(json.dumps({
+        "model": model, "output": output, "quant": quant,
+        "target": target, "compile_s": compiled.compile_s,
+        "inputs": specs(prog.inputs), "outputs": specs(prog.outputs),
+        "weight_bytes": sum(b.nbytes for b in prog.buffers if b.kind == "const"),
+        "instructions": len(prog.instructions),
+        "passes": [{"name": r.name, "seconds": r.seconds}
+                   for r in getattr(compiled.log, "passes", [])]}, indent=2))
+
+
+def _check_ir_options(emit: str | None, quant: str | None, shape: tuple[str, ...],
+                      target: str, target_param: tuple[str, ...], calib: str | None,
+                      inputs_file: str | None, chips: int, pp: int) -> None:
+    """The options that shape an ONNX import, which IR from --emit has already had."""
+    given = [name for name, on in (
+        ("--emit", emit is not None), ("--quant", quant is not None), ("--shape", shape),
+        ("--target", target != "maia200"), ("--target-param", target_param),
+        ("--calib", calib is not None), ("--inputs", inputs_file is not None),
+        ("--chips", chips > 1), ("--pp", pp > 1)) if on]
+    if given:
+        raise click.UsageError(f"{given[0]} applies to an ONNX model; MODEL.mlir was "
+                               f"compiled with its own (its maia.emitted attribute records "
+                               f"the passes left: change them with --pipeline)")
+
+
+def _compile_ir(model: str, output: str | None, inputs: tuple[Any, ...],
+                pipeline: str | None, weights: str | None, shape_only: bool,
+                print_ir_after_all: bool, print_ir_after: tuple[str, ...], verify_each: bool,
+                pass_timing: bool) -> Any:
+    """``compile MODEL.mlir``: finish the compile of IR from --emit, write the program."""
+    from maiac.ir_file import compile_ir
+
+    assert output is not None
+    progress(f"compiling {model}")
+    t0 = time.perf_counter()
+    compiled = compile_ir(model, pipeline=pipeline, weights=weights, shape_only=shape_only,
+                          verify_each=verify_each, print_ir_after_all=print_ir_after_all,
+                          print_ir_after=print_ir_after, out=sys.stderr)
+    with atomic_path(output, "-o", (*inputs, weights)) as tmp:
+        compiled.save(tmp)
+    progress(f"wrote {output} in {time.perf_counter() - t0:.2f} s")
+    if pass_timing:
+        click.echo(format_pass_timing(compiled.log), err=True)
+    return compiled
 
 
 def _compile(driver: Any, model: str, output: str | None, kw: dict[str, Any],
-             inputs: tuple[Any, ...], emit: str | None, print_ir_after_all: bool,
+             inputs: tuple[Any, ...], emit: str | None, emit_weights: str | None,
+             print_ir_after_all: bool,
              print_ir_after: tuple[str, ...], verify_each: bool, pass_timing: bool,
              chips: int, pp: int, micro_batches: int) -> Any:
     """The compile itself; returns the CompiledModel written (None for --emit, chips)."""
@@ -115,7 +183,8 @@ def _compile(driver: Any, model: str, output: str | None, kw: dict[str, Any],
     if emit is not None:
         progress(f"compiling {model} to {emit} IR")
         text = driver.compile_to_ir(model, emit=emit, print_ir_after_all=print_ir_after_all,
-                                    log=log, **debug, **_supported(driver.compile_to_ir, kw))
+                                    log=log, weights_dir=emit_weights, ir_path=output, **debug,
+                                    **_supported(driver.compile_to_ir, kw))
         if not text.endswith("\n"):
             text += "\n"
         if output is None or output == "-":

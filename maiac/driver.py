@@ -228,36 +228,103 @@ def compile_module(model: str | Path | onnx.ModelProto | OnnxModel, *, quant: st
     return module
 
 
+@dataclass
+class StageIR:
+    """A module compiled up to an ``--emit`` stage, with what compiling it further needs:
+    ``rest``, the pipeline still to run (None when the pipeline is not a string), and
+    ``meta``, the program metadata ``compile`` would give it."""
+
+    module: builtin.ModuleOp
+    rest: str | None
+    meta: dict[str, Any]
+
+
+def compile_to_stage(model: str | Path | onnx.ModelProto, *, emit: str,
+                     print_ir_after_all: bool = False, quant: str | None = None,
+                     shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
+                     target_params: dict[str, str] | None = None,
+                     pipeline: Pipeline | None = None, shape_only: bool = False,
+                     out: TextIO | None = None, print_ir_after: Sequence[str] = (),
+                     verify_each: bool = True, log: CompileLog | None = None,
+                     calib: Any = None) -> StageIR:
+    """Import ``model`` and run the pipeline up to stage ``emit`` (onnx, maia, tiled, asm)."""
+    if emit not in EMIT_CHOICES:
+        raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
+    model = open_model(model)
+    module = import_for_target(model, shapes, target, target_params, shape_only)
+    text = pipeline if pipeline is not None else default_pipeline(
+        model_default_quant(module, quant))
+    full = parse_passes(text)
+    # Stop where the next stage begins, so passes added inside a stage (a plugin's
+    # fusion after lowering, quantize) still run before the IR is printed.
+    next_stage = {"onnx": STAGES["maia"], "maia": STAGES["tiled"]}.get(emit)
+    stop = next_stage.split(",")[0].split("{")[0] if next_stage else None
+    passes = list(itertools.takewhile(lambda p: p.name != stop, full))
+    if not shape_only:  # quantize after the stage (compile FILE.mlir) gets its scales too
+        later = [p for p in full[len(passes):] if p.name == "quantize"]
+        attach_calibration(module, model, passes + later, calib, shapes)
+    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, full),
+               verify_each=verify_each, out=out, log=log)
+    rest = None
+    if isinstance(text, str):
+        from xdsl.utils.arg_spec import parse_pipeline as parse_specs
+
+        rest = ",".join(str(spec) for spec in list(parse_specs(text))[len(passes):])
+    meta = program_meta(model, model_default_quant(module, quant) if pipeline is None
+                        else quant)
+    if "mode" not in meta:  # a KV-cache decoder from its graph, as compile() finds it
+        from maiac.decoder_props import decoder_props
+
+        meta.update(decoder_props(model.proto, _main_input_shapes(module)))
+    return StageIR(module, rest, meta)
+
+
+def _main_input_shapes(module: builtin.ModuleOp) -> dict[str, tuple[int, ...]]:
+    """``{onnx name: static shape}`` of the arguments of the module's ``main``."""
+    from xdsl.dialects import func
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for op in module.ops:
+        if isinstance(op, func.FuncOp) and op.sym_name.data == "main":
+            attrs = op.arg_attrs.data if op.arg_attrs is not None else ()
+            for arg, extra in zip(op.body.block.args, attrs, strict=False):
+                name = extra.data.get("onnx.name")
+                if isinstance(name, builtin.StringAttr) and isinstance(arg.type,
+                                                                       builtin.TensorType):
+                    shapes[name.data] = tuple(arg.type.get_shape())
+    return shapes
+
+
 def compile_to_ir(model: str | Path | onnx.ModelProto, *, emit: str,
                   print_ir_after_all: bool = False, quant: str | None = None,
                   shapes: dict[str, tuple[int, ...]] | None = None, target: str = "maia200",
                   target_params: dict[str, str] | None = None, pipeline: Pipeline | None = None,
                   shape_only: bool = False, out: TextIO | None = None,
                   print_ir_after: Sequence[str] = (), verify_each: bool = True,
-                  log: CompileLog | None = None, calib: Any = None) -> str:
-    """The IR (or the assembly listing) at stage ``emit`` as text."""
-    if emit not in EMIT_CHOICES:
-        raise MaiacError(f"--emit must be one of {', '.join(EMIT_CHOICES)}, got {emit!r}")
-    model = open_model(model)
-    module = import_for_target(model, shapes, target, target_params, shape_only)
-    full = parse_passes(pipeline or default_pipeline(model_default_quant(module, quant)))
-    # Stop where the next stage begins, so passes added inside a stage (a plugin's
-    # fusion after lowering, quantize) still run before the IR is printed.
-    next_stage = {"onnx": STAGES["maia"], "maia": STAGES["tiled"]}.get(emit)
-    stop = next_stage.split(",")[0].split("{")[0] if next_stage else None
-    passes = list(itertools.takewhile(lambda p: p.name != stop, full))
-    attach_calibration(module, model, passes, calib, shapes)
-    run_passes(module, passes, print_after=printer_for(print_ir_after_all, print_ir_after, full),
-               verify_each=verify_each, out=out, log=log)
+                  log: CompileLog | None = None, calib: Any = None,
+                  weights_dir: str | None = None, ir_path: str | None = None) -> str:
+    """The IR (or the assembly listing) at stage ``emit`` as text.
+
+    The IR's ``maia.emitted`` attribute records the passes still to run and the program
+    metadata, so ``maiac compile FILE.mlir`` continues from it (maiac/ir_file.py).
+    ``weights_dir``: also write the weights there, named in the IR relative to the file
+    ``ir_path`` it will be written to (None: the current directory)."""
+    if weights_dir is not None and emit == "asm":
+        raise MaiacError("--emit-weights writes the weights of IR: not with --emit asm")
+    stage = compile_to_stage(model, emit=emit, print_ir_after_all=print_ir_after_all,
+                             quant=quant, shapes=shapes, target=target,
+                             target_params=target_params, pipeline=pipeline,
+                             shape_only=shape_only, out=out, print_ir_after=print_ir_after,
+                             verify_each=verify_each, log=log, calib=calib)
     if emit == "asm":
         from maiac.runtime.listing import format_program
 
-        return format_program(emit_program(module))
-    import io
+        return format_program(emit_program(stage.module))
+    from maiac.ir_file import stage_text, write_weights
 
-    text = io.StringIO()
-    Printer(stream=text).print_op(module)
-    return text.getvalue() + "\n"
+    if weights_dir is not None:
+        write_weights(stage.module, weights_dir, ir_path)
+    return stage_text(stage, emit)
 
 
 @dataclass

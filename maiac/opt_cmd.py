@@ -1,9 +1,10 @@
 """``maiac opt``: run passes on textual IR, as mlir-opt / xdsl-opt do.
 
-IR printed by ``maiac compile --emit`` references its weights by handle only (the bytes
-stay in the compiling process's resource store), so passes that need weight *values*
-(``WEIGHT_PASSES``: quantize, gptq, rotate-hadamard) would see placeholders; ``opt``
-refuses to run them on such IR unless ``--shape-only`` says placeholders are meant.
+IR printed by ``maiac compile --emit`` names its weights by handle only; with
+``--emit-weights DIR`` their values are in DIR and ``opt`` loads them (maiac/ir_file.py).
+Without them, a pass that needs a weight's value would see none: ``opt`` refuses the
+passes known to (``WEIGHT_PASSES``) before running, and any other pass that read an
+absent weight after it ran, unless ``--shape-only`` says placeholders are meant.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 import click
 
 from maiac.outputs import check_output, write_text_atomic
-from maiac.runtime.errors import MaiacError
 
 WEIGHT_PASSES = frozenset({"quantize", "gptq", "rotate-hadamard"})
 """Passes whose result depends on the values of constant weights."""
@@ -35,95 +35,67 @@ def make_context() -> Any:
     return ctx
 
 
-def absent_weights(module: Any) -> list[str]:
-    """Handles of the constants in ``module`` whose bytes this process does not hold."""
-    from xdsl.dialects.builtin import DenseResourceAttr
-
-    from maiac.ir.resources import is_materializable
-
-    absent = []
-    for op in module.walk():
-        value = op.attributes.get("value")
-        if isinstance(value, DenseResourceAttr):
-            handle = value.resource_handle.data
-            if not is_materializable(handle):
-                absent.append(handle)
-    return absent
-
-
-def _read_ir(file: str) -> str:
-    from maiac.cli_options import existing_file
-
-    if file == "-":
-        return sys.stdin.read()
-    existing_file(file, "IR file")
-    try:
-        return Path(file).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise MaiacError(f"{file}: not UTF-8 text (byte {err.start}): not an IR file") from None
-
-
 @click.command("opt")
 @click.argument("file", metavar="FILE.mlir")
 @click.option("-p", "--passes", "pipeline", default="", metavar="'p1,p2{opt=v}'",
               help="Passes to run, in order (xdsl-opt syntax).")
 @click.option("-o", "--output", default=None, metavar="OUT.mlir",
               help="Write the IR here (- or none: stdout).")
+@click.option("--weights", metavar="DIR", default=None,
+              help="The IR's weights folder (default: the one its maia.weights attribute "
+                   "names, written by --emit-weights).")
+@click.option("--emit-weights", metavar="DIR", default=None,
+              help="Write the output IR's weights to DIR (.npy files and weights.json).")
 @click.option("--print-ir-after-all", is_flag=True, help="Print the IR after every pass (on stderr).")
 @click.option("--pass-timing", is_flag=True, help="Print the time of each pass on stderr.")
 @click.option("--shape-only", is_flag=True,
-              help="Run weight-dependent passes (quantize, gptq, rotate-hadamard) on IR whose "
-                   "weights are absent, with placeholder values.")
+              help="Run passes that read weight values (quantize, gptq, rotate-hadamard, ...) "
+                   "on IR whose weights are absent, with placeholder values.")
 @click.option("--load-pass-plugin", "plugins", metavar="FILE.py", multiple=True,
               help="Import a Python file whose @register_pass passes become "
                    "usable by name (repeatable).")
-def opt_cmd(file: str, pipeline: str, output: str | None, print_ir_after_all: bool,
-            pass_timing: bool, shape_only: bool, plugins: tuple[str, ...]) -> None:
+def opt_cmd(file: str, pipeline: str, output: str | None, weights: str | None,
+            emit_weights: str | None, print_ir_after_all: bool, pass_timing: bool,
+            shape_only: bool, plugins: tuple[str, ...]) -> None:
     """Parse IR (FILE.mlir, or - for stdin), run passes, print the result."""
     from maiac.cli_options import load_plugins
     from maiac.compile_cmd import format_pass_timing
+    from maiac.driver import CompileLog, run_passes
+    from maiac.ir.resources import absent_reads
+    from maiac.ir_file import (
+        attach_weights,
+        module_text,
+        parse_ir,
+        read_ir,
+        record_folder,
+        refuse_absent,
+        rename_handles,
+        write_weights,
+    )
+    from maiac.passes.registry import parse_pipeline
 
     if output is not None and output != "-":
         check_output(output, "-o", (file, *plugins))
     load_plugins(plugins)
-    text = _read_ir(file)
-
-    from xdsl.parser import Parser
-    from xdsl.printer import Printer
-    from xdsl.utils.exceptions import ParseError, VerifyException
-
-    from maiac.driver import CompileLog, run_passes
-    from maiac.passes.registry import parse_pipeline
-
-    ctx = make_context()
+    module = parse_ir(read_ir(file), file)
     passes = parse_pipeline(pipeline) if pipeline.strip() else []
-    try:
-        module = Parser(ctx, text, file).parse_module()
-    except ParseError as e:
-        raise MaiacError(f"{file}: cannot parse IR:\n{e}") from None
-    except RecursionError:
-        raise MaiacError(f"{file}: cannot parse IR: nested too deeply") from None
-    try:
-        module.verify()
-    except VerifyException as e:
-        raise MaiacError(f"{file}: input IR does not verify: {e}") from None
+    mapping, absent = attach_weights(module, file, weights)
     needs = sorted({p.name for p in passes} & WEIGHT_PASSES)
-    absent = absent_weights(module) if needs and not shape_only else []
-    if absent:
-        raise MaiacError(
-            f"{file}: pass {needs[0]!r} needs the weights' values, but {len(absent)} "
-            f"constant(s) of this IR (first: {absent[0]!r}) are handles without data (IR "
-            f"text from --emit holds no weights); run the passes from the model instead "
-            f"(maiac compile MODEL.onnx --pipeline ... --emit maia), or pass --shape-only to "
-            f"use placeholder values")
+    if absent and needs and not shape_only:
+        refuse_absent(file, module, absent, f"pass {needs[0]!r}")
     log = CompileLog()
-    run_passes(module, passes, print_after=(lambda _: True) if print_ir_after_all else None,
-               out=sys.stderr, log=log)
-    import io
-
-    buf = io.StringIO()
-    Printer(stream=buf).print_op(module)
-    out = buf.getvalue().rstrip("\n") + "\n"
+    with absent_reads() as read:
+        run_passes(module, passes, print_after=(lambda _: True) if print_ir_after_all else None,
+                   out=sys.stderr, log=log)
+    if read and not shape_only:
+        refuse_absent(file, module, sorted(read), f"pipeline '{pipeline}'")
+    if emit_weights is not None:
+        write_weights(module, emit_weights, output)
+    else:  # unchanged weights keep the names the folder's index knows them by
+        rename_handles(module, {new: old for old, new in mapping.items()})
+        if weights is not None and mapping:  # the folder named by hand, from where OUT is
+            record_folder(module, Path(weights), output)
+    out = module_text(module)
     if output is None or output == "-":
         click.echo(out, nl=False)
     else:
