@@ -23,12 +23,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from maiac.external_data import external_data, read_external
 from maiac.onnx_model import OnnxModel, ort_session
 
 FP64_FACTOR = 4.0
 """maiac's fp32 error from the float64 answer may be this many times onnxruntime's."""
 
 _F, _D = TensorProto.FLOAT, TensorProto.DOUBLE
+_PACKED = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+           if hasattr(TensorProto, n)}  # sub-byte external data: not widened (no reference)
 
 
 FP64_MAX_BYTES = 4 << 30
@@ -79,13 +82,31 @@ def _float64_bytes(proto: onnx.ModelProto) -> int:
     return total
 
 
-def double_model(proto: onnx.ModelProto, folder: Path | None = None) -> onnx.ModelProto | None:
+def _initializer(t: onnx.TensorProto, base_dir: Path | None) -> np.ndarray | None:
+    """An initializer's values; external data only from inside ``base_dir`` (the model's
+    folder, checked as the importer checks it), None when it cannot be read here."""
+    if t.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(t)
+    if base_dir is None or t.data_type in _PACKED:
+        return None
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    shape = tuple(int(d) for d in t.dims)
+    what = f"initializer '{t.name}'"
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return read_external(external_data(t, base_dir, nbytes, what, required=True), dtype,
+                         shape, what)
+
+
+def double_model(proto: onnx.ModelProto, folder: Path | None = None,
+                 base_dir: Path | None = None) -> onnx.ModelProto | None:
     """A copy of ``proto`` computing in float64 wherever it computes in float32 (weights,
-    inputs, outputs, constants, Casts to float), or None when its weights are external or
-    their float64 copy would exceed ``FP64_MAX_BYTES``. With ``folder`` the widened
-    weights are written there as one external-data file, one tensor at a time, so the
-    float64 weights never sit in memory twice (onnxruntime reads them from the file)."""
-    if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+    inputs, outputs, constants, Casts to float), or None when its float64 weights would
+    exceed ``FP64_MAX_BYTES`` or some are external and no ``base_dir`` (the model's folder)
+    says where. With ``folder`` the widened weights are written there as one external-data
+    file, one tensor at a time, so the float64 weights never sit in memory twice
+    (onnxruntime reads them from the file)."""
+    external = [t for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    if external and (base_dir is None or any(t.data_type in _PACKED for t in external)):
         return None
     if _float64_bytes(proto) > FP64_MAX_BYTES:
         return None
@@ -96,7 +117,9 @@ def double_model(proto: onnx.ModelProto, folder: Path | None = None) -> onnx.Mod
     sink = open(folder / _DATA_FILE, "wb") if folder is not None else None  # noqa: SIM115
     try:
         for t in proto.graph.initializer:
-            value = numpy_helper.to_array(t)
+            value = _initializer(t, base_dir)
+            if value is None:
+                return None
             if value.dtype == np.float32:
                 value = value.astype(np.float64)
             if sink is None or value.nbytes < 1024:
@@ -122,10 +145,11 @@ def fp64_outputs(model: OnnxModel, graph: onnx.ModelProto,
                  feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str] | None:
     """The float64 outputs of ``graph`` on ``feeds`` (float32 inputs widened) and which
     engine computed them ("onnxruntime-fp64" or "onnx-reference-fp64"); None when the
-    graph cannot be widened (external or too large weights) or neither engine runs it."""
+    graph cannot be widened (too large, or external weights with no folder) or neither
+    engine runs it."""
     with tempfile.TemporaryDirectory(prefix="maiac-fp64-") as tmp:
         folder = Path(tmp)
-        doubled = double_model(graph, folder)
+        doubled = double_model(graph, folder, model.base_dir)
         if doubled is None:
             return None
         wide = {k: (np.asarray(v, np.float64) if np.asarray(v).dtype == np.float32 else v)

@@ -219,6 +219,13 @@ class _Importer:
             return resources.constant_attr(value, hint)
         if external:
             loader, available = self._external_loader(tensor, dtype, shape, hint)
+            if dtype.kind in "iu" and size <= SMALL_VALUE_LIMIT and available():
+                # a small integer tensor saved externally (onnx.save(size_threshold=0)) may
+                # be a Reshape's shape: shape inference needs its values as inline ones
+                value = np.array(loader())
+                if record_as:
+                    self.values[record_as] = value
+                return resources.constant_attr(value, hint)
         else:
             def loader(t: onnx.TensorProto = tensor) -> np.ndarray:
                 return _tensor_to_array(t, dtype)

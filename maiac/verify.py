@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from maiac.fp64_reference import FP64_FACTOR, fp64_outputs, max_distance
+from maiac.fp64_reference import FP64_FACTOR, FP64_MAX_BYTES, fp64_outputs, max_distance
 from maiac.inputs import graph_input_specs, random_inputs
 from maiac.onnx_model import OnnxModel, first_line, open_model, ort_session
 from maiac.runtime.errors import MaiacError
@@ -430,8 +430,8 @@ def format_table(result: Mapping[str, Any]) -> str:
                          f"{_fmt(o.get('fp64_bound'))}  {'ok' if o['ok'] else 'MISMATCH'}")
     elif q == "fp32" and not result["ok"] and result.get("reference") == "onnxruntime" \
             and result.get("fp64_reference") is None:
-        lines += ["", "fp64 criterion: no float64 reference (external weights, or no "
-                      "engine ran the float64 copy)"]
+        lines += ["", "fp64 criterion: no float64 reference (float64 weights over "
+                      f"{FP64_MAX_BYTES >> 30} GiB, or no engine ran the float64 copy)"]
     if result.get("nonfinite_quantized"):
         lines += ["", f"note: the machine quantized {result['nonfinite_quantized']} non-finite "
                       "value(s) (NaN/Inf; an MX/NVFP4 block holding one becomes NaN)"]

@@ -54,6 +54,24 @@ def secret(tmp_path):
     return path
 
 
+def test_a_small_external_shape_tensor_is_read_for_shape_inference(tmp_path):
+    """onnx.save(size_threshold=0) puts even a Reshape's 2-element shape in the data
+    file: the importer reads it (from inside the folder) as it reads an inline one."""
+    shape = numpy_helper.from_array(np.array([2, 8], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    assert onnx.load(tmp_path / "m.onnx", load_external_data=False).graph.initializer[
+        0].data_location == TensorProto.EXTERNAL
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    out = maiac.compile(tmp_path / "m.onnx").run({"x": x})["y"]
+    np.testing.assert_array_equal(out, x.reshape(2, 8))
+
+
 @pytest.mark.parametrize("location", ["../secret.txt", "sub/../../secret.txt", "ABS",
                                       "C:\\secret.txt", "..\\secret.txt", ""])
 def test_location_escaping_the_folder_is_refused(tmp_path, secret, location):

@@ -72,3 +72,34 @@ def test_max_distance_counts_a_lost_nan_as_infinite() -> None:
     exact = np.array([1.0, np.nan, 3.0])
     assert max_distance(np.array([1.5, np.nan, 3.0], np.float32), exact) == 0.5
     assert max_distance(np.array([1.0, 2.0, 3.0], np.float32), exact) == float("inf")
+
+
+def test_a_model_with_external_weights_gets_its_float64_reference(
+        deep_model: onnx.ModelProto, tmp_path) -> None:  # noqa: ANN001
+    """Weights in an external-data file (as big models ship) are widened from the model's
+    folder: verify of such a file meets the criterion as the in-memory graph does."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(deep_model)
+    path = tmp_path / "deep.onnx"
+    onnx.save(proto, str(path), save_as_external_data=True, location="deep.data")
+    res = verify(path, rtol=0.0, atol=0.0)
+    (out,) = res["outputs"]
+    assert res["ok"] and out["criterion"] == "fp64", out
+    assert res["fp64_reference"] == "onnxruntime-fp64"
+
+
+def test_double_model_needs_the_folder_of_external_weights(tmp_path) -> None:  # noqa: ANN001
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
+    model = helper.make_model(graph)
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    graph_only = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    assert double_model(graph_only) is None  # no folder: no reference rather than a guess
+    wide = double_model(graph_only, base_dir=tmp_path)
+    assert wide is not None
+    np.testing.assert_array_equal(numpy_helper.to_array(wide.graph.initializer[0]),
+                                  np.arange(6, dtype=np.float64).reshape(2, 3))
