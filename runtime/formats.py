@@ -220,11 +220,51 @@ def cast(x: Any, elem: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
 
 
 def encode(x: Any, elem: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
-    """Element codes (uint8, code in the low ``bits`` bits) of the saturating cast."""
+    """Element codes (uint8, code in the low ``bits`` bits) of the saturating cast.
+
+    The same codes as ``cast(x, elem).view(np.uint8)``, by table lookup on the fp32 bits
+    (`_encode_table`): about 3x faster than the clip + ml_dtypes cast.
+    """
     f = _elem_format(elem)
     if f.bits > 8:
         raise ValueError(f"encode: {f.elem_name} is not a narrow (<= 8 bit) element type")
-    return cast(x, f, allow_nonfinite=allow_nonfinite).view(np.uint8)
+    x = _as_f32(x)
+    _check_finite(x, f"cast to {f.elem_name}", allow_nonfinite)
+    shift, table = _encode_table(f)
+    bits = x.view(np.uint32)
+    idx = bits >> np.uint32(shift)
+    idx <<= np.uint32(1)
+    idx |= (bits & np.uint32((1 << shift) - 1)) != 0
+    return np.take(table, idx)
+
+
+_ENCODE_TABLES: dict[str, tuple[int, np.ndarray]] = {}
+
+
+def _encode_table(f: Format) -> tuple[int, np.ndarray]:
+    """``(shift, table)``: the code of fp32 bits ``b`` is ``table[(b >> shift) << 1 | s]``,
+    ``s`` = any bit below ``shift`` set.
+
+    A round-to-nearest-even cast to an element type of ``mbits`` mantissa bits depends on
+    the fp32 bits down to its round bit (bit ``22 - mbits`` for a normal result, higher for
+    a subnormal one) and on whether any bit below is set (sticky); saturation compares
+    with ``max_finite``, whose bits below the round bit are zero, and NaN/Inf are told
+    apart by the exponent and mantissa bits kept. So ``cast`` of one representative per
+    (kept bits, sticky) class gives the code of every fp32 value in it (checked over all
+    2^32 inputs of every narrow type when this was written; tests/test_formats.py checks
+    every class boundary).
+    """
+    hit = _ENCODE_TABLES.get(f.elem_name)
+    if hit is None:
+        shift = _F32_MBITS - 1 - f.mbits
+        kept = (np.arange(1 << (32 - shift), dtype=np.uint64) << shift).astype(np.uint32)
+        reps = np.stack([kept, kept | 1], axis=1).reshape(-1)
+        with np.errstate(all="ignore"):
+            table = np.ascontiguousarray(
+                cast(reps.view(np.float32), f, allow_nonfinite=True).view(np.uint8))
+        table.setflags(write=False)
+        hit = _ENCODE_TABLES[f.elem_name] = (shift, table)
+    return hit
 
 
 _TABLES: dict[str, np.ndarray] = {}
@@ -465,6 +505,20 @@ def _unblocks(b: np.ndarray, moved: tuple[int, ...], axis: int) -> np.ndarray:
     return np.moveaxis(flat, -1, axis)
 
 
+def _block_amax(xb: np.ndarray) -> np.ndarray:
+    """``max(|xb|)`` over the last axis (NaN if any is NaN), by halving the block with
+    elementwise maxima: the same values as ``np.max(np.abs(xb), axis=-1)``, about twice
+    as fast on blocks of 16 or 32 (a short-axis reduction pays per block)."""
+    if not xb.size:
+        return np.zeros(xb.shape[:-1], np.float32)
+    a = np.abs(xb)
+    w = a.shape[-1]
+    while w % 2 == 0 and w > 1:
+        w //= 2
+        a = np.maximum(a[..., :w], a[..., w:])
+    return a[..., 0] if w == 1 else a.max(axis=-1)
+
+
 def _work(x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     a = _as_f32(x)
     return (a if a.ndim else a.reshape(1)), a.shape
@@ -473,14 +527,22 @@ def _work(x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
 def _mx_core(xw: np.ndarray, f: Format, axis: int, scale_mode: str) -> tuple[np.ndarray, ...]:
     """MX §6.3 on blocks: (codes (..., nb, block), scale bytes (..., nb), moved shape)."""
     xb, moved = _blocks(xw, axis, f.block_size)
-    amax = np.max(np.abs(xb), axis=-1) if xb.size else np.zeros(xb.shape[:-1], np.float32)
+    amax = _block_amax(xb)
     sb = mx_scale_bytes(amax, f, scale_mode)
     bad = sb == E8M0_NAN
-    x_exp = sb.astype(np.int32) - E8M0_BIAS
-    scaled = np.ldexp(xb, -x_exp[..., None]).astype(np.float32)  # exact: power-of-two scale
+    # x / 2^X as a product with 2^-X (X in [-127, 127]: 2^-X is an fp32, 2^-127 a
+    # subnormal one): the exact quotient correctly rounded, as ldexp gives it
+    inv = _POW2_NEG[np.minimum(sb, E8M0_NAN - 1)]
+    scaled = xb * inv[..., None]
     if bad.any():
         scaled = np.where(bad[..., None], np.float32(0), scaled)
-    return encode(scaled, f), sb, moved
+    # finite: |x| / 2^X <= 2^(emax + 1), and NaN-scaled blocks are zeros
+    return encode(scaled, f, allow_nonfinite=True), sb, moved
+
+
+# 2^-(b - 127) as fp32 for every E8M0 byte b < 255
+_POW2_NEG = np.ldexp(np.float32(1.0), E8M0_BIAS - np.arange(255, dtype=np.int32)).astype(
+    np.float32)
 
 
 def _nvfp4_core(
@@ -524,7 +586,7 @@ def _nvfp4_core(
         with np.errstate(over="ignore"):
             s_enc = np.minimum(np.float32(1.0) / ts, np.float32(np.finfo(np.float32).max))
     xb, moved = _blocks(xw, axis, f.block_size)
-    amax = np.max(np.abs(xb), axis=-1) if xb.size else np.zeros(xb.shape[:-1], np.float32)
+    amax = _block_amax(xb)
     bad = ~np.isfinite(amax)
     amax = np.where(bad, np.float32(0), amax)
     enc_over_max = np.float32(s_enc * np.float32(1.0 / f.max_finite))

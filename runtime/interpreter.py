@@ -71,7 +71,7 @@ from maiac.runtime.program import (
 )
 from maiac.runtime.quant_ops import count_nonfinite, decode_operand
 from maiac.runtime.tile_dedupe import shared_grid_axes
-from maiac.runtime.tile_uniform import uniform_b_axes
+from maiac.runtime.tile_uniform import uniform_axes
 
 Step = Callable[[tuple[int, ...]], None]
 
@@ -110,8 +110,8 @@ class _Machine:
         self.vectorized_loops = 0
         self.blas_limit = False  # set when a per-tile GEMM is large enough to be threaded
         self._decode_cache = DecodeCache()
-        # per matmul, the grid axes along which its weight block is the same on every tile
-        self.uniform_b = uniform_b_axes(program.instructions)
+        # grid axes along which a matmul's weights / a Vec's inputs are equal on all tiles
+        self.uniform_b, self.uniform_vec = uniform_axes(program.instructions)
         self.stacked_calls = 0  # matmul calls run as stacked GEMMs (tests, profiling)
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
@@ -200,7 +200,7 @@ class _Machine:
             return self._scatter(instr, path, grid, trips)
         if isinstance(instr, MatMul):
             return self._matmul(instr, path, grid, trips)
-        return self._vec(instr, grid, trips) if isinstance(instr, Vec) else lambda it: None
+        return self._vec(instr, path, grid, trips) if isinstance(instr, Vec) else lambda it: None
 
     def _loop(self, loop: Loop, path: str, trips: tuple[int, ...]) -> Step:
         inner = trips + tuple(loop.trips)
@@ -484,7 +484,8 @@ class _Machine:
             run_split(fn, [av, bv, cv], split(cv, it))
         return step
 
-    def _vec(self, instr: Vec, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+    def _vec(self, instr: Vec, path: str, grid: tuple[int, ...], trips: tuple[int, ...]
+             ) -> Step:
         mode, fn = FNS[instr.fn]
         rank = len(instr.out.shape)
         ins = [self.view(a, grid, trips, rank) for a in instr.ins]
@@ -508,12 +509,12 @@ class _Machine:
             return step
         if instr.fn in DEDUPE_FNS and math.prod(grid) > 1:
             # costly per element: compute once per group of tiles holding the same bytes
-            n_trips, n_grid = len(trips), len(grid)
+            n_trips, n_grid, known = len(trips), len(grid), self.uniform_vec.get(path, frozenset())
 
             def step(it: tuple[int, ...]) -> None:
                 xs = [v[it] for v in ins]
                 same = None if xs[0].size < DEDUPE_MIN_ELEMENTS else shared_grid_axes(
-                    xs, n_trips - len(it), n_grid)
+                    xs, n_trips - len(it), n_grid, known)
                 if same is not None:
                     xs = [x[same] for x in xs]
                 store(out[it], fn(*[c(x) for x, c in zip(xs, casts, strict=True)], attrs))

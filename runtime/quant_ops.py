@@ -91,11 +91,12 @@ def quantize_rows(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
     fmt = attrs["fmt"]
     f = F.get_format(fmt)
     x = np.asarray(x, F32)
-    _note_nonfinite(x)
     if f.scale_kind == "fp32":
+        _note_nonfinite(x)
         s = np.float32(attrs["scale"])
         return F.cast((x / s).astype(F32), f, allow_nonfinite=True).astype(F32)
     if f.scale_kind == "none":
+        _note_nonfinite(x)
         return F.cast(x, f, allow_nonfinite=True).astype(F32)
     lead, k = x.shape[:-1], x.shape[-1]
     if (k * f.bits) % 8:
@@ -104,7 +105,17 @@ def quantize_rows(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
                    tensor_scale=attrs.get("tensor_scale"), allow_nonfinite=True)
     payload = q.payload.reshape(*lead, payload_bytes(fmt, k))
     scales = q.scales.reshape(*lead, n_blocks(fmt, k))
-    return np.concatenate([payload, scales], axis=-1)
+    # a block holding NaN/Inf, and only such a block, gets the NaN scale byte (MX 0xFF,
+    # NVFP4 0x7F: its finite scales saturate at 448 = 0x7E), so x is counted only then
+    if _NONFINITE.get() is not None and np.any(scales == _NAN_SCALE[f.scale_kind]):
+        _note_nonfinite(x)
+    out = np.empty((*lead, payload.shape[-1] + scales.shape[-1]), np.uint8)
+    out[..., :payload.shape[-1]] = payload
+    out[..., payload.shape[-1]:] = scales
+    return out
+
+
+_NAN_SCALE = {"e8m0": F.E8M0_NAN, "e4m3+fp32": 0x7F}
 
 
 _PAIR_LUT: dict[str, np.ndarray] = {}

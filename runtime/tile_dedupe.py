@@ -25,11 +25,16 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return a.view(dt)
 
 
-def shared_grid_axes(arrays: list[np.ndarray], first: int, n_grid: int
-                     ) -> tuple[slice, ...] | None:
+def shared_grid_axes(arrays: list[np.ndarray], first: int, n_grid: int,
+                     known: frozenset[int] = frozenset()) -> tuple[slice, ...] | None:
     """An index keeping only position 0 (as ``0:1``) of every grid axis
     ``first .. first + n_grid - 1`` along which every array's bytes are the same on all
-    tiles; None if there is no such axis. All arrays share those leading axes."""
+    tiles; None if there is no such axis. All arrays share those leading axes.
+
+    ``known``: grid axes (0 = the first grid axis) along which the program already proves
+    the bytes the same (runtime/tile_uniform.py): taken without comparing. Any other axis
+    is compared, its second tile against the first before all of them, so an axis whose
+    tiles differ costs a fraction of a full compare."""
     if not arrays or n_grid == 0:
         return None
     sel: list[slice] = [slice(None)] * arrays[0].ndim
@@ -38,7 +43,10 @@ def shared_grid_axes(arrays: list[np.ndarray], first: int, n_grid: int
         if views[0].shape[g] <= 1:
             continue
         head = (slice(None),) * g + (slice(0, 1),)
-        if all(v.strides[g] == 0 or bool((v == v[head]).all()) for v in views):
+        second = (slice(None),) * g + (slice(1, 2),)
+        if g - first in known or all(
+                v.strides[g] == 0 or (np.array_equal(v[second], v[head])
+                                      and bool((v == v[head]).all())) for v in views):
             sel[g] = slice(0, 1)
             views = [v[head] for v in views]
     return tuple(sel) if any(s != slice(None) for s in sel) else None

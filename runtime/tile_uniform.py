@@ -188,7 +188,7 @@ def _all_writes(body: list[Instr], state: _State, trips: tuple[int, ...]) -> Non
 
 
 def _walk(body: list[Instr], path: str, state: _State, trips: tuple[int, ...],
-          found: dict[str, frozenset[int]]) -> None:
+          found: dict[str, frozenset[int]], found_vec: dict[str, frozenset[int]]) -> None:
     for k, ins in enumerate(body):
         here = f"{path}.{k}" if path else str(k)
         if isinstance(ins, Loop):
@@ -196,22 +196,36 @@ def _walk(body: list[Instr], path: str, state: _State, trips: tuple[int, ...],
                 continue
             inner = trips + tuple(ins.trips)
             _all_writes(ins.body, state, inner)  # the state at the start of any iteration
-            _walk(ins.body, here, state, inner, found)
+            _walk(ins.body, here, state, inner, found, found_vec)
             continue
+        grid = tuple(ins.grid)
         if isinstance(ins, MatMul):
-            grid = tuple(ins.grid)
             u = state.read(*access_extent(ins.b, grid, trips))
             for _, acc in ins.scale_accesses():
                 if acc is ins.b_scale:
                     u = meet(u, state.read(*access_extent(acc, grid, trips)))
             found[here] = axes_on(u, grid)
+        elif isinstance(ins, Vec) and all(a.level == "tsram" for a in ins.ins):
+            axes = frozenset(range(len(grid)))
+            for acc in ins.ins:
+                axes &= axes_on(state.read(*access_extent(acc, grid, trips)), grid)
+            found_vec[here] = axes
         _apply(ins, state, trips)
 
 
-def uniform_b_axes(instructions: list[Instr]) -> dict[str, frozenset[int]]:
-    """Per matmul (by its path: ``"7"``, or ``"12.3"`` for a loop body's instruction 3),
-    the grid axes along which its ``b`` operand (and ``b_scale``) holds the same bytes
-    on every tile, every time it runs."""
+def uniform_axes(instructions: list[Instr]
+                 ) -> tuple[dict[str, frozenset[int]], dict[str, frozenset[int]]]:
+    """``(matmul b axes, vec input axes)``, keyed by instruction path (``"7"``, or
+    ``"12.3"`` for a loop body's instruction 3): per matmul the grid axes along which its
+    ``b`` operand (and ``b_scale``) holds the same bytes on every tile, every time it
+    runs; per Vec the grid axes along which all its inputs do."""
     found: dict[str, frozenset[int]] = {}
-    _walk(instructions, "", _State(), (), found)
-    return found
+    found_vec: dict[str, frozenset[int]] = {}
+    _walk(instructions, "", _State(), (), found, found_vec)
+    return found, found_vec
+
+
+def uniform_b_axes(instructions: list[Instr]) -> dict[str, frozenset[int]]:
+    """Per matmul path, the grid axes along which its ``b`` operand (and ``b_scale``)
+    holds the same bytes on every tile (`uniform_axes`)."""
+    return uniform_axes(instructions)[0]

@@ -92,6 +92,24 @@ def test_exhaustive_codes(name):
     assert np.all(~np.isfinite(F.decode(back[~finite], elem)))
 
 
+@pytest.mark.parametrize("name", list(ELEMS))
+def test_encode_table_equals_cast_on_every_bit_class(name):
+    """encode's table lookup gives cast's code for every fp32 input class it tells apart
+    (all upper 16 bits, with the lower 16 zero, 1, half, all ones or random): every
+    rounding boundary, tie, saturation point, subnormal, Inf and NaN payload."""
+    elem = ELEMS[name]
+    hi = np.arange(1 << 16, dtype=np.uint32) << 16
+    lows = [0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF]
+    lows += list(np.random.default_rng(0).integers(0, 1 << 16, 4))
+    bits = (hi[:, None] | np.array(lows, np.uint32)[None, :]).reshape(-1)
+    x = bits.view(np.float32)
+    with np.errstate(all="ignore"):
+        want = F.cast(x, elem, allow_nonfinite=True).view(np.uint8)
+    assert np.array_equal(F.encode(x, elem, allow_nonfinite=True), want)
+    with pytest.raises(ValueError, match="non-finite"):
+        F.encode(x, elem)
+
+
 def _grid_probe(elem) -> np.ndarray:
     """Grid points, halfway points between neighbours and their fp32 neighbours, ±."""
     tab = np.arange(1 << ml_dtypes.finfo(elem).bits, dtype=np.uint8).view(elem).astype(np.float64)
@@ -638,3 +656,22 @@ def test_dequantize_beyond_fp32_is_inf():
     dec = decode_operand(codes.reshape(1, 32), "mxfp8e4m3", 32,
                          np.array([[254]], np.uint8), -1)
     assert bits_equal(dec.reshape(-1), d)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8e4m3", "nvfp4", "fp8e4m3"])
+def test_quantize_rows_counts_every_nonfinite_value(fmt):
+    """A TVP quantize counts each NaN/Inf it encodes (found from the NaN scale bytes of
+    the blocked formats, so a finite row costs no extra pass) and only those."""
+    from maiac.runtime.quant_ops import count_nonfinite, quantize_rows
+    attrs = {"fmt": fmt, "scale_mode": "floor", "tensor_scale": 0.01, "scale": 0.05}
+    x = np.random.default_rng(5).standard_normal((3, 4, 64)).astype(np.float32)
+    with count_nonfinite() as n:
+        clean = quantize_rows(x, attrs)
+    assert n[0] == 0
+    x[0, 1, 3], x[0, 1, 4], x[2, 3, 63], x[1, 0, 17] = np.nan, np.inf, -np.inf, np.nan
+    with count_nonfinite() as n:
+        dirty = quantize_rows(x, attrs)
+    assert n[0] == 4
+    same = np.ones(x.shape[:-1], bool)
+    same[0, 1] = same[2, 3] = same[1, 0] = False
+    assert np.array_equal(dirty[same], clean[same])  # the other rows are untouched

@@ -59,3 +59,8 @@ def test_dedupe_compares_bytes_not_values() -> None:
     w = x.copy()
     w[1, :, 0] = 1.0  # the grid rows differ, the tiles within each row do not
     assert shared_grid_axes([x, w], 0, 2) == (slice(None), slice(0, 1), slice(None))
+    v = np.zeros((3, 4), np.float32)
+    v[2, 1] = 1.0  # tiles 0 and 1 agree (the early check), tile 2 does not
+    assert shared_grid_axes([v], 0, 1) is None
+    # an axis the program proves uniform (tile_uniform.py) is taken without comparing
+    assert shared_grid_axes([v], 0, 1, known=frozenset({0})) == (slice(0, 1), slice(None))

@@ -13,7 +13,7 @@ from maiac.runtime import interpreter
 from maiac.runtime.interpreter import _machine, run_program
 from maiac.runtime.isa import Dma, Loop, MatMul, Vec
 from maiac.runtime.program import ProgramBuilder
-from maiac.runtime.tile_uniform import uniform_b_axes
+from maiac.runtime.tile_uniform import uniform_axes, uniform_b_axes
 
 RNG = np.random.default_rng(3)
 
@@ -68,6 +68,17 @@ def test_broadcast_weight_dma_is_uniform_along_the_row_axis():
                                 {"clobber": "before", "loop": True}])
 def test_differing_or_overwritten_weights_are_not_uniform(kw):
     assert set(_matmul_paths(shared_b_program(**kw)).values()) == {frozenset()}
+
+
+def test_vec_inputs_a_dma_broadcast_are_uniform():
+    """A TVP op reading the broadcast block (uniform down the rows) computes once per
+    column (tile_dedupe.shared_grid_axes takes the axis without comparing bytes)."""
+    assert uniform_axes(shared_b_program(clobber="before").instructions)[1] == {
+        "2": frozenset({0})}
+    assert uniform_axes(shared_b_program(clobber="before", loop=True).instructions)[1] == {
+        "1.1": frozenset({0})}
+    assert uniform_axes(shared_b_program(clobber="before", b_moves=True).instructions)[1] == {
+        "2": frozenset()}
 
 
 def test_a_write_left_from_an_earlier_iteration_is_not_uniform():
