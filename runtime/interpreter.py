@@ -354,7 +354,7 @@ class _Machine:
             self.blas_limit = True
         stackable = rows > 1 and cols > 1 and depth > 1 and rows * depth * cols > MERGE_MIN_MNK
         if instr.a_fmt or instr.b_fmt:
-            return self._qmatmul(instr, grid, trips, stackable)
+            return self._qmatmul(instr, grid, trips, stackable, self.uniform_b.get(path))
         rank = len(instr.c.shape)
         a, b = self.view(instr.a, grid, trips, rank), self.view(instr.b, grid, trips, rank)
         c = self.view(instr.c, grid, trips)
@@ -412,7 +412,7 @@ class _Machine:
         return step
 
     def _qmatmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...],
-                 stackable: bool) -> Step:
+                 stackable: bool, b_axes: frozenset[int] | None) -> Step:
         """A matmul with quantized operands: decode blocks to fp32 (runtime/quant_ops.py,
         bit-exact with formats.dequantize), multiply, accumulate in fp32. Where the
         decode found the weight block the same on all tiles of a grid axis (one decoded
@@ -425,7 +425,8 @@ class _Machine:
         n = instr.c.shape[-1]
 
         def operand(x: Access, fmt: str, sc: Access | None, ts: float | None, n_el: int,
-                    k_axis: int, cached: bool) -> Callable[[tuple[int, ...]], np.ndarray]:
+                    k_axis: int, known: frozenset[int] | None
+                    ) -> Callable[[tuple[int, ...]], np.ndarray]:
             v = self.view(x, grid, trips, rank)
             if not fmt:
                 return lambda it: v[it].astype(F32, copy=False)
@@ -435,17 +436,18 @@ class _Machine:
                 raw, s = v[it], None if sv is None else sv[it]
                 # tiles a DMA broadcast to hold the same bytes: decode those once
                 same = None if raw.size < DEDUPE_MIN_ELEMENTS else shared_grid_axes(
-                    [raw] if s is None else [raw, s], len(trips) - len(it), len(grid))
+                    [raw] if s is None else [raw, s], len(trips) - len(it), len(grid),
+                    known or frozenset())
                 if same is not None:
                     raw, s = raw[same], None if s is None else s[same]
                 return decode_operand(raw, fmt, n_el, s, k_axis, ts)
-            return self._decode_cache.wrap(v, sv, decode) if cached else decode
+            # cached: the weight side, packed constants the program DMAs into TSRAM
+            return decode if known is None else self._decode_cache.wrap(
+                v, sv, decode, (len(trips), known))
 
-        get_a = operand(instr.a, instr.a_fmt, instr.a_scale, instr.a_tensor_scale, k, -1,
-                        cached=False)
-        # the weight side: packed constants the program DMAs into TSRAM
+        get_a = operand(instr.a, instr.a_fmt, instr.a_scale, instr.a_tensor_scale, k, -1, None)
         get_b = operand(instr.b, instr.b_fmt, instr.b_scale, instr.b_tensor_scale, n, -2,
-                        cached=True)
+                        b_axes or frozenset())
 
         split = matmul_splitter(instr, len(trips), len(grid))
         if instr.c.dtype == "f32":  # straight into the TSRAM view, as in _matmul

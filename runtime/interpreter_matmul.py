@@ -10,6 +10,7 @@ import numpy as np
 
 from maiac.runtime.isa import MatMul
 from maiac.runtime.parallel import MIN_SPLIT_FLOPS, run_split, split_axis
+from maiac.runtime.tile_dedupe import unsigned_bits
 
 # OpenBLAS (the SkylakeX/Haswell kernels numpy's wheels ship) runs a GEMM with
 # m*n*k <= 100**3 in its small-matrix kernel, whose sums differ in the last bit from the
@@ -51,8 +52,10 @@ class DecodeCache:
     that a TSRAM block holds a constant, each entry keeps a copy of the packed codes and
     scales it was decoded from and is used only when the TSRAM bytes still equal them
     (one byte compare, far cheaper than the decode), so the result is always the decode
-    of what is in memory now. An operand whose bytes change between runs twice stops
-    being cached; the cache holds at most ``limit`` bytes.
+    of what is in memory now. Along the grid axes the program proves the block the same
+    on every tile (runtime/tile_uniform.py, ``uniform``) only the first tile is kept and
+    compared. An operand whose bytes change between runs twice stops being cached; the
+    cache holds at most ``limit`` bytes.
     """
 
     def __init__(self, limit: int = 512 << 20) -> None:
@@ -61,18 +64,28 @@ class DecodeCache:
         self.hits = 0
 
     def wrap(self, raw: np.ndarray, scales: np.ndarray | None,
-             decode: Callable[[tuple[int, ...]], np.ndarray]
+             decode: Callable[[tuple[int, ...]], np.ndarray],
+             uniform: tuple[int, frozenset[int]] = (0, frozenset())
              ) -> Callable[[tuple[int, ...]], np.ndarray]:
-        """``decode`` with a per-iteration cache validated against ``raw`` / ``scales``."""
+        """``decode`` with a per-iteration cache validated against ``raw`` / ``scales``.
+
+        ``uniform``: (number of loop axes of ``raw``, grid axes whose tiles hold the same
+        bytes)."""
         entries: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
         misses = [0]
+        n_trips, axes = uniform
+
+        def kept(v: np.ndarray, it: tuple[int, ...]) -> np.ndarray:
+            first = n_trips - len(it)
+            return v[tuple(slice(0, 1) if g - first in axes else slice(None)
+                           for g in range(v.ndim))] if axes else v
 
         def get(it: tuple[int, ...]) -> np.ndarray:
-            rv = raw[it]
-            sv = None if scales is None else scales[it]
+            rv = kept(raw[it], it)
+            sv = None if scales is None else kept(scales[it], it)
             hit = entries.get(it)
-            if hit is not None and np.array_equal(hit[0], rv) and (
-                    sv is None or np.array_equal(hit[1], sv)):
+            if hit is not None and same_bytes(hit[0], rv) and (
+                    sv is None or same_bytes(hit[1], sv)):
                 self.hits += 1
                 return hit[2]
             out = decode(it)
@@ -88,6 +101,17 @@ class DecodeCache:
             return out
         return get
 
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if two arrays hold the same bytes (0.0 and -0.0 differ, equal NaNs do not),
+    compared 8 bytes at a time where the last axis allows it."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a, b = unsigned_bits(a), unsigned_bits(b)
+    n = a.shape[-1] * a.itemsize if a.ndim else 0
+    if n and n % 8 == 0 and a.strides[-1] == b.strides[-1] == a.itemsize:
+        a, b = a.view(np.uint64), b.view(np.uint64)
+    return bool((a == b).all())
 
 
 def row_major(v: np.ndarray, inner: int) -> bool:

@@ -17,11 +17,11 @@ import numpy as np
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
-def _bits(a: np.ndarray) -> np.ndarray:
+def unsigned_bits(a: np.ndarray) -> np.ndarray:
     """``a`` viewed as unsigned integers of its element size (same strides)."""
     dt = _UINT.get(a.dtype.itemsize)
     if dt is None or a.dtype.kind == "V":
-        return a.view(np.uint8) if a.dtype.kind != "V" else a
+        return a.view(np.uint8) if a.dtype.kind != "V" or a.dtype.itemsize == 1 else a
     return a.view(dt)
 
 
@@ -38,7 +38,7 @@ def shared_grid_axes(arrays: list[np.ndarray], first: int, n_grid: int,
     if not arrays or n_grid == 0:
         return None
     sel: list[slice] = [slice(None)] * arrays[0].ndim
-    views = [_bits(a) for a in arrays]
+    views = [unsigned_bits(a) for a in arrays]
     for g in range(first, first + n_grid):
         if views[0].shape[g] <= 1:
             continue

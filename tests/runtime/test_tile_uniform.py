@@ -137,3 +137,32 @@ def test_compiled_matmul_stacked_bytes_equal_per_tile(monkeypatch, quant):
     per_tile = run_program(prog, feeds)
     assert _machine(prog).stacked_calls == 0
     assert _bytes(stacked) == _bytes(per_tile)
+
+
+def test_decode_cache_compares_bytes_of_the_tiles_not_proven_uniform():
+    """The cached decode of a weight block is reused only while its bytes stay: all tiles
+    are compared except along a grid axis the program proves uniform (there tile 0)."""
+    from maiac.runtime.interpreter_matmul import DecodeCache, same_bytes
+    assert same_bytes(np.zeros((2, 16), np.float32), np.zeros((2, 16), np.float32))
+    assert not same_bytes(np.zeros(3, np.float32), np.array([0.0, -0.0, 0.0], np.float32))
+    nan = np.full((2, 8), np.nan, np.float32)
+    assert same_bytes(nan, nan.copy())  # the same NaN bytes decode alike
+    raw = np.zeros((2, 3, 4, 8), np.uint8)  # (grid rows, grid cols, K, N bytes)
+    calls: list[int] = []
+
+    def decode(it: tuple[int, ...]) -> np.ndarray:
+        calls.append(1)
+        return raw[it].astype(np.float32)
+    for axes, changed_hits in ((frozenset(), False), (frozenset({0}), True)):
+        cache, calls[:] = DecodeCache(), []
+        get = cache.wrap(raw, None, decode, (0, axes))
+        get(())
+        get(())
+        assert (len(calls), cache.hits) == (1, 1)
+        raw[1, 2, 3, 7] = 5  # a tile past the first grid row
+        get(())
+        assert cache.hits == (2 if changed_hits else 1)
+        raw[0, 2, 3, 7] = 5  # the first row: always seen
+        get(())
+        assert len(calls) == (2 if changed_hits else 3)
+        raw[...] = 0
