@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = ap.parse_args(argv)
     only = {s for s in args.only.split(",") if s}
     rows = []
-    print(f"{'model':<28} {'mode':<9} {'fp32 match':>10} {args.quant + ' match':>11} "
+    print(f"{'model':<28} {'mode':<9} {'cache':<8} {'fp32 match':>10} {args.quant + ' match':>11} "
           f"{'1st div':>7} {'min cos':>8} {'progs':>5} {'compile s':>9} {'wall s':>7} "
           f"{'TTFT ms':>8} {'TPOT ms':>8}")
     for name, (model, prompt) in _models(args.smollm_layers).items():
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         r = run_row(name, model, prompt, args.tokens, args.quant, args.long)
         rows.append(r)
         div = "-" if r["quant_first_divergence"] is None else r["quant_first_divergence"]
-        print(f"{name:<28} {r['mode']:<9} {r['fp32_matched']:>5}/{args.tokens:<4} "
+        print(f"{name:<28} {r['mode']:<9} {r['kv_update']:<8} {r['fp32_matched']:>5}/{args.tokens:<4} "
               f"{r['quant_matched']:>6}/{args.tokens:<4} {div:>7} "
               f"{r['quant_min_logit_cosine']:>8.5f} {r.get('long_programs', '-'):>5} "
               f"{r.get('long_compile_s', 0):>9.1f} {r.get('long_wall_s', 0):>7.1f} "

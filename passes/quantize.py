@@ -331,7 +331,7 @@ def _model_spec(module: builtin.ModuleOp) -> QuantSpec:
 def quantize_attention(op: maia.AttentionOp, spec: QuantSpec) -> str:
     """The TTU format of a fused attention's two products: bf16 (fp32 accumulation,
     fp32 softmax statistics) when the spec's activations for the op are narrow, else
-    fp32. Single-query (decode) attention keeps fp32 operands whatever this says."""
+    fp32. The split-K decode kernel honours it too (passes/tiling/decode_attention.py)."""
     q = spec.for_op(maia.attr(op, "op", "attention"))
     fmt = "bf16" if q.a is not None else "f32"
     op.attributes["fmt"] = maia.to_attr(fmt)

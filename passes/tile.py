@@ -196,7 +196,8 @@ class FunctionTiler:
                 self.budget, maia.attr(op, "dims"), views, maia.attr(op, "scale", 1.0),
                 partial=lambda name, shape: self.act_buffer(f"{kernel.uid}/{name}", shape),
                 out_view=maia.attr(op, "out_view"),
-                zero_empty_rows=maia.attr(op, "empty_rows", "nan") == "zero")
+                zero_empty_rows=maia.attr(op, "empty_rows", "nan") == "zero",
+                fmt=maia.attr(op, "fmt", "f32"))
         elif isinstance(op, maia.AttentionOp):
             views = {name: maia.attr(op, f"{name}_view") for name in ("q", "k", "v", "mask")}
             causal = bool(maia.attr(op, "causal", False)) and len(ins) == 3

@@ -17,6 +17,14 @@ tiles leave tiles idle while every job walks the whole cache. Here instead:
   "Flash-Decoding", 2023).
 
 Both phases are one kernel: the planner puts the partials in CSRAM.
+
+**Narrow products** (``fmt = "bf16"``, set by `quantize` when the spec's activations are
+narrow, as for the flash kernel): both products run on the TTU in bf16 with fp32
+accumulation -- the scaled query rows stored as bf16, the K/V blocks converted to bf16 by
+their DMAs (a bf16 cache as it is, an fp8 one exactly), ``exp_sub`` writing P as bf16 --
+while S, the row statistics and the partials stay fp32. A decode step has only ``G``
+query rows per K/V head, a fraction of the TTU's native block rows, so in fp32 its
+products can take as long as streaming the cache.
 """
 
 from __future__ import annotations
@@ -51,14 +59,21 @@ def applies(dims: Sequence[int], n_ins: int, causal: bool) -> bool:
     return sq == 1 and sk >= 2
 
 
-def _scratch(rows: int, bk: int, d: int, k_size: int, v_size: int, m_size: int | None) -> int:
+def _scratch(rows: int, bk: int, d: int, k_size: int, v_size: int, m_size: int | None,
+             narrow: int = 0) -> int:
+    """TSRAM bytes of one job; ``narrow``: the bytes of the products' format (bf16: 2),
+    0 for fp32 (then K/V blocks keep their storage type)."""
+    if narrow:
+        k_size = v_size = narrow
     total = 2 * align(rows * d * 4) + align(bk * d * k_size) + align(bk * d * v_size)
     total += align(rows * bk * 4) + (align(rows * bk * m_size) if m_size else 0)
+    if narrow:  # the bf16 copies of the scaled q rows and of P
+        total += align(rows * d * narrow) + align(rows * bk * narrow)
     return total + 6 * align(rows * 4)
 
 
 def choose_blocks(b: int, hkv: int, g: int, sk: int, d: int, sizes: Sequence[int],
-                  masked: bool, budget: Budget) -> tuple[int, int]:
+                  masked: bool, budget: Budget, narrow: int = 0) -> tuple[int, int]:
     """(bk, chunks): key block and number of key chunks minimizing the modeled time."""
     _, k_size, v_size, m_size = sizes
     heads = b * hkv
@@ -70,7 +85,8 @@ def choose_blocks(b: int, hkv: int, g: int, sk: int, d: int, sizes: Sequence[int
     for bk in sorted(cands):
         if bk > sk:
             continue
-        if _scratch(g, bk, d, k_size, v_size, m_size if masked else None) > budget.tsram_bytes:
+        if _scratch(g, bk, d, k_size, v_size, m_size if masked else None,
+                    narrow) > budget.tsram_bytes:
             continue
         nb, rest = divmod(sk, bk)
         chunks = max(x for x in divisors(nb) if x <= per_head)
@@ -93,16 +109,21 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
                           views: dict[str, Sequence[int]], scale: float,
                           partial: Callable[[str, tuple[int, ...]], Tensor],
                           out_view: Sequence[int] | None = None,
-                          zero_empty_rows: bool = False) -> None:
+                          zero_empty_rows: bool = False, fmt: str = F32) -> None:
     """Append the split-K decode attention of ``out = attention(q, k, v, mask)``.
 
     ``partial(name, shape)`` makes an f32 activation buffer for the per-chunk partials;
-    ``zero_empty_rows``: a row with every key masked gives 0, not 0/0.
+    ``zero_empty_rows``: a row with every key masked gives 0, not 0/0; ``fmt``: the TTU
+    format of both products (``f32`` or ``bf16``).
     """
     b, hkv, g, sq, sk, d = dims
+    if fmt not in (F32, "bf16"):
+        raise MaiacError(f"op '{kernel.op}': decode attention runs in f32 or bf16, not {fmt}")
+    narrow = fmt != F32
     sizes = [itemsize(t.dtype) for t in (q, k, v)] + [itemsize(mask.dtype) if mask else 4]
     try:
-        bk, chunks = choose_blocks(b, hkv, g, sk, d, sizes, mask is not None, budget)
+        bk, chunks = choose_blocks(b, hkv, g, sk, d, sizes, mask is not None, budget,
+                                   itemsize(fmt) if narrow else 0)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (decode attention, head dim {d}): no block fits "
                          f"TSRAM ({budget.tsram_bytes} bytes per tile)") from err
@@ -113,10 +134,13 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
     m_part = partial("m_part", (b, hkv, g, parts))
     l_part = partial("l_part", (b, hkv, g, parts))
 
+    k_dtype, v_dtype = (fmt, fmt) if narrow else (k.dtype, v.dtype)
     tq = kernel.scratch_buffer("q", F32, (g, d))
-    tk = kernel.scratch_buffer("kT", k.dtype, (d, bk))
-    tv = kernel.scratch_buffer("v", v.dtype, (bk, d))
+    tq_mm = kernel.scratch_buffer("q_" + fmt, fmt, (g, d)) if narrow else tq
+    tk = kernel.scratch_buffer("kT", k_dtype, (d, bk))
+    tv = kernel.scratch_buffer("v", v_dtype, (bk, d))
     ts = kernel.scratch_buffer("s", F32, (g, bk))
+    tp = kernel.scratch_buffer("p_" + fmt, fmt, (g, bk)) if narrow else ts
     to = kernel.scratch_buffer("o", F32, (g, d))
     m, m_new, m_blk, alpha, l_sum, r_sum = (kernel.scratch_buffer(n, F32, (g, 1)) for n in
                                             ("m", "m_new", "m_blk", "alpha", "l", "rowsum"))
@@ -128,6 +152,7 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
     m_acc, mn_acc, mb_acc, a_acc, l_acc, r_acc = (
         local(x, (g, 1)) for x in (m, m_new, m_blk, alpha, l_sum, r_sum))
     o_acc = local(to, (g, d))
+    q_mm = local(tq_mm, (g, d), fmt)
 
     def phase(first_key: int, width: int, blocks: int, n_chunks: int, index0: int) -> list:
         """Chunks of ``blocks`` key blocks of ``width`` keys from key ``first_key``; chunk
@@ -136,8 +161,9 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
         grid = split.grid
         chunk_keys = blocks * width
         s_acc = local(ts, (g, width))
-        kt = local(tk, (d, width), k.dtype)
-        vb = local(tv, (width, d), v.dtype)
+        p_acc = local(tp, (g, width), fmt)  # P, the second product's a
+        kt = local(tk, (d, width), k_dtype)
+        vb = local(tv, (width, d), v_dtype)
 
         def src(t: Tensor, name: str, shape: tuple[int, int], j: int, inner: bool) -> Access:
             off, s_b, s_h, s_g, s_row, s_col = views[name]
@@ -154,30 +180,30 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
                           split.tile_strides(steps), ls)
 
         body = [dma(src(q, "q", (g, d), 0, False), local(tq, (g, d)), grid),
-                vec("scale", [local(tq, (g, d))], local(tq, (g, d)), grid, scale=float(scale))]
+                vec("scale", [local(tq, (g, d))], q_mm, grid, scale=float(scale))]
 
         def key_block(j: int, inner: bool) -> list:
             ops = [dma(src(k, "k", (d, width), j, inner), kt, grid),
                    dma(src(v, "v", (width, d), j, inner), vb, grid, queue=1),
-                   mm(local(tq, (g, d)), kt, s_acc, grid, accumulate=False)]
+                   mm(q_mm, kt, s_acc, grid, accumulate=False, fmt=fmt)]
             if mask is not None and tm is not None:
                 mb = local(tm, (g, width), mask.dtype)
                 ops += [dma(src(mask, "mask", (g, width), j, inner), mb, grid),
                         vec("add", [s_acc, mb], s_acc, grid)]
             if j == 0 and not inner:
                 return ops + [vec("reduce_max", [s_acc], m_acc, grid),
-                              vec("exp_sub", [s_acc, m_acc], s_acc, grid),
-                              vec("reduce_sum", [s_acc], l_acc, grid),
-                              mm(s_acc, vb, o_acc, grid, accumulate=False)]
+                              vec("exp_sub", [s_acc, m_acc], p_acc, grid),
+                              vec("reduce_sum", [p_acc], l_acc, grid),
+                              mm(p_acc, vb, o_acc, grid, accumulate=False, fmt=fmt)]
             return ops + [vec("reduce_max", [s_acc], mb_acc, grid),
                           vec("max", [m_acc, mb_acc], mn_acc, grid),
                           vec("exp_sub", [m_acc, mn_acc], a_acc, grid),
-                          vec("exp_sub", [s_acc, mn_acc], s_acc, grid),
-                          vec("reduce_sum", [s_acc], r_acc, grid),
+                          vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
+                          vec("reduce_sum", [p_acc], r_acc, grid),
                           vec("mul", [l_acc, a_acc], l_acc, grid),
                           vec("add", [l_acc, r_acc], l_acc, grid),
                           vec("mul", [o_acc, a_acc], o_acc, grid),
-                          mm(s_acc, vb, o_acc, grid, accumulate=True),
+                          mm(p_acc, vb, o_acc, grid, accumulate=True, fmt=fmt),
                           vec("copy", [mn_acc], m_acc, grid)]
 
         body += key_block(0, inner=False)
