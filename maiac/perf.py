@@ -126,7 +126,7 @@ def resolve_model(model: str) -> ModelShape:
         c = PRESETS[model]
         return ModelShape(c.name, c.layers, c.kv_heads, c.hidden // c.heads, preset=c.name,
                           key=json.dumps(asdict(c), sort_keys=True))
-    from maiac.generate import load_decoder
+    from maiac.generate import _gqa_head_dim, load_decoder
 
     path = Path(model)
     if not path.is_file():
@@ -136,6 +136,8 @@ def resolve_model(model: str) -> ModelShape:
     if not dec.pairs:
         raise MaiacError(f"{model}: perf needs a KV-cache decoder (past_key_values.* inputs)")
     dims = dec.input_shape(dec.pairs[0].past)
+    if len(dims) == 4 and not isinstance(dims[3], int):  # genai: from the QKV width
+        dims[3] = _gqa_head_dim(dec.model, dec.pairs[0].past) or dims[3]
     if not isinstance(dims[1], int) or not isinstance(dims[3], int):
         raise MaiacError(f"{model}: cache input {dec.pairs[0].past!r} needs static heads and "
                          f"head_dim, got {dims}")

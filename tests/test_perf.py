@@ -113,6 +113,16 @@ def test_in_place_decode_moves_fewer_bytes_than_the_concat(tmp_path: Path) -> No
     assert new["tpot_s"] < old["tpot_s"]
 
 
+def test_genai_file_decodes_in_place(tmp_path: Path) -> None:
+    """An onnxruntime-genai export (GroupQueryAttention, symbolic head_dim taken from the
+    QKV width): its decode points use the in-place cache too."""
+    path = Path(__file__).parent / "data" / "toolchain" / "genai_llama_fp32.onnx"
+    (point,) = perf.sweep(str(path), _opts(tmp_path, batch=[2], context=[256],
+                                           quant=["mxfp8"]))["points"]
+    assert "error" not in point and point["kv_update"] == "in-place"
+    assert point["decode_hbm_traffic_bytes"] < 2 * point["kv_cache_bytes"] + point["weight_bytes"]
+
+
 def test_a_task_leaves_no_resources_and_the_causal_check_stays_small() -> None:
     """Memory-bounded sweeps: a task's resource handles go with it (ir.resources
     scoped_store), and recognizing a constant causal mask allocates about its bool result,
