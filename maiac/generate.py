@@ -6,9 +6,11 @@ Two ways to run a decoder, chosen from its inputs:
   a fixed-capacity cache. Two programs per run, whatever the number of tokens: *prefill*
   (the prompt, with a one-slot masked dummy past) and *decode* (one token against a past
   of ``capacity`` slots). The decode program's past inputs stay resident in machine HBM
-  (runtime/session.py); each step writes the new keys/values the program returns (its
-  ``present`` outputs cut to the new slot, maiac/kv_cache.py) into slot ``length`` and
-  ``attention_mask`` hides the slots not yet filled. Why capacity and not buckets: one
+  (runtime/session.py; on N chips each chip's KV heads in its own memory) and the program
+  writes each step's keys/values into slot ``length`` itself (passes/kv_cache_inplace.py),
+  or, where the graph does not allow it, returns them (its ``present`` outputs cut to the
+  new slot, maiac/kv_cache.py) for the loop to write; ``attention_mask`` hides the slots
+  not yet filled. Why capacity and not buckets: one
   decode program serves every step, its modeled time is that of attending over the whole
   capacity (as a static-cache server does), and the cache never moves between programs.
 * **recompute** (no past inputs): the whole sequence is run again for every token, padded

@@ -6,10 +6,14 @@ returns ``present.{i}.key|value`` = Concat(past, new) on the sequence axis. Run 
 step would write the whole cache back out. For generation on the machine the cache is a
 fixed-capacity buffer that stays in HBM between steps (maiac/generate.py), so:
 
-* :func:`new_slots_only` makes each ``present`` output just this step's keys/values (the
-  Concat's second operand) — the generation loop writes them into the resident cache at the
-  sequence's length; attention still reads Concat(cache, new) with the unused capacity
-  masked by ``attention_mask``;
+* :func:`cache_in_place` (the default) adds a ``cache_position`` input and drops the
+  presents: the `kv-cache-inplace` pass makes the decode program write its new rows into
+  the resident cache itself (Concat(past, new) exports, and GroupQueryAttention ones, whose
+  op it marks for that);
+* :func:`new_slots_only` (the fallback) makes each ``present`` output just this step's
+  keys/values (the Concat's second operand) — the generation loop writes them into the
+  resident cache at the sequence's length; attention still reads Concat(cache, new) with
+  the unused capacity masked by ``attention_mask``;
 * :func:`store_cache_as` keeps the cache in bf16 or fp8 (E4M3): past inputs of that type
   with a Cast to fp32 after, present outputs cast to it, so the modeled HBM traffic of the
   cache is that of its storage format.
