@@ -34,36 +34,46 @@ from maiac.runtime.memory import itemsize
 
 def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], int]],
                   budget: Budget, whole_last: bool) -> tuple[int, int]:
-    """Split axis ``d`` and block extent ``b`` along it.
+    """Split axis ``d`` and block extent ``b`` along it (``b`` need not divide the axis:
+    `ragged_regions` tiles the rest).
 
     ``operands``: (strides in iteration coords, itemsize) of every TSRAM block, output
     included; stride 0 dims take no TSRAM.
     """
     rank = len(shape)
     best: tuple[tuple[float, int, int], int, int] | None = None
+
+    def block_bytes(d: int, b: int) -> int:
+        block = [1] * d + [b] + list(shape[d + 1:])
+        nbytes = 0
+        for strides, size in operands:
+            unique = 1
+            for extent, stride in zip(block, strides, strict=True):
+                unique *= extent if stride else 1
+            nbytes += align(unique * size)
+        return nbytes
+
     for d in range(rank):
-        for b in divisors(shape[d]):
-            if whole_last and d == rank - 1 and b != shape[d]:
+        if whole_last and d == rank - 1:
+            candidates = {shape[d]}
+        else:  # the divisors, and blocks giving whole waves over the tiles + a tail
+            candidates = set(divisors(shape[d])) | {
+                -(-shape[d] // j) for j in range(1, 2 * budget.n_tiles + 1)}
+        for b in sorted(candidates):
+            if block_bytes(d, b) > budget.tsram_bytes:
                 continue
-            block = [1] * d + [b] + list(shape[d + 1:])
-            nbytes = 0
-            for strides, size in operands:
-                unique = 1
-                for extent, stride in zip(block, strides, strict=True):
-                    unique *= extent if stride else 1
-                nbytes += align(unique * size)
-            if nbytes > budget.tsram_bytes:
-                continue
-            block_elems = 1
-            for extent in block:
-                block_elems *= extent
-            # the loop trips split_jobs really makes (it spreads only divisors of each
-            # extent over the tiles: 2049 jobs of 1 element would run on 3 tiles) times
-            # a block's DMA latencies and bytes; then more tiles, then bigger blocks
-            split = split_jobs(tuple(shape[:d]) + (shape[d] // b,), budget.n_tiles)
-            trips = math.prod(split.trips)
-            cost = trips * (3 * budget.dma_latency_s + nbytes / budget.tile_bw)
-            key = (-cost, math.prod(split.grid), block_elems)
+            # the loop trips split_jobs really makes per region (it spreads only
+            # divisors of each extent over the tiles) times a block's DMA latencies and
+            # bytes; then more tiles, then bigger blocks
+            cost = 0.0
+            regions = ragged_regions(shape, d, b, budget.n_tiles)
+            for _, extent, blk in regions:
+                split = split_jobs(tuple(shape[:d]) + (extent // blk,), budget.n_tiles)
+                cost += math.prod(split.trips) * (3 * budget.dma_latency_s
+                                                  + block_bytes(d, blk) / budget.tile_bw)
+            first = split_jobs(tuple(shape[:d]) + (regions[0][1] // b,), budget.n_tiles)
+            block_elems = b * math.prod(shape[d + 1:])
+            key = (-cost, math.prod(first.grid), block_elems)
             if best is None or key > best[0]:
                 best = (key, d, b)
     if best is None:
@@ -101,41 +111,82 @@ def tile_elementwise(kernel: Kernel, fn: str, ins: Sequence[Tensor], out: Tensor
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' ({fn}): one row of {space[-1]} elements "
                          f"does not fit TSRAM ({budget.tsram_bytes} bytes per tile)") from err
-    block = (1,) * d + (b,) + tuple(shape[d + 1:])
-    extents = tuple(shape[:d]) + (shape[d] // b,)
-    split = split_jobs(extents, budget.n_tiles)
-    grid = split.grid
-
-    def steps(strides: Sequence[int]) -> tuple[int, ...]:
-        return tuple(strides[:d]) + (b * strides[d],)
-
-    body = []
-    tsram_ins = []
-    for i, (t, strides) in enumerate(zip(ins, in_st, strict=True)):
-        bcast = [s == 0 for s in strides]
-        unique = tuple(1 if z else e for e, z in zip(block, bcast, strict=True))
-        name = kernel.scratch_buffer(f"in{i}", t.dtype, unique)
-        src = Access(t.buf, t.dtype, unique, tuple(strides), t.off + offsets[i],
-                     split.tile_strides(steps(strides)), split.loop_strides(steps(strides)))
-        body.append(dma(src, Access(name, t.dtype, unique, contiguous(unique)), grid, queue=i % 2))
-        tsram_ins.append(Access(name, t.dtype, block, compact_strides(block, bcast)))
-    out_block = block[:-1] + (1,) if reduced else block
-    out_bcast = [s == 0 for s in out_st]
-    out_unique = tuple(1 if z else e for e, z in zip(block, out_bcast, strict=True))
-    if reduced:
-        out_unique = out_block
-    out_name = kernel.scratch_buffer("out", out.dtype, out_unique)
-    body.append(vec(fn, tsram_ins, Access(out_name, out.dtype, out_block, contiguous(out_block)),
-                    grid, **(params or {})))
-    dst_strides = tuple(out_st[:-1]) + ((1,) if reduced else (out_st[-1],))
-    body.append(dma(Access(out_name, out.dtype, out_block, contiguous(out_block)),
-                    Access(out.buf, out.dtype, out_block, dst_strides, out.off,
-                           split.tile_strides(steps(out_st)), split.loop_strides(steps(out_st))),
-                    grid, queue=1))
-    kernel.body.extend(loop(split.trips, body))
+    names: list[str] = []  # the first region's scratch blocks, reused by the tails
+    for lo, extent, blk in ragged_regions(shape, d, b, budget.n_tiles):
+        _emit_region(kernel, fn, ins, out, shape, in_st, out_st, offsets, d, lo, extent, blk,
+                     reduced, params, names, budget.n_tiles)
     ops_per_elem = {"softmax": 5, "log_softmax": 5, "layernorm": 8, "rmsnorm": 5,
                     "rope": 3}.get(fn, 1)
     elems = 1
     for e in space:
         elems *= e
     kernel.flops += ops_per_elem * elems
+
+
+def ragged_regions(shape: Sequence[int], d: int, b: int, n_tiles: int
+                   ) -> list[tuple[int, int, int]]:
+    """``(start, extent, block)`` ranges of axis ``d`` covering it, each tiled by whole
+    blocks (blocks never larger than ``b``, the first the largest). Jobs spread over the
+    tiles by divisors of their count (`split_jobs`: 37 rows of blocks of 1 would run on 1
+    tile), so the axis splits into whole waves of ``b``-blocks over every tile the outer
+    dims leave (36 rows), then the whole ``b``-blocks left (one wave), then the rest (a
+    ragged tail, fewer than ``b`` rows) in blocks of ``ceil(rest / tiles)`` the same way."""
+    free = max(1, n_tiles // split_jobs(tuple(shape[:d]) + (1,), n_tiles).n_tiles)
+    out: list[tuple[int, int, int]] = []
+    lo, size = 0, shape[d]
+    while size:
+        jobs = size // b
+        if size % b == 0 and (jobs <= free or jobs % free == 0):
+            out.append((lo, size, b))
+            break
+        main = (jobs // free * free or jobs) * b  # whole waves, else the whole blocks
+        if main:
+            out.append((lo, main, b))
+            lo, size = lo + main, size - main
+        b = min(b, -(-size // free))
+    return out
+
+
+def _emit_region(kernel: Kernel, fn: str, ins: Sequence[Tensor], out: Tensor,
+                 shape: Sequence[int], in_st: Sequence[Sequence[int]], out_st: Sequence[int],
+                 offsets: Sequence[int], d: int, lo: int, extent: int, b: int, reduced: bool,
+                 params: dict[str, Any] | None, names: list[str], n_tiles: int) -> None:
+    """The DMA in / TVP / DMA out jobs of ``[lo, lo + extent)`` along axis ``d`` of the
+    iteration space (blocks of ``b``). The first region names the scratch blocks
+    (``names`` empty); later ones (ragged tails, never larger) reuse them."""
+    block = (1,) * d + (b,) + tuple(shape[d + 1:])
+    split = split_jobs(tuple(shape[:d]) + (extent // b,), n_tiles)
+    grid = split.grid
+
+    def steps(strides: Sequence[int]) -> tuple[int, ...]:
+        return tuple(strides[:d]) + (b * strides[d],)
+
+    first = not names
+    body = []
+    tsram_ins = []
+    for i, (t, strides) in enumerate(zip(ins, in_st, strict=True)):
+        bcast = [s == 0 for s in strides]
+        unique = tuple(1 if z else e for e, z in zip(block, bcast, strict=True))
+        if first:
+            names.append(kernel.scratch_buffer(f"in{i}", t.dtype, unique))
+        src = Access(t.buf, t.dtype, unique, tuple(strides), t.off + offsets[i] + lo * strides[d],
+                     split.tile_strides(steps(strides)), split.loop_strides(steps(strides)))
+        body.append(dma(src, Access(names[i], t.dtype, unique, contiguous(unique)), grid,
+                        queue=i % 2))
+        tsram_ins.append(Access(names[i], t.dtype, block, compact_strides(block, bcast)))
+    out_block = block[:-1] + (1,) if reduced else block
+    out_bcast = [s == 0 for s in out_st]
+    out_unique = tuple(1 if z else e for e, z in zip(block, out_bcast, strict=True))
+    if reduced:
+        out_unique = out_block
+    if first:
+        names.append(kernel.scratch_buffer("out", out.dtype, out_unique))
+    out_name = names[len(ins)]
+    body.append(vec(fn, tsram_ins, Access(out_name, out.dtype, out_block, contiguous(out_block)),
+                    grid, **(params or {})))
+    dst_strides = tuple(out_st[:-1]) + ((1,) if reduced else (out_st[-1],))
+    body.append(dma(Access(out_name, out.dtype, out_block, contiguous(out_block)),
+                    Access(out.buf, out.dtype, out_block, dst_strides, out.off + lo * out_st[d],
+                           split.tile_strides(steps(out_st)), split.loop_strides(steps(out_st))),
+                    grid, queue=1))
+    kernel.body.extend(loop(split.trips, body))
