@@ -171,3 +171,45 @@ def test_batched_rows_share_one_matmul(batch: int, residual: bool) -> None:
     # one 32-row block of padded work per K x N, not batch of them
     peak = compiled.program.target["ttu_flops"]["f32"]
     assert ttu < 4 * 2 * 32 * k * n / peak + 64 * 50e-9
+
+
+def test_wave_peel_runs_the_uneven_jobs_as_their_own_kernel() -> None:
+    """512 column blocks on 36 tiles: 32 tiles x 16 waves, or 504 on all 36 (14 waves)
+    and 8 more on 8 tiles (1): 15 plus the second kernel's fill and drain (2 K steps of
+    a job's 1,000). Jobs that split evenly are left alone."""
+    from maiac.passes.tiling.matmul import wave_peel
+
+    assert wave_peel((1, 1, 512), 36, 1000) == (8, pytest.approx(15.002))
+    assert wave_peel((1, 1, 72), 36) == (0, 2)
+    assert wave_peel((1, 4, 9), 36) == (0, 1)
+    assert wave_peel((1, 1, 37), 36, 4) == (1, 2.5)  # prime: 1 tile x 37 waves before
+    # a short job (2 K steps): the second kernel's fill and drain cost a whole wave
+    assert wave_peel((1, 1, 512), 36, 2) == (0, 16)
+
+
+def test_matmul_uses_every_tile_when_its_blocks_do_not_split_evenly() -> None:
+    """[32, 2048] @ [2048, 160] on 3 tiles: 5 column blocks of 32 would run 1 tile x 5
+    waves; the main kernel runs 3 of them on all 3 tiles, the last 2 as a kernel of their
+    own (2 waves); same product."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import maiac
+
+    m, k, n = 32, 2048, 160
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    compiled = maiac.compile(model, target_params={"n_clusters": "1", "tiles_per_cluster": "3",
+                                                   "tsram_bytes": "96KiB"})
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
+
+    def leaves(instrs):
+        for i in instrs:
+            yield from leaves(i.body) if i.kind == "loop" else [i]
+    grids = {tuple(i.grid) for i in leaves(compiled.program.instructions) if i.kind == "matmul"}
+    assert grids == {(3,), (2,)}, grids

@@ -85,14 +85,16 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
                   n_step: int = 1, block_bytes: int = 0, a_src: float | None = None,
                   speedup: float = 1.0, quant_ops: float = 0.0, b_src: float | None = None,
                   epilogue_ops: float = 0.0, outputs: int = 1,
-                  ragged: bool = False, ragged_k: bool = False) -> tuple[int, int, int]:
+                  ragged: bool = False, ragged_k: bool = False,
+                  with_peel: bool = False) -> tuple[int, ...]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
     ``bm``/``bn`` are multiples of the TTU's native 32 x K x 32 block (or the whole dim);
     with ``ragged`` they need not divide M / N: the tails are costed as the kernels
     `tile_matmul` gives them (each tiled by its own divisor blocks). ``bk`` is a multiple
     of ``k_step`` (or all of K) and ``bn`` of ``n_step`` (quantized operands: whole scale
-    blocks along K, whole packed bytes along N). ``a_size`` and ``b_size`` are TSRAM
+    blocks along K, whole packed bytes along N); ``with_peel``: a fourth value, the
+    column blocks `_regions` peels into a kernel of their own. ``a_size`` and ``b_size`` are TSRAM
     bytes per element, ``a_src``/``b_src`` the bytes per element they are read with
     (default: the TSRAM size); ``block_bytes``: further TSRAM bytes per element of a
     ``[bm, bn]`` block (a residual); ``speedup``: the format's TTU peak over f32;
@@ -113,11 +115,11 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
         fixed = _fixed_blocks(m, n, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step,
                               slack)
         if fixed is not None:
-            return fixed
+            return (*fixed, 0) if with_peel else fixed
     best = _best_blocks(m, n, ragged, *args)
     if best is None:
         raise MaiacError("no matmul block fits TSRAM")
-    return best[1], best[2], best[3]
+    return best[1:5] if with_peel else best[1:4]
 
 
 @lru_cache(maxsize=4096)
@@ -125,8 +127,10 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                  b_size: float, budget: Budget, extra_row_bytes: int, k_step: int, n_step: int,
                  block_bytes: int, a_src: float | None, speedup: float, quant_ops: float,
                  b_src: float | None, epilogue_ops: float, outputs: int, ragged_k: bool
-                 ) -> tuple[float, int, int, int] | None:
-    """(cost, bm, bn, bk) of the best candidate (see `choose_blocks`), or None."""
+                 ) -> tuple[float, int, int, int, int] | None:
+    """(cost, bm, bn, bk, peel) of the best candidate (see `choose_blocks`; ``peel``:
+    the column blocks of the main region `_regions` runs as a kernel of their own), or
+    None."""
     args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
             a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k)
     slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
@@ -137,7 +141,7 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
     else:
         ms = [d for d in divisors(m) if d % gm == 0 or d == m]
         ns = [d for d in divisors(n) if d % n_step == 0 and (d % gn == 0 or d == n)]
-    best: tuple[float, int, int, int] | None = None
+    best: tuple[float, int, int, int, int] | None = None
     for bm in ms:
         for bn in ns:
             fixed = (outputs * align(bm * bn * 4) + align(bn * extra_row_bytes)
@@ -167,15 +171,40 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                 body, epilogue = _job_parts(shape, bk, twins, budget)
                 cost = (jobs * max(body, epilogue) + epilogue if job_twins
                         else jobs * (body + epilogue)) + tails
+                peel = 0
+                if ragged:  # uneven column blocks as a kernel of their own (`wave_peel`)
+                    peel, peeled = _peeled_cost(shape, bk, twins, job_twins, budget)
+                    if peel and peeled + tails < cost:
+                        cost = peeled + tails
+                    else:
+                        peel = 0
                 if best is None or cost < best[0] - 1e-15:
-                    best = (cost, bm, bn, bk)
+                    best = (cost, bm, bn, bk, peel)
     if best is None and not ragged and (len(ms) < len(divisors(m))):
         # nothing native-shaped fits: any divisor (the TTU pads the block)
         best = _best_blocks_any(m, n, *args)
     return best
 
 
-def _best_blocks_any(m: int, n: int, *args: Any) -> tuple[float, int, int, int] | None:
+def _peeled_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, budget: Budget
+                 ) -> tuple[int, float]:
+    """(peeled column blocks, modeled time) of running the job grid as `wave_peel`'s two
+    kernels, each part's jobs costed on the tiles it runs on (0 and inf: no peel)."""
+    *outer, last = shape.split.extents
+    peel, _ = wave_peel(shape.split.extents, budget.n_tiles, -(-shape.k // bk))
+    if not peel:
+        return 0, math.inf
+    total = budget.dma_latency_s  # the second kernel
+    for cols in (last - peel, peel):
+        split = split_jobs((*outer, cols), budget.n_tiles)
+        body, epilogue = _job_parts(dataclasses.replace(shape, split=split), bk, twins, budget)
+        jobs = math.prod(split.loops)
+        total += (jobs * max(body, epilogue) + epilogue if job_twins and _twinnable(split.trips)
+                  else jobs * (body + epilogue))
+    return peel, total
+
+
+def _best_blocks_any(m: int, n: int, *args: Any) -> tuple[float, int, int, int, int] | None:
     (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
      a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k) = args
     one = dataclasses.replace(budget, native_m=1, native_n=1)
@@ -361,11 +390,35 @@ class _Region:
     bk: int
 
 
-def _regions(m: int, n: int, bm: int, bn: int, bk: int, tail_blocks: Any) -> list[_Region]:
-    """The main region of whole ``bm x bn`` blocks and the ragged tails along M and N
-    (each tiled by ``tail_blocks(mr, nr)``)."""
+def wave_peel(extents: tuple[int, ...], n_tiles: int, steps: int = 1 << 30
+              ) -> tuple[int, float]:
+    """(column blocks to peel off the last job dim, waves): a job grid whose count does
+    not split evenly over the tiles (512 column blocks on 36 tiles: 32 tiles x 16 waves)
+    runs fewer waves as a main part that does (504 = 36 x 14) and the peeled blocks as a
+    kernel of their own right after it (8 tiles x 1): 15 waves. The second kernel's
+    pipeline fill and drain (about a K step's load and an epilogue: 2 / ``steps`` of a
+    job of ``steps`` K steps) count against it; 0 peeled when that is not shorter."""
+    def waves(ext: tuple[int, ...]) -> int:
+        return math.prod(split_jobs(ext, n_tiles).loops)
+
+    *outer, last = extents
+    best: tuple[int, float] = (0, float(waves(extents)))
+    for r in range(1, min(last - 1, n_tiles) + 1):
+        w = waves((*outer, last - r)) + waves((*outer, r)) + 2 / max(steps, 1)
+        if w < best[1] - 1e-9:
+            best = (r, w)
+    return best
+
+
+def _regions(m: int, n: int, bm: int, bn: int, bk: int, tail_blocks: Any,
+             peel: int = 0) -> list[_Region]:
+    """The main region of whole ``bm x bn`` blocks — its last ``peel`` column blocks a
+    region of their own (`wave_peel`) — and the ragged tails along M and N (each tiled by
+    ``tail_blocks(mr, nr)``)."""
     mm_, nn_ = m // bm * bm, n // bn * bn
-    out = [_Region(0, mm_, 0, nn_, bm, bn, bk)]
+    out = [_Region(0, mm_, 0, nn_ - peel * bn, bm, bn, bk)]
+    if peel:
+        out.append(_Region(0, mm_, nn_ - peel * bn, peel * bn, bm, bn, bk))
     for m0, mr, n0, nr in ((0, mm_, nn_, n - nn_), (mm_, m - mm_, 0, nn_),
                            (mm_, m - mm_, nn_, n - nn_)):
         if mr and nr:
@@ -419,10 +472,10 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                 a_src=itemsize(a.dtype), speedup=speedup, quant_ops=quant_ops,
                 epilogue_ops=epilogue_ops, outputs=halves, ragged_k=_plain(q))
     try:
-        bm, bn, bk = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, ragged=True,
-                                   **args)
+        bm, bn, bk, peel = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, ragged=True,
+                                         with_peel=True, **args)
         regions = _regions(m, n, bm, bn, bk, lambda mr, nr: choose_blocks(
-            nbatch, mr, nr, k, a_size, b_size, budget, **args))
+            nbatch, mr, nr, k, a_size, b_size, budget, **args), peel)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (matmul {m}x{k} @ {k}x{n}): no tiling fits "
                          f"TSRAM ({budget.tsram_bytes} bytes per tile)") from err
