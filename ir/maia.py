@@ -189,6 +189,9 @@ class AttentionOp(TensorOp):
     ``causal`` records that the mask hides exactly the keys after each query (key ``c``
     is hidden from query ``r`` iff ``c > r + Sk - Sq``). Without a mask operand, a causal
     attention generates that mask on the TVP and skips the key blocks it hides entirely.
+    ``empty_rows = "zero"``: a query row whose keys are all masked gives 0 (the
+    exporters' ``where(isnan(p), 0, p)`` guard, absorbed by fuse-attention), not the
+    softmax's 0/0 = NaN.
     """
 
     name = "maia.attention"
