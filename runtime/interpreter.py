@@ -31,7 +31,14 @@ from maiac.runtime import isa
 from maiac.runtime.conversions import convert_input
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
-from maiac.runtime.interpreter_dma import as_rows, broadcast_copies, dma_splitter, may_self_overlap
+from maiac.runtime.interpreter_dma import (
+    as_rows,
+    broadcast_copies,
+    dma_splitter,
+    grid_index,
+    may_self_overlap,
+    row_indices,
+)
 from maiac.runtime.interpreter_fns import (
     DEDUPE_FNS,
     DEDUPE_MIN_ELEMENTS,
@@ -61,6 +68,7 @@ from maiac.runtime.parallel import (
     run_split,
     single_threaded_blas,
     split_axis,
+    vec_splitter,
 )
 from maiac.runtime.program import (
     Program,
@@ -322,11 +330,11 @@ class _Machine:
         dst = self.view(instr.dst, grid, trips)
         store = storer(instr.dst.dtype)
         rows = instr.table.shape[0]
-        gidx = _grid_index(grid, len(instr.indices.shape))
+        gidx = grid_index(grid, len(instr.indices.shape))
         label = instr_label(path, instr)
 
         def step(it: tuple[int, ...]) -> None:
-            ix = _row_indices(idx[it], rows, f"{label}: gather")
+            ix = row_indices(idx[it], rows, f"{label}: gather")
             store(dst[it], table[it][(*gidx, ix)])
         return step
 
@@ -337,11 +345,11 @@ class _Machine:
         src = self.view(instr.src, grid, trips)
         store = storer(instr.table.dtype)
         rows = instr.table.shape[0]
-        gidx = _grid_index(grid, len(instr.indices.shape))
+        gidx = grid_index(grid, len(instr.indices.shape))
         label = instr_label(path, instr)
 
         def step(it: tuple[int, ...]) -> None:
-            ix = _row_indices(idx[it], rows, f"{label}: scatter")
+            ix = row_indices(idx[it], rows, f"{label}: scatter")
             converted = np.empty(src[it].shape, table.dtype)
             store(converted, src[it])
             table[it][(*gidx, ix)] = converted
@@ -510,8 +518,13 @@ class _Machine:
                     ufunc(*[v[it] for v in ins], *extra, out=out[it])
             return step
         if instr.fn in DEDUPE_FNS and math.prod(grid) > 1:
-            # costly per element: compute once per group of tiles holding the same bytes
+            # costly per element: compute once per group of tiles holding the same bytes,
+            # the rest split over the workers (row-wise functions: tiles are independent)
             n_trips, n_grid, known = len(trips), len(grid), self.uniform_vec.get(path, frozenset())
+            split = vec_splitter(instr, n_trips, n_grid)
+
+            def compute(o: np.ndarray, *xs: np.ndarray) -> None:
+                store(o, fn(*[c(x) for x, c in zip(xs, casts, strict=True)], attrs))
 
             def step(it: tuple[int, ...]) -> None:
                 xs = [v[it] for v in ins]
@@ -519,7 +532,7 @@ class _Machine:
                     xs, n_trips - len(it), n_grid, known)
                 if same is not None:
                     xs = [x[same] for x in xs]
-                store(out[it], fn(*[c(x) for x, c in zip(xs, casts, strict=True)], attrs))
+                run_split(compute, [out[it], *xs], split(xs[0], it))
         elif len(ins) == 1:
             (x,), (cx,) = ins, casts
 
@@ -614,20 +627,3 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
         write_chrome_trace(simulate(program), trace)
     return result
 
-
-def _grid_index(grid: tuple[int, ...], index_rank: int) -> tuple[np.ndarray, ...]:
-    """Broadcastable aranges over the tile grid axes, for fancy-indexing a gridded table
-    with per-tile row indices of rank ``index_rank``."""
-    nd = len(grid) + index_rank
-    return tuple(np.arange(g).reshape((1,) * k + (g,) + (1,) * (nd - k - 1))
-                 for k, g in enumerate(grid))
-
-
-def _row_indices(indices: np.ndarray, rows: int, what: str) -> np.ndarray:
-    """Row indices into a table of ``rows`` rows (negative ones from the end), checked."""
-    ix = indices.astype(np.int64)
-    ix = np.where(ix < 0, ix + rows, ix)
-    if ix.size and (ix.min() < 0 or ix.max() >= rows):
-        bad = ix[(ix < 0) | (ix >= rows)].flat[0]
-        raise MachineError(f"{what} index out of range: {bad} (table has {rows} rows)")
-    return ix

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from maiac.runtime.errors import MachineError
 from maiac.runtime.interpreter_matmul import Splitter
 from maiac.runtime.isa import Dma
 from maiac.runtime.parallel import MIN_SPLIT_BYTES, split_axis
@@ -122,3 +123,20 @@ def may_self_overlap(shape: tuple[int, ...], strides: tuple[int, ...], isz: int)
         reach += (n - 1) * stride
     return False
 
+
+def grid_index(grid: tuple[int, ...], index_rank: int) -> tuple[np.ndarray, ...]:
+    """Broadcastable aranges over the tile grid axes, for fancy-indexing a gridded table
+    with per-tile row indices of rank ``index_rank``."""
+    nd = len(grid) + index_rank
+    return tuple(np.arange(g).reshape((1,) * k + (g,) + (1,) * (nd - k - 1))
+                 for k, g in enumerate(grid))
+
+
+def row_indices(indices: np.ndarray, rows: int, what: str) -> np.ndarray:
+    """Row indices into a table of ``rows`` rows (negative ones from the end), checked."""
+    ix = indices.astype(np.int64)
+    ix = np.where(ix < 0, ix + rows, ix)
+    if ix.size and (ix.min() < 0 or ix.max() >= rows):
+        bad = ix[(ix < 0) | (ix >= rows)].flat[0]
+        raise MachineError(f"{what} index out of range: {bad} (table has {rows} rows)")
+    return ix

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from maiac.runtime.isa import Vec
+
 # Below this much work a split costs more (thread hand-off, ~20 us) than it saves.
 MIN_SPLIT_FLOPS = 4_000_000
 MIN_SPLIT_BYTES = 2_000_000
@@ -100,6 +102,27 @@ def split_axis(shape: tuple[int, ...], first: int, n_grid: int) -> int | None:
     sizes = shape[first:first + n_grid]
     k = max(range(n_grid), key=lambda i: sizes[i])
     return first + k if sizes[k] > 1 else None
+
+
+# Below this many elements a Vec call's chunks cost more to hand off than they save.
+MIN_SPLIT_ELEMENTS = 65536
+
+
+def vec_splitter(instr: Vec, n_trips: int, n_grid: int
+                 ) -> Callable[[np.ndarray, tuple[int, ...]], int | None]:
+    """The grid axis to split a row-wise Vec call on (``split(input, it)``), None if too
+    small. The costly TVP functions (interpreter_fns.DEDUPE_FNS) compute each row of each
+    tile from that row alone, so chunks of tiles give the same bytes; an NVFP4 quantize
+    without a calibrated tensor scale is not split (its scale is the whole call's amax)."""
+    attrs = dict(instr.attrs)
+    whole = instr.fn == "quantize" and attrs.get("fmt") == "nvfp4" and \
+        attrs.get("tensor_scale") is None
+
+    def split(x: np.ndarray, it: tuple[int, ...]) -> int | None:
+        if whole or x.size < MIN_SPLIT_ELEMENTS:
+            return None
+        return split_axis(x.shape, n_trips - len(it), n_grid)
+    return split
 
 
 def run_split(fn: Callable[..., Any], arrays: list[np.ndarray], axis: int | None) -> None:

@@ -64,3 +64,34 @@ def test_dedupe_compares_bytes_not_values() -> None:
     assert shared_grid_axes([v], 0, 1) is None
     # an axis the program proves uniform (tile_uniform.py) is taken without comparing
     assert shared_grid_axes([v], 0, 1, known=frozenset({0})) == (slice(0, 1), slice(None))
+
+
+@pytest.mark.parametrize("quant", [None, "mxfp4", "nvfp4"])
+def test_vec_functions_split_over_workers_give_the_same_bytes(
+        monkeypatch: pytest.MonkeyPatch, quant: str | None) -> None:
+    """GELU, LayerNorm, softmax and the TVP quantize of a GPT-2 block split over the
+    workers along a grid axis (parallel.vec_splitter) and give the bytes of one thread."""
+    model = models.transformer(layers=1, seq=128, d_model=256, heads=4, vocab=512)
+    feeds = random_inputs(model, {}, seed=2)
+    program = maiac.compile(model, quant=quant).program
+    split_fns: set[str] = set()
+    real = parallel.vec_splitter
+
+    def recording(instr, n_trips, n_grid):  # type: ignore[no-untyped-def]
+        inner = real(instr, n_trips, n_grid)
+
+        def split(x, it):  # type: ignore[no-untyped-def]
+            axis = inner(x, it)
+            if axis is not None:
+                split_fns.add(instr.fn)
+            return axis
+        return split
+    monkeypatch.setattr("maiac.runtime.interpreter.vec_splitter", recording)
+    outs = {}
+    for n in ("1", "2", "3"):
+        monkeypatch.setenv("MAIAC_THREADS", n)
+        program.runtime_cache.clear()
+        outs[n] = next(iter(run_program(program, feeds).values())).tobytes()
+    assert "gelu" in split_fns or "gelu_tanh" in split_fns
+    assert quant is None or "quantize" in split_fns
+    assert outs["1"] == outs["2"] == outs["3"]
