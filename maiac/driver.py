@@ -34,7 +34,7 @@ STAGES: dict[str, str] = {
     "maia": "lower-onnx-to-maia",
     "fuse": "fuse-norm,fuse-gelu,fuse-swiglu,fuse-rope,fuse-attention,kv-cache-inplace,"
             "fuse-epilogue",
-    "tiled": "tile,double-buffer,prefetch,plan-memory{resident=true},sync",
+    "tiled": "tile,double-buffer,interleave-stores,prefetch,plan-memory{resident=true},sync",
 }
 # The baseline bench/schedule.py compares against: fixed 128-blocks (no cost model, no
 # split-K decode attention), one TSRAM set, no double buffering or prefetch, every

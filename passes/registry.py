@@ -117,6 +117,7 @@ BUILTIN_PASSES: list[tuple[str, str]] = [
     ("maiac.passes.tile", "TilePass"),
     ("maiac.passes.plan_memory", "PlanMemoryPass"),
     ("maiac.passes.schedule", "DoubleBufferPass"),
+    ("maiac.passes.interleave_stores", "InterleaveStoresPass"),
     ("maiac.passes.schedule", "SyncPass"),
     ("maiac.passes.prefetch", "PrefetchPass"),
 ]
