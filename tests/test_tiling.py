@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from maiac.passes.plan_memory import Placed, first_fit
 from maiac.passes.tiling.common import (
@@ -14,6 +18,22 @@ from maiac.passes.tiling.common import (
     split_jobs,
 )
 from maiac.passes.tiling.matmul import choose_blocks
+
+
+def _matmul_model(w: np.ndarray, m: int) -> onnx.ModelProto:
+    """``y[m, N] = x[m, K] @ w`` as an ONNX model (w a constant)."""
+    k, n = w.shape
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def leaves(instrs: list) -> Iterator:
+    """The non-loop instructions of a program body, loops flattened."""
+    for i in instrs:
+        yield from leaves(i.body) if i.kind == "loop" else [i]
 
 
 def test_divisors() -> None:
@@ -66,18 +86,13 @@ def test_ragged_matmul_tails(m: int, k: int, n: int, quant: str | None) -> None:
     """Blocks that do not divide M or N: the tails run as kernels of their own, with
     blocks that are multiples of the TTU's 32 x K x 32 where the dim allows, and the
     result is the same product."""
-    from onnx import TensorProto, helper, numpy_helper
 
     import maiac
     from maiac.passes.tiling.matmul import block_candidates
 
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-                          [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = _matmul_model(w, m)
     compiled = maiac.compile(model, quant=quant)
     x = rng.standard_normal((m, k)).astype(np.float32)
     y = compiled.run({"x": x})["y"]
@@ -87,9 +102,6 @@ def test_ragged_matmul_tails(m: int, k: int, n: int, quant: str | None) -> None:
     else:
         cos = float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref))
         assert cos > 0.98
-    def leaves(instrs):
-        for i in instrs:
-            yield from leaves(i.body) if i.kind == "loop" else [i]
     shapes = {tuple(i.c.shape) for i in leaves(compiled.program.instructions)
               if i.kind == "matmul"}
     if quant is None:  # the cost model picks 32 x 32-multiple blocks and a ragged tail
@@ -103,26 +115,18 @@ def test_ragged_k_first_step(k: int) -> None:
     """K = the TTU's native depth (2 for f32) x a prime has no deep divisor: the K blocks
     then need not divide K (the remainder is a first, shorter step) instead of hundreds
     of native-deep steps; same product."""
-    from onnx import TensorProto, helper, numpy_helper
 
     import maiac
 
     m, n = 64, 96
     rng = np.random.default_rng(1)
     w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-                          [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = _matmul_model(w, m)
     compiled = maiac.compile(model, target_params={"n_clusters": "1", "tiles_per_cluster": "2",
                                                    "tsram_bytes": "160KiB"})
     x = rng.standard_normal((m, k)).astype(np.float32)
     np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
 
-    def leaves(instrs):
-        for i in instrs:
-            yield from leaves(i.body) if i.kind == "loop" else [i]
     depths = {i.a.shape[-1] for i in leaves(compiled.program.instructions)
               if i.kind == "matmul"}
     assert any(k % d for d in depths), depths  # a K block that does not divide K
@@ -160,9 +164,6 @@ def test_batched_rows_share_one_matmul(batch: int, residual: bool) -> None:
         ref = ref + feeds["r"]
     np.testing.assert_allclose(compiled.run(feeds)["y"], ref, rtol=1e-4, atol=1e-4)
 
-    def leaves(instrs):
-        for i in instrs:
-            yield from leaves(i.body) if i.kind == "loop" else [i]
     mms = [i for i in leaves(compiled.program.instructions) if i.kind == "matmul"]
     assert {tuple(i.c.shape)[0] for i in mms} == {batch}, [i.c.shape for i in mms]
     assert max(np.prod(i.grid) for i in mms) >= 8  # the columns spread over the tiles
@@ -191,25 +192,67 @@ def test_matmul_uses_every_tile_when_its_blocks_do_not_split_evenly() -> None:
     """[32, 2048] @ [2048, 160] on 3 tiles: 5 column blocks of 32 would run 1 tile x 5
     waves; the main kernel runs 3 of them on all 3 tiles, the last 2 as a kernel of their
     own (2 waves); same product."""
-    from onnx import TensorProto, helper, numpy_helper
 
     import maiac
 
     m, k, n = 32, 2048, 160
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-                          [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = _matmul_model(w, m)
     compiled = maiac.compile(model, target_params={"n_clusters": "1", "tiles_per_cluster": "3",
                                                    "tsram_bytes": "96KiB"})
     x = rng.standard_normal((m, k)).astype(np.float32)
     np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
 
-    def leaves(instrs):
-        for i in instrs:
-            yield from leaves(i.body) if i.kind == "loop" else [i]
     grids = {tuple(i.grid) for i in leaves(compiled.program.instructions) if i.kind == "matmul"}
     assert grids == {(3,), (2,)}, grids
+
+
+def test_tied_blocks_prefer_weight_stationary_only_when_it_moves_far_less() -> None:
+    """Equal modeled time: the first candidate unless one with all of M in its block
+    moves at most LESS_MOVED of its bytes; a faster candidate always wins."""
+    from maiac.passes.tiling.matmul import LESS_MOVED, _least_moved
+
+    first = (1.0, 100.0, 32, 256, 768)
+    stationary = (1.0, 100.0 * LESS_MOVED, 128, 64, 768)
+    assert _least_moved([first, stationary], 128) == (1.0, 128, 64, 768)
+    barely = (1.0, 100.0 * LESS_MOVED + 1, 128, 64, 768)
+    assert _least_moved([first, barely], 128) == (1.0, 32, 256, 768)
+    reshuffle = (1.0, 10.0, 32, 512, 768)  # fewer bytes, same M block: not taken
+    assert _least_moved([first, reshuffle], 128) == (1.0, 32, 256, 768)
+    slower = (1.01, 10.0, 128, 64, 768)
+    assert _least_moved([first, slower], 128) == (1.0, 32, 256, 768)
+
+
+def test_weight_stationary_matmul_reads_each_weight_block_once() -> None:
+    """An M = 128 projection whose splits all model the same time (HBM-bound) is tiled
+    weight-stationary: the weight's DMA moves with the tile on every grid axis (each
+    block lands on one tile), the activation's does not (broadcast), far fewer bytes go
+    into TSRAM than with 32-row blocks, and the product is the same."""
+    import math
+
+    import maiac
+    from maiac.runtime.memory import itemsize
+
+    m, k, n = 128, 768, 3072
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((k, n)) * 0.03).astype(np.float32)
+    model = _matmul_model(w, m)
+    compiled = maiac.compile(model)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
+
+    mms = [i for i in leaves(compiled.program.instructions) if i.kind == "matmul"]
+    assert {tuple(i.a.shape) for i in mms} == {(m, k)}, "all of M in each block"
+    into = [i for i in leaves(compiled.program.instructions)
+            if i.kind == "dma" and i.dst.level == "tsram"]
+    weights = [i for i in into if tuple(i.src.shape) != (m, k)]
+    acts = [i for i in into if tuple(i.src.shape) == (m, k)]
+    assert weights and acts
+    assert all(all(s for s in i.src.tile_strides) for i in weights)
+    assert all(not any(i.src.tile_strides) for i in acts)
+    moved = sum(math.prod(i.grid) * math.prod(i.dst.shape) * itemsize(i.dst.dtype)
+                for i in into)
+    tiles = math.prod(mms[0].grid)
+    rows_32 = 4 * k * (tiles // 4 * m + 4 * n)  # 32-row blocks on as many tiles
+    assert moved <= 0.75 * rows_32, (moved, rows_32)

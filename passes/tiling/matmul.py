@@ -141,9 +141,10 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
     else:
         ms = [d for d in divisors(m) if d % gm == 0 or d == m]
         ns = [d for d in divisors(n) if d % n_step == 0 and (d % gn == 0 or d == n)]
-    best: tuple[float, int, int, int, int] | None = None
+    found: list[tuple[float, float, int, int, int, int]] = []  # (cost, moved, bm, bn, bk, peel)
     for bm in ms:
         for bn in ns:
+            best: tuple[float, int, int, int, int] | None = None
             fixed = (outputs * align(bm * bn * 4) + align(bn * extra_row_bytes)
                      + align(bm * bn * block_bytes) + slack)
             split = split_jobs((batch, m // bm, n // bn), budget.n_tiles)
@@ -180,10 +181,55 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                         peel = 0
                 if best is None or cost < best[0] - 1e-15:
                     best = (cost, bm, bn, bk, peel)
-    if best is None and not ragged and (len(ms) < len(divisors(m))):
-        # nothing native-shaped fits: any divisor (the TTU pads the block)
-        best = _best_blocks_any(m, n, *args)
-    return best
+            if best is not None:
+                moved = _moved_bytes(batch, m, n, k, bm, bn, shape.a_src, shape.b_src)
+                found.append((best[0], moved, *best[1:]))
+    if not found:
+        if not ragged and (len(ms) < len(divisors(m))):
+            # nothing native-shaped fits: any divisor (the TTU pads the block)
+            return _best_blocks_any(m, n, *args)
+        return None
+    return _least_moved(found, m)
+
+
+# Candidates whose modeled time equals the fastest's (to rounding) are tied. The first
+# of them (the smallest blocks along M) stays the choice unless a weight-stationary one
+# (all of M in each block: every weight block read by one tile, the activation
+# broadcast) moves at most ``LESS_MOVED`` of its bytes into TSRAM. Assumed, not fitted:
+# what the cost model leaves out (NoC energy and contention, the machine model's own
+# copies) favours fewer bytes, but a marginal saving or a mere reshuffle of N blocks is
+# not worth a bigger activation block on the critical path after the previous op, which
+# the timing model's prefetch schedule does see.
+TIE = 1e-9
+LESS_MOVED = 0.75
+
+
+def _least_moved(found: list[tuple[float, float, int, int, int, int]], m: int
+                 ) -> tuple[float, int, int, int, int]:
+    """(cost, bm, bn, bk, peel) of the chosen candidate among ``(cost, moved bytes, bm,
+    bn, bk, peel)`` of a matmul of ``m`` rows (see ``LESS_MOVED``)."""
+    fastest = min(c[0] for c in found)
+    tied = [c for c in found if c[0] <= fastest * (1 + TIE)]
+    pick = tied[0]
+    stationary = [c for c in tied if c[2] == m]
+    if stationary:
+        least = min(stationary, key=lambda c: c[1])
+        if least[1] <= LESS_MOVED * pick[1]:
+            pick = least
+    cost, _, *blocks = pick
+    return (cost, *blocks)
+
+
+def _moved_bytes(batch: int, m: int, n: int, k: int, bm: int, bn: int, a_src: float,
+                 b_src: float) -> float:
+    """Bytes the K loops of all ``[bm, bn]`` jobs DMA into TSRAM: each job reads its whole
+    ``[bm, K]`` row block of ``a`` and ``[K, bn]`` column block of ``b`` (``b_src``: all
+    outputs' bytes per element), so ``a`` is read once per column block and ``b`` once
+    per row block. For M up to a few thousand rows, blocking all of M on each tile
+    (weight-stationary: each weight block read by one tile, the activation broadcast)
+    moves the fewest."""
+    rows, cols = -(-m // bm), -(-n // bn)
+    return batch * k * (cols * m * a_src + rows * n * b_src)
 
 
 def _peeled_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, budget: Budget

@@ -4,7 +4,8 @@ every output's bytes as the interpreter of the commit named in golden.json gives
 tests/runtime/test_interpreter_golden.py reruns the stored programs and asserts the same
 bytes, so a change to the interpreter's speed cannot change its numerics. The programs are
 stored (not recompiled) so that tiler changes do not move the reference.
-Usage: python tests/runtime/make_interpreter_golden.py   (from the repository root)
+Usage: python tests/runtime/make_interpreter_golden.py [CASE ...]   (from the repository root;
+       with cases, only those are rewritten and added)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,10 @@ def cases() -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarray], dict]]:
     rows = [("odd_shapes", odd, random_inputs(odd, {}, seed=0), {}),
             ("transformer_fp32", tfm, random_inputs(tfm, {}, seed=0), {}),
             ("llama_tiny_fp32", llama, random_inputs(llama, {}, seed=0), {})]
+    # weight-stationary matmuls (issue 12: all of M in each block, the activation
+    # broadcast, each weight block on one tile): the gated MLP's gate/up projection
+    ws = models.llama_decoder(models.LlamaConfig("llama-ws", 32, 1, 4, 2, 1024, 256), seq=128)
+    rows.append(("llama_weight_stationary_fp32", ws, random_inputs(ws, {}, seed=0), {}))
     for q in ("mxfp8", "mxfp4", "nvfp4", "bf16", "fp8"):
         rows.append((f"transformer_{q}", tfm, random_inputs(tfm, {}, seed=0), {"quant": q}))
     rows.append(("llama_tiny_mxfp4", llama, random_inputs(llama, {}, seed=0),
@@ -65,25 +71,43 @@ def digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def main() -> None:
+def entry(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], opts: dict
+          ) -> dict:
+    """Compile, store and run one case; its golden.json entry."""
+    compiled = maiac.compile(model, **opts)
+    path = OUT / f"{name}.maia"
+    compiled.save(path)
+    program = load_program(path)  # run exactly what the test will load
+    outs = run_program(program, feeds)
+    np.savez_compressed(OUT / f"{name}.inputs.npz", **feeds)
+    print(name, path.stat().st_size, {k: v.shape for k, v in outs.items()})
+    return {"options": {k: v for k, v in opts.items() if v},
+            "outputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape),
+                            "sha256": digest(v)} for k, v in outs.items()}}
+
+
+def main(argv: list[str]) -> None:
+    """All cases; with names, only those are (re)written and added to the index (their
+    entry records the commit that wrote them; the others keep theirs)."""
     OUT.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.strip()
-    index: dict[str, dict] = {}
-    for name, model, feeds, opts in cases():
-        compiled = maiac.compile(model, **opts)
-        path = OUT / f"{name}.maia"
-        compiled.save(path)
-        program = load_program(path)  # run exactly what the test will load
-        outs = run_program(program, feeds)
-        np.savez_compressed(OUT / f"{name}.inputs.npz", **feeds)
-        index[name] = {"options": {k: v for k, v in opts.items() if v},
-                       "outputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape),
-                                       "sha256": digest(v)} for k, v in outs.items()}}
-        print(name, path.stat().st_size, {k: v.shape for k, v in outs.items()})
+    if argv:
+        known = {row[0] for row in cases()}
+        unknown = sorted(set(argv) - known)
+        if unknown:
+            raise SystemExit(f"unknown case {unknown[0]!r} (cases: {', '.join(sorted(known))})")
+        index = json.loads((OUT / "golden.json").read_text())
+        for name, model, feeds, opts in cases():
+            if name in argv:
+                index["programs"][name] = {**entry(name, model, feeds, opts),
+                                           "interpreter_commit": commit}
+        (OUT / "golden.json").write_text(json.dumps(index, indent=1) + "\n")
+        return
+    programs = {name: entry(name, model, feeds, opts) for name, model, feeds, opts in cases()}
     (OUT / "golden.json").write_text(json.dumps(
-        {"interpreter_commit": commit, "programs": index}, indent=1) + "\n")
+        {"interpreter_commit": commit, "programs": programs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -3,6 +3,8 @@
 tests/data/interpreter_golden/ was written by make_interpreter_golden.py with the
 interpreter of the commit named in golden.json (before the speed work of issue 12); any
 change to how the interpreter batches or copies must reproduce those bytes exactly.
+A case added later (a new layout the tiler emits) names the commit that wrote it in its
+own entry.
 """
 
 from __future__ import annotations
