@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -67,8 +68,9 @@ def full_input_specs(program: Program) -> list[TensorSpec]:
 
 def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...],
               output: str | None, trace: str | None, seed: int, backend: str,
-              ray_address: str | None) -> bool:
-    """``maiac run`` on a group member: run the group (False: not a group)."""
+              ray_address: str | None, say: Callable[[str], None] = click.echo) -> bool:
+    """``maiac run`` on a group member: run the group (False: not a group); ``say``
+    prints its lines."""
     from maiac.cli_options import progress
     from maiac.inputs import random_inputs_for_specs
     from maiac.outputs import atomic_path
@@ -83,7 +85,7 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
     if inputs is None and not input_items:
         ranges = (first.meta or {}).get("input_ranges") or {}
         feeds = random_inputs_for_specs(group_input_specs(group), seed, ranges)
-        click.echo(f"no inputs given: using random inputs (seed {seed})")
+        say(f"no inputs given: using random inputs (seed {seed})")
     else:
         feeds = _read_inputs(inputs, input_items)
     n = group.total_chips if isinstance(group, PipelineGroup) else group.chips
@@ -91,18 +93,19 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
     t0 = time.perf_counter()
     outs = group.run(feeds, backend=backend, ray_address=ray_address)
     dt = time.perf_counter() - t0
-    click.echo(f"outputs ({dt:.3f} s on the machine model, {n} chips, {backend}):")
+    say(f"outputs ({dt:.3f} s on the machine model, {n} chips, {backend}):")
     for k, v in outs.items():
-        click.echo("  " + _summary(k, v))
+        say("  " + _summary(k, v))
     if output is not None:
         with atomic_path(output) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.asarray(v) for k, v in outs.items()})
-        click.echo(f"wrote {output}")
+        say(f"wrote {output}")
     if trace is not None:
-        with atomic_path(trace) as tmp:
+        with atomic_path(trace, "--trace", text=True) as tmp:
             group.write_trace(tmp)
-        click.echo(f"wrote {trace} (one process per chip)")
+        if trace != "-":
+            say(f"wrote {trace} (one process per chip)")
     return True
 
 
@@ -147,10 +150,13 @@ def format_pipeline(r: dict[str, Any]) -> str:
 
 
 def report_group(program_file: str, as_json: bool, html_out: str | None, top: int,
-                 trace: str | None = None, tokens_per_run: int | None = None) -> bool:
-    """``maiac report`` on a group member (False: not a group)."""
+                 trace: str | None = None, tokens_per_run: int | None = None,
+                 on_stdout: bool = False) -> bool:
+    """``maiac report`` on a group member (False: not a group); ``on_stdout``: an output
+    has stdout, so the text report goes to stderr."""
     from maiac.cli_options import progress
     from maiac.outputs import atomic_path, write_text_atomic
+    from maiac.report_cmd import wrote
     from maiac.report_view import annotate, format_report, render_html
     from maiac.runtime.memory_use import memory_use
 
@@ -166,19 +172,19 @@ def report_group(program_file: str, as_json: bool, html_out: str | None, top: in
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
-        click.echo(format_report(r, top) + (format_pipeline(r) if pipe else format_group(r)))
+        click.echo(format_report(r, top) + (format_pipeline(r) if pipe else format_group(r)),
+                   err=on_stdout)
     if html_out is not None:
         events = [{"engine": f"chip{rank}/{ev.engine}", "name": ev.name, "start_s": ev.start,
                    "dur_s": ev.dur, "kind": ev.kind} for rank, rep in enumerate(reports)
                   for ev in rep.events]
         memory = memory_use(group.programs[0], reports[0].events, reports[0].modeled_time_s)
         write_text_atomic(html_out, render_html(r, events, f"maiac report: {n} chips",
-                                                group.programs[0].target, memory))
-        if not as_json:
-            click.echo(f"wrote {html_out}")
+                                                group.programs[0].target, memory),
+                          "--html", (program_file,))
+        wrote(html_out, as_json, on_stdout)
     if trace is not None:
-        with atomic_path(trace, "--trace", (program_file,)) as tmp:
+        with atomic_path(trace, "--trace", (program_file,), text=True) as tmp:
             group.write_trace(tmp)
-        if not as_json:
-            click.echo(f"wrote {trace} (one process per chip)")
+        wrote(trace, as_json, on_stdout, " (one process per chip)")
     return True

@@ -29,7 +29,8 @@ EMITS = ("onnx", "maia", "tiled", "asm")
 @click.command("compile")
 @click.argument("model")
 @click.option("-o", "--output", metavar="OUT", default=None,
-              help="Output file: a .maia program, or the IR text with --emit.")
+              help="Output file: a .maia program, or the IR text with --emit (- or none: "
+                   "stdout).")
 @compile_options
 @click.option("--emit", type=click.Choice(EMITS), default=None,
               help="Print the IR at this stage instead of writing a program.")
@@ -87,8 +88,8 @@ def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[
     if emit is None and output is None:
         raise click.UsageError("missing -o OUT.maia (or use --emit to print IR)")
     inputs = (model, calib, *plugins)
-    if output is not None and output != "-":
-        check_output(output, "-o", inputs)  # before the compile, not after it
+    if output is not None:  # before the compile, not after it; IR text may go to stdout
+        check_output(output, "-o", inputs, text=emit is not None)
     load_plugins(plugins)
     if is_ir:
         compiled = _compile_ir(model, output, inputs, pipeline, weights, shape_only,

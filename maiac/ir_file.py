@@ -157,6 +157,8 @@ def write_weights(module: builtin.ModuleOp, folder: str, ir_output: str | None) 
         raise MaiacError(f"--emit-weights {folder}: weight {absent[0]!r} has no data (a "
                          f"shape-only compile has none to write)")
     dest = Path(folder)
+    if folder == "-":
+        raise MaiacError("--emit-weights -: the weights are a folder of files, not stdout")
     if dest.exists() and not dest.is_dir():
         raise MaiacError(f"--emit-weights {folder}: exists and is not a directory")
     dest.mkdir(parents=True, exist_ok=True)

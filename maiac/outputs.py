@@ -4,7 +4,9 @@
 nothing, the work may cost minutes): the output must not be one of the command's inputs
 (``-o model.onnx`` would destroy the model), must not be a directory, device or other
 non-regular file (never replaced, even as root), and its folder must exist and be
-writable. ``atomic_path`` then writes through a temporary file in that folder, given the
+writable. ``-`` names stdout for a text output (an IR, a trace, an HTML page: ``text=True``)
+and is refused for a binary one (.maia, .npz); ``stdout_claimed`` lets one output at a time
+have stdout. ``atomic_path`` then writes through a temporary file in that folder, given the
 mode a new file gets under the user's umask (or the mode of the file it replaces), and
 moved into place only when the whole write succeeded; on any failure, SIGINT or SIGTERM
 (maiac/cli_errors.py) the temporary file is removed, so nothing half-written is left.
@@ -16,6 +18,7 @@ import contextlib
 import os
 import signal
 import stat
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -31,9 +34,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+STDOUT = "-"
+
+
 def check_output(path: str | os.PathLike[str], option: str = "-o",
-                 inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Path:
-    """``path`` if maiac may write it (see the module docstring), else a ``MaiacError``."""
+                 inputs: Iterable[str | os.PathLike[str] | None] = (), *,
+                 text: bool = False) -> Path:
+    """``path`` if maiac may write it (see the module docstring), else a ``MaiacError``.
+    ``text``: the output is text, so ``-`` (stdout) is allowed."""
+    if str(path) == STDOUT:
+        if not text:
+            raise MaiacError(f"{option} -: this output is binary, not text for stdout; "
+                             f"name a file")
+        return Path(STDOUT)
     dest = Path(path)
     for src in inputs:
         if src is not None and str(src) != "-" and _same_file(dest, Path(src)):
@@ -74,15 +87,32 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 @contextlib.contextmanager
 def _stop_signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM wait (blocked, pending) until the block ends; main thread only."""
+    """SIGINT/SIGTERM wait until the block ends; main thread only.
+
+    Blocking them in this thread is not enough: the kernel then delivers them to another
+    thread (a BLAS pool's), whose C-level handler still makes this thread run the Python
+    handler at its next bytecode. So the Python handlers are swapped, for the block, for
+    one that only notes the signal; the noted ones go to the real handlers at its end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    noted: list[int] = []
+    swapped = {}
+    for signum in _STOP_SIGNALS:
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            swapped[signum] = handler
+            signal.signal(signum, lambda sig, _frame: noted.append(sig))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # pending ones are noted now
+        for signum, handler in swapped.items():
+            signal.signal(signum, handler)
+        for signum in noted:
+            if signum in swapped:
+                swapped[signum](signum, None)
 
 
 def _create_temporary(dest: Path, parent: Path, option: str) -> str:
@@ -95,11 +125,50 @@ def _create_temporary(dest: Path, parent: Path, option: str) -> str:
     return tmp
 
 
+def stdout_claimed(outputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
+                   prints: str | None = None) -> bool:
+    """Whether one of the ``(option, path)`` outputs is stdout (``-``); the command then
+    prints its own lines on stderr. Two outputs on stdout, or one beside an option that
+    prints on stdout itself (``prints``, e.g. ``--json``), are an error."""
+    claims = [option for option, path in outputs if path is not None and str(path) == STDOUT]
+    if prints is not None:
+        claims.append(prints)
+    if len(claims) > 1:
+        raise MaiacError(f"{claims[0]} - and {claims[1]} would both print on stdout: send "
+                         f"{claims[0]} to a file")
+    return bool(claims) and claims[0] != prints
+
+
+@contextlib.contextmanager
+def _stdout_path() -> Iterator[str]:
+    """A temporary file, copied to stdout when the block ends well (the writers take paths)."""
+    import shutil
+
+    fd, tmp = tempfile.mkstemp(prefix=".maiac-stdout.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        sys.stdout.flush()  # what the command printed before comes first
+        out = sys.stdout.buffer
+        with open(tmp, "rb") as fh:
+            shutil.copyfileobj(fh, out)
+        out.flush()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], option: str = "-o",
-                inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; move it into place only on success."""
-    dest = check_output(path, option, inputs)
+                inputs: Iterable[str | os.PathLike[str] | None] = (), *,
+                text: bool = False) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; move it into place only on success.
+    ``text``: ``-`` is stdout (the temporary file is copied there on success)."""
+    dest = check_output(path, option, inputs, text=text)
+    if str(dest) == STDOUT:
+        with _stdout_path() as tmp:
+            yield tmp
+        return
     parent = dest.parent if str(dest.parent) else Path(".")
     tmp: str | None = None
     try:
@@ -122,6 +191,6 @@ def atomic_path(path: str | os.PathLike[str], option: str = "-o",
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, option: str = "-o",
                       inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path, option, inputs) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    """Write ``text`` to ``path`` atomically (``-``: to stdout)."""
+    with atomic_path(path, option, inputs, text=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from maiac.cli_options import check_target, parse_kv, progress
-from maiac.outputs import atomic_path
+from maiac.outputs import check_output, stdout_claimed, write_text_atomic
 from maiac.perf import PAPER, PRESETS, PerfOptions, sweep
 from maiac.runtime.errors import MaiacError
 
@@ -176,7 +176,7 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--target-param", metavar="KEY=VALUE", multiple=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
 @click.option("--html", "html_out", metavar="OUT.html", default=None,
-              help="Write a self-contained page with plots.")
+              help="Write a self-contained page with plots (- : stdout).")
 def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, quant: str,
              kv_cache: str, layers: str, chips_text: str, kv_update: str, pp_text: str,
              micro_batches: int | None, price_per_hour: float | None,
@@ -189,6 +189,9 @@ def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, qu
 
     params = parse_kv(target_param, "--target-param")
     check_target(target, params)
+    if html_out is not None:  # before the sweep: a bad path costs nothing
+        check_output(html_out, "--html", (model,), text=True)
+    on_stdout = stdout_claimed((("--html", html_out),), "--json" if as_json else None)
     if preset == "paper":
         model = model or PAPER["model"]
         batch_list, context_list = list(PAPER["batch"]), [PAPER["context"]]
@@ -220,9 +223,8 @@ def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, qu
                            "ratio": modeled / PAPER["published_tokens_per_s"]}
     if html_out:
         page = render_html(result)
-        with atomic_path(html_out) as tmp, open(tmp, "w") as f:
-            f.write(page)
+        write_text_atomic(html_out, page, "--html", (model,))
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    else:
-        click.echo(format_table(result))
+    else:  # on stderr when the page has stdout
+        click.echo(format_table(result), err=on_stdout)

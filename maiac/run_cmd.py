@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from maiac.cli_options import existing_file, max_memory_option, progress
-from maiac.outputs import atomic_path, check_output
+from maiac.outputs import STDOUT, atomic_path, check_output, stdout_claimed
 from maiac.report_view import _report_json, _time
 from maiac.runtime.errors import MaiacError
 
@@ -87,7 +87,7 @@ def _summary(name: str, a: np.ndarray) -> str:
               help="One input array (repeatable; overrides --inputs).")
 @click.option("-o", "--output", metavar="OUT.npz", default=None, help="Write the outputs here.")
 @click.option("--trace", metavar="TRACE.json", default=None,
-              help="Write a Chrome/Perfetto trace of the modeled timeline.")
+              help="Write a Chrome/Perfetto trace of the modeled timeline (- : stdout).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed for random inputs.")
 @max_memory_option
@@ -103,18 +103,21 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             output: str | None, trace: str | None, seed: int, backend: str,
             ray_address: str | None, as_json: bool) -> None:
     """Run a compiled program on the machine model (random seeded inputs if none given)."""
-    say = (lambda _line: None) if as_json else click.echo
     existing_file(program_file, "program file")
     sources = (program_file, inputs, *(i.partition("=")[2] for i in input_items))
     for opt, path in (("-o", output), ("--trace", trace)):
-        if path is not None:
-            check_output(path, opt, sources)  # before the run: a bad path costs nothing
+        if path is not None:  # before the run: a bad path costs nothing
+            check_output(path, opt, sources, text=opt == "--trace")  # .npz: not stdout
+    on_stdout = stdout_claimed((("--trace", trace),), "--json" if as_json else None)
+    say = (lambda _line: None) if as_json else \
+        (lambda line: click.echo(line, err=on_stdout))  # stderr when the trace has stdout
     if output is not None and trace is not None and Path(output).resolve() == \
             Path(trace).resolve():
         raise MaiacError(f"-o and --trace name the same file {output}")
     from maiac.chips_cli import run_group
 
-    if run_group(program_file, inputs, input_items, output, trace, seed, backend, ray_address):
+    if run_group(program_file, inputs, input_items, output, trace, seed, backend, ray_address,
+                 say):
         return
     from maiac import progress as live_progress
     from maiac.inputs import random_inputs_for_specs
@@ -155,11 +158,11 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             from maiac.runtime.trace import write_chrome_trace
 
             rep = simulate(program)
-            tmp = stack.enter_context(atomic_path(trace, "--trace", sources))
+            tmp = stack.enter_context(atomic_path(trace, "--trace", sources, text=True))
             write_chrome_trace(rep, tmp)
             modeled = _report_json(rep)["modeled_time_s"]
             written.append(trace)
-    for path in written:
+    for path in (p for p in written if p != STDOUT):
         say(f"wrote {path}" + (f" (modeled time {_time(modeled)})" if path == trace else ""))
     if as_json:
         click.echo(json.dumps({
