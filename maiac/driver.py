@@ -231,12 +231,15 @@ def compile_module(model: str | Path | onnx.ModelProto | OnnxModel, *, quant: st
 @dataclass
 class StageIR:
     """A module compiled up to an ``--emit`` stage, with what compiling it further needs:
-    ``rest``, the pipeline still to run (None when the pipeline is not a string), and
-    ``meta``, the program metadata ``compile`` would give it."""
+    ``rest``, the pipeline still to run (None when the pipeline is not a string),
+    ``meta``, the program metadata ``compile`` would give it, and ``decoder``, the
+    decoder properties ``compile`` adds after emitting (in that order, so the manifests
+    are the same bytes)."""
 
     module: builtin.ModuleOp
     rest: str | None
     meta: dict[str, Any]
+    decoder: dict[str, Any] = field(default_factory=dict)
 
 
 def compile_to_stage(model: str | Path | onnx.ModelProto, *, emit: str,
@@ -272,11 +275,12 @@ def compile_to_stage(model: str | Path | onnx.ModelProto, *, emit: str,
         rest = ",".join(str(spec) for spec in list(parse_specs(text))[len(passes):])
     meta = program_meta(model, model_default_quant(module, quant) if pipeline is None
                         else quant)
+    decoder: dict[str, Any] = {}
     if "mode" not in meta:  # a KV-cache decoder from its graph, as compile() finds it
         from maiac.decoder_props import decoder_props
 
-        meta.update(decoder_props(model.proto, _main_input_shapes(module)))
-    return StageIR(module, rest, meta)
+        decoder = decoder_props(model.proto, _main_input_shapes(module))
+    return StageIR(module, rest, meta, decoder)
 
 
 def _main_input_shapes(module: builtin.ModuleOp) -> dict[str, tuple[int, ...]]:

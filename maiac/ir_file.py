@@ -87,10 +87,11 @@ def module_text(module: builtin.ModuleOp) -> str:
 
 def stage_text(stage: Any, emit: str) -> str:
     """The IR of a ``driver.StageIR``, recording in ``maia.emitted`` how to go on."""
-    info = {"stage": emit, "meta": stage.meta}
+    info = {"stage": emit, "meta": stage.meta, "decoder": stage.decoder}
     if stage.rest is not None:
         info["rest"] = stage.rest
-    stage.module.attributes[EMITTED_ATTR] = StringAttr(json.dumps(info, sort_keys=True))
+    # key order kept (json keeps it): the program's manifest is the same bytes
+    stage.module.attributes[EMITTED_ATTR] = StringAttr(json.dumps(info))
     return module_text(stage.module)
 
 
@@ -104,6 +105,7 @@ def emitted_info(module: builtin.ModuleOp, file: str) -> dict[str, Any]:
     except ValueError:
         info = None
     if not isinstance(info, dict) or not isinstance(info.get("meta", {}), dict) \
+            or not isinstance(info.get("decoder", {}), dict) \
             or not isinstance(info.get("rest", ""), str):
         raise MaiacError(f"{file}: attribute {EMITTED_ATTR} is not the JSON object "
                          f"`maiac compile --emit` writes")
@@ -363,4 +365,6 @@ def compile_ir(file: str, *, pipeline: str | None = None, weights: str | None = 
     meta = dict(info.get("meta") or {"model": file})
     with progress.step("emit"):
         program = emit_program(module, meta, shape_only=shape_only)
+    if "mode" not in program.meta:
+        program.meta.update(info.get("decoder") or {})
     return CompiledModel(program, time.perf_counter() - start, log)

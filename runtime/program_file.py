@@ -57,6 +57,14 @@ def _spec_json(s: TensorSpec) -> dict[str, Any]:
     return {"name": s.name, "dtype": s.dtype, "shape": list(s.shape), "buffer": s.buffer}
 
 
+def _member(name: str, compress_type: int = zipfile.ZIP_STORED) -> zipfile.ZipInfo:
+    """A zip member with a fixed timestamp: the same program is the same bytes."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = compress_type
+    info.external_attr = 0o600 << 16
+    return info
+
+
 def save_program(program: Program, path: str | os.PathLike[str]) -> None:
     """Write ``program`` as a `.maia` zip, atomically (a temp file replaced into place)."""
     path = Path(path)
@@ -76,9 +84,10 @@ def save_program(program: Program, path: str | os.PathLike[str]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", allowZip64=True) as zf:
-            zf.writestr(MANIFEST, manifest, compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(_member(MANIFEST, zipfile.ZIP_DEFLATED), manifest)
             for blob, view in zip(blobs, datas, strict=True):
-                with zf.open(blob["blob"], "w", force_zip64=view.nbytes > 2**31) as out:
+                with zf.open(_member(blob["blob"]), "w",
+                             force_zip64=view.nbytes > 2**31) as out:
                     out.write(view)
         os.replace(tmp, path)
     except BaseException:
