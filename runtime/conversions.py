@@ -10,13 +10,10 @@ machine's gather, which names the op and the table size.
 
 from __future__ import annotations
 
-from typing import Any
-
 import ml_dtypes
 import numpy as np
 
 from maiac.runtime.errors import MaiacError
-from maiac.runtime.memory import np_dtype
 
 
 def _limits(dt: np.dtype) -> tuple[float, float]:
@@ -61,23 +58,3 @@ def convert_input(name: str, arr: np.ndarray, want: np.dtype, want_name: str) ->
         raise MaiacError(f"input {name!r} has dtype {src} which does not convert "
                          f"losslessly to {want_name}")
     return conv
-
-
-def check_inputs(program: Any, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Inputs converted to their spec dtype; MaiacError naming a missing/bad input."""
-    expected = {s.name: s for s in program.inputs}
-    unknown = sorted(set(inputs) - set(expected))
-    if unknown:
-        raise MaiacError(f"unknown input {unknown[0]!r}; the program takes "
-                         f"{', '.join(expected) or 'no inputs'}")
-    out = {}
-    for name, spec in expected.items():
-        want = f"shape {list(spec.shape)} dtype {spec.dtype}"
-        if name not in inputs:
-            raise MaiacError(f"missing input {name!r} ({want})")
-        arr = np.asarray(inputs[name])
-        if tuple(arr.shape) != tuple(spec.shape):
-            raise MaiacError(f"input {name!r} has shape {list(arr.shape)}, expected {want}")
-        arr = convert_input(name, arr, np_dtype(spec.dtype), spec.dtype)
-        out[name] = np.ascontiguousarray(arr)
-    return out

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from maiac.runtime import isa
-from maiac.runtime.conversions import check_inputs
+from maiac.runtime.conversions import convert_input
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
 from maiac.runtime.interpreter_dma import (
@@ -38,7 +38,6 @@ from maiac.runtime.interpreter_dma import (
     grid_index,
     may_self_overlap,
     row_indices,
-    views_once,
 )
 from maiac.runtime.interpreter_fns import (
     DEDUPE_FNS,
@@ -290,14 +289,9 @@ class _Machine:
             pairs = broadcast_copies(dst, src, len(trips), instr, grid)
             if pairs is not None:
                 if dma_splitter(instr, dst, len(trips), len(grid)) is None:
-                    if bound := views_once(trips, pairs):
-                        def step(it: tuple[int, ...]) -> None:
-                            for d, s_ in bound:
-                                np.copyto(d, s_)
-                    else:
-                        def step(it: tuple[int, ...]) -> None:
-                            for d, s_ in pairs:
-                                np.copyto(d[it], s_[it])
+                    def step(it: tuple[int, ...]) -> None:
+                        for d, s_ in pairs:
+                            np.copyto(d[it], s_[it])
                     return step
                 # large: each copy split over the workers along a grid axis (chunks write
                 # disjoint tiles; the tile-to-tile copies read tiles none of them writes)
@@ -416,14 +410,8 @@ class _Machine:
             return step
 
         if c.size * 2 * instr.logical_ab()[0][-1] < MIN_SPLIT_FLOPS:
-            if bound := views_once(trips, [(a, b, c)]):
-                args = bound[0]
-
-                def step(it: tuple[int, ...]) -> None:
-                    fn(*args)
-            else:
-                def step(it: tuple[int, ...]) -> None:
-                    fn(a[it], b[it], c[it])
+            def step(it: tuple[int, ...]) -> None:
+                fn(a[it], b[it], c[it])
             return step
 
         def step(it: tuple[int, ...]) -> None:
@@ -545,11 +533,6 @@ class _Machine:
                 if same is not None:
                     xs = [x[same] for x in xs]
                 run_split(compute, [out[it], *xs], split(xs[0], it))
-        elif bound := views_once(trips, [(out, *ins)]):
-            (o, *xs), = bound
-
-            def step(it: tuple[int, ...]) -> None:
-                store(o, fn(*[c(v) for v, c in zip(xs, casts, strict=True)], attrs))
         elif len(ins) == 1:
             (x,), (cx,) = ins, casts
 
@@ -576,6 +559,26 @@ def _machine(program: Program) -> _Machine:
     return cache["machine"]
 
 
+def _check_inputs(program: Program, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inputs converted to their spec dtype; MaiacError naming a missing/bad input."""
+    expected = {s.name: s for s in program.inputs}
+    unknown = sorted(set(inputs) - set(expected))
+    if unknown:
+        raise MaiacError(f"unknown input {unknown[0]!r}; the program takes "
+                         f"{', '.join(expected) or 'no inputs'}")
+    out = {}
+    for name, spec in expected.items():
+        want = f"shape {list(spec.shape)} dtype {spec.dtype}"
+        if name not in inputs:
+            raise MaiacError(f"missing input {name!r} ({want})")
+        arr = np.asarray(inputs[name])
+        if tuple(arr.shape) != tuple(spec.shape):
+            raise MaiacError(f"input {name!r} has shape {list(arr.shape)}, expected {want}")
+        arr = convert_input(name, arr, np_dtype(spec.dtype), spec.dtype)
+        out[name] = np.ascontiguousarray(arr)
+    return out
+
+
 def run_program(program: Program, inputs: dict[str, np.ndarray], *,
                 trace: str | os.PathLike[str] | list[dict[str, Any]] | None = None,
                 stats: dict[str, Any] | None = None,
@@ -589,7 +592,7 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
     ``on_step(done, total)``: called after each top-level instruction (progress bars).
     """
     machine = _machine(program)
-    arrays = check_inputs(program, inputs)
+    arrays = _check_inputs(program, inputs)
     machine.reset()
     for spec in program.inputs:
         b = program.buffer(spec.buffer)

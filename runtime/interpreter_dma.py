@@ -1,7 +1,6 @@
 """DMA copy helpers of the interpreter (runtime/interpreter.py): strided views fused into
-wide rows (one memcpy per row), broadcast DMAs done once and copied tile to tile, how a
-DMA into TSRAM is split over the host's workers, the checked row indices of a Gather or
-Scatter, and the views of an instruction that runs once, made once (`views_once`)."""
+wide rows (one memcpy per row), broadcast DMAs done once and copied tile to tile, and how a
+DMA into TSRAM is split over the host's workers."""
 
 from __future__ import annotations
 
@@ -141,14 +140,3 @@ def row_indices(indices: np.ndarray, rows: int, what: str) -> np.ndarray:
         bad = ix[(ix < 0) | (ix >= rows)].flat[0]
         raise MachineError(f"{what} index out of range: {bad} (table has {rows} rows)")
     return ix
-
-
-def views_once(trips: tuple[int, ...], groups: list[tuple[np.ndarray, ...]]
-             ) -> list[tuple[np.ndarray, ...]] | None:
-    """The views of ``groups`` at iteration 0, made once, if that is the only iteration
-    (top level, or loops of one trip each), else None: indexing a view by the run's
-    iteration makes a new array object per call, a quarter of a small copy's cost."""
-    if math.prod(trips) != 1:
-        return None
-    z = (0,) * len(trips)
-    return [tuple(v[z] for v in g) for g in groups]

@@ -100,12 +100,12 @@ class ChipRunner:
         """Load ``inputs`` (the whole tensors: this chip takes its slice); ``resident``
         inputs are already in this chip's memory (its slice of a KV cache kept between
         runs, runtime/session.py's tensor_view) and are not written."""
-        from maiac.runtime.conversions import check_inputs
+        from maiac.runtime.interpreter import _check_inputs
         from maiac.runtime.session import tensor_view
 
         feeds = local_inputs(self.program, inputs)
         feeds.update({n: tensor_view(self.program, self.machine, n) for n in resident})
-        arrays = check_inputs(self.program, feeds)
+        arrays = _check_inputs(self.program, feeds)
         self.machine.reset()
         for spec in self.program.inputs:
             if spec.name not in resident:

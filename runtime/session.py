@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from maiac.runtime.conversions import check_inputs
 from maiac.runtime.errors import MachineError, MaiacError
-from maiac.runtime.interpreter import _machine
+from maiac.runtime.interpreter import _check_inputs, _machine
 from maiac.runtime.memory import np_dtype
 from maiac.runtime.parallel import single_threaded_blas
 from maiac.runtime.program import Program, TensorSpec
@@ -67,7 +66,7 @@ class Session:
         feeds = dict(inputs)
         for name in self.resident:  # validated as already in place
             feeds[name] = self.tensor(name)
-        arrays = check_inputs(self.program, feeds)
+        arrays = _check_inputs(self.program, feeds)
         m = self.machine
         m.reset()
         for spec in self.program.inputs:
