@@ -44,7 +44,8 @@ def test_report_trace_of_a_shape_only_program(shape_only_llama: Path, tmp_path: 
             assert a["iterations"] > 0 and a["loop_flops"] >= 0
         else:
             assert {"instr", "bytes", "hbm_bytes", "flops", "format"} <= a.keys()
-            assert a["format"], ev
+            # a Sync barrier (runtime/barriers.py: waits past the 2-wait limit) moves no data
+            assert a["format"] or (ev["cat"] == "sync" and a["bytes"] == 0), ev
     matmuls = [ev for ev in busy if ev["cat"] == "matmul"]
     assert matmuls and all(ev["args"]["flops"] > 0 and ev["args"]["bytes"] > 0
                            for ev in matmuls)
