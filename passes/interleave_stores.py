@@ -86,6 +86,8 @@ def interleave_block(ops: list[Operation], scratch: set[str]) -> int:
         if nxt is None:
             continue
         loop = ops[nxt]
+        if loop.parent_block() is not store.parent_block():
+            continue  # an earlier store of this block already split that loop
         trips = list(maia.attr(loop, "trips"))
         if len(trips) != 1 or trips[0] < 2:
             continue
