@@ -35,7 +35,28 @@ def test_index_lists_every_document() -> None:
 
 # ------------------------------------------------------------------ commands in the docs
 
-SHELL_BLOCK = re.compile(r"```(?:sh|bash|console|shell)\n(.*?)```", re.S)
+SHELL_LANGS = ("", "sh", "bash", "console", "shell")  # a bare ``` block of commands too
+FENCE = re.compile(r"```(\S*)\s*")
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The bodies of the fenced shell (or bare) code blocks of a Markdown text."""
+    blocks, lang, body = [], None, []
+    for line in text.splitlines():
+        fence = FENCE.fullmatch(line)
+        if fence and lang is None:
+            lang, body = fence.group(1), []
+        elif fence and not fence.group(1):
+            if lang in SHELL_LANGS:
+                blocks.append("\n".join(body) + "\n")
+            lang = None
+        elif lang is not None:
+            body.append(line)
+    return blocks
+
+
+# docs/cli.md is generated from --help: its blocks are usage synopses, not commands
+COMMAND_DOCS = [ROOT / "README.md", *sorted(d for d in DOCS.glob("*.md") if d.name != "cli.md")]
 
 
 def doc_commands() -> list[tuple[str, list[str]]]:
@@ -45,8 +66,8 @@ def doc_commands() -> list[tuple[str, list[str]]]:
     import shlex
 
     out = []
-    for doc in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
-        for block in SHELL_BLOCK.findall(doc.read_text()):
+    for doc in COMMAND_DOCS:
+        for block in shell_blocks(doc.read_text()):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.strip().removeprefix("$ ")
                 if not line.startswith("maiac "):
