@@ -1,7 +1,7 @@
 """Every ``maiac`` command in README.md and docs/*.md runs, in the order its document gives
 it, in a folder where the files the reader is assumed to have are fixtures: ``model.onnx``
 (maiac.models' 2-layer Llama, its input_ids dims made symbolic: batch, sequence), ``in.npz`` / ``ids.npy``
-(its inputs), ``decoder.onnx`` (a KV-cache decoder), ``my_passes.py`` (a plugin with the
+(its inputs), ``out.npz`` (onnxruntime's outputs on them), ``decoder.onnx`` (a KV-cache decoder), ``my_passes.py`` (a plugin with the
 ``my-pass`` the README names), ``input.mlir``; the repository's folders are linked in, so
 ``tests/data/...`` and ``examples/...`` resolve. ``python -c`` lines (how a document makes
 its model) run too. Figures a command's comment quotes (``tokens/s 170``, ``TPOT 107 us``)
@@ -87,6 +87,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(work / "in.npz", input_ids=ids)
     np.save(work / "ids.npy", ids)
     np.savez(work / "calib.npz", input_ids=np.stack([ids, ids[:, ::-1]]))  # 2 samples
+    # stored reference outputs (verify --reference): onnxruntime's, as a reader keeps them
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    np.savez(work / "out.npz", **dict(zip(names, sess.run(names, {"input_ids": ids}),
+                                          strict=True)))
     (work / "my_passes.py").write_text(MY_PASSES)
     return work
 
@@ -136,16 +143,8 @@ def _is_slow(argv: list[str]) -> bool:
     return any(k in " ".join(argv) for k in SLOW)
 
 
-# run by default (about a minute together); the others take minutes (Ray, generation
-# sweeps, many model compiles) and run with MAIAC_SLOW_DOCS=1
-DEFAULT_DOCS = ("README.md", "formats.md", "machine.md", "pass-authors.md")
-
-
 def _cases() -> list[Any]:
-    slow_docs = pytest.mark.skipif(not os.environ.get("MAIAC_SLOW_DOCS"),
-                                   reason="minutes on 2 cores: MAIAC_SLOW_DOCS=1 runs it")
-    return [pytest.param(doc, lines, id=doc.name,
-                         marks=[] if doc.name in DEFAULT_DOCS else [pytest.mark.slow, slow_docs])
+    return [pytest.param(doc, lines, id=doc.name)
             for doc in DOC_FILES if (lines := doc_lines(doc))]
 
 
