@@ -17,6 +17,7 @@ import numpy as np
 
 from maiac.chips import ChipGroup, load_group
 from maiac.pipeline import PipelineGroup, load_pipeline
+from maiac.run_result import RunResult
 from maiac.runtime.program import Program, TensorSpec
 
 
@@ -68,19 +69,20 @@ def full_input_specs(program: Program) -> list[TensorSpec]:
 
 def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...],
               output: str | None, trace: str | None, seed: int, backend: str,
-              ray_address: str | None, say: Callable[[str], None] = click.echo) -> bool:
-    """``maiac run`` on a group member: run the group (False: not a group); ``say``
+              ray_address: str | None, say: Callable[[str], None] = click.echo
+              ) -> RunResult | None:
+    """``maiac run`` on a group member: run the group (None: not a group); ``say``
     prints its lines."""
     from maiac.cli_options import progress
     from maiac.inputs import random_inputs_for_specs
-    from maiac.outputs import atomic_path
+    from maiac.outputs import STDOUT, atomic_path
     from maiac.run_cmd import _read_inputs, _summary
 
     group = load_any_group(program_file)
     if group is None:
         if backend != "local":
             raise click.UsageError("--backend ray runs the programs of `compile --chips N` or `--pp P`")
-        return False
+        return None
     first = group.programs[0]
     if inputs is None and not input_items:
         ranges = (first.meta or {}).get("input_ranges") or {}
@@ -96,17 +98,20 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
     say(f"outputs ({dt:.3f} s on the machine model, {n} chips, {backend}):")
     for k, v in outs.items():
         say("  " + _summary(k, v))
+    written = []
     if output is not None:
         with atomic_path(output) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.asarray(v) for k, v in outs.items()})
         say(f"wrote {output}")
+        written.append(output)
     if trace is not None:
         with atomic_path(trace, "--trace", text=True) as tmp:
             group.write_trace(tmp)
-        if trace != "-":
+        if trace != STDOUT:
             say(f"wrote {trace} (one process per chip)")
-    return True
+        written.append(trace)
+    return RunResult(feeds, outs, dt, written, {"chips": n, "backend": backend})
 
 
 def format_group(r: dict[str, Any]) -> str:

@@ -144,6 +144,21 @@ def max_memory_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "MAIAC_MAX_MEMORY, else half the RAM, at most 8 GiB).")(f)
 
 
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:  # never un-quiets a `maiac --quiet` given before the command
+        from maiac import progress as live
+
+        live.set_quiet(True)
+
+
+def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--quiet/-q`` on a long-running command: as ``maiac --quiet``, no progress."""
+    return click.option("--quiet", "-q", is_flag=True, expose_value=False,
+                        callback=_set_quiet,
+                        help="No progress on stderr (as `maiac --quiet`; none without a "
+                             "terminal).")(f)
+
+
 def plugin_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--load-pass-plugin FILE.py`` (repeatable): passes registered by a user's module."""
     return click.option("--load-pass-plugin", "plugins", metavar="FILE.py", multiple=True,

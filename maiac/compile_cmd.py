@@ -18,6 +18,7 @@ from maiac.cli_options import (
     load_plugins,
     plugin_option,
     progress,
+    quiet_option,
 )
 from maiac.outputs import atomic_path, check_output, write_text_atomic
 from maiac.runtime.errors import MaiacError
@@ -62,6 +63,7 @@ EMITS = ("onnx", "maia", "tiled", "asm")
               help="Print what was written (inputs, outputs, weights, instructions, time per "
                    "pass) as JSON.")
 @plugin_option
+@quiet_option
 def compile_cmd(model: str, output: str | None, quant: str | None, shape: tuple[str, ...],
                 target: str, target_param: tuple[str, ...], pipeline: str | None,
                 calib: str | None, emit: str | None, emit_weights: str | None,

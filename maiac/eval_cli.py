@@ -10,7 +10,7 @@ import click
 import numpy as np
 import onnx
 
-from maiac.cli_options import check_target, existing_file, parse_kv
+from maiac.cli_options import check_target, existing_file, parse_kv, progress, quiet_option
 from maiac.generate_cli import load_tokenizer
 from maiac.runtime.errors import MaiacError
 
@@ -67,10 +67,10 @@ def encoder_feeds(proto: onnx.ModelProto, tokenizer: Any, sentences: list[str]
 @click.option("--target", default="maia200", show_default=True)
 @click.option("--target-param", "target_param", metavar="KEY=VALUE", multiple=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@quiet_option
 def eval_cmd(model: str, text_path: str, tokenizer: str, quants: str, task: str, seq: int,
              max_windows: int | None, target: str, target_param: tuple[str, ...],
-             as_json: bool, quiet: bool) -> None:
+             as_json: bool) -> None:
     """Accuracy as users measure it: perplexity per format of a decoder on a text, or
     an encoder's embedding agreement with fp32 (cosine, nearest-neighbour retrieval)."""
     from maiac import eval as ev
@@ -84,7 +84,6 @@ def eval_cmd(model: str, text_path: str, tokenizer: str, quants: str, task: str,
     specs = [s.strip() for s in (quants.split(";") if ";" in quants else quants.split(","))]
     specs = [s for s in specs if s]
     proto = open_model(model).proto
-    progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     kind = _task(proto, task)
     options = {"target": target, "target_params": params}
     if kind == "lm":

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from maiac.cli_options import check_target, existing_file, parse_kv
+from maiac.cli_options import check_target, existing_file, parse_kv, quiet_option
 from maiac.kv_cache import KV_DTYPES
 from maiac.runtime.errors import MaiacError
 
@@ -86,6 +86,7 @@ class _Stream:
 @click.option("--chips", type=click.IntRange(1), default=1, show_default=True,
               help="Tensor parallelism over N chips (KV cache split by KV heads; docs/chips.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
+@quiet_option
 def generate_cmd(model: str, prompt_ids: str | None, prompt: str | None, tokenizer: str | None,
                  max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
                  eos_token_id: int | None, quant: str | None, kv_cache: str,

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from maiac.cli_options import check_target, parse_kv, progress
+from maiac.cli_options import check_target, parse_kv, progress, quiet_option
 from maiac.outputs import check_output, stdout_claimed, write_text_atomic
 from maiac.perf import PAPER, PRESETS, PerfOptions, sweep
 from maiac.runtime.errors import MaiacError
@@ -177,6 +177,7 @@ def render_html(result: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
 @click.option("--html", "html_out", metavar="OUT.html", default=None,
               help="Write a self-contained page with plots (- : stdout).")
+@quiet_option
 def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, quant: str,
              kv_cache: str, layers: str, chips_text: str, kv_update: str, pp_text: str,
              micro_batches: int | None, price_per_hour: float | None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from maiac.cli_options import existing_file, max_memory_option, progress
+from maiac.cli_options import existing_file, max_memory_option, progress, quiet_option
 from maiac.outputs import STDOUT, check_output, stdout_claimed, write_text_atomic
 from maiac.report_view import _report_json, _timeline, annotate, format_report, render_html
 from maiac.runtime.errors import MaiacError
@@ -29,6 +29,7 @@ from maiac.runtime.errors import MaiacError
               help="Tokens one run produces, for tokens/s (default: from the graph when it "
                    "is a KV-cache decoder: batch for a decode step, batch x seq for a prefill).")
 @max_memory_option
+@quiet_option
 def report_cmd(program_file: str, as_json: bool, html_out: str | None, top: int,
                trace: str | None, tokens_per_run: int | None) -> None:
     """Model the time of a compiled program: roofline fraction, memory, per-engine, per-op."""

@@ -6,15 +6,17 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from maiac.cli_options import existing_file, max_memory_option, progress
+from maiac.cli_options import existing_file, max_memory_option, progress, quiet_option
 from maiac.outputs import STDOUT, atomic_path, check_output, stdout_claimed
 from maiac.report_view import _report_json, _time
+from maiac.run_result import RunResult
 from maiac.runtime.errors import MaiacError
 
 
@@ -99,6 +101,7 @@ def _summary(name: str, a: np.ndarray) -> str:
 @click.option("--json", "as_json", is_flag=True,
               help="Print inputs, outputs (name, shape, dtype, range), run time and files "
                    "written as JSON.")
+@quiet_option
 def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             output: str | None, trace: str | None, seed: int, backend: str,
             ray_address: str | None, as_json: bool) -> None:
@@ -116,9 +119,19 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
         raise MaiacError(f"-o and --trace name the same file {output}")
     from maiac.chips_cli import run_group
 
-    if run_group(program_file, inputs, input_items, output, trace, seed, backend, ray_address,
-                 say):
-        return
+    result = run_group(program_file, inputs, input_items, output, trace, seed, backend,
+                       ray_address, say)
+    if result is None:  # not a chip group: one program
+        result = _run_one(program_file, inputs, input_items, output, trace, seed, sources, say)
+    if as_json:
+        random = inputs is None and not input_items
+        click.echo(json.dumps(result.to_json(program_file, random, seed), indent=2))
+
+
+def _run_one(program_file: str, inputs: str | None, input_items: tuple[str, ...],
+             output: str | None, trace: str | None, seed: int, sources: tuple[Any, ...],
+             say: Callable[[str], None]) -> RunResult:
+    """``maiac run`` on one chip's program."""
     from maiac import progress as live_progress
     from maiac.inputs import random_inputs_for_specs
     from maiac.runtime.program import load_program
@@ -164,19 +177,5 @@ def run_cmd(program_file: str, inputs: str | None, input_items: tuple[str, ...],
             written.append(trace)
     for path in (p for p in written if p != STDOUT):
         say(f"wrote {path}" + (f" (modeled time {_time(modeled)})" if path == trace else ""))
-    if as_json:
-        click.echo(json.dumps({
-            "program": program_file, "random_inputs": inputs is None and not input_items,
-            "seed": seed, "run_s": dt, "inputs": [_array_json(k, v) for k, v in feeds.items()],
-            "outputs": [_array_json(k, v) for k, v in outs.items()], "written": written,
-            **({"modeled_time_s": modeled} if trace is not None else {})}, indent=2))
-
-
-def _array_json(name: str, value: Any) -> dict[str, Any]:
-    """``run --json``: an array's name, shape, dtype and finite range."""
-    arr = np.asarray(value)
-    finite = arr[np.isfinite(arr)] if arr.dtype.kind in "fc" else arr
-    return {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
-            "min": float(finite.min()) if finite.size else None,
-            "max": float(finite.max()) if finite.size else None,
-            "nonfinite": int(arr.size - finite.size)}
+    return RunResult(feeds, outs, dt, written,
+                     {"modeled_time_s": modeled} if trace is not None else {})

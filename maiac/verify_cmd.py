@@ -14,6 +14,7 @@ from maiac.cli_options import (
     load_plugins,
     plugin_option,
     progress,
+    quiet_option,
 )
 from maiac.shape_errors import shape_errors_explained
 
@@ -35,6 +36,7 @@ from maiac.shape_errors import shape_errors_explained
 @click.option("--ort-custom-op-lib", metavar="PATH", default=None,
               help="Custom-op library onnxruntime registers before loading MODEL.")
 @plugin_option
+@quiet_option
 def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: str,
                target_param: tuple[str, ...], pipeline: str | None, calib: str | None,
                inputs: str | None, rtol: float, atol: float, min_cosine: float, seed: int,

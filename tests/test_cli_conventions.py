@@ -125,3 +125,25 @@ def test_compile_and_run_json(tmp_path: Path) -> None:
     assert doc["outputs"][0]["shape"] == [2, 8] and doc["outputs"][0]["nonfinite"] == 0
     assert doc["written"] == [str(tmp_path / "o.npz"), str(tmp_path / "t.json")]
     assert doc["modeled_time_s"] > 0
+
+
+def test_run_json_on_chip_groups(tmp_path: Path) -> None:
+    """run --json prints its document for a --chips group and a --pp pipeline too."""
+    import onnx
+
+    from maiac.models import LLAMA_TINY, llama_decoder
+
+    model = tmp_path / "m.onnx"
+    onnx.save(llama_decoder(LLAMA_TINY, seq=8, layers=2), model)
+    for flags, first, chips in ((["--chips", "2"], "tp.chip0.maia", 2),
+                                (["--pp", "2"], "pp.stage0.maia", 2)):
+        out = tmp_path / first.replace(".chip0", "").replace(".stage0", "")
+        r = invoke("compile", str(model), "-o", str(out), *flags)
+        assert r.exit_code == 0, r.output
+        npz = tmp_path / f"{first}.out.npz"
+        r = invoke("run", str(tmp_path / first), "--json", "-o", str(npz))
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)  # the whole stdout is one JSON document
+        assert doc["chips"] == chips and doc["backend"] == "local" and doc["random_inputs"]
+        assert doc["inputs"][0]["name"] == "input_ids" and doc["inputs"][0]["shape"] == [1, 8]
+        assert doc["outputs"][0]["shape"] == [1, 8, 256] and doc["written"] == [str(npz)]

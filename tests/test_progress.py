@@ -94,3 +94,30 @@ def test_step_is_a_no_op_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
         bar.advance()
     assert progress._live is None
 
+
+
+def test_no_progress_with_quiet_after_the_command(program: Path) -> None:
+    rc, err = _run(["run", "-q", str(program)], tty=True)
+    assert rc == 0, err
+    assert "maiac" not in err and "running" not in err
+
+
+# each command's required arguments (parsed only: nothing runs)
+LONG_RUNNING = {"compile": ["m.onnx"], "run": ["m.maia"], "verify": ["m.onnx"],
+                "report": ["m.maia"], "perf": ["llama3-8b"], "generate": ["m.onnx"],
+                "eval": ["m.onnx", "--text", "t.txt", "--tokenizer", "tokenizer.json"]}
+
+
+@pytest.mark.parametrize("command", sorted(LONG_RUNNING))
+@pytest.mark.parametrize("flag", ["--quiet", "-q"])
+def test_every_long_running_command_takes_quiet(command: str, flag: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--quiet``/``-q`` after the command silences progress as ``maiac -q`` does."""
+    from maiac.cli import main
+
+    monkeypatch.setattr(progress, "_quiet", False)
+    ctx = main.make_context("maiac", [command])
+    cmd = main.get_command(ctx, command)
+    assert cmd is not None
+    cmd.make_context(command, [*LONG_RUNNING[command], flag], parent=ctx)
+    assert progress._quiet, f"maiac {command} {flag}"
