@@ -58,8 +58,9 @@ from maiac.passes.tiling.common import (
 )
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
+from maiac.runtime.timing_costs import VEC_OPS
 
-MAX_BQ = 128  # query rows per job (the TTU's natural M)
+MAX_BQ = 256  # query rows per job (8 native 32-row TTU blocks)
 MAX_BK = 512  # keys per block
 
 
@@ -95,32 +96,47 @@ def query_groups(sq: int, sk: int, bq: int, bk: int, causal: bool) -> list[Query
 
 def _tsram_bytes(bq: int, bk: int, d: int, sizes: Sequence[int], masked: bool,
                  causal: bool = False, narrow: int = 0) -> int:
-    """Scratch of one job: Q and O (f32), K and V blocks, scores (+ mask or positions),
-    row stats; ``narrow``: bytes per element of the TTU operands (+ Q and P copies)."""
+    """Scratch of one job: Q and O (f32), two copies of the K and V blocks and the
+    scores (the pipelined key loop), the mask or positions, row stats; ``narrow``: bytes
+    per element of the TTU operands (+ a Q copy and two P copies)."""
     _, k, v, m = sizes
     if narrow:
         k = v = narrow
-    total = 2 * align(bq * d * 4) + align(bk * d * k) + align(bk * d * v)
-    total += align(bq * bk * 4) + (align(bq * bk * m) if masked else 0)
+    total = 2 * align(bq * d * 4) + 2 * (align(bk * d * k) + align(bk * d * v))
+    total += 2 * align(bq * bk * 4) + (align(bq * bk * m) if masked else 0)
     if narrow:
-        total += align(bq * d * narrow) + align(bq * bk * narrow)
+        total += align(bq * d * narrow) + 2 * align(bq * bk * narrow)
     if causal:
         total += align(bq * 4) + align(bk * 4)
     return total + 6 * align(bq * 4)
 
 
+# TVP ops per score element of one key block: row max, exp(s - m), row sum (the
+# costs of runtime/timing_costs.py VEC_OPS); a block crossing a diagonal adds the mask
+_SOFTMAX_OPS = VEC_OPS["reduce_max"] + VEC_OPS["exp_sub"] + VEC_OPS["reduce_sum"]
+_SOFTMAX_INSTRS = 8  # TVP instructions of a (not first) key block's online softmax
+
+
 def _causal_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
                  budget: Budget, speedup: float = 1.0) -> float:
-    """Modeled TTU time (s) of causal attention in ``(bq, bk)`` blocks: per group, the
-    jobs each tile runs in turn times the key blocks per job (plus instruction costs);
-    ``speedup``: the TTU format's peak over f32."""
+    """Modeled time (s) of causal attention in ``(bq, bk)`` blocks: per group, the jobs
+    each tile runs in turn times the key blocks per job, each taking the longer of its
+    two products (TTU) and its softmax (TVP), which the pipelined key loop overlaps,
+    plus per job the softmax and epilogue no product hides; ``speedup``: the TTU
+    format's peak over f32."""
     flops = budget.tile_flops * speedup
-    per_block = 4.0 * bq * bk * d / flops + 14 * budget.instr_overhead_s
-    per_job = 2.0 * bq * d / flops + 6 * budget.instr_overhead_s
+    vec_rate = budget.tile_vec or float("inf")
+    ttu = 4.0 * bq * bk * d / flops + 2 * budget.instr_overhead_s
+    tvp = (bq * bk * _SOFTMAX_OPS + bq * d) / vec_rate \
+        + _SOFTMAX_INSTRS * budget.instr_overhead_s
+    masked = tvp + bq * bk * VEC_OPS["causal_mask"] / vec_rate + budget.instr_overhead_s
+    per_job = masked + (2.0 * bq * d * 4) / vec_rate + 4 * budget.instr_overhead_s
     total = 0.0
     for group in query_groups(sq, sk, bq, bk, causal=True):
         turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
-        total += turns * (group.keys * per_block + per_job)
+        crossing = group.keys - group.masked_from
+        blocks = crossing * max(ttu, masked) + group.masked_from * max(ttu, tvp)
+        total += turns * (blocks + per_job)
     return total
 
 
@@ -204,7 +220,15 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
                 views: dict[str, Sequence[int]], scale: float, bq: int, bk: int,
                 group: QueryGroup, positions: Tensor | None, out_view: Sequence[int],
                 fmt: str = "f32", zero_empty_rows: bool = False) -> None:
-    """The instructions of one group of query blocks (all of them unless causal)."""
+    """The instructions of one group of query blocks (all of them unless causal).
+
+    The key blocks of a job are software-pipelined: step ``t`` issues the scores of
+    block ``t + 1`` (``S[(t + 1) % 2] = Q K_{t+1}ᵀ``) before the softmax of block ``t`` and
+    its ``P V_t``, so the TTU computes the next scores while the TVP runs this block's
+    softmax. Scores, probabilities, K/V blocks and the running max come in two copies
+    (by the parity of ``t``), so no step waits for the one before to release a buffer;
+    the blocks and every value computed from them are the same as unpipelined.
+    """
     b, hkv, g, sq, sk, d = dims
     split = split_jobs((b, hkv, g, group.count), budget.n_tiles)
     grid = split.grid
@@ -215,13 +239,16 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
     k_dtype, v_dtype = (fmt, fmt) if narrow else (k.dtype, v.dtype)
     tq = kernel.scratch_buffer("q", f32, (bq, d))
     tq_mm = kernel.scratch_buffer("q_" + fmt, fmt, (bq, d)) if narrow else tq
-    tk = kernel.scratch_buffer("kT", k_dtype, (d, bk))
-    tv = kernel.scratch_buffer("v", v_dtype, (bk, d))
-    ts = kernel.scratch_buffer("s", f32, (bq, bk))
-    tp = kernel.scratch_buffer("p_" + fmt, fmt, (bq, bk)) if narrow else ts
     to = kernel.scratch_buffer("o", f32, (bq, d))
-    m, m_new, m_blk, alpha, l_sum, r_sum = (kernel.scratch_buffer(n, f32, (bq, 1)) for n in
-                                            ("m", "m_new", "m_blk", "alpha", "l", "rowsum"))
+    # per parity: K and V blocks, scores, probabilities (the scores when f32), running max
+    tk = [kernel.scratch_buffer(f"kT{i}", k_dtype, (d, bk)) for i in (0, 1)]
+    tv = [kernel.scratch_buffer(f"v{i}", v_dtype, (bk, d)) for i in (0, 1)]
+    ts = [kernel.scratch_buffer(f"s{i}", f32, (bq, bk)) for i in (0, 1)]
+    tp = [kernel.scratch_buffer(f"p{i}_" + fmt, fmt, (bq, bk)) for i in (0, 1)] if narrow \
+        else ts
+    tmax = [kernel.scratch_buffer(f"m{i}", f32, (bq, 1)) for i in (0, 1)]
+    m_blk, alpha, l_sum, r_sum = (kernel.scratch_buffer(n, f32, (bq, 1)) for n in
+                                  ("m_blk", "alpha", "l", "rowsum"))
     tm = kernel.scratch_buffer("mask", mask.dtype, (bq, bk)) if mask is not None else None
     masked = positions is not None and group.masked_from < group.keys
     tqp = kernel.scratch_buffer("qpos", f32, (bq, 1)) if masked else None
@@ -230,27 +257,26 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
     def local(buf: str, shape: tuple[int, int], dtype: str = f32) -> Access:
         return Access(buf, dtype, shape, (shape[1], 1))
 
-    s_acc, o_acc = local(ts, (bq, bk)), local(to, (bq, d))
-    p_acc = local(tp, (bq, bk), fmt if narrow else f32)  # P, the second product's a
+    o_acc = local(to, (bq, d))
     q_mm = local(tq_mm, (bq, d), fmt if narrow else f32)
-    m_acc, mn_acc, mb_acc, a_acc, l_acc, r_acc = (
-        local(x, (bq, 1)) for x in (m, m_new, m_blk, alpha, l_sum, r_sum))
+    mb_acc, a_acc, l_acc, r_acc = (local(x, (bq, 1)) for x in (m_blk, alpha, l_sum, r_sum))
 
     def src(t: Tensor, name: str, shape: tuple[int, int], transpose: bool,
-            key_index: int, inner: bool) -> Access:
-        """Block of operand ``name`` for this job (and key block ``key_index``)."""
+            key_index: int, per_iter: int) -> Access:
+        """Block of operand ``name`` for this job and key block ``key_index``, moving
+        ``per_iter`` key blocks per iteration of the key loop (0: not in it)."""
         off, s_b, s_h, s_g, s_row, s_col = views[name]
         steps = (s_b, s_h, s_g, bq * s_row if name in ("q", "mask") else 0)
         key_step = 0 if name == "q" else bk * (s_col if name == "mask" else s_row)
         strides = (s_col, s_row) if transpose else (s_row, s_col)
         first_row = q0 * s_row if name in ("q", "mask") else 0
-        ls = split.loop_strides(steps) + ((key_step,) if inner else ())
+        ls = split.loop_strides(steps) + ((per_iter * key_step,) if per_iter else ())
         return Access(t.buf, t.dtype, shape, strides,
                       t.off + off + first_row + key_index * key_step,
                       split.tile_strides(steps), ls)
 
     # per job: Q block, scaled once (and the positions of its rows, when masked here)
-    body = [dma(src(q, "q", (bq, d), False, 0, False), local(tq, (bq, d)), grid),
+    body = [dma(src(q, "q", (bq, d), False, 0, 0), local(tq, (bq, d)), grid),
             vec("scale", [local(tq, (bq, d))], q_mm, grid, scale=float(scale))]
     if masked and positions is not None and tqp is not None:
         steps = (0, 0, 0, bq)
@@ -258,57 +284,77 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
                                positions.off + sk - sq + q0, split.tile_strides(steps),
                                split.loop_strides(steps)), local(tqp, (bq, 1)), grid))
 
-    def key_block(j: int, inner: bool, first: bool, causal_mask: bool) -> list:
-        ops = [dma(src(k, "k", (d, bk), True, j, inner), local(tk, (d, bk), k_dtype), grid),
-               dma(src(v, "v", (bk, d), False, j, inner), local(tv, (bk, d), v_dtype), grid,
-                   queue=1),
-               mm(q_mm, local(tk, (d, bk), k_dtype), s_acc, grid, accumulate=False, fmt=fmt)]
+    def scores(j: int, parity: int, per_iter: int) -> list:
+        """K/V blocks ``j`` into the ``parity`` copies, and their scores."""
+        kt = local(tk[parity], (d, bk), k_dtype)
+        return [dma(src(k, "k", (d, bk), True, j, per_iter), kt, grid),
+                dma(src(v, "v", (bk, d), False, j, per_iter),
+                    local(tv[parity], (bk, d), v_dtype), grid, queue=1),
+                mm(q_mm, kt, local(ts[parity], (bq, bk)), grid, accumulate=False, fmt=fmt)]
+
+    def softmax(j: int, parity: int, per_iter: int, first: bool, causal_mask: bool) -> list:
+        """The online softmax of key block ``j`` (scores in the ``parity`` copies) and
+        ``O (+)= P V_j``; the running max moves from ``m[parity]`` to ``m[1 - parity]``."""
+        s_acc, p_acc = local(ts[parity], (bq, bk)), local(tp[parity], (bq, bk),
+                                                          fmt if narrow else f32)
+        m_acc, mn_acc = local(tmax[parity], (bq, 1)), local(tmax[1 - parity], (bq, 1))
+        v_acc = local(tv[parity], (bk, d), v_dtype)
+        ops = []
         if mask is not None and tm is not None:
-            ops += [dma(src(mask, "mask", (bq, bk), False, j, inner),
+            ops += [dma(src(mask, "mask", (bq, bk), False, j, per_iter),
                         local(tm, (bq, bk), mask.dtype), grid),
                     vec("add", [s_acc, local(tm, (bq, bk), mask.dtype)], s_acc, grid)]
         if causal_mask and positions is not None and tqp is not None and tkp is not None:
             still = (0, 0, 0, 0)
-            ls = split.loop_strides(still) + ((bk,) if inner else ())
+            ls = split.loop_strides(still) + ((per_iter * bk,) if per_iter else ())
             ops += [dma(Access(positions.buf, f32, (1, bk), (bk, 1), positions.off + j * bk,
                                split.tile_strides(still), ls), local(tkp, (1, bk)), grid),
                     vec("causal_mask", [s_acc, local(tqp, (bq, 1)), local(tkp, (1, bk))],
                         s_acc, grid)]
         if first:
-            ops += [vec("reduce_max", [s_acc], m_acc, grid),
-                    vec("exp_sub", [s_acc, m_acc], p_acc, grid),
-                    vec("reduce_sum", [p_acc], l_acc, grid),
-                    mm(p_acc, local(tv, (bk, d), v_dtype), o_acc, grid, accumulate=False,
-                       fmt=fmt)]
-            return ops
-        ops += [vec("reduce_max", [s_acc], mb_acc, grid),
-                vec("max", [m_acc, mb_acc], mn_acc, grid),
-                vec("exp_sub", [m_acc, mn_acc], a_acc, grid),
-                vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
-                vec("reduce_sum", [p_acc], r_acc, grid),
-                vec("mul", [l_acc, a_acc], l_acc, grid),
-                vec("add", [l_acc, r_acc], l_acc, grid),
-                vec("mul", [o_acc, a_acc], o_acc, grid),
-                mm(p_acc, local(tv, (bk, d), v_dtype), o_acc, grid, accumulate=True, fmt=fmt),
-                vec("copy", [mn_acc], m_acc, grid)]
-        return ops
+            return ops + [vec("reduce_max", [s_acc], mn_acc, grid),
+                          vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
+                          vec("reduce_sum", [p_acc], l_acc, grid),
+                          mm(p_acc, v_acc, o_acc, grid, accumulate=False, fmt=fmt)]
+        return ops + [vec("reduce_max", [s_acc], mb_acc, grid),
+                      vec("max", [m_acc, mb_acc], mn_acc, grid),
+                      vec("exp_sub", [m_acc, mn_acc], a_acc, grid),
+                      vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
+                      vec("reduce_sum", [p_acc], r_acc, grid),
+                      vec("mul", [l_acc, a_acc], l_acc, grid),
+                      vec("add", [l_acc, r_acc], l_acc, grid),
+                      vec("mul", [o_acc, a_acc], o_acc, grid),
+                      mm(p_acc, v_acc, o_acc, grid, accumulate=True, fmt=fmt)]
 
     # key blocks crossing a diagonal first (masked), then the fully visible ones; the
     # online softmax is order-free, and a row hidden so far keeps m = -inf, l = 0
     segments = [(group.masked_from, group.keys - group.masked_from, True),
                 (0, group.masked_from, False)] if masked else [(0, group.keys, False)]
-    first = True
-    for start, count, with_mask in segments:
-        if count <= 0:
+    order = [(start + i, with_mask) for start, count, with_mask in segments
+             for i in range(count)]
+    body += scores(order[0][0], 0, 0)
+    t = 0
+    while t < len(order):
+        j, with_mask = order[t]
+        # steps whose next block follows in the same segment run as a loop of pairs
+        run = 0
+        while t + run + 1 < len(order) and t > 0 and order[t + run + 1] == (
+                j + run + 1, with_mask):
+            run += 1
+        if run >= 2:
+            pair = []
+            for half in (0, 1):
+                parity = (t + half) % 2
+                pair += scores(j + half + 1, 1 - parity, 2)
+                pair += softmax(j + half, parity, 2, False, with_mask)
+            body += loop((run // 2,), pair)
+            t += run // 2 * 2
             continue
-        if first:
-            body += key_block(start, inner=False, first=True, causal_mask=with_mask)
-            start, count, first = start + 1, count - 1, False
-        if count == 1:
-            body += key_block(start, inner=False, first=False, causal_mask=with_mask)
-        elif count > 1:
-            body += loop((count,), key_block(start, inner=True, first=False,
-                                             causal_mask=with_mask))
+        parity = t % 2
+        if t + 1 < len(order):
+            body += scores(order[t + 1][0], 1 - parity, 0)
+        body += softmax(j, parity, 0, t == 0, with_mask)
+        t += 1
     off, s_b, s_hkv, s_g, s_row, s_col = out_view
     out_steps = (s_b, s_hkv, s_g, bq * s_row)
     if zero_empty_rows:
