@@ -29,6 +29,7 @@ import numpy as np
 
 from maiac.runtime import isa
 from maiac.runtime.conversions import convert_input
+from maiac.runtime.dead_copies import MatmulPlan, elided_dma_axes
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
 from maiac.runtime.interpreter_dma import (
@@ -51,6 +52,7 @@ from maiac.runtime.interpreter_fns import (
 from maiac.runtime.interpreter_matmul import (
     MERGE_MIN_MNK,
     DecodeCache,
+    head_tiles,
     matmul_splitter,
     mm,
     mm_acc,
@@ -79,7 +81,7 @@ from maiac.runtime.program import (
 )
 from maiac.runtime.quant_ops import count_nonfinite, decode_operand
 from maiac.runtime.tile_dedupe import shared_grid_axes
-from maiac.runtime.tile_uniform import uniform_axes
+from maiac.runtime.tile_uniform import uniform_operands
 
 Step = Callable[[tuple[int, ...]], None]
 
@@ -118,9 +120,15 @@ class _Machine:
         self.vectorized_loops = 0
         self.blas_limit = False  # set when a per-tile GEMM is large enough to be threaded
         self._decode_cache = DecodeCache()
-        # grid axes along which a matmul's weights / a Vec's inputs are equal on all tiles
-        self.uniform_b, self.uniform_vec = uniform_axes(program.instructions)
+        # grid axes along which a matmul's operands / a Vec's inputs are equal on all tiles
+        found = uniform_operands(program.instructions)
+        self.uniform_b, self.uniform_vec, self.uniform_a = found.b, found.vec, found.a
         self.stacked_calls = 0  # matmul calls run as stacked GEMMs (tests, profiling)
+        # how each fp32 matmul reads its operands, then the broadcast DMA copies to tiles
+        # that no instruction reads before they are overwritten (runtime/dead_copies.py)
+        self.plans: dict[str, MatmulPlan] = {}
+        self._plan_matmuls(program.instructions, "", ())
+        self.elided = elided_dma_axes(program.instructions, self.plans)
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
         # What reset() poisons: the bytes some run reads before writing them (exact, from
@@ -193,6 +201,42 @@ class _Machine:
         return np.ndarray(trips + grid + shape, dt, buffer=mem, offset=acc.addr,
                           strides=lstr + gstr + strides)
 
+    # -- matmul operand plans --------------------------------------------------
+    def _plan_matmuls(self, body: list[Instr], path: str, trips: tuple[int, ...]) -> None:
+        for k, ins in enumerate(body):
+            here = f"{path}.{k}" if path else str(k)
+            if isinstance(ins, Loop):
+                self._plan_matmuls(ins.body, here, trips + tuple(ins.trips))
+            elif isinstance(ins, MatMul):
+                self.plans[here] = self._matmul_plan(ins, here, tuple(ins.grid), trips)
+
+    def _matmul_plan(self, instr: MatMul, path: str, grid: tuple[int, ...],
+                     trips: tuple[int, ...]) -> MatmulPlan:
+        """Which operand tiles an fp32 matmul reads (``MatmulPlan``).
+
+        ``b`` the same on all tiles along grid axes (tile_uniform.py): the stacked ``a``
+        rows of the longest such axis through one GEMM (``stacked_matmul``), when that
+        gives the per-tile GEMMs' bytes (large enough, row-major operands). An operand
+        the same along an axis is read from its tile at index 0 there and broadcast by
+        np.matmul: the same per-tile GEMMs on the same bytes, read once. ``a`` is read
+        whole along ``b``'s axes, so the result has every tile's shape."""
+        if instr.a_fmt or instr.b_fmt:
+            return MatmulPlan()
+        (*_, rows, depth), cols = instr.logical_ab()[0], instr.c.shape[-1]
+        b_head = frozenset(g for g in self.uniform_b.get(path, ()) if grid[g] > 1)
+        a_head = frozenset(g for g in self.uniform_a.get(path, ()) if grid[g] > 1) - b_head
+        stackable = rows > 1 and cols > 1 and depth > 1 and rows * depth * cols > MERGE_MIN_MNK
+        rank = len(instr.c.shape)
+        a, b = self.view(instr.a, grid, trips, rank), self.view(instr.b, grid, trips, rank)
+        c = self.view(instr.c, grid, trips)
+        direct = instr.a.dtype == instr.b.dtype == instr.c.dtype == "f32"
+        stack = None
+        if stackable and b_head and (instr.a.dtype != "f32" or row_major(a, depth)) and (
+                instr.b.dtype != "f32" or row_major(b, cols)) and (
+                not direct or row_major(c, cols)):
+            stack = max(sorted(b_head), key=lambda x: grid[x])
+        return MatmulPlan(a_head, b_head, stack)
+
     # -- compile instructions to steps -----------------------------------------
     def _compile(self, instr: Instr, path: str, trips: tuple[int, ...]) -> Step:
         if isinstance(instr, Loop):
@@ -201,7 +245,7 @@ class _Machine:
         if isinstance(instr, Collective):
             return self._collective(instr, path)
         if isinstance(instr, Dma):
-            return self._dma(instr, grid, trips)
+            return self._dma(instr, path, grid, trips)
         if isinstance(instr, Gather):
             return self._gather(instr, path, grid, trips)
         if isinstance(instr, Scatter):
@@ -281,9 +325,23 @@ class _Machine:
             apply_collective([instr], [self])
         return step
 
-    def _dma(self, instr: Dma, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+    def _dma(self, instr: Dma, path: str, grid: tuple[int, ...], trips: tuple[int, ...]
+             ) -> Step:
         src, dst = self.view(instr.src, grid, trips), self.view(instr.dst, grid, trips)
         store = storer(instr.dst.dtype)
+        elided = self.elided.get(path)
+        if elided:
+            # the copies to the other tiles along these axes are never read
+            # (runtime/dead_copies.py): the head tiles only
+            n_trips = len(trips)
+            dst, src = as_rows(head_tiles(dst, elided, n_trips),
+                               head_tiles(src, elided, n_trips), n_trips)
+            split = dma_splitter(instr, dst, n_trips, len(grid))
+
+            def step(it: tuple[int, ...]) -> None:
+                d = dst[it]
+                run_split(np.copyto, [d, src[it]], split and split(d, it))
+            return step
         if instr.src.dtype == instr.dst.dtype:
             # a byte copy: trailing dims contiguous on both sides move as one wide element
             pairs = broadcast_copies(dst, src, len(trips), instr, grid)
@@ -360,11 +418,15 @@ class _Machine:
         (*_, rows, depth), cols = instr.logical_ab()[0], instr.c.shape[-1]
         if rows * depth * cols >= BLAS_THREADED_MNK:
             self.blas_limit = True
-        stackable = rows > 1 and cols > 1 and depth > 1 and rows * depth * cols > MERGE_MIN_MNK
         if instr.a_fmt or instr.b_fmt:
+            stackable = rows > 1 and cols > 1 and depth > 1 and \
+                rows * depth * cols > MERGE_MIN_MNK
             return self._qmatmul(instr, grid, trips, stackable, self.uniform_b.get(path))
-        rank = len(instr.c.shape)
-        a, b = self.view(instr.a, grid, trips, rank), self.view(instr.b, grid, trips, rank)
+        plan = self.plans[path]
+        rank, n_trips = len(instr.c.shape), len(trips)
+        # operands the same along grid axes are read from their head tiles (MatmulPlan)
+        a = head_tiles(self.view(instr.a, grid, trips, rank), plan.a_head, n_trips)
+        b = head_tiles(self.view(instr.b, grid, trips, rank), plan.b_head, n_trips)
         c = self.view(instr.c, grid, trips)
         ca = instr.a.dtype != "f32"
         cb = instr.b.dtype != "f32"
@@ -383,13 +445,10 @@ class _Machine:
                     r += cv
                 store(cv, r)
 
-        shared = [g for g in self.uniform_b.get(path, ()) if grid[g] > 1]
-        if stackable and shared and (ca or row_major(a, depth)) and (
-                cb or row_major(b, cols)) and (not direct or row_major(c, cols)):
+        if plan.stack is not None:
             # every tile along grid axis g holds the same b bytes (tile_uniform.py): one
             # GEMM over the stacked a rows of those tiles instead of one per tile
-            g = max(shared, key=lambda x: grid[x])
-            n_trips, n_grid = len(trips), len(grid)
+            g, n_grid = plan.stack, len(grid)
 
             def step(it: tuple[int, ...]) -> None:
                 first = n_trips - len(it)

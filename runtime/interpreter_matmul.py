@@ -122,6 +122,14 @@ def row_major(v: np.ndarray, inner: int) -> bool:
     return v.strides[-1] == isz and row % isz == 0 and row // isz >= inner
 
 
+def head_tiles(v: np.ndarray, axes: frozenset[int], n_trips: int) -> np.ndarray:
+    """``v`` (``(*trips, *grid, ...)``) at index 0 (as ``0:1``) of the grid ``axes``."""
+    if not axes:
+        return v
+    return v[tuple(slice(0, 1) if k - n_trips in axes else slice(None)
+                   for k in range(n_trips + max(axes) + 1))]
+
+
 def stacked_matmul(a: np.ndarray, b: np.ndarray, axis: int, n_rest: tuple[int, int]
                    ) -> np.ndarray:
     """``np.matmul(a, b)`` (fp32, batched over tiles) where ``b`` is the same on every tile

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from maiac.runtime.isa import (
     Access,
@@ -85,7 +85,7 @@ def axes_on(u: Uniform, grid: tuple[int, ...]) -> frozenset[int]:
     return u.axes if u.grid == grid else frozenset()
 
 
-def _dense(acc: Access, trips: tuple[int, ...]) -> bool:
+def dense(acc: Access, trips: tuple[int, ...]) -> bool:
     """True if the bytes ``acc`` touches over ``trips`` form one gapless range."""
     dims = [(abs(s), n) for n, s in zip(trips + tuple(acc.shape),
                                         tuple(acc.loop_strides or (0,) * len(trips))
@@ -171,7 +171,7 @@ def _apply(ins: Instr, state: _State, trips: tuple[int, ...]) -> None:
     grid = tuple(ins.grid)
     for acc, value in _writes(ins, state, trips):
         if acc.level == "tsram":
-            exact = _dense(acc, trips) and not any(acc.loop_strides)
+            exact = dense(acc, trips) and not any(acc.loop_strides)
             state.write(*access_extent(acc, grid, trips), value, exact=exact)
 
 
@@ -188,7 +188,7 @@ def _all_writes(body: list[Instr], state: _State, trips: tuple[int, ...]) -> Non
 
 
 def _walk(body: list[Instr], path: str, state: _State, trips: tuple[int, ...],
-          found: dict[str, frozenset[int]], found_vec: dict[str, frozenset[int]]) -> None:
+          found: Found) -> None:
     for k, ins in enumerate(body):
         here = f"{path}.{k}" if path else str(k)
         if isinstance(ins, Loop):
@@ -196,33 +196,48 @@ def _walk(body: list[Instr], path: str, state: _State, trips: tuple[int, ...],
                 continue
             inner = trips + tuple(ins.trips)
             _all_writes(ins.body, state, inner)  # the state at the start of any iteration
-            _walk(ins.body, here, state, inner, found, found_vec)
+            _walk(ins.body, here, state, inner, found)
             continue
         grid = tuple(ins.grid)
         if isinstance(ins, MatMul):
-            u = state.read(*access_extent(ins.b, grid, trips))
-            for _, acc in ins.scale_accesses():
-                if acc is ins.b_scale:
-                    u = meet(u, state.read(*access_extent(acc, grid, trips)))
-            found[here] = axes_on(u, grid)
+            for operand, scale, known in ((ins.b, ins.b_scale, found.b),
+                                          (ins.a, ins.a_scale, found.a)):
+                u = state.read(*access_extent(operand, grid, trips))
+                if scale is not None:
+                    u = meet(u, state.read(*access_extent(scale, grid, trips)))
+                known[here] = axes_on(u, grid)
         elif isinstance(ins, Vec) and all(a.level == "tsram" for a in ins.ins):
             axes = frozenset(range(len(grid)))
             for acc in ins.ins:
                 axes &= axes_on(state.read(*access_extent(acc, grid, trips)), grid)
-            found_vec[here] = axes
+            found.vec[here] = axes
         _apply(ins, state, trips)
+
+
+@dataclass
+class Found:
+    """Grid axes along which operands hold the same bytes on every tile, every time the
+    instruction runs, keyed by instruction path (``"7"``, or ``"12.3"`` for a loop body's
+    instruction 3): a matmul's ``b`` (with ``b_scale``), its ``a`` (with ``a_scale``),
+    and all inputs of a Vec."""
+
+    b: dict[str, frozenset[int]] = field(default_factory=dict)
+    vec: dict[str, frozenset[int]] = field(default_factory=dict)
+    a: dict[str, frozenset[int]] = field(default_factory=dict)
+
+
+def uniform_operands(instructions: list[Instr]) -> Found:
+    """Per matmul and Vec, the grid axes along which its operands are uniform (`Found`)."""
+    found = Found()
+    _walk(instructions, "", _State(), (), found)
+    return found
 
 
 def uniform_axes(instructions: list[Instr]
                  ) -> tuple[dict[str, frozenset[int]], dict[str, frozenset[int]]]:
-    """``(matmul b axes, vec input axes)``, keyed by instruction path (``"7"``, or
-    ``"12.3"`` for a loop body's instruction 3): per matmul the grid axes along which its
-    ``b`` operand (and ``b_scale``) holds the same bytes on every tile, every time it
-    runs; per Vec the grid axes along which all its inputs do."""
-    found: dict[str, frozenset[int]] = {}
-    found_vec: dict[str, frozenset[int]] = {}
-    _walk(instructions, "", _State(), (), found, found_vec)
-    return found, found_vec
+    """``(matmul b axes, vec input axes)`` of `uniform_operands`."""
+    found = uniform_operands(instructions)
+    return found.b, found.vec
 
 
 def uniform_b_axes(instructions: list[Instr]) -> dict[str, frozenset[int]]:
