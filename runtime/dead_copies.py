@@ -12,8 +12,9 @@ nothing reads them before they are overwritten. The interpreter then writes the 
 tiles only (``elided_dma_axes``).
 
 Memory after a run is byte-identical to the memory with every copy done: a DMA is
-elided only if a later write covers all its bytes on all its tiles, so the last write of
-every byte of every tile is a real one. Before that write the skipped bytes are read by
+elided only if later writes without gaps cover all its bytes on all its tiles (before
+any of them is read off the head), so the last write of every byte of every tile is a
+real one. Before that write the skipped bytes are read by
 no instruction (the only readers are head readers), by no output (outputs are read from
 tile 0, always a head tile) and by no other chip (collectives touching them count as
 readers). The analysis is conservative: a loop of more than one trip counts as reading
@@ -83,13 +84,9 @@ def _events(body: list[Instr], path: str, trips: tuple[int, ...],
                      tuple(zip(reads, heads, strict=True)), (write,))
 
 
-def _covers(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...], lo: int, hi: int,
-            tiles: int) -> bool:
-    """True if ``acc`` writes every byte of ``[lo, hi)`` on tiles ``0 .. tiles - 1``."""
-    if acc.level != "tsram" or math.prod(grid) < tiles or not dense(acc, trips):
-        return False
-    wlo, whi = access_extent(acc, grid, trips)
-    return wlo <= lo and hi <= whi
+def _covers(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...], tiles: int) -> bool:
+    """True if ``acc`` writes every byte of its extent on tiles ``0 .. tiles - 1``."""
+    return acc.level == "tsram" and math.prod(grid) >= tiles and dense(acc, trips)
 
 
 def broadcast_axes(instr: Dma) -> frozenset[int]:
@@ -119,24 +116,29 @@ def elided_dma_axes(instructions: list[Instr], plans: dict[str, MatmulPlan]
 
 def _dead(events: list[_Event], i: int, axes: frozenset[int]) -> bool:
     """True if the bytes event ``i`` (a broadcast DMA) writes are, on its non-head tiles,
-    read by no instruction before a later one writes all of them on all of its tiles."""
+    read by no instruction before later ones write all of them on all of its tiles."""
     dma = events[i]
-    lo, hi = access_extent(dma.writes[0], dma.grid, dma.trips)
+    pending = [access_extent(dma.writes[0], dma.grid, dma.trips)]  # [lo, hi) not yet rewritten
     tiles = math.prod(dma.grid)
     for ev in events[i + 1:]:
         for acc, head in ev.reads:
-            if acc.level != "tsram":
-                continue
-            rlo, rhi = access_extent(acc, ev.grid, ev.trips)
-            if rlo < hi and lo < rhi and not (ev.grid == dma.grid and axes <= head):
+            if acc.level == "tsram" and _overlaps(pending, *access_extent(acc, ev.grid, ev.trips)) \
+                    and not (ev.grid == dma.grid and axes <= head):
                 return False
         for acc in ev.writes:
             if acc.level != "tsram":
                 continue
             wlo, whi = access_extent(acc, ev.grid, ev.trips)
-            if not (wlo < hi and lo < whi):
+            if not _overlaps(pending, wlo, whi):
                 continue
-            if ev.instr is not None and _covers(acc, ev.grid, ev.trips, lo, hi, tiles):
+            if ev.instr is None or not _covers(acc, ev.grid, ev.trips, tiles):
+                return False  # leaves older bytes in its gaps or on some tiles
+            pending = [(lo, hi) for a, b in pending
+                       for lo, hi in ((a, min(b, wlo)), (max(a, whi), b)) if lo < hi]
+            if not pending:
                 return True
-            return False
     return False
+
+
+def _overlaps(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    return any(a < hi and lo < b for a, b in ranges)
