@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from maiac.passes.tiling.common import (
     Access,
@@ -149,6 +150,14 @@ def choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: Sequence[int], mas
     the blocks of least modeled time instead, counting only the key blocks each query
     block needs and the tiles each group of query blocks keeps busy.
     """
+    return _choose_blocks(jobs, sq, sk, d, tuple(sizes), masked, budget,
+                          None if causal_dims is None else tuple(causal_dims), narrow, speedup)
+
+
+@lru_cache(maxsize=1024)  # every layer of a model asks the same question
+def _choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: tuple[int, ...], masked: bool,
+                   budget: Budget, causal_dims: tuple[int, ...] | None, narrow: int,
+                   speedup: float) -> tuple[int, int]:
     best: tuple[tuple[float, ...], int, int] | None = None
     causal = causal_dims is not None
     for bq in (x for x in divisors(sq) if x <= MAX_BQ):

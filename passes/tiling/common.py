@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from maiac.ir import maia
@@ -69,6 +69,11 @@ class JobSplit:
 def split_jobs(extents: Sequence[int], n_tiles: int) -> JobSplit:
     """Spread a job grid over ``n_tiles``: outer dims first, each by its largest divisor
     that still fits the tiles left; the rest of each dim becomes loop iterations."""
+    return _split_jobs(tuple(extents), n_tiles)
+
+
+@lru_cache(maxsize=1 << 16)  # the block searches ask for a few grids 10^4 times a layer
+def _split_jobs(extents: tuple[int, ...], n_tiles: int) -> JobSplit:
     left = n_tiles
     spatial = []
     for extent in extents:
