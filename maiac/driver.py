@@ -21,6 +21,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from maiac.importer import import_model
 from maiac.ir.onnx import make_context
+from maiac.ir.resources import scoped_store
 from maiac.onnx_model import OnnxModel, open_model
 from maiac.passes.emit import emit_program
 from maiac.passes.tile import TARGET_ATTR
@@ -444,17 +445,22 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
     if pipeline is None and schedule != "optimized":
         pipeline = default_pipeline(quant, schedule)
     opened = open_model(model)
-    module = compile_module(opened, quant=quant, shapes=shapes, target=target,
-                            target_params=target_params, pipeline=pipeline,
-                            shape_only=shape_only, log=log, verify_each=verify_each,
-                            print_ir_after=print_ir_after, out=out, calib=calib)
-    if pipeline is None:
-        quant = model_default_quant(module, quant)
-    meta = program_meta(opened, quant)
     from maiac import progress
 
-    with progress.step("emit"):
-        program = emit_program(module, meta, shape_only=shape_only)
+    # The weights this compile registers (mapped external data, folded and quantized
+    # copies) go when the program holds its own bytes: a process that compiles many
+    # models, or compiles and then runs onnxruntime, does not keep them all mapped.
+    with scoped_store():
+        module = compile_module(opened, quant=quant, shapes=shapes, target=target,
+                                target_params=target_params, pipeline=pipeline,
+                                shape_only=shape_only, log=log, verify_each=verify_each,
+                                print_ir_after=print_ir_after, out=out, calib=calib)
+        if pipeline is None:
+            quant = model_default_quant(module, quant)
+        meta = program_meta(opened, quant)
+        with progress.step("emit"):
+            program = emit_program(module, meta, shape_only=shape_only)
+        del module
     if "mode" not in program.meta:  # a KV-cache decoder from its graph (tokens/s in reports)
         from maiac.decoder_props import decoder_props
 

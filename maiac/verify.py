@@ -30,6 +30,7 @@ from maiac.fp64_reference import FP64_FACTOR, FP64_MAX_BYTES, fp64_outputs, max_
 from maiac.inputs import graph_input_specs, random_inputs
 from maiac.onnx_model import OnnxModel, first_line, open_model, ort_session
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import release_freed_memory
 from maiac.shapes import bind_input_shapes
 
 DEFAULT_RTOL = 1e-4
@@ -270,6 +271,11 @@ def verify(model: Any, *, quant: str | None = None,
     t0 = time.perf_counter()
     got = compiled.run(feeds)
     run_s = time.perf_counter() - t0
+    run_stats = dict(getattr(compiled, "last_run_stats", {}))
+    # the program, its weights and the machine's memory go before onnxruntime loads its
+    # own copy of the weights: the peak is one engine's, not both
+    del compiled
+    release_freed_memory()
 
     out_names = [o.name for o in proto.graph.output]
     noise: dict[str, float] = {}
@@ -291,10 +297,9 @@ def verify(model: Any, *, quant: str | None = None,
                        min_cosine=min_cosine, ort_noise=noise.get(name))
         for name in out_names if name in ref
     ]
-    run_stats = dict(getattr(compiled, "last_run_stats", {}))
     fp64_engine = None
     if quant is None and stored is None and not all(o["ok"] for o in outputs):
-        del compiled  # its weights: room for the float64 copy of the model
+        release_freed_memory()  # onnxruntime's sessions: room for the float64 copy
         with progress.step("float64 reference"):
             fp64_engine = apply_fp64_criterion(outputs, got, ref, opened, ref_graph, feeds)
     layer_rows: list[dict[str, Any]] = []

@@ -96,7 +96,9 @@ class _Machine:
         # asynchronous programs: every DMA/compute conflict must be ordered by waits
         # (checked once per program, from addresses and waits alone)
         check_program(program)
-        self.program = program
+        # the constants, not the program: the program caches this machine, and a cycle
+        # would keep both (weights and memory) alive until the collector runs
+        self.constants = program.constants
         self.target = _program_target(program, MachineError)
         # before any memory is allocated: a shape-only 70B program would ask for its HBM
         self.consts = [b for b in program.buffers if b.kind == "const"]
@@ -168,7 +170,7 @@ class _Machine:
                 else:
                     mem[lo:hi] = 0xFF
         for b in self.rewrite:
-            self._write_bytes(b.level, b.addr, self.program.constants[b.name])
+            self._write_bytes(b.level, b.addr, self.constants[b.name])
 
     def read(self, level: str, addr: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         """A copy of a contiguous tensor stored at ``addr`` (tile 0's copy for TSRAM)."""
