@@ -49,6 +49,8 @@ def budget_of(target: Target) -> Budget:
         tsram_bytes=target.tsram_bytes,
         tile_flops=target.ttu_flops["f32"] / target.n_tiles,
         tile_bw=target.hbm_sustained_bw / target.n_tiles,
+        csram_bw=target.csram_bw,
+        csram_bytes=target.n_clusters * target.csram_bytes,
         tile_noc_bw=target.noc_bw / target.n_tiles,
         instr_overhead_s=target.instr_latency_s,
         dma_latency_s=target.dma_latency_s,
@@ -80,6 +82,13 @@ def io_names(attrs: builtin.ArrayAttr | None, count: int, prefix: str) -> list[s
     return names
 
 
+# ASSUMED: plan-memory first-fits activations into CSRAM by liveness; one that takes at
+# most a quarter of it nearly always finds room beside the others live with it (prefill
+# of an 8B model: the 32 MiB hidden states, their norm and the residual), a bigger one
+# (the 112 MiB FFN activation) often does not. Only the tilers' cost models use this.
+CSRAM_SHARE = 0.25
+
+
 @dataclass
 class FunctionTiler:
     budget: Budget
@@ -100,6 +109,12 @@ class FunctionTiler:
             dtype=dtype, shape=list(shape), **extra))
         self.values[ssa] = tensor
         return tensor
+
+    def likely_on_chip(self, tensor: Tensor) -> bool:
+        """Whether plan-memory will likely put ``tensor`` in CSRAM: an activation of at
+        most ``CSRAM_SHARE`` of it (see there)."""
+        return (self.buffer_kind.get(tensor.buf) == "act"
+                and tensor.nbytes <= CSRAM_SHARE * self.budget.csram_bytes)
 
     def act_buffer(self, name: str, shape: tuple[int, ...], dtype: str = "f32") -> Tensor:
         """An activation buffer of the tiler's own (no tensor value: e.g. partial results
@@ -186,7 +201,8 @@ class FunctionTiler:
                                act=maia.attr(op, "act"),
                                fmt=operand_format(maia.attr(op, "fmt", "f32"), ins[0], ins[1]),
                                residual=residual, residual_fn=residual_fn or "add",
-                               quant=self._matmul_quant(op), glu=maia.attr(op, "glu"))
+                               quant=self._matmul_quant(op), glu=maia.attr(op, "glu"),
+                               on_chip=self.likely_on_chip)
         elif isinstance(op, maia.AttentionOp) and not self.budget.fixed_block and \
                 decode_attention.applies(maia.attr(op, "dims"), len(ins),
                                          bool(maia.attr(op, "causal", False))):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,6 +29,20 @@ def _matmul_model(w: np.ndarray, m: int) -> onnx.ModelProto:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
                           [numpy_helper.from_array(w, "w")])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _compiled_matmul(m: int, k: int, n: int, seed: int, scale: float = 0.05,
+                     target_params: dict[str, str] | None = None) -> Any:
+    """``x[m, K] @ w[K, N]`` (random, from ``seed``) compiled for ``target_params``, its
+    product checked against numpy's; the compiled model."""
+    import maiac
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((k, n)) * scale).astype(np.float32)
+    compiled = maiac.compile(_matmul_model(w, m), target_params=target_params)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
+    return compiled
 
 
 def leaves(instrs: list) -> Iterator:
@@ -115,17 +130,8 @@ def test_ragged_k_first_step(k: int) -> None:
     """K = the TTU's native depth (2 for f32) x a prime has no deep divisor: the K blocks
     then need not divide K (the remainder is a first, shorter step) instead of hundreds
     of native-deep steps; same product."""
-
-    import maiac
-
-    m, n = 64, 96
-    rng = np.random.default_rng(1)
-    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    model = _matmul_model(w, m)
-    compiled = maiac.compile(model, target_params={"n_clusters": "1", "tiles_per_cluster": "2",
-                                                   "tsram_bytes": "160KiB"})
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
+    compiled = _compiled_matmul(64, k, 96, 1, target_params={
+        "n_clusters": "1", "tiles_per_cluster": "2", "tsram_bytes": "160KiB"})
 
     depths = {i.a.shape[-1] for i in leaves(compiled.program.instructions)
               if i.kind == "matmul"}
@@ -192,17 +198,8 @@ def test_matmul_uses_every_tile_when_its_blocks_do_not_split_evenly() -> None:
     """[32, 2048] @ [2048, 160] on 3 tiles: 5 column blocks of 32 would run 1 tile x 5
     waves; the main kernel runs 3 of them on all 3 tiles, the last 2 as a kernel of their
     own (2 waves); same product."""
-
-    import maiac
-
-    m, k, n = 32, 2048, 160
-    rng = np.random.default_rng(3)
-    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
-    model = _matmul_model(w, m)
-    compiled = maiac.compile(model, target_params={"n_clusters": "1", "tiles_per_cluster": "3",
-                                                   "tsram_bytes": "96KiB"})
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
+    compiled = _compiled_matmul(32, 2048, 160, 3, target_params={
+        "n_clusters": "1", "tiles_per_cluster": "3", "tsram_bytes": "96KiB"})
 
     grids = {tuple(i.grid) for i in leaves(compiled.program.instructions) if i.kind == "matmul"}
     assert grids == {(3,), (2,)}, grids
@@ -231,16 +228,10 @@ def test_weight_stationary_matmul_reads_each_weight_block_once() -> None:
     into TSRAM than with 32-row blocks, and the product is the same."""
     import math
 
-    import maiac
     from maiac.runtime.memory import itemsize
 
     m, k, n = 128, 768, 3072
-    rng = np.random.default_rng(2)
-    w = (rng.standard_normal((k, n)) * 0.03).astype(np.float32)
-    model = _matmul_model(w, m)
-    compiled = maiac.compile(model)
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    np.testing.assert_allclose(compiled.run({"x": x})["y"], x @ w, rtol=1e-4, atol=1e-4)
+    compiled = _compiled_matmul(m, k, n, 2, scale=0.03)
 
     mms = [i for i in leaves(compiled.program.instructions) if i.kind == "matmul"]
     assert {tuple(i.a.shape) for i in mms} == {(m, k)}, "all of M in each block"
@@ -256,3 +247,50 @@ def test_weight_stationary_matmul_reads_each_weight_block_once() -> None:
     tiles = math.prod(mms[0].grid)
     rows_32 = 4 * k * (tiles // 4 * m + 4 * n)  # 32-row blocks on as many tiles
     assert moved <= 0.75 * rows_32, (moved, rows_32)
+
+
+def test_block_candidates_include_whole_blocks_with_a_small_tail() -> None:
+    """36 tiles and power-of-two dims: 2048 rows as 9 blocks of 224 and a 32-row tail,
+    4096 columns as 9 of 448 and a 64-column tail (a 4 x 9 grid), besides the rounded-up
+    blocks of at most ``jobs`` each (9 x 480 > 4096: 8 blocks and a 256 tail)."""
+    from maiac.passes.tiling.matmul import block_candidates
+
+    rows, cols = block_candidates(2048, 32, 36), block_candidates(4096, 32, 36)
+    assert 224 in rows and 448 in cols and 480 in cols
+    assert all(b % 32 == 0 for b in rows + cols)
+
+
+def test_matmul_cost_streams_on_chip_activations_at_the_csram_rate() -> None:
+    """An activation plan-memory will keep in CSRAM moves at the CSRAM rate and does not
+    share HBM with the weights: a K step whose f32 activation block dominates its DMA
+    costs less than with the activation in HBM, and the candidates rank accordingly."""
+    from maiac.passes.tiling.matmul import OperandRates, _best_blocks
+
+    budget = Budget(n_tiles=36, tsram_bytes=3 << 20, tile_flops=8.2e12 * 16,
+                    tile_bw=3.85e12 / 36, tile_noc_bw=80e12 / 36, csram_bw=28e12,
+                    native_m=32, native_n=32, instr_overhead_s=5e-8, dma_latency_s=1.25e-7)
+
+    def cost(rates: OperandRates) -> float:
+        best = _best_blocks(2048, 4096, True, 1, 4096, 4.0, 1.0, budget, 0, 32, 1, 0, 4.0,
+                            1.0, 0.0, None, 0.0, 1, True, rates)
+        assert best is not None
+        return best[0]
+
+    in_hbm, on_chip = cost(OperandRates()), cost(OperandRates(28e12, 28e12, 28e12))
+    assert on_chip < 0.8 * in_hbm, (on_chip, in_hbm)
+    # near compute-bound once on chip: 2 x 2048 x 4096 x 4096 flops on 36 tiles (the
+    # rest: ragged tails or idle tiles, instruction overheads, the result's store)
+    assert on_chip < 1.35 * 2 * 2048 * 4096 * 4096 / (36 * 8.2e12 * 16)
+
+
+def test_only_activations_that_leave_room_count_as_on_chip() -> None:
+    from maiac.passes.tile import CSRAM_SHARE, FunctionTiler
+    from maiac.passes.tiling.common import Tensor
+
+    tiler = FunctionTiler(Budget(n_tiles=4, tsram_bytes=1 << 20, tile_flops=1e12,
+                                 tile_bw=1e11, csram_bytes=1 << 24))
+    tiler.buffer_kind.update({"h": "act", "x": "input"})
+    small = int(CSRAM_SHARE * (1 << 24)) // 4
+    assert tiler.likely_on_chip(Tensor("h", "f32", (small,)))
+    assert not tiler.likely_on_chip(Tensor("h", "f32", (small + 1,)))  # too big to be sure
+    assert not tiler.likely_on_chip(Tensor("x", "f32", (16,)))  # program inputs: HBM

@@ -205,6 +205,8 @@ class Budget:
     tsram_bytes: int
     tile_flops: float  # TTU fp32-equivalent flop/s of one tile
     tile_bw: float  # bytes/s one tile can stream from HBM when all tiles stream
+    csram_bw: float = 0.0  # aggregate bytes/s between CSRAM and the tiles (0: not modeled)
+    csram_bytes: int = 0  # CSRAM of all clusters (where plan-memory puts activations)
     tile_noc_bw: float = 0.0  # bytes/s of the NoC into one tile (0: tile_bw)
     instr_overhead_s: float = 1e-7
     dma_latency_s: float = 5e-7  # fixed cost of one DMA instruction

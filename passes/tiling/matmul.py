@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
@@ -86,7 +86,8 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
                   speedup: float = 1.0, quant_ops: float = 0.0, b_src: float | None = None,
                   epilogue_ops: float = 0.0, outputs: int = 1,
                   ragged: bool = False, ragged_k: bool = False,
-                  with_peel: bool = False) -> tuple[int, ...]:
+                  with_peel: bool = False, rates: OperandRates | None = None
+                  ) -> tuple[int, ...]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
     ``bm``/``bn`` are multiples of the TTU's native 32 x K x 32 block (or the whole dim);
@@ -102,14 +103,17 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     ``epilogue_ops``: TVP ops per output element (bias, activation, residual);
     ``outputs``: products per job sharing the ``a`` block (2: a gated matmul, whose ``b``
     blocks and ``[bm, bn]`` accumulators come in pairs); ``ragged_k``: ``bk`` need not
-    divide K (a first, shorter K step takes the remainder; plain operands only).
+    divide K (a first, shorter K step takes the remainder; plain operands only);
+    ``rates``: where the activation, the residual and the result stream from (default:
+    all HBM at the sustained rate).
 
     Each candidate is costed as `_job_time` says: K steps overlapped (DMA, TVP, TTU in a
     pipeline) only when the `double-buffer` pass can give the streamed blocks twins, else
     one after the other.
     """
     args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k)
+            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k,
+            rates or OperandRates())
     if budget.fixed_block:
         slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
         fixed = _fixed_blocks(m, n, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step,
@@ -126,13 +130,13 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
 def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float,
                  b_size: float, budget: Budget, extra_row_bytes: int, k_step: int, n_step: int,
                  block_bytes: int, a_src: float | None, speedup: float, quant_ops: float,
-                 b_src: float | None, epilogue_ops: float, outputs: int, ragged_k: bool
-                 ) -> tuple[float, int, int, int, int] | None:
+                 b_src: float | None, epilogue_ops: float, outputs: int, ragged_k: bool,
+                 rates: OperandRates) -> tuple[float, int, int, int, int] | None:
     """(cost, bm, bn, bk, peel) of the best candidate (see `choose_blocks`; ``peel``:
     the column blocks of the main region `_regions` runs as a kernel of their own), or
     None."""
     args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k)
+            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k, rates)
     slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
     gm, gn = budget.native_m, math.lcm(budget.native_n, n_step)
     if ragged:
@@ -150,7 +154,7 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
             split = split_jobs((batch, m // bm, n // bn), budget.n_tiles)
             shape = _JobShape(bm, bn, k, a_size if a_src is None else a_src,
                               outputs * (b_size if b_src is None else b_src), block_bytes,
-                              speedup / outputs, quant_ops, epilogue_ops, split)
+                              speedup / outputs, quant_ops, epilogue_ops, split, rates)
             tails = 0.0
             if ragged and (m % bm or n % bn):
                 tails = _tails_cost(m, n, bm, bn, args)
@@ -252,11 +256,11 @@ def _peeled_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, budget
 
 def _best_blocks_any(m: int, n: int, *args: Any) -> tuple[float, int, int, int, int] | None:
     (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-     a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k) = args
+     a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k, rates) = args
     one = dataclasses.replace(budget, native_m=1, native_n=1)
     return _best_blocks(m, n, False, batch, k, a_size, b_size, one, extra_row_bytes, k_step,
                         n_step, block_bytes, a_src, speedup, quant_ops, b_src, epilogue_ops,
-                        outputs, ragged_k)
+                        outputs, ragged_k, rates)
 
 
 def _tails_cost(m: int, n: int, bm: int, bn: int, args: tuple) -> float | None:
@@ -273,6 +277,18 @@ def _tails_cost(m: int, n: int, bm: int, bn: int, args: tuple) -> float | None:
 
 
 @dataclass(frozen=True)
+class OperandRates:
+    """Aggregate bytes/s at which a matmul's activation ``a``, its residual and its result
+    move between their buffer and the tiles (0: HBM at the sustained rate). An activation
+    the memory planner will likely keep in CSRAM streams at the CSRAM rate, and its bytes
+    do not share HBM with the weights' (runtime/timing_costs.py `_dma_time`)."""
+
+    a: float = 0.0
+    residual: float = 0.0
+    out: float = 0.0
+
+
+@dataclass(frozen=True)
 class _JobShape:
     """What `_job_time` needs of a ``[bm, bn]`` output block of a K-deep matmul."""
 
@@ -286,6 +302,7 @@ class _JobShape:
     quant_ops: float
     epilogue_ops: float
     split: JobSplit
+    rates: OperandRates = OperandRates()
 
 
 def _twinnable(trips: tuple[int, ...]) -> bool:
@@ -319,12 +336,14 @@ def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[floa
     noc = budget.tile_noc_bw or budget.tile_bw
     lat = budget.dma_latency_s
 
-    def dma(per_tile: float, distinct: float) -> float:
-        return max(distinct / hbm_bw, per_tile / noc) + lat
+    def dma(per_tile: float, distinct: float, rate: float = 0.0) -> float:
+        return max(distinct / (rate or hbm_bw), per_tile / noc) + lat
 
     a_blk, b_blk = s.bm * bk * s.a_src, bk * s.bn * s.b_src
     a_dist, b_dist = a_blk * sp[0] * sp[1], b_blk * sp[0] * sp[2]
-    t_dma = max(dma(a_blk, a_dist), dma(b_blk, b_dist), (a_dist + b_dist) / hbm_bw + lat)
+    a_hbm = 0.0 if s.rates.a else a_dist  # an on-chip a does not share HBM with b
+    t_dma = max(dma(a_blk, a_dist, s.rates.a), dma(b_blk, b_dist),
+                (a_hbm + b_dist) / hbm_bw + lat)
     # the TTU works in native 32 x K x 32 blocks: a partial block costs a whole one
     pm, pn = (-(-x // g) * g for x, g in ((s.bm, budget.native_m), (s.bn, budget.native_n)))
     t_ttu = 2 * pm * pn * bk / (budget.tile_flops * s.speedup) + budget.instr_overhead_s
@@ -336,10 +355,10 @@ def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[floa
     else:
         body = steps * (t_dma + t_tvp + t_ttu)
     c_blk = s.bm * s.bn * 4
-    epilogue = dma(c_blk, c_blk * tiles)
+    epilogue = dma(c_blk, c_blk * tiles, s.rates.out)
     if s.block_bytes:
         r_blk = s.bm * s.bn * s.block_bytes
-        epilogue += dma(r_blk, r_blk * tiles)
+        epilogue += dma(r_blk, r_blk * tiles, s.rates.residual)
     if s.epilogue_ops and budget.tile_vec:
         epilogue += s.bm * s.bn * s.epilogue_ops / budget.tile_vec + budget.instr_overhead_s
     return body, epilogue
@@ -419,6 +438,9 @@ def block_candidates(extent: int, granule: int, n_tiles: int) -> list[int]:
     for jobs in range(1, 2 * n_tiles + 1):
         b = -(-extent // jobs)
         out.add(min(extent, -(-b // granule) * granule))
+        # ``jobs`` whole blocks and a small ragged tail (2048 rows in 9: 9 x 224 + 32)
+        if extent // jobs >= granule:
+            out.add(extent // jobs // granule * granule)
     return sorted(out)
 
 
@@ -475,7 +497,8 @@ def _regions(m: int, n: int, bm: int, bn: int, bk: int, tail_blocks: Any,
 def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budget,
                 bias: Tensor | None = None, act: str | None = None, fmt: str = "f32",
                 residual: Tensor | None = None, residual_fn: str = "add",
-                quant: MatmulQuant | None = None, glu: str | None = None) -> list[Kernel]:
+                quant: MatmulQuant | None = None, glu: str | None = None,
+                on_chip: Callable[[Tensor], bool] | None = None) -> list[Kernel]:
     """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``;
     returns the kernels of the ragged tails (blocks need not divide M or N: the
     remainder rows/columns run as kernels of their own, right after this one).
@@ -494,6 +517,9 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     activations) is one ``[batch * seq, K] @ [K, N]`` matmul (`fold_batch`): a decode
     step's ``[batch, 1, K]`` rows then fill the TTU's 32-row blocks together and ``b``'s
     columns spread over every tile, instead of one 1-row job per sequence.
+
+    ``on_chip``: whether a tensor will likely live in CSRAM (the cost model then streams
+    it at the CSRAM rate, see `OperandRates`).
     """
     a, out, residual = fold_batch(a, b, out, residual)
     *batch_shape, m, n = out.shape
@@ -514,9 +540,14 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     wf = q.fmt("w")
     if q.w_scales is not None and wf is not None and not wf.is_blocked:
         extra += itemsize(q.w_scales.dtype) * halves  # per-column scales: a [1, bn] block
+    csram = budget.csram_bw if on_chip else 0.0
+
+    def rate(t: Tensor | None) -> float:
+        return csram if t is not None and on_chip is not None and on_chip(t) else 0.0
     args = dict(extra_row_bytes=extra, k_step=k_step, n_step=n_step, block_bytes=block,
                 a_src=itemsize(a.dtype), speedup=speedup, quant_ops=quant_ops,
-                epilogue_ops=epilogue_ops, outputs=halves, ragged_k=_plain(q))
+                epilogue_ops=epilogue_ops, outputs=halves, ragged_k=_plain(q),
+                rates=OperandRates(rate(a), rate(residual), rate(out)))
     try:
         bm, bn, bk, peel = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, ragged=True,
                                          with_peel=True, **args)
