@@ -45,6 +45,7 @@ from functools import lru_cache
 from maiac.passes.tiling.common import (
     Access,
     Budget,
+    JobSplit,
     Kernel,
     Tensor,
     align,
@@ -97,18 +98,18 @@ def query_groups(sq: int, sk: int, bq: int, bk: int, causal: bool) -> list[Query
 
 def _tsram_bytes(bq: int, bk: int, d: int, sizes: Sequence[int], masked: bool,
                  causal: bool = False, narrow: int = 0) -> int:
-    """Scratch of one job: Q and O (f32), two copies of the K and V blocks and the
-    scores (the pipelined key loop), the mask or positions, row stats; ``narrow``: bytes
-    per element of the TTU operands (+ a Q copy and two P copies)."""
+    """Scratch of a stream of jobs: two copies of Q and O (f32, by job) and of the K and
+    V blocks and the scores (by key block: the pipelined loop), the mask or positions,
+    row stats; ``narrow``: bytes per element of the TTU operands (+ Q and P copies)."""
     _, k, v, m = sizes
     if narrow:
         k = v = narrow
-    total = 2 * align(bq * d * 4) + 2 * (align(bk * d * k) + align(bk * d * v))
+    total = 4 * align(bq * d * 4) + 2 * (align(bk * d * k) + align(bk * d * v))
     total += 2 * align(bq * bk * 4) + (align(bq * bk * m) if masked else 0)
     if narrow:
-        total += align(bq * d * narrow) + 2 * align(bq * bk * narrow)
+        total += 2 * align(bq * d * narrow) + 2 * align(bq * bk * narrow)
     if causal:
-        total += align(bq * 4) + align(bk * 4)
+        total += 2 * align(bq * 4) + align(bk * 4)
     return total + 6 * align(bq * 4)
 
 
@@ -211,115 +212,168 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     h = hkv * g
     if out_view is None:
         out_view = (0, h * sq * d, g * sq * d, sq * d, d, 1)
+    # a group whose jobs each take a tile once is straight-line code: consecutive such
+    # groups share a kernel and one pipelined stream of key blocks (the next group's
+    # first scores run while this one's last softmax does); a group with a loop of jobs
+    # is a kernel of its own (its scratch then has twins for `double-buffer`)
+    streams: list[list[QueryGroup]] = []
+    straight = False  # the last stream is straight-line
+    for group in query_groups(sq, sk, bq, bk, generate):
+        single = not split_jobs((b, hkv, g, group.count), budget.n_tiles).trips
+        if single and straight:
+            streams[-1].append(group)
+        else:
+            streams.append([group])
+        straight = single
     kernels = []
-    for index, group in enumerate(query_groups(sq, sk, bq, bk, generate)):
+    for index, groups in enumerate(streams):
         part = kernel if index == 0 else Kernel(op=kernel.op, kind=kernel.kind,
                                                 uid=f"{kernel.uid or kernel.op}.{index}")
-        _tile_group(part, q, k, v, mask, out, budget, dims, views, scale, bq, bk, group,
-                    positions if generate else None, out_view, fmt, zero_empty_rows)
+        _Stream(part, q, k, v, mask, out, budget, dims, views, scale, bq, bk,
+                positions if generate else None, out_view, fmt, zero_empty_rows,
+                len(groups)).emit(groups)
         # the work done: a causal group skips the key blocks above its diagonal
-        part.flops += b * h * group.count * bq * group.keys * bk * (4 * d + 8)
+        part.flops += sum(b * h * grp.count * bq * grp.keys * bk * (4 * d + 8)
+                          for grp in groups)
         if index:
             kernels.append(part)
     return kernels
 
 
-def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                out: Tensor, budget: Budget, dims: Sequence[int],
-                views: dict[str, Sequence[int]], scale: float, bq: int, bk: int,
-                group: QueryGroup, positions: Tensor | None, out_view: Sequence[int],
-                fmt: str = "f32", zero_empty_rows: bool = False) -> None:
-    """The instructions of one group of query blocks (all of them unless causal).
+class _Stream:
+    """The instructions of groups of query blocks run as one stream of key blocks.
 
-    The key blocks of a job are software-pipelined: step ``t`` issues the scores of
-    block ``t + 1`` (``S[(t + 1) % 2] = Q K_{t+1}ᵀ``) before the softmax of block ``t`` and
-    its ``P V_t``, so the TTU computes the next scores while the TVP runs this block's
-    softmax. Scores, probabilities, K/V blocks and the running max come in two copies
-    (by the parity of ``t``), so no step waits for the one before to release a buffer;
-    the blocks and every value computed from them are the same as unpipelined.
+    The key blocks are software-pipelined: step ``t`` issues the scores of the next
+    block (``S[(t + 1) % 2] = Q K_{t+1}ᵀ``, of the next job's first block at a job's
+    end, after its Q load) before the softmax of block ``t`` and its ``P V_t``, so the
+    TTU computes the next scores while the TVP runs this block's softmax. Scores,
+    probabilities, K/V blocks and the running max come in two copies by the parity of
+    the step, Q, O and the row positions by the parity of the job, so no step waits
+    for the one before to release a buffer; the blocks and every value computed from
+    them are the same as unpipelined.
     """
-    b, hkv, g, sq, sk, d = dims
-    split = split_jobs((b, hkv, g, group.count), budget.n_tiles)
-    grid = split.grid
-    q0 = group.first * bq  # first query row of the group
 
-    f32 = "f32"
-    narrow = fmt != "f32"
-    k_dtype, v_dtype = (fmt, fmt) if narrow else (k.dtype, v.dtype)
-    tq = kernel.scratch_buffer("q", f32, (bq, d))
-    tq_mm = kernel.scratch_buffer("q_" + fmt, fmt, (bq, d)) if narrow else tq
-    to = kernel.scratch_buffer("o", f32, (bq, d))
-    # per parity: K and V blocks, scores, probabilities (the scores when f32), running max
-    tk = [kernel.scratch_buffer(f"kT{i}", k_dtype, (d, bk)) for i in (0, 1)]
-    tv = [kernel.scratch_buffer(f"v{i}", v_dtype, (bk, d)) for i in (0, 1)]
-    ts = [kernel.scratch_buffer(f"s{i}", f32, (bq, bk)) for i in (0, 1)]
-    tp = [kernel.scratch_buffer(f"p{i}_" + fmt, fmt, (bq, bk)) for i in (0, 1)] if narrow \
-        else ts
-    tmax = [kernel.scratch_buffer(f"m{i}", f32, (bq, 1)) for i in (0, 1)]
-    m_blk, alpha, l_sum, r_sum = (kernel.scratch_buffer(n, f32, (bq, 1)) for n in
-                                  ("m_blk", "alpha", "l", "rowsum"))
-    tm = kernel.scratch_buffer("mask", mask.dtype, (bq, bk)) if mask is not None else None
-    masked = positions is not None and group.masked_from < group.keys
-    tqp = kernel.scratch_buffer("qpos", f32, (bq, 1)) if masked else None
-    tkp = kernel.scratch_buffer("kpos", f32, (1, bk)) if masked else None
+    def __init__(self, kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                 out: Tensor, budget: Budget, dims: Sequence[int],
+                 views: dict[str, Sequence[int]], scale: float, bq: int, bk: int,
+                 positions: Tensor | None, out_view: Sequence[int], fmt: str,
+                 zero_empty_rows: bool, jobs: int) -> None:
+        self.q, self.k, self.v, self.mask, self.out = q, k, v, mask, out
+        self.budget, self.dims, self.views, self.scale = budget, dims, views, scale
+        self.bq, self.bk, self.positions, self.out_view = bq, bk, positions, out_view
+        self.fmt, self.zero_empty_rows, self.narrow = fmt, zero_empty_rows, fmt != "f32"
+        self.kernel = kernel
+        d = dims[5]
+        f32 = "f32"
+        self.k_dtype, self.v_dtype = (fmt, fmt) if self.narrow else (k.dtype, v.dtype)
+        buf = kernel.scratch_buffer
+        # per job parity (``jobs`` in the stream): Q (and its TTU copy), O, row positions
+        both = (0, 1) if jobs > 1 else (0,)
+        self.tq = [buf(f"q{i}", f32, (bq, d)) for i in both]
+        self.tq_mm = [buf(f"q{i}_" + fmt, fmt, (bq, d)) for i in both] if self.narrow \
+            else self.tq
+        self.to = [buf(f"o{i}", f32, (bq, d)) for i in both]
+        self.tqp = [buf(f"qpos{i}", f32, (bq, 1)) for i in both] if positions else []
+        # per step parity: K and V blocks, scores, probabilities (the scores when f32), max
+        self.tk = [buf(f"kT{i}", self.k_dtype, (d, bk)) for i in (0, 1)]
+        self.tv = [buf(f"v{i}", self.v_dtype, (bk, d)) for i in (0, 1)]
+        self.ts = [buf(f"s{i}", f32, (bq, bk)) for i in (0, 1)]
+        self.tp = [buf(f"p{i}_" + fmt, fmt, (bq, bk)) for i in (0, 1)] if self.narrow \
+            else self.ts
+        self.tmax = [buf(f"m{i}", f32, (bq, 1)) for i in (0, 1)]
+        self.m_blk, self.alpha, self.l_sum, self.r_sum = (
+            self.local(buf(n, f32, (bq, 1)), (bq, 1)) for n in ("m_blk", "alpha", "l", "rowsum"))
+        self.tm = buf("mask", mask.dtype, (bq, bk)) if mask is not None else None
+        self.tkp = buf("kpos", f32, (1, bk)) if positions else None
 
-    def local(buf: str, shape: tuple[int, int], dtype: str = f32) -> Access:
+    @staticmethod
+    def local(buf: str, shape: tuple[int, int], dtype: str = "f32") -> Access:
         return Access(buf, dtype, shape, (shape[1], 1))
 
-    o_acc = local(to, (bq, d))
-    q_mm = local(tq_mm, (bq, d), fmt if narrow else f32)
-    mb_acc, a_acc, l_acc, r_acc = (local(x, (bq, 1)) for x in (m_blk, alpha, l_sum, r_sum))
+    def _split(self, group: QueryGroup) -> JobSplit:
+        b, hkv, g = self.dims[:3]
+        return split_jobs((b, hkv, g, group.count), self.budget.n_tiles)
 
-    def src(t: Tensor, name: str, shape: tuple[int, int], transpose: bool,
-            key_index: int, per_iter: int) -> Access:
-        """Block of operand ``name`` for this job and key block ``key_index``, moving
-        ``per_iter`` key blocks per iteration of the key loop (0: not in it)."""
-        off, s_b, s_h, s_g, s_row, s_col = views[name]
+    def _src(self, group: QueryGroup, t: Tensor, name: str, shape: tuple[int, int],
+             transpose: bool, key_index: int, per_iter: int) -> Access:
+        """Block of operand ``name`` for a job of ``group`` and key block ``key_index``,
+        moving ``per_iter`` key blocks per iteration of the key loop (0: not in it)."""
+        split, bq, bk = self._split(group), self.bq, self.bk
+        off, s_b, s_h, s_g, s_row, s_col = self.views[name]
         steps = (s_b, s_h, s_g, bq * s_row if name in ("q", "mask") else 0)
         key_step = 0 if name == "q" else bk * (s_col if name == "mask" else s_row)
         strides = (s_col, s_row) if transpose else (s_row, s_col)
-        first_row = q0 * s_row if name in ("q", "mask") else 0
+        first_row = group.first * bq * s_row if name in ("q", "mask") else 0
         ls = split.loop_strides(steps) + ((per_iter * key_step,) if per_iter else ())
         return Access(t.buf, t.dtype, shape, strides,
                       t.off + off + first_row + key_index * key_step,
                       split.tile_strides(steps), ls)
 
-    # per job: Q block, scaled once (and the positions of its rows, when masked here)
-    body = [dma(src(q, "q", (bq, d), False, 0, 0), local(tq, (bq, d)), grid),
-            vec("scale", [local(tq, (bq, d))], q_mm, grid, scale=float(scale))]
-    if masked and positions is not None and tqp is not None:
-        steps = (0, 0, 0, bq)
-        body.append(dma(Access(positions.buf, f32, (bq, 1), (1, 1),
-                               positions.off + sk - sq + q0, split.tile_strides(steps),
-                               split.loop_strides(steps)), local(tqp, (bq, 1)), grid))
+    def _order(self, group: QueryGroup) -> list[tuple[int, bool]]:
+        """(key block, masked) in the order a job of ``group`` runs them: the blocks
+        crossing a diagonal first, then the fully visible ones (the online softmax is
+        order-free, and a row hidden so far keeps m = -inf, l = 0)."""
+        if self.positions is not None and group.masked_from < group.keys:
+            segments = [(group.masked_from, group.keys - group.masked_from, True),
+                        (0, group.masked_from, False)]
+        else:
+            segments = [(0, group.keys, False)]
+        return [(start + i, with_mask) for start, count, with_mask in segments
+                for i in range(count)]
 
-    def scores(j: int, parity: int, per_iter: int) -> list:
+    def prologue(self, group: QueryGroup, job: int) -> list:
+        """A job's Q block, scaled once (and the positions of its rows, when masked)."""
+        split, bq, d = self._split(group), self.bq, self.dims[5]
+        grid = split.grid
+        q_mm = self.local(self.tq_mm[job], (bq, d), self.fmt if self.narrow else "f32")
+        ops = [dma(self._src(group, self.q, "q", (bq, d), False, 0, 0),
+                   self.local(self.tq[job], (bq, d)), grid),
+               vec("scale", [self.local(self.tq[job], (bq, d))], q_mm, grid,
+                   scale=float(self.scale))]
+        if self.positions is not None and any(m for _, m in self._order(group)):
+            sq, sk = self.dims[3:5]
+            steps = (0, 0, 0, bq)
+            ops.append(dma(Access(self.positions.buf, "f32", (bq, 1), (1, 1),
+                                  self.positions.off + sk - sq + group.first * bq,
+                                  split.tile_strides(steps), split.loop_strides(steps)),
+                           self.local(self.tqp[job], (bq, 1)), grid))
+        return ops
+
+    def scores(self, group: QueryGroup, job: int, j: int, parity: int, per_iter: int) -> list:
         """K/V blocks ``j`` into the ``parity`` copies, and their scores."""
-        kt = local(tk[parity], (d, bk), k_dtype)
-        return [dma(src(k, "k", (d, bk), True, j, per_iter), kt, grid),
-                dma(src(v, "v", (bk, d), False, j, per_iter),
-                    local(tv[parity], (bk, d), v_dtype), grid, queue=1),
-                mm(q_mm, kt, local(ts[parity], (bq, bk)), grid, accumulate=False, fmt=fmt)]
+        grid, bq, bk, d = self._split(group).grid, self.bq, self.bk, self.dims[5]
+        kt = self.local(self.tk[parity], (d, bk), self.k_dtype)
+        q_mm = self.local(self.tq_mm[job], (bq, d), self.fmt if self.narrow else "f32")
+        return [dma(self._src(group, self.k, "k", (d, bk), True, j, per_iter), kt, grid),
+                dma(self._src(group, self.v, "v", (bk, d), False, j, per_iter),
+                    self.local(self.tv[parity], (bk, d), self.v_dtype), grid, queue=1),
+                mm(q_mm, kt, self.local(self.ts[parity], (bq, bk)), grid, accumulate=False,
+                   fmt=self.fmt)]
 
-    def softmax(j: int, parity: int, per_iter: int, first: bool, causal_mask: bool) -> list:
+    def softmax(self, group: QueryGroup, job: int, j: int, parity: int, per_iter: int,
+                first: bool, causal_mask: bool) -> list:
         """The online softmax of key block ``j`` (scores in the ``parity`` copies) and
         ``O (+)= P V_j``; the running max moves from ``m[parity]`` to ``m[1 - parity]``."""
-        s_acc, p_acc = local(ts[parity], (bq, bk)), local(tp[parity], (bq, bk),
-                                                          fmt if narrow else f32)
-        m_acc, mn_acc = local(tmax[parity], (bq, 1)), local(tmax[1 - parity], (bq, 1))
-        v_acc = local(tv[parity], (bk, d), v_dtype)
+        split, bq, bk, d, fmt = self._split(group), self.bq, self.bk, self.dims[5], self.fmt
+        grid, local = split.grid, self.local
+        s_acc = local(self.ts[parity], (bq, bk))
+        p_acc = local(self.tp[parity], (bq, bk), fmt if self.narrow else "f32")
+        m_acc, mn_acc = local(self.tmax[parity], (bq, 1)), local(self.tmax[1 - parity], (bq, 1))
+        v_acc, o_acc = local(self.tv[parity], (bk, d), self.v_dtype), local(self.to[job], (bq, d))
         ops = []
-        if mask is not None and tm is not None:
-            ops += [dma(src(mask, "mask", (bq, bk), False, j, per_iter),
-                        local(tm, (bq, bk), mask.dtype), grid),
-                    vec("add", [s_acc, local(tm, (bq, bk), mask.dtype)], s_acc, grid)]
-        if causal_mask and positions is not None and tqp is not None and tkp is not None:
+        if self.mask is not None and self.tm is not None:
+            ops += [dma(self._src(group, self.mask, "mask", (bq, bk), False, j, per_iter),
+                        local(self.tm, (bq, bk), self.mask.dtype), grid),
+                    vec("add", [s_acc, local(self.tm, (bq, bk), self.mask.dtype)], s_acc, grid)]
+        if causal_mask and self.positions is not None and self.tkp is not None:
             still = (0, 0, 0, 0)
             ls = split.loop_strides(still) + ((per_iter * bk,) if per_iter else ())
-            ops += [dma(Access(positions.buf, f32, (1, bk), (bk, 1), positions.off + j * bk,
-                               split.tile_strides(still), ls), local(tkp, (1, bk)), grid),
-                    vec("causal_mask", [s_acc, local(tqp, (bq, 1)), local(tkp, (1, bk))],
-                        s_acc, grid)]
+            ops += [dma(Access(self.positions.buf, "f32", (1, bk), (bk, 1),
+                               self.positions.off + j * bk, split.tile_strides(still), ls),
+                        local(self.tkp, (1, bk)), grid),
+                    vec("causal_mask", [s_acc, local(self.tqp[job], (bq, 1)),
+                                        local(self.tkp, (1, bk))], s_acc, grid)]
+        l_acc, r_acc, mb_acc, a_acc = self.l_sum, self.r_sum, self.m_blk, self.alpha
         if first:
             return ops + [vec("reduce_max", [s_acc], mn_acc, grid),
                           vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
@@ -335,42 +389,53 @@ def _tile_group(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
                       vec("mul", [o_acc, a_acc], o_acc, grid),
                       mm(p_acc, v_acc, o_acc, grid, accumulate=True, fmt=fmt)]
 
-    # key blocks crossing a diagonal first (masked), then the fully visible ones; the
-    # online softmax is order-free, and a row hidden so far keeps m = -inf, l = 0
-    segments = [(group.masked_from, group.keys - group.masked_from, True),
-                (0, group.masked_from, False)] if masked else [(0, group.keys, False)]
-    order = [(start + i, with_mask) for start, count, with_mask in segments
-             for i in range(count)]
-    body += scores(order[0][0], 0, 0)
-    t = 0
-    while t < len(order):
-        j, with_mask = order[t]
-        # steps whose next block follows in the same segment run as a loop of pairs
-        run = 0
-        while t + run + 1 < len(order) and t > 0 and order[t + run + 1] == (
-                j + run + 1, with_mask):
-            run += 1
-        if run >= 2:
-            pair = []
-            for half in (0, 1):
-                parity = (t + half) % 2
-                pair += scores(j + half + 1, 1 - parity, 2)
-                pair += softmax(j + half, parity, 2, False, with_mask)
-            body += loop((run // 2,), pair)
-            t += run // 2 * 2
-            continue
-        parity = t % 2
-        if t + 1 < len(order):
-            body += scores(order[t + 1][0], 1 - parity, 0)
-        body += softmax(j, parity, 0, t == 0, with_mask)
-        t += 1
-    off, s_b, s_hkv, s_g, s_row, s_col = out_view
-    out_steps = (s_b, s_hkv, s_g, bq * s_row)
-    if zero_empty_rows:
-        body += at_least_one(l_acc, r_acc, grid)
-    body += [vec("div", [o_acc, l_acc], o_acc, grid),
-             dma(o_acc, Access(out.buf, out.dtype, (bq, d), (s_row, s_col),
-                               out.off + off + q0 * s_row, split.tile_strides(out_steps),
-                               split.loop_strides(out_steps)),
-                 grid, queue=1)]
-    kernel.body.extend(loop(split.trips, body))
+    def epilogue(self, group: QueryGroup, job: int) -> list:
+        """``O / l`` of a job and its store."""
+        split, bq, d = self._split(group), self.bq, self.dims[5]
+        grid, o_acc = split.grid, self.local(self.to[job], (bq, d))
+        off, s_b, s_hkv, s_g, s_row, s_col = self.out_view
+        out_steps = (s_b, s_hkv, s_g, bq * s_row)
+        ops = at_least_one(self.l_sum, self.r_sum, grid) if self.zero_empty_rows else []
+        return ops + [vec("div", [o_acc, self.l_sum], o_acc, grid),
+                      dma(o_acc, Access(self.out.buf, self.out.dtype, (bq, d), (s_row, s_col),
+                                        self.out.off + off + group.first * bq * s_row,
+                                        split.tile_strides(out_steps),
+                                        split.loop_strides(out_steps)),
+                          grid, queue=1)]
+
+    def emit(self, groups: list[QueryGroup]) -> None:
+        """The stream of ``groups`` (one group with a loop of jobs, or several whose jobs
+        each run once per tile) into the kernel."""
+        steps = [(n, t, j, with_mask) for n, group in enumerate(groups)
+                 for t, (j, with_mask) in enumerate(self._order(group))]
+        body = self.prologue(groups[0], 0) + self.scores(groups[0], 0, steps[0][2], 0, 0)
+        i = 0
+        while i < len(steps):
+            n, t, j, with_mask = steps[i]
+            group, job = groups[n], n % 2
+            # steps whose next block follows in the same job and segment: a loop of pairs
+            run = 0
+            while t > 0 and i + run + 1 < len(steps) and \
+                    steps[i + run + 1] == (n, t + run + 1, j + run + 1, with_mask):
+                run += 1
+            if run >= 2:
+                pair = []
+                for half in (0, 1):
+                    parity = (i + half) % 2
+                    pair += self.scores(group, job, j + half + 1, 1 - parity, 2)
+                    pair += self.softmax(group, job, j + half, parity, 2, False, with_mask)
+                body += loop((run // 2,), pair)
+                i += run // 2 * 2
+                continue
+            parity = i % 2
+            if i + 1 < len(steps):
+                n_next, _, j_next, _ = steps[i + 1]
+                if n_next != n:  # the next job's Q and first scores before this softmax
+                    body += self.prologue(groups[n_next], n_next % 2)
+                body += self.scores(groups[n_next], n_next % 2, j_next, 1 - parity, 0)
+            body += self.softmax(group, job, j, parity, 0, t == 0, with_mask)
+            if i + 1 == len(steps) or steps[i + 1][0] != n:
+                body += self.epilogue(group, job)
+            i += 1
+        trips = self._split(groups[0]).trips
+        self.kernel.body.extend(loop(trips, body))
