@@ -21,7 +21,7 @@ from xdsl.passes import ModulePass
 from maiac.ir import maia
 from maiac.ir.resources import constant_attr
 from maiac.ir.types import tensor_dtype, tensor_shape
-from maiac.passes.tiling import decode_attention
+from maiac.passes.tiling import decode_attention, narrow_act
 from maiac.passes.tiling.attention import tile_attention
 from maiac.passes.tiling.cache_write import tile_cache_write
 from maiac.passes.tiling.collective import tile_collective, tile_p2p
@@ -99,6 +99,9 @@ class FunctionTiler:
     buffer_kind: dict[str, str] = field(default_factory=dict)
     output_buffers: list[str] = field(default_factory=list)
     counter: int = 0
+    # matmul results stored in their consumer's activation format (`narrow_act`): buffer
+    # -> (the consumer's activation quantization, the narrow tensor)
+    narrow_results: dict[str, tuple[MatmulQuant, Tensor]] = field(default_factory=dict)
 
     def new_buffer(self, name: str, ssa: SSAValue, kind: str, **extra: object) -> Tensor:
         dtype, shape = tensor_dtype(ssa.type), tensor_shape(ssa.type)
@@ -109,6 +112,39 @@ class FunctionTiler:
             dtype=dtype, shape=list(shape), **extra))
         self.values[ssa] = tensor
         return tensor
+
+    def _narrow_consumer(self, op: Operation) -> MatmulQuant | None:
+        """The activation quantization of the one quantized matmul that reads ``op``'s
+        fp32 result as its ``a``, when ``op`` is a matmul that can store it in that format
+        (`narrow_act`; not in the naive baseline), else None."""
+        if not isinstance(op, maia.MatMulOp) or self.budget.fixed_block:
+            return None
+        result = op.results[0]
+        uses = list(result.uses)
+        if len(uses) != 1 or uses[0].index != 0 or tensor_dtype(result.type) != "f32":
+            return None
+        user = uses[0].operation
+        if not isinstance(user, maia.MatMulOp):
+            return None
+        q = MatmulQuant(a_fmt=maia.attr(user, "a_fmt", ""), a_scale=maia.attr(user, "a_scale"),
+                        a_tensor_scale=maia.attr(user, "a_tensor_scale"),
+                        scale_mode=maia.attr(user, "scale_mode", "floor"))
+        af = q.fmt("a")
+        if af is None or (not af.is_blocked and q.a_scale is None):
+            return None
+        if tensor_shape(result.type)[-1] % narrow_act.column_granule(q):
+            return None
+        return q
+
+    def narrow_buffer(self, name: str, ssa: SSAValue, q: MatmulQuant) -> Tensor:
+        """The buffer of ``ssa``'s value in ``q``'s activation format; returns its fp32
+        view for the producer's tiler (the consumer gets the narrow tensor)."""
+        shape = tensor_shape(ssa.type)
+        narrow = self.act_buffer(name, narrow_act.narrow_shape(q, shape),
+                                 narrow_act.narrow_dtype(q))
+        self.values[ssa] = narrow
+        self.narrow_results[name] = (q, narrow)
+        return Tensor(name, "f32", shape)
 
     def likely_on_chip(self, tensor: Tensor) -> bool:
         """Whether plan-memory will likely put ``tensor`` in CSRAM: an activation of at
@@ -156,7 +192,11 @@ class FunctionTiler:
             tile_cache_write(kernel, ins[0], ins[1], ins[2], self.budget)
             self.kernels.append(kernel.build())
             return
-        out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
+        consumer = self._narrow_consumer(op)
+        if consumer is not None:
+            out = self.narrow_buffer(f"t{self.counter}:{label}", op.results[0], consumer)
+        else:
+            out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
         kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
         fn = maia.attr(op, "fn")
         try:
@@ -202,7 +242,8 @@ class FunctionTiler:
                                fmt=operand_format(maia.attr(op, "fmt", "f32"), ins[0], ins[1]),
                                residual=residual, residual_fn=residual_fn or "add",
                                quant=self._matmul_quant(op), glu=maia.attr(op, "glu"),
-                               on_chip=self.likely_on_chip)
+                               on_chip=self.likely_on_chip,
+                               out_quant=self.narrow_results.get(out.buf))
         elif isinstance(op, maia.AttentionOp) and not self.budget.fixed_block and \
                 decode_attention.applies(maia.attr(op, "dims"), len(ins),
                                          bool(maia.attr(op, "causal", False))):

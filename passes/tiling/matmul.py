@@ -16,6 +16,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
+from maiac.passes.tiling import narrow_act
 from maiac.passes.tiling.common import (
     Access,
     Budget,
@@ -150,7 +151,8 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
         for bn in ns:
             best: tuple[float, int, int, int, int] | None = None
             fixed = (outputs * align(bm * bn * 4) + align(bn * extra_row_bytes)
-                     + align(bm * bn * block_bytes) + slack)
+                     + align(bm * bn * block_bytes) + slack
+                     + align(math.ceil(bm * bn * rates.out_quant_bytes)))
             split = split_jobs((batch, m // bm, n // bn), budget.n_tiles)
             shape = _JobShape(bm, bn, k, a_size if a_src is None else a_src,
                               outputs * (b_size if b_src is None else b_src), block_bytes,
@@ -286,6 +288,9 @@ class OperandRates:
     a: float = 0.0
     residual: float = 0.0
     out: float = 0.0
+    # > 0: the epilogue quantizes the result into a staging block of this many bytes per
+    # element, which is what it stores (`narrow_act`)
+    out_quant_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -354,7 +359,7 @@ def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[floa
         body = t_dma + t_tvp + steps * max(t_dma, t_tvp, t_ttu)
     else:
         body = steps * (t_dma + t_tvp + t_ttu)
-    c_blk = s.bm * s.bn * 4
+    c_blk = s.bm * s.bn * (s.rates.out_quant_bytes or 4)
     epilogue = dma(c_blk, c_blk * tiles, s.rates.out)
     if s.block_bytes:
         r_blk = s.bm * s.bn * s.block_bytes
@@ -498,7 +503,8 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                 bias: Tensor | None = None, act: str | None = None, fmt: str = "f32",
                 residual: Tensor | None = None, residual_fn: str = "add",
                 quant: MatmulQuant | None = None, glu: str | None = None,
-                on_chip: Callable[[Tensor], bool] | None = None) -> list[Kernel]:
+                on_chip: Callable[[Tensor], bool] | None = None,
+                out_quant: tuple[MatmulQuant, Tensor] | None = None) -> list[Kernel]:
     """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``;
     returns the kernels of the ragged tails (blocks need not divide M or N: the
     remainder rows/columns run as kernels of their own, right after this one).
@@ -520,22 +526,34 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
 
     ``on_chip``: whether a tensor will likely live in CSRAM (the cost model then streams
     it at the CSRAM rate, see `OperandRates`).
+
+    ``out_quant``: (the consumer's `MatmulQuant`, the narrow tensor): the result is
+    stored quantized in the consumer's activation format (`narrow_act`); ``out`` still
+    gives its fp32 shape. An ``a`` already in ``quant``'s activation format (such a
+    narrow tensor) is loaded as it is, with no quantize step.
     """
     a, out, residual = fold_batch(a, b, out, residual)
     *batch_shape, m, n = out.shape
-    k = a.shape[-1]
+    k = b.shape[-2]  # a narrow a's rows are bytes
     nbatch = math.prod(batch_shape)
     extra = itemsize(bias.dtype) if bias is not None else 0
     block = itemsize(residual.dtype) if residual is not None else 0  # a [bm, bn] block
     q = quant or MatmulQuant()
     a_size, b_size, k_step, n_step = _quant_sizes(q, itemsize(a.dtype), itemsize(b.dtype))
+    a_src: float = itemsize(a.dtype)
+    narrow_a = _narrow_a(q, a)
+    if narrow_a:
+        a_size = a_src = narrow_act.element_bytes(q)
+    if out_quant is not None:
+        n_step = math.lcm(n_step, narrow_act.column_granule(out_quant[0]))
     native_k = math.lcm(k_step, budget.native_k(fmt))
     k_step = native_k if k % native_k == 0 else k_step  # K steps of whole TTU blocks
     speedup = _speedup(fmt, budget)
-    quant_ops = VEC_OPS["quantize"] if q.fmt("a") is not None else 0.0
+    quant_ops = VEC_OPS["quantize"] if q.fmt("a") is not None and not narrow_a else 0.0
     epilogue_ops = ((1 if bias is not None else 0) + (VEC_OPS.get(act, 1) if act else 0)
                     + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0)
-                    + (VEC_OPS.get(glu, 1) if glu else 0))
+                    + (VEC_OPS.get(glu, 1) if glu else 0)
+                    + (VEC_OPS["quantize"] if out_quant is not None else 0))
     halves = 2 if glu else 1
     wf = q.fmt("w")
     if q.w_scales is not None and wf is not None and not wf.is_blocked:
@@ -544,10 +562,13 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
 
     def rate(t: Tensor | None) -> float:
         return csram if t is not None and on_chip is not None and on_chip(t) else 0.0
+    stored = out if out_quant is None else out_quant[1]
     args = dict(extra_row_bytes=extra, k_step=k_step, n_step=n_step, block_bytes=block,
-                a_src=itemsize(a.dtype), speedup=speedup, quant_ops=quant_ops,
+                a_src=a_src, speedup=speedup, quant_ops=quant_ops,
                 epilogue_ops=epilogue_ops, outputs=halves, ragged_k=_plain(q),
-                rates=OperandRates(rate(a), rate(residual), rate(out)))
+                rates=OperandRates(rate(a), rate(residual), rate(stored),
+                                   narrow_act.element_bytes(out_quant[0])
+                                   if out_quant is not None else 0.0))
     try:
         bm, bn, bk, peel = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, ragged=True,
                                          with_peel=True, **args)
@@ -559,7 +580,8 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     kernels = [kernel] + [Kernel(op=kernel.op, kind=kernel.kind, uid=f"{kernel.uid}.tail{i}")
                           for i in range(1, len(regions))]
     for kern, region in zip(kernels, regions, strict=True):
-        _tile_region(kern, a, b, out, region, budget.n_tiles, bias, act, fmt, residual, residual_fn, q, glu)
+        _tile_region(kern, a, b, out, region, budget.n_tiles, bias, act, fmt, residual,
+                     residual_fn, q, glu, out_quant)
     kernel.flops += 2 * nbatch * m * n * k * halves
     return kernels[1:]
 
@@ -587,26 +609,30 @@ def fold_batch(a: Tensor, b: Tensor, out: Tensor, residual: Tensor | None
 
 def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Region,
                  n_tiles: int, bias: Tensor | None, act: str | None, fmt: str, residual: Tensor | None,
-                 residual_fn: str, q: MatmulQuant, glu: str | None) -> None:
+                 residual_fn: str, q: MatmulQuant, glu: str | None,
+                 out_quant: tuple[MatmulQuant, Tensor] | None = None) -> None:
     """The instructions of one `_Region` of the matmul (see `tile_matmul`)."""
     *batch_shape, m, n = out.shape
-    k = a.shape[-1]
+    k = b.shape[-2]
+    a_row = a.shape[-1]  # elements of a's dtype per row (bytes of a narrow a's row)
+    narrow_a = _narrow_a(q, a)
     m0, n0, bm, bn, bk = region.m0, region.n0, region.bm, region.bn, region.bk
     batch_shape = tuple(batch_shape)
     a_batch = broadcast_strides(a.shape[:-2], batch_shape) if batch_shape else ()
     b_batch = broadcast_strides(b.shape[:-2], batch_shape) if batch_shape else ()
-    a_batch = tuple(s * m * k for s in a_batch)
+    a_batch = tuple(s * m * a_row for s in a_batch)
     b_batch = tuple(s * k * n * (2 if glu else 1) for s in b_batch)
     c_batch = tuple(s * m * n for s in contiguous(batch_shape)) if batch_shape else ()
     halves = 2 if glu else 1
     extents = batch_shape + (region.mr // bm, region.nr // bn)
     split = split_jobs(extents, n_tiles)
     grid = split.grid
-    a_steps = a_batch + (bm * k, 0)
+    a_steps = a_batch + (bm * a_row, 0)
     b_steps = b_batch + (0, bn)
     c_steps = c_batch + (bm * n, bn)
     ta_dtype = "bf16" if q.a_fmt == "bf16" else a.dtype
-    ta = kernel.scratch_buffer("a", ta_dtype, (bm, bk))
+    ta_row = narrow_act.block_row(q, bk) if narrow_a else bk
+    ta = kernel.scratch_buffer("a", ta_dtype, (bm, ta_row))
     if q.fmt("w") is not None and b.dtype == "u8":  # packed: [bk, bn] elements as bytes
         nb, bnb = payload_bytes(q.w_fmt, n), payload_bytes(q.w_fmt, bn)
         b_steps = b_batch + (0, bnb)
@@ -621,7 +647,8 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
     assert not kr or _plain(q), "ragged K only for plain operands"
     outer_a = split.loop_strides(a_steps)
     outer_b = split.loop_strides(b_steps)
-    a_quant = _a_quantizer(kernel, q, ta, bm, bk, grid)
+    a_quant = (([], *narrow_act.mm_operands(q, ta, bm, bk)) if narrow_a
+               else _a_quantizer(kernel, q, ta, bm, bk, grid))
     b_scale = _b_scale_loader(kernel, q, bk, bn, n, batch_shape, split, grid, halves, n0)
     if glu:  # both halves' blocks in one DMA: [bk, 2, bn] -> TSRAM rows [gate | up]
         b_shape, b_strides, tb_strides = (bk, 2, bnb), (row, nb, 1), (2 * bnb, bnb, 1)
@@ -633,17 +660,16 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
         """The K step at elements ``k0 + k_index * bk`` of ``width`` (``inner``: the
         loop's body, its offsets moving by ``bk`` per iteration)."""
         kw = k0 + k_index * bk if inner or k_index else 0
-        a_ls = outer_a + ((bk,) if inner else ())
         b_ls = outer_b + ((bk * row,) if inner else ())
         bsh = (width, *b_shape[1:])
-        src_a = Access(a.buf, a.dtype, (bm, width), (k, 1), a.off + m0 * k + kw,
-                       split.tile_strides(a_steps), a_ls)
+        a_loads = _a_loads(q, a, ta, ta_dtype, k, bm, bk, width, kw, m0, inner, narrow_a,
+                           split.tile_strides(a_steps), outer_a, grid)
         src_b = Access(b.buf, b.dtype, bsh, b_strides, b.off + b_col0 + kw * row,
                        split.tile_strides(b_steps), b_ls)
         a_ops, a_mm, a_extra = a_quant
         b_ops, b_extras = b_scale(k_index, inner)
         return [
-            dma(src_a, Access(ta, ta_dtype, (bm, width), (bk, 1)), grid, queue=0),
+            *a_loads,
             dma(src_b, Access(tb, b.dtype, bsh, tb_strides), grid, queue=1),
             *b_ops,
             *(op.clone() for op in a_ops),  # fresh ops: step() builds the peel and the loop
@@ -681,11 +707,44 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
     if residual is not None:
         body += _residual(kernel, residual, residual_fn, c_block, out.shape, bm, bn, split,
                           grid, m0, n0)
-    body.append(dma(c_block, Access(out.buf, out.dtype, (bm, bn), (n, 1),
-                                    out.off + m0 * n + n0,
-                                    split.tile_strides(c_steps), split.loop_strides(c_steps)),
-                    grid, queue=1))
+    if out_quant is not None:
+        body += narrow_act.store(kernel, out_quant[0], c_block, out_quant[1], m, n, bm, bn,
+                                 m0, n0, batch_shape, split, grid)
+    else:
+        body.append(dma(c_block, Access(out.buf, out.dtype, (bm, bn), (n, 1),
+                                        out.off + m0 * n + n0, split.tile_strides(c_steps),
+                                        split.loop_strides(c_steps)), grid, queue=1))
     kernel.body.extend(loop(split.trips, body))
+
+
+def _narrow_a(q: MatmulQuant, a: Tensor) -> bool:
+    """Whether ``a`` holds ``q``'s activation codes already (`narrow_act`)."""
+    return (q.fmt("a") is not None and a.dtype != "f32"
+            and a.dtype == narrow_act.narrow_dtype(q))
+
+
+def _a_loads(q: MatmulQuant, a: Tensor, ta: str, ta_dtype: str, k: int, bm: int, bk: int,
+             width: int, kw: int, m0: int, inner: bool, narrow: bool,
+             tile_strides: tuple[int, ...], outer: tuple[int, ...], grid: Sequence[int]
+             ) -> list:
+    """The DMAs of one K step's ``[bm, width]`` activation block at element ``kw`` into
+    the ``[bm, bk]`` block ``ta`` (``inner``: in the K loop, moving by ``bk`` per
+    iteration): one strided block, or a narrow a's codes and scales
+    (`narrow_act.row_pieces`)."""
+    a_row = a.shape[-1]
+    if not narrow:
+        src = Access(a.buf, a.dtype, (bm, width), (k, 1), a.off + m0 * k + kw, tile_strides,
+                     outer + ((bk,) if inner else ()))
+        return [dma(src, Access(ta, ta_dtype, (bm, width), (bk, 1)), grid, queue=0)]
+    block = narrow_act.block_row(q, bk)
+    here, there = (narrow_act.row_pieces(q, k, at, width) for at in (kw, kw + bk))
+    loads = []
+    for (col, local, cols), (nxt, _, _) in zip(here, there, strict=True):
+        src = Access(a.buf, a.dtype, (bm, cols), (a_row, 1), a.off + m0 * a_row + col,
+                     tile_strides, outer + ((nxt - col,) if inner else ()))
+        loads.append(dma(src, Access(ta, ta_dtype, (bm, cols), (block, 1), local), grid,
+                         queue=0))
+    return loads
 
 
 def _plain(q: MatmulQuant) -> bool:

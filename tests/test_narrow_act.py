@@ -1,0 +1,74 @@
+"""A matmul whose result only feeds a quantized matmul stores it in that matmul's
+activation format (passes/tiling/narrow_act.py): the same outputs, bit for bit, and the
+activation is quantized once, by the producer's epilogue, not by every consumer job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import maiac
+from maiac.passes.tile import FunctionTiler
+from maiac.runtime import isa
+from maiac.runtime.timing import simulate
+
+
+def _chain(m: int, k: int, hidden: int, n: int, seed: int) -> onnx.ModelProto:
+    """``y = relu(x @ w1) @ w2``: the first matmul's result is the second's activation."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((k, hidden)) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, n)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _leaves(instrs: list[Any]) -> list[Any]:
+    out = []
+    for i in instrs:
+        out += _leaves(i.body) if isinstance(i, isa.Loop) else [i]
+    return out
+
+
+TARGET = {"n_clusters": "1", "tiles_per_cluster": "4", "tsram_bytes": "256KiB"}
+
+
+@pytest.mark.parametrize("quant", ["mxfp4", "fp8"])
+def test_narrow_activation_between_matmuls(quant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, k, hidden, n = 128, 64, 512, 128
+    model = _chain(m, k, hidden, n, 0)
+    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    narrow = maiac.compile(model, quant=quant, target_params=TARGET)
+    with monkeypatch.context() as patch:  # the consumer quantizes its own blocks
+        patch.setattr(FunctionTiler, "_narrow_consumer", lambda self, op: None)
+        plain = maiac.compile(model, quant=quant, target_params=TARGET)
+
+    def blocks(compiled: Any) -> set[tuple[Any, ...]]:
+        return {(i.op, tuple(i.c.shape), tuple(i.grid)) for i in
+                _leaves(compiled.program.instructions) if isinstance(i, isa.MatMul)}
+
+    # same blocks (so the same fp32 sums), so the same outputs bit for bit
+    assert blocks(narrow) == blocks(plain)
+    np.testing.assert_array_equal(narrow.run({"x": x})["y"], plain.run({"x": x})["y"])
+
+    quantizes = [i for i in _leaves(narrow.program.instructions)
+                 if isinstance(i, isa.Vec) and i.fn == "quantize"]
+    assert quantizes and all("down" not in i.op for i in quantizes)  # the producer's
+    stores = {i.dst.dtype for i in _leaves(narrow.program.instructions)
+              if isinstance(i, isa.Dma) and "up" in i.op and i.src.level == "tsram"
+              and i.dst.level != "tsram"}
+    assert stores == {"u8" if quant == "mxfp4" else "f8e4m3"}  # codes (and scales)
+
+    def tvp_of_down(compiled: Any) -> float:
+        ops = simulate(compiled.program).to_json()["ops"]
+        return sum(o["busy_s"].get("tvp", 0.0) for o in ops if "down" in o["name"])
+    assert tvp_of_down(narrow) == 0.0 < tvp_of_down(plain)
