@@ -161,3 +161,24 @@ def test_conv_transpose_upsampling() -> None:
                             pads=[1, 1, 0, 1], output_padding=[1, 0], group=2)
     _golden(_model(node, [("x", F, [1, 4, 5, 6])], [("y", F)], inits=inits), {"x": x},
             atol=1e-4)
+
+
+def test_repeated_slices_reuse_probed_views_by_their_constants() -> None:
+    """Slices of one shape lower to views found once per (shape, attributes, constants):
+    a repeat of a slice reuses its view, a slice with other bounds gets its own."""
+    from maiac.passes import lower_layout
+
+    lower_layout._PROBED_VIEWS.clear()
+    bounds = [(0, 3), (3, 8), (0, 3)]  # the third repeats the first
+    nodes, inits = [], []
+    for i, (lo, hi) in enumerate(bounds):
+        for name, value in ((f"lo{i}", lo), (f"hi{i}", hi), (f"ax{i}", 1)):
+            inits.append(helper.make_tensor(name, I64, [1], [value]))
+        nodes.append(helper.make_node("Slice", ["x", f"lo{i}", f"hi{i}", f"ax{i}"], [f"y{i}"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [4, 8])],
+                              [helper.make_tensor_value_info(f"y{i}", F, None)
+                               for i in range(len(bounds))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    _golden(model, {"x": RNG.standard_normal((4, 8)).astype(np.float32)})
+    assert len(lower_layout._PROBED_VIEWS) == 2
