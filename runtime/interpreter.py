@@ -62,7 +62,7 @@ from maiac.runtime.interpreter_matmul import (
 from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Vec
 from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
-from maiac.runtime.memory import access_extent, np_dtype
+from maiac.runtime.memory import access_extent, np_dtype, zeroed_memory
 from maiac.runtime.parallel import (
     BLAS_THREADED_MNK,
     MIN_SPLIT_BYTES,
@@ -114,10 +114,10 @@ class _Machine:
         # the capacities), so memory and first-touch cost follow what the program uses.
         end = {lv: -(-max((b.addr + b.nbytes for b in bs), default=0) // 64) * 64 + 64
                for lv, bs in by_level.items()}
-        self.mem = {
-            "hbm": np.zeros(end["hbm"], np.uint8),
-            "csram": np.zeros(end["csram"], np.uint8),
-            "tsram": np.zeros((self.target.n_tiles, end["tsram"]), np.uint8),
+        self.mem = {  # pages resident once written (runtime/memory.py)
+            "hbm": zeroed_memory((end["hbm"],)),
+            "csram": zeroed_memory((end["csram"],)),
+            "tsram": zeroed_memory((self.target.n_tiles, end["tsram"])),
         }
         self.vectorized_loops = 0
         self.blas_limit = False  # set when a per-tile GEMM is large enough to be threaded

@@ -13,6 +13,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 import maiac
@@ -86,3 +87,23 @@ def test_verify_frees_the_program_before_onnxruntime(tmp_path: Path, monkeypatch
         result = verify_mod.verify(_external(tmp_path))
     assert result["ok"]
     assert alive and not any(alive)
+
+
+def _rss_anon_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_machine_memory_is_resident_where_written() -> None:
+    """One byte written every 2 MiB of a 64 MiB level makes 32 small pages resident, not
+    32 huge ones (SRAM is touched sparsely: each tile uses only its kernels' buffers)."""
+    from maiac.runtime.memory import zeroed_memory
+
+    mem = zeroed_memory((4, 16 << 20))
+    assert mem.dtype == np.uint8 and mem.shape == (4, 16 << 20) and not mem.any()
+    before = _rss_anon_kib()
+    mem.reshape(-1)[:: 2 << 20] = 1
+    assert _rss_anon_kib() - before < 4096  # KiB; huge pages would make it 65536
+    assert int(mem.sum()) == 32
