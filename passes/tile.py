@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from xdsl.context import Context
@@ -28,7 +30,7 @@ from maiac.passes.tiling.collective import tile_collective, tile_p2p
 from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
 from maiac.passes.tiling.elementwise import tile_elementwise
 from maiac.passes.tiling.layout import tile_concat, tile_copy, tile_gather, tile_view
-from maiac.passes.tiling.matmul import MatmulQuant, tile_matmul
+from maiac.passes.tiling.matmul import MatmulQuant, tile_matmul, ttu_speedup
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.target import Target, get_target
 
@@ -82,6 +84,20 @@ def io_names(attrs: builtin.ArrayAttr | None, count: int, prefix: str) -> list[s
     return names
 
 
+def activation_quant(op: Operation) -> MatmulQuant | None:
+    """The activation quantization the `quantize` pass gave matmul ``op`` (MX/NVFP4
+    blocks, or FP8 with its static scale), or None."""
+    if not isinstance(op, maia.MatMulOp):
+        return None
+    q = MatmulQuant(a_fmt=maia.attr(op, "a_fmt", ""), a_scale=maia.attr(op, "a_scale"),
+                    a_tensor_scale=maia.attr(op, "a_tensor_scale"),
+                    scale_mode=maia.attr(op, "scale_mode", "floor"))
+    af = q.fmt("a")
+    if af is None or (not af.is_blocked and q.a_scale is None):
+        return None
+    return q
+
+
 # ASSUMED: plan-memory first-fits activations into CSRAM by liveness; one that takes at
 # most a quarter of it nearly always finds room beside the others live with it (prefill
 # of an 8B model: the 32 MiB hidden states, their norm and the residual), a bigger one
@@ -102,6 +118,9 @@ class FunctionTiler:
     # matmul results stored in their consumer's activation format (`narrow_act`): buffer
     # -> (the consumer's activation quantization, the narrow tensor)
     narrow_results: dict[str, tuple[MatmulQuant, Tensor]] = field(default_factory=dict)
+    # fp32 activations quantized by a kernel of their own: (buffer, offset, shape, format)
+    # -> the narrow tensor
+    quantized_acts: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
 
     def new_buffer(self, name: str, ssa: SSAValue, kind: str, **extra: object) -> Tensor:
         dtype, shape = tensor_dtype(ssa.type), tensor_shape(ssa.type)
@@ -123,18 +142,56 @@ class FunctionTiler:
         uses = list(result.uses)
         if len(uses) != 1 or uses[0].index != 0 or tensor_dtype(result.type) != "f32":
             return None
-        user = uses[0].operation
-        if not isinstance(user, maia.MatMulOp):
-            return None
-        q = MatmulQuant(a_fmt=maia.attr(user, "a_fmt", ""), a_scale=maia.attr(user, "a_scale"),
-                        a_tensor_scale=maia.attr(user, "a_tensor_scale"),
-                        scale_mode=maia.attr(user, "scale_mode", "floor"))
-        af = q.fmt("a")
-        if af is None or (not af.is_blocked and q.a_scale is None):
-            return None
-        if tensor_shape(result.type)[-1] % narrow_act.column_granule(q):
+        q = activation_quant(uses[0].operation)
+        if q is None or tensor_shape(result.type)[-1] % narrow_act.column_granule(q):
             return None
         return q
+
+    def _narrow_activation(self, op: Operation, ins: list[Tensor], label: str
+                           ) -> list[Tensor]:
+        """``ins`` with a quantized matmul's large fp32 activation replaced by its codes,
+        quantized by a kernel of its own (`narrow_act.tile_quantize`, appended before the
+        matmul's; shared by every matmul reading the same tensor in the same format):
+        each row block is then quantized once, not once per column block of the result,
+        and the K steps stream 1/4-1/8 of the bytes. Activations of fewer rows than one
+        native block per tile (decode) keep the in-loop quantize (the extra kernel's
+        fixed costs would outweigh it), and so do matmuls bound by storing their result
+        (an LM head's fp32 logits: shorter K steps gain nothing there)."""
+        q = activation_quant(op)
+        a = ins[0]
+        if q is None or a.dtype != "f32" or self.budget.fixed_block \
+                or self._store_bound(op, ins):
+            return ins
+        rows = math.prod(a.shape[:-1])
+        if (rows < self.budget.n_tiles * self.budget.native_m
+                or a.shape[-1] % narrow_act.column_granule(q)):
+            return ins
+        key = (a.buf, a.off, tuple(a.shape), q)
+        narrow = self.quantized_acts.get(key)
+        if narrow is None:
+            narrow = self.act_buffer(f"{a.buf}@{a.off}.{q.a_fmt}",
+                                     narrow_act.narrow_shape(q, a.shape),
+                                     narrow_act.narrow_dtype(q))
+            kernel = Kernel(op=label, kind="matmul", uid=f"k{self.counter}.quantize")
+            narrow_act.tile_quantize(kernel, a, narrow, q, self.budget)
+            self.kernels.append(kernel.build())
+            self.quantized_acts[key] = narrow
+        return [narrow, *ins[1:]]
+
+    def _store_bound(self, op: Operation, ins: list[Tensor]) -> bool:
+        """Whether storing matmul ``op``'s result (in HBM: too big for CSRAM) takes longer
+        at the sustained HBM rate than its product takes the TTU at its format's peak."""
+        result = op.results[0]
+        shape = tensor_shape(result.type)
+        out = Tensor("", tensor_dtype(result.type), shape)
+        if self.budget.csram_bytes and out.nbytes <= CSRAM_SHARE * self.budget.csram_bytes:
+            return False
+        halves = 2 if maia.attr(op, "glu") else 1
+        flops = 2 * out.size * ins[0].shape[-1] * halves
+        fmt = operand_format(maia.attr(op, "fmt", "f32"), ins[0], ins[1])
+        compute = flops / (self.budget.n_tiles * self.budget.tile_flops
+                           * ttu_speedup(fmt, self.budget))
+        return out.nbytes / (self.budget.n_tiles * self.budget.tile_bw) > compute
 
     def narrow_buffer(self, name: str, ssa: SSAValue, q: MatmulQuant) -> Tensor:
         """The buffer of ``ssa``'s value in ``q``'s activation format; returns its fp32
@@ -192,6 +249,8 @@ class FunctionTiler:
             tile_cache_write(kernel, ins[0], ins[1], ins[2], self.budget)
             self.kernels.append(kernel.build())
             return
+        if isinstance(op, maia.MatMulOp):
+            ins = self._narrow_activation(op, ins, label)
         consumer = self._narrow_consumer(op)
         if consumer is not None:
             out = self.narrow_buffer(f"t{self.counter}:{label}", op.results[0], consumer)

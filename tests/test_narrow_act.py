@@ -72,3 +72,48 @@ def test_narrow_activation_between_matmuls(quant: str, monkeypatch: pytest.Monke
         ops = simulate(compiled.program).to_json()["ops"]
         return sum(o["busy_s"].get("tvp", 0.0) for o in ops if "down" in o["name"])
     assert tvp_of_down(narrow) == 0.0 < tvp_of_down(plain)
+
+
+def _two_projections(m: int, k: int, n: int, seed: int) -> onnx.ModelProto:
+    """``y = x @ w1 + x @ w2``: two quantized matmuls read the same activation."""
+    rng = np.random.default_rng(seed)
+    ws = [(rng.standard_normal((k, n)) * 0.1).astype(np.float32) for _ in range(2)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["p"], name="first"),
+             helper.make_node("MatMul", ["x", "w2"], ["q"], name="second"),
+             helper.make_node("Add", ["p", "q"], ["y"], name="sum")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, f"w{i + 1}") for i, w in enumerate(ws)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("quant", ["mxfp4", "fp8"])
+def test_large_activation_is_quantized_once_for_every_reader(
+        quant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An activation of at least a native block of rows per tile (prefill) is quantized by
+    a kernel of its own, once, for both matmuls reading it; they load its codes (no
+    quantize of their own) and compute the same outputs, bit for bit."""
+    m, k, n = 256, 64, 256  # 256 rows >= 4 tiles x 32
+    model = _two_projections(m, k, n, 2)
+    x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
+    narrow = maiac.compile(model, quant=quant, target_params=TARGET)
+    with monkeypatch.context() as patch:
+        patch.setattr(FunctionTiler, "_narrow_activation", lambda self, op, ins, label: ins)
+        plain = maiac.compile(model, quant=quant, target_params=TARGET)
+    np.testing.assert_array_equal(narrow.run({"x": x})["y"], plain.run({"x": x})["y"])
+
+    def quantized_elements(instrs: list[Any], trips: int = 1) -> int:
+        count = 0
+        for i in instrs:
+            if isinstance(i, isa.Loop):
+                count += quantized_elements(i.body, trips * int(np.prod(i.trips)))
+            elif isinstance(i, isa.Vec) and i.fn == "quantize":
+                count += trips * int(np.prod(i.ins[0].shape)) * int(np.prod(i.grid))
+        return count
+    quantizes = [i for i in _leaves(narrow.program.instructions)
+                 if isinstance(i, isa.Vec) and i.fn == "quantize"]
+    assert len({i.op for i in quantizes}) == 1  # one kernel, named after the first reader
+    # every element of x once, where each reader quantized every block it read before
+    assert quantized_elements(narrow.program.instructions) == m * k
+    assert quantized_elements(plain.program.instructions) >= 2 * m * k

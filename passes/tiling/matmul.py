@@ -369,7 +369,7 @@ def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[floa
     return body, epilogue
 
 
-def _speedup(fmt: str, budget: Budget) -> float:
+def ttu_speedup(fmt: str, budget: Budget) -> float:
     """The TTU peak of ``fmt`` over the f32 peak (1 when the budget does not say)."""
     peaks = dict(budget.fmt_speedup)
     if not peaks:
@@ -548,7 +548,7 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
         n_step = math.lcm(n_step, narrow_act.column_granule(out_quant[0]))
     native_k = math.lcm(k_step, budget.native_k(fmt))
     k_step = native_k if k % native_k == 0 else k_step  # K steps of whole TTU blocks
-    speedup = _speedup(fmt, budget)
+    speedup = ttu_speedup(fmt, budget)
     quant_ops = VEC_OPS["quantize"] if q.fmt("a") is not None and not narrow_a else 0.0
     epilogue_ops = ((1 if bias is not None else 0) + (VEC_OPS.get(act, 1) if act else 0)
                     + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0)

@@ -21,11 +21,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-from maiac.passes.tiling.common import Access, JobSplit, Kernel, Tensor, contiguous, dma, vec
+from maiac.passes.tiling.common import (
+    Access,
+    Budget,
+    JobSplit,
+    Kernel,
+    Tensor,
+    align,
+    contiguous,
+    divisors,
+    dma,
+    loop,
+    split_jobs,
+    vec,
+)
 from maiac.runtime import formats as F
+from maiac.runtime.errors import MaiacError
 from maiac.runtime.quant_ops import n_blocks, pack_unit, payload_bytes, row_bytes
+from maiac.runtime.timing import VEC_OPS
 
 
 def _fmt(q: Any) -> F.Format:
@@ -123,3 +139,52 @@ def store(kernel: Kernel, q: Any, c_block: Access, dst: Tensor, m: int, n: int, 
                               split.tile_strides(steps), split.loop_strides(steps)),
                        grid, queue=1))
     return ops
+
+
+def tile_quantize(kernel: Kernel, a: Tensor, dst: Tensor, q: Any, budget: Budget) -> None:
+    """``dst = a`` in ``q``'s activation format, as a kernel of its own: ``[bm, bn]``
+    fp32 blocks of ``a``'s rows into TSRAM, quantized on the TVP and stored (`store`).
+    A quantized matmul whose activation is large (prefill) reads it this way once instead
+    of quantizing each block again for every column block of its result."""
+    rows, n = math.prod(a.shape[:-1]), a.shape[-1]
+    bm, bn = _quantize_blocks(rows, n, column_granule(q), block_row(q, n) / n, budget)
+    split = split_jobs((rows // bm, n // bn), budget.n_tiles)
+    grid = split.grid
+    staged = kernel.scratch_buffer("x", "f32", (bm, bn))
+    block = Access(staged, "f32", (bm, bn), (bn, 1))
+    steps = (bm * n, bn)
+    body = [dma(Access(a.buf, "f32", (bm, bn), (n, 1), a.off, split.tile_strides(steps),
+                       split.loop_strides(steps)), block, grid, queue=0)]
+    body += store(kernel, q, block, dst, rows, n, bm, bn, 0, 0, (), split, grid)
+    kernel.body.extend(loop(split.trips, body))
+
+
+@lru_cache(maxsize=256)
+def _quantize_blocks(rows: int, n: int, granule: int, out_bytes: float, budget: Budget
+                     ) -> tuple[int, int]:
+    """(bm, bn) of `tile_quantize`: divisors (``bn`` whole scale blocks) whose block and
+    staged codes fit a quarter of TSRAM (room for the `double-buffer` twins and the
+    prefetch ring), minimizing waves x the slowest of load, TVP and store per job (they
+    pipeline across jobs) plus one job's fill."""
+    noc = budget.tile_noc_bw or budget.tile_bw
+    lat, instr = budget.dma_latency_s, budget.instr_overhead_s
+    vec_rate = budget.tile_vec or 1e12  # ASSUMED where the budget does not say
+    best: tuple[float, int, int] | None = None
+    for bm in divisors(rows):
+        for bn in divisors(n):
+            if bn % granule and bn != n:
+                continue
+            if align(bm * bn * 4) + align(math.ceil(bm * bn * out_bytes)) \
+                    > budget.tsram_bytes // 4:
+                continue
+            split = split_jobs((rows // bm, n // bn), budget.n_tiles)
+            load = bm * bn * 4 / noc + lat
+            tvp = bm * bn * VEC_OPS["quantize"] / vec_rate + instr
+            out = bm * bn * out_bytes / noc + 2 * lat
+            cost = math.prod(split.loops) * max(load, tvp, out) + load + tvp + out
+            if best is None or cost < best[0] - 1e-15:
+                best = (cost, bm, bn)
+    if best is None:
+        raise MaiacError(f"activation quantize: no block of {n} columns fits TSRAM "
+                         f"({budget.tsram_bytes} bytes per tile)")
+    return best[1], best[2]
