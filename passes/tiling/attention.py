@@ -21,18 +21,35 @@ block is stored as bf16, K and V blocks are converted to bf16 by their DMAs, and
 ``exp_sub`` writes P as bf16 (the row sum ``l`` adds those same rounded values); S, the
 row statistics m and l, and O stay fp32.
 
+**Pipelined key loop.** A job's key blocks run as a software pipeline: step ``t``
+issues the next block's scores (``S = Q K_{t+1}ᵀ`` into the other of two score
+buffers) before the softmax of block ``t`` and its ``P V_t``, so the TTU computes the
+next scores while the TVP runs this block's softmax (each engine issues in program
+order: without the rotation, the TTU would wait for every softmax). Scores,
+probabilities, K/V blocks and the running max alternate between two copies by step,
+Q, O and the row positions by job; the values are those of the plain loop.
+
 **Causal attention without a mask operand.** Key ``c`` is hidden from query row ``r``
 iff ``c > r + Sk - Sq``. Query block ``i`` then needs only the key blocks up to its last
 row's diagonal, and only those crossing some row's diagonal need a mask. Query blocks
-needing the same number of key blocks form a *group* (consecutive blocks); each group
-is a kernel of its own, with a fixed trip count, whose jobs ``(B, Hkv, G, blocks in
-the group)`` are split over all tiles. Its key blocks run diagonal first: the blocks
+needing the same number of key blocks form a *group* (consecutive blocks) with a fixed
+trip count, whose jobs ``(B, Hkv, G, blocks in the group)`` are split over the tiles.
+A group with a loop of jobs is a kernel of its own; consecutive groups whose jobs each
+run once per tile are one kernel and one pipelined stream (the next group's first
+scores run during this group's last softmax). Key blocks run diagonal first: the blocks
 that cross a diagonal get their mask from ``Vec causal_mask(S, qpos, kpos)``, the row
 and column positions DMA'd from a small ``arange`` table (``bq + bk`` numbers instead
-of ``bq * bk`` mask elements), then the fully visible blocks run as a plain loop (the
-last use of the K/V blocks in the kernel, so `double-buffer` can overlap it). Block
-sizes minimize the modeled TTU time summed over groups, so the skipped blocks
-(about half of them) are not paid back by idle tiles.
+of ``bq * bk`` mask elements), then the fully visible blocks run as a loop of pairs.
+Block sizes minimize the modeled time summed over groups (per key block the longer of
+the TTU's products and the TVP's softmax, which the pipeline overlaps), so the skipped
+blocks (about half of them) are not paid back by idle tiles or instruction overheads.
+
+The tile grid is that of ``(B, Hkv, G, blocks)``: Llama-3-8B's 32 heads run on 32 of
+maia200's 36 tiles, since an SPMD address is affine in the tile coordinates and none of
+these extents has a factor 3; filling the other 4 would take splitting a query block's
+keys over tiles and merging the partial softmaxes (as decode attention does).
+GQA's shared K/V blocks are read once per instruction: their tile stride along G is 0,
+so the NoC broadcasts them to the G tiles of a KV head.
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ from maiac.passes.tiling.common import (
     Budget,
     JobSplit,
     Kernel,
+    SoftmaxState,
     Tensor,
     align,
     at_least_one,
@@ -54,6 +72,7 @@ from maiac.passes.tiling.common import (
     dma,
     loop,
     mm,
+    online_softmax,
     prefer,
     split_jobs,
     vec,
@@ -373,21 +392,9 @@ class _Stream:
                         local(self.tkp, (1, bk)), grid),
                     vec("causal_mask", [s_acc, local(self.tqp[job], (bq, 1)),
                                         local(self.tkp, (1, bk))], s_acc, grid)]
-        l_acc, r_acc, mb_acc, a_acc = self.l_sum, self.r_sum, self.m_blk, self.alpha
-        if first:
-            return ops + [vec("reduce_max", [s_acc], mn_acc, grid),
-                          vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
-                          vec("reduce_sum", [p_acc], l_acc, grid),
-                          mm(p_acc, v_acc, o_acc, grid, accumulate=False, fmt=fmt)]
-        return ops + [vec("reduce_max", [s_acc], mb_acc, grid),
-                      vec("max", [m_acc, mb_acc], mn_acc, grid),
-                      vec("exp_sub", [m_acc, mn_acc], a_acc, grid),
-                      vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
-                      vec("reduce_sum", [p_acc], r_acc, grid),
-                      vec("mul", [l_acc, a_acc], l_acc, grid),
-                      vec("add", [l_acc, r_acc], l_acc, grid),
-                      vec("mul", [o_acc, a_acc], o_acc, grid),
-                      mm(p_acc, v_acc, o_acc, grid, accumulate=True, fmt=fmt)]
+        state = SoftmaxState(m_acc, mn_acc, self.m_blk, self.alpha, self.l_sum, self.r_sum,
+                             o_acc)
+        return ops + online_softmax(state, s_acc, p_acc, v_acc, grid, fmt, first)
 
     def epilogue(self, group: QueryGroup, job: int) -> list:
         """``O / l`` of a job and its store."""

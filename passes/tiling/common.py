@@ -150,6 +150,45 @@ def at_least_one(x: Access, scratch: Access, grid: Sequence[int]) -> list[Any]:
     return [vec("exp_sub", [x, x], scratch, grid), vec("max", [x, scratch], x, grid)]
 
 
+@dataclass(frozen=True)
+class SoftmaxState:
+    """The TSRAM blocks of an online softmax (FlashAttention, Dao et al. 2022, Alg. 1):
+    the running max ``m`` (``m_new`` after this block), this block's max and rescale,
+    the denominator ``l``, this block's row sum, and the output ``o``."""
+
+    m: Access
+    m_new: Access
+    m_blk: Access
+    alpha: Access
+    l_sum: Access
+    r_sum: Access
+    o: Access
+
+
+def online_softmax(st: SoftmaxState, s: Access, p: Access, v: Access, grid: Sequence[int],
+                   fmt: str, first: bool) -> list[Any]:
+    """The online-softmax update of one key block of scores ``s`` and ``o (+)= P v``::
+
+        m' = max(m, rowmax s); a = exp(m - m'); P = exp(s - m')
+        l  = a l + rowsum P;  o = a o + P v         (the first block: m, l, o from it)
+
+    ``p`` takes P (in the TTU's ``fmt``); the new max lands in ``st.m_new``."""
+    if first:
+        return [vec("reduce_max", [s], st.m_new, grid),
+                vec("exp_sub", [s, st.m_new], p, grid),
+                vec("reduce_sum", [p], st.l_sum, grid),
+                mm(p, v, st.o, grid, accumulate=False, fmt=fmt)]
+    return [vec("reduce_max", [s], st.m_blk, grid),
+            vec("max", [st.m, st.m_blk], st.m_new, grid),
+            vec("exp_sub", [st.m, st.m_new], st.alpha, grid),
+            vec("exp_sub", [s, st.m_new], p, grid),
+            vec("reduce_sum", [p], st.r_sum, grid),
+            vec("mul", [st.l_sum, st.alpha], st.l_sum, grid),
+            vec("add", [st.l_sum, st.r_sum], st.l_sum, grid),
+            vec("mul", [st.o, st.alpha], st.o, grid),
+            mm(p, v, st.o, grid, accumulate=True, fmt=fmt)]
+
+
 def mm(a: Access, b: Access, c: Access, grid: Sequence[int], accumulate: bool,
        fmt: str = "f32", **quant: Any) -> Any:
     """A TTU matmul; ``quant``: isa.MatMul's quantized-operand fields (None ones dropped)."""

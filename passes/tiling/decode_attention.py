@@ -35,6 +35,7 @@ from maiac.passes.tiling.common import (
     Access,
     Budget,
     Kernel,
+    SoftmaxState,
     Tensor,
     align,
     at_least_one,
@@ -42,6 +43,7 @@ from maiac.passes.tiling.common import (
     dma,
     loop,
     mm,
+    online_softmax,
     split_jobs,
     vec,
 )
@@ -190,21 +192,12 @@ def tile_decode_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask:
                 mb = local(tm, (g, width), mask.dtype)
                 ops += [dma(src(mask, "mask", (g, width), j, inner), mb, grid),
                         vec("add", [s_acc, mb], s_acc, grid)]
-            if j == 0 and not inner:
-                return ops + [vec("reduce_max", [s_acc], m_acc, grid),
-                              vec("exp_sub", [s_acc, m_acc], p_acc, grid),
-                              vec("reduce_sum", [p_acc], l_acc, grid),
-                              mm(p_acc, vb, o_acc, grid, accumulate=False, fmt=fmt)]
-            return ops + [vec("reduce_max", [s_acc], mb_acc, grid),
-                          vec("max", [m_acc, mb_acc], mn_acc, grid),
-                          vec("exp_sub", [m_acc, mn_acc], a_acc, grid),
-                          vec("exp_sub", [s_acc, mn_acc], p_acc, grid),
-                          vec("reduce_sum", [p_acc], r_acc, grid),
-                          vec("mul", [l_acc, a_acc], l_acc, grid),
-                          vec("add", [l_acc, r_acc], l_acc, grid),
-                          vec("mul", [o_acc, a_acc], o_acc, grid),
-                          mm(p_acc, vb, o_acc, grid, accumulate=True, fmt=fmt),
-                          vec("copy", [mn_acc], m_acc, grid)]
+            if j == 0 and not inner:  # the first block's max goes straight to m
+                first = SoftmaxState(m_acc, m_acc, mb_acc, a_acc, l_acc, r_acc, o_acc)
+                return ops + online_softmax(first, s_acc, p_acc, vb, grid, fmt, True)
+            state = SoftmaxState(m_acc, mn_acc, mb_acc, a_acc, l_acc, r_acc, o_acc)
+            return ops + online_softmax(state, s_acc, p_acc, vb, grid, fmt, False) + [
+                vec("copy", [mn_acc], m_acc, grid)]
 
         body += key_block(0, inner=False)
         if blocks > 1:
