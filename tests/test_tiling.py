@@ -294,3 +294,21 @@ def test_only_activations_that_leave_room_count_as_on_chip() -> None:
     assert tiler.likely_on_chip(Tensor("h", "f32", (small,)))
     assert not tiler.likely_on_chip(Tensor("h", "f32", (small + 1,)))  # too big to be sure
     assert not tiler.likely_on_chip(Tensor("x", "f32", (16,)))  # program inputs: HBM
+
+
+def test_gated_matmul_computes_both_halves_in_one_instruction() -> None:
+    """SwiGLU's gate and up products share one [gate | up] accumulator: one TTU
+    instruction per K step covers both halves' columns, and the epilogue combines the
+    halves of that block."""
+    import maiac
+    from maiac import models
+    from maiac.runtime import isa
+
+    compiled = maiac.compile(models.llama_decoder(models.LLAMA_TINY, mode="prefill", seq=64))
+    gate = [i for i in leaves(compiled.program.instructions) if "gate_proj" in i.op]
+    mms = [i for i in gate if isinstance(i, isa.MatMul)]
+    combine = [i for i in gate if isinstance(i, isa.Vec) and i.fn == "mul"]
+    assert mms and combine
+    half = combine[0].out.shape[-1]
+    assert {i.c.shape[-1] for i in mms} == {2 * half}
+    assert {i.b.shape[-1] for i in mms} == {2 * half}

@@ -511,7 +511,7 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
 
     ``glu`` (a binary fn, e.g. ``mul``): ``b`` is ``[K, 2N]``, the gate's columns then the
     up projection's, and ``out = glu(act(a @ b[:, :N]), a @ b[:, N:])``: each job streams
-    both halves' blocks of ``b`` beside one ``a`` block, into two accumulators.
+    both halves' blocks of ``b`` beside one ``a`` block, into one [gate | up] accumulator.
 
     ``quant``: quantized operands (see `MatmulQuant`); the TTU then reads packed codes
     and scales, and the activation block is quantized on the TVP first.
@@ -640,8 +640,9 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
     else:
         nb, bnb, b_col0 = n, bn, n0
     tb = kernel.scratch_buffer("b", b.dtype, (bk, halves * bnb))
-    tc = kernel.scratch_buffer("c", "f32", (bm, bn))
-    tu = kernel.scratch_buffer("c_up", "f32", (bm, bn)) if glu else None
+    # a gated matmul's two products side by side, [gate | up]: one TTU instruction per K
+    # step for both (half the instructions' fixed cost)
+    tc = kernel.scratch_buffer("c", "f32", (bm, halves * bn))
     row = halves * nb  # b's row, in elements (bytes when packed)
     nk, kr = divmod(k, bk)  # kr: a ragged K's remainder, the first (shorter) step
     assert not kr or _plain(q), "ragged K only for plain operands"
@@ -654,7 +655,6 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
         b_shape, b_strides, tb_strides = (bk, 2, bnb), (row, nb, 1), (2 * bnb, bnb, 1)
     else:
         b_shape, b_strides, tb_strides = (bk, bnb), (nb, 1), (bnb, 1)
-    accs = [tc] + ([tu] if tu else [])
 
     def step(k_index: int, inner: bool, width: int = bk, k0: int = kr) -> list:
         """The K step at elements ``k0 + k_index * bk`` of ``width`` (``inner``: the
@@ -667,17 +667,16 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
         src_b = Access(b.buf, b.dtype, bsh, b_strides, b.off + b_col0 + kw * row,
                        split.tile_strides(b_steps), b_ls)
         a_ops, a_mm, a_extra = a_quant
-        b_ops, b_extras = b_scale(k_index, inner)
+        b_ops, b_extra = b_scale(k_index, inner)
         return [
             *a_loads,
             dma(src_b, Access(tb, b.dtype, bsh, tb_strides), grid, queue=1),
             *b_ops,
             *(op.clone() for op in a_ops),  # fresh ops: step() builds the peel and the loop
-            *(mm(a_mm or Access(ta, ta_dtype, (bm, width), (bk, 1)),
-                 Access(tb, b.dtype, (width, bnb), (halves * bnb, 1), h * bnb),
-                 Access(acc, "f32", (bm, bn), (bn, 1)), grid,
-                 accumulate=k_index > 0 or inner, fmt=fmt, **a_extra, **b_extras[h])
-              for h, acc in enumerate(accs)),
+            mm(a_mm or Access(ta, ta_dtype, (bm, width), (bk, 1)),
+               Access(tb, b.dtype, (width, halves * bnb), (halves * bnb, 1)),
+               Access(tc, "f32", (bm, halves * bn), (halves * bn, 1)), grid,
+               accumulate=k_index > 0 or inner, fmt=fmt, **a_extra, **b_extra),
         ]
 
     if kr:  # the remainder first, then nk whole steps in the loop
@@ -688,7 +687,7 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
         body = step(0, inner=False)
         if nk > 1:
             body += loop((nk - 1,), step(1, inner=True, k0=0))
-    c_block = Access(tc, "f32", (bm, bn), (bn, 1))
+    c_block = Access(tc, "f32", (bm, bn), (halves * bn, 1))
     if bias is not None:
         tbias = kernel.scratch_buffer("bias", bias.dtype, (bn,))
         per_column = bias.shape[-1] > 1
@@ -702,8 +701,9 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
                         grid))
     if act:
         body.append(vec(act, [c_block], c_block, grid))
-    if glu and tu is not None:
-        body.append(vec(glu, [c_block, Access(tu, "f32", (bm, bn), (bn, 1))], c_block, grid))
+    if glu:
+        up = Access(tc, "f32", (bm, bn), (halves * bn, 1), bn)
+        body.append(vec(glu, [c_block, up], c_block, grid))
     if residual is not None:
         body += _residual(kernel, residual, residual_fn, c_block, out.shape, bm, bn, split,
                           grid, m0, n0)
@@ -782,17 +782,17 @@ def _a_quantizer(kernel: Kernel, q: MatmulQuant, ta: str, bm: int, bk: int,
 def _b_scale_loader(kernel: Kernel, q: MatmulQuant, bk: int, bn: int, n: int,
                     batch_shape: tuple[int, ...], split: JobSplit, grid: Sequence[int],
                     halves: int = 1, n0: int = 0) -> Any:
-    """Per K step: (DMAs of the weight scales into TSRAM, mm fields for ``b``, one dict
-    per half of a gated matmul's ``b``)."""
+    """Per K step: (DMAs of the weight scales into TSRAM, mm fields for ``b``: both
+    halves of a gated matmul's ``b`` side by side)."""
     wf, ws = q.fmt("w"), q.w_scales
 
-    def none(k_index: int, inner: bool) -> tuple[list, list[dict]]:
-        return [], [{}] * halves
+    def none(k_index: int, inner: bool) -> tuple[list, dict]:
+        return [], {}
     if wf is None:
         return none
     fields = {"b_fmt": wf.name, "b_tensor_scale": q.w_tensor_scale}
     if ws is None:
-        return lambda k_index, inner: ([], [fields] * halves)
+        return lambda k_index, inner: ([], fields)
     steps = tuple(0 for _ in batch_shape) + (0, bn)
     outer = split.loop_strides(steps)
     rows = n_blocks(wf.name, bk) if wf.is_blocked else 1
@@ -803,13 +803,13 @@ def _b_scale_loader(kernel: Kernel, q: MatmulQuant, bk: int, bn: int, n: int,
     else:
         shape, strides, local_strides = (rows, bn), (n, 1), (bn, 1)
     local = Access(ts, ws.dtype, shape, local_strides)
-    parts = [{**fields, "b_scale": Access(ts, ws.dtype, (rows, bn), (halves * bn, 1),
-                                          h * bn).to_dict()} for h in range(halves)]
+    both = {**fields, "b_scale": Access(ts, ws.dtype, (rows, halves * bn),
+                                        (halves * bn, 1)).to_dict()}
 
-    def load(k_index: int, inner: bool) -> tuple[list, list[dict]]:
+    def load(k_index: int, inner: bool) -> tuple[list, dict]:
         src = Access(ws.buf, ws.dtype, shape, strides, ws.off + n0 + k_index * k_stride,
                      split.tile_strides(steps), outer + ((k_stride,) if inner else ()))
-        return [dma(src, local, grid, queue=2)], parts
+        return [dma(src, local, grid, queue=2)], both
     return load
 
 
