@@ -10,9 +10,12 @@ the model, are not counted for either engine),
 the largest absolute output difference and the instruction count.
 Quantized rows (mxfp8, mxfp4, nvfp4) compare against onnxruntime's fp32 run of the same
 model. Then a matmul sweep (M, N, K from 1 to 4096, odd and prime sizes): per shape the
-time of both engines and the factor by which maiac's time exceeds its own trend
+CPU time of both engines and the factor by which maiac's time exceeds its own trend
 ``t0 + flops / rate`` (t0: the smallest shapes' time; rate: the median rate of the shapes
-of >= 1e8 flops); the worst factor closes the table.
+of >= 1e8 flops), and the factor over that trend plus ``bytes / copy rate`` (the bytes
+the program copies — inputs into HBM, every DMA block, outputs — at the rate of one
+numpy copy measured in the same run: a matrix-vector product moves its 64 MiB weight
+through TSRAM, so its floor is a copy, not its FLOPs); the worst factors close the table.
 
 ``--baseline REV`` also times the interpreter of git revision REV (its
 runtime/interpreter.py, loaded beside today's) on the same compiled programs in the same
@@ -52,7 +55,7 @@ import maiac
 from maiac import models
 from maiac.inputs import random_inputs
 from maiac.runtime.interpreter import run_program
-from maiac.runtime.memory import release_freed_memory
+from maiac.runtime.memory import NP_DTYPES, release_freed_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -276,7 +279,33 @@ def matmul_model(m: int, n: int, k: int) -> onnx.ModelProto:
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
 
 
+def moved_bytes(program: Any) -> int:
+    """Bytes one run of ``program`` copies: its inputs into HBM, every DMA's destination
+    block on every tile and loop iteration, its outputs out of HBM."""
+    def dma(instrs: list, trips: int) -> int:
+        total = 0
+        for ins in instrs:
+            if ins.kind == "loop":
+                total += dma(ins.body, trips * math.prod(ins.trips))
+            elif ins.kind == "dma":
+                total += (trips * math.prod(ins.grid) * math.prod(ins.dst.shape)
+                          * np.dtype(NP_DTYPES[ins.dst.dtype]).itemsize)
+        return total
+    specs = [*program.inputs, *program.outputs]
+    return dma(program.instructions, 1) + sum(s.nbytes for s in specs)
+
+
+def copy_rate() -> float:
+    """Bytes per CPU second of one numpy copy of 64 MiB on this machine (best of 5)."""
+    src, dst = np.ones(64 << 20, np.uint8), np.zeros(64 << 20, np.uint8)
+    return src.nbytes / best_time(lambda: np.copyto(dst, src), 5, time.process_time)
+
+
 def sweep(repeat: int) -> list[dict[str, Any]]:
+    """Per shape the CPU time of both engines (the load of a shared machine moves wall
+    time far more) and two trends of maiac's time: ``t0 + flops / rate`` and, the
+    interpreter moving every byte the program copies (real bytes in SRAM), that plus
+    ``bytes / copy_rate``."""
     rows = []
     for m, n, k in SWEEP:
         model = matmul_model(m, n, k)
@@ -285,15 +314,20 @@ def sweep(repeat: int) -> list[dict[str, Any]]:
         session = ort.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"])
         reps = repeat if m * n * k < 1 << 30 else 2
-        rows.append({"shape": (m, n, k), "flops": 2 * m * n * k,
-                     "maiac_s": best_time(lambda: run_program(program, feeds), reps),  # noqa: B023
-                     "ort_s": best_time(lambda: session.run(None, feeds), reps)})  # noqa: B023
+        rows.append({"shape": (m, n, k), "flops": 2 * m * n * k, "bytes": moved_bytes(program),
+                     "maiac_s": best_time(lambda: run_program(program, feeds), reps,  # noqa: B023
+                                          time.process_time),
+                     "ort_s": best_time(lambda: session.run(None, feeds), reps,  # noqa: B023
+                                        time.process_time)})
     t0 = float(np.median([r["maiac_s"] for r in rows if r["flops"] < 1e5]))
     rate = float(np.median([r["flops"] / max(r["maiac_s"] - t0, 1e-9)
                             for r in rows if r["flops"] >= 1e8]))
+    bandwidth = copy_rate()
     for r in rows:
         r["trend_s"] = t0 + r["flops"] / rate
         r["factor"] = r["maiac_s"] / r["trend_s"]
+        r["bytes_trend_s"] = r["trend_s"] + r["bytes"] / bandwidth
+        r["bytes_factor"] = r["maiac_s"] / r["bytes_trend_s"]
     return rows
 
 
@@ -354,15 +388,20 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
     if not args.no_sweep:
         rows = sweep(args.repeat)
-        print(f"\nmatmul sweep {'M,N,K':>20} {'MFLOP':>9} {'maiac ms':>9} {'ort ms':>8} "
-              f"{'x ort':>6} {'trend ms':>9} {'factor':>6}")
+        print(f"\nmatmul sweep (CPU ms) {'M,N,K':>12} {'MFLOP':>9} {'MB moved':>8} "
+              f"{'maiac':>8} {'ort':>8} {'x ort':>6} {'trend':>8} {'factor':>6} "
+              f"{'+bytes':>8} {'factor':>6}")
         for r in rows:
             print(f"{'':<13}{str(r['shape']):>20} {r['flops'] / 1e6:>9.2f} "
-                  f"{_ms(r['maiac_s']):>9} {_ms(r['ort_s']):>8} "
-                  f"{r['maiac_s'] / r['ort_s']:>6.2f} {_ms(r['trend_s']):>9} "
-                  f"{r['factor']:>6.2f}")
+                  f"{r['bytes'] / 2**20:>8.1f} {_ms(r['maiac_s']):>8} {_ms(r['ort_s']):>8} "
+                  f"{r['maiac_s'] / r['ort_s']:>6.2f} {_ms(r['trend_s']):>8} "
+                  f"{r['factor']:>6.2f} {_ms(r['bytes_trend_s']):>8} {r['bytes_factor']:>6.2f}")
         worst = max(rows, key=lambda r: r["factor"])
-        print(f"worst-shape factor {worst['factor']:.2f} at M,N,K = {worst['shape']}")
+        print(f"worst-shape factor {worst['factor']:.2f} at M,N,K = {worst['shape']} "
+              f"(FLOP trend)")
+        worst = max(rows, key=lambda r: r["bytes_factor"])
+        print(f"worst-shape factor {worst['bytes_factor']:.2f} at M,N,K = {worst['shape']} "
+              f"(FLOP + copied-bytes trend)")
         print(f"load average {os.getloadavg()[0]:.1f}")
 
 
