@@ -56,7 +56,7 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
             row = op_table.setdefault(label, {"kind": maia.attr(kernel, "kind"), "flops": 0})
             row["flops"] += maia.attr(kernel, "flops", 0)
             instructions.extend(_instructions(kernel.body.block.ops, buffers, label))
-    constants: dict[str, bytes] = {}
+    constants: dict[str, Any] = {}
     missing = False
     for name, op in buffer_ops.items():
         if buffers[name].kind != "const":
@@ -69,7 +69,7 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
             missing = True
             continue
         dtype = NUMPY_DTYPES[maia.attr(op, "dtype")]
-        constants[name] = np.ascontiguousarray(value, dtype=dtype).tobytes()
+        constants[name] = constant_bytes(value, dtype)
 
     def spec(name: str) -> TensorSpec:
         op = buffer_ops[name]
@@ -93,6 +93,14 @@ def emit_program(module: builtin.ModuleOp, meta: dict[str, Any] | None = None,
     )
     check_emitted(program)
     return program
+
+
+def constant_bytes(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A constant's bytes as a flat ``uint8`` array, without a copy where its values are
+    already stored that way: weights mapped from an external-data file stay mapped
+    (file pages, not a copy in process memory) until the machine holds them
+    (runtime/memory.py ``share_constant``), as onnxruntime maps them."""
+    return np.asarray(np.ascontiguousarray(value, dtype=dtype)).reshape(-1).view(np.uint8)
 
 
 def check_emitted(program: Program) -> None:

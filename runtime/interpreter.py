@@ -62,7 +62,7 @@ from maiac.runtime.interpreter_matmul import (
 from maiac.runtime.isa import Access, Collective, Dma, Gather, Instr, Loop, MatMul, Scatter, Vec
 from maiac.runtime.limits import check_runnable
 from maiac.runtime.liveness import first_reads
-from maiac.runtime.memory import access_extent, np_dtype, zeroed_memory
+from maiac.runtime.memory import access_extent, np_dtype, share_constant, zeroed_memory
 from maiac.runtime.parallel import (
     BLAS_THREADED_MNK,
     MIN_SPLIT_BYTES,
@@ -141,6 +141,8 @@ class _Machine:
         self.rewrite = [b for b in self.consts if b.name in clobbered]
         for b in self.consts:
             self._write_bytes(b.level, b.addr, program.constants[b.name])
+            if b.name not in clobbered:  # one copy of the weights, not two (memory.py)
+                share_constant(program.constants, b, self.mem)
 
     # -- memory ----------------------------------------------------------------
     def _write_bytes(self, level: str, addr: int, data: Any) -> None:

@@ -1,5 +1,6 @@
 """Storage dtypes and the address geometry of an ``Access`` (shared by program checks,
-the interpreter and the timing model)."""
+the interpreter and the timing model), and the host memory the machine model holds:
+its levels in pages written on first touch, constants held once, freed heap returned."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import functools
 import gc
 import math
 import mmap
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -181,3 +183,21 @@ def zeroed_memory(shape: tuple[int, ...]) -> np.ndarray:
     if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux
         buf.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(buf, np.uint8).reshape(shape)
+
+
+def share_constant(constants: dict[str, Any], buf: Any, mem: dict[str, np.ndarray]) -> None:
+    """Let ``constants[buf.name]`` be a read-only view of the machine's copy of it.
+
+    Called once the machine has written the constant into HBM or CSRAM, for a constant
+    no instruction writes (the interpreter's reset does not poison it either, every run
+    reads it as written): those bytes never change, so the program need not hold a
+    second copy of its weights. Freed one constant at a time, as the machine fills its
+    memory, so a run's peak holds the weights once. TSRAM constants (one copy per tile)
+    and constants a ``.maia`` file inflates lazily (``ZipBlob``, no copy held) stay.
+    """
+    data = constants[buf.name]
+    if buf.level == "tsram" or not isinstance(data, bytes | bytearray | np.ndarray):
+        return
+    view = mem[buf.level][buf.addr:buf.addr + memoryview(data).nbytes]
+    view.flags.writeable = False
+    constants[buf.name] = view

@@ -37,16 +37,29 @@ def _mapped(path: Path) -> bool:
     return str(path.resolve()) in Path("/proc/self/maps").read_text()
 
 
-def test_compile_releases_its_weights(tmp_path: Path) -> None:
-    """After compile the resource store holds nothing of the model and its external data
-    file is no longer mapped: the program holds its own bytes."""
+def test_compile_and_run_hold_the_weights_once(tmp_path: Path) -> None:
+    """After compile the resource store holds nothing of the model, and the program maps
+    the external data rather than copying it; after a run each constant is a read-only
+    view of the machine's memory (the only copy) and the file is no longer mapped."""
     path = _external(tmp_path)
     before = set(resources._STORE)
     compiled = maiac.compile(path)
     gc.collect()
     assert set(resources._STORE) == before
+    program = compiled.program
+    saved = {k: bytes(v) for k, v in program.constants.items()}
+    inputs = random_inputs(onnx.load(str(path)), {}, 0)
+    first = compiled.run(inputs)
+    gc.collect()
     assert not _mapped(tmp_path / "m.data")
-    assert compiled.program.constants
+    machine = program.runtime_cache["machine"]
+    for buf in program.buffers:
+        if buf.kind == "const" and buf.level != "tsram":
+            view = program.constants[buf.name]
+            assert np.shares_memory(view, machine.mem[buf.level]) and not view.flags.writeable
+    assert {k: bytes(v) for k, v in program.constants.items()} == saved
+    again = compiled.run(inputs)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
 
 
 def test_program_and_machine_free_without_the_collector() -> None:
