@@ -18,6 +18,7 @@ import numpy as np
 from maiac.chips import ChipGroup, load_group
 from maiac.pipeline import PipelineGroup, load_pipeline
 from maiac.run_result import RunResult
+from maiac.runtime.errors import MaiacError
 from maiac.runtime.program import Program, TensorSpec
 
 
@@ -78,6 +79,8 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
     from maiac.outputs import STDOUT, atomic_path
     from maiac.run_cmd import _read_inputs, _summary
 
+    if ray_address is not None:
+        check_ray_address(ray_address)
     group = load_any_group(program_file)
     if group is None:
         if backend != "local":
@@ -112,6 +115,25 @@ def run_group(program_file: str, inputs: str | None, input_items: tuple[str, ...
             say(f"wrote {trace} (one process per chip)")
         written.append(trace)
     return RunResult(feeds, outs, dt, written, {"chips": n, "backend": backend})
+
+
+def check_ray_address(address: str) -> None:
+    """A ``host:port`` (or ``ray://host:port``) Ray address answers, checked in a few
+    seconds: ``ray.init`` retries an address where nothing listens for minutes."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    if address in ("auto", "local") or ":" not in hostport:
+        return  # ray resolves these itself (RAY_ADDRESS, a local cluster file)
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise MaiacError(f"--ray-address {address!r}: expected HOST:PORT, e.g. "
+                         f"10.0.0.1:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise MaiacError(f"--ray-address {address!r}: no Ray cluster answers there "
+                         f"({err.strerror or err})") from None
 
 
 def format_group(r: dict[str, Any]) -> str:

@@ -46,6 +46,8 @@ def verify_cmd(model: str, quant: str | None, shape: tuple[str, ...], target: st
     from maiac.verify import format_table, verify
 
     existing_file(model, "model file")
+    if ort_custom_op_lib is not None:  # before compiling: a wrong path costs nothing
+        existing_file(ort_custom_op_lib, "--ort-custom-op-lib library")
     load_plugins(plugins)
     if inputs is not None:
         existing_file(inputs, "inputs file")

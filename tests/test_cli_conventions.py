@@ -147,3 +147,34 @@ def test_run_json_on_chip_groups(tmp_path: Path) -> None:
         assert doc["chips"] == chips and doc["backend"] == "local" and doc["random_inputs"]
         assert doc["inputs"][0]["name"] == "input_ids" and doc["inputs"][0]["shape"] == [1, 8]
         assert doc["outputs"][0]["shape"] == [1, 8, 256] and doc["written"] == [str(npz)]
+
+
+def test_paper_preset_takes_a_given_context(tmp_path: Path) -> None:
+    """--preset paper with --context runs that point, and gives no ratio to the paper's
+    figure (another point is not comparable); the table says so."""
+    r = invoke("perf", "--preset", "paper", "--context", "64", "--jobs", "1", "--cache-dir",
+               str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    (point,) = doc["points"]
+    assert (point["context"], point["quant"], point["batch"]) == (64, "bf16", 1)
+    assert doc["paper"]["ratio"] is None and doc["paper"]["modeled_tokens_per_s"] > 0
+    r = invoke("perf", "--preset", "paper", "--context", "64", "--jobs", "1", "--cache-dir",
+               str(tmp_path))
+    assert "not the paper's point: no ratio" in r.stdout
+
+
+def test_an_unreachable_ray_address_is_one_quick_error(tmp_path: Path) -> None:
+    """ray.init retries an address where nothing listens for minutes: maiac asks first."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    program = tmp_path / "m.maia"
+    assert invoke("compile", str(tiny_model(tmp_path / "m.onnx")), "-o",
+                  str(program)).exit_code == 0
+    r = invoke("run", str(program), "--backend", "ray", "--ray-address", f"127.0.0.1:{port}")
+    assert_user_error(r, f"--ray-address '127.0.0.1:{port}': no Ray cluster answers there")
+    assert_user_error(invoke("run", str(program), "--ray-address", "host:port"),
+                      "expected HOST:PORT")

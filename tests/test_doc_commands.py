@@ -1,12 +1,22 @@
-"""Every ``maiac`` command in README.md and docs/*.md runs, in the order its document gives
-it, in a folder where the files the reader is assumed to have are fixtures: ``model.onnx``
-(maiac.models' 2-layer Llama, its input_ids dims made symbolic: batch, sequence), ``in.npz`` / ``ids.npy``
-(its inputs), ``out.npz`` (onnxruntime's outputs on them), ``decoder.onnx`` (a KV-cache decoder), ``my_passes.py`` (a plugin with the
-``my-pass`` the README names), ``input.mlir``; the repository's folders are linked in, so
-``tests/data/...`` and ``examples/...`` resolve. ``python -c`` lines (how a document makes
-its model) run too. Figures a command's comment quotes (``tokens/s 170``, ``TPOT 107 us``)
-are checked against its output, within 10 %: when the timing model moves them, the
-document fails here, not in a reader's hands."""
+"""Every ``maiac`` command in README.md and docs/*.md runs by default, in the order its
+document gives it, in a folder where the files the reader is assumed to have are fixtures:
+``model.onnx`` (maiac.models' 2-layer Llama, its input_ids dims made symbolic: batch,
+sequence), ``in.npz`` / ``ids.npy`` (its inputs), ``out.npz`` (onnxruntime's outputs on
+them), ``calib.npz``, ``decoder.onnx`` (a KV-cache decoder), ``tokenizer.json`` (a BPE
+trained on tests/data/text), ``my_passes.py`` (a plugin with the ``my-pass`` the README
+names), ``input.mlir``, and ``quark/`` (``quark_model.onnx``: tests/data's Quark export, with
+its inputs and reference as ``in.npz`` / ``out.npz``); the repository's folders are linked
+in, so ``tests/data/...`` and ``examples/...`` resolve. ``python -c`` lines (how a document
+makes its model) run too; ``--backend ray`` lines share one local Ray; the perf cache starts
+cold. Figures a command's comment quotes (``tokens/s 119``, ``TPOT 12.8 us``) are checked
+against its output, within 10 %: when the timing model moves them, the document fails here,
+not in a reader's hands.
+
+No line is skipped. Two kinds run otherwise than written, and every failure message lists
+them: ``maiac perf`` sweeps at a small context (``as_run``; MAIAC_FULL_DOCS=1 runs them as
+written, minutes on 2 cores), and lines naming what only the reader has (a Ray cluster's
+address, a custom-op library: ``ERROR_PATHS``) run without it and must fail with the
+error a reader without it gets."""
 
 from __future__ import annotations
 
@@ -15,9 +25,11 @@ import re
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -43,11 +55,13 @@ class MyPass(ModulePass):
 def doc_lines(doc: Path) -> list[tuple[list[str], str]]:
     """``(argv, comment)`` of each ``maiac`` or ``python -c`` line of ``doc``'s shell
     blocks, in order (argv with ``maiac``/``python`` first; ``[...]`` optional parts,
-    pipes and redirections dropped, as tests/test_docs.py reads them)."""
+    pipes, redirections and leading ``VAR=value`` assignments dropped, as
+    tests/test_docs.py reads them)."""
     out = []
     for block in shell_blocks(doc.read_text()):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ")
+            line = re.sub(r"^(?:\w+=\S+\s+)+(?=maiac )", "", line)  # LD_LIBRARY_PATH=... maiac
             if not (line.startswith("maiac ") or line.startswith("python -c ")):
                 continue
             parts = re.split(r"\s#\s", line, maxsplit=1)
@@ -61,11 +75,72 @@ def doc_lines(doc: Path) -> list[tuple[list[str], str]]:
 
 
 DOC_FILES = COMMAND_DOCS
-SLOW = ("perf llama3-8b", "l8d")  # minutes on 2 cores: run, but marked
-# lines that name what only the reader has: checked (tests/test_docs.py), not run
-NOT_RUN = {"HOST:": "a Ray cluster's address", "libcustom_ops.so": "the reader's library",
-           "tokenizer.json": "the reader's tokenizer",
-           "quark_model.onnx": "the reader's Quark export (its ops need their custom-op library)"}
+# ``python FILE.py`` lines: run by the test named, or benchmarks (minutes each: listed)
+SCRIPTS_RUN_BY = {"examples/": "tests/test_examples.py",
+                  "scripts/gen_doc_snippets.py": "tests/test_docs.py"}
+
+
+def script_lines(doc: Path) -> list[str]:
+    """The ``python FILE.py ...`` lines of ``doc``'s shell blocks (not ``python -c``)."""
+    return [line.split("#")[0].strip() for block in shell_blocks(doc.read_text())
+            for line in block.replace("\\\n", " ").splitlines()
+            if re.match(r"(\$ )?python3? (?!-c )\S+\.py", line.strip())]
+
+
+# MAIAC_FULL_DOCS=1: the perf sweeps too exactly as written (minutes on 2 cores: the
+# prefill of a 32k context takes a minute a point to tile)
+FULL = bool(os.environ.get("MAIAC_FULL_DOCS"))
+PERF_CONTEXT = "256"  # the context the default run sweeps at (see as_run)
+# what only the reader has: the line runs, and must fail as the reader would see it fail
+# without it (exit 2, this in the message)
+ERROR_PATHS = {"HOST:6379": ("a Ray cluster's address", "--ray-address 'HOST:6379'"),
+               "libcustom_ops.so": ("the reader's custom-op library",
+                                    "libcustom_ops.so: no such --ort-custom-op-lib library"),
+               "$LIB": ("Quark's custom-op library (amd-quark, torch)",
+                        "$LIB: no such --ort-custom-op-lib library")}
+QUARK = "quark_model.onnx"  # the reader's Quark export: tests/data's, in its own folder
+
+
+SWEEP_AXES = ("--batch", "--quant", "--kv-cache")  # run at their first value
+
+
+def as_run(argv: list[str]) -> tuple[list[str], str]:
+    """The line as the runner runs it and, when that differs from the document, how.
+
+    ``maiac perf`` sweeps (not with MAIAC_FULL_DOCS=1) run one small point per setting
+    the document shows: ``--context 256``, ``--batch``/``--quant``/``--kv-cache`` at their
+    first value (given or default), ``--chips`` at its first and last (the scaling
+    figures need both), in this process (``--jobs 1``); ``--preset paper`` keeps its point
+    but the context. What the document shows is the command and its options; the sweep's
+    figures are tests/test_perf.py's, and a 32k-context prefill point alone takes a
+    minute on 2 cores to tile."""
+    if FULL or argv[:2] != ["maiac", "perf"]:
+        return argv, ""
+    perf = main.get_command(click.Context(main), "perf")
+    assert perf is not None
+    defaults = {o: p.default for p in perf.params for o in p.opts}
+    out, changes = list(argv), []
+
+    def put(option: str, value: str) -> None:
+        if option in out:
+            i = out.index(option) + 1
+            if out[i] == value:
+                return
+            out[i] = value
+        else:
+            out.extend([option, value])
+        changes.append(f"{option} {value}")
+
+    put("--context", PERF_CONTEXT)
+    if "--preset" not in out:
+        for option in SWEEP_AXES:
+            given = out[out.index(option) + 1] if option in out else str(defaults[option])
+            put(option, given.split(",")[0])
+    if "--chips" in out:
+        chips = out[out.index("--chips") + 1].split(",")
+        put("--chips", ",".join(dict.fromkeys([chips[0], chips[-1]])))
+    out.extend(["--jobs", "1"])
+    return out, "run with " + ", ".join(changes)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +170,34 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(work / "out.npz", **dict(zip(names, sess.run(names, {"input_ids": ids}),
                                           strict=True)))
     (work / "my_passes.py").write_text(MY_PASSES)
+    _tokenizer(work / "tokenizer.json", data / "text" / "austen_pride_and_prejudice_ch1.txt")
+    quark = work / "quark"  # a Quark export with its inputs and Quark's outputs on them
+    quark.mkdir()
+    for suffix, name in ((".onnx", QUARK), (".inputs.npz", "in.npz"), (".ref.npz", "out.npz")):
+        shutil.copy(data / "toolchain" / f"quark_llama_mxfp4{suffix}", quark / name)
+    (work / "perf-cache").mkdir()  # cold, as in a fresh clone
     return work
+
+
+def _tokenizer(path: Path, text: Path) -> None:
+    """A reader's tokenizer.json: BPE trained on a chapter, ids within decoder.onnx's 256."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train([str(text)], trainers.BpeTrainer(vocab_size=256, special_tokens=["[UNK]"]))
+    tok.save(str(path))
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Any:
+    """One local Ray for every ``--backend ray`` line (each would start and stop its own)."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
 
 
 def _run(argv: list[str], work: Path) -> Any:
@@ -107,7 +209,8 @@ def _run(argv: list[str], work: Path) -> Any:
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        return CliRunner().invoke(main, argv[1:])
+        return CliRunner().invoke(main, argv[1:],
+                                  env={"MAIAC_CACHE_DIR": str(work / "perf-cache")})
     finally:
         os.chdir(cwd)
 
@@ -139,61 +242,89 @@ def check_figures(comment: str, output: str, where: str) -> None:
             f"{where}: {label} is {got} {unit}, the document says {value} {unit}"
 
 
-def _is_slow(argv: list[str]) -> bool:
-    return any(k in " ".join(argv) for k in SLOW)
-
-
-# run by default; the others compile many models or sweep perf (minutes on 2 cores when
-# the perf cache is cold) and run with MAIAC_SLOW_DOCS=1
-DEFAULT_DOCS = ("README.md", "formats.md", "machine.md", "pass-authors.md")
-
-
 def _cases() -> list[Any]:
-    slow_docs = pytest.mark.skipif(not os.environ.get("MAIAC_SLOW_DOCS"),
-                                   reason="minutes on 2 cores: MAIAC_SLOW_DOCS=1 runs it")
-    return [pytest.param(doc, lines, id=doc.name,
-                         marks=[] if doc.name in DEFAULT_DOCS else [pytest.mark.slow, slow_docs])
-            for doc in DOC_FILES if (lines := doc_lines(doc))]
+    return [pytest.param(doc, doc_lines(doc), id=doc.name) for doc in DOC_FILES
+            if doc_lines(doc) or script_lines(doc)]
 
 
-def _run_lines(doc: Path, lines: list[tuple[list[str], str]], workdir: Path) -> None:
-    """Exit 0 (a verify that fails exits 1: also a stale document), figures as quoted."""
-    for argv, comment in lines:
-        where = f"{doc.name}: {' '.join(argv)}"
-        if any(k in where for k in NOT_RUN):
-            continue
-        _prepare(argv, workdir)
-        r = _run(argv, workdir)
+def _run_lines(doc: Path, lines: list[tuple[list[str], str]], workdir: Path,
+               request: pytest.FixtureRequest) -> list[str]:
+    """Exit 0 (a verify that fails exits 1: also a stale document), figures as quoted;
+    an ``ERROR_PATHS`` line exits 2 with its message. Returns what did not run as
+    written (every failure message lists it too)."""
+    not_as_written: list[str] = []
+    for documented, comment in lines:
+        where = f"{doc.name}: {' '.join(documented)}"
+        argv, change = as_run(documented)
+        if change:
+            not_as_written.append(f"{where} ({change})")
+        if "--backend" in argv and "ray" in argv:
+            request.getfixturevalue("ray_session")
+        cwd = workdir / "quark" if QUARK in argv else workdir
+        start = time.perf_counter()
+        _prepare(argv, cwd)
+        r = _run(argv, cwd)
+        print(f"{time.perf_counter() - start:6.1f} s  {where}")  # -s: where the time goes
+        unlike = "; not as written: " + "; ".join(not_as_written) if not_as_written else ""
         if argv[0] == "python":
-            assert r.returncode == 0, f"{where}: {r.stderr[-2000:]}"
+            assert r.returncode == 0, f"{where}: {r.stderr[-2000:]}{unlike}"
+            continue
+        missing = [k for k in ERROR_PATHS if k in argv]
+        if missing:
+            what, message = ERROR_PATHS[missing[0]]
+            not_as_written.append(f"{where} (without {what}: its error checked)")
+            assert r.exit_code == 2 and message in r.output, \
+                f"{where}: without {what}: exit {r.exit_code}: {r.output[-2000:]}"
             continue
         # a quantized verify of the fixture's random weights may miss the cosine bar (exit
         # 1, its table printed): the document shows the command, not that model's accuracy
         ok = (0, 1) if argv[1] == "verify" and "--quant" in argv else (0,)
-        assert r.exit_code in ok, f"{where}: exit {r.exit_code}: {r.output[-3000:]}"
-        check_figures(comment, r.output, where)
+        assert r.exit_code in ok, f"{where}: exit {r.exit_code}: {r.output[-3000:]}{unlike}"
+        check_figures(comment, r.output, where + unlike)
+    return not_as_written
 
 
 @pytest.mark.parametrize(("doc", "lines"), _cases())
 def test_every_documented_command_runs(workdir: Path, doc: Path,
-                                       lines: list[tuple[list[str], str]]) -> None:
-    """The lines of each document but the slow ones (``SLOW``), in order."""
-    _run_lines(doc, [(a, c) for a, c in lines if not _is_slow(a)], workdir)
+                                       lines: list[tuple[list[str], str]],
+                                       request: pytest.FixtureRequest) -> None:
+    """Every line of each document, in order (``as_run`` and ``ERROR_PATHS`` say how the
+    few the suite cannot run as written run instead)."""
+    for line in _run_lines(doc, lines, workdir, request) + _scripts(doc):
+        print("not run here as written:", line)  # -s shows them; failures list them too
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MAIAC_SLOW_DOCS"),
-                    reason="minutes on 2 cores (an 8B perf sweep, an 8B shape-only compile): "
-                           "MAIAC_SLOW_DOCS=1 runs them")
-@pytest.mark.parametrize(("doc", "lines"), _cases())
-def test_slow_documented_commands_run(workdir: Path, doc: Path,
-                                      lines: list[tuple[list[str], str]]) -> None:
-    """The slow lines (with the line making their input, a ``python -c`` before them)."""
-    slow = [i for i, (a, _) in enumerate(lines) if _is_slow(a)]
-    _run_lines(doc, [lines[i] for i in sorted({j for i in slow for j in (i - 1, i)
-                                               if j >= 0 and (j == i or
-                                                              lines[j][0][0] == "python")})],
-               workdir)
+def _scripts(doc: Path) -> list[str]:
+    """Where each ``python FILE.py`` line of ``doc`` runs (its file must exist)."""
+    out = []
+    for line in script_lines(doc):
+        path = line.split()[1]
+        assert (ROOT / path).is_file(), f"{doc.name}: {line}: no {path} in the repository"
+        runner = next((t for prefix, t in SCRIPTS_RUN_BY.items() if path.startswith(prefix)),
+                      None)
+        assert runner is not None or path.startswith("bench/"), \
+            f"{doc.name}: {line}: no test runs {path}"
+        out.append(f"{doc.name}: {line} (" + (f"runs in {runner})" if runner else
+                                            "a benchmark, minutes: not run here)"))
+    return out
+
+
+def test_perf_lines_run_smaller_and_say_so() -> None:
+    """The default run's perf sweeps: one small point per axis, what changed said."""
+    argv, change = as_run(["maiac", "perf", "llama3-70b", "--chips", "1,2,4,8", "--batch",
+                           "1,32", "--context", "8192"])
+    if FULL:
+        assert change == ""
+        return
+    assert argv == ["maiac", "perf", "llama3-70b", "--chips", "1,8", "--batch", "1",
+                    "--context", PERF_CONTEXT, "--quant", "fp8", "--kv-cache", "bf16",
+                    "--jobs", "1"]
+    assert change == (f"run with --context {PERF_CONTEXT}, --batch 1, --quant fp8, "
+                      f"--kv-cache bf16, --chips 1,8")
+    argv, change = as_run(["maiac", "perf", "--preset", "paper"])
+    assert argv == ["maiac", "perf", "--preset", "paper", "--context", PERF_CONTEXT,
+                    "--jobs", "1"]
+    assert as_run(["maiac", "run", "m.maia"]) == (["maiac", "run", "m.maia"], "")
 
 
 def test_figures_are_read_from_comments() -> None:
