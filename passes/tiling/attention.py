@@ -209,8 +209,8 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     (``empty_rows = "zero"``, the absorbed NaN guard of passes/fuse_attention.py).
 
     ``causal`` without ``mask``: the mask is generated (``positions``: an f32 ``arange``
-    of at least ``Sk`` elements) and hidden key blocks are skipped; the groups of query
-    blocks after the first are returned as further kernels, to run after ``kernel``.
+    of at least ``Sk`` elements) and hidden key blocks are skipped; the kernels of the
+    groups of query blocks after the first stream are returned, to run after ``kernel``.
     """
     b, hkv, g, sq, sk, d = dims
     generate = causal and mask is None
