@@ -388,6 +388,12 @@ def to_attr(value: Any) -> Attribute:
     raise TypeError(f"no attribute for {value!r}")
 
 
+# The plain values of dictionary attributes whose values are all immutable (an
+# instruction's accesses), by the attribute object: every pass after `tile` reads the
+# same accesses again. A copy of the dict is returned, so callers may change it.
+_DICT_VALUES: dict[int, tuple[DictionaryAttr, dict[str, Any]]] = {}
+
+
 def from_attr(attr: Attribute) -> Any:
     """Inverse of ``to_attr``."""
     if isinstance(attr, IntegerAttr):
@@ -400,7 +406,16 @@ def from_attr(attr: Attribute) -> Any:
     if isinstance(attr, DenseArrayBase):
         return _int_array_values(attr)
     if isinstance(attr, DictionaryAttr):
-        return {k: from_attr(v) for k, v in attr.data.items()}
+        hit = _DICT_VALUES.get(id(attr))
+        if hit is not None and hit[0] is attr:
+            return dict(hit[1])
+        value = {k: from_attr(v) for k, v in attr.data.items()}
+        if all(v is None or isinstance(v, str | int | float | tuple) for v in value.values()):
+            if len(_DICT_VALUES) >= 1 << 16:
+                _DICT_VALUES.clear()
+            _DICT_VALUES[id(attr)] = (attr, value)  # the entry keeps ``attr`` (and its id)
+            return dict(value)
+        return value
     if isinstance(attr, ArrayAttr):
         return [from_attr(v) for v in attr.data]
     return attr
