@@ -1,31 +1,36 @@
-"""Broadcast DMA tile copies that no instruction reads, found once per program.
+"""DMA copies into TSRAM that no instruction reads, found once per program.
 
-A DMA into TSRAM whose source does not move with the tile along some grid axes (tile
-stride 0) writes the same bytes to every tile along them: a tiled matmul sends each
-weight block to every tile of a grid column and each activation block to every tile of
-a grid row, 3/4 of the TSRAM bytes a d768 Llama moves. The interpreter reads such an
-fp32 matmul operand once, from the tiles at index 0 of the axes along which it is the
-same (the *head* tiles; runtime/tile_uniform.py proves the bytes equal, `MatmulPlan`).
-When every instruction that touches the broadcast bytes before they are next written in
-full reads only the head tiles' copy, the copies to the other tiles are dead stores:
-nothing reads them before they are overwritten. The interpreter then writes the head
-tiles only (``elided_dma_axes``).
+The interpreter moves real bytes for every DMA. Two kinds of those writes are dead
+stores, overwritten before any instruction reads the bytes they wrote, and are skipped:
 
-Memory after a run is byte-identical to the memory with every copy done: a DMA is
-elided only if later writes without gaps cover all its bytes on all its tiles (before
-any of them is read off the head), so the last write of every byte of every tile is a
-real one. Before that write the skipped bytes are read by
-no instruction (the only readers are head readers), by no output (outputs are read from
-tile 0, always a head tile) and by no other chip (collectives touching them count as
-readers). The analysis is conservative: a loop of more than one trip counts as reading
-and writing all of its extent, and a DMA inside such a loop is not elided.
+* *Forwarded DMAs* (``forwarded_copies``): a DMA from HBM/CSRAM whose destination is read
+  only by fp32 matmuls, through an operand that is exactly that destination block on the
+  same grid, before its source changes. The matmul reads the source block instead (the
+  same bytes: the DMA's source at the time of the read equals it at the time of the
+  DMA), and the DMA moves nothing. This is how a tiled matmul's weights reach the TTU.
+* *Broadcast copies* (``elided_dma_axes``): a DMA whose source does not move with the
+  tile along some grid axes (tile stride 0) writes the same bytes to every tile along
+  them (a tiled matmul sends each weight block to every tile of a grid column, each
+  activation block to every tile of a grid row: 3/4 of the TSRAM bytes of a d768
+  Llama). The interpreter reads such an fp32 matmul operand once, from the tiles at
+  index 0 of those axes (the *head* tiles; runtime/tile_uniform.py proves the bytes
+  equal, `MatmulPlan`). When only such head reads touch the bytes before they are
+  overwritten, the copies to the other tiles are skipped.
+
+Memory after a run is byte-identical to the memory with every copy done, and every read
+sees the bytes the program wrote: a write is skipped only if later writes without gaps
+cover all its bytes on all its tiles before any of them is read other than as above, so
+the last write of every byte of every tile is a real one. Outputs are read from tile 0
+(always a head tile); collectives touching the bytes count as readers. A loop of more
+than one trip counts as reading and writing all of its extent, and DMAs inside it are
+done. ``MAIAC_ALL_COPIES=1`` does every copy (for comparison).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from maiac.runtime.isa import Access, Dma, Instr, Loop, MatMul, Sync
 from maiac.runtime.liveness import _reads_writes
@@ -47,41 +52,43 @@ class MatmulPlan:
 
 @dataclass(frozen=True)
 class _Event:
-    """One instruction as the scan sees it: the TSRAM accesses it reads and writes, over
-    all iterations of enclosing loops (``trips``), on ``grid``; ``head``: the grid axes
-    along which a read is of the head tiles only."""
+    """One instruction as the scan sees it: the accesses it reads (with the grid axes
+    along which a read is of the head tiles only, and ``"a"``/``"b"`` for a matmul
+    operand) and writes, over all iterations of enclosing loops (``trips``)."""
 
     path: str
     instr: Instr | None  # None: a loop of several trips, seen as its whole extent
     grid: tuple[int, ...]
     trips: tuple[int, ...]
-    reads: tuple[tuple[Access, frozenset[int]], ...]
+    reads: tuple[tuple[Access, frozenset[int], str], ...]
     writes: tuple[Access, ...]
 
 
 def _events(body: list[Instr], path: str, trips: tuple[int, ...],
-            plans: dict[str, MatmulPlan]) -> Iterator[_Event]:
-    """The instructions in the order they run; a loop of one trip is its body."""
+            plans: dict[str, MatmulPlan], sources: dict[tuple[str, str], Access]
+            ) -> Iterator[_Event]:
+    """The instructions in the order they run; a loop of one trip is its body. A matmul
+    operand read from a forwarded DMA's source (``sources``) reads that source."""
     for k, ins in enumerate(body):
         here = f"{path}.{k}" if path else str(k)
         if isinstance(ins, Loop):
             inner = trips + tuple(ins.trips)
             if math.prod(ins.trips) == 1:
-                yield from _events(ins.body, here, inner, plans)
+                yield from _events(ins.body, here, inner, plans, sources)
                 continue
-            for ev in _events(ins.body, here, inner, plans):  # every access, no head reads
+            for ev in _events(ins.body, here, inner, plans, sources):  # no head reads
                 yield _Event(here, None, ev.grid, ev.trips,
-                             tuple((a, frozenset()) for a, _ in ev.reads), ev.writes)
+                             tuple((a, frozenset(), "") for a, _, _ in ev.reads), ev.writes)
             continue
         if isinstance(ins, Sync):
             continue
         reads, write = _reads_writes(ins)
-        heads = [frozenset()] * len(reads)
+        tagged = [(acc, frozenset(), "") for acc in reads]
         if isinstance(ins, MatMul) and ins.a is not ins.b:  # reads start with a, b
             plan = plans.get(here, MatmulPlan())
-            heads[:2] = [plan.a_head, plan.b_head]
-        yield _Event(here, ins, tuple(ins.grid), trips,
-                     tuple(zip(reads, heads, strict=True)), (write,))
+            tagged[:2] = [(sources.get((here, role), acc), head, role) for acc, head, role
+                          in ((ins.a, plan.a_head, "a"), (ins.b, plan.b_head, "b"))]
+        yield _Event(here, ins, tuple(ins.grid), trips, tuple(tagged), (write,))
 
 
 def _covers(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...], tiles: int) -> bool:
@@ -99,18 +106,96 @@ def broadcast_axes(instr: Dma) -> frozenset[int]:
     return frozenset(g for g, (n, s) in enumerate(zip(grid, ts, strict=True)) if n > 1 and s == 0)
 
 
-def elided_dma_axes(instructions: list[Instr], plans: dict[str, MatmulPlan]
-                    ) -> dict[str, frozenset[int]]:
-    """Per DMA path, the broadcast axes whose copies to non-head tiles are dead (skipped)."""
-    events = list(_events(instructions, "", (), plans))
-    elided: dict[str, frozenset[int]] = {}
+@dataclass
+class Copies:
+    """What the interpreter skips: DMAs whose every reader is an fp32 matmul operand read
+    straight from the DMA's source (``forwarded``; ``sources``: (matmul path, "a"/"b") ->
+    the access to read instead), and per broadcast DMA the axes whose copies to the
+    non-head tiles are dead (``elided``)."""
+
+    forwarded: set[str]
+    sources: dict[tuple[str, str], Access]
+    elided: dict[str, frozenset[int]]
+
+
+def _copies(events: list[_Event]) -> Iterator[tuple[int, _Event, Dma]]:
+    """(index, event, DMA) of the byte-copy DMAs from HBM/CSRAM into TSRAM."""
     for i, ev in enumerate(events):
         ins = ev.instr
-        if not isinstance(ins, Dma) or ins.src.dtype != ins.dst.dtype:
+        if isinstance(ins, Dma) and ins.dst.level == "tsram" and ins.src.level != "tsram" \
+                and ins.src.dtype == ins.dst.dtype:
+            yield i, ev, ins
+
+
+def forwarded_copies(instructions: list[Instr], fp32_matmuls: set[str]) -> Copies:
+    """The DMAs into TSRAM read only by matmuls of ``fp32_matmuls`` (paths) through an
+    operand that is exactly the DMA's destination, on the same grid, before the source
+    changes, and whose bytes later writes cover on all tiles: those matmuls read the
+    source instead and the DMA is skipped (``Copies.forwarded``)."""
+    events = list(_events(instructions, "", (), {}, {}))
+    copies = Copies(set(), {}, {})
+    for i, ev, dma in _copies(events):
+        if tuple(dma.src.shape) != tuple(dma.dst.shape):
             continue
-        axes = broadcast_axes(ins)
-        if axes and _dead(events, i, axes):
+        readers = _forward_readers(events, i, dma, fp32_matmuls)
+        if readers:
+            copies.forwarded.add(ev.path)
+            for path, role, trips in readers:
+                # every enclosing loop has one trip: the source at iteration 0, as the reader
+                copies.sources[(path, role)] = replace(dma.src, loop_strides=(0,) * len(trips))
+    return copies
+
+
+def _forward_readers(events: list[_Event], i: int, dma: Dma, fp32_matmuls: set[str]
+                     ) -> list[tuple[str, str, tuple[int, ...]]] | None:
+    """(matmul path, operand, trips) of every read of ``dma``'s bytes, if all are
+    forwardable and later writes cover the bytes on all tiles; else None."""
+    ev0 = events[i]
+    pending = [access_extent(dma.dst, ev0.grid, ev0.trips)]
+    slo, shi = access_extent(dma.src, ev0.grid, ev0.trips)
+    tiles = math.prod(ev0.grid)
+    readers: list[tuple[str, str, tuple[int, ...]]] = []
+    source_changed = rewritten = False
+    for ev in events[i + 1:]:
+        for acc, _, role in ev.reads:
+            if acc.level != "tsram" or not _overlaps(pending, *access_extent(acc, ev.grid,
+                                                                              ev.trips)):
+                continue
+            if rewritten or source_changed or ev.path not in fp32_matmuls or not role or \
+                    ev.grid != ev0.grid or _key(acc) != _key(dma.dst):
+                return None
+            readers.append((ev.path, role, ev.trips))
+        for acc in ev.writes:
+            wlo, whi = access_extent(acc, ev.grid, ev.trips)
+            if acc.level == dma.src.level and wlo < shi and slo < whi:
+                source_changed = True
+            if acc.level != "tsram" or not _overlaps(pending, wlo, whi):
+                continue
+            if ev.instr is None or not _covers(acc, ev.grid, ev.trips, tiles):
+                return None
+            rewritten = True
+            pending = _minus(pending, wlo, whi)
+            if not pending:
+                return readers
+    return None
+
+
+def _key(acc: Access) -> tuple:
+    """An access's bytes per tile, loop strides aside (every enclosing loop has one trip)."""
+    return (acc.level, acc.addr, acc.dtype, tuple(acc.shape), tuple(acc.strides))
+
+
+def elided_dma_axes(instructions: list[Instr], plans: dict[str, MatmulPlan],
+                    copies: Copies) -> dict[str, frozenset[int]]:
+    """Per DMA path (not forwarded), the broadcast axes whose copies to non-head tiles are
+    dead (skipped); ``copies.elided`` is set to it."""
+    events = list(_events(instructions, "", (), plans, copies.sources))
+    elided: dict[str, frozenset[int]] = {}
+    for i, ev, dma in _copies(events):
+        axes = broadcast_axes(dma)
+        if axes and ev.path not in copies.forwarded and _dead(events, i, axes):
             elided[ev.path] = axes
+    copies.elided = elided
     return elided
 
 
@@ -121,7 +206,7 @@ def _dead(events: list[_Event], i: int, axes: frozenset[int]) -> bool:
     pending = [access_extent(dma.writes[0], dma.grid, dma.trips)]  # [lo, hi) not yet rewritten
     tiles = math.prod(dma.grid)
     for ev in events[i + 1:]:
-        for acc, head in ev.reads:
+        for acc, head, _ in ev.reads:
             if acc.level == "tsram" and _overlaps(pending, *access_extent(acc, ev.grid, ev.trips)) \
                     and not (ev.grid == dma.grid and axes <= head):
                 return False
@@ -133,8 +218,7 @@ def _dead(events: list[_Event], i: int, axes: frozenset[int]) -> bool:
                 continue
             if ev.instr is None or not _covers(acc, ev.grid, ev.trips, tiles):
                 return False  # leaves older bytes in its gaps or on some tiles
-            pending = [(lo, hi) for a, b in pending
-                       for lo, hi in ((a, min(b, wlo)), (max(a, whi), b)) if lo < hi]
+            pending = _minus(pending, wlo, whi)
             if not pending:
                 return True
     return False
@@ -142,3 +226,8 @@ def _dead(events: list[_Event], i: int, axes: frozenset[int]) -> bool:
 
 def _overlaps(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
     return any(a < hi and lo < b for a, b in ranges)
+
+
+def _minus(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(a2, b2) for a, b in ranges for a2, b2 in ((a, min(b, lo)), (max(a, hi), b))
+            if a2 < b2]

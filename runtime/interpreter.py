@@ -29,7 +29,7 @@ import numpy as np
 
 from maiac.runtime import isa
 from maiac.runtime.conversions import convert_input
-from maiac.runtime.dead_copies import MatmulPlan, elided_dma_axes
+from maiac.runtime.dead_copies import Copies, MatmulPlan, elided_dma_axes, forwarded_copies
 from maiac.runtime.errors import MachineError, MaiacError
 from maiac.runtime.hazards import check_program
 from maiac.runtime.interpreter_dma import (
@@ -126,11 +126,20 @@ class _Machine:
         found = uniform_operands(program.instructions)
         self.uniform_b, self.uniform_vec, self.uniform_a = found.b, found.vec, found.a
         self.stacked_calls = 0  # matmul calls run as stacked GEMMs (tests, profiling)
+        # DMAs whose bytes only fp32 matmuls read (they read the DMA's source instead),
         # how each fp32 matmul reads its operands, then the broadcast DMA copies to tiles
         # that no instruction reads before they are overwritten (runtime/dead_copies.py)
         self.plans: dict[str, MatmulPlan] = {}
-        self._plan_matmuls(program.instructions, "", ())
-        self.elided = elided_dma_axes(program.instructions, self.plans)
+        matmuls: dict[str, tuple[MatMul, tuple[int, ...]]] = {}
+        self._matmuls(program.instructions, "", (), matmuls)
+        skip = os.environ.get("MAIAC_ALL_COPIES", "") != "1"
+        self.copies = forwarded_copies(program.instructions, {
+            p for p, (mm_, _) in matmuls.items() if not (mm_.a_fmt or mm_.b_fmt)}) \
+            if skip else Copies(set(), {}, {})
+        for p, (mm_, trips_) in matmuls.items():
+            self.plans[p] = self._matmul_plan(mm_, p, tuple(mm_.grid), trips_)
+        self.elided = elided_dma_axes(program.instructions, self.plans, self.copies) \
+            if skip else {}
         self.steps = [(instr_label(str(i), ins), self._compile(ins, str(i), ()))
                       for i, ins in enumerate(program.instructions)]
         # What reset() poisons: the bytes some run reads before writing them (exact, from
@@ -206,13 +215,22 @@ class _Machine:
                           strides=lstr + gstr + strides)
 
     # -- matmul operand plans --------------------------------------------------
-    def _plan_matmuls(self, body: list[Instr], path: str, trips: tuple[int, ...]) -> None:
+    def _matmuls(self, body: list[Instr], path: str, trips: tuple[int, ...],
+                 found: dict[str, tuple[MatMul, tuple[int, ...]]]) -> None:
+        """Every matmul of ``body``: path -> (instruction, trips of its loops)."""
         for k, ins in enumerate(body):
             here = f"{path}.{k}" if path else str(k)
             if isinstance(ins, Loop):
-                self._plan_matmuls(ins.body, here, trips + tuple(ins.trips))
+                self._matmuls(ins.body, here, trips + tuple(ins.trips), found)
             elif isinstance(ins, MatMul):
-                self.plans[here] = self._matmul_plan(ins, here, tuple(ins.grid), trips)
+                found[here] = (ins, trips)
+
+    def _operand(self, instr: MatMul, role: str, path: str, grid: tuple[int, ...],
+                 trips: tuple[int, ...]) -> np.ndarray:
+        """An fp32 matmul's ``a``/``b`` view: of the forwarded DMA's source if the DMA
+        into it was skipped (runtime/dead_copies.py), else of TSRAM."""
+        acc = self.copies.sources.get((path, role), getattr(instr, role))
+        return self.view(acc, grid, trips, len(instr.c.shape))
 
     def _matmul_plan(self, instr: MatMul, path: str, grid: tuple[int, ...],
                      trips: tuple[int, ...]) -> MatmulPlan:
@@ -230,8 +248,7 @@ class _Machine:
         b_head = frozenset(g for g in self.uniform_b.get(path, ()) if grid[g] > 1)
         a_head = frozenset(g for g in self.uniform_a.get(path, ()) if grid[g] > 1) - b_head
         stackable = rows > 1 and cols > 1 and depth > 1 and rows * depth * cols > MERGE_MIN_MNK
-        rank = len(instr.c.shape)
-        a, b = self.view(instr.a, grid, trips, rank), self.view(instr.b, grid, trips, rank)
+        a, b = (self._operand(instr, r, path, grid, trips) for r in ("a", "b"))
         c = self.view(instr.c, grid, trips)
         direct = instr.a.dtype == instr.b.dtype == instr.c.dtype == "f32"
         stack = None
@@ -333,6 +350,8 @@ class _Machine:
              ) -> Step:
         src, dst = self.view(instr.src, grid, trips), self.view(instr.dst, grid, trips)
         store = storer(instr.dst.dtype)
+        if path in self.copies.forwarded:  # its readers read its source (dead_copies.py)
+            return lambda it: None
         elided = self.elided.get(path)
         if elided:
             # the copies to the other tiles along these axes are never read
@@ -426,11 +445,10 @@ class _Machine:
             stackable = rows > 1 and cols > 1 and depth > 1 and \
                 rows * depth * cols > MERGE_MIN_MNK
             return self._qmatmul(instr, grid, trips, stackable, self.uniform_b.get(path))
-        plan = self.plans[path]
-        rank, n_trips = len(instr.c.shape), len(trips)
+        plan, n_trips = self.plans[path], len(trips)
         # operands the same along grid axes are read from their head tiles (MatmulPlan)
-        a = head_tiles(self.view(instr.a, grid, trips, rank), plan.a_head, n_trips)
-        b = head_tiles(self.view(instr.b, grid, trips, rank), plan.b_head, n_trips)
+        a = head_tiles(self._operand(instr, "a", path, grid, trips), plan.a_head, n_trips)
+        b = head_tiles(self._operand(instr, "b", path, grid, trips), plan.b_head, n_trips)
         c = self.view(instr.c, grid, trips)
         ca = instr.a.dtype != "f32"
         cb = instr.b.dtype != "f32"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maiac.runtime import interpreter
 from maiac.runtime.interpreter import _machine, run_program
 from maiac.runtime.isa import Dma, Loop, MatMul, Vec
 from maiac.runtime.program import ProgramBuilder
@@ -15,12 +14,13 @@ RNG = np.random.default_rng(5)
 GRID = (2, 2)
 
 
-def k_split_program(m: int, *, between: str = "", loop: int = 1):
+def k_split_program(m: int, *, between: str = "", loop: int = 1, b_halves: bool = False):
     """C = A @ B on a 2x2 grid in two K halves through the same TSRAM buffers: each half's
     A block broadcast along the grid columns, B block along the grid rows.
     ``between`` (after the first matmul): "neg" a TVP op reading and writing tb,
-    "partial" a DMA into half of tb on every tile, "tile0" the same on tile 0 only; ``loop``: the first half inside a loop of that many
-    trips."""
+    "partial" a DMA into half of tb on every tile, "tile0" the same on tile 0 only; ``loop``:
+    the first half inside a loop of that many trips; ``b_halves``: the first B block
+    DMAed in two halves of its rows (the matmul's operand is neither DMA's block)."""
     k, n = 256, 64
     bm, bk, bn = m // 2, k // 2, n // 2
     pb = ProgramBuilder()
@@ -33,16 +33,19 @@ def k_split_program(m: int, *, between: str = "", loop: int = 1):
     ta_acc, tb_acc, tc_acc = acc(ta, "f32", (bm, bk)), acc(tb, "f32", (bk, bn)), \
         acc(tc, "f32", (bm, bn))
 
-    def half(h: int, accumulate: bool) -> list:
-        return [Dma(pb.access(a, "f32", (bm, bk), (k, 1), tile_strides=(bm * k, 0),
-                              offset=h * bk), ta_acc, grid=GRID, op="a"),
-                Dma(pb.access(b, "f32", (bk, bn), (n, 1), tile_strides=(0, bn),
-                              offset=h * bk * n), tb_acc, grid=GRID, op="b"),
+    def b_dma(rows: int, src_row: int, dst_row: int) -> Dma:
+        return Dma(acc(b, "f32", (rows, bn), (n, 1), tile_strides=(0, bn), offset=src_row * n),
+                   acc(tb, "f32", (rows, bn), offset=dst_row * bn), grid=GRID, op="b")
+
+    def half(h: int, accumulate: bool, halves: bool = False) -> list:
+        b_dmas = [b_dma(bk // 2, h * bk, 0), b_dma(bk // 2, h * bk + bk // 2, bk // 2)] \
+            if halves else [b_dma(bk, h * bk, 0)]
+        return [Dma(acc(a, "f32", (bm, bk), (k, 1), tile_strides=(bm * k, 0), offset=h * bk),
+                    ta_acc, grid=GRID, op="a"), *b_dmas,
                 MatMul(ta_acc, tb_acc, tc_acc, accumulate=accumulate, grid=GRID, op="mm")]
-    first = half(0, False)
+    first = half(0, False, b_halves)
     extra = {"neg": [Vec("neg", [tb_acc], tb_acc, grid=GRID, op="neg")],
-             "partial": [Dma(acc(b, "f32", (bk // 2, bn), (n, 1), tile_strides=(0, bn)),
-                             acc(tb, "f32", (bk // 2, bn)), grid=GRID, op="partial")],
+             "partial": [b_dma(bk // 2, 0, 0)],
              "tile0": [Dma(acc(b, "f32", (bk // 2, bn), (n, 1)), acc(tb, "f32", (bk // 2, bn)),
                            grid=(1,), op="tile0")],
              "": []}[between]
@@ -53,14 +56,16 @@ def k_split_program(m: int, *, between: str = "", loop: int = 1):
     return pb.build()
 
 
-def _run(prog, feeds, elide: bool, monkeypatch) -> tuple[dict, dict, dict]:
+def _run(prog, feeds, skip: bool, monkeypatch) -> tuple[dict, dict, object]:
+    """Outputs, memory after the run and the machine's ``Copies``; ``skip`` False: with
+    every copy done (MAIAC_ALL_COPIES=1)."""
     prog.runtime_cache.clear()
-    if not elide:
-        monkeypatch.setattr(interpreter, "elided_dma_axes", lambda *_: {})
+    if not skip:
+        monkeypatch.setenv("MAIAC_ALL_COPIES", "1")
     out = run_program(prog, feeds)
     monkeypatch.undo()
     machine = _machine(prog)
-    return out, {lv: m.copy() for lv, m in machine.mem.items()}, machine.elided
+    return out, {lv: m.copy() for lv, m in machine.mem.items()}, machine.copies
 
 
 def _feeds(m: int) -> dict[str, np.ndarray]:
@@ -68,31 +73,40 @@ def _feeds(m: int) -> dict[str, np.ndarray]:
             "b": RNG.standard_normal((256, 64)).astype(np.float32)}
 
 
-@pytest.mark.parametrize(("m", "between"), [(256, ""), (512, ""), (256, "partial")])
-def test_first_half_copies_skipped_same_outputs_and_memory(m, between, monkeypatch):
-    """m: per-tile GEMMs / one stacked GEMM; "partial": tb rewritten in two pieces."""
-    prog, feeds = k_split_program(m, between=between), _feeds(m)
-    out, mem, elided = _run(prog, feeds, True, monkeypatch)
-    # the first half's A and B copies are overwritten by the second half's; the second
-    # half's are the last writes of their bytes, so they are done
-    assert {k: v for k, v in elided.items() if k in "01"} == {
-        "0": frozenset({1}), "1": frozenset({0})}
+def _same_as_all_copies(prog, feeds, monkeypatch):
+    out, mem, copies = _run(prog, feeds, True, monkeypatch)
     np.testing.assert_allclose(out["c"], feeds["a"] @ feeds["b"], rtol=1e-4, atol=1e-3)
     ref_out, ref_mem, none = _run(prog, feeds, False, monkeypatch)
-    assert none == {}
+    assert not (none.forwarded or none.elided)
     assert out["c"].tobytes() == ref_out["c"].tobytes()
     for level in mem:
         assert np.array_equal(mem[level], ref_mem[level]), level
+    return copies
+
+
+@pytest.mark.parametrize(("m", "between"), [(256, ""), (512, ""), (256, "partial")])
+def test_first_half_dmas_forwarded_to_the_matmul(m, between, monkeypatch):
+    """m: per-tile GEMMs / one stacked GEMM; "partial": tb rewritten in two pieces."""
+    copies = _same_as_all_copies(k_split_program(m, between=between), _feeds(m), monkeypatch)
+    # the first half's A and B blocks are read by the matmul only, then overwritten by
+    # the second half's, which are the last writes of their bytes and so are done
+    assert {"0", "1"} <= copies.forwarded and not {"3", "4", "5"} & copies.forwarded
+    assert set(copies.sources) == {("2", "a"), ("2", "b")}
+
+
+@pytest.mark.parametrize("m", [256, 512])
+def test_broadcast_copies_read_from_the_head_tiles_skipped(m, monkeypatch):
+    """B's first block in two DMAs: the matmul's operand is neither's block (not
+    forwarded), it reads B from the head tiles (row 0 of the grid), so the copies to
+    the other grid row are dead."""
+    copies = _same_as_all_copies(k_split_program(m, b_halves=True), _feeds(m), monkeypatch)
+    assert copies.elided == {"1": frozenset({0}), "2": frozenset({0})}
+    assert copies.forwarded == {"0"}
 
 
 @pytest.mark.parametrize("kw", [{"between": "neg"}, {"between": "tile0"}, {"loop": 3}])
 def test_copies_read_or_partly_rewritten_or_in_a_loop_are_done(kw, monkeypatch):
-    prog, feeds = k_split_program(256, **kw), _feeds(256)
-    out, mem, elided = _run(prog, feeds, True, monkeypatch)
-    # a TVP op reading tb on every tile, a rewrite of tile 0 only, or a loop: B's copies
-    # stay
-    assert "1" not in elided and "0.1" not in elided
-    ref_out, ref_mem, _ = _run(prog, feeds, False, monkeypatch)
-    assert out["c"].tobytes() == ref_out["c"].tobytes()
-    for level in mem:
-        assert np.array_equal(mem[level], ref_mem[level]), level
+    # a TVP op reading tb on every tile, a rewrite of tile 0 only, or a loop: B's DMA
+    # stays whole
+    copies = _same_as_all_copies(k_split_program(256, **kw), _feeds(256), monkeypatch)
+    assert not {"1", "0.1"} & (copies.forwarded | set(copies.elided))
