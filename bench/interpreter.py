@@ -18,8 +18,9 @@ numpy copy measured in the same run: a matrix-vector product moves its 64 MiB we
 through TSRAM, so its floor is a copy, not its FLOPs); the worst factors close the table.
 
 ``--baseline REV`` also times the interpreter of git revision REV (its
-runtime/interpreter.py, loaded beside today's) on the same compiled programs in the same
-process, so before and after come from one run on one machine.
+runtime/interpreter.py, loaded beside today's; the helper modules it imports are today's)
+on the same compiled programs in the same process, so before and after (wall and CPU
+ratios) come from one run on one machine.
 ``--profile`` prints the top instruction kinds by time for the largest model.
 ``cpu x ort`` is the ratio of the two engines' best CPU time (all threads): on a
 loaded machine it measures the work each does, where wall time mostly measures the
@@ -227,6 +228,8 @@ def bench_row(name: str, repeat: int, baseline: ModuleType | None, profile: bool
         before = copy.copy(program)
         before.runtime_cache = {}
         engines["before_s"] = (lambda: baseline.run_program(before, feeds), time.perf_counter)
+        engines["before_cpu_s"] = (lambda: baseline.run_program(before, feeds),
+                                   time.process_time)
     row.update(interleaved(engines, repeat))
     if not opts.get("quant"):
         try:
@@ -357,7 +360,7 @@ def main() -> None:
     head = (f"{'model':<28} {'maiac ms':>9} {'ort ms':>8} {'ref ms':>8} {'x ort':>6} "
             f"{'x ref':>6}")
     if baseline is not None:
-        head += f" {'before ms':>9} {'bef x ort':>9}"
+        head += f" {'before ms':>9} {'bef x ort':>9} {'bef cpu x':>9}"
     head += f" {'cpu x ort':>9} {'maiac MB':>8} {'ort MB':>7} {'x mem':>5} {'compile s':>9} " \
             f"{'instrs':>6} {'max err':>8}"
     print(head, flush=True)
@@ -371,7 +374,8 @@ def main() -> None:
                 f"{_ms(r.get('ref_s')):>8} {r['maiac_s'] / r['ort_s']:>6.2f} "
                 f"{r['maiac_s'] / r.get('ref_s', math.nan):>6.2f}")
         if baseline is not None:
-            line += f" {_ms(r['before_s']):>9} {r['before_s'] / r['ort_s']:>9.2f}"
+            line += (f" {_ms(r['before_s']):>9} {r['before_s'] / r['ort_s']:>9.2f}"
+                     f" {r['before_cpu_s'] / max(r['ort_cpu_s'], 1e-9):>9.2f}")
         mem = (r.get("maiac_mb", math.nan), r.get("ort_mb", math.nan))
         line += f" {r['maiac_cpu_s'] / max(r['ort_cpu_s'], 1e-9):>9.2f}"
         line += (f" {mem[0]:>8.0f} {mem[1]:>7.0f} {mem[0] / max(mem[1], 1):>5.2f} "

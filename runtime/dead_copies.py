@@ -91,11 +91,6 @@ def _events(body: list[Instr], path: str, trips: tuple[int, ...],
         yield _Event(here, ins, tuple(ins.grid), trips, tuple(tagged), (write,))
 
 
-def _covers(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...], tiles: int) -> bool:
-    """True if ``acc`` writes every byte of its extent on tiles ``0 .. tiles - 1``."""
-    return acc.level == "tsram" and math.prod(grid) >= tiles and dense(acc, trips)
-
-
 def broadcast_axes(instr: Dma) -> frozenset[int]:
     """Grid axes (of more than one tile) along which a DMA from HBM/CSRAM into TSRAM writes
     the same bytes to every tile."""
@@ -151,15 +146,15 @@ def _forward_readers(events: list[_Event], i: int, dma: Dma, fp32_matmuls: set[s
     """(matmul path, operand, trips) of every read of ``dma``'s bytes, if all are
     forwardable and later writes cover the bytes on all tiles; else None."""
     ev0 = events[i]
-    pending = [access_extent(dma.dst, ev0.grid, ev0.trips)]
+    pending = [(0, math.prod(ev0.grid), *access_extent(dma.dst, ev0.grid, ev0.trips))]
     slo, shi = access_extent(dma.src, ev0.grid, ev0.trips)
-    tiles = math.prod(ev0.grid)
     readers: list[tuple[str, str, tuple[int, ...]]] = []
     source_changed = rewritten = False
     for ev in events[i + 1:]:
+        tiles = math.prod(ev.grid)
         for acc, _, role in ev.reads:
-            if acc.level != "tsram" or not _overlaps(pending, *access_extent(acc, ev.grid,
-                                                                              ev.trips)):
+            if acc.level != "tsram" or not _overlaps(pending, tiles, *access_extent(
+                    acc, ev.grid, ev.trips)):
                 continue
             if rewritten or source_changed or ev.path not in fp32_matmuls or not role or \
                     ev.grid != ev0.grid or _key(acc) != _key(dma.dst):
@@ -169,12 +164,12 @@ def _forward_readers(events: list[_Event], i: int, dma: Dma, fp32_matmuls: set[s
             wlo, whi = access_extent(acc, ev.grid, ev.trips)
             if acc.level == dma.src.level and wlo < shi and slo < whi:
                 source_changed = True
-            if acc.level != "tsram" or not _overlaps(pending, wlo, whi):
+            if acc.level != "tsram" or not _overlaps(pending, tiles, wlo, whi):
                 continue
-            if ev.instr is None or not _covers(acc, ev.grid, ev.trips, tiles):
+            if ev.instr is None or not dense(acc, ev.trips):
                 return None
             rewritten = True
-            pending = _minus(pending, wlo, whi)
+            pending = _minus(pending, tiles, wlo, whi)
             if not pending:
                 return readers
     return None
@@ -203,31 +198,45 @@ def _dead(events: list[_Event], i: int, axes: frozenset[int]) -> bool:
     """True if the bytes event ``i`` (a broadcast DMA) writes are, on its non-head tiles,
     read by no instruction before later ones write all of them on all of its tiles."""
     dma = events[i]
-    pending = [access_extent(dma.writes[0], dma.grid, dma.trips)]  # [lo, hi) not yet rewritten
-    tiles = math.prod(dma.grid)
+    pending = [(0, math.prod(dma.grid), *access_extent(dma.writes[0], dma.grid, dma.trips))]
     for ev in events[i + 1:]:
+        tiles = math.prod(ev.grid)
         for acc, head, _ in ev.reads:
-            if acc.level == "tsram" and _overlaps(pending, *access_extent(acc, ev.grid, ev.trips)) \
-                    and not (ev.grid == dma.grid and axes <= head):
+            if acc.level == "tsram" and _overlaps(pending, tiles, *access_extent(
+                    acc, ev.grid, ev.trips)) and not (ev.grid == dma.grid and axes <= head):
                 return False
         for acc in ev.writes:
             if acc.level != "tsram":
                 continue
             wlo, whi = access_extent(acc, ev.grid, ev.trips)
-            if not _overlaps(pending, wlo, whi):
+            if not _overlaps(pending, tiles, wlo, whi):
                 continue
-            if ev.instr is None or not _covers(acc, ev.grid, ev.trips, tiles):
-                return False  # leaves older bytes in its gaps or on some tiles
-            pending = _minus(pending, wlo, whi)
+            if ev.instr is None or not dense(acc, ev.trips):
+                return False  # leaves older bytes in its gaps
+            pending = _minus(pending, tiles, wlo, whi)
             if not pending:
                 return True
     return False
 
 
-def _overlaps(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
-    return any(a < hi and lo < b for a, b in ranges)
+# The bytes of a skipped write not yet rewritten, as rectangles (t0, t1, lo, hi): bytes
+# [lo, hi) of tiles t0 .. t1 - 1. An instruction on a grid of n tiles touches tiles
+# 0 .. n - 1 (TSRAM row t is tile t).
+Pending = list[tuple[int, int, int, int]]
 
 
-def _minus(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
-    return [(a2, b2) for a, b in ranges for a2, b2 in ((a, min(b, lo)), (max(a, hi), b))
-            if a2 < b2]
+def _overlaps(pending: Pending, tiles: int, lo: int, hi: int) -> bool:
+    return any(t0 < tiles and a < hi and lo < b for t0, _, a, b in pending)
+
+
+def _minus(pending: Pending, tiles: int, lo: int, hi: int) -> Pending:
+    """``pending`` less bytes [lo, hi) of tiles 0 .. tiles - 1."""
+    out: Pending = []
+    for t0, t1, a, b in pending:
+        if not (t0 < tiles and a < hi and lo < b):
+            out.append((t0, t1, a, b))
+            continue
+        out += [(t0, t1, x, y) for x, y in ((a, min(b, lo)), (max(a, hi), b)) if x < y]
+        if tiles < t1:  # the tiles past the write keep the overlap
+            out.append((tiles, t1, max(a, lo), min(b, hi)))
+    return out

@@ -18,7 +18,8 @@ def k_split_program(m: int, *, between: str = "", loop: int = 1, b_halves: bool 
     """C = A @ B on a 2x2 grid in two K halves through the same TSRAM buffers: each half's
     A block broadcast along the grid columns, B block along the grid rows.
     ``between`` (after the first matmul): "neg" a TVP op reading and writing tb,
-    "partial" a DMA into half of tb on every tile, "tile0" the same on tile 0 only; ``loop``:
+    "partial" a DMA into half of tb on every tile, "tile0" the same on tile 0 only, "gaps"
+    a DMA into every other row of tb; ``loop``:
     the first half inside a loop of that many trips; ``b_halves``: the first B block
     DMAed in two halves of its rows (the matmul's operand is neither DMA's block)."""
     k, n = 256, 64
@@ -48,6 +49,8 @@ def k_split_program(m: int, *, between: str = "", loop: int = 1, b_halves: bool 
              "partial": [b_dma(bk // 2, 0, 0)],
              "tile0": [Dma(acc(b, "f32", (bk // 2, bn), (n, 1)), acc(tb, "f32", (bk // 2, bn)),
                            grid=(1,), op="tile0")],
+             "gaps": [Dma(acc(b, "f32", (bk // 2, bn), (n, 1), tile_strides=(0, bn)),
+                          acc(tb, "f32", (bk // 2, bn), (2 * bn, 1)), grid=GRID, op="gaps")],
              "": []}[between]
     pb.emit(*([Loop((loop,), first, op="k0")] if loop > 1 else first), *extra,
             *half(1, True),
@@ -84,9 +87,11 @@ def _same_as_all_copies(prog, feeds, monkeypatch):
     return copies
 
 
-@pytest.mark.parametrize(("m", "between"), [(256, ""), (512, ""), (256, "partial")])
+@pytest.mark.parametrize(("m", "between"), [(256, ""), (512, ""), (256, "partial"),
+                                            (256, "tile0")])
 def test_first_half_dmas_forwarded_to_the_matmul(m, between, monkeypatch):
-    """m: per-tile GEMMs / one stacked GEMM; "partial": tb rewritten in two pieces."""
+    """m: per-tile GEMMs / one stacked GEMM; "partial": tb rewritten in two pieces (the
+    first on all tiles, the second half's DMA); "tile0": the first on tile 0 only."""
     copies = _same_as_all_copies(k_split_program(m, between=between), _feeds(m), monkeypatch)
     # the first half's A and B blocks are read by the matmul only, then overwritten by
     # the second half's, which are the last writes of their bytes and so are done
@@ -104,9 +109,9 @@ def test_broadcast_copies_read_from_the_head_tiles_skipped(m, monkeypatch):
     assert copies.forwarded == {"0"}
 
 
-@pytest.mark.parametrize("kw", [{"between": "neg"}, {"between": "tile0"}, {"loop": 3}])
-def test_copies_read_or_partly_rewritten_or_in_a_loop_are_done(kw, monkeypatch):
-    # a TVP op reading tb on every tile, a rewrite of tile 0 only, or a loop: B's DMA
-    # stays whole
+@pytest.mark.parametrize("kw", [{"between": "neg"}, {"between": "gaps"}, {"loop": 3}])
+def test_copies_read_or_rewritten_with_gaps_or_in_a_loop_are_done(kw, monkeypatch):
+    # a TVP op reading tb on every tile, a rewrite with gaps, or a loop: B's DMA stays
+    # whole
     copies = _same_as_all_copies(k_split_program(256, **kw), _feeds(256), monkeypatch)
     assert not {"1", "0.1"} & (copies.forwarded | set(copies.elided))
