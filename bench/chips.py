@@ -130,7 +130,7 @@ def functional(chip_counts: list[int], as_json: bool) -> int:
                 except ImportError:
                     continue
                 if not ray.is_initialized():  # the cluster's start is not the chips' time
-                    ray.init(include_dashboard=False, log_to_driver=False)
+                    ray.init(address="local", include_dashboard=False, log_to_driver=False)
             kw = {} if chips == 1 else {"backend": backend}
             compiled.run(feeds, **kw)  # first run builds the machines
             t0 = time.perf_counter()

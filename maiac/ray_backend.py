@@ -5,9 +5,9 @@ and runs it with runtime.multichip.ChipRunner up to each collective. At a collec
 every actor returns its ``src`` block into Ray's object store; each actor then receives
 the blocks of all chips as task arguments (Ray moves them actor to actor; the driver only
 sees small flags) and computes its own ``dst`` — so a model whose weights do not fit one
-host runs across the machines of a Ray cluster (``ray_address``), or locally
-(``ray.init()``). A pipeline (``--pp``) runs stage after stage the same way; a ``send``
-leaves its block in the object store and the matching ``recv``'s actor takes it as an
+host runs across the machines of a Ray cluster (``ray_address``, else ``$RAY_ADDRESS``),
+or in a new local instance. A pipeline (``--pp``) runs stage after stage the same way; a
+``send`` leaves its block in the object store and the matching ``recv``'s actor takes it as an
 argument. Ray is an optional extra: ``pip install 'maiac[ray]'``.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -79,6 +80,10 @@ def _session(address: str | None) -> Iterator[tuple[Any, bool]]:
     ray = _ray()
     started = False
     if not ray.is_initialized():
+        # No address: RAY_ADDRESS if set, else a new local instance. ray.init(None) would
+        # also join "the latest cluster started" (/tmp/ray/ray_current_cluster), which
+        # may be another process's cluster that has since gone.
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)

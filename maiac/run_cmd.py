@@ -97,7 +97,7 @@ def _summary(name: str, a: np.ndarray) -> str:
               show_default=True, help="Chip programs (--chips): all in this process, or one "
                                       "Ray actor per chip (pip install maiac[ray]).")
 @click.option("--ray-address", default=None, metavar="ADDR",
-              help="Ray cluster to join (default: ray.init() starts a local one).")
+              help="Ray cluster to join (default: $RAY_ADDRESS, else a new local one).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print inputs, outputs (name, shape, dtype, range), run time and files "
                    "written as JSON.")

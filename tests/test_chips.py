@@ -279,3 +279,35 @@ def test_in_place_kv_cache_is_split_by_heads() -> None:
     kinds = [c.collective for _, c in collectives_of(group.programs[1])]
     assert kinds == ["all_reduce"] * 4 + ["all_gather"]  # attention ran on the slice
     np.testing.assert_allclose(group.run(feeds)["logits"], one["logits"], rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize(("given", "env", "joined"), [
+    (None, None, "local"), (None, "10.0.0.1:6379", "10.0.0.1:6379"),
+    ("10.0.0.2:6379", "10.0.0.1:6379", "10.0.0.2:6379")])
+def test_ray_session_never_joins_a_stale_cluster_file(monkeypatch: pytest.MonkeyPatch,
+                                                      given: str | None, env: str | None,
+                                                      joined: str) -> None:
+    """No address means $RAY_ADDRESS or a new local instance: ray.init(None) would join the
+    latest cluster any process started (/tmp/ray/ray_current_cluster), maybe gone since."""
+    from maiac import ray_backend
+
+    calls: list[str] = []
+
+    class FakeRay:
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, address: str, **_: object) -> None:
+            calls.append(address)
+
+        def shutdown(self) -> None:
+            pass
+
+    monkeypatch.setattr(ray_backend, "_ray", FakeRay)
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    with ray_backend._session(given) as (_, started):
+        assert started
+    assert calls == [joined]
