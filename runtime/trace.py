@@ -56,9 +56,16 @@ def chrome_trace(report: TimingReport, *, pid: int = 1, flow_id_base: int = 0,
                        "args": {"sort_index": t}})
     # each event also carries its op's roofline verdict and kind (the report's op row)
     op_rows = {o["name"]: o for o in report.ops}
+    # a loop's extrapolated tail repeats its simulated iterations: their number format
+    formats = {(ev.name, ev.engine): ev.args["format"] for ev in report.events
+               if ev.args.get("format")}
     for ev in report.events:
         row = op_rows.get(ev.name, {})
         args = {**ev.args, "bound": row.get("bound"), "op_kind": row.get("kind")}
+        if ev.args.get("extrapolated"):  # named like the other slices: totals and format
+            args.setdefault("flops", ev.args.get("loop_flops", 0.0))
+            args.setdefault("hbm_bytes", ev.args.get("loop_hbm_bytes", 0.0))
+            args.setdefault("format", formats.get((ev.name, ev.engine)) or row.get("format"))
         events.append({"name": ev.name, "cat": ev.kind, "ph": "X", "pid": pid,
                        "tid": tid[ev.engine], "ts": ev.start * 1e6, "dur": ev.dur * 1e6,
                        "args": args})

@@ -42,6 +42,9 @@ def test_report_trace_of_a_shape_only_program(shape_only_llama: Path, tmp_path: 
         assert a["bound"] in ("compute", "memory", "network")
         if a.get("extrapolated"):  # a loop's iterations past the simulated ones, in bulk
             assert a["iterations"] > 0 and a["loop_flops"] >= 0
+            # named like every other slice's: the tail's totals and its op's format
+            assert a["flops"] == a["loop_flops"] and a["hbm_bytes"] == a["loop_hbm_bytes"]
+            assert a["format"], ev
         else:
             assert {"instr", "bytes", "hbm_bytes", "flops", "format"} <= a.keys()
             # a Sync barrier (runtime/barriers.py: waits past the 2-wait limit) moves no data
