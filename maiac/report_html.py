@@ -30,7 +30,10 @@ _FORMAT_COLOURS = {"fp4": "#e15759", "fp6": "#f28e2b", "fp8": "#edc948", "bf16":
                    "f32": "#4e79a7", "fp32": "#4e79a7", "tvp": "#b07aa1"}
 # and per event kind, so one chip's page and a group's look alike
 _KIND_COLOURS = {"dma": "#4e79a7", "gather": "#f28e2b", "matmul": "#e15759", "vec": "#59a14f",
-                 "loop": "#b07aa1", "collective": "#76b7b2"}
+                 "loop": "#b07aa1", "collective": "#76b7b2", "sync": "#9c755f",
+                 "scatter": "#edc948"}
+# kinds without a colour of their own take one no listed kind has (no two alike)
+_SPARE_COLOURS = tuple(c for c in _PALETTE if c not in _KIND_COLOURS.values())
 MAX_TIMELINE_BARS = 20000
 """Bars drawn per page; past that, neighbouring intervals of an engine closer than the
 page's time resolution are merged (the hover says how many)."""
@@ -147,16 +150,24 @@ def _merged(events: list[dict[str, Any]], min_gap: float) -> list[dict[str, Any]
     return out
 
 
+def _engine_order(engine: str) -> tuple[int, int, int, str]:
+    """Rows as a reader scans them: chip by chip, the DMA queues in number order, then
+    TTU, TVP, the network (not in the order engines first appear)."""
+    chip, _, name = engine.rpartition("/")
+    rank = int(chip[4:]) if chip.startswith("chip") and chip[4:].isdigit() else 0
+    base = name.rstrip("0123456789")
+    number = int(name[len(base):]) if name[len(base):] else 0
+    group = {"dma": 0, "ttu": 1, "tvp": 2, "net": 3}.get(base, 4)
+    return rank, group, number, name
+
+
 def _timeline_figure(events: list[dict[str, Any]]) -> Any:
     import plotly.graph_objects as go
 
     end = max((ev["start_s"] + ev["dur_s"] for ev in events), default=0.0) or 1.0
     if len(events) > MAX_TIMELINE_BARS:
         events = _merged(events, end / 4000)
-    engines: list[str] = []
-    for ev in events:
-        if ev["engine"] not in engines:
-            engines.append(ev["engine"])
+    engines = sorted({ev["engine"] for ev in events}, key=_engine_order)
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ev in events:
         by_kind[str(ev.get("kind") or "op")].append(ev)
@@ -165,7 +176,8 @@ def _timeline_figure(events: list[dict[str, Any]]) -> Any:
         fig.add_trace(go.Bar(
             orientation="h", y=[ev["engine"] for ev in group],
             x=[ev["dur_s"] * 1e6 for ev in group], base=[ev["start_s"] * 1e6 for ev in group],
-            name=kind, marker={"color": _KIND_COLOURS.get(kind, _PALETTE[i % len(_PALETTE)]),
+            name=kind, marker={"color": _KIND_COLOURS.get(
+                kind, _SPARE_COLOURS[i % len(_SPARE_COLOURS)]),
                                "line": {"width": 0}},
             customdata=[[ev["name"], _time(ev["start_s"]), _time(ev["dur_s"]),
                          f", {ev['n']} intervals merged" if ev.get("n", 1) > 1 else ""]

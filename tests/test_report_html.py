@@ -102,6 +102,26 @@ def test_figures(gpt2_mxfp4: Path) -> None:
     assert timeline.layout.xaxis.rangeslider.visible  # zoom
     engines = {y for t in timeline.data for y in t.y}
     assert engines == {e["name"] for e in r["engines"] if e["busy_s"] > 0}
+    colours = [t.marker.color for t in timeline.data]
+    assert len(set(colours)) == len(colours)  # no two event kinds look alike
+
+
+def test_timeline_rows_in_reading_order() -> None:
+    """Chip by chip, DMA queues by number, then TTU, TVP, network; kinds each a colour."""
+    from maiac.report_html import _KIND_COLOURS, _timeline_figure
+
+    names = ["chip1/ttu", "chip0/dma2", "chip0/net", "chip0/tvp", "chip0/dma10",
+             "chip0/dma1", "chip0/ttu", "chip1/dma0"]
+    kinds = [*_KIND_COLOURS, "other"]
+    events = [{"engine": e, "name": "op", "start_s": 0.0, "dur_s": 1e-6,
+               "kind": kinds[i % len(kinds)]} for i, e in enumerate(names * 2)]
+    fig, rows = _timeline_figure(events)
+    assert rows == len(names)
+    top_down = list(reversed(fig.layout.yaxis.categoryarray))
+    assert top_down == ["chip0/dma1", "chip0/dma2", "chip0/dma10", "chip0/ttu", "chip0/tvp",
+                        "chip0/net", "chip1/dma0", "chip1/ttu"]
+    colours = [t.marker.color for t in fig.data]
+    assert len(set(colours)) == len(colours) == len(set(kinds))
 
 
 def test_memory_over_time(gpt2_mxfp4: Path) -> None:
