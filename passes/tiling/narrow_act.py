@@ -20,7 +20,7 @@ are the f8 elements.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -118,15 +118,21 @@ def mm_operands(q: Any, block: str, rows: int, width: int) -> tuple[Access, dict
             {"a_fmt": af.name, "a_scale": scales.to_dict(), "a_tensor_scale": q.a_tensor_scale})
 
 
+Strides = Callable[[Sequence[int]], tuple[int, ...]]
+
+
 def store(kernel: Kernel, q: Any, c_block: Access, dst: Tensor, m: int, n: int, bm: int,
           bn: int, m0: int, n0: int, batch_shape: tuple[int, ...], split: JobSplit,
-          grid: Sequence[int]) -> list:
+          grid: Sequence[int], loop_strides: Strides | None = None,
+          staged: str | None = None) -> list:
     """Quantize the fp32 ``[bm, bn]`` result block on the TVP and store its codes (and
     scales) into rows ``m0 + ...`` and columns ``n0 + ...`` of the narrow ``dst`` (of an
-    ``[..., m, n]`` activation), job by job along ``split``."""
+    ``[..., m, n]`` activation), job by job along ``split`` (``loop_strides``: the
+    enclosing loops' strides of a job step, default ``split``'s; ``staged``: the TSRAM
+    block for the codes, default a new one)."""
     dtype = narrow_dtype(q)
     width = block_row(q, bn)
-    staged = kernel.scratch_buffer("out_q", dtype, (bm, width))
+    staged = staged or kernel.scratch_buffer("out_q", dtype, (bm, width))
     ops = [vec("quantize", [c_block], Access(staged, dtype, (bm, width), (width, 1)), grid,
                **quantize_params(q))]
     row = dst.shape[-1]
@@ -136,55 +142,65 @@ def store(kernel: Kernel, q: Any, c_block: Access, dst: Tensor, m: int, n: int, 
         steps = batch + (bm * row, nxt - col)
         ops.append(dma(Access(staged, dtype, (bm, cols), (width, 1), local),
                        Access(dst.buf, dtype, (bm, cols), (row, 1), dst.off + m0 * row + col,
-                              split.tile_strides(steps), split.loop_strides(steps)),
+                              split.tile_strides(steps),
+                              (loop_strides or split.loop_strides)(steps)),
                        grid, queue=1))
     return ops
 
 
 def tile_quantize(kernel: Kernel, a: Tensor, dst: Tensor, q: Any, budget: Budget) -> None:
-    """``dst = a`` in ``q``'s activation format, as a kernel of its own: ``[bm, bn]``
-    fp32 blocks of ``a``'s rows into TSRAM, quantized on the TVP and stored (`store`).
+    """``dst = a`` in ``q``'s activation format, as a kernel of its own: blocks of
+    ``bm`` whole rows of ``a`` into TSRAM, quantized on the TVP and stored (`store`).
     A quantized matmul whose activation is large (prefill) reads it this way once instead
-    of quantizing each block again for every column block of its result."""
+    of quantizing each block again for every column block of its result.
+
+    The first job runs before the loop of the others: only its load waits for the
+    activation's producer, so the loop's loads do not inherit that wait (loop waits are
+    the same every iteration) and queue up behind the stores of earlier jobs."""
     rows, n = math.prod(a.shape[:-1]), a.shape[-1]
-    bm, bn = _quantize_blocks(rows, n, column_granule(q), block_row(q, n) / n, budget)
-    split = split_jobs((rows // bm, n // bn), budget.n_tiles)
+    bm = _quantize_rows(rows, n, block_row(q, n) / n, budget)
+    split = split_jobs((rows // bm, 1), budget.n_tiles)  # (row blocks, one column block)
     grid = split.grid
-    staged = kernel.scratch_buffer("x", "f32", (bm, bn))
-    block = Access(staged, "f32", (bm, bn), (bn, 1))
-    steps = (bm * n, bn)
-    body = [dma(Access(a.buf, "f32", (bm, bn), (n, 1), a.off, split.tile_strides(steps),
-                       split.loop_strides(steps)), block, grid, queue=0)]
-    body += store(kernel, q, block, dst, rows, n, bm, bn, 0, 0, (), split, grid)
-    kernel.body.extend(loop(split.trips, body))
+    trips = split.loops[0]
+    x = kernel.scratch_buffer("x", "f32", (bm, n))
+    staged = kernel.scratch_buffer("out_q", narrow_dtype(q), (bm, block_row(q, n)))
+    block = Access(x, "f32", (bm, n), (n, 1))
+
+    def job(index: int, looped: bool) -> list:
+        """Job ``index`` of every tile (``looped``: and the later ones, one per trip)."""
+        def loop_strides(steps: Sequence[int]) -> tuple[int, ...]:
+            return (steps[0],) if looped else ()
+        load = dma(Access(a.buf, "f32", (bm, n), (n, 1), a.off + index * bm * n,
+                          split.tile_strides((bm * n, 0)), loop_strides((bm * n,))),
+                   block, grid, queue=0)
+        return [load, *store(kernel, q, block, dst, rows, n, bm, n, index * bm, 0, (), split,
+                             grid, loop_strides, staged)]
+    kernel.body.extend(job(0, False))
+    if trips > 1:
+        kernel.body.extend(loop((trips - 1,), job(1, True)))
 
 
 @lru_cache(maxsize=256)
-def _quantize_blocks(rows: int, n: int, granule: int, out_bytes: float, budget: Budget
-                     ) -> tuple[int, int]:
-    """(bm, bn) of `tile_quantize`: divisors (``bn`` whole scale blocks) whose block and
-    staged codes fit a quarter of TSRAM (room for the `double-buffer` twins and the
-    prefetch ring), minimizing waves x the slowest of load, TVP and store per job (they
-    pipeline across jobs) plus one job's fill."""
+def _quantize_rows(rows: int, n: int, out_bytes: float, budget: Budget) -> int:
+    """Rows per `tile_quantize` job: a divisor of ``rows`` whose fp32 block and staged
+    codes fit a quarter of TSRAM (room for the `double-buffer` twins and the prefetch
+    ring), minimizing waves x the slowest of load, TVP and store per job (they pipeline
+    across jobs) plus one job's fill."""
     noc = budget.tile_noc_bw or budget.tile_bw
     lat, instr = budget.dma_latency_s, budget.instr_overhead_s
     vec_rate = budget.tile_vec or 1e12  # ASSUMED where the budget does not say
-    best: tuple[float, int, int] | None = None
+    best: tuple[float, int] | None = None
     for bm in divisors(rows):
-        for bn in divisors(n):
-            if bn % granule and bn != n:
-                continue
-            if align(bm * bn * 4) + align(math.ceil(bm * bn * out_bytes)) \
-                    > budget.tsram_bytes // 4:
-                continue
-            split = split_jobs((rows // bm, n // bn), budget.n_tiles)
-            load = bm * bn * 4 / noc + lat
-            tvp = bm * bn * VEC_OPS["quantize"] / vec_rate + instr
-            out = bm * bn * out_bytes / noc + 2 * lat
-            cost = math.prod(split.loops) * max(load, tvp, out) + load + tvp + out
-            if best is None or cost < best[0] - 1e-15:
-                best = (cost, bm, bn)
+        if align(bm * n * 4) + align(math.ceil(bm * n * out_bytes)) > budget.tsram_bytes // 4:
+            break
+        waves = split_jobs((rows // bm, 1), budget.n_tiles).loops[0]
+        load = bm * n * 4 / noc + lat
+        tvp = bm * n * VEC_OPS["quantize"] / vec_rate + instr
+        out = bm * n * out_bytes / noc + 2 * lat
+        cost = waves * max(load, tvp, out) + load + tvp + out
+        if best is None or cost < best[0] - 1e-15:
+            best = (cost, bm)
     if best is None:
-        raise MaiacError(f"activation quantize: no block of {n} columns fits TSRAM "
+        raise MaiacError(f"activation quantize: a row of {n} elements does not fit TSRAM "
                          f"({budget.tsram_bytes} bytes per tile)")
-    return best[1], best[2]
+    return best[1]
