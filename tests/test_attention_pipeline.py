@@ -3,6 +3,8 @@ while the TVP runs this block's softmax, and hidden key blocks are never compute
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnxruntime as ort
 
@@ -59,3 +61,21 @@ def test_hidden_key_blocks_are_not_computed() -> None:
     ttu_flops = sum(row["fmt_flops"].values())
     full = 4.0 * s * s * d * h
     assert 0.5 * full < ttu_flops <= 0.63 * full
+
+
+def test_gqa_key_value_blocks_are_read_once_per_kv_head() -> None:
+    """The G query heads of a KV head (and its query blocks on other tiles) read its K
+    blocks through 0 tile strides: each block crosses the NoC once per KV head."""
+    from maiac.runtime.memory import distinct_bytes, itemsize
+
+    h, hkv, s, d = 8, 2, 512, 64
+    compiled = maiac.compile(_causal_model(1, h, hkv, s, 0, d), shape_only=True)
+    kinds = compiled.program.meta["ops"]
+    loads = [i for i in _leaves(compiled.program.instructions)
+             if isinstance(i, isa.Dma) and kinds[i.op]["kind"] == "attention"
+             and i.src.level != "tsram" and i.dst.shape[0] == d]  # the K^T blocks [D, bk]
+    assert loads
+    for dma in loads:
+        assert math.prod(dma.grid) >= h  # every query head on a tile of its own
+        block = math.prod(dma.src.shape) * itemsize(dma.src.dtype)
+        assert distinct_bytes(dma.src, tuple(dma.grid)) == hkv * block
