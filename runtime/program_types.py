@@ -57,7 +57,10 @@ class Program:
     outputs: list[TensorSpec]
     buffers: list[Buffer]
     instructions: list[Instr]
-    constants: dict[str, bytes] = field(default_factory=dict)  # buffer name -> raw bytes
+    # buffer name -> its raw bytes: bytes, a flat uint8 array (emit keeps a weight's
+    # stored array; a machine replaces constants it never writes by read-only views of
+    # its own memory, runtime/memory.py) or a ZipBlob inflated on use (program_file.py)
+    constants: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # quant spec, model name, op table
     # Interpreter/timing state derived from the fields above (views, decoded constants).
     runtime_cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False,
