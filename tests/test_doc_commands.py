@@ -16,7 +16,8 @@ No line is skipped. Two kinds run otherwise than written, and every failure mess
 them: ``maiac perf`` sweeps at a small context (``as_run``; MAIAC_FULL_DOCS=1 runs them as
 written, minutes on 2 cores), and lines naming what only the reader has (a Ray cluster's
 address, a custom-op library: ``ERROR_PATHS``) run without it and must fail with the
-error a reader without it gets."""
+error a reader without it gets; the Ray address line then runs again against the test's
+own local Ray, by its address."""
 
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ FULL = bool(os.environ.get("MAIAC_FULL_DOCS"))
 PERF_CONTEXT = "256"  # the context the default run sweeps at (see as_run)
 # what only the reader has: the line runs, and must fail as the reader would see it fail
 # without it (exit 2, this in the message)
-ERROR_PATHS = {"HOST:6379": ("a Ray cluster's address", "--ray-address 'HOST:6379'"),
+RAY_ADDRESS = "HOST:6379"  # also run against the test's own Ray (by its GCS address)
+ERROR_PATHS = {RAY_ADDRESS: ("a Ray cluster's address", "--ray-address 'HOST:6379'"),
                "libcustom_ops.so": ("the reader's custom-op library",
                                     "libcustom_ops.so: no such --ort-custom-op-lib library"),
                "$LIB": ("Quark's custom-op library (amd-quark, torch)",
@@ -275,7 +277,15 @@ def _run_lines(doc: Path, lines: list[tuple[list[str], str]], workdir: Path,
             not_as_written.append(f"{where} (without {what}: its error checked)")
             assert r.exit_code == 2 and message in r.output, \
                 f"{where}: without {what}: exit {r.exit_code}: {r.output[-2000:]}"
-            continue
+            if missing[0] != RAY_ADDRESS:
+                continue
+            # and against a cluster that is there: the test's local Ray, by its address
+            ray = request.getfixturevalue("ray_session")
+            address = ray.get_runtime_context().gcs_address
+            argv = [address if a == RAY_ADDRESS else a for a in argv]
+            not_as_written.append(f"{where} (and with --ray-address {address}: this "
+                                  f"test's local Ray)")
+            r = _run(argv, cwd)
         # a quantized verify of the fixture's random weights may miss the cosine bar (exit
         # 1, its table printed): the document shows the command, not that model's accuracy
         ok = (0, 1) if argv[1] == "verify" and "--quant" in argv else (0,)
