@@ -21,6 +21,7 @@ own local Ray, by its address."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -100,6 +101,7 @@ ERROR_PATHS = {RAY_ADDRESS: ("a Ray cluster's address", "--ray-address 'HOST:637
                                     "libcustom_ops.so: no such --ort-custom-op-lib library"),
                "$LIB": ("Quark's custom-op library (amd-quark, torch)",
                         "$LIB: no such --ort-custom-op-lib library")}
+HAVE_RAY = importlib.util.find_spec("ray") is not None  # the [ray] extra (CI installs it)
 QUARK = "quark_model.onnx"  # the reader's Quark export: tests/data's, in its own folder
 
 
@@ -260,7 +262,8 @@ def _run_lines(doc: Path, lines: list[tuple[list[str], str]], workdir: Path,
         argv, change = as_run(documented)
         if change:
             not_as_written.append(f"{where} ({change})")
-        if "--backend" in argv and "ray" in argv:
+        needs_ray = "--backend" in argv and "ray" in argv
+        if needs_ray and HAVE_RAY:
             request.getfixturevalue("ray_session")
         cwd = workdir / "quark" if QUARK in argv else workdir
         start = time.perf_counter()
@@ -272,12 +275,16 @@ def _run_lines(doc: Path, lines: list[tuple[list[str], str]], workdir: Path,
             assert r.returncode == 0, f"{where}: {r.stderr[-2000:]}{unlike}"
             continue
         missing = [k for k in ERROR_PATHS if k in argv]
+        if needs_ray and not HAVE_RAY and not missing:  # the error a reader without it gets
+            not_as_written.append(f"{where} (Ray is not installed: its error checked)")
+            assert r.exit_code == 2 and "pip install 'maiac[ray]'" in r.output, r.output
+            continue
         if missing:
             what, message = ERROR_PATHS[missing[0]]
             not_as_written.append(f"{where} (without {what}: its error checked)")
             assert r.exit_code == 2 and message in r.output, \
                 f"{where}: without {what}: exit {r.exit_code}: {r.output[-2000:]}"
-            if missing[0] != RAY_ADDRESS:
+            if missing[0] != RAY_ADDRESS or not HAVE_RAY:
                 continue
             # and against a cluster that is there: the test's local Ray, by its address
             ray = request.getfixturevalue("ray_session")
