@@ -169,29 +169,36 @@ class FunctionTiler:
         key = (a.buf, a.off, tuple(a.shape), q)
         narrow = self.quantized_acts.get(key)
         if narrow is None:
-            narrow = self.act_buffer(f"{a.buf}@{a.off}.{q.a_fmt}",
-                                     narrow_act.narrow_shape(q, a.shape),
-                                     narrow_act.narrow_dtype(q))
+            name = f"{a.buf}@{a.off}.{q.a_fmt}"
+            shape, dtype = narrow_act.narrow_shape(q, a.shape), narrow_act.narrow_dtype(q)
             kernel = Kernel(op=label, kind="matmul", uid=f"k{self.counter}.quantize")
-            narrow_act.tile_quantize(kernel, a, narrow, q, self.budget)
+            try:
+                narrow_act.tile_quantize(kernel, a, Tensor(name, dtype, shape), q, self.budget)
+            except MaiacError:  # rows too long for its blocks: the in-loop quantize then
+                return ins
+            narrow = self.act_buffer(name, shape, dtype)
             self.kernels.append(kernel.build())
             self.quantized_acts[key] = narrow
         return [narrow, *ins[1:]]
 
     def _store_bound(self, op: Operation, ins: list[Tensor]) -> bool:
-        """Whether storing matmul ``op``'s result (in HBM: too big for CSRAM) takes longer
-        at the sustained HBM rate than its product takes the TTU at its format's peak."""
+        """Whether storing matmul ``op``'s result (as it is stored: fp32 or narrow; in HBM,
+        too big for CSRAM) takes longer at the sustained HBM rate than its product takes
+        the TTU at its format's peak."""
         result = op.results[0]
         shape = tensor_shape(result.type)
         out = Tensor("", tensor_dtype(result.type), shape)
-        if self.budget.csram_bytes and out.nbytes <= CSRAM_SHARE * self.budget.csram_bytes:
+        consumer = self._narrow_consumer(op)
+        stored = out if consumer is None else Tensor(
+            "", narrow_act.narrow_dtype(consumer), narrow_act.narrow_shape(consumer, shape))
+        if self.budget.csram_bytes and stored.nbytes <= CSRAM_SHARE * self.budget.csram_bytes:
             return False
         halves = 2 if maia.attr(op, "glu") else 1
         flops = 2 * out.size * ins[0].shape[-1] * halves
         fmt = operand_format(maia.attr(op, "fmt", "f32"), ins[0], ins[1])
         compute = flops / (self.budget.n_tiles * self.budget.tile_flops
                            * ttu_speedup(fmt, self.budget))
-        return out.nbytes / (self.budget.n_tiles * self.budget.tile_bw) > compute
+        return stored.nbytes / (self.budget.n_tiles * self.budget.tile_bw) > compute
 
     def narrow_buffer(self, name: str, ssa: SSAValue, q: MatmulQuant) -> Tensor:
         """The buffer of ``ssa``'s value in ``q``'s activation format; returns its fp32

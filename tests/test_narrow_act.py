@@ -117,3 +117,22 @@ def test_large_activation_is_quantized_once_for_every_reader(
     # every element of x once, where each reader quantized every block it read before
     assert quantized_elements(narrow.program.instructions) == m * k
     assert quantized_elements(plain.program.instructions) >= 2 * m * k
+
+
+def test_rows_too_long_for_the_quantize_kernel_keep_the_in_loop_quantize() -> None:
+    """A row of 16,384 fp32 activations is 64 KiB: more than the quantize kernel may take
+    of a 256 KiB TSRAM. The matmul then quantizes its own blocks, as before."""
+    m, k, n = 128, 16384, 64
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    compiled = maiac.compile(model, quant="mxfp4", target_params=TARGET)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y, ref = compiled.run({"x": x})["y"], x @ w
+    assert float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref)) > 0.98
+    assert any(isinstance(i, isa.Vec) and i.fn == "quantize" and i.ins[0].shape[-1] < k
+               for i in _leaves(compiled.program.instructions))  # blocks, not whole rows
