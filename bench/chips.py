@@ -18,12 +18,12 @@ network engine is busy, and whether weights + KV cache fit one chip's 216 GB of 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from typing import Any
 
+from maiac import progress
 from maiac.chips import compile_chips
 from maiac.models import LLAMA3_8B, LLAMA3_70B, LlamaConfig, llama_decoder
 from maiac.runtime.errors import MaiacError
@@ -61,7 +61,7 @@ def row(cfg: LlamaConfig, chips: int, batch: int, context: int, quant: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--models", default="8b,70b")
     ap.add_argument("--chips", default="1,2,4,8,16,32")
     ap.add_argument("--batch", default="1,32")
@@ -78,26 +78,31 @@ def main(argv: list[str] | None = None) -> int:
     assert len(sim) == 2 and 0 < sim[0] < sim[1]
     rows = []
     t0 = time.perf_counter()
-    for key in args.models.split(","):
-        cfg = MODELS[key]
-        for batch in (int(x) for x in args.batch.split(",")):
-            base = None
-            for chips in (int(x) for x in args.chips.split(",")):
-                try:
-                    r = row(cfg, chips, batch, args.context, args.quant, sim)
-                except MaiacError as err:  # a compile limit of this shape: say so, go on
-                    rows.append({"model": cfg.name, "chips": chips, "batch": batch,
-                                 "error": str(err)})
+    total = len(args.models.split(",")) * len(args.batch.split(",")) * len(args.chips.split(","))
+    done = 0
+    with progress.step("chips", total=total) as bar:
+        for key in args.models.split(","):
+            cfg = MODELS[key]
+            for batch in (int(x) for x in args.batch.split(",")):
+                base = None
+                for chips in (int(x) for x in args.chips.split(",")):
+                    bar.update(f"chips: {cfg.name}, batch {batch}, {chips} chips", completed=done)
+                    done += 1
+                    try:
+                        r = row(cfg, chips, batch, args.context, args.quant, sim)
+                    except MaiacError as err:  # a compile limit of this shape: say so, go on
+                        rows.append({"model": cfg.name, "chips": chips, "batch": batch,
+                                     "error": str(err)})
+                        if not args.json:
+                            print(f"{cfg.name:<11} {batch:>5} {chips:>5}  compile error: {err}")
+                        continue
+                    base = base or (r if chips == 1 else None)
+                    if base is not None:
+                        r["speedup"] = base["tpot_s"] / r["tpot_s"]
+                        r["scaling_efficiency"] = r["speedup"] / chips
+                    rows.append(r)
                     if not args.json:
-                        print(f"{cfg.name:<11} {batch:>5} {chips:>5}  compile error: {err}")
-                    continue
-                base = base or (r if chips == 1 else None)
-                if base is not None:
-                    r["speedup"] = base["tpot_s"] / r["tpot_s"]
-                    r["scaling_efficiency"] = r["speedup"] / chips
-                rows.append(r)
-                if not args.json:
-                    print(_line(r), flush=True)
+                        print(_line(r), flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -120,7 +125,7 @@ def functional(chip_counts: list[int], as_json: bool) -> int:
     feeds = {"input_ids": np.random.default_rng(0).integers(0, cfg.vocab, (1, 64))}
     ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
     rows = []
-    for chips in chip_counts:
+    for chips in progress.track(chip_counts, "chips --functional", label=lambda n: f"{n} chips"):
         compiled = maiac.compile(model, chips=chips)
         backends = ["local"] if chips == 1 else ["local", "ray"]
         for backend in backends:

@@ -27,7 +27,6 @@ the command in runtime/maia200_fit.py.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import math
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paper  # noqa: E402  (bench/paper.py, beside this script)
 
+from maiac import progress  # noqa: E402
 from maiac.runtime.target import get_target  # noqa: E402
 
 GRID = {
@@ -79,23 +79,27 @@ def fit(quick: bool, passes: int = 1, grid: dict[str, list[float]] | None = None
     programs: dict | None = None if recompile else {}
     base = get_target("maia200")
     values = {k: getattr(base, k) for k in GRID}
-    best, result = objective(values, programs, quick)
+    with progress.step("fit_paper: the starting values"):
+        best, result = objective(values, programs, quick)
     print(f"start {values}: sum of squared log ratios {best:.3f}", file=sys.stderr)
     if joint:  # every combination: the rows move with the parameters together
-        for combo in itertools.product(*grid.values()):
+        for combo in progress.track(list(itertools.product(*grid.values())), "fit_paper",
+                                    label=lambda c: ", ".join(map(repr, c))):
             trial = dict(zip(grid, combo, strict=True))
             score, res = objective(trial, programs, quick)
             print(f"{trial}: score {score:.3f}", file=sys.stderr)
             if score < best - 1e-9:
                 best, values, result = score, trial, res
         return values, result
-    for sweep in range(passes):
-        for key, candidates in grid.items():
-            for v in candidates:
-                trial = {**values, key: v}
-                score, res = objective(trial, programs, quick)
-                if score < best - 1e-9:
-                    best, values, result = score, trial, res
+    trials = [(sweep, key, i) for sweep in range(passes) for key in grid
+              for i in range(len(grid[key]))]
+    for sweep, key, i in progress.track(
+            trials, "fit_paper", label=lambda t: f"pass {t[0] + 1}, {t[1]} = {grid[t[1]][t[2]]:.4g}"):
+        trial = {**values, key: grid[key][i]}
+        score, res = objective(trial, programs, quick)
+        if score < best - 1e-9:
+            best, values, result = score, trial, res
+        if i == len(grid[key]) - 1:  # the parameter's last candidate
             print(f"pass {sweep + 1} {key} -> {values[key]:.4g} (score {best:.3f})",
                   file=sys.stderr)
     return values, result
@@ -120,7 +124,7 @@ FIT_ROWS: dict[str, str] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="update runtime/maia200_fit.py")
     ap.add_argument("--quick", action="store_true", help="the quick shape set")
     ap.add_argument("--passes", type=int, default=1, help="coordinate-descent passes")

@@ -10,12 +10,12 @@ ratio to the plain cast. The claim this checks: cast costs about one ml_dtypes c
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from maiac import progress
 from maiac.runtime import formats as F
 
 
@@ -29,13 +29,14 @@ def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1 << 22, help="elements per array")
     args = ap.parse_args()
     x = (np.random.default_rng(0).standard_normal(args.n) * 3).astype(np.float32)
     print(f"{'format':<11} {'astype ms':>10} {'cast ms':>9} {'ratio':>6} "
           f"{'quantize ms':>12} {'ratio':>6}")
-    for fmt in ("fp8e4m3", "fp8e5m2", "mxfp8e4m3", "mxfp6e2m3", "mxfp4", "nvfp4"):
+    for fmt in progress.track(("fp8e4m3", "fp8e5m2", "mxfp8e4m3", "mxfp6e2m3", "mxfp4", "nvfp4"),
+                              "formats", label=str):
         f = F.get_format(fmt)
         plain = best_of(lambda f=f: x.astype(f.elem))
         cast = best_of(lambda f=f: F.cast(x, f.elem))

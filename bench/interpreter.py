@@ -53,7 +53,7 @@ from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import maiac
-from maiac import models
+from maiac import models, progress
 from maiac.inputs import random_inputs
 from maiac.runtime.interpreter import run_program
 from maiac.runtime.memory import NP_DTYPES, release_freed_memory
@@ -318,7 +318,8 @@ def sweep(repeat: int) -> list[dict[str, Any]]:
     interpreter moving every byte the program copies (real bytes in SRAM), that plus
     ``bytes / copy_rate``."""
     rows = []
-    for m, n, k in SWEEP:
+    for m, n, k in progress.track(SWEEP, "interpreter: matmul sweep",
+                                  label=lambda s: "x".join(map(str, s))):
         model = matmul_model(m, n, k)
         feeds = {"x": np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)}
         program = maiac.compile(model).program
@@ -349,8 +350,8 @@ def _ms(v: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = progress.argument_parser(__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="best of N warm runs")
     parser.add_argument("--only", default="", help="run only rows whose name contains this")
     parser.add_argument("--baseline", default="", help="also time the interpreter of this git rev")
@@ -374,7 +375,7 @@ def main() -> None:
     print(head, flush=True)
     profiled = None
     names = [n for n in cases() if args.only in n]
-    for name in names:
+    for name in progress.track(names, "interpreter", label=str):
         r = bench_row(name, args.repeat, baseline, args.profile and name == LARGEST)
         if not args.no_memory:  # after bench_row freed its model, program and session
             r["maiac_mb"], r["ort_mb"] = child_peak_mb(name, "maiac"), child_peak_mb(name, "ort")

@@ -43,7 +43,6 @@ parameters of ``maia200`` come from ``bench/fit_paper.py`` (runtime/maia200_fit.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -56,7 +55,7 @@ from typing import Any
 from onnx import TensorProto, helper
 
 import maiac
-from maiac import models
+from maiac import models, progress
 from maiac.perf import ModelShape, Task, TaskCache, _code_fingerprint, _combine, run_tasks
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.target import Target, get_target
@@ -177,7 +176,8 @@ def gemm_rows(target: Target, fmt: str, shapes: list[tuple[int, int, int]],
                      use_cache and programs is None)
     code = _code_fingerprint() if disk.enabled else ""
     rows = []
-    for m, k, n in shapes:
+    for m, k, n in progress.track(shapes, f"paper: {fmt} GEMM",
+                                  label=lambda s: "x".join(map(str, s))):
         start = time.perf_counter()
         digest = hashlib.sha256(json.dumps([target.to_json(), fmt, m, k, n, code],
                                            sort_keys=True).encode()).hexdigest()[:24]
@@ -212,7 +212,9 @@ def qwen_rows(target: Target, batches: list[int], layers: str = "extrapolate",
     params = tuple(sorted(_overrides(target).items()))
     tasks = {(b, c): Task(QWEN_SHAPE, "decode", b, 16384, "bf16", "bf16", c, target.name,
                           params, kv_update="in-place") for b in batches for c in counts}
-    done = run_tasks(list(tasks.values()), 0, TaskCache(None, use_cache))
+    with progress.step("paper: Qwen2.5-7B decode") as bar:
+        done = run_tasks(list(tasks.values()), 0, TaskCache(None, use_cache),
+                         lambda done: bar.update(f"paper: Qwen2.5-7B decode, {done}"))
     rows = []
     for batch in batches:
         fig = (_combine(done[tasks[(batch, 1)]], done[tasks[(batch, 2)]], n)
@@ -361,7 +363,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--target", default="maia200")
     ap.add_argument("--target-param", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--quick", action="store_true", help="fewer shapes and batches")

@@ -14,10 +14,10 @@ engine + HBM traffic + cross-chip semaphore) gives the same time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from maiac import progress
 from maiac.runtime.isa import Access, Collective, contiguous_strides
 from maiac.runtime.multichip import simulate_chips
 from maiac.runtime.network import (
@@ -54,13 +54,15 @@ def timed_through_programs(result_bytes: int, chips: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    net, fitted = Network(), fit_allgather()
+    with progress.step("paper_network: fit the all-gather"):
+        net, fitted = Network(), fit_allgather()
     chips = PAPER_ALLGATHER["chips"]
     rows = allgather_rows(net, SIZES)
-    for row in rows:
+    for row in progress.track(rows, f"paper_network: all-gather on {chips} chips",
+                              label=lambda r: f"{r['result_bytes']} B"):
         row["program_s"] = timed_through_programs(row["result_bytes"], chips)
     paper = [
         {"regime": "latency", "result_bytes": SMALL_RESULT_BYTES,

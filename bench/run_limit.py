@@ -11,13 +11,13 @@ refusal of a program one loop iteration over the limit.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import time
 
 import numpy as np
 
+from maiac import progress
 from maiac.runtime import limits
 from maiac.runtime.errors import ProgramError
 from maiac.runtime.interpreter import run_program
@@ -39,14 +39,15 @@ def program(body_trips: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=limits.MAX_RUN_STEPS)
     args = ap.parse_args()
     trips = (args.steps - 2) // 2
     feeds = {"x": np.zeros(16, np.float32)}
-    t0 = time.perf_counter()
-    run_program(program(trips), feeds)
-    run_s = time.perf_counter() - t0
+    with progress.step(f"run_limit: a run of {2 * trips + 2} instructions"):
+        t0 = time.perf_counter()
+        run_program(program(trips), feeds)
+        run_s = time.perf_counter() - t0
     over = program((limits.MAX_RUN_STEPS - 2) // 2 + 1)
     t0 = time.perf_counter()
     try:

@@ -24,7 +24,6 @@ real weights (``quantized`` says whether the matmuls really run narrow).
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
@@ -34,7 +33,7 @@ import warnings
 from typing import Any
 
 import maiac
-from maiac import models
+from maiac import models, progress
 from maiac.runtime import isa
 from maiac.runtime.target import Target, get_target
 from maiac.runtime.timing import simulate
@@ -92,7 +91,7 @@ def run_one(mode: str, quant: str | None, schedule: str, layers: int | None,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--formats", default="fp8,mxfp4,bf16,fp32",
                     help="quant presets (fp32 = none)")
     ap.add_argument("--modes", default="decode,prefill", help="decode and/or prefill")
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     memory = {}
     for mode in modes:
-        for fmt in args.formats.split(","):
+        for fmt in progress.track(args.formats.split(","), f"schedule: {mode}", label=str):
             quant = None if fmt == "fp32" else fmt
             if mode not in memory:  # tracemalloc slows the compile: a run of its own
                 memory[mode] = run_one(mode, quant, "optimized", args.layers,

@@ -16,7 +16,6 @@ Run with the project venv:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import maiac
+from maiac import progress
 from maiac.verify import cosine, verify
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "toolchain"
@@ -62,7 +62,8 @@ def narrow(json_out: str | None) -> int:
     """Weight-only requantization of narrow weights to each Maia format (see the docstring)."""
     rows = []
     print(f"{'model':<26} {'format':<10} {'cos vs own':>10} {'cos fp32 src':>12}")
-    for name, source in NARROW.items():
+    for name, source in progress.track(list(NARROW.items()), "toolchains --narrow",
+                                       label=lambda item: item[0]):
         with np.load(DATA / f"{name}.inputs.npz") as npz:
             feeds = {k: npz[k] for k in npz.files}
         own = _logits(DATA / f"{name}.onnx", feeds, "none")  # dequantize, then fp32 matmul
@@ -88,7 +89,7 @@ def narrow(json_out: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = progress.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--quant", default="mxfp8")
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--json", dest="json_out")
@@ -101,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'model':<26} {'fp32 ok':>7} {'max abs':>9} {'cos fp32':>10} {'compile s':>9} "
           f"{'run s':>7} {'cos ' + args.quant:>12} {'top1':>5}")
-    for name in sorted(manifest):
-        if (args.only and name not in args.only) or name in NOT_A_MODEL:
-            continue
+    names = [name for name in sorted(manifest)
+             if not (args.only and name not in args.only) and name not in NOT_A_MODEL]
+    for name in progress.track(names, "toolchains", label=str):
         fp32 = measure(name, None)
         quant = measure(name, args.quant)
         rows.append({"model": name, "toolchain": manifest[name]["toolchain"], "fp32": fp32,

@@ -14,16 +14,26 @@ Use::
             bar.update(f"compile: {p.name}")
             ...
             bar.advance()
+
+    for shape in progress.track(shapes, "paper: bf16 GEMM", label=str):  # n/N, one by one
+        ...
+
+A bench script builds its parser with ``argument_parser`` (it adds ``--quiet/-q``). What
+scripts print to stdout while a display is live goes to stdout unchanged when that is a
+pipe or file, above the display when it is the terminal.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _quiet = False
 _lock = threading.RLock()
@@ -89,9 +99,16 @@ def _start() -> Any:
             return super().render(task) if task.total is not None else ""
 
     console = Console(file=sys.stderr, force_terminal=True)
+    # print() to a terminal goes above the display; to a pipe or file it goes there
+    # untouched (rich would otherwise reroute stdout to the terminal it draws on)
+    try:
+        stdout_is_terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        stdout_is_terminal = False
     live = Progress(SpinnerColumn(), TextColumn("[bold]maiac[/bold] {task.description}"),
                     BarColumn(bar_width=30), Count(), TimeElapsedColumn(),
-                    console=console, transient=True, refresh_per_second=8)
+                    console=console, transient=True, refresh_per_second=8,
+                    redirect_stdout=stdout_is_terminal)
     live.start()
     return live
 
@@ -122,6 +139,34 @@ def step(description: str, total: int | None = None) -> Iterator[Bar]:
             if _depth == 0 and _live is not None:
                 _live.stop()
                 _live = None
+
+
+def track(items: Sequence[T], description: str,
+          label: Callable[[T], str] | None = None) -> Iterator[T]:
+    """Each of ``items`` in turn, under a bar ``description: label(item)  n/N  elapsed``
+    (the loops of the bench scripts: rows, models, shapes)."""
+    with step(description, total=len(items)) as bar:
+        for item in items:
+            if label is not None:
+                bar.update(f"{description}: {label(item)}")
+            yield item
+            bar.advance()
+
+
+class _Quiet(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        set_quiet(True)
+        setattr(namespace, self.dest, True)
+
+
+def argument_parser(description: str | None = None, **kwargs: Any) -> argparse.ArgumentParser:
+    """The ``argparse`` parser of a bench script: as ``ArgumentParser(description, ...)``,
+    with ``--quiet/-q`` (no progress on stderr, as ``maiac --quiet``)."""
+    parser = argparse.ArgumentParser(description=description, **kwargs)
+    parser.add_argument("-q", "--quiet", action=_Quiet, nargs=0, default=False,
+                        help="no progress on stderr (there is none without a terminal)")
+    return parser
 
 
 def run_program(program: Any, inputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import re
 import select
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,35 +20,43 @@ DATA = Path(__file__).parent / "data"
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def _run(args: list[str], tty: bool) -> tuple[int, str]:
-    """Run ``python -m maiac ARGS``; stderr on a pseudo-terminal or a pipe. Returns the
-    exit code and stderr with the terminal's control sequences removed."""
+def spawn(cmd: list[str], tty: bool) -> tuple[int, bytes, str]:
+    """Run ``cmd`` with stderr on a pseudo-terminal or a pipe, stdout on a pipe. Returns
+    the exit code, stdout and stderr with the terminal's control sequences removed."""
     env = {k: v for k, v in os.environ.items() if k != "MAIAC_QUIET"}
     env.update(TERM="xterm", COLUMNS="120")
-    cmd = [sys.executable, "-m", "maiac", *args]
     if not tty:
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env,
                            timeout=600)
-        return p.returncode, ANSI.sub(b"", p.stderr).decode(errors="replace")
+        return p.returncode, p.stdout, ANSI.sub(b"", p.stderr).decode(errors="replace")
     master, slave = pty.openpty()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=slave, env=env)
-    os.close(slave)
-    data = bytearray()
-    while True:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
+    with tempfile.TemporaryFile() as stdout:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=slave,
+                                env=env)
+        os.close(slave)
+        data = bytearray()
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            elif proc.poll() is not None:
                 break
-            if not chunk:
-                break
-            data += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    return proc.wait(timeout=600), ANSI.sub(b"", bytes(data)).decode(errors="replace")
+        os.close(master)
+        rc = proc.wait(timeout=600)
+        stdout.seek(0)
+        return rc, stdout.read(), ANSI.sub(b"", bytes(data)).decode(errors="replace")
+
+
+def _run(args: list[str], tty: bool) -> tuple[int, str]:
+    """Run ``python -m maiac ARGS``: the exit code and stderr (see ``spawn``)."""
+    rc, _, err = spawn([sys.executable, "-m", "maiac", *args], tty)
+    return rc, err
 
 
 @pytest.fixture(scope="module")
