@@ -21,16 +21,17 @@ Memory after a run is byte-identical to the memory with every copy done, and eve
 sees the bytes the program wrote: a write is skipped only if later writes without gaps
 cover all its bytes on all its tiles before any of them is read other than as above, so
 the last write of every byte of every tile is a real one. Outputs are read from tile 0
-(always a head tile); collectives touching the bytes count as readers. A loop of more
-than one trip counts as reading and writing all of its extent, and DMAs inside it are
-done. ``MAIAC_ALL_COPIES=1`` does every copy (for comparison).
+(always a head tile); collectives touching the bytes count as readers. In a loop (of
+leaf instructions) a DMA whose block the next iteration's DMA rewrites is skipped in
+every iteration but the last; a loop with inner loops counts as reading and writing all
+of its extent, and DMAs inside it are done. ``MAIAC_ALL_COPIES=1`` does every copy (for comparison).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from maiac.runtime.isa import Access, Dma, Instr, Loop, MatMul, Sync
 from maiac.runtime.liveness import _reads_writes
@@ -106,11 +107,13 @@ class Copies:
     """What the interpreter skips: DMAs whose every reader is an fp32 matmul operand read
     straight from the DMA's source (``forwarded``; ``sources``: (matmul path, "a"/"b") ->
     the access to read instead), and per broadcast DMA the axes whose copies to the
-    non-head tiles are dead (``elided``)."""
+    non-head tiles are dead (``elided``). A DMA in a loop is skipped in every iteration
+    but the last (``last``: path -> that iteration), whose bytes later ones do not cover."""
 
     forwarded: set[str]
     sources: dict[tuple[str, str], Access]
     elided: dict[str, frozenset[int]]
+    last: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 def _copies(events: list[_Event]) -> Iterator[tuple[int, _Event, Dma]]:
@@ -122,35 +125,72 @@ def _copies(events: list[_Event]) -> Iterator[tuple[int, _Event, Dma]]:
             yield i, ev, ins
 
 
+def _loops(body: list[Instr], path: str, trips: tuple[int, ...]
+           ) -> Iterator[tuple[str, Loop, tuple[int, ...]]]:
+    """Loops of several trips without inner loops, inside loops of one trip only."""
+    for k, ins in enumerate(body):
+        here = f"{path}.{k}" if path else str(k)
+        if isinstance(ins, Loop):
+            inner = trips + tuple(ins.trips)
+            if math.prod(ins.trips) == 1:
+                yield from _loops(ins.body, here, inner)
+            elif not any(isinstance(b, Loop) for b in ins.body):
+                yield here, ins, inner
+
+
+def _scans(instructions: list[Instr], plans: dict[str, MatmulPlan],
+           sources: dict[tuple[str, str], Access]
+           ) -> Iterator[tuple[list[_Event], _Event, Dma, tuple[int, ...] | None]]:
+    """(events from a DMA on, the DMA's event, the DMA, the last iteration of its loop) of
+    every DMA that may be skipped. At the top level: the program from the DMA on. In a
+    loop: the rest of the body, the body before the DMA (the next iteration; its reads
+    count as of every tile, not forwardable) and the DMA again, which rewrites all of its
+    block (its destination does not move with the loop) — in every iteration but the last."""
+    events = list(_events(instructions, "", (), plans, sources))
+    for i, ev, dma in _copies(events):
+        yield events[i:], ev, dma, None
+    for path, loop, trips in _loops(instructions, "", ()):
+        body = list(_events(loop.body, path, trips, plans, sources))
+        for i, ev, dma in _copies(body):
+            if any(dma.dst.loop_strides):
+                continue
+            wrap = [replace(e, reads=tuple((a, frozenset(), "") for a, _, _ in e.reads))
+                    for e in body[:i]]
+            yield [ev, *body[i + 1:], *wrap, ev], ev, dma, tuple(t - 1 for t in trips)
+
+
 def forwarded_copies(instructions: list[Instr], fp32_matmuls: set[str]) -> Copies:
     """The DMAs into TSRAM read only by matmuls of ``fp32_matmuls`` (paths) through an
     operand that is exactly the DMA's destination, on the same grid, before the source
     changes, and whose bytes later writes cover on all tiles: those matmuls read the
     source instead and the DMA is skipped (``Copies.forwarded``)."""
-    events = list(_events(instructions, "", (), {}, {}))
     copies = Copies(set(), {}, {})
-    for i, ev, dma in _copies(events):
+    for events, ev, dma, last in _scans(instructions, {}, {}):
         if tuple(dma.src.shape) != tuple(dma.dst.shape):
             continue
-        readers = _forward_readers(events, i, dma, fp32_matmuls)
+        readers = _forward_readers(events, dma, fp32_matmuls)
         if readers:
             copies.forwarded.add(ev.path)
+            if last is not None:
+                copies.last[ev.path] = last
             for path, role, trips in readers:
-                # every enclosing loop has one trip: the source at iteration 0, as the reader
-                copies.sources[(path, role)] = replace(dma.src, loop_strides=(0,) * len(trips))
+                # at the top level every enclosing loop has one trip (iteration 0); in a
+                # loop the reader runs in the DMA's iteration
+                copies.sources[(path, role)] = dma.src if last is not None else \
+                    replace(dma.src, loop_strides=(0,) * len(trips))
     return copies
 
 
-def _forward_readers(events: list[_Event], i: int, dma: Dma, fp32_matmuls: set[str]
+def _forward_readers(events: list[_Event], dma: Dma, fp32_matmuls: set[str]
                      ) -> list[tuple[str, str, tuple[int, ...]]] | None:
-    """(matmul path, operand, trips) of every read of ``dma``'s bytes, if all are
-    forwardable and later writes cover the bytes on all tiles; else None."""
-    ev0 = events[i]
+    """(matmul path, operand, trips) of every read of ``dma``'s bytes (``events[0]``), if
+    all are forwardable and later writes cover the bytes on all tiles; else None."""
+    ev0 = events[0]
     pending = [(0, math.prod(ev0.grid), *access_extent(dma.dst, ev0.grid, ev0.trips))]
     slo, shi = access_extent(dma.src, ev0.grid, ev0.trips)
     readers: list[tuple[str, str, tuple[int, ...]]] = []
     source_changed = rewritten = False
-    for ev in events[i + 1:]:
+    for ev in events[1:]:
         tiles = math.prod(ev.grid)
         for acc, _, role in ev.reads:
             if acc.level != "tsram" or not _overlaps(pending, tiles, *access_extent(
@@ -184,22 +224,23 @@ def elided_dma_axes(instructions: list[Instr], plans: dict[str, MatmulPlan],
                     copies: Copies) -> dict[str, frozenset[int]]:
     """Per DMA path (not forwarded), the broadcast axes whose copies to non-head tiles are
     dead (skipped); ``copies.elided`` is set to it."""
-    events = list(_events(instructions, "", (), plans, copies.sources))
     elided: dict[str, frozenset[int]] = {}
-    for i, ev, dma in _copies(events):
+    for events, ev, dma, last in _scans(instructions, plans, copies.sources):
         axes = broadcast_axes(dma)
-        if axes and ev.path not in copies.forwarded and _dead(events, i, axes):
+        if axes and ev.path not in copies.forwarded and _dead(events, axes):
             elided[ev.path] = axes
+            if last is not None:
+                copies.last[ev.path] = last
     copies.elided = elided
     return elided
 
 
-def _dead(events: list[_Event], i: int, axes: frozenset[int]) -> bool:
-    """True if the bytes event ``i`` (a broadcast DMA) writes are, on its non-head tiles,
+def _dead(events: list[_Event], axes: frozenset[int]) -> bool:
+    """True if the bytes ``events[0]`` (a broadcast DMA) writes are, on its non-head tiles,
     read by no instruction before later ones write all of them on all of its tiles."""
-    dma = events[i]
+    dma = events[0]
     pending = [(0, math.prod(dma.grid), *access_extent(dma.writes[0], dma.grid, dma.trips))]
-    for ev in events[i + 1:]:
+    for ev in events[1:]:
         tiles = math.prod(ev.grid)
         for acc, head, _ in ev.reads:
             if acc.level == "tsram" and _overlaps(pending, tiles, *access_extent(

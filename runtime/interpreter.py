@@ -348,23 +348,39 @@ class _Machine:
 
     def _dma(self, instr: Dma, path: str, grid: tuple[int, ...], trips: tuple[int, ...]
              ) -> Step:
-        src, dst = self.view(instr.src, grid, trips), self.view(instr.dst, grid, trips)
-        store = storer(instr.dst.dtype)
-        if path in self.copies.forwarded:  # its readers read its source (dead_copies.py)
-            return lambda it: None
-        elided = self.elided.get(path)
-        if elided:
-            # the copies to the other tiles along these axes are never read
-            # (runtime/dead_copies.py): the head tiles only
+        """A DMA's step; skipped (forwarded) or to the head tiles only (elided) where no
+        instruction reads the bytes it leaves out (runtime/dead_copies.py), in a loop in
+        every iteration but the last."""
+        forwarded, elided = path in self.copies.forwarded, self.elided.get(path)
+        if not (forwarded or elided):
+            return self._copy(instr, grid, trips)
+        if forwarded:  # its readers read its source
+            def skipped(it: tuple[int, ...]) -> None:
+                return None
+        else:  # the copies to the other tiles along these axes are never read
             n_trips = len(trips)
-            dst, src = as_rows(head_tiles(dst, elided, n_trips),
-                               head_tiles(src, elided, n_trips), n_trips)
+            dst, src = as_rows(head_tiles(self.view(instr.dst, grid, trips), elided, n_trips),
+                               head_tiles(self.view(instr.src, grid, trips), elided, n_trips),
+                               n_trips)
             split = dma_splitter(instr, dst, n_trips, len(grid))
 
-            def step(it: tuple[int, ...]) -> None:
+            def skipped(it: tuple[int, ...]) -> None:
                 d = dst[it]
                 run_split(np.copyto, [d, src[it]], split and split(d, it))
-            return step
+        last = self.copies.last.get(path)
+        if last is None:
+            return skipped
+        full = self._copy(instr, grid, trips)
+
+        def step(it: tuple[int, ...]) -> None:
+            # a run of the whole loop at once (_loop vectorized it) or its last iteration
+            (full if len(it) < len(last) or it == last else skipped)(it)
+        return step
+
+    def _copy(self, instr: Dma, grid: tuple[int, ...], trips: tuple[int, ...]) -> Step:
+        """A DMA's step, every byte to every tile."""
+        src, dst = self.view(instr.src, grid, trips), self.view(instr.dst, grid, trips)
+        store = storer(instr.dst.dtype)
         if instr.src.dtype == instr.dst.dtype:
             # a byte copy: trailing dims contiguous on both sides move as one wide element
             pairs = broadcast_copies(dst, src, len(trips), instr, grid)
