@@ -7,7 +7,7 @@ stores, overwritten before any instruction reads the bytes they wrote, and are s
   only by fp32 matmuls, through an operand that is exactly that destination block on the
   same grid, before its source changes. The matmul reads the source block instead (the
   same bytes: the DMA's source at the time of the read equals it at the time of the
-  DMA), and the DMA moves nothing. This is how a tiled matmul's weights reach the TTU.
+  DMA; both row-major, so BLAS runs the same kernel on them), and the DMA moves nothing. This is how a tiled matmul's weights reach the TTU.
 * *Broadcast copies* (``elided_dma_axes``): a DMA whose source does not move with the
   tile along some grid axes (tile stride 0) writes the same bytes to every tile along
   them (a tiled matmul sends each weight block to every tile of a grid column, each
@@ -166,7 +166,8 @@ def forwarded_copies(instructions: list[Instr], fp32_matmuls: set[str]) -> Copie
     source instead and the DMA is skipped (``Copies.forwarded``)."""
     copies = Copies(set(), {}, {})
     for events, ev, dma, last in _scans(instructions, {}, {}):
-        if tuple(dma.src.shape) != tuple(dma.dst.shape):
+        if tuple(dma.src.shape) != tuple(dma.dst.shape) or not (
+                _row_major(dma.src) and _row_major(dma.dst)):
             continue
         readers = _forward_readers(events, dma, fp32_matmuls)
         if readers:
@@ -179,6 +180,15 @@ def forwarded_copies(instructions: list[Instr], fp32_matmuls: set[str]) -> Copie
                 copies.sources[(path, role)] = dma.src if last is not None else \
                     replace(dma.src, loop_strides=(0,) * len(trips))
     return copies
+
+
+def _row_major(acc: Access) -> bool:
+    """True if numpy hands every matrix of ``acc`` (last two axes) to BLAS untransposed:
+    then reading it from the DMA's source runs the same GEMM as from TSRAM (a transposed
+    or non-BLAS layout would take another kernel, summing in another order)."""
+    if len(acc.shape) < 2:
+        return False
+    return acc.strides[-1] == 1 and acc.strides[-2] >= acc.shape[-1]
 
 
 def _forward_readers(events: list[_Event], dma: Dma, fp32_matmuls: set[str]

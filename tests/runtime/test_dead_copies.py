@@ -14,19 +14,21 @@ RNG = np.random.default_rng(5)
 GRID = (2, 2)
 
 
-def k_split_program(m: int, *, between: str = "", loop: int = 1, b_halves: bool = False):
+def k_split_program(m: int, *, between: str = "", loop: int = 1, b_halves: bool = False,
+                    b_transposed: bool = False):
     """C = A @ B on a 2x2 grid in two K halves through the same TSRAM buffers: each half's
     A block broadcast along the grid columns, B block along the grid rows.
     ``between`` (after the first matmul): "neg" a TVP op reading and writing tb,
     "partial" a DMA into half of tb on every tile, "tile0" the same on tile 0 only, "gaps"
     a DMA into every other row of tb; ``loop``:
     the first half inside a loop of that many trips; ``b_halves``: the first B block
-    DMAed in two halves of its rows (the matmul's operand is neither DMA's block)."""
+    DMAed in two halves of its rows (the matmul's operand is neither DMA's block);
+    ``b_transposed``: B given as its transpose ``bt`` [n, k], read column-major."""
     k, n = 256, 64
     bm, bk, bn = m // 2, k // 2, n // 2
     pb = ProgramBuilder()
     a = pb.input("a", "f32", (m, k))
-    b = pb.input("b", "f32", (k, n))
+    b = pb.input("bt" if b_transposed else "b", "f32", (n, k) if b_transposed else (k, n))
     c = pb.output("c", "f32", (m, n))
     ta, tb, tc = (pb.alloc(x, "tsram", s * 4) for x, s in
                   (("ta", bm * bk), ("tb", bk * bn), ("tc", bm * bn)))
@@ -35,8 +37,10 @@ def k_split_program(m: int, *, between: str = "", loop: int = 1, b_halves: bool 
         acc(tc, "f32", (bm, bn))
 
     def b_dma(rows: int, src_row: int, dst_row: int) -> Dma:
-        return Dma(acc(b, "f32", (rows, bn), (n, 1), tile_strides=(0, bn), offset=src_row * n),
-                   acc(tb, "f32", (rows, bn), offset=dst_row * bn), grid=GRID, op="b")
+        src = acc(b, "f32", (rows, bn), (1, k), tile_strides=(0, bn * k), offset=src_row) \
+            if b_transposed else \
+            acc(b, "f32", (rows, bn), (n, 1), tile_strides=(0, bn), offset=src_row * n)
+        return Dma(src, acc(tb, "f32", (rows, bn), offset=dst_row * bn), grid=GRID, op="b")
 
     def half(h: int, accumulate: bool, halves: bool = False) -> list:
         b_dmas = [b_dma(bk // 2, h * bk, 0), b_dma(bk // 2, h * bk + bk // 2, bk // 2)] \
@@ -107,6 +111,17 @@ def test_broadcast_copies_read_from_the_head_tiles_skipped(m, monkeypatch):
     copies = _same_as_all_copies(k_split_program(m, b_halves=True), _feeds(m), monkeypatch)
     assert copies.elided == {"1": frozenset({0}), "2": frozenset({0})}
     assert copies.forwarded == {"0"}
+
+
+def test_a_transposed_source_is_not_forwarded(monkeypatch):
+    """A block DMAed from a column-major source: the matmul would hand BLAS a transposed
+    operand (another kernel, other sums), so it reads the TSRAM copy."""
+    prog, feeds = k_split_program(256, b_transposed=True), _feeds(256)
+    feeds["bt"] = np.ascontiguousarray(feeds.pop("b").T)
+    out, _, copies = _run(prog, feeds, True, monkeypatch)
+    assert "0" in copies.forwarded and "1" not in copies.forwarded
+    ref_out, _, _ = _run(prog, feeds, False, monkeypatch)
+    assert out["c"].tobytes() == ref_out["c"].tobytes()
 
 
 def test_dmas_in_a_loop_forwarded_but_in_the_last_iteration(monkeypatch):
