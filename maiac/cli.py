@@ -11,28 +11,71 @@ Progress goes to stderr, and only when stderr is a terminal.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
-# Re-exported: examples and other modules import these from maiac.cli.
-from maiac.cli_options import (  # noqa: F401
-    check_target,
-    existing_file,
-    load_plugins,
-    parse_kv,
-    parse_shape,
-    parse_shapes,
-    progress,
-)
-from maiac.compile_cmd import format_pass_timing  # noqa: F401
-from maiac.opt_cmd import make_context  # noqa: F401
-from maiac.outputs import atomic_path, check_output, write_text_atomic  # noqa: F401
-from maiac.report_view import format_report  # noqa: F401
+# name -> (module, attribute): each command is imported when it is used, so `maiac
+# --version` or `maiac run` does not import onnx, ml_dtypes and xDSL for the others
+COMMANDS = {
+    "compile": ("maiac.compile_cmd", "compile_cmd"), "run": ("maiac.run_cmd", "run_cmd"),
+    "verify": ("maiac.verify_cmd", "verify_cmd"), "opt": ("maiac.opt_cmd", "opt_cmd"),
+    "passes": ("maiac.passes_cmd", "passes_cmd"),
+    "generate": ("maiac.generate_cli", "generate_cmd"),
+    "perf": ("maiac.perf_cli", "perf_cmd"), "target": ("maiac.target_cmd", "target_cmd"),
+    "ops": ("maiac.ops_cmd", "ops_cmd"), "eval": ("maiac.eval_cli", "eval_cmd"),
+    "report": ("maiac.report_cmd", "report_cmd"),
+}
+
+# Re-exported (examples and other modules import these from maiac.cli), imported on use.
+REEXPORTS = {
+    **dict.fromkeys(("check_target", "existing_file", "load_plugins", "parse_kv",
+                     "parse_shape", "parse_shapes", "progress"), "maiac.cli_options"),
+    "format_pass_timing": "maiac.compile_cmd", "make_context": "maiac.opt_cmd",
+    **dict.fromkeys(("atomic_path", "check_output", "write_text_atomic"), "maiac.outputs"),
+    "format_report": "maiac.report_view",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in REEXPORTS:
+        return getattr(importlib.import_module(REEXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Group(click.Group):
-    """A click group whose every ending is one line and its exit code (maiac/cli_errors.py)."""
+    """A click group whose every ending is one line and its exit code (maiac/cli_errors.py),
+    and whose commands (``COMMANDS``) are imported when one is looked up (click's lazy
+    group). ``commands`` is every command, importing them all (``maiac --help``, docs)."""
+
+    @property  # type: ignore[override]
+    def commands(self) -> dict[str, click.Command]:
+        for name in COMMANDS:
+            self._command(name)
+        return self._loaded
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._loaded = dict(value)
+
+    def _command(self, name: str) -> click.Command | None:
+        if name not in self._loaded and name in COMMANDS:
+            module, attribute = COMMANDS[name]
+            self._loaded[name] = getattr(importlib.import_module(module), attribute)
+        return self._loaded.get(name)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if name is None:
+            raise TypeError("Command has no name.")
+        self._loaded[name] = cmd
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._command(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self._loaded, *COMMANDS})
 
     def invoke(self, ctx: click.Context) -> Any:
         from maiac.cli_errors import guarded
@@ -54,28 +97,6 @@ def main(debug: bool, quiet: bool) -> None:
     from maiac import progress as live
 
     live.set_quiet(quiet)
-
-
-def _register_commands() -> None:
-    """Every command, each from its own module (``maiac --help`` lists them by name)."""
-    from maiac.compile_cmd import compile_cmd
-    from maiac.eval_cli import eval_cmd
-    from maiac.generate_cli import generate_cmd
-    from maiac.ops_cmd import ops_cmd
-    from maiac.opt_cmd import opt_cmd
-    from maiac.passes_cmd import passes_cmd
-    from maiac.perf_cli import perf_cmd
-    from maiac.report_cmd import report_cmd
-    from maiac.run_cmd import run_cmd
-    from maiac.target_cmd import target_cmd
-    from maiac.verify_cmd import verify_cmd
-
-    for cmd in (compile_cmd, run_cmd, verify_cmd, opt_cmd, passes_cmd, generate_cmd, perf_cmd,
-                target_cmd, ops_cmd, eval_cmd, report_cmd):
-        main.add_command(cmd)
-
-
-_register_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,58 @@
+"""``maiac`` imports a command's module only when that command runs (click's lazy group):
+``maiac --version`` and the light commands do not pay for onnx, ml_dtypes and xDSL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+import maiac.cli as cli
+
+HEAVY = ("onnx", "ml_dtypes", "xdsl")
+
+
+def _imports_after(code: str) -> set[str]:
+    """The heavy packages a fresh interpreter has imported after running ``code``."""
+    probe = (f"import sys\n{code}\n"
+             f"print('imported:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("imported:"))
+    return set(filter(None, line.removeprefix("imported:").split(",")))
+
+
+def test_the_cli_and_version_import_no_heavy_package() -> None:
+    code = ("from maiac.cli import main\n"
+            "try:\n    main(['--version'])\nexcept SystemExit as e:\n    assert e.code == 0")
+    assert _imports_after(code) == set()
+
+
+def test_a_light_command_imports_only_its_module() -> None:
+    code = ("import click\nfrom maiac.cli import main\n"
+            "ctx = main.make_context('maiac', ['target'])\n"
+            "assert main.get_command(ctx, 'target').name == 'target'")
+    assert _imports_after(code) == set()
+
+
+def test_every_command_loads_under_its_name() -> None:
+    ctx = click.Context(cli.main)
+    assert cli.main.list_commands(ctx) == sorted(cli.COMMANDS)
+    for name in cli.COMMANDS:
+        cmd = cli.main.get_command(ctx, name)
+        assert isinstance(cmd, click.Command) and cmd.name == name
+    assert sorted(cli.main.commands) == sorted(cli.COMMANDS)  # the docs and tests walk it
+    assert cli.main.get_command(ctx, "no-such-command") is None
+
+
+def test_reexports_are_importable_and_others_are_not() -> None:
+    from maiac.cli import format_pass_timing, format_report, parse_shape
+
+    assert callable(format_report) and callable(format_pass_timing)
+    assert parse_shape("x=1x2") == ("x", (1, 2))
+    for name in cli.REEXPORTS:
+        assert getattr(cli, name) is not None
+    with pytest.raises(AttributeError, match="no_such_name"):
+        cli.no_such_name  # noqa: B018
