@@ -122,9 +122,14 @@ CollectiveSync = Callable[[str, float], float]
 
 class _HbmTimeline:
     """When the shared HBM bandwidth is taken: sorted, disjoint busy intervals. A transfer
-    takes the first gap long enough after it may start, so a DMA that is ready early is
-    not queued behind one simulated before it that starts later (program order is not
-    time order across queues)."""
+    takes the free time at or after it may start, in time order, so a DMA that is ready
+    early is not queued behind one simulated before it that starts later (program order is
+    not time order across queues). A transfer longer than the first gap fills the gaps
+    between transfers booked before it, the way concurrent DMA streams interleave their
+    bursts at the HBM controller, instead of waiting for one gap as long as all of it
+    (which made a 9 MB store slide past a stream of short weight loads and then block the
+    next one for its whole length). Busy intervals never overlap: no two transfers share
+    the bandwidth at once, so no modeled rate exceeds the sustained one."""
 
     KEEP = 256  # intervals kept; older ones are merged into one busy prefix
 
@@ -132,21 +137,36 @@ class _HbmTimeline:
         self.starts: list[float] = []
         self.ends: list[float] = []
 
-    def book(self, t0: float, dur: float) -> float:
-        """Start of the first free slot of ``dur`` seconds at or after ``t0``; booked."""
+    def book(self, t0: float, dur: float) -> tuple[float, float]:
+        """(first, last): the transfer's ``dur`` seconds of HBM time, taken from the free
+        time at or after ``t0`` (gaps first), begin at ``first`` and end at ``last``."""
         starts, ends = self.starts, self.ends
-        i = bisect.bisect_right(ends, t0)  # intervals ending after t0
-        t = t0
-        while i < len(starts) and starts[i] < t + dur:
+        lo = i = bisect.bisect_right(ends, t0)  # intervals ending after t0
+        t, left = t0, dur
+        pieces: list[tuple[float, float]] = []
+        while left > 0:
+            gap_end = starts[i] if i < len(starts) else math.inf
+            if gap_end - t >= left:
+                pieces.append((t, t + left))
+                break
+            if gap_end > t:
+                pieces.append((t, gap_end))
+                left -= gap_end - t
             t = max(t, ends[i])
             i += 1
-        starts.insert(i, t)
-        ends.insert(i, t + dur)
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(pieces + list(zip(starts[lo:i], ends[lo:i], strict=True))):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        starts[lo:i] = [a for a, _ in merged]
+        ends[lo:i] = [b for _, b in merged]
         if len(starts) > 2 * self.KEEP:  # old history: one solid block (conservative)
             cut = len(starts) - self.KEEP
             self.starts[:cut] = [starts[0]]
             self.ends[:cut] = [ends[cut - 1]]
-        return t
+        return pieces[0][0], pieces[-1][1]
 
     def shift_after(self, t: float, extra: float) -> None:
         """A loop's skipped iterations: bookings ending after ``t`` (the last simulated
@@ -214,19 +234,19 @@ class _Sim:
         if self.sync is not None and lf.engine == "net":
             start = self.sync(lf.path, start)
         end = start + lf.dur
-        slot = end
+        slot = slot_end = end
         if lf.hbm_time > 0:
             # HBM bandwidth is shared by all DMA queues: the transfer takes its slot after
             # the queue's fixed latency, once earlier HBM transfers are through
-            slot = self.hbm.book(start + self.t.dma_latency_s, lf.hbm_time)
+            slot, slot_end = self.hbm.book(start + self.t.dma_latency_s, lf.hbm_time)
             self.stats[-1].busy["hbm"] += lf.hbm_time
-            end = max(end, slot + lf.hbm_time)
+            end = max(end, slot_end)
         # what ran when, for the per-op windows: compute over [start, end], HBM bytes over
         # the transfer's slot
         name = lf.op or lf.kind
         self.spans.append(Span(name, start, end, lf.flops if lf.fmt else 0.0,
                                 lf.flops if lf.engine == "tvp" else 0.0, lf.fmt,
-                                slot, slot + lf.hbm_time, lf.hbm_bytes))
+                                slot, slot_end, lf.hbm_bytes))
         self.free[lf.engine] = end
         self.last_end[id(lf)] = end
         self.issued[lf.engine] += 1

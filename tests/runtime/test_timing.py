@@ -178,14 +178,28 @@ def test_hbm_timeline_fills_gaps_in_time_order() -> None:
     from maiac.runtime.timing import _HbmTimeline
 
     hbm = _HbmTimeline()
-    assert hbm.book(10.0, 2.0) == 10.0  # [10, 12)
-    assert hbm.book(0.0, 3.0) == 0.0  # before it
-    assert hbm.book(1.0, 8.0) == 12.0  # the gap [3, 10) is too short
-    assert hbm.book(3.0, 4.0) == 3.0  # [3, 7) fits before 10
+    assert hbm.book(10.0, 2.0) == (10.0, 12.0)
+    assert hbm.book(0.0, 3.0) == (0.0, 3.0)  # before it
+    assert hbm.book(3.0, 4.0) == (3.0, 7.0)  # fits before 10
     spans = sorted(zip(hbm.starts, hbm.ends, strict=True))
     assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:], strict=False))
     hbm.shift_after(11.0, 100.0)  # a loop's skipped iterations
-    assert hbm.book(12.5, 1.0) >= 112.0
+    assert hbm.book(12.5, 1.0)[0] >= 112.0
+
+
+def test_hbm_timeline_long_transfer_fills_the_gaps_between_short_ones() -> None:
+    """A transfer longer than every gap takes the gaps in order (concurrent DMA streams
+    interleave at the HBM controller) rather than waiting past the short transfers booked
+    before it — and never shares a moment of HBM with them: the busy time is the sum."""
+    from maiac.runtime.timing import _HbmTimeline
+
+    hbm = _HbmTimeline()
+    for k in range(4):  # weight loads: [0, 1), [3, 4), [6, 7), [9, 10)
+        hbm.book(3.0 * k, 1.0)
+    assert hbm.book(0.0, 5.0) == (1.0, 8.0)  # [1, 3) + [4, 6) + [7, 8)
+    assert list(zip(hbm.starts, hbm.ends, strict=True)) == [(0.0, 8.0), (9.0, 10.0)]
+    assert hbm.book(0.0, 2.0) == (8.0, 11.0)  # [8, 9) + [10, 11)
+    assert list(zip(hbm.starts, hbm.ends, strict=True)) == [(0.0, 11.0)]
 
 
 def nested_program(trips: tuple[int, ...], depth: int = 1):
