@@ -141,7 +141,7 @@ def test_cli_verify_against_stored_reference_and_custom_op_lib(tmp_path: Path) -
     assert failed.exit_code == 1, failed.output
     missing = runner.invoke(main, ["verify", model, "--inputs", inputs,
                                    "--ort-custom-op-lib", str(tmp_path / "nope.so")])
-    assert missing.exit_code == 2 and "nope.so: no such file" in missing.output
+    assert missing.exit_code == 2 and "nope.so: no such --ort-custom-op-lib" in missing.output
 
 
 # -- AMD Quark MX ------------------------------------------------------------------------

@@ -5,7 +5,6 @@ bound is one ProgramError naming the field."""
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import resource
 from pathlib import Path
@@ -313,35 +312,54 @@ def _big_const_program(nbytes: int):
     return pb.build()
 
 
+# Peak RSS of one load + run in a fresh process (the machine's memory is an anonymous
+# mapping, which tracemalloc does not see; in the test process, pages earlier tests freed
+# but the allocator kept would hide part of the growth).
+_PEAK_OF_RUN = """
+import sys
+from pathlib import Path
+import numpy as np
+from maiac.runtime.interpreter import run_program
+from maiac.runtime.program import ZipBlob, load_program
+
+def status_kib(field):
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+path, in_place, nbytes = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+rss = status_kib("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+prog = load_program(path, in_place=in_place)
+out = run_program(prog, {})
+peak = (status_kib("VmHWM") - rss) << 10
+want = np.arange(nbytes // 4 - 1024, nbytes // 4, dtype=np.float32)
+assert np.array_equal(out["y"], want)
+assert isinstance(prog.constants["w"], ZipBlob) == in_place
+print(peak)
+"""
+
+
 def test_run_inflates_weights_in_place_once(tmp_path):
     """load_program(in_place=True) (maiac run) keeps no copy of a blob: the interpreter
-    inflates it into its HBM, so a run's traced peak is ~1x the blob, not 2x; a blob
+    inflates it into its HBM, so a run's peak is ~1x the blob, not 2x; a blob
     changed after loading is an error, not wrong weights."""
-    from maiac.runtime.program import ZipBlob, save_program
+    import subprocess
+    import sys
 
-    def status_kib(field: str) -> int:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines()
-                    if x.startswith(f"{field}:"))
-        return int(line.split()[1])
+    from maiac.runtime.program import ZipBlob, save_program
 
     nbytes = 64 << 20
     path = tmp_path / "big.maia"
     save_program(_big_const_program(nbytes), path)
-    want = np.arange(nbytes // 4 - 1024, nbytes // 4, dtype=np.float32)
     peaks = {}
     for in_place in (False, True):
-        # peak RSS, not tracemalloc: the machine's memory is an anonymous mapping
-        # (runtime/memory.py), which tracemalloc does not see
-        gc.collect()
-        rss = status_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        prog = load_program(path, in_place=in_place)
-        out = run_program(prog, {})
-        peaks[in_place] = (status_kib("VmHWM") - rss) << 10
-        np.testing.assert_array_equal(out["y"], want)
-        assert isinstance(prog.constants["w"], ZipBlob) == in_place
-        del prog, out
-    assert peaks[True] < 1.25 * nbytes < 1.75 * nbytes < peaks[False]
+        done = subprocess.run([sys.executable, "-c", _PEAK_OF_RUN, str(path),
+                               str(int(in_place)), str(nbytes)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        peaks[in_place] = int(done.stdout)
+    assert peaks[True] < 1.25 * nbytes < 1.75 * nbytes < peaks[False], peaks
     prog = load_program(path, in_place=True)
     blob = prog.constants["w"]
     with pytest.raises(ProgramError, match="sha256"):
