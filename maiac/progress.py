@@ -154,6 +154,8 @@ def track(items: Sequence[T], description: str,
 
 
 class _Quiet(argparse.Action):
+    """``-q``: quiet from the moment it is parsed (before the script's first step)."""
+
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         set_quiet(True)
