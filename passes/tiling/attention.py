@@ -73,7 +73,6 @@ from maiac.passes.tiling.common import (
     loop,
     mm,
     online_softmax,
-    prefer,
     split_jobs,
     vec,
 )
@@ -138,57 +137,59 @@ _SOFTMAX_OPS = VEC_OPS["reduce_max"] + VEC_OPS["exp_sub"] + VEC_OPS["reduce_sum"
 _SOFTMAX_INSTRS = 8  # TVP instructions of a (not first) key block's online softmax
 
 
-def _causal_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
-                 budget: Budget, speedup: float = 1.0) -> float:
-    """Modeled time (s) of causal attention in ``(bq, bk)`` blocks: per group, the jobs
-    each tile runs in turn times the key blocks per job, each taking the longer of its
-    two products (TTU) and its softmax (TVP), which the pipelined key loop overlaps,
-    plus per job the softmax and epilogue no product hides; ``speedup``: the TTU
-    format's peak over f32."""
+def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
+                    budget: Budget, causal: bool, masked: bool, speedup: float = 1.0) -> float:
+    """Modeled time (s) of attention in ``(bq, bk)`` blocks: per group of query blocks
+    (one unless ``causal``), the jobs each tile runs in turn times the key blocks per
+    job, each taking the longer of its two products (TTU) and its softmax (TVP), which
+    the pipelined key loop overlaps, plus per job the softmax and epilogue no product
+    hides; ``masked``: a mask operand, added to every key block's scores; ``speedup``:
+    the TTU format's peak over f32. Every instruction costs its issue overhead, so of
+    blocks equally fast on the TTU and TVP the fewer jobs per tile (and so fewer
+    instructions: a short sequence's attention as one job per tile) cost less."""
     flops = budget.tile_flops * speedup
     vec_rate = budget.tile_vec or float("inf")
     ttu = 4.0 * bq * bk * d / flops + 2 * budget.instr_overhead_s
     tvp = (bq * bk * _SOFTMAX_OPS + bq * d) / vec_rate \
         + _SOFTMAX_INSTRS * budget.instr_overhead_s
-    masked = tvp + bq * bk * VEC_OPS["causal_mask"] / vec_rate + budget.instr_overhead_s
-    per_job = masked + (2.0 * bq * d * 4) / vec_rate + 4 * budget.instr_overhead_s
+    if masked:  # the mask block's DMA and its add to the scores
+        tvp += bq * bk * VEC_OPS["add"] / vec_rate + 2 * budget.instr_overhead_s
+    crossing_tvp = tvp + bq * bk * VEC_OPS["causal_mask"] / vec_rate \
+        + budget.instr_overhead_s
+    per_job = crossing_tvp + (2.0 * bq * d * 4) / vec_rate + 4 * budget.instr_overhead_s
     total = 0.0
-    for group in query_groups(sq, sk, bq, bk, causal=True):
+    for group in query_groups(sq, sk, bq, bk, causal):
         turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
         crossing = group.keys - group.masked_from
-        blocks = crossing * max(ttu, masked) + group.masked_from * max(ttu, tvp)
+        blocks = crossing * max(ttu, crossing_tvp) + group.masked_from * max(ttu, tvp)
         total += turns * (blocks + per_job)
     return total
 
 
-def choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: Sequence[int], masked: bool,
-                  budget: Budget, causal_dims: Sequence[int] | None = None,
-                  narrow: int = 0, speedup: float = 1.0) -> tuple[int, int]:
-    """(bq, bk): enough query blocks for every tile, then the biggest key block that fits.
+def choose_blocks(job_dims: Sequence[int], sq: int, sk: int, d: int, sizes: Sequence[int],
+                  masked: bool, budget: Budget, causal: bool = False, narrow: int = 0,
+                  speedup: float = 1.0) -> tuple[int, int]:
+    """(bq, bk) of least modeled time (`_attention_cost`), the bigger block on a tie.
 
-    ``causal_dims`` (the ``(B, Hkv, G)`` job dims of a causal attention without a mask):
-    the blocks of least modeled time instead, counting only the key blocks each query
-    block needs and the tiles each group of query blocks keeps busy.
+    ``job_dims``: the ``(B, Hkv, G)`` job dims; ``causal``: a causal attention without a
+    mask, which counts only the key blocks each query block needs and the tiles each
+    group of query blocks keeps busy.
     """
-    return _choose_blocks(jobs, sq, sk, d, tuple(sizes), masked, budget,
-                          None if causal_dims is None else tuple(causal_dims), narrow, speedup)
+    return _choose_blocks(tuple(job_dims), sq, sk, d, tuple(sizes), masked, budget, causal,
+                          narrow, speedup)
 
 
 @lru_cache(maxsize=1024)  # every layer of a model asks the same question
-def _choose_blocks(jobs: int, sq: int, sk: int, d: int, sizes: tuple[int, ...], masked: bool,
-                   budget: Budget, causal_dims: tuple[int, ...] | None, narrow: int,
-                   speedup: float) -> tuple[int, int]:
+def _choose_blocks(job_dims: tuple[int, ...], sq: int, sk: int, d: int,
+                   sizes: tuple[int, ...], masked: bool, budget: Budget, causal: bool,
+                   narrow: int, speedup: float) -> tuple[int, int]:
     best: tuple[tuple[float, ...], int, int] | None = None
-    causal = causal_dims is not None
     for bq in (x for x in divisors(sq) if x <= MAX_BQ):
         for bk in (x for x in divisors(sk) if x <= MAX_BK):
             if _tsram_bytes(bq, bk, d, sizes, masked, causal, narrow) > budget.tsram_bytes:
                 continue
-            if causal_dims is not None:
-                key: tuple[float, ...] = (-_causal_cost(causal_dims, sq, sk, d, bq, bk, budget,
-                                                        speedup), bq * bk)
-            else:
-                key = prefer(jobs * (sq // bq), bq * bk, budget.n_tiles)
+            key = (-_attention_cost(job_dims, sq, sk, d, bq, bk, budget, causal, masked,
+                                    speedup), bq * bk)
             if best is None or key > best[0]:
                 best = (key, bq, bk)
     if best is None:
@@ -223,8 +224,8 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     narrow = 2 if fmt == "bf16" else 0
     speedup = dict(budget.fmt_speedup).get(fmt, 1.0)
     try:
-        bq, bk = choose_blocks(b * hkv * g, sq, sk, d, sizes, mask is not None, budget,
-                               (b, hkv, g) if generate else None, narrow, speedup)
+        bq, bk = choose_blocks((b, hkv, g), sq, sk, d, sizes, mask is not None, budget,
+                               generate, narrow, speedup)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (attention, head dim {d}): no block fits TSRAM "
                          f"({budget.tsram_bytes} bytes per tile)") from err
