@@ -12,6 +12,7 @@ Progress goes to stderr, and only when stderr is a terminal.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import click
@@ -62,8 +63,23 @@ class _Group(click.Group):
     def _command(self, name: str) -> click.Command | None:
         if name not in self._loaded and name in COMMANDS:
             module, attribute = COMMANDS[name]
-            self._loaded[name] = getattr(importlib.import_module(module), attribute)
+            if module not in sys.modules:  # onnx, xDSL, ml_dtypes: up to ~2 s on a terminal
+                from maiac import progress
+
+                with progress.step(f"load the {name} command"):
+                    importlib.import_module(module)
+            self._loaded[name] = getattr(sys.modules[module], attribute)
         return self._loaded.get(name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        # the command's own -q is parsed only once its module is loaded: the display while
+        # it loads obeys -q before or after the command's name already
+        given = args[:args.index("--")] if "--" in args else args
+        if ctx.params.get("quiet") or {"-q", "--quiet"} & set(given):
+            from maiac import progress
+
+            progress.set_quiet(True)
+        return super().resolve_command(ctx, args)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         name = name or cmd.name

@@ -177,6 +177,13 @@ def load_plugins(paths: tuple[str, ...]) -> None:
 
 
 def _driver() -> Any:
-    import maiac.driver
+    """``maiac.driver``, imported on first use (xDSL, onnx, ml_dtypes: ~1 s) under a progress
+    line, so a terminal shows what the compile is doing from its start."""
+    import sys
 
-    return maiac.driver
+    if "maiac.driver" not in sys.modules:
+        from maiac import progress as live
+
+        with live.step("load the compiler"):
+            import maiac.driver  # noqa: F401
+    return sys.modules["maiac.driver"]

@@ -56,3 +56,19 @@ def test_reexports_are_importable_and_others_are_not() -> None:
         assert getattr(cli, name) is not None
     with pytest.raises(AttributeError, match="no_such_name"):
         cli.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("quiet", [[], ["-q", "compile"], ["compile", "-q"],
+                                   ["compile", "--quiet"]])
+def test_loading_a_command_shows_progress_unless_quiet(quiet: list[str]) -> None:
+    """On a terminal a line names the command while its module loads (up to ~2 s for the
+    ones that import onnx); ``-q`` before or after the command's name silences it."""
+    from tests.test_progress import spawn
+
+    args = [*quiet, "--help"] if quiet else ["compile", "--help"]
+    rc, out, err = spawn([sys.executable, "-m", "maiac", *args], tty=True)
+    assert rc == 0 and b"Usage: maiac compile" in out, err
+    if quiet:
+        assert err == "", err
+    else:
+        assert "maiac load the compile command" in err, err
