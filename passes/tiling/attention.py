@@ -43,6 +43,11 @@ of ``bq * bk`` mask elements), then the fully visible blocks run as a loop of pa
 Block sizes minimize the modeled time summed over groups (per key block the longer of
 the TTU's products and the TVP's softmax, which the pipeline overlaps), so the skipped
 blocks (about half of them) are not paid back by idle tiles or instruction overheads.
+The same model (one group, every key block) sizes the blocks of an attention with a
+mask operand or none: every instruction costs its issue overhead, so a short sequence
+runs as one job per tile with all its keys in one block (gpt2_dynamo's seq-8 attention:
+13 instructions, not 26 for two one-row query blocks per tile), while a long one still
+fills every tile the heads allow.
 
 The tile grid is that of ``(B, Hkv, G, blocks)``: Llama-3-8B's 32 heads run on 32 of
 maia200's 36 tiles, since an SPMD address is affine in the tile coordinates and none of
