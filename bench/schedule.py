@@ -12,14 +12,19 @@ One run, one table, ratios:
   fixed 128-blocks, no overlap, no prefetch, every instruction waits for all engines):
   naive time and speedup;
 * compile time of every row, and peak memory (tracemalloc peak of Python allocations
-  during the compile, and the process's max RSS) of the 8B-shaped graph.
+  during the compile, and the process's max RSS) of the 8B-shaped graph;
+* with ``--ops``, per op kind (matmul, attention, norm, rope, ...) of the optimized
+  schedule: modeled time, the calibrated bound of those ops (`op_bound`: their TTU
+  work at the formats' peaks, their TVP work at its peak, or their HBM bytes at the
+  sustained rate, whichever is longest; the TTU and TVP overlap) and the share of the
+  whole program's gap to its calibrated curve, so the remaining gap is visible.
 
 Shape-only weights are quantized to stand-in payloads, and ``fp8``'s static activation
 scales are placeholders (no calibration data), so every format times as it would with
 real weights (``quantized`` says whether the matmuls really run narrow).
 
     python bench/schedule.py [--formats fp8,mxfp4,bf16,fp32] [--modes decode,prefill]
-                             [--layers N] [--json out.json]
+                             [--layers N] [--ops] [--json out.json]
 """
 
 from __future__ import annotations
@@ -59,6 +64,32 @@ def calibrated_time(rep: dict[str, Any], target: Target) -> float:
     return max(rep["compute_time_s"], rep["hbm_bytes"] / target.hbm_sustained_bw)
 
 
+def op_bound(op: dict[str, Any], target: Target) -> float:
+    """The calibrated bound of one report op row: its TTU work at each format's peak,
+    its TVP work at the TVP peak, or its HBM bytes at the sustained rate, whichever is
+    longest (the engines run concurrently; the same terms as `calibrated_time`)."""
+    ttu = sum(f / target.ttu_flops[k] for k, f in op["fmt_flops"].items())
+    return max(ttu, op["tvp_ops"] / target.tvp_flops, op["hbm_bytes"] / target.hbm_sustained_bw)
+
+
+def op_kinds(rep: dict[str, Any], target: Target) -> list[dict[str, Any]]:
+    """Per op kind of a report: ops, modeled time, calibrated bound and their ratio, and
+    the kind's share of the program's gap (modeled - calibrated time), slowest first."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for op in rep["ops"]:
+        k = kinds.setdefault(op["kind"] or "other", {"kind": op["kind"] or "other", "ops": 0,
+                                                     "time_s": 0.0, "bound_s": 0.0})
+        k["ops"] += 1
+        k["time_s"] += op["time_s"]
+        k["bound_s"] += op_bound(op, target)
+    gap = rep["modeled_time_s"] - calibrated_time(rep, target)
+    out = sorted(kinds.values(), key=lambda k: -k["time_s"])
+    for k in out:
+        k["of_bound"] = k["bound_s"] / k["time_s"] if k["time_s"] else 0.0
+        k["gap_share"] = (k["time_s"] - k["bound_s"]) / gap if gap > 0 else 0.0
+    return out
+
+
 def run_one(mode: str, quant: str | None, schedule: str, layers: int | None,
             measure_memory: bool = False, target: str = "maia200") -> dict[str, Any]:
     model = models.llama_decoder(models.LLAMA3_8B, weights="shape_only", layers=layers,
@@ -77,6 +108,7 @@ def run_one(mode: str, quant: str | None, schedule: str, layers: int | None,
     start = time.perf_counter()
     rep = simulate(compiled.program).to_json()
     calibrated = calibrated_time(rep, get_target(target))
+    kinds = op_kinds(rep, get_target(target))
     return {
         "mode": mode, "quant": quant or "fp32", "schedule": schedule,
         "quantized": _quantized(compiled.program),
@@ -86,7 +118,7 @@ def run_one(mode: str, quant: str | None, schedule: str, layers: int | None,
         "calibrated_fraction": calibrated / rep["modeled_time_s"],
         "hbm_bytes": rep["hbm_bytes"], "compile_s": compile_s,
         "report_s": time.perf_counter() - start, "tracemalloc_peak_bytes": peak,
-        "instructions": len(compiled.program.instructions),
+        "instructions": len(compiled.program.instructions), "op_kinds": kinds,
     }
 
 
@@ -96,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="quant presets (fp32 = none)")
     ap.add_argument("--modes", default="decode,prefill", help="decode and/or prefill")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: 32)")
+    ap.add_argument("--ops", action="store_true",
+                    help="also print per op kind the time, calibrated bound and gap share")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--target", default="maia200",
                     help="named target (maia200, maia200-ideal, maia200-v0)")
@@ -120,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   file=sys.stderr)
     print(f"target {args.target}")
     print(table(rows))
+    if args.ops:
+        print(ops_table(rows))
     result = {
         "model": "llama3-8b shape-only", "target": args.target,
         "layers": args.layers or models.LLAMA3_8B.layers,
@@ -153,6 +189,21 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['modeled_time_s'] * 1e3:.3f} | {r['roofline_time_s'] * 1e3:.3f} "
             f"| {r['naive_time_s'] * 1e3:.3f} | {r['speedup_vs_naive']:.2f} "
             f"| {r['compile_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def ops_table(rows: list[dict[str, Any]]) -> str:
+    """Per op kind of each row (`op_kinds`) as a markdown table; ``of bound`` is the
+    kind's calibrated bound over its modeled time, ``of gap`` its share of the row's
+    modeled - calibrated time (ops faster than their bound, e.g. overlapped with
+    others, give negative shares)."""
+    lines = ["| mode | format | op kind | ops | modeled µs | bound µs | of bound | of gap |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for k in r["op_kinds"]:
+            lines.append(f"| {r['mode']} | {r['quant']} | {k['kind']} | {k['ops']} "
+                         f"| {k['time_s'] * 1e6:.1f} | {k['bound_s'] * 1e6:.1f} "
+                         f"| {k['of_bound']:.3f} | {k['gap_share']:.3f} |")
     return "\n".join(lines)
 
 
