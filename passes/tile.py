@@ -23,7 +23,7 @@ from xdsl.passes import ModulePass
 from maiac.ir import maia
 from maiac.ir.resources import constant_attr
 from maiac.ir.types import tensor_dtype, tensor_shape
-from maiac.passes.tiling import decode_attention, narrow_act
+from maiac.passes.tiling import decode_attention, narrow_act, norm_quant
 from maiac.passes.tiling.attention import tile_attention
 from maiac.passes.tiling.cache_write import tile_cache_write
 from maiac.passes.tiling.collective import tile_collective, tile_p2p
@@ -157,15 +157,10 @@ class FunctionTiler:
         native block per tile (decode) keep the in-loop quantize (the extra kernel's
         fixed costs would outweigh it), and so do matmuls bound by storing their result
         (an LM head's fp32 logits: shorter K steps gain nothing there)."""
-        q = activation_quant(op)
+        q = self._quantized_activation(op, ins)
+        if q is None:
+            return ins
         a = ins[0]
-        if q is None or a.dtype != "f32" or self.budget.fixed_block \
-                or self._store_bound(op, ins):
-            return ins
-        rows = math.prod(a.shape[:-1])
-        if (rows < self.budget.n_tiles * self.budget.native_m
-                or a.shape[-1] % narrow_act.column_granule(q)):
-            return ins
         key = (a.buf, a.off, tuple(a.shape), q)
         narrow = self.quantized_acts.get(key)
         if narrow is None:
@@ -180,6 +175,71 @@ class FunctionTiler:
             self.kernels.append(kernel.build())
             self.quantized_acts[key] = narrow
         return [narrow, *ins[1:]]
+
+    def _quantized_activation(self, op: Operation, ins: list[Tensor]) -> MatmulQuant | None:
+        """The activation format matmul ``op`` reads its fp32 ``a`` (``ins[0]``) in from a
+        narrow tensor quantized once (`_narrow_activation`), or None: it quantizes its
+        own blocks."""
+        q = activation_quant(op)
+        a = ins[0]
+        if q is None or a.dtype != "f32" or self.budget.fixed_block \
+                or self._store_bound(op, ins):
+            return None
+        rows = math.prod(a.shape[:-1])
+        if (rows < self.budget.n_tiles * self.budget.native_m
+                or a.shape[-1] % narrow_act.column_granule(q)):
+            return None
+        return q
+
+    def _norm_to_narrow(self, op: Operation, ins: list[Tensor], label: str) -> bool:
+        """Tile a norm whose result quantized matmuls read (their ``a``, all in one
+        activation format, each quantizing it once: `_quantized_activation`) as one kernel
+        storing the codes (`norm_quant`); the fp32 rows too when something else reads
+        them. False (nothing done): the norm is tiled as usual."""
+        if not isinstance(op, maia.NormOp) or self.budget.fixed_block \
+                or not norm_quant.applies(ins):
+            return False
+        result = op.results[0]
+        shape = tensor_shape(result.type)
+        if tensor_dtype(result.type) != "f32":
+            return False
+        fp32 = Tensor("", "f32", shape)
+        formats, others = set(), False
+        for use in result.uses:
+            user = use.operation
+            if use.index != 0 or not isinstance(user, maia.MatMulOp):
+                others = True
+                continue
+            # the weights may not have buffers yet: their types say all it needs
+            q = self._quantized_activation(user, [fp32, *(
+                Tensor("", tensor_dtype(v.type), tensor_shape(v.type))
+                for v in user.operands[1:])])
+            if q is None:
+                others = True
+            else:
+                formats.add(q)
+        if len(formats) != 1:
+            return False
+        (q,) = formats
+        name = f"t{self.counter}:{label}"
+        narrow = Tensor(f"{name}.{q.a_fmt}", narrow_act.narrow_dtype(q),
+                        narrow_act.narrow_shape(q, shape))
+        out = Tensor(name, "f32", shape)
+        kernel = Kernel(op=label, kind=op.name.removeprefix("maia."), uid=f"k{self.counter}")
+        try:
+            norm_quant.tile_norm_quantize(kernel, maia.attr(op, "fn"), ins,
+                                          {"eps": maia.attr(op, "eps")}, narrow, q,
+                                          self.budget, out if others else None)
+        except MaiacError:  # rows too long for its blocks: the norm, then the quantize
+            return False
+        if others:
+            out = self.new_buffer(name, result, "act")
+        else:  # no buffer: only the matmuls read it, as the codes
+            self.values[result] = out
+        self.act_buffer(narrow.buf, narrow.shape, narrow.dtype)
+        self.quantized_acts[(out.buf, out.off, tuple(out.shape), q)] = narrow
+        self.kernels.append(kernel.build())
+        return True
 
     def _store_bound(self, op: Operation, ins: list[Tensor]) -> bool:
         """Whether storing matmul ``op``'s result (as it is stored: fp32 or narrow; in HBM,
@@ -258,6 +318,8 @@ class FunctionTiler:
             return
         if isinstance(op, maia.MatMulOp):
             ins = self._narrow_activation(op, ins, label)
+        elif self._norm_to_narrow(op, ins, label):
+            return
         consumer = self._narrow_consumer(op)
         if consumer is not None:
             out = self.narrow_buffer(f"t{self.counter}:{label}", op.results[0], consumer)

@@ -136,3 +136,54 @@ def test_rows_too_long_for_the_quantize_kernel_keep_the_in_loop_quantize() -> No
     assert float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref)) > 0.98
     assert any(isinstance(i, isa.Vec) and i.fn == "quantize" and i.ins[0].shape[-1] < k
                for i in _leaves(compiled.program.instructions))  # blocks, not whole rows
+
+
+def _norm_projections(m: int, k: int, n: int, seed: int, residual: bool) -> onnx.ModelProto:
+    """``h = layernorm(x)``, ``y = h @ w1 + h @ w2`` (``+ h`` with ``residual``: the norm's
+    fp32 rows have a reader besides the quantized matmuls)."""
+    rng = np.random.default_rng(seed)
+    ws = [(rng.standard_normal((k, n)) * 0.1).astype(np.float32) for _ in range(2)]
+    gamma = (1 + 0.1 * rng.standard_normal(k)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(k)).astype(np.float32)
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="norm",
+                              axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["h", "w1"], ["p"], name="first"),
+             helper.make_node("MatMul", ["h", "w2"], ["q"], name="second"),
+             helper.make_node("Add", ["p", "q"], ["s" if residual else "y"], name="sum")]
+    if residual:
+        nodes.append(helper.make_node("Add", ["s", "h"], ["y"], name="res"))
+    inits = [numpy_helper.from_array(w, f"w{i + 1}") for i, w in enumerate(ws)]
+    inits += [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(beta, "beta")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("quant", ["mxfp4", "fp8"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_norm_stores_its_rows_in_the_matmuls_format(
+        quant: str, residual: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A norm read by quantized matmuls (prefill-sized) quantizes its own normalized rows
+    and stores the codes (passes/tiling/norm_quant.py): no quantize kernel of its own, the
+    fp32 rows stored only when something else reads them, the same outputs bit for bit."""
+    m, k = 256, 64
+    model = _norm_projections(m, k, k, 5, residual)
+    x = np.random.default_rng(6).standard_normal((m, k)).astype(np.float32)
+    fused = maiac.compile(model, quant=quant, target_params=TARGET)
+    with monkeypatch.context() as patch:
+        patch.setattr(FunctionTiler, "_norm_to_narrow", lambda self, op, ins, label: False)
+        plain = maiac.compile(model, quant=quant, target_params=TARGET)
+    np.testing.assert_array_equal(fused.run({"x": x})["y"], plain.run({"x": x})["y"])
+
+    def quantize_ops(compiled: Any) -> set[str]:
+        return {i.op for i in _leaves(compiled.program.instructions)
+                if isinstance(i, isa.Vec) and i.fn == "quantize"}
+    # the quantize kernel, named after its first reader
+    assert len(quantize_ops(plain)) == 1 and quantize_ops(plain) <= {"first", "second"}
+    assert quantize_ops(fused) == {"norm"}
+    stores = {i.dst.dtype for i in _leaves(fused.program.instructions)
+              if isinstance(i, isa.Dma) and i.op == "norm" and i.src.level == "tsram"
+              and i.dst.level != "tsram"}
+    codes = "u8" if quant == "mxfp4" else "f8e4m3"
+    assert stores == ({codes, "f32"} if residual else {codes})

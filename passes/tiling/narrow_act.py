@@ -158,7 +158,7 @@ def tile_quantize(kernel: Kernel, a: Tensor, dst: Tensor, q: Any, budget: Budget
     activation's producer, so the loop's loads do not inherit that wait (loop waits are
     the same every iteration) and queue up behind the stores of earlier jobs."""
     rows, n = math.prod(a.shape[:-1]), a.shape[-1]
-    bm = _quantize_rows(rows, n, block_row(q, n) / n, budget)
+    bm = quantize_rows(rows, n, block_row(q, n) / n, budget)
     split = split_jobs((rows // bm, 1), budget.n_tiles)  # (row blocks, one column block)
     grid = split.grid
     trips = split.loops[0]
@@ -181,21 +181,26 @@ def tile_quantize(kernel: Kernel, a: Tensor, dst: Tensor, q: Any, budget: Budget
 
 
 @lru_cache(maxsize=256)
-def _quantize_rows(rows: int, n: int, out_bytes: float, budget: Budget) -> int:
-    """Rows per `tile_quantize` job: a divisor of ``rows`` whose fp32 block and staged
-    codes fit a quarter of TSRAM (room for the `double-buffer` twins and the prefetch
-    ring), minimizing waves x the slowest of load, TVP and store per job (they pipeline
-    across jobs) plus one job's fill."""
+def quantize_rows(rows: int, n: int, out_bytes: float, budget: Budget,
+                  tvp_ops: float = VEC_OPS["quantize"], f32_blocks: int = 1,
+                  fixed_bytes: int = 0) -> int:
+    """Rows per `tile_quantize` job: a divisor of ``rows`` whose fp32 block(s) (``f32_blocks``
+    of them), staged result (``out_bytes`` per element, all it stores) and ``fixed_bytes``
+    fit a quarter of TSRAM (room for the `double-buffer` twins and the prefetch ring),
+    minimizing waves x the slowest of load, TVP (``tvp_ops`` per element) and store per
+    job (they pipeline across jobs) plus one job's fill. Also sizes the jobs of a norm
+    that stores its rows quantized (passes/tiling/norm_quant.py)."""
     noc = budget.tile_noc_bw or budget.tile_bw
     lat, instr = budget.dma_latency_s, budget.instr_overhead_s
     vec_rate = budget.tile_vec or 1e12  # ASSUMED where the budget does not say
     best: tuple[float, int] | None = None
     for bm in divisors(rows):
-        if align(bm * n * 4) + align(math.ceil(bm * n * out_bytes)) > budget.tsram_bytes // 4:
+        if (f32_blocks * align(bm * n * 4) + align(math.ceil(bm * n * out_bytes))
+                + align(fixed_bytes) > budget.tsram_bytes // 4):
             break
         waves = split_jobs((rows // bm, 1), budget.n_tiles).loops[0]
         load = bm * n * 4 / noc + lat
-        tvp = bm * n * VEC_OPS["quantize"] / vec_rate + instr
+        tvp = bm * n * tvp_ops / vec_rate + instr
         out = bm * n * out_bytes / noc + 2 * lat
         cost = waves * max(load, tvp, out) + load + tvp + out
         if best is None or cost < best[0] - 1e-15:
