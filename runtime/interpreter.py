@@ -66,6 +66,7 @@ from maiac.runtime.memory import access_extent, np_dtype, share_constant, zeroed
 from maiac.runtime.parallel import (
     BLAS_THREADED_MNK,
     MIN_SPLIT_BYTES,
+    MIN_SPLIT_ELEMENTS,
     MIN_SPLIT_FLOPS,
     run_split,
     single_threaded_blas,
@@ -614,7 +615,8 @@ class _Machine:
                 def step(it: tuple[int, ...]) -> None:
                     ufunc(*[v[it] for v in ins], *extra, out=out[it])
             return step
-        if instr.fn in DEDUPE_FNS and math.prod(grid) > 1:
+        if instr.fn in DEDUPE_FNS and math.prod(grid) > 1 and \
+                ins[0].size >= min(DEDUPE_MIN_ELEMENTS, MIN_SPLIT_ELEMENTS):
             # costly per element: compute once per group of tiles holding the same bytes,
             # the rest split over the workers (row-wise functions: tiles are independent)
             n_trips, n_grid, known = len(trips), len(grid), self.uniform_vec.get(path, frozenset())
@@ -630,6 +632,18 @@ class _Machine:
                 if same is not None:
                     xs = [x[same] for x in xs]
                 run_split(compute, [out[it], *xs], split(xs[0], it))
+            return step
+        # (a view smaller than those thresholds in all iterations: neither deduped nor split)
+        if not trips and len(ins) == 1:
+            (x,), (cx,) = ins, casts
+
+            def step(it: tuple[int, ...]) -> None:
+                store(out, fn(cx(x), attrs))
+        elif not trips:
+            pairs = list(zip(ins, casts, strict=True))
+
+            def step(it: tuple[int, ...]) -> None:
+                store(out, fn(*[c(v) for v, c in pairs], attrs))
         elif len(ins) == 1:
             (x,), (cx,) = ins, casts
 

@@ -108,7 +108,17 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (0.5 * (np.tanh(0.5 * x) + 1.0)).astype(x.dtype)
+    """``0.5 * (tanh(0.5 * x) + 1)`` in x's dtype, each step in place in one buffer."""
+    t = np.multiply(x, x.dtype.type(0.5))
+    np.tanh(t, out=t)
+    t += x.dtype.type(1.0)
+    t *= x.dtype.type(0.5)
+    return t
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    s = _sigmoid(x)
+    return np.multiply(x, s, out=s) if s.shape == x.shape else x * s
 
 
 def _trunc_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -121,19 +131,41 @@ def _trunc_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _mean(x: np.ndarray) -> np.ndarray:
     """``x.mean(-1, keepdims=True)`` by the same two ufunc calls, without its Python wrapper."""
     s = np.add.reduce(x, -1, keepdims=True)
-    return np.true_divide(s, np.intp(x.shape[-1]), out=s, casting="unsafe")
+    n = x.shape[-1]
+    if s.dtype == F32 and n <= 1 << 24:
+        # the fp32 division by n (exact in fp32): numpy divides an fp32 sum by an integer
+        # in float64 and rounds to fp32, which gives the same bits (a float64 quotient
+        # rounded to fp32 is correctly rounded: 53 >= 2 * 24 + 2, Figueroa 1995) at half
+        # the cost of the casting loop
+        return np.true_divide(s, np.float32(n), out=s)
+    return np.true_divide(s, np.intp(n), out=s, casting="unsafe")
 
 
 def _layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    mean = _mean(x)
-    d = x - mean
-    var = _mean(d * d)
-    return d / np.sqrt(var + np.float32(eps)) * scale + bias
+    """``(x - mean) / sqrt(var + eps) * scale + bias``, the same fp32 steps in the same
+    order, into one buffer where the shapes allow (a small block is mostly call cost)."""
+    d = np.subtract(x, _mean(x))
+    var = _mean(np.multiply(d, d))
+    var += np.float32(eps)
+    np.sqrt(var, out=var)
+    if not (scale.shape == bias.shape == d.shape):
+        return d / var * scale + bias
+    np.divide(d, var, out=d)
+    d *= scale
+    d += bias
+    return d
 
 
 def _rmsnorm(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
-    ms = _mean(x * x)
-    return x / np.sqrt(ms + np.float32(eps)) * scale
+    """``x / sqrt(mean(x * x) + eps) * scale`` (fp32), in place where the shapes allow."""
+    ms = _mean(np.multiply(x, x))
+    ms += np.float32(eps)
+    np.sqrt(ms, out=ms)
+    r = np.divide(x, ms)
+    if r.shape != scale.shape:
+        return r * scale
+    r *= scale
+    return r
 
 
 def _exp_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -142,20 +174,36 @@ def _exp_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     The online-softmax step of flash attention (Dao et al. 2022, Alg. 1): both the
     rescale factor ``exp(m_old - m_new)`` and the probabilities ``exp(s - m_new)``.
     """
-    d = a - b
-    return np.exp(np.where(np.isnan(d) & np.isneginf(a), -np.inf, d)).astype(np.float32)
+    d = np.subtract(a, b)
+    nan = np.isnan(d)
+    if nan.any():  # rare: only then look for -inf - -inf (exp(-inf) is exactly 0)
+        nan &= a == -np.inf
+        np.copyto(d, -np.inf, where=nan)
+    np.exp(d, out=d)
+    return d.astype(np.float32, copy=False)
 
 
 def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Rotate-half RoPE over the last axis: ``x * cos + concat(-x2, x1) * sin``."""
     half = x.shape[-1] // 2
-    rotated = np.concatenate([np.negative(x[..., half:]), x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    rotated = np.empty_like(x)
+    # not np.negative(..., out=a strided view): numpy 2.4 writes wrong elements for some
+    # such layouts (size-1 axes with odd strides)
+    rotated[..., :x.shape[-1] - half] = np.negative(x[..., half:])
+    rotated[..., x.shape[-1] - half:] = x[..., :half]
+    r = np.multiply(x, cos)
+    if not (r.shape == rotated.shape and sin.shape == x.shape):
+        return r + rotated * sin
+    rotated *= sin
+    r += rotated
+    return r
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+    e = np.subtract(x, np.maximum.reduce(x, -1, keepdims=True))
+    np.exp(e, out=e)
+    e /= np.add.reduce(e, -1, keepdims=True)
+    return e
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -165,6 +213,21 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 _SQRT_2_PI = np.float32(math.sqrt(2.0 / math.pi))
 
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` in fp32: the steps of the
+    textbook expression, left to right, in two buffers."""
+    u = np.multiply(x, np.float32(0.044715))
+    u *= x
+    u *= x
+    np.add(x, u, out=u)
+    u *= _SQRT_2_PI
+    np.tanh(u, out=u)
+    u += np.float32(1)
+    h = np.multiply(x, np.float32(0.5))
+    h *= u
+    return h
+
 # fn -> (compute mode, function(args, attrs)). Mode "float": every input upcast to fp32;
 # "num": fp32 if any input is a float, else integer arithmetic; "logic": inputs as bool;
 # "cmp": like "num", result is bool.
@@ -172,12 +235,11 @@ FNS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
     "copy": ("num", lambda x, at: x),
     "relu": ("num", lambda x, at: np.maximum(x, 0).astype(x.dtype)),
     "gelu": ("float", lambda x, at: _blocked(gelu, x)),
-    "gelu_tanh": ("float", lambda x, at: np.float32(0.5) * x * (np.float32(1) + np.tanh(
-        _SQRT_2_PI * (x + np.float32(0.044715) * x * x * x)))),
+    "gelu_tanh": ("float", lambda x, at: _gelu_tanh(x)),
     "erf": ("float", lambda x, at: _blocked(erf, x)),
     "tanh": ("float", lambda x, at: np.tanh(x)),
     "sigmoid": ("float", lambda x, at: _sigmoid(x)),
-    "silu": ("float", lambda x, at: x * _sigmoid(x)),
+    "silu": ("float", lambda x, at: _silu(x)),
     "exp": ("float", lambda x, at: np.exp(x)),
     "log": ("float", lambda x, at: np.log(x)),
     "sqrt": ("float", lambda x, at: np.sqrt(x)),
@@ -229,10 +291,12 @@ assert set(FNS) == set(isa.VEC_FNS), set(isa.VEC_FNS) ^ set(FNS)
 
 # Vec fns that are one numpy ufunc on fp32 operands (the FNS lambda of the fn computes
 # exactly this); with fp32 inputs and output they write into the output view directly.
+# Not "neg": numpy 2.4's np.negative into a strided ``out`` writes wrong elements for
+# some layouts (size-1 axes with odd strides), so it computes into a new array first.
 F32_UFUNCS: dict[str, np.ufunc] = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
     "max": np.maximum, "min": np.minimum, "exp": np.exp, "tanh": np.tanh, "sqrt": np.sqrt,
-    "neg": np.negative, "abs": np.abs, "log": np.log, "scale": np.multiply,
+    "abs": np.abs, "log": np.log, "scale": np.multiply,
 }
 
 
