@@ -180,7 +180,9 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                         else jobs * (body + epilogue)) + tails
                 peel = 0
                 if ragged:  # uneven column blocks as a kernel of their own (`wave_peel`)
-                    peel, peeled = _peeled_cost(shape, bk, twins, job_twins, budget)
+                    peel, peeled = _peeled_cost(shape, bk, twins, job_twins, budget,
+                                                lambda mr, nr: _best_blocks(mr, nr, False,
+                                                                            *args))
                     if peel and peeled + tails < cost:
                         cost = peeled + tails
                     else:
@@ -238,10 +240,15 @@ def _moved_bytes(batch: int, m: int, n: int, k: int, bm: int, bn: int, a_src: fl
     return batch * k * (cols * m * a_src + rows * n * b_src)
 
 
-def _peeled_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, budget: Budget
+def _peeled_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, budget: Budget,
+                 reblock: Callable[[int, int], tuple[float, ...] | None] | None = None
                  ) -> tuple[int, float]:
     """(peeled column blocks, modeled time) of running the job grid as `wave_peel`'s two
-    kernels, each part's jobs costed on the tiles it runs on (0 and inf: no peel)."""
+    kernels, each part's jobs costed on the tiles it runs on (0 and inf: no peel).
+    ``reblock(rows, cols)``: the best (cost, ...) of the peeled columns tiled by blocks
+    of their own (`_regions` tiles them so): a last partial wave of big blocks on a few
+    tiles becomes finer blocks over more of them (the FFN gate of an 8B prefill: 16
+    jobs of 1024 x 64 x 2 on 16 of 36 tiles, a ninth of its time)."""
     *outer, last = shape.split.extents
     peel, _ = wave_peel(shape.split.extents, budget.n_tiles, -(-shape.k // bk))
     if not peel:
@@ -251,8 +258,14 @@ def _peeled_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, budget
         split = split_jobs((*outer, cols), budget.n_tiles)
         body, epilogue = _job_parts(dataclasses.replace(shape, split=split), bk, twins, budget)
         jobs = math.prod(split.loops)
-        total += (jobs * max(body, epilogue) + epilogue if job_twins and _twinnable(split.trips)
-                  else jobs * (body + epilogue))
+        part = (jobs * max(body, epilogue) + epilogue if job_twins and _twinnable(split.trips)
+                else jobs * (body + epilogue))
+        if cols == peel and reblock is not None:
+            best = reblock(outer[-1] * shape.bm, peel * shape.bn)
+            if best is None:
+                return 0, math.inf
+            part = best[0]  # its candidates include these blocks
+        total += part
     return peel, total
 
 
@@ -490,8 +503,8 @@ def _regions(m: int, n: int, bm: int, bn: int, bk: int, tail_blocks: Any,
     ``tail_blocks(mr, nr)``)."""
     mm_, nn_ = m // bm * bm, n // bn * bn
     out = [_Region(0, mm_, 0, nn_ - peel * bn, bm, bn, bk)]
-    if peel:
-        out.append(_Region(0, mm_, nn_ - peel * bn, peel * bn, bm, bn, bk))
+    if peel:  # blocks of its own (`_peeled_cost`)
+        out.append(_Region(0, mm_, nn_ - peel * bn, peel * bn, *tail_blocks(mm_, peel * bn)))
     for m0, mr, n0, nr in ((0, mm_, nn_, n - nn_), (mm_, m - mm_, 0, nn_),
                            (mm_, m - mm_, nn_, n - nn_)):
         if mr and nr:
