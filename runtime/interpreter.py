@@ -488,14 +488,22 @@ class _Machine:
             # every tile along grid axis g holds the same b bytes (tile_uniform.py): one
             # GEMM over the stacked a rows of those tiles instead of one per tile
             g, n_grid = plan.stack, len(grid)
+            # the workers write c while others still read a and b: only if c overlaps
+            # neither (else the whole product first, then c)
+            fused = direct and not any(
+                self._overlap(instr.c, self.copies.sources.get((path, r), getattr(instr, r)),
+                              grid, trips) for r in ("a", "b"))
 
             def step(it: tuple[int, ...]) -> None:
                 first = n_trips - len(it)
                 av, bv = a[it], b[it]
                 self.stacked_calls += 1
+                cv = c[it]
+                if fused:  # each worker adds its rows of the product into the view
+                    stacked_matmul(av, bv, first + g, (first, n_grid - 1), cv, acc)
+                    return
                 r = stacked_matmul(av.astype(F32) if ca else av, bv.astype(F32) if cb else bv,
                                    first + g, (first, n_grid - 1))
-                cv = c[it]
                 if direct:
                     if acc:
                         np.add(r, cv, out=cv)
@@ -516,6 +524,14 @@ class _Machine:
             cv = c[it]
             run_split(fn, [a[it], b[it], cv], split(cv, it))
         return step
+
+    @staticmethod
+    def _overlap(x: Access, y: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> bool:
+        """True if two accesses may touch the same bytes (same level, extents intersect)."""
+        if x.level != y.level:
+            return False
+        (xlo, xhi), (ylo, yhi) = access_extent(x, grid, trips), access_extent(y, grid, trips)
+        return xlo < yhi and ylo < xhi
 
     def _qmatmul(self, instr: MatMul, grid: tuple[int, ...], trips: tuple[int, ...],
                  stackable: bool, b_axes: frozenset[int] | None) -> Step:
@@ -567,6 +583,8 @@ class _Machine:
 
         n_trips, n_grid = len(trips), len(grid)
         direct = instr.c.dtype == "f32"
+        fused = direct and not any(self._overlap(instr.c, x, grid, trips)
+                                   for x in (instr.a, instr.b))
 
         def step(it: tuple[int, ...]) -> None:
             cv = c[it]
@@ -577,8 +595,11 @@ class _Machine:
             if shared and row_major(av, k) and row_major(bv, n) and (
                     not direct or row_major(cv, n)):
                 self.stacked_calls += 1
-                r = stacked_matmul(av, bv, max(shared, key=lambda x: av.shape[x]),
-                                   (first, n_grid - 1))
+                axis = max(shared, key=lambda x: av.shape[x])
+                if fused:  # decoded operands are new arrays: c overlaps them only via a
+                    stacked_matmul(av, bv, axis, (first, n_grid - 1), cv, acc)
+                    return
+                r = stacked_matmul(av, bv, axis, (first, n_grid - 1))
                 if direct:
                     if acc:
                         np.add(r, cv, out=cv)

@@ -130,13 +130,18 @@ def head_tiles(v: np.ndarray, axes: frozenset[int], n_trips: int) -> np.ndarray:
                    for k in range(n_trips + max(axes) + 1))]
 
 
-def stacked_matmul(a: np.ndarray, b: np.ndarray, axis: int, n_rest: tuple[int, int]
-                   ) -> np.ndarray:
+def stacked_matmul(a: np.ndarray, b: np.ndarray, axis: int, n_rest: tuple[int, int],
+                   into: np.ndarray | None = None, accumulate: bool = False
+                   ) -> np.ndarray | None:
     """``np.matmul(a, b)`` (fp32, batched over tiles) where ``b`` is the same on every tile
     along ``axis`` (length 1 there, or equal bytes): the rows of those tiles stacked
     into one GEMM per remaining tile. ``n_rest``: (first grid axis, grid axes) of the
     result without ``axis``, for splitting over the workers. Same bytes as the per-tile
-    GEMMs when ``m*n*k > MERGE_MIN_MNK`` and both operands are row-major (row_major)."""
+    GEMMs when ``m*n*k > MERGE_MIN_MNK`` and both operands are row-major (row_major).
+
+    ``into`` (an fp32 view of the result's shape): the result is written (``accumulate``:
+    added) there by the worker that computed it, while its rows are still in cache, and
+    None is returned; the same additions as adding the returned array."""
     tiles, rows = a.shape[axis], a.shape[-2]
     b1 = b if b.shape[axis] == 1 else b[(slice(None),) * axis + (slice(0, 1),)]
     a_moved = np.moveaxis(a, axis, -3)  # (..., tiles, M, K): the tiles' rows next to M
@@ -147,6 +152,19 @@ def stacked_matmul(a: np.ndarray, b: np.ndarray, axis: int, n_rest: tuple[int, i
     first, n_grid = n_rest
     split = split_axis(out.shape, first, n_grid) if out.size * 2 * a.shape[-1] >= \
         MIN_SPLIT_FLOPS else None
+    if into is not None:
+        dst = np.moveaxis(into, axis, -3)  # (..., tiles, M, N), the layout of out's rows
+        if dst.shape[:-3] == batch:
+            run_split(_mm_add_into if accumulate else _mm_copy_into,
+                      [stacked, b_moved, out, dst], split)
+            return None
+        run_split(_mm_into, [stacked, b_moved, out], split)
+        r = np.moveaxis(out.reshape(batch + (tiles, rows, out.shape[-1])), -3, axis)
+        if accumulate:
+            np.add(r, into, out=into)
+        else:
+            np.copyto(into, r)
+        return None
     run_split(_mm_into, [stacked, b_moved, out], split)
     r = out.reshape(out.shape[:-2] + (tiles, rows, out.shape[-1]))
     return np.moveaxis(r, -3, axis)
@@ -154,3 +172,14 @@ def stacked_matmul(a: np.ndarray, b: np.ndarray, axis: int, n_rest: tuple[int, i
 
 def _mm_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     np.matmul(a, b, out=out)
+
+
+def _mm_add_into(a: np.ndarray, b: np.ndarray, out: np.ndarray, dst: np.ndarray) -> None:
+    """``dst += a @ b`` (``dst``: the product's rows as (..., tiles, M, N))."""
+    np.matmul(a, b, out=out)
+    np.add(out.reshape(dst.shape), dst, out=dst)
+
+
+def _mm_copy_into(a: np.ndarray, b: np.ndarray, out: np.ndarray, dst: np.ndarray) -> None:
+    np.matmul(a, b, out=out)
+    np.copyto(dst, out.reshape(dst.shape))
