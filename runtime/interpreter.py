@@ -387,6 +387,12 @@ class _Machine:
             pairs = broadcast_copies(dst, src, len(trips), instr, grid)
             if pairs is not None:
                 if dma_splitter(instr, dst, len(trips), len(grid)) is None:
+                    if not trips:  # the views themselves: no per-run indexing
+                        def step(it: tuple[int, ...]) -> None:
+                            for d, s_ in pairs:
+                                np.copyto(d, s_)
+                        return step
+
                     def step(it: tuple[int, ...]) -> None:
                         for d, s_ in pairs:
                             np.copyto(d[it], s_[it])
@@ -516,6 +522,11 @@ class _Machine:
             return step
 
         if c.size * 2 * instr.logical_ab()[0][-1] < MIN_SPLIT_FLOPS:
+            if not trips:
+                def step(it: tuple[int, ...]) -> None:
+                    fn(a, b, c)
+                return step
+
             def step(it: tuple[int, ...]) -> None:
                 fn(a[it], b[it], c[it])
             return step
@@ -734,15 +745,19 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
           count_nonfinite() as nonfinite):
         i = 0
         try:
-            for i, (_, step) in enumerate(machine.steps):
-                t0 = time.perf_counter() if records is not None else 0.0
-                step(())
-                if on_step is not None:
-                    on_step(i + 1, len(machine.steps))
-                if records is not None:
-                    ins = program.instructions[i]
-                    records.append({"index": i, "op": ins.op, "kind": ins.kind,
-                                    "wall_s": time.perf_counter() - t0})
+            if records is None and on_step is None:  # the plain run: nothing per step
+                for i, (_, step) in enumerate(machine.steps):  # noqa: B007 (i: the error)
+                    step(())
+            else:
+                for i, (_, step) in enumerate(machine.steps):
+                    t0 = time.perf_counter() if records is not None else 0.0
+                    step(())
+                    if on_step is not None:
+                        on_step(i + 1, len(machine.steps))
+                    if records is not None:
+                        ins = program.instructions[i]
+                        records.append({"index": i, "op": ins.op, "kind": ins.kind,
+                                        "wall_s": time.perf_counter() - t0})
         except MachineError:
             raise
         except Exception as err:
