@@ -397,21 +397,24 @@ class FunctionTiler:
             params = {"fmod": 1} if maia.attr(op, "fmod") else None
             if maia.attr(op, "params"):  # e.g. isinf's detect_positive/negative
                 params = {**(params or {}), **maia.attr(op, "params")}
-            tile_elementwise(kernel, fn, ins, out, self.budget, params)
+            tile_elementwise(kernel, fn, ins, out, self.budget, params,
+                             on_chip=self.likely_on_chip)
         elif isinstance(op, maia.RowOp):
             tile_elementwise(kernel, fn, ins, out, self.budget, maia.attr(op, "params"),
-                             row=True)
+                             row=True, on_chip=self.likely_on_chip)
         elif isinstance(op, maia.WhereOp):
-            tile_elementwise(kernel, "where", ins, out, self.budget)
+            tile_elementwise(kernel, "where", ins, out, self.budget,
+                             on_chip=self.likely_on_chip)
         elif isinstance(op, maia.ReduceOp | maia.SoftmaxOp):
-            tile_elementwise(kernel, fn or "softmax", ins, out, self.budget, row=True)
+            tile_elementwise(kernel, fn or "softmax", ins, out, self.budget, row=True,
+                             on_chip=self.likely_on_chip)
         elif isinstance(op, maia.NormOp):
             tile_elementwise(kernel, fn, ins, out, self.budget, {"eps": maia.attr(op, "eps")},
-                             row=True)
+                             row=True, on_chip=self.likely_on_chip)
         elif isinstance(op, maia.RopeOp):
             offset, *strides = maia.attr(op, "x_view")
             tile_elementwise(kernel, "rope", ins, out, self.budget, row=True,
-                             views={0: (offset, strides)})
+                             views={0: (offset, strides)}, on_chip=self.likely_on_chip)
         elif isinstance(op, maia.GatherOp):
             tile_gather(kernel, ins[0], ins[1], out, self.budget)
         elif isinstance(op, maia.ViewOp):

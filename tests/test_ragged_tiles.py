@@ -88,3 +88,56 @@ def test_attention_and_gather_of_prime_lengths(seq: int) -> None:
     projections) against onnxruntime."""
     report = maiac.verify(models.llama_decoder(models.LLAMA_TINY, seq=seq))
     assert report["ok"], report
+
+
+def test_big_norm_runs_as_a_pipeline_of_jobs() -> None:
+    """An RMSNorm too big for one load, compute, store per tile to overlap (8B prefill
+    shape, in CSRAM) runs several jobs per tile, the ragged tails in blocks of their own
+    (the next job's loads overlap this one's compute and store; a looping region's
+    blocks get ``double-buffer`` twins); the cost model says why."""
+    from maiac.passes.tile import budget_of
+    from maiac.passes.tiling import elementwise as ew
+    from maiac.runtime.target import get_target
+
+    budget = budget_of(get_target("maia200"))
+    shape, ops = (2048, 4096), [((4096, 1), 4), ((0, 1), 4), ((4096, 1), 4)]
+    csram = min(budget.csram_bw / budget.n_tiles, budget.tile_noc_bw)
+    d, b = ew._choose_block(shape, ops, budget, True, ops_per_elem=5,
+                            bws=(csram, budget.tile_bw, csram))
+    one_job = -(-shape[0] // budget.n_tiles)
+    assert d == 0 and b < one_job
+
+    def cost(blk: int) -> float:
+        regions = ragged_regions(shape, 0, blk, budget.n_tiles)
+        waves = [([bl, 4096], math.ceil(e / bl / budget.n_tiles)) for _, e, bl in regions]
+        sizes = [sum(ew.align((x if st[0] else 1) * 4096 * s) for st, s in ops)
+                 for x in (blk,)]
+        overlap = ew.pipelined(regions, lambda x: sizes[0] * x // blk, budget.tsram_bytes)
+        return ew._jobs_cost(ops, waves, overlap, 5, (csram, budget.tile_bw, csram), budget)
+    assert cost(b) < 0.85 * cost(one_job)
+
+    # numbers and blocks of its own for the tail on a smaller norm through the same path
+    rng = np.random.default_rng(2)
+    rows, cols = 997, 1024
+    scale = rng.standard_normal(cols).astype(np.float32)
+    model = _model([helper.make_node("Add", ["x0", "scale"], ["x"]),  # x in CSRAM
+                    helper.make_node("Mul", ["x", "x"], ["sq"]),
+                    helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+                    helper.make_node("Add", ["ms", "eps"], ["mse"]),
+                    helper.make_node("Sqrt", ["mse"], ["rms"]),
+                    helper.make_node("Div", ["x", "rms"], ["xn"]),
+                    helper.make_node("Mul", ["xn", "scale"], ["y"])],
+                   {"x0": [rows, cols]}, [rows, cols],
+                   [numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+                    numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+                    numpy_helper.from_array(scale, "scale")])
+    compiled = maiac.compile(model, target="maia200")
+    x0 = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = x0 + scale
+    want = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * scale
+    np.testing.assert_allclose(compiled.run({"x0": x0})["y"], want, rtol=1e-4, atol=1e-5)
+    names = {buf.name for buf in compiled.program.buffers if buf.kind == "scratch"}
+    assert any(n.endswith("/in0.1") for n in names), sorted(names)
+    norm_jobs = [i for i in _leaves(compiled.program.instructions)
+                 if i.kind == "vec" and i.fn == "rmsnorm"]
+    assert len(norm_jobs) >= 2
