@@ -5,7 +5,9 @@ placed by liveness (first and last kernel that touches them): first-fit into CSR
 ``csram`` is on and they fit, else into HBM, reusing space whose tenant is dead.
 TSRAM scratch belongs to one kernel: bump-allocated per kernel (from 0, or, with the
 `prefetch` pass's ``maia.tsram_pingpong``, in a ring right after the previous kernel's
-scratch), so a kernel whose working set exceeds TSRAM is an error naming its op.
+scratch; where the ring wraps, at the offset that keeps the kernel's first loads off
+blocks the recent kernels still use: `wrap_offset`), so a kernel whose working set
+exceeds TSRAM is an error naming its op.
 """
 
 from __future__ import annotations
@@ -99,26 +101,87 @@ def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int,
                 _place(buf, "csram", addr)
     ring = bool(maia.attr(fn, "maia.tsram_pingpong", False))
     cursor = 0
+    # the recent kernels' blocks: (addr, size, last use) in instructions of the function
+    recent: list[list[tuple[int, int, int]]] = []
+    base = 0
     for kernel in kernels:
         scratch = [b for b in kernel.body.block.ops if isinstance(b, maia.BufferOp)]
-        total = sum(align(maia.attr(b, "nbytes")) for b in scratch)
+        sizes = [align(maia.attr(b, "nbytes")) for b in scratch]
+        total = sum(sizes)
         top = 0
+        uses, count = use_order(kernel) if ring else ({}, 0)
         if ring and total <= tsram_capacity:
             # prefetch ring: each kernel's scratch right after the previous kernel's,
-            # wrapping to 0 when it would pass the end, so a kernel's loads land on bytes
-            # no recent kernel uses and start as early as their queue allows
+            # so a kernel's loads land on bytes no recent kernel uses and start as early
+            # as their queue allows; when it would pass the end, where its first-used
+            # blocks overlap only blocks the recent kernels were done with early
             if cursor + total > tsram_capacity:
-                cursor = 0
+                firsts = [base + uses.get(maia.attr(b, "sym"), (count, count))[0]
+                          for b in scratch]
+                cursor = wrap_offset([b for k in recent for b in k], sizes, firsts,
+                                     tsram_capacity)
             top, cursor = cursor, cursor + total
+        placed: list[tuple[int, int, int]] = []
         for buf in scratch:
             _place(buf, "tsram", top)
+            placed.append((top, align(maia.attr(buf, "nbytes")),
+                           base + uses.get(maia.attr(buf, "sym"), (0, 0))[1]))
             top += align(maia.attr(buf, "nbytes"))
+        recent = [*recent[-(RECENT - 1):], placed]
+        base += count
         if top > tsram_capacity:
             raise MaiacError(f"op '{maia.attr(kernel, 'op')}': working set of {top} bytes "
                              f"exceeds TSRAM ({tsram_capacity} bytes per tile)")
     fn.attributes["maia.peak"] = maia.to_attr({
         "hbm": hbm_top + max((p.addr + p.size for p in hbm), default=0),
         "csram": max((p.addr + p.size for p in csram), default=0)})
+
+
+def use_order(kernel: Operation) -> tuple[dict[str, tuple[int, int]], int]:
+    """Per buffer ``kernel`` touches, the index of its first and last instruction that
+    does, in program order (a loop body counted once); and the instruction count."""
+    leaves = [op for op in kernel.walk() if not isinstance(op, maia.BufferOp)
+              and (any(k in op.attributes for k in ACCESS_KEYS) or "ins" in op.attributes)]
+    out: dict[str, tuple[int, int]] = {}
+    for index, op in enumerate(leaves):
+        for name in accessed_buffers(op):
+            first, _ = out.get(name, (index, index))
+            out[name] = (first, index)
+    return out, len(leaves)
+
+
+# kernels whose TSRAM blocks a wrapping ring avoids (ASSUMED: further back, their stores
+# are done by the time a kernel starts)
+RECENT = 3
+
+
+def wrap_offset(recent: list[tuple[int, int, int]], sizes: list[int], firsts: list[int],
+                capacity: int) -> int:
+    """Where a kernel's scratch (``sizes`` in order, first used by instruction
+    ``firsts``) goes when the ring wraps: the offset whose worst overlap pairs a recent
+    kernel's block (``recent``: addr, size, last use) used the earliest with one of this
+    kernel's used the latest — its first loads then wait for the least of the previous
+    kernels' tails (a result block still being stored) — then the fewest overlapping
+    bytes, then the lowest offset. Candidates: 0, the end of TSRAM, and the offsets
+    that start or end the scratch at an edge of a recent block."""
+    total = sum(sizes)
+    candidates = {0, capacity - total}
+    for addr, size, _ in recent:
+        candidates |= {addr + size, addr - total}
+    best: tuple[int, int, int] | None = None
+    for offset in sorted(c for c in candidates if 0 <= c <= capacity - total):
+        worst, overlap, lo = -(1 << 62), 0, offset
+        for size, first in zip(sizes, firsts, strict=True):
+            for addr, rsize, last in recent:
+                common = min(lo + size, addr + rsize) - max(lo, addr)
+                if common > 0:
+                    worst = max(worst, last - first)
+                    overlap += common
+            lo += size
+        key = (worst, overlap, offset)
+        if best is None or key < best:
+            best = key
+    return best[2] if best is not None else 0
 
 
 def _place(buf: Operation, level: str, addr: int) -> None:

@@ -206,3 +206,15 @@ def test_peeled_k_step_alternates_blocks() -> None:
     # the fp8 GEMM on the paper's chip: was 0.817 of peak with a drained pipeline per
     # job (loop exits, HBM taken in program order, a and b on one queue)
     assert simulate(prog).roofline_fraction > 0.85
+
+
+def test_wrapping_ring_keeps_first_loads_off_blocks_still_in_use() -> None:
+    """When a kernel's scratch does not fit after the previous one's, it goes where its
+    first-used blocks overlap only blocks the recent kernels were done with early: here
+    not on the one last used by instruction 50 (a result still being stored), but on the
+    one done at 10; with no such difference, at 0 as before."""
+    from maiac.passes.plan_memory import wrap_offset
+
+    recent = [(0, 128, 50), (128, 192, 10)]  # (addr, size, last use)
+    assert wrap_offset(recent, [128, 64], [60, 70], 320) == 128
+    assert wrap_offset([(0, 128, 10), (128, 192, 10)], [128, 64], [60, 70], 320) == 0
