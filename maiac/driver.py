@@ -20,12 +20,14 @@ from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
 from maiac.importer import import_model
+from maiac.ir.maia import forget_attr_values
 from maiac.ir.onnx import make_context
 from maiac.ir.resources import scoped_store
 from maiac.onnx_model import OnnxModel, open_model
 from maiac.passes.emit import emit_program
 from maiac.passes.tile import TARGET_ATTR
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import frees_own_garbage
 from maiac.runtime.program import Program, TensorSpec
 from maiac.runtime.target import get_target
 
@@ -450,7 +452,8 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
     # The weights this compile registers (mapped external data, folded and quantized
     # copies) go when the program holds its own bytes: a process that compiles many
     # models, or compiles and then runs onnxruntime, does not keep them all mapped.
-    with scoped_store():
+    # the module's cycles go at the end of the compile, not after the first run
+    with frees_own_garbage(), scoped_store():
         module = compile_module(opened, quant=quant, shapes=shapes, target=target,
                                 target_params=target_params, pipeline=pipeline,
                                 shape_only=shape_only, log=log, verify_each=verify_each,
@@ -461,6 +464,7 @@ def compile(model: str | Path | onnx.ModelProto, *, quant: str | None = None,  #
         with progress.step("emit"):
             program = emit_program(module, meta, shape_only=shape_only)
         del module
+        forget_attr_values()  # its attributes, kept by the value cache
     if "mode" not in program.meta:  # a KV-cache decoder from its graph (tokens/s in reports)
         from maiac.decoder_props import decoder_props
 

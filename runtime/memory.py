@@ -5,11 +5,13 @@ its levels in pages written on first touch, constants held once, freed heap retu
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import functools
 import gc
 import math
 import mmap
+from collections.abc import Iterator
 from typing import Any
 
 import ml_dtypes
@@ -164,6 +166,32 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+@contextlib.contextmanager
+def frees_own_garbage() -> Iterator[None]:
+    """Collect the reference cycles the enclosed code leaves and return the freed heap.
+
+    A compile's xDSL module is a web of cycles (ops, blocks, SSA uses) that outlives
+    the compile until a full collection runs, which may be after the program's first
+    run: on a small export that garbage (1.4 MB) was a third of the run's peak. A full
+    collection walks every object of the process (the imports alone: 150K, 30-150 ms);
+    the heap is frozen on entry, so the one on exit walks only what the enclosed code
+    created (2 ms for bert_dynamo). Nested (or inside a caller's own ``gc.freeze``),
+    it leaves the collection to the outer level.
+    """
+    outer = gc.get_freeze_count() == 0
+    if outer:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if outer:
+            gc.collect()
+            gc.unfreeze()
+            trim = _malloc_trim()
+            if trim is not None:
+                trim(0)
 
 
 def zeroed_memory(shape: tuple[int, ...]) -> np.ndarray:
