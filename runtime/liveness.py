@@ -27,6 +27,7 @@ but not written (both on the safe side). So the cost is closed-form in the trip 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable
@@ -129,11 +130,26 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
     ``summarized`` (loops summarized in closed form).
     """
     sh = _Shadow(mem)
-    loaded = [b for b in program.buffers if b.kind == "const"]
-    loaded += [program.buffer(spec.buffer) for spec in program.inputs]
-    for b in loaded:  # hold this run's data before the first instruction
+    # Constants hold their bytes whenever a run starts (written once, or rewritten if
+    # clobbered), so no byte of theirs is ever read first: they are not flagged (that
+    # would make every weight page resident before the machine writes the weights, so
+    # its build held the weights twice), a read inside one is skipped and the ranges
+    # found are cut by them. Inputs are flagged as this run's data.
+    consts: dict[str, list[tuple[int, int]]] = {lv: [] for lv in sh.mem}
+    for b in program.buffers:
+        if b.kind == "const" and b.nbytes:
+            consts[b.level].append((b.addr, b.addr + b.nbytes))
+    const_lo = {lv: sorted(rs) for lv, rs in consts.items()}
+    const_starts = {lv: [lo for lo, _ in rs] for lv, rs in const_lo.items()}
+    for b in (program.buffer(spec.buffer) for spec in program.inputs):
         v = sh.whole(b.level, b.addr, b.addr + b.nbytes)
         np.bitwise_or(v, WRITTEN, out=v)
+
+    def in_constant(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> bool:
+        """Whether every byte ``acc`` reads over all tiles and iterations is one constant's."""
+        lo, hi = access_extent(acc, grid, trips)
+        i = bisect.bisect_right(const_starts[acc.level], lo) - 1
+        return i >= 0 and hi <= const_lo[acc.level][i][1]
     first: dict[str, list[np.ndarray]] = {lv: [] for lv in sh.mem}
     written: dict[str, list[tuple[int, int]]] = {lv: [] for lv in sh.mem}
 
@@ -153,7 +169,8 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
         grid = tuple(instr.grid)
         reads, out = _reads_writes(instr)
         for acc in reads:
-            read(acc.level, sh.view(acc, grid, trips)[it])
+            if not in_constant(acc, grid, trips):
+                read(acc.level, sh.view(acc, grid, trips)[it])
         _write(sh.view(out, grid, trips)[it])
         written[out.level].append(access_extent(out, grid, trips))
 
@@ -172,6 +189,8 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
         grid = tuple(instr.grid)
         reads, out = _reads_writes(instr)
         for acc in reads:
+            if in_constant(acc, grid, trips):
+                continue
             v = summary_view(acc, grid, trips, it)
             read(acc.level, v if v is not None
                  else sh.whole(acc.level, *access_extent(acc, grid, trips)))
@@ -239,7 +258,8 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
     for level, found in first.items():
         pos = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
         breaks = np.flatnonzero(np.diff(pos) != 1) + 1
-        ranges[level] = [(int(r[0]), int(r[-1]) + 1) for r in np.split(pos, breaks) if r.size]
+        ranges[level] = _cut([(int(r[0]), int(r[-1]) + 1) for r in np.split(pos, breaks)
+                              if r.size], _merged(const_lo[level]))
 
     def clobbered(b: Any) -> bool:
         lo, hi = b.addr, b.addr + b.nbytes
@@ -247,6 +267,38 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
             return False
         return bool(np.any(np.bitwise_and(sh.whole(b.level, lo, hi), CLOBBERED)))
     return ranges, {b.name for b in program.buffers if b.kind == "const" and clobbered(b)}
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ``[lo, hi)`` ranges with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _cut(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]
+         ) -> list[tuple[int, int]]:
+    """``ranges`` (sorted, disjoint) less the bytes of ``holes`` (sorted, disjoint)."""
+    out = []
+    for lo, hi in ranges:
+        i = bisect.bisect_right(holes, (lo, math.inf)) - 1  # the hole starting at or before lo
+        i = max(i, 0)
+        while lo < hi and i < len(holes) and holes[i][0] < hi:
+            hlo, hhi = holes[i]
+            if hhi <= lo:
+                i += 1
+                continue
+            if hlo > lo:
+                out.append((lo, hlo))
+            lo = max(lo, hhi)
+            i += 1
+        if lo < hi:
+            out.append((lo, hi))
+    return out
 
 
 def total_bytes(ranges: dict[str, list[tuple[int, int]]]) -> int:

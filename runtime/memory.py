@@ -229,3 +229,19 @@ def share_constant(constants: dict[str, Any], buf: Any, mem: dict[str, np.ndarra
     view = mem[buf.level][buf.addr:buf.addr + memoryview(data).nbytes]
     view.flags.writeable = False
     constants[buf.name] = view
+    del data
+    # glibc keeps freed heap blocks (weights under its adaptive mmap threshold, up to
+    # 32 MiB) resident: hand them back every so often, so the machine's copy replaces
+    # the program's as it grows instead of adding to it (a build peaked at twice the
+    # weights)
+    _unreturned[0] += view.nbytes
+    if _unreturned[0] >= TRIM_EVERY:
+        _unreturned[0] = 0
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)
+
+
+TRIM_EVERY = 8 << 20
+"""Bytes of constants shared (their program copy freed) between two ``malloc_trim``."""
+_unreturned = [0]
