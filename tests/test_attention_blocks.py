@@ -17,7 +17,7 @@ def test_short_masked_attention_is_one_job_per_tile() -> None:
     64 query blocks of one row, two per tile (26 instructions); now one pass of the tiles
     with the whole key sequence in one block (13 instructions)."""
     budget = budget_of(get_target("maia200"))
-    bq, bk = choose_blocks((2, 4, 1), 8, 8, 16, F32, True, budget)
+    bq, bk, _ = choose_blocks((2, 4, 1), 8, 8, 16, F32, True, budget)
     assert bk == 8
     assert not split_jobs((2, 4, 1, 8 // bq), budget.n_tiles).trips
 
@@ -27,5 +27,5 @@ def test_long_attention_keeps_the_tiles_busy() -> None:
     heads allow (32 of 36), each job looping over its key blocks."""
     budget = budget_of(get_target("maia200"))
     for causal, masked in ((False, True), (True, False)):
-        bq, _ = choose_blocks((1, 8, 4), 2048, 2048, 128, F32, masked, budget, causal)
+        bq, _, _ = choose_blocks((1, 8, 4), 2048, 2048, 128, F32, masked, budget, causal)
         assert split_jobs((1, 8, 4, 2048 // bq), budget.n_tiles).n_tiles == 32

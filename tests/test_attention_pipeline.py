@@ -79,3 +79,44 @@ def test_gqa_key_value_blocks_are_read_once_per_kv_head() -> None:
         assert math.prod(dma.grid) >= h  # every query head on a tile of its own
         block = math.prod(dma.src.shape) * itemsize(dma.src.dtype)
         assert distinct_bytes(dma.src, tuple(dma.grid)) == hkv * block
+
+
+def test_wide_steps_halve_the_visible_key_steps() -> None:
+    """The 8B layer's causal attention runs its fully visible key blocks two per step
+    (one product of twice the keys: half their instructions), the diagonal blocks one
+    per step; forced onto small shapes (odd runs, a KV-cache offset, GQA, a single
+    visible block), the outputs still match onnxruntime."""
+    from maiac.passes.tiling import attention
+
+    compiled = maiac.compile(_causal_model(1, 32, 8, 2048, 0, 128), quant="mxfp8",
+                             shape_only=True)
+    kinds = compiled.program.meta["ops"]
+    widths = {i.c.shape[-1] for i in _leaves(compiled.program.instructions)
+              if isinstance(i, isa.MatMul) and kinds[i.op]["kind"] == "attention"
+              and not i.accumulate and i.c.shape[-1] != 128}
+    assert len(widths) == 2 and max(widths) == 2 * min(widths)
+
+    original = attention.choose_blocks
+    rng = np.random.default_rng(3)
+    for h, hkv, sq, past, d, bq, bk in ((2, 1, 256, 0, 16, 32, 32), (4, 2, 192, 64, 16, 64, 32),
+                                        (2, 2, 96, 0, 8, 32, 16)):
+        model = _causal_model(1, h, hkv, sq, past, d)
+
+        def forced(*args: object, bq: int = bq, bk: int = bk) -> tuple[int, int, bool]:
+            assert args[7]  # tile_attention's call: a causal attention without a mask
+            return bq, bk, True
+        attention.choose_blocks = forced
+        try:
+            compiled = maiac.compile(model)
+        finally:
+            attention.choose_blocks = original
+        kinds = compiled.program.meta["ops"]
+        assert 2 * bk in {i.c.shape[-1] for i in _leaves(compiled.program.instructions)
+                          if isinstance(i, isa.MatMul) and kinds[i.op]["kind"] == "attention"
+                          and not i.accumulate}
+        feeds = {"x": rng.standard_normal((1, sq, h * d)).astype(np.float32)}
+        if past:
+            for t in ("k", "v"):
+                feeds[f"past_{t}"] = rng.standard_normal((1, hkv, past, d)).astype(np.float32)
+        ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+        np.testing.assert_allclose(compiled.run(feeds)["y"], ref, rtol=1e-4, atol=1e-5)
