@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from maiac.runtime.errors import MaiacError
 
@@ -82,37 +83,61 @@ def _new_file_mode(dest: Path) -> int:
     return 0o666 & ~umask
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def _stop_signals_held() -> Iterator[None]:
     """SIGINT/SIGTERM wait until the block ends; main thread only.
 
-    Blocking them in this thread is not enough: the kernel then delivers them to another
-    thread (a BLAS pool's), whose C-level handler still makes this thread run the Python
-    handler at its next bytecode. So the Python handlers are swapped, for the block, for
-    one that only notes the signal; the noted ones go to the real handlers at its end."""
+    Python runs a signal's handler in the main thread between bytecodes, so the handlers
+    are swapped, for the block, for one that only notes the signal; the noted ones go to
+    the real handlers at its end. The signals are not blocked (``pthread_sigmask``): a
+    thread that blocks one makes the kernel hand it to another thread (a BLAS pool's),
+    and when that thread runs its C handler late (preempted, under load), after the main
+    thread went into a blocking call (a write, a sleep), nothing interrupts that call and
+    the signal waits until it returns: a SIGTERM ignored for a minute
+    (tests/test_outputs.py reproduces it with ptrace). Unblocked, the kernel delivers it
+    to the main thread, whose blocking call then returns EINTR.
+
+    ``signal.signal`` first runs the pending signals' handlers, which may raise: a
+    handler counts as swapped (or restored) only once that call returned."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     noted: list[int] = []
-    swapped = {}
-    for signum in _STOP_SIGNALS:
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            swapped[signum] = handler
-            signal.signal(signum, lambda sig, _frame: noted.append(sig))
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+    def note(signum: int, _frame: object) -> None:
+        noted.append(signum)
+
+    swapped: dict[int, Any] = {}
     try:
+        for signum in _STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                signal.signal(signum, note)
+                swapped[signum] = handler
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # pending ones are noted now
-        for signum, handler in swapped.items():
-            signal.signal(signum, handler)
-        for signum in noted:
-            if signum in swapped:
-                swapped[signum](signum, None)
+        raised = _restore_handlers(swapped)
+        if raised is not None:
+            raise raised
+        for signum in dict.fromkeys(noted):
+            swapped[signum](signum, None)
+
+
+def _restore_handlers(handlers: dict[int, Any]) -> BaseException | None:
+    """Put every one of ``handlers`` back, even when a restored one raises meanwhile (a
+    KeyboardInterrupt inside the next ``signal.signal``); that exception, if any."""
+    raised: BaseException | None = None
+    for signum, handler in handlers.items():
+        while True:
+            try:
+                signal.signal(signum, handler)
+                break
+            except BaseException as err:  # re-raised once all are restored
+                raised = raised or err
+    return raised
 
 
 def _create_temporary(dest: Path, parent: Path, option: str) -> str:
