@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
-import onnx
 
 from maiac.cli_options import check_target, existing_file, parse_kv, progress, quiet_option
 from maiac.generate_cli import load_tokenizer
 from maiac.runtime.errors import MaiacError
+
+if TYPE_CHECKING:  # onnx is imported when the command runs (tests/test_cli_lazy.py)
+    import onnx
 
 MAX_SENTENCES = 256
 

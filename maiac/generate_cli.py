@@ -10,8 +10,11 @@ from typing import Any
 import click
 
 from maiac.cli_options import check_target, existing_file, parse_kv, quiet_option
-from maiac.kv_cache import KV_DTYPES
 from maiac.runtime.errors import MaiacError
+
+# maiac.kv_cache.KV_DTYPES's names, without importing onnx to list them
+# (tests/test_cli_lazy.py checks both agree)
+KV_FORMATS = ("fp32", "bf16", "fp8")
 
 
 def parse_ids(text: str) -> list[int]:
@@ -74,7 +77,7 @@ class _Stream:
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--eos-token-id", type=int, default=None, help="Stop at this token.")
 @click.option("--quant", metavar="SPEC", default=None, help="Quantization spec (as compile).")
-@click.option("--kv-cache", type=click.Choice(list(KV_DTYPES)), default="fp32",
+@click.option("--kv-cache", type=click.Choice(KV_FORMATS), default="fp32",
               show_default=True, help="Storage format of the KV cache in HBM.")
 @click.option("--capacity", type=int, default=None,
               help="KV-cache positions (default: prompt + new tokens, rounded up to 64).")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from maiac.driver import default_pipeline
 from maiac.passes.registry import PASSES
@@ -178,3 +181,31 @@ def test_an_unreachable_ray_address_is_one_quick_error(tmp_path: Path) -> None:
     assert_user_error(r, f"--ray-address '127.0.0.1:{port}': no Ray cluster answers there")
     assert_user_error(invoke("run", str(program), "--ray-address", "host:port"),
                       "expected HOST:PORT")
+
+
+def test_paper_comparison_gives_the_implied_batch_or_why_batch_one_cannot_reach_it() -> None:
+    """--preset paper: the published 2,434 tokens/s is a batched figure (its batch is not
+    stated). Swept over batches, the output gives the batch where the modeled tokens/s
+    reaches it (linear between the two around it); at batch 1 alone, the ceiling the
+    weights' bytes put on one sequence at the HBM peak, which is below it."""
+    from maiac.perf import PAPER
+    from maiac.perf_cli import _paper_lines, paper_comparison
+
+    def point(batch: int, tps: float) -> dict[str, Any]:
+        return {"batch": batch, "context": PAPER["context"], "quant": PAPER["quant"],
+                "kv_cache": PAPER["kv_cache"], "tokens_per_s": tps, "weight_bytes": 16.3e9}
+
+    swept = paper_comparison([point(1, 287.0), point(8, 1934.0), point(16, 2934.0)], PAPER,
+                             7e12)
+    assert swept["ratio"] == pytest.approx(287.0 / 2434.0)
+    assert swept["implied_batch"] == pytest.approx(8 + 8 * 500 / 1000)
+    assert "reached at batch 12.0" in "\n".join(_paper_lines(swept))
+    one = paper_comparison([point(1, 287.0)], PAPER, 7e12)
+    assert one["implied_batch"] is None
+    assert one["batch1_ceiling_tokens_per_s"] == pytest.approx(7e12 / 16.3e9)
+    text = "\n".join(_paper_lines(one))
+    assert "16.3 GB of weights" in text and "7.0 TB/s" in text and "429 tokens/s" in text
+    assert "batched one" in text and "--batch 1,8,16" in text
+    other = paper_comparison([{**point(1, 900.0), "context": 64}], PAPER, 7e12)
+    assert other["ratio"] is None and other["swept_batches"] == []
+    assert "no ratio" in _paper_lines(other)[0] and len(_paper_lines(other)) == 1

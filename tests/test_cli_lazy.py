@@ -37,6 +37,20 @@ def test_a_light_command_imports_only_its_module() -> None:
     assert _imports_after(code) == set()
 
 
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_no_command_module_imports_a_heavy_package(name: str) -> None:
+    """Loading a command (``maiac perf --help``, the line that says it loads) costs no
+    onnx / xDSL / ml_dtypes import (~1 s): a command imports them when it runs."""
+    assert _imports_after(f"import {cli.COMMANDS[name][0]}") == set()
+
+
+def test_generate_lists_the_kv_formats_of_kv_cache() -> None:
+    from maiac.generate_cli import KV_FORMATS
+    from maiac.kv_cache import KV_DTYPES
+
+    assert KV_FORMATS == tuple(KV_DTYPES)
+
+
 def test_every_command_loads_under_its_name() -> None:
     ctx = click.Context(cli.main)
     assert cli.main.list_commands(ctx) == sorted(cli.COMMANDS)
