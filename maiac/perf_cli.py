@@ -132,16 +132,18 @@ def _paper_lines(pp: dict[str, Any]) -> list[str]:
     swept = pp["swept_batches"]
     if pp["implied_batch"] is not None:
         lines.append(f"the published figure is reached at batch {pp['implied_batch']:.1f} "
-                     f"(modeled, linear between the swept batches {swept})")
-    elif swept and pp["batch1_ceiling_tokens_per_s"] is not None:
+                     f"(modeled, linear between the swept batches {', '.join(map(str, swept))})")
+    elif swept:
+        why = f"no swept batch ({', '.join(map(str, swept))}) reaches it"
         ceiling = pp["batch1_ceiling_tokens_per_s"]
-        why = (f"at batch 1 the {_gb(pp['weight_bytes'])} GB of weights, read once per "
-               f"token at the {pp['hbm_peak_bytes_per_s'] / 1e12:.1f} TB/s HBM peak, cap "
-               f"any compiler at {ceiling:,.0f} tokens/s")
-        if ceiling < published:
-            why += ": the published figure is a batched one (its batch is not stated)"
-        lines.append(f"no swept batch ({', '.join(map(str, swept))}) reaches it; {why}; "
-                     f"--batch 1,8,16 sweeps the batch that does")
+        if ceiling is not None and ceiling < published:
+            why += (f"; at batch 1 the {_gb(pp['weight_bytes'])} GB of weights, read once per "
+                    f"token at the {pp['hbm_peak_bytes_per_s'] / 1e12:.1f} TB/s HBM peak, cap "
+                    f"any compiler at {ceiling:,.0f} tokens/s: the published figure is a "
+                    f"batched one (its batch is not stated)")
+        top = max(swept)
+        more = "1,8,16,32" if top == 1 else f"{top},{2 * top}"
+        lines.append(f"{why}; --batch {more} sweeps for the batch that reaches it")
     return lines
 
 

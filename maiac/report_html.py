@@ -337,7 +337,7 @@ def render_html(r: dict[str, Any], events: list[dict[str, Any]], title: str,
         header.insert(3, ("chips", str(r["chips"])))
     if r.get("tokens_per_s") is not None:
         header.append(("tokens/s", f"{r['tokens_per_s']:.4g} ({r.get('mode')}, "
-                                   f"{r.get('tokens')} tokens per call, from "
+                                   f"{r.get('tokens')} token{'' if r.get('tokens') == 1 else 's'} per call, from "
                                    f"{r.get('tokens_source')})"))
     for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
         if r.get(key) is not None:

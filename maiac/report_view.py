@@ -120,7 +120,7 @@ def format_report(r: dict[str, Any], top: int = 30) -> str:
     ]
     if r.get("tokens_per_s") is not None:
         lines.append(f"tokens/s           {r['tokens_per_s']:.4g} ({r.get('mode')}, "
-                     f"{r.get('tokens')} tokens per call, from {r.get('tokens_source')})")
+                     f"{r.get('tokens')} token{'' if r.get('tokens') == 1 else 's'} per call, from {r.get('tokens_source')})")
     if r.get("ttft_s") is not None:
         lines.append(f"TTFT               {_time(r['ttft_s'])} (this prefill)")
     if r.get("tpot_s") is not None:

@@ -205,7 +205,9 @@ def test_paper_comparison_gives_the_implied_batch_or_why_batch_one_cannot_reach_
     assert one["batch1_ceiling_tokens_per_s"] == pytest.approx(7e12 / 16.3e9)
     text = "\n".join(_paper_lines(one))
     assert "16.3 GB of weights" in text and "7.0 TB/s" in text and "429 tokens/s" in text
-    assert "batched one" in text and "--batch 1,8,16" in text
+    assert "batched one" in text and "--batch 1,8,16,32" in text
+    short = paper_comparison([point(1, 287.0), point(16, 2053.0)], PAPER, 7e12)
+    assert short["implied_batch"] is None and "--batch 16,32" in _paper_lines(short)[1]
     other = paper_comparison([{**point(1, 900.0), "context": 64}], PAPER, 7e12)
     assert other["ratio"] is None and other["swept_batches"] == []
     assert "no ratio" in _paper_lines(other)[0] and len(_paper_lines(other)) == 1
