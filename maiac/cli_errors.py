@@ -1,7 +1,7 @@
 """How the ``maiac`` command ends: one line and the right exit code, whatever happened.
 
-The contract (DESIGN §5): 0 success; 1 a failed verification (``maiac verify``); 2 bad
-input or a bad option (a ``MaiacError``, a click usage error, an unreadable or unwritable
+The contract (the conventions at the top of docs/cli.md): 0 success; 1 a failed
+verification (``maiac verify``); 2 bad input or a bad option (a ``MaiacError``, a click usage error, an unreadable or unwritable
 file, not enough memory for the input); 3 an internal error, a bug in maiac: one line
 saying so with the exception and how to report it, the traceback only with ``--debug``
 or ``MAIAC_DEBUG=1``; 130 interrupted (SIGINT), 143 terminated (SIGTERM). Outputs are

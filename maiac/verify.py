@@ -295,7 +295,7 @@ def verify(model: Any, *, quant: str | None = None,
     outputs = [
         compare_output(name, got.get(name), ref[name], quant=quant, rtol=rtol, atol=atol,
                        min_cosine=min_cosine, ort_noise=noise.get(name))
-        for name in out_names if name in ref
+        for name in progress.track([n for n in out_names if n in ref], "compare outputs")
     ]
     fp64_engine = None
     if quant is None and stored is None and not all(o["ok"] for o in outputs):
@@ -303,14 +303,14 @@ def verify(model: Any, *, quant: str | None = None,
         with progress.step("float64 reference"):
             fp64_engine = apply_fp64_criterion(outputs, got, ref, opened, ref_graph, feeds)
     layer_rows: list[dict[str, Any]] = []
-    for node_name, tensor in (probe[1] if probe is not None else []):
-        if tensor in got and tensor in ref:
-            row = compare_output(tensor, got[tensor], ref[tensor], quant=quant, rtol=rtol,
-                                 atol=atol, min_cosine=min_cosine)
-            layer_rows.append({"name": node_name, "output": tensor, "cosine": row["cosine"],
-                               "max_rel_err": row["max_rel_err"],
-                               "max_abs_err": row["max_abs_err"],
-                               "mean_abs_err": row["mean_abs_err"]})
+    probed = [(n, t) for n, t in (probe[1] if probe is not None else [])
+              if t in got and t in ref]
+    for node_name, tensor in progress.track(probed, "compare layers", label=lambda p: p[0]):
+        row = compare_output(tensor, got[tensor], ref[tensor], quant=quant, rtol=rtol,
+                             atol=atol, min_cosine=min_cosine)
+        layer_rows.append({"name": node_name, "output": tensor, "cosine": row["cosine"],
+                           "max_rel_err": row["max_rel_err"], "max_abs_err": row["max_abs_err"],
+                           "mean_abs_err": row["mean_abs_err"]})
     return {
         "ok": bool(outputs) and all(o["ok"] for o in outputs),
         "model": model_path if model_path is not None else (proto.graph.name or "<model>"),
