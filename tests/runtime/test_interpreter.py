@@ -410,3 +410,23 @@ def test_gelu_relative_accuracy_including_negative_tail():
     got = gelu(x).astype(np.float64)
     nz = want != 0
     assert np.max(np.abs(got - want)[nz] / np.abs(want[nz])) < 3e-7
+
+
+def test_tvp_functions_same_bytes_on_strided_views():
+    """The in-place TVP functions give the bytes of a contiguous copy of their input on
+    strided views too (numpy 2.4's np.negative into a strided ``out`` does not: RoPE's
+    rotate-half once wrote wrong elements on a (rows, 2) view with an element stride)."""
+    from maiac.runtime.interpreter_fns import FNS
+
+    rng = np.random.default_rng(3)
+    for cols in (2, 3, 8, 33):
+        big = rng.standard_normal((5, 2 * cols)).astype(np.float32)
+        x = big[:, ::2]  # element stride 2
+        row = rng.standard_normal((5, cols)).astype(np.float32)
+        for fn, args in (("rope", (row, row[::-1].copy())), ("layernorm", (row, row)),
+                         ("rmsnorm", (row,)), ("softmax", ()), ("gelu_tanh", ()),
+                         ("silu", ()), ("exp_sub", (row,))):
+            attrs = {"eps": 1e-5}
+            got = FNS[fn][1](x, *args, attrs)
+            want = FNS[fn][1](np.ascontiguousarray(x), *args, attrs)
+            assert got.tobytes() == np.ascontiguousarray(want).tobytes(), (fn, cols)
