@@ -46,6 +46,7 @@ from maiac.kv_cache import (
     store_cache_as,
 )
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import frees_own_garbage
 
 CAPACITY_ALIGN = 64   # KV-cache capacity is rounded up to this many positions
 MIN_BUCKET = 16       # smallest recompute length bucket
@@ -236,33 +237,37 @@ def _program(dec: Decoder, role: str, shapes: dict[str, tuple[int, ...]],
            tuple(sorted((opts.target_params or {}).items())), opts.chips, in_place)
     cached = key in _PROGRAMS
     if not cached:
-        model = onnx.ModelProto()
-        model.CopyFrom(dec.model)
-        if dec.pairs and in_place:
-            store_cache_as(model, opts.kv_cache)
-            cache_in_place(model)
-        elif dec.pairs:
-            new_slots_only(model)
-            store_cache_as(model, opts.kv_cache)
-        start = time.perf_counter()
-        # the rewritten proto's external weights (if any) resolve against the model's folder
-        folder = Path(dec.name).parent if Path(dec.name).is_file() else Path.cwd()
-        with contextlib.chdir(folder):
-            compiled = compile_model(model, quant=opts.quant, shapes=shapes,
-                                     target=opts.target, target_params=opts.target_params,
-                                     **({"chips": opts.chips} if opts.chips > 1 else {}))
-        compile_s = time.perf_counter() - start
-        if opts.chips > 1:  # a maiac.chips.ChipGroup: the slowest chip's time
-            rep = compiled.report()
-            entry = (compiled, compile_s, rep["modeled_time_s"], rep["hbm_bytes"],
-                     rep.get("weight_bytes", 0), 0)
-        else:
-            report = simulate(compiled.program)
-            entry = (compiled.program, compile_s, report.modeled_time_s, report.hbm_bytes,
-                     report.weight_bytes, report.extra["resident_weight_bytes"])
-        if len(_PROGRAMS) >= _PROGRAM_CACHE_LIMIT:
-            _PROGRAMS.pop(next(iter(_PROGRAMS)))
-        _PROGRAMS[key] = entry
+        # the proto copy's and the timing model's garbage go before a machine is built
+        with frees_own_garbage():
+            model = onnx.ModelProto()
+            model.CopyFrom(dec.model)
+            if dec.pairs and in_place:
+                store_cache_as(model, opts.kv_cache)
+                cache_in_place(model)
+            elif dec.pairs:
+                new_slots_only(model)
+                store_cache_as(model, opts.kv_cache)
+            start = time.perf_counter()
+            # the rewritten proto's external weights (if any) resolve against the model's folder
+            folder = Path(dec.name).parent if Path(dec.name).is_file() else Path.cwd()
+            with contextlib.chdir(folder):
+                compiled = compile_model(model, quant=opts.quant, shapes=shapes,
+                                         target=opts.target, target_params=opts.target_params,
+                                         **({"chips": opts.chips} if opts.chips > 1 else {}))
+            del model  # the rewritten copy (with its weights), before the collection
+            compile_s = time.perf_counter() - start
+            if opts.chips > 1:  # a maiac.chips.ChipGroup: the slowest chip's time
+                rep = compiled.report()
+                entry = (compiled, compile_s, rep["modeled_time_s"], rep["hbm_bytes"],
+                         rep.get("weight_bytes", 0), 0)
+            else:
+                report = simulate(compiled.program)
+                entry = (compiled.program, compile_s, report.modeled_time_s, report.hbm_bytes,
+                         report.weight_bytes, report.extra["resident_weight_bytes"])
+                del report
+            if len(_PROGRAMS) >= _PROGRAM_CACHE_LIMIT:
+                _PROGRAMS.pop(next(iter(_PROGRAMS)))
+            _PROGRAMS[key] = entry
     program, compile_s, modeled, hbm, weights, resident = _PROGRAMS[key]
     if not any(r.role == role and r.shapes == {k: list(v) for k, v in shapes.items()}
                for r in records):
