@@ -68,6 +68,22 @@ def test_cheap_rows_of_the_papers_table_are_within_ten_percent() -> None:
         assert rows[key]["within_10pct"], rows[key]
 
 
+def test_memory_bound_rows_of_the_papers_table_are_within_ten_percent() -> None:
+    """The BF16/FP8 memory-bound peaks (51.4 %, 56 % of HBM) and the 113.5 MiB crossing
+    from the sweep bench/paper.py runs (shape-only, ~10 s): a timing-model change that
+    moves them out of the band needs a refit (bench/fit_paper.py). The crossing is the
+    fragile row (the curve is flat near 50 %: commit 2f39103's HBM gap filling moved
+    one 55 MiB shape to 0.501 and the row to 0.48 of the paper's until the refit)."""
+    target = get_target()
+    bf16 = paper.gemm_rows(target, "bf16", paper.GEMMS_MEMORY, use_cache=False)
+    big = [s for s in paper.GEMMS_MEMORY if s[0] * s[1] >= 2**27]  # the peak is at the top
+    fp8 = paper.gemm_rows(target, "fp8", big, use_cache=False)
+    rows = {r["key"]: r for r in paper.summarize(target, bf16, fp8,
+                                                 [{"batch": 1, "tokens_per_s": 1.0}])}
+    for key in ("bf16_memory_peak", "bf16_50pct_bytes", "fp8_memory_peak"):
+        assert rows[key]["within_10pct"], rows[key]
+
+
 def test_near_ridge_gemms_are_hbm_limited_however_large() -> None:
     """[m, D] @ [D, D] with D filling HBM: intensity ~m FLOP/B. Below the sustained-HBM
     ridge (169 / 0.55 ~ 307) it stays under 90 % of peak with ~55 TFLOP of work; above,
