@@ -63,7 +63,7 @@ _TTU_MACS = {
 _MACS_STATUS = {"fp4": "public", "fp6": "public", "fp8": "public", "bf16": "public",
                 "f32": "assumed"}
 # Derived keys: in to_json (for readers of .maia manifests), ignored by from_json.
-DERIVED = ("ttu_flops", "tvp_flops", "n_tiles")
+DERIVED = ("ttu_flops", "tvp_flops", "n_tiles", "ttu_block_k")
 
 
 @dataclass
@@ -211,6 +211,11 @@ class Target:
         for fmt, v in self.ttu_flops.items():
             rows.append({"key": f"ttu_flops.{fmt}", "value": v, "unit": "FLOP/s",
                          "status": "derived", "source": "2 x ttu_macs x clock_hz x n_tiles"})
+        for fmt in self.ttu_macs:  # the K of the native 32 x K x 32 block the tiler follows
+            rows.append({"key": f"ttu_block_k.{fmt}", "value": self.ttu_block_k(fmt),
+                         "unit": "", "status": "derived",
+                         "source": "ttu_macs / (ttu_block_m x ttu_block_n): depth K of the "
+                                   "native 32 x K x 32 block (64 fp4, 32 fp8 [P])"})
         rows.append({"key": "tvp_flops", "value": self.tvp_flops, "unit": "op/s",
                      "status": "derived",
                      "source": "tvp_lanes_32 x tvp_ops_per_lane x clock_hz x n_tiles"})
@@ -347,7 +352,9 @@ def _set_param(target: Target, key: str, value: Any) -> None:
         target.provenance[key] = ("override", f"set by --target-param / parameter file "
                                   f"(on {target.name})")
     except KeyError:
-        hint = (" (peaks are derived: set ttu_macs.FMT, MACs per cycle per tile)"
+        hint = (" (the native block depth is derived: set ttu_macs.FMT)"
+                if head == "ttu_block_k" else
+                " (peaks are derived: set ttu_macs.FMT, MACs per cycle per tile)"
                 if head in DERIVED else "")
         raise MaiacError(f"unknown target parameter {key!r}{hint}; valid keys: "
                          f"{', '.join(valid_keys(target))}") from None

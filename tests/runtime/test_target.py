@@ -55,6 +55,8 @@ def test_every_parameter_is_marked_with_a_source():
     assert status["ttu_macs.fp8"] == "public" and status["ttu_macs.f32"] == "assumed"
     assert status["hbm_efficiency"] == "fitted" and status["dma_latency_s"] == "fitted"
     assert status["ttu_flops.fp8"] == "derived"
+    k = {r["key"]: r["value"] for r in rows if r["key"].startswith("ttu_block_k.")}
+    assert k["ttu_block_k.fp4"] == 64 and k["ttu_block_k.fp8"] == 32  # 32 x K x 32 [P]
     text = get_target().describe()
     assert "tsram_bytes" in text and "fitted" in text and "public" in text
     over = get_target(overrides={"tsram_bytes": "4MiB"})
@@ -78,6 +80,8 @@ def test_overrides():
     assert get_target().ttu_macs["fp8"] == 32768  # defaults are not shared/mutated
     with pytest.raises(MaiacError, match="peaks are derived"):
         get_target(overrides={"ttu_flops.fp8": "6e15"})
+    with pytest.raises(MaiacError, match="block depth is derived"):
+        get_target(overrides={"ttu_block_k.fp8": "64"})
     with pytest.raises(MaiacError, match="at most 1"):
         get_target(overrides={"hbm_efficiency": "1.5"})
 
