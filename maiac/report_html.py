@@ -284,19 +284,16 @@ def _ops_table(r: dict[str, Any]) -> str:
             f"</table>")
 
 
-def _fit_text(target: dict[str, Any]) -> str:
-    """Which parameters of the target were fitted to the paper, and whether they are."""
-    if target.get("name") != "maia200":
-        return "not fitted (what-if target)"
-    from maiac.runtime.maia200_fit import FIT
+def _fit_text(r: dict[str, Any], target: dict[str, Any]) -> str:
+    """The report's own fit statement; for a report saved before it carried one, the
+    statement of its target parameters."""
+    if r.get("fit"):
+        return str(r["fit"])
+    if not target:
+        return "?"
+    from maiac.runtime.target import Target
 
-    parts = []
-    for key, fitted in FIT.items():
-        value = target.get(key)
-        same = isinstance(value, int | float) and math.isclose(float(value), fitted)
-        parts.append(f"{key} = {value:g}" + ("" if same else f" (override; fit {fitted:g})")
-                     if isinstance(value, int | float) else f"{key} = ?")
-    return "fitted to arXiv 2608.24664 (runtime/maia200_fit.py): " + ", ".join(parts)
+    return Target.from_json(target).fit_statement()
 
 
 def figures(r: dict[str, Any], events: list[dict[str, Any]], target: dict[str, Any],
@@ -325,7 +322,7 @@ def render_html(r: dict[str, Any], events: list[dict[str, Any]], title: str,
     frac = r.get("roofline_fraction")
     header = [
         ("model", str(r.get("model") or "?")), ("quant spec", str(r.get("quant") or "?")),
-        ("target", str(r.get("target") or target.get("name"))), ("fit", _fit_text(target)),
+        ("target", str(r.get("target") or target.get("name"))), ("fit", _fit_text(r, target)),
         ("modeled time", _time(r.get("modeled_time_s"))),
         ("roofline time", _time(r.get("roofline_time_s"))),
         ("roofline fraction", "-" if frac is None else f"{frac:.3f}"),

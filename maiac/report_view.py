@@ -110,6 +110,7 @@ def format_report(r: dict[str, Any], top: int = 30) -> str:
         f"model              {r.get('model') or '?'}",
         f"quant spec         {r.get('quant') or '?'}",
         f"target             {r.get('target')}",
+        f"fit                {r.get('fit') or '?'}",
         f"modeled time       {_time(r.get('modeled_time_s'))}",
         f"roofline time      {_time(r.get('roofline_time_s'))}",
         f"roofline fraction  {'-' if frac is None else f'{frac:.3f}'}",

@@ -124,6 +124,18 @@ class Target:
         """Active compute tiles (clusters x enabled tiles per cluster)."""
         return self.n_clusters * self.tiles_per_cluster
 
+    def fit_statement(self) -> str:
+        """Which parameters were fitted to the paper's table, and whether this target keeps
+        the fitted values (what a report says produced its figures)."""
+        if self.name != "maia200":
+            return "not fitted (what-if target)"
+        parts = []
+        for key, fitted in FIT.items():
+            value = getattr(self, key)
+            same = math.isclose(float(value), fitted)
+            parts.append(f"{key} = {value:g}" + ("" if same else f" (override; fit {fitted:g})"))
+        return "fitted to arXiv 2608.24664 (runtime/maia200_fit.py): " + ", ".join(parts)
+
     @property
     def ttu_flops(self) -> dict[str, float]:
         """Chip peak dense TTU FLOP/s per format: 2 x MACs x clock x active tiles."""

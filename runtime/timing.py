@@ -487,6 +487,7 @@ def simulate(program: Program, target: Target | None = None, *, network: Network
             for lv in ("csram", "tsram")}
     return checked(TimingReport(
         target=t.name,
+        fit=t.fit_statement(),
         modeled_time_s=modeled,
         roofline_time_s=roofline,
         roofline_fraction=roofline / modeled if modeled > 0 else 0.0,

@@ -51,11 +51,13 @@ class TimingReport:
     events: list[Event] = field(default_factory=list, repr=False)
     program: Any = field(default=None, repr=False, compare=False)  # what was simulated
     visits: int = 0  # instructions the scheduler visited (its work; not in the JSON)
+    fit: str = ""  # which fit of the target produced these figures (Target.fit_statement)
 
     def to_json(self) -> dict[str, Any]:
         """The stable ``maiac report --json`` dict (events excluded; see trace.py)."""
         return {
             "target": self.target,
+            "fit": self.fit,
             "modeled_time_s": self.modeled_time_s,
             "roofline_time_s": self.roofline_time_s,
             "roofline_fraction": self.roofline_fraction,

@@ -24,7 +24,7 @@ from maiac.runtime.errors import MaiacError
 VERIFY_KEYS = {"ok", "model", "quant", "outputs", "layers", "compile_s", "run_s",
                "onnxruntime_s"}
 OUTPUT_KEYS = {"name", "shape", "max_abs_err", "max_rel_err", "cosine", "top1_agreement"}
-REPORT_KEYS = {"target", "modeled_time_s", "roofline_time_s", "roofline_fraction", "flops",
+REPORT_KEYS = {"target", "fit", "modeled_time_s", "roofline_time_s", "roofline_fraction", "flops",
                "hbm_bytes", "weight_bytes", "sram_peak_bytes", "engines", "ops"}
 
 
@@ -323,8 +323,10 @@ def test_e2e_compile_run_verify_report(mlp_onnx: Path, tmp_path: Path) -> None:
     assert rep["ops"] and all({"name", "kind", "time_s", "flops", "hbm_bytes", "bound"}
                               <= set(o) for o in rep["ops"])
     assert rep["modeled_time_s"] > 0
+    assert rep["fit"].startswith("fitted to arXiv 2608.24664")  # which fit made the figures
     r = invoke("report", str(out))
     assert r.exit_code == 0 and "modeled time" in r.stdout and "roofline" in r.stdout
+    assert "fit                fitted to arXiv" in r.stdout
     page = tmp_path / "report.html"
     r = invoke("report", str(out), "--html", str(page))
     assert r.exit_code == 0, r.output

@@ -62,3 +62,21 @@ def test_bad_parameter_is_one_error_naming_it() -> None:
         result = CliRunner().invoke(main, ["target", "--target-param", arg])
         assert result.exit_code == 2, result.output
         assert needle in result.stderr and "Traceback" not in result.output
+
+
+def test_fit_statement_names_overrides_and_what_if_targets() -> None:
+    from maiac.runtime.maia200_fit import FIT
+
+    key = next(iter(FIT))
+    assert "override" not in get_target("maia200").fit_statement()
+    changed = get_target("maia200", {key: str(FIT[key] / 2)})
+    assert f"{key} = {FIT[key] / 2:g} (override; fit {FIT[key]:g})" in changed.fit_statement()
+    assert get_target("maia200-ideal").fit_statement() == "not fitted (what-if target)"
+
+
+def test_target_name_as_argument() -> None:
+    r = CliRunner().invoke(main, ["target", "maia200-v0", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["target"] == "maia200-v0"
+    r = CliRunner().invoke(main, ["target", "maia200-v0", "--target", "maia200"])
+    assert r.exit_code == 2 and "two targets given" in r.output
