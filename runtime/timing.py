@@ -120,8 +120,8 @@ class _Stats:
 CollectiveSync = Callable[[str, float], float]
 
 
-class _HbmTimeline:
-    """When the shared HBM bandwidth is taken: sorted, disjoint busy intervals. A transfer
+class _BwTimeline:
+    """When a shared bandwidth is taken: sorted, disjoint busy intervals. A transfer
     takes the free time at or after it may start, in time order, so a DMA that is ready
     early is not queued behind one simulated before it that starts later (program order is
     not time order across queues). A transfer longer than the first gap fills the gaps
@@ -129,7 +129,16 @@ class _HbmTimeline:
     bursts at the HBM controller, instead of waiting for one gap as long as all of it
     (which made a 9 MB store slide past a stream of short weight loads and then block the
     next one for its whole length). Busy intervals never overlap: no two transfers share
-    the bandwidth at once, so no modeled rate exceeds the sustained one."""
+    the bandwidth at once, so no modeled rate exceeds the sustained one.
+
+    One timeline per resource every DMA queue shares (``_Sim.bw``): HBM (one memory
+    system behind all queues), the CSRAM (``csram_bw`` is the 4 clusters' aggregate, and
+    the model does not track which cluster's banks an address lives in, so all queues
+    share one aggregate) and the NoC (``noc_bw`` is the aggregate into and out of the
+    tiles: a DMA on a fraction of the tiles is capped at that share by its own duration
+    and books ``bytes / noc_bw`` of the aggregate, so DMAs on disjoint tiles still run
+    side by side). TSRAM is per tile, not shared across tiles; its traffic from other
+    levels crosses the NoC and is booked there."""
 
     KEEP = 256  # intervals kept; older ones are merged into one busy prefix
 
@@ -188,6 +197,10 @@ class _HbmTimeline:
                 self.ends.append(b)
 
 
+_HbmTimeline = _BwTimeline  # the name tests and older callers use
+SHARED = ("hbm", "csram", "noc")  # resources booked on a _BwTimeline (``Leaf.<r>_time``)
+
+
 class _Sim:
     def __init__(self, target: Target, sync: CollectiveSync | None = None) -> None:
         self.t = target
@@ -197,7 +210,7 @@ class _Sim:
         self.af = defaultdict(_RangeMax)  # level -> finish of the last access of any kind
         self.events: list[Event] = []
         self.last_end: dict[int, float] = {}  # id(leaf) -> finish of its latest run
-        self.hbm = _HbmTimeline()
+        self.bw = {r: _BwTimeline() for r in SHARED}
         self.visits = 0  # leaf schedulings: the work counter the budget bounds
         self.spans: list[Span] = []
         self.stats = [_Stats()]
@@ -235,12 +248,17 @@ class _Sim:
             start = self.sync(lf.path, start)
         end = start + lf.dur
         slot = slot_end = end
-        if lf.hbm_time > 0:
-            # HBM bandwidth is shared by all DMA queues: the transfer takes its slot after
-            # the queue's fixed latency, once earlier HBM transfers are through
-            slot, slot_end = self.hbm.book(start + self.t.dma_latency_s, lf.hbm_time)
-            self.stats[-1].busy["hbm"] += lf.hbm_time
-            end = max(end, slot_end)
+        slots: dict[str, tuple[float, float]] = {}
+        for res, need in (("hbm", lf.hbm_time), ("csram", lf.csram_time),
+                          ("noc", lf.noc_time)):
+            if need > 0:
+                # shared by all DMA queues: the transfer takes its slot after the queue's
+                # fixed latency, once earlier transfers on that resource are through
+                slots[res] = self.bw[res].book(start + self.t.dma_latency_s, need)
+                self.stats[-1].busy[res] += need
+                end = max(end, slots[res][1])
+        if "hbm" in slots:
+            slot, slot_end = slots["hbm"]
         # what ran when, for the per-op windows: compute over [start, end], HBM bytes over
         # the transfer's slot
         name = lf.op or lf.kind
@@ -260,6 +278,12 @@ class _Sim:
         args: dict[str, Any] = {"instr": lf.path, "bytes": lf.moved_bytes,
                                 "hbm_bytes": lf.hbm_bytes, "flops": lf.flops,
                                 "format": lf.number_format}
+        if lf.csram_bytes:
+            args["csram_bytes"] = lf.csram_bytes
+        if lf.noc_bytes:
+            args["noc_bytes"] = lf.noc_bytes
+        for res, sl in slots.items():  # when its bytes moved (rate_violations checks them)
+            args[f"{res}_slot"] = sl
         if it:
             args["iteration"] = list(it)
         self.event_of[(lf.engine, self.issued[lf.engine])] = len(self.events)
@@ -302,7 +326,8 @@ class _Sim:
                 period = (ends[-1] - ends[-3]) / 2 if k >= 3 else ends[-1] - ends[0]
             else:  # one iteration scheduled: its own span (no overlap between iterations)
                 period = end - min((e.start for e in self.events[first_event:]), default=end)
-            # no engine (nor HBM) can do an iteration's work faster than its busy time
+            # no engine (nor a shared bandwidth) can do an iteration's work faster
+            # than its busy time
             period = max([period, *(busy / k for busy in frame.busy.values())])
             extra = (n - k) * period
             scale = (n - k) / k
@@ -313,8 +338,8 @@ class _Sim:
                                         fmt_flops={f: v * scale for (o, f), v in
                                                    frame.op_fmt_flops.items() if o == op}))
             for e, busy in frame.busy.items():
-                if e == "hbm":  # not an engine: no track of its own
-                    self.hbm.shift_after(ends[-2] if k >= 2 else ends[0] - period, extra)
+                if e in self.bw:  # not an engine: no track of its own
+                    self.bw[e].shift_after(ends[-2] if k >= 2 else ends[0] - period, extra)
                     continue
                 # named by op like the simulated iterations; the args say what it stands for
                 self.events.append(Event(e, lp.op or "loop", end,

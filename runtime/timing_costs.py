@@ -4,7 +4,10 @@
   ``dma_latency_s``. HBM and CSRAM are shared levels (``hbm_bw``, ``csram_bw``); TSRAM
   and the NoC into the tiles scale with the tiles the instruction runs on
   (``tsram_bw``/``noc_bw`` x tiles / n_tiles). A stride-0 source (``tile_strides`` all
-  zero) is read once and broadcast by the NoC.
+  zero) is read once and broadcast by the NoC. That caps one DMA's rate; the leaf also
+  carries the seconds of the shared HBM, CSRAM and NoC bandwidth it needs (bytes /
+  aggregate rate), which the scheduler books on one timeline per resource so that
+  concurrent DMA queues share them.
 * matmul: ``2*M*N*K*batch*tiles`` FLOPs / (``ttu_flops[fmt]`` x tiles / n_tiles) +
   ``instr_latency_s``, in whole native TTU blocks.
 * vec: elements x ops-per-element (``VEC_OPS``, ASSUMED) / (``tvp_flops`` x tiles /
@@ -130,6 +133,10 @@ class Leaf:
     trips: tuple[int, ...]
     waits: tuple[tuple[str, int], ...] = ()  # (engine, pending), async programs only
     hbm_time: float = 0.0  # seconds of the shared HBM bandwidth this DMA needs
+    csram_time: float = 0.0  # ... of the aggregate CSRAM bandwidth (csram_bw)
+    noc_time: float = 0.0  # ... of the aggregate NoC bandwidth (noc_bw)
+    csram_bytes: float = 0.0
+    noc_bytes: float = 0.0
     moved_bytes: int = 0  # bytes transferred (DMA, collective) or operand bytes (compute)
     number_format: str = ""  # TTU format of a matmul, else the dtype it writes
 
@@ -139,6 +146,17 @@ def footprint(acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> Foo
     isz = itemsize(acc.dtype)
     ls = tuple(s * isz for s in acc.loop_strides) or (0,) * len(trips)
     return Footprint(acc.level, lo, hi, ls)
+
+
+def noc_bytes(src: Access, dst: Access, src_b: float, dst_b: float) -> float:
+    """Bytes a DMA moves over the NoC: into or out of the tiles (the TSRAM side), or
+    between HBM and CSRAM."""
+    levels = {src.level, dst.level}
+    if "tsram" in levels and len(levels) == 2:
+        return dst_b if dst.level == "tsram" else src_b
+    if levels == {"hbm", "csram"}:
+        return max(src_b, dst_b)
+    return 0.0
 
 
 def _dma_time(t: Target, src: Access, dst: Access, src_b: float, dst_b: float,
@@ -171,7 +189,7 @@ def leaf_cost(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
     def fp(*accs: Access) -> list[Footprint]:
         return [footprint(a, grid, trips) for a in accs]
 
-    flops = hbm = 0.0
+    flops = hbm = csram = noc = 0.0
     fmt = ""
     moved = 0
     number_format = ""
@@ -194,6 +212,9 @@ def leaf_cost(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
         dur = _dma_time(t, src, dst, src_b, dst_b, tiles)
         moved, number_format = max(src_b, dst_b), dst.dtype
         hbm = (src_b if src.level == "hbm" else 0) + (dst_b if dst.level == "hbm" else 0)
+        # counted like HBM: a CSRAM -> CSRAM copy reads and writes the shared banks
+        csram = (src_b if src.level == "csram" else 0) + (dst_b if dst.level == "csram" else 0)
+        noc = noc_bytes(src, dst, src_b, dst_b)
     elif isinstance(instr, Collective):
         # the network engine (runtime/network.py); HBM: read src, write dst, and for the
         # reductions read what the peers sent
@@ -246,4 +267,5 @@ def leaf_cost(instr: Instr, path: str, trips: tuple[int, ...], t: Target,
         raise MaiacError(f"instruction {path}: cannot time {type(instr).__name__}")
     return Leaf(path, instr.op, instr.kind, engine, dur, flops, fmt, float(hbm), reads,
                  writes, trips, tuple((instr.waits or {}).items()), hbm / t.hbm_sustained_bw,
+                 float(csram) / t.csram_bw, float(noc) / t.noc_bw, float(csram), float(noc),
                  int(moved), number_format)

@@ -4,6 +4,8 @@ trace events, per-op time windows and the check against the chip's physical rate
 from __future__ import annotations
 
 import bisect
+import heapq
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -155,7 +157,8 @@ def op_windows(spans: list[Span], order: list[str], target: Target,
 
 def rate_violations(report: TimingReport, target: Target, rel: float = 1e-6) -> list[str]:
     """Rows of ``report`` (ops, engines, total) whose work exceeds what the chip's
-    physical peaks allow in the row's time (empty when the report is consistent)."""
+    physical peaks allow in the row's time, and windows of the timeline whose DMAs take
+    more HBM, CSRAM or NoC bandwidth than the chip has (empty when consistent)."""
     bad = []
     slack = 1 + rel
 
@@ -178,7 +181,52 @@ def rate_violations(report: TimingReport, target: Target, rel: float = 1e-6) -> 
             bad.append(f"engine {e['name']}: busy {e['busy_s']:.4g} s > makespan")
     check("total", report.modeled_time_s, report.hbm_bytes,
           report.extra.get("fmt_flops", {}), report.tvp_ops)
-    return bad
+    return bad + shared_bw_violations(report, target)
+
+
+def overbooked(jobs: list[tuple[float, float, float]], rel: float = 1e-6) -> float:
+    """How late the most overbooked window finishes: ``jobs`` are (first, last, seconds)
+    — a transfer needing ``seconds`` of one bandwidth within [first, last]. They fit at
+    that bandwidth iff no window holds more seconds of the transfers inside it than it
+    lasts, iff earliest-deadline-first meets every ``last`` (the classic preemptive
+    single-resource feasibility test, exact over every window, n log n). Returns the
+    largest lateness beyond ``rel`` of the job's seconds (0.0: every window fits)."""
+    jobs = sorted(jobs)
+    heap: list[list[float]] = []  # [last, seconds left]
+    t, i, worst = 0.0, 0, 0.0
+    while i < len(jobs) or heap:
+        if not heap:
+            t = max(t, jobs[i][0])
+        while i < len(jobs) and jobs[i][0] <= t:
+            heapq.heappush(heap, [jobs[i][1], jobs[i][2], jobs[i][2]])
+            i += 1
+        job = heap[0]
+        run = min(job[1], (jobs[i][0] if i < len(jobs) else math.inf) - t)
+        t += run
+        if run >= job[1]:
+            heapq.heappop(heap)
+            late = t - job[0]
+            if late > rel * job[2] + 1e-15 * max(t, 1.0):
+                worst = max(worst, late)
+        else:
+            job[1] -= run
+    return worst
+
+
+def shared_bw_violations(report: TimingReport, target: Target) -> list[str]:
+    """The shared bandwidths (HBM at its physical peak, the CSRAM and NoC aggregates) over
+    every window of the event timeline: the bytes each DMA moved within its booked slot
+    (``<resource>_slot`` of the event's args) must fit the rate."""
+    bws = {"hbm": target.hbm_bw, "csram": target.csram_bw, "noc": target.noc_bw}
+    jobs: dict[str, list[tuple[float, float, float]]] = {r: [] for r in bws}
+    for ev in report.events:
+        for r, bw in bws.items():
+            sl = ev.args.get(f"{r}_slot")
+            nbytes = ev.args.get(f"{r}_bytes", 0.0)
+            if sl is not None and nbytes:
+                jobs[r].append((sl[0], sl[1], nbytes / bw))
+    return [f"{r}: a window of the timeline needs {late:.4g} s more than it lasts at "
+            f"{bws[r]:.3g} B/s" for r in bws if (late := overbooked(jobs[r])) > 0]
 
 
 def dma_compute_overlap(events: list[Event]) -> float:

@@ -132,6 +132,12 @@ def _jobs_cost(operands: Sequence[tuple[Sequence[int], int]],
         for i, nbytes in enumerate(sizes[:-1]):
             queues[i % 2] += budget.dma_latency_s + nbytes / bws[i]
         store = budget.dma_latency_s + sizes[-1] / bws[-1]
+        # the two load queues share the level they read (operands at one rate come from
+        # one level: the timing model books HBM, CSRAM and the NoC per resource)
+        level: dict[float, float] = {}
+        for nbytes, bw in zip(sizes[:-1], bws[:-1], strict=True):
+            level[bw] = level.get(bw, 0.0) + nbytes / bw
+        queues[0] = max(queues[0], budget.dma_latency_s + max(level.values(), default=0.0))
         compute = math.prod(block) * ops_per_elem / (budget.tile_vec or float("inf")) \
             + budget.instr_overhead_s
         job = max(queues) + compute + store

@@ -360,8 +360,10 @@ def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[floa
     a_blk, b_blk = s.bm * bk * s.a_src, bk * s.bn * s.b_src
     a_dist, b_dist = a_blk * sp[0] * sp[1], b_blk * sp[0] * sp[2]
     a_hbm = 0.0 if s.rates.a else a_dist  # an on-chip a does not share HBM with b
+    # a and b load on their own queues but share HBM and the NoC into the tiles (the
+    # timing model books both per resource, not per queue)
     t_dma = max(dma(a_blk, a_dist, s.rates.a), dma(b_blk, b_dist),
-                (a_hbm + b_dist) / hbm_bw + lat)
+                (a_hbm + b_dist) / hbm_bw + lat, (a_blk + b_blk) / noc + lat)
     # the TTU works in native 32 x K x 32 blocks: a partial block costs a whole one
     pm, pn = (-(-x // g) * g for x, g in ((s.bm, budget.native_m), (s.bn, budget.native_n)))
     t_ttu = 2 * pm * pn * bk / (budget.tile_flops * s.speedup) + budget.instr_overhead_s

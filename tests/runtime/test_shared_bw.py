@@ -13,6 +13,8 @@ ends at another's end.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 from functools import cache
 from typing import Any
@@ -27,6 +29,7 @@ from maiac.runtime.memory import distinct_bytes, itemsize
 from maiac.runtime.program import Program
 from maiac.runtime.target import Target, get_target
 from maiac.runtime.timing import TimingReport, simulate
+from maiac.runtime.timing_report import overbooked, shared_bw_violations
 
 
 def _instr(program: Program, path: str) -> isa.Instr:
@@ -131,3 +134,28 @@ def test_combined_dma_rate_stays_within_the_physical_one(program: str, level: st
         f"{program}: combined {level} rate {rate / 1e12:.2f} TB/s over "
         f"[{lo * 1e6:.3f}, {hi * 1e6:.3f}] us > {bw / 1e12:.2f} TB/s "
         f"({rate / bw:.2f}x)")
+
+
+def test_overbooked_is_exact_over_every_window() -> None:
+    # two transfers of 1 s each inside the same 1 s: one second late
+    assert overbooked([(0.0, 1.0, 1.0), (0.0, 1.0, 1.0)]) == pytest.approx(1.0)
+    assert overbooked([(0.0, 2.0, 1.0), (0.0, 2.0, 1.0)]) == 0.0
+    # a long transfer around a short one fills the gaps around it: fits
+    assert overbooked([(0.0, 3.0, 2.0), (1.0, 2.0, 1.0)]) == 0.0
+    # ... but not with one second more inside [1, 2]
+    assert overbooked([(0.0, 3.0, 2.0), (1.0, 2.0, 1.0), (1.0, 2.0, 0.5)]) > 0.0
+
+
+def test_every_report_checks_the_shared_bandwidths() -> None:
+    """rate_violations (run on every report the suite makes) flags a window whose DMAs
+    took more CSRAM than the chip has: the 8B layer's events pass; with every CSRAM slot
+    squeezed to its first half, they fail."""
+    report = _prefill_layer("fp8")
+    t = get_target("maia200")
+    assert shared_bw_violations(report, t) == []
+    squeezed = copy.copy(report)
+    squeezed.events = [dataclasses.replace(ev, args={**ev.args, "csram_slot": (
+        ev.args["csram_slot"][0], (ev.args["csram_slot"][0] + ev.args["csram_slot"][1]) / 2)})
+        if "csram_slot" in ev.args else ev for ev in report.events]
+    bad = shared_bw_violations(squeezed, t)
+    assert len(bad) == 1 and bad[0].startswith("csram:")
