@@ -73,7 +73,10 @@ def peak_rate(report: TimingReport, level: str) -> tuple[float, tuple[float, flo
     for ev in report.events:
         if not ev.engine.startswith("dma") or ev.args.get("extrapolated"):
             continue  # extrapolated loop tails stand for iterations, not transfers
-        nbytes = _level_bytes(_instr(report.program, ev.args["instr"]))[level]
+        ins = _instr(report.program, ev.args["instr"])
+        if not isinstance(ins, isa.Dma | isa.Gather | isa.Scatter):
+            continue  # a barrier on a DMA queue moves nothing
+        nbytes = _level_bytes(ins)[level]
         if nbytes:
             lo, hi = ev.args.get(f"{level}_slot", (ev.start, ev.start + ev.dur))
             rows.append((lo, hi, nbytes))
