@@ -56,7 +56,15 @@ from onnx import TensorProto, helper
 
 import maiac
 from maiac import models, progress
-from maiac.perf import ModelShape, Task, TaskCache, _code_fingerprint, _combine, run_tasks
+from maiac.perf import (
+    ModelShape,
+    Task,
+    TaskCache,
+    _code_fingerprint,
+    _combine,
+    batch_reaching,
+    run_tasks,
+)
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.target import Target, get_target
 from maiac.runtime.timing import simulate
@@ -323,15 +331,7 @@ def run(target: Target, quick: bool = False, batches: list[int] | None = None,
 def implied_batch(qwen: list[dict[str, Any]]) -> float | None:
     """The decode batch at which maiac's tokens/s reaches the published 2,434 (linear
     between the two batches around it), None when no modeled batch gets there."""
-    want = PAPER["qwen_tokens_per_s"]
-    rows = sorted(qwen, key=lambda r: r["batch"])
-    for lo, hi in zip(rows, rows[1:], strict=False):
-        if lo["tokens_per_s"] < want <= hi["tokens_per_s"]:
-            f = (want - lo["tokens_per_s"]) / (hi["tokens_per_s"] - lo["tokens_per_s"])
-            return lo["batch"] + f * (hi["batch"] - lo["batch"])
-    if rows and rows[0]["tokens_per_s"] >= want:
-        return float(rows[0]["batch"])
-    return None
+    return batch_reaching(qwen, PAPER["qwen_tokens_per_s"])
 
 
 def table(result: dict[str, Any]) -> str:

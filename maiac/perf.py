@@ -120,6 +120,49 @@ class ModelShape:
         return 2 * self.layers * self.kv_heads * self.head_dim * KV_BYTES[kv_cache]
 
 
+def batch_reaching(rows: Sequence[dict[str, Any]], tokens_per_s: float) -> float | None:
+    """The batch at which the modeled tokens/s of ``rows`` (batch, tokens_per_s) reaches
+    ``tokens_per_s``: linear between the two swept batches around it, the smallest batch
+    when it already does, None when no swept batch gets there (bench/paper.py's Qwen row
+    and ``maiac perf --preset paper``)."""
+    rows = sorted(rows, key=lambda r: r["batch"])
+    for lo, hi in zip(rows, rows[1:], strict=False):
+        if lo["tokens_per_s"] < tokens_per_s <= hi["tokens_per_s"]:
+            f = (tokens_per_s - lo["tokens_per_s"]) / (hi["tokens_per_s"] - lo["tokens_per_s"])
+            return lo["batch"] + f * (hi["batch"] - lo["batch"])
+    if rows and rows[0]["tokens_per_s"] >= tokens_per_s:
+        return float(rows[0]["batch"])
+    return None
+
+
+def paper_comparison(points: list[dict[str, Any]], paper: dict[str, Any],
+                     hbm_peak_bw: float) -> dict[str, Any]:
+    """The sweep beside the paper's figure: the ratio at batch 1 of the paper's point
+    (another point is not comparable), the batch-1 ceiling that the weights' HBM bytes
+    put on any model, and the batch at which the modeled tokens/s reaches the published
+    figure (`batch_reaching`)."""
+    published = paper["published_tokens_per_s"]
+    at = {k: paper[k] for k in ("context", "quant", "kv_cache")}
+    rows = sorted((p for p in points if "error" not in p and p.get("chips", 1) == 1
+                   and "pp" not in p and all(p[k] == v for k, v in at.items())),
+                  key=lambda p: p["batch"])
+    one = next((p for p in rows if p["batch"] == 1), None)
+    first = one or next((p for p in points if "error" not in p), None)
+    implied = batch_reaching(rows, published)
+    weights = first["weight_bytes"] if first else None
+    return {**{k: paper[k] for k in ("published_tokens_per_s", "source")},
+            "point": at,
+            "modeled_batch": first["batch"] if first else None,
+            "modeled_tokens_per_s": first.get("tokens_per_s", 0.0) if first else 0.0,
+            "ratio": one["tokens_per_s"] / published if one else None,
+            "swept_batches": [p["batch"] for p in rows],
+            "implied_batch": implied,
+            # one sequence reads every weight once per token: at the HBM peak (public
+            # figure, maiac/accelerators) that caps batch 1 whatever the compiler does
+            "weight_bytes": weights, "hbm_peak_bytes_per_s": hbm_peak_bw,
+            "batch1_ceiling_tokens_per_s": hbm_peak_bw / weights if weights else None}
+
+
 def resolve_model(model: str) -> ModelShape:
     """A preset name or an ONNX KV-cache decoder path."""
     if model in PRESETS:

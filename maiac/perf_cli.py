@@ -88,41 +88,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def paper_comparison(points: list[dict[str, Any]], paper: dict[str, Any],
-                     hbm_peak_bw: float) -> dict[str, Any]:
-    """The sweep beside the paper's figure: the ratio at batch 1 of the paper's point
-    (another point is not comparable), the batch-1 ceiling that the weights' HBM bytes
-    put on any model, and the batch at which the modeled tokens/s reaches the published
-    figure (linear between the swept batches around it, as bench/paper.py does)."""
-    published = paper["published_tokens_per_s"]
-    at = {k: paper[k] for k in ("context", "quant", "kv_cache")}
-    rows = sorted((p for p in points if "error" not in p and p.get("chips", 1) == 1
-                   and "pp" not in p and all(p[k] == v for k, v in at.items())),
-                  key=lambda p: p["batch"])
-    one = next((p for p in rows if p["batch"] == 1), None)
-    first = one or next((p for p in points if "error" not in p), None)
-    implied = None
-    for lo, hi in zip(rows, rows[1:], strict=False):
-        if lo["tokens_per_s"] < published <= hi["tokens_per_s"]:
-            f = (published - lo["tokens_per_s"]) / (hi["tokens_per_s"] - lo["tokens_per_s"])
-            implied = lo["batch"] + f * (hi["batch"] - lo["batch"])
-            break
-    if rows and implied is None and rows[0]["tokens_per_s"] >= published:
-        implied = float(rows[0]["batch"])
-    weights = first["weight_bytes"] if first else None
-    return {**{k: paper[k] for k in ("published_tokens_per_s", "source")},
-            "point": at,
-            "modeled_batch": first["batch"] if first else None,
-            "modeled_tokens_per_s": first.get("tokens_per_s", 0.0) if first else 0.0,
-            "ratio": one["tokens_per_s"] / published if one else None,
-            "swept_batches": [p["batch"] for p in rows],
-            "implied_batch": implied,
-            # one sequence reads every weight once per token: at the HBM peak (public
-            # figure, maiac/accelerators) that caps batch 1 whatever the compiler does
-            "weight_bytes": weights, "hbm_peak_bytes_per_s": hbm_peak_bw,
-            "batch1_ceiling_tokens_per_s": hbm_peak_bw / weights if weights else None}
-
-
 def _paper_lines(pp: dict[str, Any]) -> list[str]:
     published = pp["published_tokens_per_s"]
     ratio = (f"ratio {pp['ratio']:.3f}" if pp["ratio"] is not None else
@@ -248,7 +213,7 @@ def perf_cmd(model: str | None, preset: str | None, batch: str, context: str, qu
              target: str, target_param: tuple[str, ...], as_json: bool,
              html_out: str | None) -> None:
     """Serving numbers of MODEL (a preset or a KV-cache decoder .onnx) over a sweep."""
-    from maiac.perf import PAPER, PRESETS, PerfOptions, sweep
+    from maiac.perf import PAPER, PRESETS, PerfOptions, paper_comparison, sweep
     from maiac.perf_compare import estimate, load_spec, maia_roofline_spec
     from maiac.runtime.target import get_target
 

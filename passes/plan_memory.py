@@ -122,11 +122,10 @@ def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int,
                                      tsram_capacity)
             top, cursor = cursor, cursor + total
         placed: list[tuple[int, int, int]] = []
-        for buf in scratch:
+        for buf, size in zip(scratch, sizes, strict=True):
             _place(buf, "tsram", top)
-            placed.append((top, align(maia.attr(buf, "nbytes")),
-                           base + uses.get(maia.attr(buf, "sym"), (0, 0))[1]))
-            top += align(maia.attr(buf, "nbytes"))
+            placed.append((top, size, base + uses.get(maia.attr(buf, "sym"), (0, 0))[1]))
+            top += size
         recent = [*recent[-(RECENT - 1):], placed]
         base += count
         if top > tsram_capacity:

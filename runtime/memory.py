@@ -153,6 +153,13 @@ def _malloc_trim() -> object | None:
         return None
 
 
+def _return_freed_heap() -> None:
+    """Hand the heap pages already freed back to the OS (glibc; a no-op elsewhere)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def release_freed_memory() -> None:
     """Collect garbage and hand the heap pages it freed back to the operating system.
 
@@ -163,9 +170,7 @@ def release_freed_memory() -> None:
     largest stage's, not the sum of the stages.
     """
     gc.collect()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    _return_freed_heap()
 
 
 @contextlib.contextmanager
@@ -189,9 +194,7 @@ def frees_own_garbage() -> Iterator[None]:
         if outer:
             gc.collect()
             gc.unfreeze()
-            trim = _malloc_trim()
-            if trim is not None:
-                trim(0)
+            _return_freed_heap()
 
 
 def zeroed_memory(shape: tuple[int, ...]) -> np.ndarray:
@@ -237,9 +240,7 @@ def share_constant(constants: dict[str, Any], buf: Any, mem: dict[str, np.ndarra
     _unreturned[0] += view.nbytes
     if _unreturned[0] >= TRIM_EVERY:
         _unreturned[0] = 0
-        trim = _malloc_trim()
-        if trim is not None:
-            trim(0)
+        _return_freed_heap()
 
 
 TRIM_EVERY = 8 << 20

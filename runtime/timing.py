@@ -197,7 +197,6 @@ class _BwTimeline:
                 self.ends.append(b)
 
 
-_HbmTimeline = _BwTimeline  # the name tests and older callers use
 SHARED = ("hbm", "csram", "noc")  # resources booked on a _BwTimeline (``Leaf.<r>_time``)
 
 

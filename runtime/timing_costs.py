@@ -168,11 +168,9 @@ def _dma_time(t: Target, src: Access, dst: Access, src_b: float, dst_b: float,
         return nbytes / bw
 
     times = [level_time(src.level, src_b), level_time(dst.level, dst_b)]
-    levels = {src.level, dst.level}
-    if "tsram" in levels and len(levels) == 2:  # into or out of the tiles over the NoC
-        times.append((dst_b if dst.level == "tsram" else src_b) / (t.noc_bw * frac))
-    elif levels == {"hbm", "csram"}:
-        times.append(max(src_b, dst_b) / t.noc_bw)
+    # into or out of the tiles over their share of the NoC; HBM <-> CSRAM over all of it
+    noc_bw = t.noc_bw * (frac if "tsram" in (src.level, dst.level) else 1.0)
+    times.append(noc_bytes(src, dst, src_b, dst_b) / noc_bw)
     return max(times) + t.dma_latency_s
 
 

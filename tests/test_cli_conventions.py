@@ -188,8 +188,8 @@ def test_paper_comparison_gives_the_implied_batch_or_why_batch_one_cannot_reach_
     stated). Swept over batches, the output gives the batch where the modeled tokens/s
     reaches it (linear between the two around it); at batch 1 alone, the ceiling the
     weights' bytes put on one sequence at the HBM peak, which is below it."""
-    from maiac.perf import PAPER
-    from maiac.perf_cli import _paper_lines, paper_comparison
+    from maiac.perf import PAPER, paper_comparison
+    from maiac.perf_cli import _paper_lines
 
     def point(batch: int, tps: float) -> dict[str, Any]:
         return {"batch": batch, "context": PAPER["context"], "quant": PAPER["quant"],

@@ -88,6 +88,18 @@ def _two_projections(m: int, k: int, n: int, seed: int) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def _with_and_without(model: Any, quant: str, x: np.ndarray, method: str, disabled: Any,
+                      monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """``model`` compiled as is and with ``FunctionTiler.<method>`` replaced by
+    ``disabled`` (the tiling before it); both compute the same ``y`` for ``x``, bit for bit."""
+    on = maiac.compile(model, quant=quant, target_params=TARGET)
+    with monkeypatch.context() as patch:
+        patch.setattr(FunctionTiler, method, disabled)
+        off = maiac.compile(model, quant=quant, target_params=TARGET)
+    np.testing.assert_array_equal(on.run({"x": x})["y"], off.run({"x": x})["y"])
+    return on, off
+
+
 @pytest.mark.parametrize("quant", ["mxfp4", "fp8"])
 def test_large_activation_is_quantized_once_for_every_reader(
         quant: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,11 +109,8 @@ def test_large_activation_is_quantized_once_for_every_reader(
     m, k, n = 256, 64, 256  # 256 rows >= 4 tiles x 32
     model = _two_projections(m, k, n, 2)
     x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
-    narrow = maiac.compile(model, quant=quant, target_params=TARGET)
-    with monkeypatch.context() as patch:
-        patch.setattr(FunctionTiler, "_narrow_activation", lambda self, op, ins, label: ins)
-        plain = maiac.compile(model, quant=quant, target_params=TARGET)
-    np.testing.assert_array_equal(narrow.run({"x": x})["y"], plain.run({"x": x})["y"])
+    narrow, plain = _with_and_without(model, quant, x, "_narrow_activation",
+                                      lambda self, op, ins, label: ins, monkeypatch)
 
     def quantized_elements(instrs: list[Any], trips: int = 1) -> int:
         count = 0
@@ -170,11 +179,8 @@ def test_norm_stores_its_rows_in_the_matmuls_format(
     m, k = 256, 64
     model = _norm_projections(m, k, k, 5, residual)
     x = np.random.default_rng(6).standard_normal((m, k)).astype(np.float32)
-    fused = maiac.compile(model, quant=quant, target_params=TARGET)
-    with monkeypatch.context() as patch:
-        patch.setattr(FunctionTiler, "_norm_to_narrow", lambda self, op, ins, label: False)
-        plain = maiac.compile(model, quant=quant, target_params=TARGET)
-    np.testing.assert_array_equal(fused.run({"x": x})["y"], plain.run({"x": x})["y"])
+    fused, plain = _with_and_without(model, quant, x, "_norm_to_narrow",
+                                     lambda self, op, ins, label: False, monkeypatch)
 
     def quantize_ops(compiled: Any) -> set[str]:
         return {i.op for i in _leaves(compiled.program.instructions)

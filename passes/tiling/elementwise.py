@@ -45,7 +45,7 @@ def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], 
                   budget: Budget, whole_last: bool, ops_per_elem: float = 1.0,
                   bws: Sequence[float] = ()) -> tuple[int, int]:
     """Split axis ``d`` and block extent ``b`` along it (``b`` need not divide the axis:
-    `ragged_regions` tiles the rest), of least modeled time (`_region_cost`).
+    `ragged_regions` tiles the rest), of least modeled time (`_jobs_cost`).
 
     ``operands``: (strides in iteration coords, itemsize) of every TSRAM block, output
     included; stride 0 dims take no TSRAM. ``ops_per_elem``: the TVP ops of an element;
@@ -55,19 +55,6 @@ def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], 
     rank = len(shape)
     best: tuple[tuple[float, int, int], int, int] | None = None
 
-    def block_dims(d: int, b: int) -> list[int]:
-        return [1] * d + [b] + list(shape[d + 1:])
-
-    def block_bytes(d: int, b: int) -> int:
-        block = block_dims(d, b)
-        nbytes = 0
-        for strides, size in operands:
-            unique = 1
-            for extent, stride in zip(block, strides, strict=True):
-                unique *= extent if stride else 1
-            nbytes += align(unique * size)
-        return nbytes
-
     for d in range(rank):
         if whole_last and d == rank - 1:
             candidates = {shape[d]}
@@ -75,17 +62,18 @@ def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], 
             candidates = set(divisors(shape[d])) | {
                 -(-shape[d] // j) for j in range(1, 2 * budget.n_tiles + 1)}
         for b in sorted(candidates):
-            if block_bytes(d, b) > budget.tsram_bytes:
+            if _block_bytes(shape, d, b, operands) > budget.tsram_bytes:
                 continue
             # the loop trips split_jobs really makes per region (it spreads only
             # divisors of each extent over the tiles), each region a pipeline of jobs
             # when its blocks get twins; then more tiles, then bigger blocks
             regions = ragged_regions(shape, d, b, budget.n_tiles)
-            waves = [(block_dims(d, blk), math.prod(split_jobs(
+            waves = [(_block(shape, d, blk), math.prod(split_jobs(
                 tuple(shape[:d]) + (extent // blk,), budget.n_tiles).trips))
                 for _, extent, blk in regions]
             cost = _jobs_cost(operands, waves, pipelined(
-                regions, lambda blk, d=d: block_bytes(d, blk), budget.tsram_bytes),
+                regions, lambda blk, d=d: _block_bytes(shape, d, blk, operands),
+                budget.tsram_bytes),
                 ops_per_elem, tuple(bws) or (budget.tile_bw,) * len(operands), budget)
             first = split_jobs(tuple(shape[:d]) + (regions[0][1] // b,), budget.n_tiles)
             block_elems = b * math.prod(shape[d + 1:])
@@ -95,6 +83,25 @@ def _choose_block(shape: Sequence[int], operands: Sequence[tuple[Sequence[int], 
     if best is None:
         raise MaiacError("working set does not fit TSRAM")
     return best[1], best[2]
+
+
+def _block(shape: Sequence[int], d: int, b: int) -> tuple[int, ...]:
+    """The block of extent ``b`` along axis ``d`` (whole axes after it)."""
+    return (1,) * d + (b,) + tuple(shape[d + 1:])
+
+
+def _operand_bytes(block: Sequence[int], operands: Sequence[tuple[Sequence[int], int]]
+                   ) -> list[int]:
+    """Per TSRAM operand (strides, itemsize), the bytes of its unique data in ``block``
+    (stride-0 dims are broadcast, not stored)."""
+    return [math.prod(e if st else 1 for e, st in zip(block, strides, strict=True)) * size
+            for strides, size in operands]
+
+
+def _block_bytes(shape: Sequence[int], d: int, b: int,
+                 operands: Sequence[tuple[Sequence[int], int]]) -> int:
+    """TSRAM bytes of one block's scratch (each operand aligned)."""
+    return sum(align(n) for n in _operand_bytes(_block(shape, d, b), operands))
 
 
 def pipelined(regions: Sequence[tuple[int, int, int]], block_bytes: Any,
@@ -123,12 +130,7 @@ def _jobs_cost(operands: Sequence[tuple[Sequence[int], int]],
     first = True
     for block, trips in waves:
         queues = [0.0, 0.0]
-        sizes = []
-        for strides, size in operands:
-            unique = 1
-            for extent, stride in zip(block, strides, strict=True):
-                unique *= extent if stride else 1
-            sizes.append(unique * size)
+        sizes = _operand_bytes(block, operands)
         for i, nbytes in enumerate(sizes[:-1]):
             queues[i % 2] += budget.dma_latency_s + nbytes / bws[i]
         store = budget.dma_latency_s + sizes[-1] / bws[-1]
@@ -189,13 +191,8 @@ def tile_elementwise(kernel: Kernel, fn: str, ins: Sequence[Tensor], out: Tensor
                          f"does not fit TSRAM ({budget.tsram_bytes} bytes per tile)") from err
     regions = ragged_regions(shape, d, b, budget.n_tiles)
 
-    def block_bytes(blk: int) -> int:
-        block = (1,) * d + (blk,) + tuple(shape[d + 1:])
-        return sum(align(math.prod(e if st else 1 for e, st in zip(block, strides,
-                                                                     strict=True)) * size)
-                   for strides, size in tsram_ops)
-
-    own = len(regions) > 1 and pipelined(regions, block_bytes, budget.tsram_bytes)
+    own = len(regions) > 1 and pipelined(
+        regions, lambda blk: _block_bytes(shape, d, blk, tsram_ops), budget.tsram_bytes)
     names: list[str] = []  # the first region's scratch blocks, reused by the tails (not own)
     for k, (lo, extent, blk) in enumerate(regions):
         if own and k:

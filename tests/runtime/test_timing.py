@@ -175,9 +175,9 @@ def test_weight_bytes_counts_const_buffers():
 def test_hbm_timeline_fills_gaps_in_time_order() -> None:
     """HBM is taken in time order, not program order: a transfer ready early takes a gap
     before one simulated earlier that starts later; busy stretches never overlap."""
-    from maiac.runtime.timing import _HbmTimeline
+    from maiac.runtime.timing import _BwTimeline
 
-    hbm = _HbmTimeline()
+    hbm = _BwTimeline()
     assert hbm.book(10.0, 2.0) == (10.0, 12.0)
     assert hbm.book(0.0, 3.0) == (0.0, 3.0)  # before it
     assert hbm.book(3.0, 4.0) == (3.0, 7.0)  # fits before 10
@@ -191,9 +191,9 @@ def test_hbm_timeline_long_transfer_fills_the_gaps_between_short_ones() -> None:
     """A transfer longer than every gap takes the gaps in order (concurrent DMA streams
     interleave at the HBM controller) rather than waiting past the short transfers booked
     before it — and never shares a moment of HBM with them: the busy time is the sum."""
-    from maiac.runtime.timing import _HbmTimeline
+    from maiac.runtime.timing import _BwTimeline
 
-    hbm = _HbmTimeline()
+    hbm = _BwTimeline()
     for k in range(4):  # weight loads: [0, 1), [3, 4), [6, 7), [9, 10)
         hbm.book(3.0 * k, 1.0)
     assert hbm.book(0.0, 5.0) == (1.0, 8.0)  # [1, 3) + [4, 6) + [7, 8)
