@@ -15,7 +15,8 @@ CPU time of both engines and the factor by which maiac's time exceeds its own tr
 of >= 1e8 flops), and the factor over that trend plus ``bytes / copy rate`` (the bytes
 the program copies — inputs into HBM, every DMA block, outputs — at the rate of one
 numpy copy measured in the same run: a matrix-vector product moves its 64 MiB weight
-through TSRAM, so its floor is a copy, not its FLOPs); the worst factors close the table.
+through TSRAM, so its floor is a copy, not its FLOPs); the worst factors and the worst
+ratio to onnxruntime close the table.
 
 ``--baseline REV`` also times the interpreter of git revision REV (its
 runtime/interpreter.py, loaded beside today's; the helper modules it imports are today's)
@@ -415,6 +416,9 @@ def main() -> None:
         worst = max(rows, key=lambda r: r["bytes_factor"])
         print(f"worst-shape factor {worst['bytes_factor']:.2f} at M,N,K = {worst['shape']} "
               f"(FLOP + copied-bytes trend)")
+        worst = max(rows, key=lambda r: r["maiac_s"] / r["ort_s"])
+        print(f"worst-shape x ort {worst['maiac_s'] / worst['ort_s']:.2f} at M,N,K = "
+              f"{worst['shape']} (maiac CPU time / onnxruntime's, same single-MatMul graph)")
         print(f"load average {os.getloadavg()[0]:.1f}")
 
 

@@ -389,13 +389,13 @@ class _Machine:
                 if dma_splitter(instr, dst, len(trips), len(grid)) is None:
                     if not trips:  # the views themselves: no per-run indexing
                         def step(it: tuple[int, ...]) -> None:
-                            for d, s_ in pairs:
-                                np.copyto(d, s_)
+                            for d, s_ in pairs:  # same dtype: item assignment is
+                                d[...] = s_  # np.copyto without its dispatch (~0.3 us)
                         return step
 
                     def step(it: tuple[int, ...]) -> None:
                         for d, s_ in pairs:
-                            np.copyto(d[it], s_[it])
+                            d[it] = s_[it]
                     return step
                 # large: each copy split over the workers along a grid axis (chunks write
                 # disjoint tiles; the tile-to-tile copies read tiles none of them writes)
@@ -414,7 +414,7 @@ class _Machine:
             split = dma_splitter(instr, dst, len(trips), len(grid))
             if split is None and not trips:
                 def step(it: tuple[int, ...]) -> None:
-                    np.copyto(dst, src)
+                    dst[...] = src  # as np.copyto (same dtype), ~0.3 us less per call
             else:
                 def step(it: tuple[int, ...]) -> None:
                     d = dst[it]
