@@ -233,20 +233,41 @@ def test_weight_stationary_matmul_reads_each_weight_block_once() -> None:
     m, k, n = 128, 768, 3072
     compiled = _compiled_matmul(m, k, n, 2, scale=0.03)
 
-    mms = [i for i in leaves(compiled.program.instructions) if i.kind == "matmul"]
-    assert {tuple(i.a.shape) for i in mms} == {(m, k)}, "all of M in each block"
-    into = [i for i in leaves(compiled.program.instructions)
-            if i.kind == "dma" and i.dst.level == "tsram"]
-    weights = [i for i in into if tuple(i.src.shape) != (m, k)]
-    acts = [i for i in into if tuple(i.src.shape) == (m, k)]
+    def counted(instrs: list, times: int = 1) -> Iterator:
+        """(instruction, how many times it runs): loops flattened."""
+        for i in instrs:
+            if i.kind == "loop":
+                yield from counted(i.body, times * math.prod(i.trips))
+            else:
+                yield i, times
+    runs = list(counted(compiled.program.instructions))
+    mms = [i for i, _ in runs if i.kind == "matmul"]
+    a_block = tuple(mms[0].a.shape)
+    assert {tuple(i.a.shape)[0] for i in mms} == {m}, "all of M in each block"
+    into = [(i, t) for i, t in runs if i.kind == "dma" and i.dst.level == "tsram"]
+    weights = [i for i, _ in into if tuple(i.src.shape) != a_block]
+    acts = [i for i, _ in into if tuple(i.src.shape) == a_block]
     assert weights and acts
     assert all(all(s for s in i.src.tile_strides) for i in weights)
     assert all(not any(i.src.tile_strides) for i in acts)
-    moved = sum(math.prod(i.grid) * math.prod(i.dst.shape) * itemsize(i.dst.dtype)
-                for i in into)
+    moved = sum(t * math.prod(i.grid) * math.prod(i.dst.shape) * itemsize(i.dst.dtype)
+                for i, t in into)
     tiles = math.prod(mms[0].grid)
     rows_32 = 4 * k * (tiles // 4 * m + 4 * n)  # 32-row blocks on as many tiles
     assert moved <= 0.75 * rows_32, (moved, rows_32)
+
+
+def test_k_candidates_add_a_pipelined_depth_only_when_the_deepest_cannot_pipeline() -> None:
+    """One or two deep K steps cannot overlap loads with the TTU: a shallower divisor
+    giving 3 steps (whole k_step units) is costed too; not without twins or when the
+    deepest already makes 3 steps."""
+    from maiac.passes.tiling.matmul import _k_candidates
+
+    assert _k_candidates(4096, 4096, 32, True) == [4096, 1024]
+    assert _k_candidates(4096, 2048, 32, True) == [2048, 1024]
+    assert _k_candidates(4096, 1024, 32, True) == [1024]
+    assert _k_candidates(4096, 4096, 32, False) == [4096]
+    assert _k_candidates(96, 96, 64, True) == [96]  # no multiple of 64 under 96 / 3
 
 
 def test_block_candidates_include_whole_blocks_with_a_small_tail() -> None:

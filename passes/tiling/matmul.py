@@ -175,9 +175,8 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                                 outputs * b_size * (1 + twins), room, k_step, ragged_k)
                 if bk is None:
                     continue
-                body, epilogue = _job_parts(shape, bk, twins, budget)
-                cost = (jobs * max(body, epilogue) + epilogue if job_twins
-                        else jobs * (body + epilogue)) + tails
+                cost, bk = min((_grid_cost(shape, d, twins, job_twins, jobs, budget) + tails, d)
+                               for d in _k_candidates(k, bk, k_step, twins))
                 peel = 0
                 if ragged:  # uneven column blocks as a kernel of their own (`wave_peel`)
                     peel, peeled = _peeled_cost(shape, bk, twins, job_twins, budget,
@@ -226,6 +225,28 @@ def _least_moved(found: list[tuple[float, float, int, int, int, int]], m: int
             pick = least
     cost, _, *blocks = pick
     return (cost, *blocks)
+
+
+def _k_candidates(k: int, deepest: int, k_step: int, twins: bool) -> list[int]:
+    """K blocks worth costing beside the deepest that fits: with twins, the deepest
+    divisor of K (whole ``k_step`` units) under it that makes the 3 K steps the
+    double-buffered pipeline needs. A job of one or two deep steps loads, multiplies and
+    stores one after the other (the narrow tail of a projection: 64 x 64 blocks, K = 4096
+    in one step); three shallower steps overlap the loads with the TTU."""
+    out = [deepest]
+    if twins and -(-k // deepest) < 3:
+        shallower = [d for d in divisors(k) if d <= k // 3 and d % k_step == 0]
+        if shallower:
+            out.append(max(shallower))
+    return out
+
+
+def _grid_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, jobs: int,
+               budget: Budget) -> float:
+    """Modeled time of ``jobs`` waves of ``shape``'s jobs with ``bk``-deep K steps (a job's
+    epilogue overlapping the next job's K steps with ``job_twins``)."""
+    body, epilogue = _job_parts(shape, bk, twins, budget)
+    return jobs * max(body, epilogue) + epilogue if job_twins else jobs * (body + epilogue)
 
 
 def _moved_bytes(batch: int, m: int, n: int, k: int, bm: int, bn: int, a_src: float,
