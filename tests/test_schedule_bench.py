@@ -33,5 +33,9 @@ def test_op_kinds_cover_every_op_and_bound_them() -> None:
     gap = rep["modeled_time_s"] - schedule.calibrated_time(rep, target)
     assert sum(k["gap_share"] * gap for k in kinds) == pytest.approx(
         sum(k["time_s"] - k["bound_s"] for k in kinds))
+    per_op = schedule.per_op_curve_time(rep, target)
+    assert per_op == pytest.approx(sum(k["bound_s"] for k in kinds))
+    # the per-op curve sums maxima, the program-wide curve takes the max of sums
+    assert per_op >= schedule.calibrated_time(rep, target) * (1 - 1e-9)
     text = schedule.ops_table([{"mode": "prefill", "quant": "fp32", "op_kinds": kinds}])
     assert f"| prefill | fp32 | attention | {len(attention)} |" in text
