@@ -27,10 +27,10 @@ from maiac.passes.tiling import decode_attention, narrow_act, norm_quant
 from maiac.passes.tiling.attention import tile_attention
 from maiac.passes.tiling.cache_write import tile_cache_write
 from maiac.passes.tiling.collective import tile_collective, tile_p2p
-from maiac.passes.tiling.common import Budget, Kernel, Tensor, align
+from maiac.passes.tiling.common import Budget, Kernel, Tensor, align, broadcast_strides
 from maiac.passes.tiling.elementwise import tile_elementwise
 from maiac.passes.tiling.layout import tile_concat, tile_copy, tile_gather, tile_view
-from maiac.passes.tiling.matmul import MatmulQuant, tile_matmul, ttu_speedup
+from maiac.passes.tiling.matmul import MatmulQuant, RopeEpilogue, tile_matmul, ttu_speedup
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.target import Target, get_target
 
@@ -103,6 +103,9 @@ def activation_quant(op: Operation) -> MatmulQuant | None:
 # of an 8B model: the 32 MiB hidden states, their norm and the residual), a bigger one
 # (the 112 MiB FFN activation) often does not. Only the tilers' cost models use this.
 CSRAM_SHARE = 0.25
+# RoPE in the q/k projections' epilogue (`FunctionTiler._rope_epilogue`); False: the rope
+# op runs as a kernel of its own (tests compare the two)
+ROPE_EPILOGUE = True
 
 
 @dataclass
@@ -121,6 +124,9 @@ class FunctionTiler:
     # fp32 activations quantized by a kernel of their own: (buffer, offset, shape, format)
     # -> the narrow tensor
     quantized_acts: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
+    # matmuls whose one reader, a ``maia.rope``, runs in their epilogue (the rope op
+    # then has no kernel of its own): matmul -> the epilogue
+    rope_epilogues: dict[Operation, RopeEpilogue] = field(default_factory=dict)
 
     def new_buffer(self, name: str, ssa: SSAValue, kind: str, **extra: object) -> Tensor:
         dtype, shape = tensor_dtype(ssa.type), tensor_shape(ssa.type)
@@ -241,6 +247,39 @@ class FunctionTiler:
         self.kernels.append(kernel.build())
         return True
 
+    def _rope_epilogue(self, op: Operation) -> RopeEpilogue | None:
+        """The RoPE epilogue of matmul ``op`` (`RopeEpilogue`; not in the naive baseline),
+        when its fp32 ``[B, S, H * D]`` result (a plain product or with a bias) is read
+        only by a ``maia.rope`` that reads it as ``[B, H, S, D]`` heads (the q/k
+        projections) with cos/sin tables the same for every head and already computed;
+        else None. The rope's result buffer is made here."""
+        if not ROPE_EPILOGUE or not isinstance(op, maia.MatMulOp) or self.budget.fixed_block \
+                or maia.attr(op, "residual") or maia.attr(op, "glu"):
+            return None
+        result = op.results[0]
+        uses = list(result.uses)
+        if len(uses) != 1 or uses[0].index != 0 or tensor_dtype(result.type) != "f32":
+            return None
+        rope = uses[0].operation
+        if not isinstance(rope, maia.RopeOp) or tensor_dtype(rope.results[0].type) != "f32":
+            return None
+        shape, x_shape = tensor_shape(rope.results[0].type), tensor_shape(result.type)
+        if len(shape) != 4 or len(tensor_shape(op.operands[1].type)) != 2:
+            return None
+        b, h, s, d = shape
+        offset, *strides = maia.attr(rope, "x_view")
+        if x_shape != (b, s, h * d) or offset != 0 or tuple(strides[1:]) != (d, h * d, 1) \
+                or strides[0] not in (s * h * d, 0 if b == 1 else -1):
+            return None
+        tables = [self.values.get(v) for v in rope.operands[1:]]
+        if any(t is None or t.dtype != "f32" for t in tables):
+            return None
+        if any(broadcast_strides(t.shape, shape)[1] for t in tables):
+            return None  # a table per head
+        out = self.new_buffer(f"t{self.counter}:{maia.attr(rope, 'op', 'rope')}",
+                              rope.results[0], "act")
+        return RopeEpilogue(tables[0], tables[1], out)
+
     def _store_bound(self, op: Operation, ins: list[Tensor]) -> bool:
         """Whether storing matmul ``op``'s result (as it is stored: fp32 or narrow; in HBM,
         too big for CSRAM) takes longer at the sustained HBM rate than its product takes
@@ -295,6 +334,8 @@ class FunctionTiler:
             self.new_buffer(f"const{self.counter}:{label}", op.results[0], "const",
                             value=op.attributes["value"])
             return
+        if isinstance(op, maia.RopeOp) and op.results[0] in self.values:
+            return  # in its producer's epilogue (`_rope_epilogue`)
         ins = [self.values[v] for v in op.operands]
         if isinstance(op, maia.ReshapeOp):
             src = ins[0]
@@ -321,8 +362,13 @@ class FunctionTiler:
         elif self._norm_to_narrow(op, ins, label):
             return
         consumer = self._narrow_consumer(op)
+        rope = self._rope_epilogue(op) if consumer is None else None
         if consumer is not None:
             out = self.narrow_buffer(f"t{self.counter}:{label}", op.results[0], consumer)
+        elif rope is not None:  # no buffer: the rope's result is what it stores
+            self.rope_epilogues[op] = rope
+            out = Tensor("", "f32", tensor_shape(op.results[0].type))
+            self.values[op.results[0]] = out
         else:
             out = self.new_buffer(f"t{self.counter}:{label}", op.results[0], "act")
         kernel = Kernel(op=label, kind=kind, uid=f"k{self.counter}")
@@ -362,6 +408,7 @@ class FunctionTiler:
               out: Tensor) -> list[Kernel]:
         """Tile ``op`` into ``kernel``; returns further kernels to run after it."""
         if isinstance(op, maia.MatMulOp):
+            rope = self.rope_epilogues.get(op)
             residual_fn = maia.attr(op, "residual")
             residual = ins[-1] if residual_fn else None
             bias = ins[2] if len(ins) > (3 if residual_fn else 2) else None
@@ -371,7 +418,7 @@ class FunctionTiler:
                                residual=residual, residual_fn=residual_fn or "add",
                                quant=self._matmul_quant(op), glu=maia.attr(op, "glu"),
                                on_chip=self.likely_on_chip,
-                               out_quant=self.narrow_results.get(out.buf))
+                               out_quant=self.narrow_results.get(out.buf), rope=rope)
         elif isinstance(op, maia.AttentionOp) and not self.budget.fixed_block and \
                 decode_attention.applies(maia.attr(op, "dims"), len(ins),
                                          bool(maia.attr(op, "causal", False))):

@@ -87,8 +87,8 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
                   speedup: float = 1.0, quant_ops: float = 0.0, b_src: float | None = None,
                   epilogue_ops: float = 0.0, outputs: int = 1,
                   ragged: bool = False, ragged_k: bool = False,
-                  with_peel: bool = False, rates: OperandRates | None = None
-                  ) -> tuple[int, ...]:
+                  with_peel: bool = False, rates: OperandRates | None = None,
+                  row_bytes: int = 0) -> tuple[int, ...]:
     """(bm, bn, bk) minimizing the modeled time of the matmul on ``budget.n_tiles`` tiles.
 
     ``bm``/``bn`` are multiples of the TTU's native 32 x K x 32 block (or the whole dim);
@@ -106,7 +106,8 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     blocks and ``[bm, bn]`` accumulators come in pairs); ``ragged_k``: ``bk`` need not
     divide K (a first, shorter K step takes the remainder; plain operands only);
     ``rates``: where the activation, the residual and the result stream from (default:
-    all HBM at the sustained rate).
+    all HBM at the sustained rate); ``row_bytes``: further TSRAM bytes per row of a
+    ``[bm, bn]`` block, loaded per job whatever ``bn`` (a RoPE epilogue's cos/sin rows).
 
     Each candidate is costed as `_job_time` says: K steps overlapped (DMA, TVP, TTU in a
     pipeline) only when the `double-buffer` pass can give the streamed blocks twins, else
@@ -114,7 +115,7 @@ def choose_blocks(batch: int, m: int, n: int, k: int, a_size: float, b_size: flo
     """
     args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
             a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k,
-            rates or OperandRates())
+            rates or OperandRates(), row_bytes)
     if budget.fixed_block:
         slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
         fixed = _fixed_blocks(m, n, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step,
@@ -132,12 +133,14 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
                  b_size: float, budget: Budget, extra_row_bytes: int, k_step: int, n_step: int,
                  block_bytes: int, a_src: float | None, speedup: float, quant_ops: float,
                  b_src: float | None, epilogue_ops: float, outputs: int, ragged_k: bool,
-                 rates: OperandRates) -> tuple[float, int, int, int, int] | None:
+                 rates: OperandRates, row_bytes: int = 0
+                 ) -> tuple[float, int, int, int, int] | None:
     """(cost, bm, bn, bk, peel) of the best candidate (see `choose_blocks`; ``peel``:
     the column blocks of the main region `_regions` runs as a kernel of their own), or
     None."""
     args = (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k, rates)
+            a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k, rates,
+            row_bytes)
     slack = 4 * 64 if (k_step > 1 or n_step > 1 or a_size % 1 or b_size % 1) else 0
     gm, gn = budget.native_m, math.lcm(budget.native_n, n_step)
     if ragged:
@@ -151,12 +154,13 @@ def _best_blocks(m: int, n: int, ragged: bool, batch: int, k: int, a_size: float
         for bn in ns:
             best: tuple[float, int, int, int, int] | None = None
             fixed = (outputs * align(bm * bn * 4) + align(bn * extra_row_bytes)
-                     + align(bm * bn * block_bytes) + slack
+                     + align(bm * bn * block_bytes) + align(bm * row_bytes) + slack
                      + align(math.ceil(bm * bn * rates.out_quant_bytes)))
             split = split_jobs((batch, m // bm, n // bn), budget.n_tiles)
             shape = _JobShape(bm, bn, k, a_size if a_src is None else a_src,
                               outputs * (b_size if b_src is None else b_src), block_bytes,
-                              speedup / outputs, quant_ops, epilogue_ops, split, rates)
+                              speedup / outputs, quant_ops, epilogue_ops, split, rates,
+                              bm * row_bytes)
             tails = 0.0
             if ragged and (m % bm or n % bn):
                 tails = _tails_cost(m, n, bm, bn, args)
@@ -292,11 +296,12 @@ def _peeled_cost(shape: _JobShape, bk: int, twins: bool, job_twins: bool, budget
 
 def _best_blocks_any(m: int, n: int, *args: Any) -> tuple[float, int, int, int, int] | None:
     (batch, k, a_size, b_size, budget, extra_row_bytes, k_step, n_step, block_bytes,
-     a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k, rates) = args
+     a_src, speedup, quant_ops, b_src, epilogue_ops, outputs, ragged_k, rates,
+     row_bytes) = args
     one = dataclasses.replace(budget, native_m=1, native_n=1)
     return _best_blocks(m, n, False, batch, k, a_size, b_size, one, extra_row_bytes, k_step,
                         n_step, block_bytes, a_src, speedup, quant_ops, b_src, epilogue_ops,
-                        outputs, ragged_k, rates)
+                        outputs, ragged_k, rates, row_bytes)
 
 
 def _tails_cost(m: int, n: int, bm: int, bn: int, args: tuple) -> float | None:
@@ -342,6 +347,7 @@ class _JobShape:
     epilogue_ops: float
     split: JobSplit
     rates: OperandRates = OperandRates()
+    side_bytes: float = 0.0  # bytes per job loaded beside the result block (cos/sin rows)
 
 
 def _twinnable(trips: tuple[int, ...]) -> bool:
@@ -400,6 +406,8 @@ def _job_parts(s: _JobShape, bk: int, twins: bool, budget: Budget) -> tuple[floa
     if s.block_bytes:
         r_blk = s.bm * s.bn * s.block_bytes
         epilogue += dma(r_blk, r_blk * tiles, s.rates.residual)
+    if s.side_bytes:  # one DMA per table, split over two queues: about half each
+        epilogue += dma(s.side_bytes / 2, s.side_bytes * sp[0] * sp[1] / 2)
     if s.epilogue_ops and budget.tile_vec:
         epilogue += s.bm * s.bn * s.epilogue_ops / budget.tile_vec + budget.instr_overhead_s
     return body, epilogue
@@ -535,12 +543,35 @@ def _regions(m: int, n: int, bm: int, bn: int, bk: int, tail_blocks: Any,
     return out
 
 
+@dataclass(frozen=True)
+class RopeEpilogue:
+    """Rotate-half RoPE of the result block before its store (the q/k projection's
+    ``maia.rope``, `FunctionTiler._rope_epilogue`): the ``[B, S, H * D]`` result is
+    rotated per head (``cos``/``sin`` broadcasting to ``out`` with stride 0 over the
+    heads) and stored head-major into ``out`` ``[B, H, S, D]``, the layout the rope op
+    wrote. The batch is not folded into the rows (a row block stays in one sequence)."""
+
+    cos: Tensor
+    sin: Tensor
+    out: Tensor
+
+    @property
+    def head_dim(self) -> int:
+        return self.out.shape[-1]
+
+    def table_strides(self, t: Tensor) -> tuple[int, int, int]:
+        """(batch, row, column) element strides of table ``t`` over ``[B, S, D]``."""
+        b, _, s, d = broadcast_strides(t.shape, self.out.shape)
+        return b, s, d
+
+
 def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budget,
                 bias: Tensor | None = None, act: str | None = None, fmt: str = "f32",
                 residual: Tensor | None = None, residual_fn: str = "add",
                 quant: MatmulQuant | None = None, glu: str | None = None,
                 on_chip: Callable[[Tensor], bool] | None = None,
-                out_quant: tuple[MatmulQuant, Tensor] | None = None) -> list[Kernel]:
+                out_quant: tuple[MatmulQuant, Tensor] | None = None,
+                rope: RopeEpilogue | None = None) -> list[Kernel]:
     """Append the instructions of ``out = act(a @ b + bias) <residual_fn> residual``;
     returns the kernels of the ragged tails (blocks need not divide M or N: the
     remainder rows/columns run as kernels of their own, right after this one).
@@ -567,8 +598,12 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     stored quantized in the consumer's activation format (`narrow_act`); ``out`` still
     gives its fp32 shape. An ``a`` already in ``quant``'s activation format (such a
     narrow tensor) is loaded as it is, with no quantize step.
+
+    ``rope``: the result is rotated and stored head-major (`RopeEpilogue`); column blocks
+    then hold whole heads.
     """
-    a, out, residual = fold_batch(a, b, out, residual)
+    if rope is None:
+        a, out, residual = fold_batch(a, b, out, residual)
     *batch_shape, m, n = out.shape
     k = b.shape[-2]  # a narrow a's rows are bytes
     nbatch = math.prod(batch_shape)
@@ -582,6 +617,13 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
         a_size = a_src = narrow_act.element_bytes(q)
     if out_quant is not None:
         n_step = math.lcm(n_step, narrow_act.column_granule(out_quant[0]))
+    side = 0
+    if rope is not None:
+        assert glu is None and residual is None and out_quant is None
+        assert tuple(out.shape) == (rope.out.shape[0], rope.out.shape[2],
+                                    rope.out.shape[1] * rope.out.shape[3])
+        n_step = math.lcm(n_step, rope.head_dim)
+        side = rope.head_dim * (itemsize(rope.cos.dtype) + itemsize(rope.sin.dtype))
     native_k = math.lcm(k_step, budget.native_k(fmt))
     k_step = native_k if k % native_k == 0 else k_step  # K steps of whole TTU blocks
     speedup = ttu_speedup(fmt, budget)
@@ -589,7 +631,8 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     epilogue_ops = ((1 if bias is not None else 0) + (VEC_OPS.get(act, 1) if act else 0)
                     + (VEC_OPS.get(residual_fn, 1) if residual is not None else 0)
                     + (VEC_OPS.get(glu, 1) if glu else 0)
-                    + (VEC_OPS["quantize"] if out_quant is not None else 0))
+                    + (VEC_OPS["quantize"] if out_quant is not None else 0)
+                    + (VEC_OPS["rope"] if rope is not None else 0))
     halves = 2 if glu else 1
     wf = q.fmt("w")
     if q.w_scales is not None and wf is not None and not wf.is_blocked:
@@ -599,12 +642,15 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
     def rate(t: Tensor | None) -> float:
         return csram if t is not None and on_chip is not None and on_chip(t) else 0.0
     stored = out if out_quant is None else out_quant[1]
+    if rope is not None:
+        stored = rope.out
     args = dict(extra_row_bytes=extra, k_step=k_step, n_step=n_step, block_bytes=block,
                 a_src=a_src, speedup=speedup, quant_ops=quant_ops,
                 epilogue_ops=epilogue_ops, outputs=halves, ragged_k=_plain(q),
                 rates=OperandRates(rate(a), rate(residual), rate(stored),
                                    narrow_act.element_bytes(out_quant[0])
-                                   if out_quant is not None else 0.0))
+                                   if out_quant is not None else 0.0),
+                row_bytes=side)
     try:
         bm, bn, bk, peel = choose_blocks(nbatch, m, n, k, a_size, b_size, budget, ragged=True,
                                          with_peel=True, **args)
@@ -617,8 +663,10 @@ def tile_matmul(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, budget: Budge
                           for i in range(1, len(regions))]
     for kern, region in zip(kernels, regions, strict=True):
         _tile_region(kern, a, b, out, region, budget.n_tiles, bias, act, fmt, residual,
-                     residual_fn, q, glu, out_quant)
+                     residual_fn, q, glu, out_quant, rope)
     kernel.flops += 2 * nbatch * m * n * k * halves
+    if rope is not None:  # as the rope kernel counted it
+        kernel.flops += VEC_OPS["rope"] * m * n
     return kernels[1:]
 
 
@@ -646,7 +694,8 @@ def fold_batch(a: Tensor, b: Tensor, out: Tensor, residual: Tensor | None
 def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Region,
                  n_tiles: int, bias: Tensor | None, act: str | None, fmt: str, residual: Tensor | None,
                  residual_fn: str, q: MatmulQuant, glu: str | None,
-                 out_quant: tuple[MatmulQuant, Tensor] | None = None) -> None:
+                 out_quant: tuple[MatmulQuant, Tensor] | None = None,
+                 rope: RopeEpilogue | None = None) -> None:
     """The instructions of one `_Region` of the matmul (see `tile_matmul`)."""
     *batch_shape, m, n = out.shape
     k = b.shape[-2]
@@ -746,6 +795,8 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
     if out_quant is not None:
         body += narrow_act.store(kernel, out_quant[0], c_block, out_quant[1], m, n, bm, bn,
                                  m0, n0, batch_shape, split, grid)
+    elif rope is not None:
+        body += _rope(kernel, rope, tc, bm, bn, split, grid, m0, n0, bool(batch_shape))
     else:
         body.append(dma(c_block, Access(out.buf, out.dtype, (bm, bn), (n, 1),
                                         out.off + m0 * n + n0, split.tile_strides(c_steps),
@@ -851,6 +902,33 @@ def _b_scale_loader(kernel: Kernel, q: MatmulQuant, bk: int, bn: int, n: int,
 
 def matmul_shapes_ok(a: Sequence[int], b: Sequence[int]) -> bool:
     return len(a) >= 2 and len(b) >= 2 and a[-1] == b[-2]
+
+
+def _rope(kernel: Kernel, rope: RopeEpilogue, tc: str, bm: int, bn: int, split: JobSplit,
+          grid: Sequence[int], m0: int, n0: int, batched: bool) -> list:
+    """Load the job's cos/sin rows, rotate the ``[bm, bn]`` result block's heads in place
+    and store them head-major (`RopeEpilogue`); ``batched``: the job grid has the batch
+    as its first dim."""
+    d = rope.head_dim
+    heads = bn // d
+    _, h, seq, _ = rope.out.shape
+    ops, tables = [], []
+    for i, (name, t) in enumerate((("cos", rope.cos), ("sin", rope.sin))):
+        s_batch, s_row, s_col = rope.table_strides(t)
+        steps = (s_batch,) * batched + (bm * s_row, 0)
+        local = kernel.scratch_buffer(name, t.dtype, (bm, d))
+        ops.append(dma(Access(t.buf, t.dtype, (bm, d), (s_row, s_col), t.off + m0 * s_row,
+                              split.tile_strides(steps), split.loop_strides(steps)),
+                       Access(local, t.dtype, (bm, d), (d, 1)), grid, queue=2 + i))
+        tables.append(Access(local, t.dtype, (bm, heads, d), (d, 0, 1)))
+    block = Access(tc, "f32", (bm, heads, d), (bn, d, 1))
+    ops.append(vec("rope", [block, *tables], block, grid))
+    steps = (h * seq * d,) * batched + (bm * d, heads * seq * d)
+    ops.append(dma(block, Access(rope.out.buf, "f32", (bm, heads, d), (d, seq * d, 1),
+                                 rope.out.off + m0 * d + n0 // d * seq * d,
+                                 split.tile_strides(steps), split.loop_strides(steps)),
+                   grid, queue=1))
+    return ops
 
 
 def _residual(kernel: Kernel, r: Tensor, fn: str, c_block: Access, out_shape: Sequence[int],
