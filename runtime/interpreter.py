@@ -5,8 +5,9 @@ runtime/interpreter_dma.py and the matmul helpers in runtime/interpreter_matmul.
 module builds the memory and one step per instruction and runs them.
 
 Memory is real bytes: HBM one ``uint8`` array, CSRAM one array spanning all clusters,
-TSRAM a ``(n_tiles, tsram_bytes)`` array (row t is tile t's private SRAM); each is cut
-off after the highest buffer end of its level. Every instruction runs for all ``prod(grid)`` tiles in one
+TSRAM one array holding every tile's private SRAM in segments (runtime/tsram_layout.py:
+a small kernel's block over its tiles is one contiguous run); HBM and CSRAM are cut off
+after the highest buffer end of their level. Every instruction runs for all ``prod(grid)`` tiles in one
 numpy call on strided views of those arrays: an access becomes a view of shape
 ``(*loop_trips, *grid, *block)``, indexed by the loop iteration at run time.
 
@@ -43,10 +44,14 @@ from maiac.runtime.interpreter_dma import (
 from maiac.runtime.interpreter_fns import (
     DEDUPE_FNS,
     DEDUPE_MIN_ELEMENTS,
+    ELEMENTWISE_FNS,
     F32,
     F32_UFUNCS,
     FNS,
+    INTO_FNS,
+    ROW_FNS,
     caster,
+    coalesce,
     storer,
 )
 from maiac.runtime.interpreter_matmul import (
@@ -83,6 +88,7 @@ from maiac.runtime.program import (
 from maiac.runtime.quant_ops import count_nonfinite, decode_operand
 from maiac.runtime.tile_dedupe import shared_grid_axes
 from maiac.runtime.tile_uniform import uniform_operands
+from maiac.runtime.tsram_layout import tsram_layout
 
 Step = Callable[[tuple[int, ...]], None]
 
@@ -115,10 +121,12 @@ class _Machine:
         # the capacities), so memory and first-touch cost follow what the program uses.
         end = {lv: -(-max((b.addr + b.nbytes for b in bs), default=0) // 64) * 64 + 64
                for lv, bs in by_level.items()}
+        # TSRAM: every tile's bytes in one flat array, in segments (runtime/tsram_layout.py)
+        self.layout = tsram_layout(program, self.target.n_tiles)
         self.mem = {  # pages resident once written (runtime/memory.py)
             "hbm": zeroed_memory((end["hbm"],)),
             "csram": zeroed_memory((end["csram"],)),
-            "tsram": zeroed_memory((self.target.n_tiles, end["tsram"])),
+            "tsram": zeroed_memory((self.layout.nbytes,)),
         }
         self.vectorized_loops = 0
         self.blas_limit = False  # set when a per-tile GEMM is large enough to be threaded
@@ -147,7 +155,12 @@ class _Machine:
         # the access pattern; runtime/liveness.py, which uses the memory as its scratch).
         # Constants are written once, here, and again before each run only if an
         # instruction writes over them.
-        self.poison, clobbered = first_reads(program, self.mem, self._independent)
+        self.poison, clobbered = first_reads(program, self.mem, self._independent,
+                                             layout=self.layout)
+        self._poison_views = [
+            self.layout.rows(self.mem[level], a, b) if level == "tsram" else
+            self.mem[level][a:b] for level, ranges in self.poison.items() for lo, hi in ranges
+            for a, b in (self.layout.pieces(lo, hi) if level == "tsram" else [(lo, hi)])]
         self.rewrite = [b for b in self.consts if b.name in clobbered]
         for b in self.consts:
             self._write_bytes(b.level, b.addr, program.constants[b.name])
@@ -156,31 +169,27 @@ class _Machine:
 
     # -- memory ----------------------------------------------------------------
     def _write_bytes(self, level: str, addr: int, data: Any) -> None:
+        mem = self.mem[level]
         if isinstance(data, ZipBlob):  # inflated in place: no copy of the weights
-            mem = self.mem[level]
-            row = mem[0] if level == "tsram" else mem
-            data.read_into(row[addr:addr + data.nbytes])
             if level == "tsram":
-                mem[1:, addr:addr + data.nbytes] = row[addr:addr + data.nbytes]
+                rows = self.layout.rows(mem, addr, addr + data.nbytes)
+                data.read_into(rows[0])
+                rows[1:] = rows[0]
+            else:
+                data.read_into(mem[addr:addr + data.nbytes])
             return
         raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) \
             else np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        mem = self.mem[level]
         if level == "tsram":
-            mem[:, addr:addr + raw.size] = raw
+            self.layout.rows(mem, addr, addr + raw.size)[...] = raw
         else:
             mem[addr:addr + raw.size] = raw
 
     def reset(self) -> None:
         """Poison (0xFF) every byte a run reads before writing it, on every tile; rewrite
         constants the previous run wrote over."""
-        for level, ranges in self.poison.items():
-            mem = self.mem[level]
-            for lo, hi in ranges:
-                if level == "tsram":
-                    mem[:, lo:hi] = 0xFF
-                else:
-                    mem[lo:hi] = 0xFF
+        for v in self._poison_views:
+            v[...] = 0xFF
         for b in self.rewrite:
             self._write_bytes(b.level, b.addr, self.constants[b.name])
 
@@ -188,8 +197,15 @@ class _Machine:
         """A copy of a contiguous tensor stored at ``addr`` (tile 0's copy for TSRAM)."""
         dt = np_dtype(dtype)
         n = math.prod(shape) * dt.itemsize
-        mem = self.mem[level][0] if level == "tsram" else self.mem[level]
-        return mem[addr:addr + n].view(dt).reshape(shape).copy()
+        return self.tile0(level, addr, n).view(dt).reshape(shape).copy()
+
+    def tile0(self, level: str, addr: int, n: int) -> np.ndarray:
+        """Bytes ``[addr, addr + n)`` of ``level`` (tile 0's for TSRAM), a view."""
+        mem = self.mem[level]
+        if level == "tsram" and n:
+            off, _ = self.layout.locate(addr, addr + n)
+            return mem[off:off + n]
+        return mem[addr:addr + n]
 
     # -- views -----------------------------------------------------------------
     def view(self, acc: Access, grid: tuple[int, ...], trips: tuple[int, ...],
@@ -206,13 +222,15 @@ class _Machine:
             pad = rank - len(shape)
             shape, strides = (1,) * pad + shape, (0,) * pad + strides
         mem = self.mem[acc.level]
+        offset = acc.addr
         if acc.level == "tsram":
-            row = mem.strides[0]
+            # the segment holding the access (runtime/tsram_layout.py): its tile stride
+            offset, row = self.layout.locate(acc.addr) if math.prod(shape) else (0, 0)
             gstr = tuple(s * row for s in isa.contiguous_strides(grid))
         else:
             gstr = tuple(s * isz for s in acc.tile_strides) or (0,) * len(grid)
         lstr = tuple(s * isz for s in acc.loop_strides) or (0,) * len(trips)
-        return np.ndarray(trips + grid + shape, dt, buffer=mem, offset=acc.addr,
+        return np.ndarray(trips + grid + shape, dt, buffer=mem, offset=offset,
                           strides=lstr + gstr + strides)
 
     # -- matmul operand plans --------------------------------------------------
@@ -634,6 +652,14 @@ class _Machine:
         attrs = dict(instr.attrs)
         store = storer(instr.out.dtype, attrs)
         ufunc = F32_UFUNCS.get(instr.fn)
+        dedupe = instr.fn in DEDUPE_FNS and math.prod(grid) > 1 and \
+            ins[0].size >= min(DEDUPE_MIN_ELEMENTS, MIN_SPLIT_ELEMENTS)
+        if not dedupe and out.size and (instr.fn in ELEMENTWISE_FNS or instr.fn in ROW_FNS):
+            # the same elements as views with fewer axes (a block that is its whole
+            # TSRAM segment: one flat run over the tiles, runtime/tsram_layout.py)
+            flat = coalesce(out, ins, len(trips), instr.fn in ROW_FNS)
+            if flat is not None:
+                out, ins = flat
         if ufunc is not None and instr.out.dtype == "f32" and all(
                 a.dtype == "f32" for a in instr.ins):
             # the same fp32 ufunc the lambda would call, written straight into the view
@@ -647,8 +673,7 @@ class _Machine:
                 def step(it: tuple[int, ...]) -> None:
                     ufunc(*[v[it] for v in ins], *extra, out=out[it])
             return step
-        if instr.fn in DEDUPE_FNS and math.prod(grid) > 1 and \
-                ins[0].size >= min(DEDUPE_MIN_ELEMENTS, MIN_SPLIT_ELEMENTS):
+        if dedupe:
             # costly per element: compute once per group of tiles holding the same bytes,
             # the rest split over the workers (row-wise functions: tiles are independent)
             n_trips, n_grid, known = len(trips), len(grid), self.uniform_vec.get(path, frozenset())
@@ -666,6 +691,18 @@ class _Machine:
                 run_split(compute, [out[it], *xs], split(xs[0], it))
             return step
         # (a view smaller than those thresholds in all iterations: neither deduped nor split)
+        into = INTO_FNS.get(instr.fn)
+        if into is not None and _into_ok(instr, out, ins, into[1]):
+            put = into[0]
+            if not trips:
+                args = (out, *ins, attrs)
+
+                def step(it: tuple[int, ...]) -> None:
+                    put(*args)
+            else:
+                def step(it: tuple[int, ...]) -> None:
+                    put(out[it], *[v[it] for v in ins], attrs)
+            return step
         if not trips and len(ins) == 1:
             (x,), (cx,) = ins, casts
 
@@ -687,6 +724,29 @@ class _Machine:
             def step(it: tuple[int, ...]) -> None:
                 store(out[it], fn(*[c(v[it]) for v, c in pairs], attrs))
         return step
+
+
+def _into_ok(instr: Vec, out: np.ndarray, ins: list[np.ndarray], overlap: str) -> bool:
+    """Whether an ``INTO_FNS`` function may write ``instr``'s result into ``out``: fp32
+    throughout, inputs of the output's shape (a reduction: but the last axis), the last
+    axis contiguous as the temporaries the FNS entry computes in (numpy then runs the
+    same inner loops), and ``out`` overlapping the inputs only as ``overlap`` allows."""
+    if instr.out.dtype != "f32" or any(a.dtype != "f32" for a in instr.ins) or not out.ndim:
+        return False
+    if out.shape[-1] != 1 and out.strides[-1] != out.itemsize:
+        return False
+    row = instr.fn.startswith("reduce_")
+    if any(v.shape[:-1] != out.shape[:-1] if row else v.shape != out.shape for v in ins):
+        return False
+    if row and any(v.shape[-1] != 1 and v.strides[-1] != v.itemsize for v in ins):
+        return False  # the reduced axis the inner loop, whatever the output's strides
+
+    def same(v: np.ndarray) -> bool:
+        return v.shape == out.shape and v.strides == out.strides and \
+            v.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+    return overlap == "any" or all(
+        not np.may_share_memory(out, v) or (overlap == "same" and k == 0 and same(v))
+        for k, v in enumerate(ins))
 
 
 def _machine(program: Program) -> _Machine:

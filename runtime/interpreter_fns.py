@@ -141,10 +141,12 @@ def _mean(x: np.ndarray) -> np.ndarray:
     return np.true_divide(s, np.intp(n), out=s, casting="unsafe")
 
 
-def _layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+def _layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float,
+               out: np.ndarray | None = None) -> np.ndarray:
     """``(x - mean) / sqrt(var + eps) * scale + bias``, the same fp32 steps in the same
-    order, into one buffer where the shapes allow (a small block is mostly call cost)."""
-    d = np.subtract(x, _mean(x))
+    order, into one buffer where the shapes allow (a small block is mostly call cost):
+    ``out`` if given (all shapes equal)."""
+    d = np.subtract(x, _mean(x), out=out)
     var = _mean(np.multiply(d, d))
     var += np.float32(eps)
     np.sqrt(var, out=var)
@@ -156,19 +158,21 @@ def _layernorm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -
     return d
 
 
-def _rmsnorm(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
-    """``x / sqrt(mean(x * x) + eps) * scale`` (fp32), in place where the shapes allow."""
+def _rmsnorm(x: np.ndarray, scale: np.ndarray, eps: float,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """``x / sqrt(mean(x * x) + eps) * scale`` (fp32), in place where the shapes allow
+    (in ``out`` if given)."""
     ms = _mean(np.multiply(x, x))
     ms += np.float32(eps)
     np.sqrt(ms, out=ms)
-    r = np.divide(x, ms)
+    r = np.divide(x, ms, out=out)
     if r.shape != scale.shape:
         return r * scale
     r *= scale
     return r
 
 
-def _exp_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _exp_sub(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``exp(a - b)``; where ``a == b == -inf`` (a fully masked row so far) it is 0, not NaN.
 
     The online-softmax step of flash attention (Dao et al. 2022, Alg. 1): both the
@@ -179,6 +183,8 @@ def _exp_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if nan.any():  # rare: only then look for -inf - -inf (exp(-inf) is exactly 0)
         nan &= a == -np.inf
         np.copyto(d, -np.inf, where=nan)
+    if out is not None:  # fp32 operands: the exp straight into the output view
+        return np.exp(d, out=out)
     np.exp(d, out=d)
     return d.astype(np.float32, copy=False)
 
@@ -199,8 +205,8 @@ def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return r
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.subtract(x, np.maximum.reduce(x, -1, keepdims=True))
+def _softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    e = np.subtract(x, np.maximum.reduce(x, -1, keepdims=True), out=out)
     np.exp(e, out=e)
     e /= np.add.reduce(e, -1, keepdims=True)
     return e
@@ -214,9 +220,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 _SQRT_2_PI = np.float32(math.sqrt(2.0 / math.pi))
 
 
-def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+def _gelu_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` in fp32: the steps of the
-    textbook expression, left to right, in two buffers."""
+    textbook expression, left to right, in two buffers (the second ``out`` if given)."""
     u = np.multiply(x, np.float32(0.044715))
     u *= x
     u *= x
@@ -224,7 +230,7 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     u *= _SQRT_2_PI
     np.tanh(u, out=u)
     u += np.float32(1)
-    h = np.multiply(x, np.float32(0.5))
+    h = np.multiply(x, np.float32(0.5), out=out)
     h *= u
     return h
 
@@ -298,6 +304,76 @@ F32_UFUNCS: dict[str, np.ufunc] = {
     "max": np.maximum, "min": np.minimum, "exp": np.exp, "tanh": np.tanh, "sqrt": np.sqrt,
     "abs": np.abs, "log": np.log, "scale": np.multiply,
 }
+
+
+# Vec fns that can write their fp32 result straight into the output view (``out``; of the
+# inputs' shape, a reduction's with last extent 1): fn -> (function(out, *inputs, attrs),
+# which overlap of ``out`` with the inputs it allows: "any" (every input is read before
+# ``out`` is written), "same" (``out`` may be the first input's view itself: each element
+# is read before it is written, and not after) or "none"). The same fp32 steps as the FNS
+# entry, without the final copy.
+INTO_FNS: dict[str, tuple[Callable[..., np.ndarray], str]] = {
+    "layernorm": (lambda o, x, s, b, at: _layernorm(x, s, b, at.get("eps", 1e-5), o), "same"),
+    "rmsnorm": (lambda o, x, s, at: _rmsnorm(x, s, at.get("eps", 1e-5), o), "same"),
+    "gelu_tanh": (lambda o, x, at: _gelu_tanh(x, o), "same"),
+    "softmax": (lambda o, x, at: _softmax(x, o), "same"),
+    "exp_sub": (lambda o, a, b, at: _exp_sub(a, b, o), "any"),
+    "reduce_sum": (lambda o, x, at: np.add.reduce(x, -1, keepdims=True, out=o), "none"),
+    "reduce_max": (lambda o, x, at: np.maximum.reduce(x, -1, keepdims=True, out=o), "none"),
+    "reduce_min": (lambda o, x, at: np.minimum.reduce(x, -1, keepdims=True, out=o), "none"),
+}
+
+
+# Vec fns that compute each element from the elements at the same index of their
+# (broadcast) inputs, and those that compute each row (last axis) from the rows at the
+# same index: the interpreter may run them on views whose other axes are merged
+# (``coalesce``), the same elements in the same order.
+ROW_FNS = frozenset({"reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod",
+                     "softmax", "log_softmax", "layernorm", "rmsnorm", "rope", "cumsum"})
+ELEMENTWISE_FNS = frozenset(FNS) - ROW_FNS - {"quantize"}
+
+
+def coalesce(out: np.ndarray, ins: list[np.ndarray], keep: int, row: bool
+             ) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """``out`` and ``ins`` (of ``out``'s rank, broadcasting to it) as views of the same
+    elements with fewer axes: the first ``keep`` axes (loop iterations) stay, inputs
+    are broadcast to ``out``'s shape on the others, and of those axes the ones of size
+    1 go and neighbours that step through memory as one axis on every operand are
+    merged (numpy's fast path for a flat run, a shorter iteration otherwise). ``row``:
+    the last axis stays as it is on each operand (row functions). None when an input
+    does not broadcast to ``out``."""
+    nd = out.ndim
+    end = nd - 1 if row else nd
+    views = [out, *ins]
+    if any(v.ndim != nd for v in ins) or end <= keep:
+        return None
+    shapes = [list(v.shape) for v in views]
+    strides = [list(v.strides) for v in views]
+    for sh, st in zip(shapes[1:], strides[1:], strict=True):
+        for a in range(keep, end):
+            if sh[a] != out.shape[a]:
+                if sh[a] != 1:
+                    return None
+                sh[a], st[a] = out.shape[a], 0
+    axes = [a for a in range(keep, end) if out.shape[a] != 1]
+    groups: list[list[int]] = []
+    for a in axes:  # merge a into the group before it when every operand steps evenly
+        if groups and all(st[groups[-1][-1]] == sh[a] * st[a]
+                          for sh, st in zip(shapes, strides, strict=True)):
+            groups[-1].append(a)
+        else:
+            groups.append([a])
+    tail = list(range(end, nd))
+    if not groups and not tail:  # one element per iteration: still an array, not a scalar
+        groups = [[nd - 1]]
+    merged = []
+    for v, sh, st in zip(views, shapes, strides, strict=True):
+        new_shape = sh[:keep] + [math.prod(sh[a] for a in g) for g in groups] + \
+            [sh[a] for a in tail]
+        new_strides = st[:keep] + [st[g[-1]] for g in groups] + [st[a] for a in tail]
+        merged.append(np.lib.stride_tricks.as_strided(
+            v, tuple(new_shape), tuple(new_strides), writeable=v is out))
+    return merged[0], merged[1:]
 
 
 # Vec fns whose cost per element is well above a byte compare of their inputs: for

@@ -49,6 +49,7 @@ from maiac.runtime.isa import (
     Vec,
 )
 from maiac.runtime.memory import access_extent, np_dtype
+from maiac.runtime.tsram_layout import TsramLayout
 
 WRITTEN, READ_FIRST, CLOBBERED = 1, 2, 4
 
@@ -78,16 +79,21 @@ def _reads_writes(instr: Instr) -> tuple[list[Access], Access]:
 
 
 class _Shadow:
-    def __init__(self, mem: dict[str, np.ndarray]) -> None:
+    def __init__(self, mem: dict[str, np.ndarray], layout: TsramLayout | None) -> None:
         self.mem = mem
+        self.layout = layout
 
     def view(self, acc: Access, grid: tuple[int, ...], trips: tuple[int, ...]) -> np.ndarray:
         """Byte-level view ``(*trips, *grid, *block, itemsize)``; stride-0 axes (the same
         bytes again) collapsed to length 1."""
         isz = np_dtype(acc.dtype).itemsize
         mem = self.mem[acc.level]
+        offset = acc.addr
         if acc.level == "tsram":
-            gstr = tuple(s * mem.strides[0] for s in isa.contiguous_strides(grid))
+            row = mem.strides[0]
+            if self.layout is not None:
+                offset, row = self.layout.locate(acc.addr) if math.prod(acc.shape) else (0, 0)
+            gstr = tuple(s * row for s in isa.contiguous_strides(grid))
         else:
             gstr = tuple(s * isz for s in acc.tile_strides) or (0,) * len(grid)
         lstr = tuple(s * isz for s in acc.loop_strides) or (0,) * len(trips)
@@ -101,12 +107,21 @@ class _Shadow:
         while k > keep and (shape[k - 1] == 1 or strides[k - 1] == run):
             run *= shape[k - 1]
             k -= 1
-        return np.ndarray(shape[:k] + (run,), np.uint8, buffer=mem, offset=acc.addr,
+        return np.ndarray(shape[:k] + (run,), np.uint8, buffer=mem, offset=offset,
                           strides=strides[:k] + (1,))
 
     def whole(self, level: str, lo: int, hi: int) -> np.ndarray:
         mem = self.mem[level]
-        return mem[:, lo:hi] if level == "tsram" else mem[lo:hi]
+        if level != "tsram":
+            return mem[lo:hi]
+        return mem[:, lo:hi] if self.layout is None else self.layout.rows(mem, lo, hi)
+
+    def addresses(self, level: str, pos: np.ndarray) -> np.ndarray:
+        """Per-tile addresses of byte offsets ``pos`` into ``level``'s array."""
+        mem = self.mem[level]
+        if level != "tsram":
+            return pos
+        return pos % mem.strides[0] if self.layout is None else self.layout.addresses(pos)
 
 
 def _write(v: np.ndarray) -> None:
@@ -114,7 +129,7 @@ def _write(v: np.ndarray) -> None:
 
 
 def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independent,
-                work: dict[str, int] | None = None
+                work: dict[str, int] | None = None, layout: TsramLayout | None = None
                 ) -> tuple[dict[str, list[tuple[int, int]]], set[str]]:
     """``({level: [(lo, hi), ...]}, clobbered constant names)`` of ``program``.
 
@@ -122,14 +137,14 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
     the union over tiles); ``independent(instr, outer, inner)`` is the interpreter's
     test for running a single-instruction loop as one call (then all its reads happen
     before its writes). ``mem`` (level -> zero-filled byte array, TSRAM ``(tiles,
-    bytes)``) serves as the shadow and is left holding flags: the machine passes its own
+    bytes)``, or flat in the segments of ``layout``) serves as the shadow and is left holding flags: the machine passes its own
     memory before writing the constants (a byte no run reads before writing may hold
     anything; every other one is poisoned before each run), which also pays the first
     touch of its pages here rather than in the first run. ``work``, if given, receives
     the walk's counters: ``visits`` (instructions walked one iteration at a time) and
     ``summarized`` (loops summarized in closed form).
     """
-    sh = _Shadow(mem)
+    sh = _Shadow(mem, layout)
     # Constants hold their bytes whenever a run starts (written once, or rewritten if
     # clobbered), so no byte of theirs is ever read first: they are not flagged (that
     # would make every weight page resident before the machine writes the weights, so
@@ -160,7 +175,7 @@ def first_reads(program: Any, mem: dict[str, np.ndarray], independent: Independe
         idx = np.nonzero(np.bitwise_and(v, WRITTEN) == 0)
         off = v.__array_interface__["data"][0] - mem.__array_interface__["data"][0]
         pos = off + sum(i.astype(np.int64) * st for i, st in zip(idx, v.strides, strict=True))
-        first[level].append(np.unique(pos % mem.strides[0] if mem.ndim == 2 else pos))
+        first[level].append(np.unique(sh.addresses(level, pos)))
         np.bitwise_or(v, READ_FIRST, out=v, where=np.bitwise_and(v, WRITTEN) == 0)
 
     def leaf(instr: Instr, trips: tuple[int, ...], it: tuple[int, ...]) -> None:

@@ -30,10 +30,8 @@ def tensor_view(program: Program, machine: Any, name: str) -> np.ndarray:
         raise MaiacError(f"{name!r} is not an input or output of the program")
     buf = program.buffer(spec.buffer)
     dt = np_dtype(spec.dtype)
-    mem = machine.mem[buf.level]
-    mem = mem[0] if buf.level == "tsram" else mem
     n = math.prod(spec.shape) * dt.itemsize
-    return mem[buf.addr:buf.addr + n].view(dt).reshape(spec.shape)
+    return machine.tile0(buf.level, buf.addr, n).view(dt).reshape(spec.shape)
 
 
 class Session:
