@@ -50,6 +50,7 @@ from maiac.passes.quant_spec import (
 )
 from maiac.runtime import formats as F
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import strided_view
 from maiac.runtime.quant_ops import pack_unit
 
 CALIB_ATTR = "maia.calib"
@@ -90,8 +91,8 @@ def constant_of(value: SSAValue) -> np.ndarray | None:
         flat = np.ascontiguousarray(src).reshape(-1)
         offset, strides = maia.attr(owner, "offset", 0), maia.attr(owner, "strides")
         isz = flat.itemsize
-        view = np.lib.stride_tricks.as_strided(flat[offset:], shape,
-                                               tuple(s * isz for s in strides))
+        view = strided_view(flat[offset:], tuple(shape), tuple(s * isz for s in strides),
+                            writeable=False)
         return np.ascontiguousarray(view)
     return None
 

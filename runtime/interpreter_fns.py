@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from maiac.runtime import isa, tvp_math
+from maiac.runtime.memory import strided_view
 from maiac.runtime.narrow_store import NARROW_FLOAT_DTYPES, NARROW_INT_DTYPES, narrow_storer
 from maiac.runtime.quant_ops import quantize_rows
 
@@ -371,8 +372,8 @@ def coalesce(out: np.ndarray, ins: list[np.ndarray], keep: int, row: bool
         new_shape = sh[:keep] + [math.prod(sh[a] for a in g) for g in groups] + \
             [sh[a] for a in tail]
         new_strides = st[:keep] + [st[g[-1]] for g in groups] + [st[a] for a in tail]
-        merged.append(np.lib.stride_tricks.as_strided(
-            v, tuple(new_shape), tuple(new_strides), writeable=v is out))
+        merged.append(strided_view(v, tuple(new_shape), tuple(new_strides),
+                                   writeable=v is out))
     return merged[0], merged[1:]
 
 

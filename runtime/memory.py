@@ -60,6 +60,16 @@ def itemsize(name: str) -> int:
     return NP_DTYPES[name].itemsize
 
 
+def strided_view(x: np.ndarray, shape: tuple[int, ...], strides: tuple[int, ...],
+                 writeable: bool = True) -> np.ndarray:
+    """``np.lib.stride_tricks.as_strided`` for every storage dtype: as_strided goes through
+    ``__array_interface__``, whose typestr of ml_dtypes' float8_e5m2 ('<f1') numpy cannot
+    parse, so the view is taken on raw bytes of the same itemsize and retyped."""
+    raw = x.view(np.dtype((np.void, x.itemsize)))
+    view = np.lib.stride_tricks.as_strided(raw, shape, strides, writeable=writeable)
+    return view.view(x.dtype)
+
+
 def _span(sizes: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, int]:
     """(min, max) element offset of an index box ``0 <= i < sizes`` under ``strides``."""
     lo = hi = 0
