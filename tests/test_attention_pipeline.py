@@ -81,42 +81,70 @@ def test_gqa_key_value_blocks_are_read_once_per_kv_head() -> None:
         assert distinct_bytes(dma.src, tuple(dma.grid)) == hkv * block
 
 
-def test_wide_steps_halve_the_visible_key_steps() -> None:
-    """The 8B layer's causal attention runs its fully visible key blocks two per step
-    (one product of twice the keys: half their instructions), the diagonal blocks one
-    per step; forced onto small shapes (odd runs, a KV-cache offset, GQA, a single
-    visible block), the outputs still match onnxruntime."""
+def test_wide_steps_cut_the_key_steps() -> None:
+    """The 8B layer's causal attention runs several key blocks per step (one product over
+    ``width * bk`` keys: fewer instructions), the step at the diagonal masking only its
+    crossing blocks; forced onto small shapes (partial runs, a KV-cache offset, GQA, a
+    single visible block, runs wider than a query block's keys), the outputs still match
+    onnxruntime."""
+    from maiac.passes.tile import budget_of
     from maiac.passes.tiling import attention
+    from maiac.runtime.target import get_target
 
     compiled = maiac.compile(_causal_model(1, 32, 8, 2048, 0, 128), quant="mxfp8",
                              shape_only=True)
+    budget = budget_of(get_target("maia200"))  # maiac.compile's default target
+    _, bk, width = attention.choose_blocks((1, 8, 4), 2048, 2048, 128, (4, 4, 4, 4), False,
+                                           budget, True, 2, dict(budget.fmt_speedup)["bf16"])
     kinds = compiled.program.meta["ops"]
     widths = {i.c.shape[-1] for i in _leaves(compiled.program.instructions)
               if isinstance(i, isa.MatMul) and kinds[i.op]["kind"] == "attention"
-              and not i.accumulate and i.c.shape[-1] != 128}
-    assert len(widths) == 2 and max(widths) == 2 * min(widths)
+              and not i.accumulate}
+    assert width >= 2 and max(widths) == width * bk
+    masks = [i for i in _leaves(compiled.program.instructions)
+             if isinstance(i, isa.Vec) and i.fn == "causal_mask"]
+    assert masks and max(i.out.shape[-1] for i in masks) < width * bk
 
     original = attention.choose_blocks
     rng = np.random.default_rng(3)
-    for h, hkv, sq, past, d, bq, bk in ((2, 1, 256, 0, 16, 32, 32), (4, 2, 192, 64, 16, 64, 32),
-                                        (2, 2, 96, 0, 8, 32, 16)):
+    for h, hkv, sq, past, d, bq, bk, width in (
+            (2, 1, 256, 0, 16, 32, 32, 2), (4, 2, 192, 64, 16, 64, 32, 3),
+            (2, 2, 96, 0, 8, 32, 16, 2), (2, 1, 128, 0, 16, 64, 16, 4)):
         model = _causal_model(1, h, hkv, sq, past, d)
 
-        def forced(*args: object, bq: int = bq, bk: int = bk) -> tuple[int, int, bool]:
+        def forced(*args: object, bq: int = bq, bk: int = bk, width: int = width
+                   ) -> tuple[int, int, int]:
             assert args[7]  # tile_attention's call: a causal attention without a mask
-            return bq, bk, True
+            return bq, bk, width
         attention.choose_blocks = forced
         try:
             compiled = maiac.compile(model)
         finally:
             attention.choose_blocks = original
         kinds = compiled.program.meta["ops"]
-        assert 2 * bk in {i.c.shape[-1] for i in _leaves(compiled.program.instructions)
-                          if isinstance(i, isa.MatMul) and kinds[i.op]["kind"] == "attention"
-                          and not i.accumulate}
+        assert width * bk in {i.c.shape[-1] for i in _leaves(compiled.program.instructions)
+                              if isinstance(i, isa.MatMul) and kinds[i.op]["kind"] == "attention"
+                              and not i.accumulate}
         feeds = {"x": rng.standard_normal((1, sq, h * d)).astype(np.float32)}
         if past:
             for t in ("k", "v"):
                 feeds[f"past_{t}"] = rng.standard_normal((1, hkv, past, d)).astype(np.float32)
         ref = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
         np.testing.assert_allclose(compiled.run(feeds)["y"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_key_steps_cover_each_block_once() -> None:
+    """`key_steps` cuts a query block's key blocks into runs of ``width`` from key 0, the
+    runs touching the diagonal first and masked, every block in exactly one run."""
+    from maiac.passes.tiling.attention import key_steps
+
+    assert key_steps(6, 4, 4) == [(4, 2, True), (0, 4, False)]
+    assert key_steps(8, 6, 4) == [(4, 4, True), (0, 4, False)]
+    assert key_steps(3, 2, 1) == [(2, 1, True), (0, 1, False), (1, 1, False)]
+    for keys in range(1, 12):
+        for masked_from in range(keys):
+            for width in (1, 2, 3, 4):
+                steps = key_steps(keys, masked_from, width)
+                blocks = sorted(j + k for j, n, _ in steps for k in range(n))
+                assert blocks == list(range(keys))
+                assert all(masked == (j + n > masked_from) for j, n, masked in steps)

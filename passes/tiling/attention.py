@@ -67,7 +67,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from maiac.passes.tiling.common import (
     Access,
@@ -125,14 +125,14 @@ def query_groups(sq: int, sk: int, bq: int, bk: int, causal: bool) -> list[Query
 
 
 def _tsram_bytes(bq: int, bk: int, d: int, sizes: Sequence[int], masked: bool,
-                 causal: bool = False, narrow: int = 0, wide: bool = False) -> int:
+                 causal: bool = False, narrow: int = 0, width: int = 1) -> int:
     """Scratch of a stream of jobs: two copies of Q and O (f32, by job) and of the K and
     V blocks and the scores (by key block: the pipelined loop), the mask or positions,
     row stats; ``narrow``: bytes per element of the TTU operands (+ Q and P copies);
-    ``wide``: the K, V, score and probability blocks hold two key blocks."""
+    ``width``: the K, V, score, probability and key-position blocks hold that many key
+    blocks (a step's keys)."""
     _, k, v, m = sizes
-    kpos = bk
-    bk = 2 * bk if wide else bk
+    bk = width * bk
     if narrow:
         k = v = narrow
     total = 4 * align(bq * d * 4) + 2 * (align(bk * d * k) + align(bk * d * v))
@@ -140,8 +140,22 @@ def _tsram_bytes(bq: int, bk: int, d: int, sizes: Sequence[int], masked: bool,
     if narrow:
         total += 2 * align(bq * d * narrow) + 2 * align(bq * bk * narrow)
     if causal:
-        total += 2 * align(bq * 4) + align(kpos * 4)
+        total += 2 * align(bq * 4) + align(bk * 4)
     return total + 6 * align(bq * 4)
+
+
+MAX_WIDTH = 4  # key blocks per step of a causal attention
+
+
+def key_steps(keys: int, masked_from: int, width: int) -> list[tuple[int, int, bool]]:
+    """(first key block, key blocks, masked) of the steps over key blocks ``[0, keys)``
+    of a query block whose blocks ``[masked_from, keys)`` cross a diagonal: runs of
+    ``width`` blocks from key 0 (the last run, at the diagonal, may be shorter), the runs
+    touching a crossing block masked; masked runs first (a row hidden so far keeps
+    m = -inf, l = 0: the online softmax is order-free), each kind in key order."""
+    runs = [(j, min(width, keys - j)) for j in range(0, keys, width)]
+    masked = [(j, n, True) for j, n in runs if j + n > masked_from]
+    return masked + [(j, n, False) for j, n in runs if j + n <= masked_from]
 
 
 # TVP ops per score element of one key block: row max, exp(s - m), row sum (the
@@ -152,51 +166,51 @@ _SOFTMAX_INSTRS = 8  # TVP instructions of a (not first) key block's online soft
 
 def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
                     budget: Budget, causal: bool, masked: bool, speedup: float = 1.0,
-                    wide: bool = False) -> float:
+                    width: int = 1) -> float:
     """Modeled time (s) of attention in ``(bq, bk)`` blocks: per group of query blocks
-    (one unless ``causal``), the jobs each tile runs in turn times the key blocks per
-    job, each taking the longer of its two products (TTU) and its softmax (TVP), which
-    the pipelined key loop overlaps, plus per job the softmax and epilogue no product
-    hides; ``masked``: a mask operand, added to every key block's scores; ``speedup``:
-    the TTU format's peak over f32. Every instruction costs its issue overhead, so of
-    blocks equally fast on the TTU and TVP the fewer jobs per tile (and so fewer
-    instructions: a short sequence's attention as one job per tile) cost less.
-    ``wide``: the fully visible key blocks run two per step (half the instructions)."""
+    (one unless ``causal``), the jobs each tile runs in turn times the steps per job
+    (`key_steps`), each taking the longer of its two products (TTU) and its softmax
+    (TVP), which the pipelined key loop overlaps, plus per job the softmax and epilogue
+    no product hides; ``masked``: a mask operand, added to every key block's scores;
+    ``speedup``: the TTU format's peak over f32. Every instruction costs its issue
+    overhead, so of blocks equally fast on the TTU and TVP the fewer jobs per tile (and
+    so fewer instructions: a short sequence's attention as one job per tile) cost less.
+    ``width``: key blocks per step (one product over ``width * bk`` keys: fewer
+    instructions; a step touching the diagonal masks all of its keys)."""
     flops = budget.tile_flops * speedup
     vec_rate = budget.tile_vec or float("inf")
+    over = budget.instr_overhead_s
 
-    def step(width: int) -> tuple[float, float]:  # (TTU, TVP) of a step of width keys
-        return (4.0 * bq * width * d / flops + 2 * budget.instr_overhead_s,
-                (bq * width * _SOFTMAX_OPS + bq * d) / vec_rate
-                + _SOFTMAX_INSTRS * budget.instr_overhead_s)
+    @cache
+    def step(n: int, crossing: int) -> tuple[float, float]:  # (TTU, TVP) of n key blocks
+        keys = n * bk  # ``crossing`` of them masked from positions
+        tvp = (bq * keys * _SOFTMAX_OPS + bq * d) / vec_rate + _SOFTMAX_INSTRS * over
+        if masked:  # the mask block's DMA and its add to the scores
+            tvp += bq * keys * VEC_OPS["add"] / vec_rate + 2 * over
+        if crossing:
+            tvp += bq * crossing * bk * VEC_OPS["causal_mask"] / vec_rate + over
+        return 4.0 * bq * keys * d / flops + 2 * over, tvp
 
-    ttu, tvp = step(bk)
-    ttu2, tvp2 = step(2 * bk)
-    if masked:  # the mask block's DMA and its add to the scores
-        tvp += bq * bk * VEC_OPS["add"] / vec_rate + 2 * budget.instr_overhead_s
-    crossing_tvp = tvp + bq * bk * VEC_OPS["causal_mask"] / vec_rate \
-        + budget.instr_overhead_s
-    per_job = crossing_tvp + (2.0 * bq * d * 4) / vec_rate + 4 * budget.instr_overhead_s
+    per_job = step(1, int(causal))[1] + (2.0 * bq * d * 4) / vec_rate + 4 * over
     total = 0.0
     for group in query_groups(sq, sk, bq, bk, causal):
         turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
-        crossing = group.keys - group.masked_from
-        visible = group.masked_from * max(ttu, tvp) if not wide else \
-            group.masked_from // 2 * max(ttu2, tvp2) + group.masked_from % 2 * max(ttu, tvp)
-        blocks = crossing * max(ttu, crossing_tvp) + visible
+        blocks = sum(max(step(n, (j + n - max(j, group.masked_from)) * (causal and mask)))
+                     for j, n, mask in key_steps(group.keys, group.masked_from, width))
         total += turns * (blocks + per_job)
     return total
 
 
 def choose_blocks(job_dims: Sequence[int], sq: int, sk: int, d: int, sizes: Sequence[int],
                   masked: bool, budget: Budget, causal: bool = False, narrow: int = 0,
-                  speedup: float = 1.0) -> tuple[int, int, bool]:
-    """(bq, bk, wide) of least modeled time (`_attention_cost`), the bigger block on a tie.
+                  speedup: float = 1.0) -> tuple[int, int, int]:
+    """(bq, bk, width) of least modeled time (`_attention_cost`), the bigger block (then
+    the narrower step) on a tie.
 
     ``job_dims``: the ``(B, Hkv, G)`` job dims; ``causal``: a causal attention without a
     mask, which counts only the key blocks each query block needs and the tiles each
-    group of query blocks keeps busy, and may run its fully visible key blocks two per
-    step (``wide``, where the double-width blocks fit TSRAM).
+    group of query blocks keeps busy, and may run up to ``MAX_WIDTH`` key blocks per step
+    (``width``, where the wider blocks fit TSRAM).
     """
     return _choose_blocks(tuple(job_dims), sq, sk, d, tuple(sizes), masked, budget, causal,
                           narrow, speedup)
@@ -205,18 +219,19 @@ def choose_blocks(job_dims: Sequence[int], sq: int, sk: int, d: int, sizes: Sequ
 @lru_cache(maxsize=1024)  # every layer of a model asks the same question
 def _choose_blocks(job_dims: tuple[int, ...], sq: int, sk: int, d: int,
                    sizes: tuple[int, ...], masked: bool, budget: Budget, causal: bool,
-                   narrow: int, speedup: float) -> tuple[int, int, bool]:
-    best: tuple[tuple[float, ...], int, int, bool] | None = None
+                   narrow: int, speedup: float) -> tuple[int, int, int]:
+    best: tuple[tuple[float, ...], int, int, int] | None = None
     for bq in (x for x in divisors(sq) if x <= MAX_BQ):
         for bk in (x for x in divisors(sk) if x <= MAX_BK):
-            for wide in (False, True) if causal else (False,):
-                if _tsram_bytes(bq, bk, d, sizes, masked, causal, narrow, wide) \
+            for width in range(1, MAX_WIDTH + 1 if causal else 2):
+                if width > 1 and width * bk > sk or \
+                        _tsram_bytes(bq, bk, d, sizes, masked, causal, narrow, width) \
                         > budget.tsram_bytes:
                     continue
                 key = (-_attention_cost(job_dims, sq, sk, d, bq, bk, budget, causal, masked,
-                                        speedup, wide), bq * bk, not wide)
+                                        speedup, width), bq * bk, -width)
                 if best is None or key > best[0]:
-                    best = (key, bq, bk, wide)
+                    best = (key, bq, bk, width)
     if best is None:
         raise MaiacError("no attention block fits TSRAM")
     return best[1], best[2], best[3]
@@ -249,8 +264,8 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     narrow = 2 if fmt == "bf16" else 0
     speedup = dict(budget.fmt_speedup).get(fmt, 1.0)
     try:
-        bq, bk, wide = choose_blocks((b, hkv, g), sq, sk, d, sizes, mask is not None,
-                                     budget, generate, narrow, speedup)
+        bq, bk, width = choose_blocks((b, hkv, g), sq, sk, d, sizes, mask is not None,
+                                      budget, generate, narrow, speedup)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (attention, head dim {d}): no block fits TSRAM "
                          f"({budget.tsram_bytes} bytes per tile)") from err
@@ -276,13 +291,27 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
                                                 uid=f"{kernel.uid or kernel.op}.{index}")
         _Stream(part, q, k, v, mask, out, budget, dims, views, scale, bq, bk,
                 positions if generate else None, out_view, fmt, zero_empty_rows,
-                len(groups), wide).emit(groups)
+                len(groups), width).emit(_interleave(groups))
         # the work done: a causal group skips the key blocks above its diagonal
         part.flops += sum(b * h * grp.count * bq * grp.keys * bk * (4 * d + 8)
                           for grp in groups)
         if index:
             kernels.append(part)
     return kernels
+
+
+def _interleave(groups: list[QueryGroup]) -> list[QueryGroup]:
+    """A straight-line stream's groups, longest and shortest alternating (the last
+    query block, the first, the last but one, ...): a short job's steps are TVP-bound
+    (its softmax, mask and epilogue against few products), so each runs between two
+    long jobs whose products overlap it; the job's results do not depend on the order."""
+    by_keys = sorted(groups, key=lambda grp: -grp.keys)
+    out = []
+    while by_keys:
+        out.append(by_keys.pop(0))
+        if by_keys:
+            out.append(by_keys.pop())
+    return out
 
 
 class _Stream:
@@ -302,13 +331,13 @@ class _Stream:
                  out: Tensor, budget: Budget, dims: Sequence[int],
                  views: dict[str, Sequence[int]], scale: float, bq: int, bk: int,
                  positions: Tensor | None, out_view: Sequence[int], fmt: str,
-                 zero_empty_rows: bool, jobs: int, wide: bool = False) -> None:
+                 zero_empty_rows: bool, jobs: int, width: int = 1) -> None:
         self.q, self.k, self.v, self.mask, self.out = q, k, v, mask, out
         self.budget, self.dims, self.views, self.scale = budget, dims, views, scale
         self.bq, self.bk, self.positions, self.out_view = bq, bk, positions, out_view
         self.fmt, self.zero_empty_rows, self.narrow = fmt, zero_empty_rows, fmt != "f32"
         self.kernel = kernel
-        self.wide = wide  # fully visible key blocks two per step
+        self.width = width  # key blocks per step (`key_steps`)
         d = dims[5]
         f32 = "f32"
         self.k_dtype, self.v_dtype = (fmt, fmt) if self.narrow else (k.dtype, v.dtype)
@@ -321,7 +350,7 @@ class _Stream:
         self.to = [buf(f"o{i}", f32, (bq, d)) for i in both]
         self.tqp = [buf(f"qpos{i}", f32, (bq, 1)) for i in both] if positions else []
         # per step parity: K and V blocks, scores, probabilities (the scores when f32), max
-        wk = 2 * bk if wide else bk
+        wk = width * bk
         self.tk = [buf(f"kT{i}", self.k_dtype, (d, wk)) for i in (0, 1)]
         self.tv = [buf(f"v{i}", self.v_dtype, (wk, d)) for i in (0, 1)]
         self.ts = [buf(f"s{i}", f32, (bq, wk)) for i in (0, 1)]
@@ -331,7 +360,7 @@ class _Stream:
         self.m_blk, self.alpha, self.l_sum, self.r_sum = (
             self.local(buf(n, f32, (bq, 1)), (bq, 1)) for n in ("m_blk", "alpha", "l", "rowsum"))
         self.tm = buf("mask", mask.dtype, (bq, bk)) if mask is not None else None
-        self.tkp = buf("kpos", f32, (1, bk)) if positions else None
+        self.tkp = buf("kpos", f32, (1, wk)) if positions else None
 
     @staticmethod
     def local(buf: str, shape: tuple[int, int], dtype: str = "f32") -> Access:
@@ -357,21 +386,13 @@ class _Stream:
                       split.tile_strides(steps), ls)
 
     def _order(self, group: QueryGroup) -> list[tuple[int, bool, int]]:
-        """(first key block, masked, key blocks) of the steps a job of ``group`` runs: the
-        blocks crossing a diagonal first, then the fully visible ones (the online softmax
-        is order-free, and a row hidden so far keeps m = -inf, l = 0), two per step when
-        ``wide`` (an odd count ends with one)."""
-        if self.positions is not None and group.masked_from < group.keys:
-            segments = [(group.masked_from, group.keys - group.masked_from, True),
-                        (0, group.masked_from, False)]
-        else:
-            segments = [(0, group.keys, False)]
-        out = []
-        for start, count, with_mask in segments:
-            width = 2 if self.wide and not with_mask else 1
-            out += [(start + i, with_mask, min(width, count - i))
-                    for i in range(0, count, width)]
-        return out
+        """(first key block, masked, key blocks) of the steps a job of ``group`` runs
+        (`key_steps`: ``width`` key blocks per step, those touching a diagonal first and
+        masked; without generated masks, every block in order, one per step)."""
+        if self.positions is None:
+            return [(j, False, 1) for j in range(group.keys)]
+        return [(j, with_mask, n) for j, n, with_mask in
+                key_steps(group.keys, group.masked_from, self.width)]
 
     def prologue(self, group: QueryGroup, job: int) -> list:
         """A job's Q block, scaled once (and the positions of its rows, when masked)."""
@@ -422,14 +443,19 @@ class _Stream:
                         local(self.tm, (bq, bk), self.mask.dtype), grid),
                     vec("add", [s_acc, local(self.tm, (bq, bk), self.mask.dtype)], s_acc, grid)]
         if causal_mask and self.positions is not None and self.tkp is not None:
+            # only the key blocks from the first crossing one on (a step's leading
+            # blocks may be fully visible: `key_steps`)
+            skip = max(j, group.masked_from) - j
+            cols = bk - skip * self.bk
             still = (0, 0, 0, 0)
             ls = split.loop_strides(still) + ((per_iter * self.bk,) if per_iter else ())
-            ops += [dma(Access(self.positions.buf, "f32", (1, bk), (bk, 1),
-                               self.positions.off + j * self.bk, split.tile_strides(still),
-                               ls),
-                        local(self.tkp, (1, bk)), grid),
-                    vec("causal_mask", [s_acc, local(self.tqp[job], (bq, 1)),
-                                        local(self.tkp, (1, bk))], s_acc, grid)]
+            crossing = Access(self.ts[parity], "f32", (bq, cols), (bk, 1), skip * self.bk)
+            ops += [dma(Access(self.positions.buf, "f32", (1, cols), (cols, 1),
+                               self.positions.off + (j + skip) * self.bk,
+                               split.tile_strides(still), ls),
+                        local(self.tkp, (1, cols)), grid),
+                    vec("causal_mask", [crossing, local(self.tqp[job], (bq, 1)),
+                                        local(self.tkp, (1, cols))], crossing, grid)]
         state = SoftmaxState(m_acc, mn_acc, self.m_blk, self.alpha, self.l_sum, self.r_sum,
                              o_acc)
         return ops + online_softmax(state, s_acc, p_acc, v_acc, grid, fmt, first)
@@ -456,6 +482,7 @@ class _Stream:
         body = self.prologue(groups[0], 0) + self.scores(groups[0], 0, steps[0][2], 0, 0,
                                                          steps[0][4])
         i = 0
+        pending: list = []  # the epilogue of the job before this step's
         while i < len(steps):
             n, t, j, with_mask, w = steps[i]
             group, job = groups[n], n % 2
@@ -480,9 +507,14 @@ class _Stream:
                 if n_next != n:  # the next job's Q and first scores before this softmax
                     body += self.prologue(groups[n_next], n_next % 2)
                 body += self.scores(groups[n_next], n_next % 2, j_next, 1 - parity, 0, w_next)
+            # the last job's epilogue after the next job's Q is scaled: the TVP would
+            # otherwise hold that scale (and the TTU its first scores) until the last P V
+            body += pending
             body += self.softmax(group, job, j, parity, 0, t == 0, with_mask, w)
+            pending = []
             if i + 1 == len(steps) or steps[i + 1][0] != n:
-                body += self.epilogue(group, job)
+                pending = self.epilogue(group, job)
             i += 1
+        body += pending
         trips = self._split(groups[0]).trips
         self.kernel.body.extend(loop(trips, body))
