@@ -39,12 +39,13 @@ run once per tile are one kernel and one pipelined stream (the next group's firs
 scores run during this group's last softmax). Key blocks run diagonal first: the blocks
 that cross a diagonal get their mask from ``Vec causal_mask(S, qpos, kpos)``, the row
 and column positions DMA'd from a small ``arange`` table (``bq + bk`` numbers instead
-of ``bq * bk`` mask elements), then the fully visible blocks run as a loop of pairs,
-two key blocks per step where the cost model picks *wide* steps (one ``[bq, 2 bk]``
-score product and one ``P V`` of ``2 bk`` keys: half the TTU and TVP instructions of
-those blocks, an odd count ending with a single block; the diagonal blocks stay ``bk``
-wide so the masked work does not grow). Llama-3-8B's layer (fp8: bf16 products, 256 x
-256 blocks): 42.35 -> 40.21 us, 0.774 -> 0.815 of its TTU bound.
+of ``bq * bk`` mask elements), then the fully visible blocks. A step may take up to ``MAX_WIDTH`` key blocks
+(`key_steps`: runs of ``width`` blocks from key 0, one ``[bq, width bk]`` score product and
+one ``P V``: fewer TTU and TVP instructions); the run at the diagonal masks only its
+crossing blocks. The epilogue of a job is issued after the next job's Q is scaled (the
+in-order TVP would otherwise hold that scale until the job's last ``P V``), and a stream
+alternates long and short query blocks (`_interleave`). Llama-3-8B's layer (fp8: bf16
+products, 256 x 128 blocks, 4 per step): 40.3 -> 40.0 us, 0.814 -> 0.820 of its TTU bound.
 Block sizes minimize the modeled time summed over groups (per key block the longer of
 the TTU's products and the TVP's softmax, which the pipeline overlaps), so the skipped
 blocks (about half of them) are not paid back by idle tiles or instruction overheads.
