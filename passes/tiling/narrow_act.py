@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import Any
 
+from maiac.passes.tiling import row_jobs
 from maiac.passes.tiling.common import (
     Access,
     Budget,
@@ -32,14 +32,13 @@ from maiac.passes.tiling.common import (
     Tensor,
     align,
     contiguous,
-    divisors,
     dma,
-    loop,
     split_jobs,
     vec,
 )
 from maiac.runtime import formats as F
 from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import itemsize
 from maiac.runtime.quant_ops import n_blocks, pack_unit, payload_bytes, row_bytes
 from maiac.runtime.timing import VEC_OPS
 
@@ -149,63 +148,40 @@ def store(kernel: Kernel, q: Any, c_block: Access, dst: Tensor, m: int, n: int, 
 
 
 def tile_quantize(kernel: Kernel, a: Tensor, dst: Tensor, q: Any, budget: Budget) -> None:
-    """``dst = a`` in ``q``'s activation format, as a kernel of its own: blocks of
-    ``bm`` whole rows of ``a`` into TSRAM, quantized on the TVP and stored (`store`).
-    A quantized matmul whose activation is large (prefill) reads it this way once instead
-    of quantizing each block again for every column block of its result.
+    """``dst = a`` in ``q``'s activation format, as a kernel of its own: blocks of whole
+    rows of ``a`` into TSRAM, quantized on the TVP and stored (`store`), in the jobs
+    `row_jobs.plan_row_jobs` plans (every tile, a short first job). A quantized matmul
+    whose activation is large (prefill) reads it this way once instead of quantizing
+    each block again for every column block of its result.
 
-    The first job runs before the loop of the others: only its load waits for the
-    activation's producer, so the loop's loads do not inherit that wait (loop waits are
-    the same every iteration) and queue up behind the stores of earlier jobs."""
+    Only the first job's load waits for the activation's producer (the jobs are
+    unrolled: each instruction gets the waits of its own bytes)."""
     rows, n = math.prod(a.shape[:-1]), a.shape[-1]
-    bm = quantize_rows(rows, n, block_row(q, n) / n, budget)
-    split = split_jobs((rows // bm, 1), budget.n_tiles)  # (row blocks, one column block)
-    grid = split.grid
-    trips = split.loops[0]
-    x = kernel.scratch_buffer("x", "f32", (bm, n))
-    staged = kernel.scratch_buffer("out_q", narrow_dtype(q), (bm, block_row(q, n)))
-    block = Access(x, "f32", (bm, n), (n, 1))
-
-    def job(index: int, looped: bool) -> list:
-        """Job ``index`` of every tile (``looped``: and the later ones, one per trip)."""
-        def loop_strides(steps: Sequence[int]) -> tuple[int, ...]:
-            return (steps[0],) if looped else ()
-        load = dma(Access(a.buf, "f32", (bm, n), (n, 1), a.off + index * bm * n,
-                          split.tile_strides((bm * n, 0)), loop_strides((bm * n,))),
-                   block, grid, queue=0)
-        return [load, *store(kernel, q, block, dst, rows, n, bm, n, index * bm, 0, (), split,
-                             grid, loop_strides, staged)]
-    kernel.body.extend(job(0, False))
-    if trips > 1:
-        kernel.body.extend(loop((trips - 1,), job(1, True)))
-
-
-@lru_cache(maxsize=256)
-def quantize_rows(rows: int, n: int, out_bytes: float, budget: Budget,
-                  tvp_ops: float = VEC_OPS["quantize"], f32_blocks: int = 1,
-                  fixed_bytes: int = 0) -> int:
-    """Rows per `tile_quantize` job: a divisor of ``rows`` whose fp32 block(s) (``f32_blocks``
-    of them), staged result (``out_bytes`` per element, all it stores) and ``fixed_bytes``
-    fit a quarter of TSRAM (room for the `double-buffer` twins and the prefetch ring),
-    minimizing waves x the slowest of load, TVP (``tvp_ops`` per element) and store per
-    job (they pipeline across jobs) plus one job's fill. Also sizes the jobs of a norm
-    that stores its rows quantized (passes/tiling/norm_quant.py)."""
-    noc = budget.tile_noc_bw or budget.tile_bw
-    lat, instr = budget.dma_latency_s, budget.instr_overhead_s
-    vec_rate = budget.tile_vec or 1e12  # ASSUMED where the budget does not say
-    best: tuple[float, int] | None = None
-    for bm in divisors(rows):
-        if (f32_blocks * align(bm * n * 4) + align(math.ceil(bm * n * out_bytes))
-                + align(fixed_bytes) > budget.tsram_bytes // 4):
-            break
-        waves = split_jobs((rows // bm, 1), budget.n_tiles).loops[0]
-        load = bm * n * 4 / noc + lat
-        tvp = bm * n * tvp_ops / vec_rate + instr
-        out = bm * n * out_bytes / noc + 2 * lat
-        cost = waves * max(load, tvp, out) + load + tvp + out
-        if best is None or cost < best[0] - 1e-15:
-            best = (cost, bm)
-    if best is None:
+    width = block_row(q, n)
+    code_bytes = align(math.ceil(width * itemsize(narrow_dtype(q))))
+    jobs = row_jobs.plan_row_jobs(rows, n, 4 * n + code_bytes, 0, 4.0,
+                                  width * itemsize(narrow_dtype(q)) / n,
+                                  VEC_OPS["quantize"], 1, budget)
+    if not jobs:
         raise MaiacError(f"activation quantize: a row of {n} elements does not fit TSRAM "
                          f"({budget.tsram_bytes} bytes per tile)")
-    return best[1]
+    row_jobs.check(jobs, rows)
+    top = row_jobs.max_rows(jobs)
+    sets = [(kernel.scratch_buffer(f"x{s}", "f32", (top, n)),
+             kernel.scratch_buffer(f"out_q{s}", narrow_dtype(q), (top, width)))
+            for s in range(min(2, len(jobs)))]
+    for j, job in enumerate(jobs):
+        x, staged = sets[j % 2]
+        split = split_jobs((job.tiles, 1), budget.n_tiles)
+        block = Access(x, "f32", (job.rows, n), (n, 1))
+        kernel.body.append(dma(Access(a.buf, "f32", (job.rows, n), (n, 1),
+                                      a.off + job.row0 * n,
+                                      split.tile_strides((job.rows * n, 0))),
+                               block, split.grid, queue=j % 2))
+        kernel.body.extend(store(kernel, q, block, dst, rows, n, job.rows, n, job.row0, 0, (),
+                                 split, split.grid, no_loop, staged))
+
+
+def no_loop(steps: Sequence[int]) -> tuple[int, ...]:
+    """`store`'s ``loop_strides`` for a job outside any loop."""
+    return ()

@@ -9,9 +9,9 @@ their scales): one kernel boundary less between the matmuls, and the fp32 rows n
 through memory (unless something else reads them). The numbers are the same: the
 quantize kernel computed the same codes from the same fp32 values.
 
-Jobs are blocks of whole rows sized as `narrow_act.quantize_rows` sizes the quantize
-kernel's (load, TVP and store pipeline across jobs); the norm's scale (and bias) rows are
-loaded once, before the jobs.
+Jobs are blocks of whole rows planned as the quantize kernel's (`row_jobs`: every tile,
+a short first job, loads alternating two queues; load, TVP and store pipeline across
+jobs); the norm's scale (and bias) rows are loaded once, before the jobs.
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from maiac.passes.tiling import narrow_act
+from maiac.passes.tiling import narrow_act, row_jobs
 from maiac.passes.tiling.common import (
     Access,
     Budget,
     Kernel,
     Tensor,
+    align,
     dma,
-    loop,
     split_jobs,
     vec,
 )
+from maiac.runtime.errors import MaiacError
+from maiac.runtime.memory import itemsize
 from maiac.runtime.timing import VEC_OPS
 
 
@@ -51,49 +53,49 @@ def tile_norm_quantize(kernel: Kernel, fn: str, ins: Sequence[Tensor],
     """``narrow = quantize(fn(*ins))`` in ``q``'s activation format (`narrow_act`), and
     ``fp32_out = fn(*ins)`` as well when given (other readers need the fp32 rows).
     Raises MaiacError when a row does not fit the kernel's share of TSRAM
-    (`narrow_act.quantize_rows`)."""
+    (`row_jobs.plan_row_jobs`)."""
     x = ins[0]
     rows, n = math.prod(x.shape[:-1]), x.shape[-1]
-    stored = narrow_act.block_row(q, n) / n + (4 if fp32_out is not None else 0)
-    # two fp32 blocks: the loaded rows and the normalized ones
-    bm = narrow_act.quantize_rows(rows, n, stored, budget,
-                                  tvp_ops=VEC_OPS.get(fn, 1) + VEC_OPS["quantize"],
-                                  f32_blocks=2, fixed_bytes=4 * n * (len(ins) - 1))
-    split = split_jobs((rows // bm, 1), budget.n_tiles)  # (row blocks, one column block)
-    grid = split.grid
-    trips = split.loops[0]
-    tx = kernel.scratch_buffer("x", "f32", (bm, n))
-    tn = kernel.scratch_buffer("normed", "f32", (bm, n))
-    staged = kernel.scratch_buffer("out_q", narrow_act.narrow_dtype(q),
-                                   (bm, narrow_act.block_row(q, n)))
+    width = narrow_act.block_row(q, n)
+    code_bytes = align(math.ceil(width * itemsize(narrow_act.narrow_dtype(q))))
+    # per row of a job's block set: the loaded row, the normalized one, its codes
+    jobs = row_jobs.plan_row_jobs(
+        rows, n, 8 * n + code_bytes, 4 * n * (len(ins) - 1), 4.0,
+        width * itemsize(narrow_act.narrow_dtype(q)) / n + (4 if fp32_out is not None else 0),
+        VEC_OPS.get(fn, 1) + VEC_OPS["quantize"], 2, budget)
+    if not jobs:
+        raise MaiacError(f"norm + quantize: a row of {n} elements does not fit TSRAM "
+                         f"({budget.tsram_bytes} bytes per tile)")
+    row_jobs.check(jobs, rows)
+    top = row_jobs.max_rows(jobs)
+    sets = [(kernel.scratch_buffer(f"x{s}", "f32", (top, n)),
+             kernel.scratch_buffer(f"normed{s}", "f32", (top, n)),
+             kernel.scratch_buffer(f"out_q{s}", narrow_act.narrow_dtype(q), (top, width)))
+            for s in range(min(2, len(jobs)))]
     # the scale (and bias) rows: once, read by every job with a stride-0 row
-    consts = []
+    params_rows = []
     for i, t in enumerate(ins[1:]):
         name = kernel.scratch_buffer(f"param{i}", "f32", (n,))
         kernel.body.append(dma(Access(t.buf, "f32", (n,), (1,), t.off),
-                               Access(name, "f32", (n,), (1,)), grid, queue=2 + i % 2))
-        consts.append(Access(name, "f32", (bm, n), (0, 1)))
-    x_block = Access(tx, "f32", (bm, n), (n, 1))
-    normed = Access(tn, "f32", (bm, n), (n, 1))
-
-    def job(index: int, looped: bool) -> list:
-        """Job ``index`` of every tile (``looped``: and the later ones, one per trip);
-        the first job runs before the loop so only its load waits for the producer (see
-        `narrow_act.tile_quantize`)."""
-        def loop_strides(steps: Sequence[int]) -> tuple[int, ...]:
-            return (steps[0],) if looped else ()
-        row0 = index * bm * n
-        ops = [dma(Access(x.buf, "f32", (bm, n), (n, 1), x.off + row0,
-                          split.tile_strides((bm * n, 0)), loop_strides((bm * n,))),
-                   x_block, grid, queue=0),
-               vec(fn, [x_block, *consts], normed, grid, **params)]
+                               Access(name, "f32", (n,), (1,)), (budget.n_tiles,),
+                               queue=2 + i % 2))
+        params_rows.append(name)
+    for j, job in enumerate(jobs):
+        tx, tn, staged = sets[j % 2]
+        r = job.rows
+        split = split_jobs((job.tiles, 1), budget.n_tiles)
+        grid = split.grid
+        x_block = Access(tx, "f32", (r, n), (n, 1))
+        normed = Access(tn, "f32", (r, n), (n, 1))
+        strides = split.tile_strides((r * n, 0))
+        kernel.body.append(dma(Access(x.buf, "f32", (r, n), (n, 1), x.off + job.row0 * n,
+                                      strides), x_block, grid, queue=j % 2))
+        kernel.body.append(vec(fn, [x_block, *(Access(p, "f32", (r, n), (0, 1))
+                                               for p in params_rows)], normed, grid, **params))
         if fp32_out is not None:
-            ops.append(dma(normed, Access(fp32_out.buf, "f32", (bm, n), (n, 1),
-                                          fp32_out.off + row0,
-                                          split.tile_strides((bm * n, 0)),
-                                          loop_strides((bm * n,))), grid, queue=1))
-        return ops + narrow_act.store(kernel, q, normed, narrow, rows, n, bm, n, index * bm,
-                                      0, (), split, grid, loop_strides, staged)
-    kernel.body.extend(job(0, False))
-    if trips > 1:
-        kernel.body.extend(loop((trips - 1,), job(1, True)))
+            kernel.body.append(dma(normed, Access(fp32_out.buf, "f32", (r, n), (n, 1),
+                                                  fp32_out.off + job.row0 * n, strides),
+                                   grid, queue=1))
+        kernel.body.extend(narrow_act.store(kernel, q, normed, narrow, rows, n, r, n,
+                                            job.row0, 0, (), split, grid,
+                                            narrow_act.no_loop, staged))
