@@ -31,6 +31,17 @@ def test_prefill_norm_runs_on_every_tile_with_a_short_first_job() -> None:
         0.95 * row_jobs.plan_cost(divisor_split, *args, budget)
 
 
+@pytest.mark.parametrize("rows", [1, 20, 36, 37, 1153, 4099])
+def test_every_row_once(rows: int) -> None:
+    """Fewer rows than tiles, a multiple of them, one over: each row in one job, no job
+    on more tiles than there are, none longer than the blocks allow."""
+    budget = budget_of(get_target("maia200"))
+    jobs = row_jobs.plan_row_jobs(rows, 4096, 8 * 4096 + 4096, 0, 4.0, 1.0, 11, 2, budget)
+    row_jobs.check(jobs, rows)
+    assert all(1 <= j.tiles <= budget.n_tiles and j.rows >= 1 for j in jobs)
+    assert 2 * row_jobs.max_rows(jobs) * (8 * 4096 + 4096) <= budget.tsram_bytes // 2
+
+
 def test_rows_that_do_not_fit_give_no_plan() -> None:
     budget = budget_of(get_target("maia200"))
     n = budget.tsram_bytes // 8  # one row's two fp32 block sets: all of TSRAM

@@ -64,7 +64,8 @@ def plan_row_jobs(rows: int, n: int, set_bytes_per_row: int, fixed_bytes: int,
     if max_rows < 1:
         return ()
     best: tuple[float, tuple[RowJob, ...]] | None = None
-    for tiles in {budget.n_tiles, split_jobs((rows,), budget.n_tiles).n_tiles}:
+    for tiles in sorted({budget.n_tiles, split_jobs((rows,), budget.n_tiles).n_tiles},
+                        reverse=True):
         per_tile, rest = divmod(rows, tiles)
         head: list[RowJob] = []
         if rest:  # the rows left over, one job on as many tiles as divide them, first
