@@ -111,6 +111,12 @@ class Target:
                               "fixed cost per DMA instruction (descriptor setup + NoC round "
                               "trip); fitted to " + FIT_ROWS["dma_latency_s"]
                               + " (bench/fit_paper.py)", "s")
+    launch_latency_s: float = _p(FIT["launch_latency_s"], "fitted",
+                                 "fixed cost per program: the launch (host doorbell, the tiles "
+                                 "fetching their first instructions) and the completion (the "
+                                 "last writes drained to HBM, the final semaphore back to the "
+                                 "host); no instruction starts before it; fitted to "
+                                 + FIT_ROWS["launch_latency_s"] + " (bench/fit_paper.py)", "s")
     instr_latency_s: float = _p(50e-9, "assumed",
                                 "fixed cost per TTU/TVP instruction: ~100 cycles issue/drain "
                                 "at 2 GHz", "s")
@@ -267,6 +273,7 @@ TARGET_SPECS: dict[str, dict[str, tuple[Any, str, str]]] = {
         "hbm_efficiency": (1.0, "assumed", f"{_IDEAL_SRC}: HBM streams at its full peak"),
         "dma_latency_s": (0.5e-6, "assumed", f"{_IDEAL_SRC}: 0.5 us per DMA instruction"),
         "noc_bw": (32.0e12, "assumed", f"{_IDEAL_SRC}: NoC = 32 TB/s (~4.5 x HBM)"),
+        "launch_latency_s": (0.0, "assumed", f"{_IDEAL_SRC}: no per-program launch cost"),
     },
     "maia200-v0": {
         "n_clusters": (16, "assumed", f"{_V0_SRC}: Maia 100's 16 clusters [HC24]"),
@@ -282,6 +289,7 @@ TARGET_SPECS: dict[str, dict[str, tuple[Any, str, str]]] = {
         "csram_bw": (32.0e12, "assumed", f"{_V0_SRC}: 16 clusters x 2 TB/s"),
         "noc_bw": (32.0e12, "assumed", f"{_V0_SRC}: = CSRAM bandwidth"),
         "dma_latency_s": (0.5e-6, "assumed", f"{_V0_SRC}: 0.5 us per DMA instruction"),
+        "launch_latency_s": (0.0, "assumed", f"{_V0_SRC}: no per-program launch cost"),
         "max_waits": (8, "assumed", f"{_V0_SRC}: no limit on waits (one per engine)"),
         "max_signals": (8, "assumed", f"{_V0_SRC}: no limit"),
     },
@@ -304,6 +312,7 @@ _PREFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _NUM_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z/]*)\s*$")
 _AT_MOST_ONE = ("hbm_efficiency",)  # fractions
+_MAY_BE_ZERO = ("launch_latency_s",)  # a fixed cost a what-if study may switch off
 
 
 def parse_number(text: str) -> float:
@@ -335,6 +344,8 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
         raise ValueError(f"expected a number, got {value!r}")
     else:
         number = float(value)
+    if key in _MAY_BE_ZERO and number == 0:
+        return 0.0
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"must be a positive finite number, got {value!r}")
     if key in _AT_MOST_ONE and number > 1:

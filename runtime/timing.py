@@ -12,6 +12,10 @@ touch on each level (TSRAM addresses are shared by all tiles, so treated as one
 range). So the DMA of the next op overlaps the compute of this one wherever the
 program's buffers allow it (double buffering, prefetch into separate buffers).
 
+A program pays ``launch_latency_s`` once: no engine starts before it (the launch and
+the completion of the program, fitted to the paper's small memory-bound GEMMs), so the
+first op's window holds it.
+
 Loops are costed in closed form: the first ``SIM_ITERS`` iterations are scheduled
 exactly, then the steady-state period (from the last two simulated iterations, and never
 shorter than any engine's busy time per iteration) is extrapolated over the remaining
@@ -204,7 +208,10 @@ class _Sim:
     def __init__(self, target: Target, sync: CollectiveSync | None = None) -> None:
         self.t = target
         self.sync = sync
-        self.free: dict[str, float] = defaultdict(float)
+        # the program's launch: no engine starts an instruction before it (a fixed cost
+        # per program, ``launch_latency_s``, so a 20 us GEMM pays it, a 10 ms decode not)
+        launch = target.launch_latency_s
+        self.free: dict[str, float] = defaultdict(lambda: launch)
         self.wf = defaultdict(_RangeMax)  # level -> finish of the last write
         self.af = defaultdict(_RangeMax)  # level -> finish of the last access of any kind
         self.events: list[Event] = []
