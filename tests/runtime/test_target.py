@@ -84,6 +84,11 @@ def test_overrides():
         get_target(overrides={"ttu_block_k.fp8": "64"})
     with pytest.raises(MaiacError, match="at most 1"):
         get_target(overrides={"hbm_efficiency": "1.5"})
+    # a fixed cost a what-if may switch off (every other parameter must stay positive)
+    assert get_target(overrides={"launch_latency_s": "0"}).launch_latency_s == 0.0
+    assert get_target(overrides={"launch_latency_s": "2us"}).launch_latency_s == 2e-6
+    with pytest.raises(MaiacError, match="positive"):
+        get_target(overrides={"dma_latency_s": "0"})
 
 
 def test_unknown_key_lists_valid_keys():

@@ -19,6 +19,7 @@ from maiac.runtime.trace import chrome_trace, write_chrome_trace
 T = get_target()
 BLOCK = 256 * 1024  # bytes per tile
 N = T.n_tiles  # 36 on maia200
+L = T.launch_latency_s  # paid once per program: no instruction starts before it
 
 
 def dma_program(tile_strides: tuple[int, ...] = (BLOCK // 4,)):
@@ -35,7 +36,7 @@ def test_dma_bound_program_closed_form():
     rep = simulate(dma_program())
     nbytes = N * BLOCK
     # HBM (at its sustained rate) is the slowest level involved
-    expected = nbytes / T.hbm_sustained_bw + T.dma_latency_s
+    expected = nbytes / T.hbm_sustained_bw + T.dma_latency_s + L
     assert rep.modeled_time_s == pytest.approx(expected, rel=1e-12)
     assert rep.hbm_bytes == nbytes
     assert rep.roofline_time_s == pytest.approx(nbytes / T.hbm_bw)
@@ -44,7 +45,7 @@ def test_dma_bound_program_closed_form():
                                "busy_s")} == {
         "name": "load", "kind": "Identity", "time_s": pytest.approx(expected),
         "flops": 0.0, "hbm_bytes": nbytes, "bound": "memory",
-        "busy_s": {"dma0": pytest.approx(expected)}}
+        "busy_s": {"dma0": pytest.approx(expected - L)}}
 
 
 def test_broadcast_dma_reads_hbm_once():
@@ -52,7 +53,7 @@ def test_broadcast_dma_reads_hbm_once():
     assert rep.hbm_bytes == BLOCK
     # the NoC still delivers N copies into the tiles
     expected = max(BLOCK / T.hbm_sustained_bw, N * BLOCK / T.noc_bw, N * BLOCK / T.tsram_bw)
-    assert rep.modeled_time_s == pytest.approx(expected + T.dma_latency_s)
+    assert rep.modeled_time_s == pytest.approx(expected + T.dma_latency_s + L)
 
 
 def matmul_program(m=128, n=128, k=128, grid=(N,), fmt="fp8"):
@@ -69,7 +70,7 @@ def test_compute_bound_matmul_closed_form(fmt: str, key: str):
     rep = simulate(matmul_program(fmt=fmt))
     flops = 2 * 128**3 * N
     assert rep.flops == flops
-    assert rep.modeled_time_s == pytest.approx(flops / T.ttu_flops[key] + T.instr_latency_s)
+    assert rep.modeled_time_s == pytest.approx(flops / T.ttu_flops[key] + T.instr_latency_s + L)
     assert rep.roofline_time_s == pytest.approx(flops / T.ttu_flops[key])
     assert rep.ops[0]["bound"] == "compute"
     assert 0 < rep.roofline_fraction < 1
@@ -101,9 +102,9 @@ def loop_program(trips: int, serial: bool = True):
 
 
 def test_loop_costs_trips_times_body():
-    one = simulate(loop_program(1)).modeled_time_s
+    one = simulate(loop_program(1)).modeled_time_s - L
     rep = simulate(loop_program(1000))
-    assert rep.modeled_time_s == pytest.approx(1000 * one, rel=1e-9)
+    assert rep.modeled_time_s - L == pytest.approx(1000 * one, rel=1e-9)
     assert rep.engines[0]["busy_s"] == pytest.approx(1000 * simulate(loop_program(1)).engines[0]["busy_s"])
     # bytes are spread over the time windows in floating point: equal to rounding
     assert rep.ops[0]["hbm_bytes"] == pytest.approx(1000 * 64 * 1024 * 4, rel=1e-12)
@@ -128,9 +129,9 @@ def test_prefetch_overlaps_compute_but_hazards_serialize():
     pb.emit(Dma(acc(x, "f32", (1 << 16,)), acc(t1, "f32", (1 << 16,)), op="a"), v,
             Dma(acc(x, "f32", (1 << 16,)), acc(t2, "f32", (1 << 16,)), queue=1, op="b"))
     ev = {(e.name, e.engine): e for e in simulate(pb.build()).events}
-    assert ev["b", "dma1"].start == 0.0  # the independent prefetch runs beside op a
+    assert ev["b", "dma1"].start == L  # the independent prefetch runs beside op a
     # RAW: the vec waits for its load
-    assert ev["a", "tvp"].start == pytest.approx(ev["a", "dma0"].dur)
+    assert ev["a", "tvp"].start == pytest.approx(L + ev["a", "dma0"].dur)
     # WAR: overwriting t1 must wait for the vec that reads it
     pb.emit(Dma(acc(x, "f32", (1 << 16,)), acc(t1, "f32", (1 << 16,)), queue=2, op="c"))
     evs = simulate(pb.build()).events
@@ -230,7 +231,7 @@ def test_loop_time_is_trips_times_body_in_closed_form():
         trips = n if isinstance(n, tuple) else (n,)
         rep = simulate(nested_program(trips))
         total = math.prod(trips)
-        assert rep.modeled_time_s == pytest.approx(total * period, rel=1e-9)
+        assert rep.modeled_time_s == pytest.approx(total * period + L, rel=1e-9)
         assert rep.ops[0]["hbm_bytes"] == pytest.approx(total * 64 * 1024 * 4, rel=1e-12)
         visits.add(rep.visits)
     assert visits == {2 * timing.SIM_ITERS}
@@ -252,10 +253,31 @@ def test_deep_nests_are_scheduled_within_the_visit_budget(monkeypatch, depth):
         # start ~10^7 s in, where float64 resolves a 1.4 us period to ~1e-4, and 16 levels
         # of 2 scheduled iterations each carry their own rounding (1.07e-3 at the DMA setup
         # of the 0.125 us fit)
-        assert rep.modeled_time_s == pytest.approx(outer * n * period, rel=rel)
+        assert rep.modeled_time_s == pytest.approx(outer * n * period + L, rel=rel)
 
 
 def test_programs_within_the_budget_schedule_sim_iters_per_loop():
     items = timing._items(nested_program((50,), 2).instructions, "", (), T)
     assert timing._plan_iterations(items, timing.VISIT_BUDGET) == [timing.SIM_ITERS] * 2
     assert timing._plan_iterations(items, 5) == [4, 1]  # 2 outer trips x 1 x 2 leaves = 4
+
+
+def test_launch_cost_delays_every_instruction_by_exactly_it():
+    """``launch_latency_s`` is paid once per program: no engine starts before it, so the
+    whole timeline (and the modeled time) moves by exactly it and no engine is busier
+    (bench/fit_paper.py shifts the GEMM rows by it instead of re-simulating)."""
+    import dataclasses
+
+    program = loop_program(40, serial=False)
+    base = simulate(program, dataclasses.replace(T, launch_latency_s=0.0))
+    launch = 2.5e-6
+    late = simulate(program, dataclasses.replace(T, launch_latency_s=launch))
+    assert late.modeled_time_s == pytest.approx(base.modeled_time_s + launch, rel=1e-12)
+    assert min(e.start for e in late.events) == pytest.approx(launch, rel=1e-12)
+    assert [e.start for e in late.events] == pytest.approx(
+        [e.start + launch for e in base.events], rel=1e-9)
+    assert [e["busy_s"] for e in late.engines] == pytest.approx(
+        [e["busy_s"] for e in base.engines], rel=1e-12)
+    assert sum(op["time_s"] for op in late.ops) == pytest.approx(late.modeled_time_s)
+    assert get_target("maia200-ideal").launch_latency_s == 0.0
+    assert T.status_of("launch_latency_s")[0] == "fitted"
