@@ -72,18 +72,20 @@ def erf(x: np.ndarray) -> np.ndarray:
 def _erfc_nr(ax: np.ndarray) -> np.ndarray:
     """erfc(|x|) for ``ax = |x|`` in float64; fractional error < 1.2e-7 (NR ``erfcc``).
 
-    Returns a new array; ``ax`` is not modified.
+    Returns a new array; ``ax`` is not modified. Horner's first step is ``t * c9``
+    (not a ``c9``-filled buffer times ``t``) and ``-ax² + poly`` is ``poly - ax²``:
+    both exact rewrites, so the bytes are those of the textbook form, two calls fewer.
     """
     t = np.multiply(ax, 0.5)
     t += 1.0
     np.divide(1.0, t, out=t)
-    poly = np.full_like(ax, _ERFC_NR[-1])
-    for c in reversed(_ERFC_NR[:-1]):
+    poly = np.multiply(t, _ERFC_NR[-1])
+    poly += _ERFC_NR[-2]
+    for c in reversed(_ERFC_NR[:-2]):
         poly *= t
         poly += c
     e = np.multiply(ax, ax)
-    np.negative(e, out=e)
-    e += poly
+    np.subtract(poly, e, out=e)
     np.exp(e, out=e)
     e *= t
     return e
@@ -100,8 +102,13 @@ def gelu(x: np.ndarray) -> np.ndarray:
     u = np.abs(x64)
     u *= 1.0 / math.sqrt(2.0)
     e = _erfc_nr(u)
-    one_plus_erf = np.subtract(2.0, e, out=u)
-    np.copyto(one_plus_erf, e, where=x64 < 0)
+    # erfc(u) where x < 0, else 2 - erfc(u): |d - e| with d = 0 or 2 picks it without
+    # a masked copy (3x slower on a random sign pattern); 0 - e = -e and 2 - e > 0 are
+    # exact, so the bytes are those of the select.
+    d = np.multiply(np.less(x64, 0.0), -2.0, out=u)
+    d += 2.0
+    one_plus_erf = np.subtract(d, e, out=u)
+    np.abs(one_plus_erf, out=one_plus_erf)
     # 0.5 * x * y, evaluated left to right as before: (0.5 * x) * y
     np.multiply(x64, 0.5, out=x64)
     x64 *= one_plus_erf
