@@ -55,10 +55,12 @@ runs as one job per tile with all its keys in one block (gpt2_dynamo's seq-8 att
 13 instructions, not 26 for two one-row query blocks per tile), while a long one still
 fills every tile the heads allow.
 
-The tile grid is that of ``(B, Hkv, G, blocks)``: Llama-3-8B's 32 heads run on 32 of
-maia200's 36 tiles, since an SPMD address is affine in the tile coordinates and none of
-these extents has a factor 3; filling the other 4 would take splitting a query block's
-keys over tiles and merging the partial softmaxes (as decode attention does).
+The tile grid is that of ``(B, Hkv, G, blocks)``: Llama-3-8B's 32 heads would run on 32
+of maia200's 36 tiles, since an SPMD address is affine in the tile coordinates and none
+of these extents has a factor 3. A causal attention without a mask may instead stripe
+its 32-row query sub-blocks over all the tiles (`striped_attention`, `_StripedStream`),
+taken when the busier engine's modeled total is below the block split's (the 8B layer:
+35.5 vs 38.9 us).
 GQA's shared K/V blocks are read once per instruction: their tile stride along G is 0,
 so the NoC broadcasts them to the G tiles of a KV head.
 """
@@ -70,6 +72,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
+from maiac.passes.tiling import striped_attention
 from maiac.passes.tiling.common import (
     Access,
     Budget,
@@ -167,7 +170,7 @@ _SOFTMAX_INSTRS = 8  # TVP instructions of a (not first) key block's online soft
 
 def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
                     budget: Budget, causal: bool, masked: bool, speedup: float = 1.0,
-                    width: int = 1) -> float:
+                    width: int = 1, engines: bool = False) -> float:
     """Modeled time (s) of attention in ``(bq, bk)`` blocks: per group of query blocks
     (one unless ``causal``), the jobs each tile runs in turn times the steps per job
     (`key_steps`), each taking the longer of its two products (TTU) and its softmax
@@ -177,7 +180,9 @@ def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: 
     overhead, so of blocks equally fast on the TTU and TVP the fewer jobs per tile (and
     so fewer instructions: a short sequence's attention as one job per tile) cost less.
     ``width``: key blocks per step (one product over ``width * bk`` keys: fewer
-    instructions; a step touching the diagonal masks all of its keys)."""
+    instructions; a step touching the diagonal masks all of its keys). ``engines``: the
+    busier engine's total instead (TTU and TVP summed apart, as a stream that overlaps
+    them fully runs): what `tile_attention` weighs the striped plan against."""
     flops = budget.tile_flops * speedup
     vec_rate = budget.tile_vec or float("inf")
     over = budget.instr_overhead_s
@@ -193,13 +198,15 @@ def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: 
         return 4.0 * bq * keys * d / flops + 2 * over, tvp
 
     per_job = step(1, int(causal))[1] + (2.0 * bq * d * 4) / vec_rate + 4 * over
-    total = 0.0
+    total, ttu, tvp = 0.0, 0.0, 0.0
     for group in query_groups(sq, sk, bq, bk, causal):
         turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
-        blocks = sum(max(step(n, (j + n - max(j, group.masked_from)) * (causal and mask)))
-                     for j, n, mask in key_steps(group.keys, group.masked_from, width))
-        total += turns * (blocks + per_job)
-    return total
+        costs = [step(n, (j + n - max(j, group.masked_from)) * (causal and mask))
+                 for j, n, mask in key_steps(group.keys, group.masked_from, width)]
+        total += turns * (sum(max(c) for c in costs) + per_job)
+        ttu += turns * sum(c[0] for c in costs)
+        tvp += turns * (sum(c[1] for c in costs) + per_job)
+    return max(ttu, tvp) if engines else total
 
 
 def choose_blocks(job_dims: Sequence[int], sq: int, sk: int, d: int, sizes: Sequence[int],
@@ -238,6 +245,18 @@ def _choose_blocks(job_dims: tuple[int, ...], sq: int, sk: int, d: int,
     return best[1], best[2], best[3]
 
 
+@lru_cache(maxsize=256)
+def _striped_plan(dims: tuple[int, ...], sizes: tuple[int, ...], budget: Budget, narrow: int,
+                  speedup: float) -> striped_attention.StripePlan | None:
+    """`striped_attention.plan` of a causal attention with generated masks, its TSRAM
+    that of `_Stream`'s blocks (``[G R, D]`` rows, ``keys`` per step)."""
+    d = dims[5]
+    return striped_attention.plan(
+        dims, budget,
+        lambda rows, keys: _tsram_bytes(rows, keys, d, sizes, False, True, narrow),
+        speedup, _SOFTMAX_OPS, VEC_OPS["causal_mask"])
+
+
 def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                    out: Tensor, budget: Budget, dims: Sequence[int],
                    views: dict[str, Sequence[int]], scale: float, causal: bool = False,
@@ -273,6 +292,17 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     h = hkv * g
     if out_view is None:
         out_view = (0, h * sq * d, g * sq * d, sq * d, d, 1)
+    stripes = _striped_plan(tuple(dims), tuple(sizes), budget, narrow, speedup) \
+        if generate else None
+    if stripes is not None and stripes.cost < _attention_cost(
+            (b, hkv, g), sq, sk, d, bq, bk, budget, True, False, speedup, width, engines=True):
+        assert positions is not None
+        jobs = striped_attention.jobs_of(stripes, b, sq, sk)
+        _StripedStream(kernel, q, k, v, out, budget, dims, views, scale, stripes, positions,
+                       out_view, fmt, zero_empty_rows, len(jobs)).emit(
+            striped_attention.interleave(jobs))
+        kernel.flops += striped_attention.flops_of(stripes, dims)
+        return []
     # a group whose jobs each take a tile once is straight-line code: consecutive such
     # groups share a kernel and one pipelined stream of key blocks (the next group's
     # first scores run while this one's last softmax does); a group with a loop of jobs
@@ -519,3 +549,89 @@ class _Stream:
         body += pending
         trips = self._split(groups[0]).trips
         self.kernel.body.extend(loop(trips, body))
+
+
+class _StripedStream(_Stream):
+    """The stream of a striped plan (`striped_attention`): each job is one ``R``-row
+    sub-block of the G query heads of a KV head per tile (``[G R, D]`` blocks), placed by
+    `striped_attention.Placement`; the pipeline is `_Stream.emit`'s."""
+
+    def __init__(self, kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                 budget: Budget, dims: Sequence[int], views: dict[str, Sequence[int]],
+                 scale: float, stripes: striped_attention.StripePlan, positions: Tensor,
+                 out_view: Sequence[int], fmt: str, zero_empty_rows: bool,
+                 jobs: int) -> None:
+        g, r = dims[2], stripes.rows
+        super().__init__(kernel, q, k, v, None, out, budget, dims, views, scale, g * r, r,
+                         positions, out_view, fmt, zero_empty_rows, jobs, stripes.width)
+        self.stripes = stripes
+
+    def _split(self, group: striped_attention.StripeJob) -> striped_attention.Placement:
+        return striped_attention.Placement(self.stripes, group, self.dims[0], self.dims[1])
+
+    def _order(self, group: striped_attention.StripeJob) -> list[tuple[int, bool, int]]:
+        """(first key unit, masked, units) of the job's steps, in key order."""
+        return [(j, j + n > group.masked_from, n)
+                for j, n in striped_attention.runs(group.keys, self.stripes.width)]
+
+    def _rows(self, group: striped_attention.StripeJob, t: Tensor, view: Sequence[int],
+              dtype: str) -> Access:
+        """The job's ``[G, R, D]`` rows in tensor ``t`` (view ``(off, s_b, s_h, s_g, s_row,
+        s_col)``)."""
+        g, r, d = self.dims[2], self.stripes.rows, self.dims[5]
+        off, s_b, s_h, s_g, s_row, s_col = view
+        where, ts = self._split(group).place(s_b, s_h, r * s_row)
+        return Access(t.buf, dtype, (g, r, d), (s_g, s_row, s_col), t.off + off + where, ts)
+
+    def _local3(self, buf: str, dtype: str = "f32") -> Access:
+        g, r, d = self.dims[2], self.stripes.rows, self.dims[5]
+        return Access(buf, dtype, (g, r, d), (r * d, d, 1))
+
+    def prologue(self, group: striped_attention.StripeJob, job: int) -> list:
+        """The job's Q rows, scaled once, and their positions."""
+        place, bq, d = self._split(group), self.bq, self.dims[5]
+        g, r = self.dims[2], self.stripes.rows
+        grid = place.grid
+        q_mm = self.local(self.tq_mm[job], (bq, d), self.fmt if self.narrow else "f32")
+        sq, sk = self.dims[3:5]
+        assert self.positions is not None
+        where, ts = place.place(0, 0, r)
+        return [dma(self._rows(group, self.q, self.views["q"], self.q.dtype),
+                    self._local3(self.tq[job]), grid),
+                vec("scale", [self.local(self.tq[job], (bq, d))], q_mm, grid,
+                    scale=float(self.scale)),
+                dma(Access(self.positions.buf, "f32", (g, r, 1), (0, 1, 1),
+                           self.positions.off + sk - sq + where, ts),
+                    Access(self.tqp[job], "f32", (g, r, 1), (r, 1, 1)), grid)]
+
+    def scores(self, group: striped_attention.StripeJob, job: int, j: int, parity: int,
+               per_iter: int, width: int = 1) -> list:
+        """K/V key units ``j`` to ``j + width`` into the ``parity`` copies, and their
+        scores (the same keys on every stripe)."""
+        place, bq, d = self._split(group), self.bq, self.dims[5]
+        grid, keys = place.grid, self.bk * width
+        kt = self.local(self.tk[parity], (d, keys), self.k_dtype)
+        q_mm = self.local(self.tq_mm[job], (bq, d), self.fmt if self.narrow else "f32")
+        ops = []
+        for name, t, shape, transpose, dst, queue in (
+                ("k", self.k, (d, keys), True, kt, 0),
+                ("v", self.v, (keys, d), False,
+                 self.local(self.tv[parity], (keys, d), self.v_dtype), 1)):
+            off, s_b, s_h, _, s_row, s_col = self.views[name]
+            where, ts = place.place(s_b, s_h, 0)
+            ls = (per_iter * self.bk * s_row,) if per_iter else ()
+            src = Access(t.buf, t.dtype, shape, (s_col, s_row) if transpose else (s_row, s_col),
+                         t.off + off + where + j * self.bk * s_row, ts, ls)
+            ops.append(dma(src, dst, grid, queue=queue))
+        return ops + [mm(q_mm, kt, self.local(self.ts[parity], (bq, keys)), grid,
+                         accumulate=False, fmt=self.fmt)]
+
+    def epilogue(self, group: striped_attention.StripeJob, job: int) -> list:
+        """``O / l`` of a job and its store."""
+        grid = self._split(group).grid
+        o_acc = self.local(self.to[job], (self.bq, self.dims[5]))
+        ops = at_least_one(self.l_sum, self.r_sum, grid) if self.zero_empty_rows else []
+        return ops + [vec("div", [o_acc, self.l_sum], o_acc, grid),
+                      dma(self._local3(self.to[job]),
+                          self._rows(group, self.out, self.out_view, self.out.dtype),
+                          grid, queue=1)]
