@@ -22,7 +22,8 @@ side):
 
 The jobs of a tile (``B`` x the KV heads it loops over x ``Sq / (T R)``) are one
 straight-line stream, pipelined as `attention._Stream` (the next job's first scores
-run during this job's last softmax; longest and shortest jobs alternating). Each job's
+run during this job's last softmax; the tail first, then long and short jobs
+alternating, the longest last). Each job's
 keys run in steps of at most ``W`` keys (equal-sized runs). `plan` sizes ``W`` with the
 block tiler's per-step costs (TTU and TVP work, issue overheads; the busier engine's total,
 as the stream overlaps them) and
@@ -176,14 +177,17 @@ class Placement:
 
 
 def interleave(jobs: list[StripeJob]) -> list[StripeJob]:
-    """Longest and shortest jobs alternating (as `attention._interleave`)."""
-    by_keys = sorted(jobs, key=lambda jb: (-jb.keys, jb.b, jb.hkv))
+    """The stream's order: the tail jobs first (the cheapest rows: a short fill), then
+    long and short jobs alternating (as `attention._interleave`) with the longest last
+    (its products hide the drain of the jobs before it): in the 8B layer 36.3 -> 35.9 us
+    over the block tiler's longest-first order."""
+    by_keys = sorted((jb for jb in jobs if not jb.tail), key=lambda jb: (-jb.keys, jb.b, jb.hkv))
     out = []
     while by_keys:
         out.append(by_keys.pop(0))
         if by_keys:
             out.append(by_keys.pop())
-    return out
+    return [jb for jb in jobs if jb.tail] + out[::-1]
 
 
 def block_access(buf: str, dtype: str, g: int, r: int, d: int, strides: tuple[int, int, int],
