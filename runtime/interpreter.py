@@ -454,6 +454,14 @@ class _Machine:
         rows = instr.table.shape[0]
         gidx = grid_index(grid, len(instr.indices.shape))
         label = instr_label(path, instr)
+        if not trips and not any(table.strides[:len(grid)]):
+            # one table for every tile (no tile stride): index it once with all tiles'
+            # rows, the same elements as the per-tile fancy index
+            shared = table[(0,) * len(grid)]
+
+            def step(it: tuple[int, ...]) -> None:
+                store(dst, shared[row_indices(idx, rows, f"{label}: gather")])
+            return step
 
         def step(it: tuple[int, ...]) -> None:
             ix = row_indices(idx[it], rows, f"{label}: gather")

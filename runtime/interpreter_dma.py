@@ -135,6 +135,8 @@ def grid_index(grid: tuple[int, ...], index_rank: int) -> tuple[np.ndarray, ...]
 def row_indices(indices: np.ndarray, rows: int, what: str) -> np.ndarray:
     """Row indices into a table of ``rows`` rows (negative ones from the end), checked."""
     ix = indices.astype(np.int64)
+    if ix.size and 0 <= ix.min() and ix.max() < rows:
+        return ix  # all in range already: no negative index to wrap
     ix = np.where(ix < 0, ix + rows, ix)
     if ix.size and (ix.min() < 0 or ix.max() >= rows):
         bad = ix[(ix < 0) | (ix >= rows)].flat[0]

@@ -91,12 +91,14 @@ def _erfc_nr(ax: np.ndarray) -> np.ndarray:
     return e
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
+def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Exact (erf) GELU ``0.5 x (1 + erf(x / sqrt 2))`` with relative error < 2e-7.
 
     ``1 + erf(u)`` is ``erfc(-u)`` for u < 0 and ``2 - erfc(u)`` otherwise, so one
     erfc evaluation (relative error 1.2e-7) gives it to full relative accuracy on both
-    sides, also deep in the negative tail. In place, same operations as ``erf``.
+    sides, also deep in the negative tail. In place, same operations as ``erf``. With
+    ``out`` (fp32, x's shape; may be x itself: x is read whole first) the last product
+    is rounded to fp32 straight into it, as ``astype`` rounds it.
     """
     x64 = np.array(x, dtype=np.float64)
     u = np.abs(x64)
@@ -111,8 +113,19 @@ def gelu(x: np.ndarray) -> np.ndarray:
     np.abs(one_plus_erf, out=one_plus_erf)
     # 0.5 * x * y, evaluated left to right as before: (0.5 * x) * y
     np.multiply(x64, 0.5, out=x64)
+    if out is not None:
+        return np.multiply(x64, one_plus_erf, out=out, casting="same_kind")
     x64 *= one_plus_erf
     return x64.astype(np.float32)
+
+
+def _gelu_into(out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``gelu`` of ``x`` into ``out``: straight in for a small block, in cache-sized
+    blocks (``_blocked``) for a large one."""
+    if x.size <= 2 * _BLOCK:
+        return gelu(x, out)
+    np.copyto(out, _blocked(gelu, x))
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -324,6 +337,7 @@ INTO_FNS: dict[str, tuple[Callable[..., np.ndarray], str]] = {
     "layernorm": (lambda o, x, s, b, at: _layernorm(x, s, b, at.get("eps", 1e-5), o), "same"),
     "rmsnorm": (lambda o, x, s, at: _rmsnorm(x, s, at.get("eps", 1e-5), o), "same"),
     "gelu_tanh": (lambda o, x, at: _gelu_tanh(x, o), "same"),
+    "gelu": (lambda o, x, at: _gelu_into(o, x), "any"),
     "softmax": (lambda o, x, at: _softmax(x, o), "same"),
     "exp_sub": (lambda o, a, b, at: _exp_sub(a, b, o), "any"),
     "reduce_sum": (lambda o, x, at: np.add.reduce(x, -1, keepdims=True, out=o), "none"),

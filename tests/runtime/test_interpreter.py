@@ -430,3 +430,45 @@ def test_tvp_functions_same_bytes_on_strided_views():
             got = FNS[fn][1](x, *args, attrs)
             want = FNS[fn][1](np.ascontiguousarray(x), *args, attrs)
             assert got.tobytes() == np.ascontiguousarray(want).tobytes(), (fn, cols)
+
+
+def test_gelu_same_bytes_as_textbook_erfc_steps():
+    """``gelu``'s shortened float64 steps (Horner without a filled buffer, a subtract
+    for negate-and-add, an arithmetic select, the fp32 rounding into ``out``) give the
+    bytes of the textbook steps: random, tail, subnormal, infinite and NaN inputs (with
+    payloads and either sign)."""
+    from maiac.runtime.interpreter_fns import _ERFC_NR, gelu
+
+    def plain(x: np.ndarray) -> np.ndarray:
+        x64 = np.array(x, dtype=np.float64)
+        u = np.abs(x64)
+        u *= 1.0 / math.sqrt(2.0)
+        t = np.multiply(u, 0.5)
+        t += 1.0
+        np.divide(1.0, t, out=t)
+        poly = np.full_like(u, _ERFC_NR[-1])
+        for c in reversed(_ERFC_NR[:-1]):
+            poly *= t
+            poly += c
+        e = np.multiply(u, u)
+        np.negative(e, out=e)
+        e += poly
+        np.exp(e, out=e)
+        e *= t
+        one = np.subtract(2.0, e, out=u)
+        np.copyto(one, e, where=x64 < 0)
+        np.multiply(x64, 0.5, out=x64)
+        x64 *= one
+        return x64.astype(np.float32)
+
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 1 << 15, dtype=np.uint64).astype(np.uint32)
+    x = np.concatenate([rng.standard_normal(1 << 15).astype(np.float32) * 4, bits.view(np.float32),
+                        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -3e38],
+                                 np.float32)])
+    with np.errstate(all="ignore"):
+        want = plain(x).tobytes()
+        assert gelu(x).tobytes() == want
+        out = np.empty_like(x)
+        gelu(x, out)
+        assert out.tobytes() == want
