@@ -10,6 +10,7 @@ import pytest
 from maiac.passes.tile import budget_of
 from maiac.passes.tiling import row_jobs
 from maiac.runtime import isa
+from maiac.runtime.errors import MaiacError
 from maiac.runtime.target import get_target
 from tests.test_narrow_act import _leaves, _norm_projections, _with_and_without
 
@@ -46,6 +47,8 @@ def test_rows_that_do_not_fit_give_no_plan() -> None:
     budget = budget_of(get_target("maia200"))
     n = budget.tsram_bytes // 8  # one row's two fp32 block sets: all of TSRAM
     assert row_jobs.plan_row_jobs(64, n, 8 * n, 0, 4.0, 1.0, 6, 1, budget) == ()
+    with pytest.raises(MaiacError, match=rf"norm \+ quantize: a row of {n} elements does not fit"):
+        row_jobs.required_row_jobs("norm + quantize", 64, n, 8 * n, 0, 4.0, 1.0, 6, 1, budget)
 
 
 @pytest.mark.parametrize("quant", ["mxfp4", "fp8"])

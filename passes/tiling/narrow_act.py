@@ -37,7 +37,6 @@ from maiac.passes.tiling.common import (
     vec,
 )
 from maiac.runtime import formats as F
-from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
 from maiac.runtime.quant_ops import n_blocks, pack_unit, payload_bytes, row_bytes
 from maiac.runtime.timing import VEC_OPS
@@ -159,13 +158,9 @@ def tile_quantize(kernel: Kernel, a: Tensor, dst: Tensor, q: Any, budget: Budget
     rows, n = math.prod(a.shape[:-1]), a.shape[-1]
     width = block_row(q, n)
     code_bytes = align(math.ceil(width * itemsize(narrow_dtype(q))))
-    jobs = row_jobs.plan_row_jobs(rows, n, 4 * n + code_bytes, 0, 4.0,
-                                  width * itemsize(narrow_dtype(q)) / n,
-                                  VEC_OPS["quantize"], 1, budget)
-    if not jobs:
-        raise MaiacError(f"activation quantize: a row of {n} elements does not fit TSRAM "
-                         f"({budget.tsram_bytes} bytes per tile)")
-    row_jobs.check(jobs, rows)
+    jobs = row_jobs.required_row_jobs("activation quantize", rows, n, 4 * n + code_bytes,
+                                      0, 4.0, width * itemsize(narrow_dtype(q)) / n,
+                                      VEC_OPS["quantize"], 1, budget)
     top = row_jobs.max_rows(jobs)
     sets = [(kernel.scratch_buffer(f"x{s}", "f32", (top, n)),
              kernel.scratch_buffer(f"out_q{s}", narrow_dtype(q), (top, width)))

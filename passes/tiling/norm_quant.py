@@ -31,7 +31,6 @@ from maiac.passes.tiling.common import (
     split_jobs,
     vec,
 )
-from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
 from maiac.runtime.timing import VEC_OPS
 
@@ -59,14 +58,10 @@ def tile_norm_quantize(kernel: Kernel, fn: str, ins: Sequence[Tensor],
     width = narrow_act.block_row(q, n)
     code_bytes = align(math.ceil(width * itemsize(narrow_act.narrow_dtype(q))))
     # per row of a job's block set: the loaded row, the normalized one, its codes
-    jobs = row_jobs.plan_row_jobs(
-        rows, n, 8 * n + code_bytes, 4 * n * (len(ins) - 1), 4.0,
+    jobs = row_jobs.required_row_jobs(
+        "norm + quantize", rows, n, 8 * n + code_bytes, 4 * n * (len(ins) - 1), 4.0,
         width * itemsize(narrow_act.narrow_dtype(q)) / n + (4 if fp32_out is not None else 0),
         VEC_OPS.get(fn, 1) + VEC_OPS["quantize"], 2, budget)
-    if not jobs:
-        raise MaiacError(f"norm + quantize: a row of {n} elements does not fit TSRAM "
-                         f"({budget.tsram_bytes} bytes per tile)")
-    row_jobs.check(jobs, rows)
     top = row_jobs.max_rows(jobs)
     sets = [(kernel.scratch_buffer(f"x{s}", "f32", (top, n)),
              kernel.scratch_buffer(f"normed{s}", "f32", (top, n)),

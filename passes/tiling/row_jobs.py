@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from maiac.passes.tiling.common import Budget, align, split_jobs
+from maiac.runtime.errors import MaiacError
 
 MAX_JOBS = 8  # per tile, beyond the tail job; more only adds issue overhead
 
@@ -82,6 +83,20 @@ def plan_row_jobs(rows: int, n: int, set_bytes_per_row: int, fixed_bytes: int,
             if best is None or cost < best[0] - 1e-15:
                 best = (cost, tuple(jobs))
     return best[1] if best else ()
+
+
+def required_row_jobs(what: str, rows: int, n: int, set_bytes_per_row: int,
+                      fixed_bytes: int, in_bytes: float, out_bytes: float, tvp_ops: float,
+                      tvp_instrs: int, budget: Budget) -> tuple[RowJob, ...]:
+    """`plan_row_jobs`, checked; a clear error naming the kernel ``what`` when one row
+    does not fit TSRAM."""
+    jobs = plan_row_jobs(rows, n, set_bytes_per_row, fixed_bytes, in_bytes, out_bytes,
+                         tvp_ops, tvp_instrs, budget)
+    if not jobs:
+        raise MaiacError(f"{what}: a row of {n} elements does not fit TSRAM "
+                         f"({budget.tsram_bytes} bytes per tile)")
+    check(jobs, rows)
+    return jobs
 
 
 def _splits(rows: int, max_rows: int) -> list[list[int]]:
