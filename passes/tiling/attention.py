@@ -84,6 +84,7 @@ from maiac.passes.tiling.common import (
     at_least_one,
     divisors,
     dma,
+    long_short,
     loop,
     mm,
     online_softmax,
@@ -336,13 +337,7 @@ def _interleave(groups: list[QueryGroup]) -> list[QueryGroup]:
     query block, the first, the last but one, ...): a short job's steps are TVP-bound
     (its softmax, mask and epilogue against few products), so each runs between two
     long jobs whose products overlap it; the job's results do not depend on the order."""
-    by_keys = sorted(groups, key=lambda grp: -grp.keys)
-    out = []
-    while by_keys:
-        out.append(by_keys.pop(0))
-        if by_keys:
-            out.append(by_keys.pop())
-    return out
+    return long_short(sorted(groups, key=lambda grp: -grp.keys))
 
 
 class _Stream:

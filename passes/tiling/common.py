@@ -204,6 +204,17 @@ def loop(trips: Sequence[int], body: list[Any]) -> list[Any]:
                                regions=[maia.region_of(body)])]
 
 
+def long_short(ordered: Sequence[Any]) -> list[Any]:
+    """``ordered`` (longest first) as longest, shortest, second longest, second shortest,
+    ...: each short job of a straight-line stream runs between two long ones."""
+    rest, out = list(ordered), []
+    while rest:
+        out.append(rest.pop(0))
+        if rest:
+            out.append(rest.pop())
+    return out
+
+
 def contiguous(shape: Sequence[int]) -> tuple[int, ...]:
     return contiguous_strides(tuple(shape))
 

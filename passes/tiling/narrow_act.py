@@ -157,10 +157,10 @@ def tile_quantize(kernel: Kernel, a: Tensor, dst: Tensor, q: Any, budget: Budget
     unrolled: each instruction gets the waits of its own bytes)."""
     rows, n = math.prod(a.shape[:-1]), a.shape[-1]
     width = block_row(q, n)
-    code_bytes = align(math.ceil(width * itemsize(narrow_dtype(q))))
-    jobs = row_jobs.required_row_jobs("activation quantize", rows, n, 4 * n + code_bytes,
-                                      0, 4.0, width * itemsize(narrow_dtype(q)) / n,
-                                      VEC_OPS["quantize"], 1, budget)
+    code_row = width * itemsize(narrow_dtype(q))  # bytes of one row's codes
+    jobs = row_jobs.required_row_jobs("activation quantize", rows, n,
+                                      4 * n + align(math.ceil(code_row)), 0, 4.0,
+                                      code_row / n, VEC_OPS["quantize"], 1, budget)
     top = row_jobs.max_rows(jobs)
     sets = [(kernel.scratch_buffer(f"x{s}", "f32", (top, n)),
              kernel.scratch_buffer(f"out_q{s}", narrow_dtype(q), (top, width)))

@@ -56,11 +56,11 @@ def tile_norm_quantize(kernel: Kernel, fn: str, ins: Sequence[Tensor],
     x = ins[0]
     rows, n = math.prod(x.shape[:-1]), x.shape[-1]
     width = narrow_act.block_row(q, n)
-    code_bytes = align(math.ceil(width * itemsize(narrow_act.narrow_dtype(q))))
+    code_row = width * itemsize(narrow_act.narrow_dtype(q))  # bytes of one row's codes
     # per row of a job's block set: the loaded row, the normalized one, its codes
     jobs = row_jobs.required_row_jobs(
-        "norm + quantize", rows, n, 8 * n + code_bytes, 4 * n * (len(ins) - 1), 4.0,
-        width * itemsize(narrow_act.narrow_dtype(q)) / n + (4 if fp32_out is not None else 0),
+        "norm + quantize", rows, n, 8 * n + align(math.ceil(code_row)),
+        4 * n * (len(ins) - 1), 4.0, code_row / n + (4 if fp32_out is not None else 0),
         VEC_OPS.get(fn, 1) + VEC_OPS["quantize"], 2, budget)
     top = row_jobs.max_rows(jobs)
     sets = [(kernel.scratch_buffer(f"x{s}", "f32", (top, n)),

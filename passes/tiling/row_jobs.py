@@ -22,7 +22,6 @@ Jobs are unrolled (no loop): a few per kernel, each with its own row count.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -40,15 +39,6 @@ class RowJob:
     row0: int
     tiles: int
     rows: int
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        return (self.tiles,)
-
-    @property
-    def tile_rows(self) -> int:
-        """Rows between two tiles' blocks (0 on one tile)."""
-        return self.rows if self.tiles > 1 else 0
 
 
 @lru_cache(maxsize=256)
@@ -159,4 +149,4 @@ def check(jobs: tuple[RowJob, ...], rows: int) -> None:
     spans = sorted((j.row0, j.row0 + j.tiles * j.rows) for j in jobs)
     assert spans and spans[0][0] == 0 and spans[-1][1] == rows and all(
         a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
-    assert math.fsum(j.tiles * j.rows for j in jobs) == rows
+    assert total_rows(jobs) == rows

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from maiac.passes.tiling.common import Access, Budget
+from maiac.passes.tiling.common import Budget, long_short
 
 MAX_KEYS = 2048  # keys per step
 
@@ -182,23 +182,7 @@ def interleave(jobs: list[StripeJob]) -> list[StripeJob]:
     (its products hide the drain of the jobs before it): in the 8B layer 36.3 -> 35.9 us
     over the block tiler's longest-first order."""
     by_keys = sorted((jb for jb in jobs if not jb.tail), key=lambda jb: (-jb.keys, jb.b, jb.hkv))
-    out = []
-    while by_keys:
-        out.append(by_keys.pop(0))
-        if by_keys:
-            out.append(by_keys.pop())
-    return [jb for jb in jobs if jb.tail] + out[::-1]
-
-
-def block_access(buf: str, dtype: str, g: int, r: int, d: int, strides: tuple[int, int, int],
-                 off: int, ts: tuple[int, ...]) -> Access:
-    """The ``[G, R, D]`` block of the G heads' rows of one sub-block."""
-    return Access(buf, dtype, (g, r, d), strides, off, ts)
-
-
-def local3(buf: str, g: int, r: int, d: int, dtype: str = "f32") -> Access:
-    """A ``[G R, D]`` TSRAM block seen as ``[G, R, D]``."""
-    return Access(buf, dtype, (g, r, d), (r * d, d, 1))
+    return [jb for jb in jobs if jb.tail] + long_short(by_keys)[::-1]
 
 
 def flops_of(plan: StripePlan, dims: Sequence[int]) -> int:
