@@ -104,11 +104,14 @@ def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int,
     # the recent kernels' blocks: (addr, size, last use) in instructions of the function
     recent: list[list[tuple[int, int, int]]] = []
     base = 0
+    previous_op = None
     for kernel in kernels:
+        op_name = maia.attr(kernel, "op")
         scratch = [b for b in kernel.body.block.ops if isinstance(b, maia.BufferOp)]
         sizes = [align(maia.attr(b, "nbytes")) for b in scratch]
         total = sum(sizes)
         top = 0
+        addrs: list[int] | None = None
         uses, count = use_order(kernel) if ring else ({}, 0)
         if ring and total <= tsram_capacity:
             # prefetch ring: each kernel's scratch right after the previous kernel's,
@@ -118,16 +121,22 @@ def plan_function(fn: func.FuncOp, csram_capacity: int, tsram_capacity: int,
             if cursor + total > tsram_capacity:
                 firsts = [base + uses.get(maia.attr(b, "sym"), (count, count))[0]
                           for b in scratch]
-                cursor = wrap_offset([b for k in recent for b in k], sizes, firsts,
-                                     tsram_capacity)
+                blocks = [b for k in recent for b in k]
+                cursor = wrap_offset(blocks, sizes, firsts, tsram_capacity)
+                if op_name == previous_op:  # a ragged tail after its main kernel
+                    addrs = wrap_buffers(blocks, sizes, firsts, tsram_capacity, cursor)
             top, cursor = cursor, cursor + total
+            if addrs is not None:
+                cursor = max(a + size for a, size in zip(addrs, sizes, strict=True))
         placed: list[tuple[int, int, int]] = []
-        for buf, size in zip(scratch, sizes, strict=True):
-            _place(buf, "tsram", top)
-            placed.append((top, size, base + uses.get(maia.attr(buf, "sym"), (0, 0))[1]))
-            top += size
+        for index, (buf, size) in enumerate(zip(scratch, sizes, strict=True)):
+            addr = addrs[index] if ring and addrs is not None else top
+            _place(buf, "tsram", addr)
+            placed.append((addr, size, base + uses.get(maia.attr(buf, "sym"), (0, 0))[1]))
+            top = max(top, addr + size)
         recent = [*recent[-(RECENT - 1):], placed]
         base += count
+        previous_op = op_name
         if top > tsram_capacity:
             raise MaiacError(f"op '{maia.attr(kernel, 'op')}': working set of {top} bytes "
                              f"exceeds TSRAM ({tsram_capacity} bytes per tile)")
@@ -181,6 +190,62 @@ def wrap_offset(recent: list[tuple[int, int, int]], sizes: list[int], firsts: li
         if best is None or key < best:
             best = key
     return best[2] if best is not None else 0
+
+
+def _conflict(recent: list[tuple[int, int, int]], lo: int, size: int,
+              first: int) -> tuple[int, int]:
+    """(worst, overlap) of a block at ``lo`` first used by instruction ``first``: the
+    latest last use minus ``first`` over the recent blocks it overlaps (-2^62 if none),
+    and the bytes it shares with them (`wrap_offset`'s key, for one block)."""
+    worst, overlap = -(1 << 62), 0
+    for addr, rsize, last in recent:
+        common = min(lo + size, addr + rsize) - max(lo, addr)
+        if common > 0:
+            worst = max(worst, last - first)
+            overlap += common
+    return worst, overlap
+
+
+def wrap_buffers(recent: list[tuple[int, int, int]], sizes: list[int], firsts: list[int],
+                 capacity: int, offset: int) -> list[int] | None:
+    """Where a wrapping kernel's blocks go one by one, when that beats the contiguous
+    scratch at ``offset`` (`wrap_offset`'s choice), else None. In the order of their
+    first use, each block takes the free address (none of this kernel's blocks there)
+    whose overlap with the recent kernels' blocks is least harmful by `wrap_offset`'s
+    key: the blocks a kernel loads first land on bytes the previous kernels were done
+    with early (the twin a double-buffered K loop read one step before its last), its
+    later blocks on the bytes still being read. So a ragged tail kernel's first loads
+    run during its main kernel's last K step instead of after it. None when the blocks
+    do not all fit apart, or the key (the worst pair, then the bytes shared) is not
+    better than the contiguous placement's."""
+    def key_of(addrs: list[int]) -> tuple[int, int]:
+        worst, overlap = -(1 << 62), 0
+        for lo, size, first in zip(addrs, sizes, firsts, strict=True):
+            w, o = _conflict(recent, lo, size, first)
+            worst, overlap = max(worst, w), overlap + o
+        return worst, overlap
+
+    contiguous = [offset + sum(sizes[:i]) for i in range(len(sizes))]
+    edges = {0} | {a + s for a, s, _ in recent} | {a for a, _, _ in recent}
+    addrs: list[int | None] = [None] * len(sizes)
+    mine: list[tuple[int, int]] = []
+    for i in sorted(range(len(sizes)), key=lambda i: (firsts[i], i)):
+        size = sizes[i]
+        cands = edges | {e - size for e in edges} | {a + s for a, s in mine} \
+            | {a - size for a, _ in mine} | {capacity - size}
+        best: tuple[tuple[int, int], int] | None = None
+        for lo in sorted(c for c in cands if 0 <= c <= capacity - size):
+            if any(min(lo + size, a + s) > max(lo, a) for a, s in mine):
+                continue
+            k = (_conflict(recent, lo, size, firsts[i]), lo)
+            if best is None or k < best:
+                best = k
+        if best is None:
+            return None
+        addrs[i] = best[1]
+        mine.append((best[1], size))
+    spread = [a for a in addrs if a is not None]
+    return spread if key_of(spread) < key_of(contiguous) else None
 
 
 def _place(buf: Operation, level: str, addr: int) -> None:

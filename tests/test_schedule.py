@@ -218,3 +218,19 @@ def test_wrapping_ring_keeps_first_loads_off_blocks_still_in_use() -> None:
     recent = [(0, 128, 50), (128, 192, 10)]  # (addr, size, last use)
     assert wrap_offset(recent, [128, 64], [60, 70], 320) == 128
     assert wrap_offset([(0, 128, 10), (128, 192, 10)], [128, 64], [60, 70], 320) == 0
+
+
+def test_wrapping_tail_kernel_blocks_go_one_by_one() -> None:
+    """A ragged tail kernel after a main kernel that fills TSRAM: its blocks, in the
+    order of first use, take the free bytes, then the twin the main kernel's K loop read
+    one step before its last, then the other twin — not one contiguous range over the
+    accumulator still being stored; with room to spare, the contiguous range stays."""
+    from maiac.passes.plan_memory import wrap_buffers, wrap_offset
+
+    recent = [(0, 64, 40), (64, 64, 50), (128, 128, 60)]  # twin, twin, accumulator
+    sizes, firsts = [64, 64, 32], [70, 75, 80]
+    offset = wrap_offset(recent, sizes, firsts, 320)
+    assert wrap_buffers(recent, sizes, firsts, 320, offset) == [256, 0, 64]
+    assert wrap_buffers(recent, sizes, firsts, 1024, wrap_offset(recent, sizes, firsts,
+                                                                   1024)) is None
+    assert wrap_buffers(recent, [128, 128, 128], firsts, 320, 0) is None  # cannot fit
