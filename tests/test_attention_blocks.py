@@ -4,9 +4,14 @@ while a long one still keeps every tile it can busy."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from maiac.passes.tile import budget_of
-from maiac.passes.tiling.attention import choose_blocks
-from maiac.passes.tiling.common import split_jobs
+from maiac.passes.tiling import attention
+from maiac.passes.tiling.attention import choose_blocks, key_steps, query_groups
+from maiac.passes.tiling.common import Budget, divisors, split_jobs
 from maiac.runtime.target import get_target
 
 F32 = (4, 4, 4, 4)  # bytes per element of Q, K, V and the mask
@@ -29,3 +34,42 @@ def test_long_attention_keeps_the_tiles_busy() -> None:
     for causal, masked in ((False, True), (True, False)):
         bq, _, _ = choose_blocks((1, 8, 4), 2048, 2048, 128, F32, masked, budget, causal)
         assert split_jobs((1, 8, 4, 2048 // bq), budget.n_tiles).n_tiles == 32
+
+
+
+def _walked_cost(jobs: tuple[int, ...], sq: int, sk: int, d: int, bq: int, bk: int,
+                 budget: Budget, causal: bool, masked: bool, width: int
+                 ) -> tuple[float, float, float]:
+    """(sum of the longer engine, TTU, TVP) walking every step of every group."""
+    per_job = attention._per_job(bq, bk, d, budget, causal, masked)
+    total = ttu = tvp = 0.0
+    for group in query_groups(sq, sk, bq, bk, causal):
+        turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
+        costs = [tuple(float(x) for x in attention._step(
+                     bq, bk, d, n, (j + n - max(j, group.masked_from)) * (causal and mask),
+                     budget, 1.0, masked))
+                 for j, n, mask in key_steps(group.keys, group.masked_from, width)]
+        total += turns * (sum(max(c) for c in costs) + per_job)
+        ttu += turns * sum(c[0] for c in costs)
+        tvp += turns * (sum(c[1] for c in costs) + per_job)
+    return total, ttu, tvp
+
+
+def test_block_cost_counts_every_step() -> None:
+    """`_attention_costs` (four kinds of steps per group, array operations over the
+    groups) equals the walk over every step `key_steps` gives every `query_groups` group,
+    with and without a causal diagonal, a KV-cache offset, partial last runs, groups with
+    no crossing block (one-row query blocks)."""
+    budget = budget_of(get_target("maia200"))
+    for jobs, sq, sk, d in (((1, 8, 4), 96, 160, 16), ((2, 4, 1), 64, 64, 8),
+                            ((1, 2, 2), 48, 48, 32)):
+        for causal, masked in ((True, False), (False, True), (False, False)):
+            for bq in (1, 4, 16, 48):
+                for bk in (x for x in divisors(sk) if x <= 64):
+                    for width in range(1, 5 if causal else 2):
+                        want = _walked_cost(jobs, sq, sk, d, bq, bk, budget, causal, masked,
+                                            width)
+                        got = attention._attention_costs(jobs, sq, sk, d, bq, bk, budget,
+                                                         causal, masked, 1.0, width)
+                        assert np.allclose(got, want, rtol=1e-12, atol=0), \
+                            (jobs, sq, sk, bq, bk, width, causal, masked)

@@ -70,7 +70,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
+
+import numpy as np
 
 from maiac.passes.tiling import striped_attention
 from maiac.passes.tiling.common import (
@@ -169,6 +171,89 @@ _SOFTMAX_OPS = VEC_OPS["reduce_max"] + VEC_OPS["exp_sub"] + VEC_OPS["reduce_sum"
 _SOFTMAX_INSTRS = 8  # TVP instructions of a (not first) key block's online softmax
 
 
+@lru_cache(maxsize=4096)
+def _group_arrays(sq: int, sk: int, bq: int, bk: int, causal: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, keys, masked_from) of every `query_groups` group, as arrays (the block
+    search asks for them once per candidate width: no list of groups)."""
+    nq, nk = sq // bq, sk // bk
+    if not causal:
+        return np.array([nq]), np.array([nk]), np.array([nk])
+    i = np.arange(nq, dtype=np.int64)
+    offset = sk - sq
+    keys = np.minimum(nk, ((i + 1) * bq - 1 + offset) // bk + 1)
+    full = np.minimum(keys, (i * bq + offset + 1) // bk)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    count = np.diff(np.r_[starts, nq])
+    return count, keys[starts], np.minimum.reduceat(full, starts)
+
+
+def _step_kinds(keys: np.ndarray, masked_from: np.ndarray, width: int
+                ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(steps, key blocks, crossing blocks) of the four kinds of steps `key_steps` cuts
+    each group's key blocks into (per group): the whole runs before the first crossing
+    block, the run holding it, the whole runs after it and the last (shorter) run; a
+    group with no crossing block runs its whole runs and its last one unmasked."""
+    runs = -(-keys // width)
+    last = keys - (runs - 1) * width
+    clear = masked_from >= keys  # no block crosses a diagonal
+    before = np.where(clear, runs - 1, masked_from // width)
+    first = np.where(before < runs - 1, width, last)  # the run holding the first crossing
+    zero = np.zeros_like(keys)
+    return [(before, np.full_like(keys, width), zero),
+            (np.ones_like(keys), np.where(clear, last, first),
+             np.where(clear, 0, before * width + first - masked_from)),
+            (np.where(clear, 0, np.maximum(0, runs - 2 - before)), np.full_like(keys, width),
+             np.full_like(keys, width)),
+            (np.where(clear, 0, (runs - 1 > before).astype(keys.dtype)), last, last)]
+
+
+def _step(bq: int, bk: int, d: int, n: np.ndarray | int, crossing: np.ndarray | int,
+          budget: Budget, speedup: float, masked: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(TTU, TVP) seconds of steps of ``n`` key blocks of ``bk`` keys for ``bq`` query
+    rows, ``crossing`` of the blocks masked from positions (element-wise over arrays)."""
+    flops = budget.tile_flops * speedup
+    vec_rate = budget.tile_vec or float("inf")
+    over = budget.instr_overhead_s
+    keys = np.asarray(n) * bk
+    crossing = np.asarray(crossing)
+    tvp = (bq * keys * _SOFTMAX_OPS + bq * d) / vec_rate + _SOFTMAX_INSTRS * over
+    if masked:  # the mask block's DMA and its add to the scores
+        tvp = tvp + (bq * keys * VEC_OPS["add"] / vec_rate + 2 * over)
+    tvp = tvp + np.where(crossing > 0, bq * crossing * bk * VEC_OPS["causal_mask"] / vec_rate
+                         + over, 0.0)
+    return 4.0 * bq * keys * d / flops + 2 * over, tvp
+
+
+def _per_job(bq: int, bk: int, d: int, budget: Budget, causal: bool, masked: bool,
+             speedup: float = 1.0) -> float:
+    """TVP seconds a job adds to its steps: the softmax no product hides, Q's scale and
+    the epilogue."""
+    vec_rate = budget.tile_vec or float("inf")
+    return (float(_step(bq, bk, d, 1, int(causal), budget, speedup, masked)[1])
+            + (2.0 * bq * d * 4) / vec_rate + 4 * budget.instr_overhead_s)
+
+
+def _attention_costs(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
+                     budget: Budget, causal: bool, masked: bool, speedup: float = 1.0,
+                     width: int = 1) -> tuple[float, float, float]:
+    """(sum over steps of the busier engine, TTU total, TVP total) of `_attention_cost`.
+    The steps of a group come in four kinds (`_step_kinds`), so a candidate costs a few
+    array operations over its groups, not a loop over every step."""
+    per_job = _per_job(bq, bk, d, budget, causal, masked, speedup)
+    count, keys, masked_from = _group_arrays(sq, sk, bq, bk, causal)
+    turns = np.array([math.prod(split_jobs((*jobs, int(c)), budget.n_tiles).loops)
+                      for c in count], dtype=np.float64)
+    longer, ttu, tvp = (np.zeros(len(count)) for _ in range(3))
+    for steps, n, crossing in _step_kinds(keys, masked_from, width):
+        c_ttu, c_tvp = _step(bq, bk, d, n, crossing * causal, budget, speedup, masked)
+        longer += steps * np.maximum(c_ttu, c_tvp)
+        ttu += steps * c_ttu
+        tvp += steps * c_tvp
+    return (float(turns @ (longer + per_job)), float(turns @ ttu),
+            float(turns @ (tvp + per_job)))
+
+
 def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
                     budget: Budget, causal: bool, masked: bool, speedup: float = 1.0,
                     width: int = 1, engines: bool = False) -> float:
@@ -184,29 +269,8 @@ def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: 
     instructions; a step touching the diagonal masks all of its keys). ``engines``: the
     busier engine's total instead (TTU and TVP summed apart, as a stream that overlaps
     them fully runs): what `tile_attention` weighs the striped plan against."""
-    flops = budget.tile_flops * speedup
-    vec_rate = budget.tile_vec or float("inf")
-    over = budget.instr_overhead_s
-
-    @cache
-    def step(n: int, crossing: int) -> tuple[float, float]:  # (TTU, TVP) of n key blocks
-        keys = n * bk  # ``crossing`` of them masked from positions
-        tvp = (bq * keys * _SOFTMAX_OPS + bq * d) / vec_rate + _SOFTMAX_INSTRS * over
-        if masked:  # the mask block's DMA and its add to the scores
-            tvp += bq * keys * VEC_OPS["add"] / vec_rate + 2 * over
-        if crossing:
-            tvp += bq * crossing * bk * VEC_OPS["causal_mask"] / vec_rate + over
-        return 4.0 * bq * keys * d / flops + 2 * over, tvp
-
-    per_job = step(1, int(causal))[1] + (2.0 * bq * d * 4) / vec_rate + 4 * over
-    total, ttu, tvp = 0.0, 0.0, 0.0
-    for group in query_groups(sq, sk, bq, bk, causal):
-        turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
-        costs = [step(n, (j + n - max(j, group.masked_from)) * (causal and mask))
-                 for j, n, mask in key_steps(group.keys, group.masked_from, width)]
-        total += turns * (sum(max(c) for c in costs) + per_job)
-        ttu += turns * sum(c[0] for c in costs)
-        tvp += turns * (sum(c[1] for c in costs) + per_job)
+    total, ttu, tvp = _attention_costs(jobs, sq, sk, d, bq, bk, budget, causal, masked,
+                                       speedup, width)
     return max(ttu, tvp) if engines else total
 
 
