@@ -11,6 +11,7 @@ import numpy as np
 from maiac.passes.tile import budget_of
 from maiac.passes.tiling import attention
 from maiac.passes.tiling.attention import choose_blocks, key_steps, query_groups
+from maiac.passes.tiling.attention_cost import job_cost, step_cost
 from maiac.passes.tiling.common import Budget, divisors, split_jobs
 from maiac.runtime.target import get_target
 
@@ -45,13 +46,13 @@ def _walked_cost(jobs: tuple[int, ...], sq: int, sk: int, d: int, bq: int, bk: i
     total = ttu = tvp = 0.0
     for group in query_groups(sq, sk, bq, bk, causal):
         turns = math.prod(split_jobs((*jobs, group.count), budget.n_tiles).loops)
-        costs = [tuple(float(x) for x in attention._step(
-                     bq, bk, d, n, (j + n - max(j, group.masked_from)) * (causal and mask),
-                     budget, 1.0, masked))
+        costs = [tuple(float(x) for x in step_cost(
+                     bq, n * bk, d, (j + n - max(j, group.masked_from)) * bk * (causal and mask),
+                     budget, "f32", masked))
                  for j, n, mask in key_steps(group.keys, group.masked_from, width)]
         total += turns * (sum(max(c) for c in costs) + per_job)
         ttu += turns * sum(c[0] for c in costs)
-        tvp += turns * (sum(c[1] for c in costs) + per_job)
+        tvp += turns * (sum(c[1] for c in costs) + job_cost(bq, d, budget))
     return total, ttu, tvp
 
 
@@ -70,6 +71,6 @@ def test_block_cost_counts_every_step() -> None:
                         want = _walked_cost(jobs, sq, sk, d, bq, bk, budget, causal, masked,
                                             width)
                         got = attention._attention_costs(jobs, sq, sk, d, bq, bk, budget,
-                                                         causal, masked, 1.0, width)
+                                                         causal, masked, "f32", width)
                         assert np.allclose(got, want, rtol=1e-12, atol=0), \
                             (jobs, sq, sk, bq, bk, width, causal, masked)

@@ -75,6 +75,7 @@ from functools import lru_cache
 import numpy as np
 
 from maiac.passes.tiling import striped_attention
+from maiac.passes.tiling.attention_cost import job_cost, step_cost
 from maiac.passes.tiling.common import (
     Access,
     Budget,
@@ -95,7 +96,6 @@ from maiac.passes.tiling.common import (
 )
 from maiac.runtime.errors import MaiacError
 from maiac.runtime.memory import itemsize
-from maiac.runtime.timing_costs import VEC_OPS
 
 MAX_BQ = 256  # query rows per job (8 native 32-row TTU blocks)
 MAX_BK = 512  # keys per block
@@ -165,12 +165,6 @@ def key_steps(keys: int, masked_from: int, width: int) -> list[tuple[int, int, b
     return masked + [(j, n, False) for j, n in runs if j + n <= masked_from]
 
 
-# TVP ops per score element of one key block: row max, exp(s - m), row sum (the
-# costs of runtime/timing_costs.py VEC_OPS); a block crossing a diagonal adds the mask
-_SOFTMAX_OPS = VEC_OPS["reduce_max"] + VEC_OPS["exp_sub"] + VEC_OPS["reduce_sum"]
-_SOFTMAX_INSTRS = 8  # TVP instructions of a (not first) key block's online softmax
-
-
 @lru_cache(maxsize=4096)
 def _group_arrays(sq: int, sk: int, bq: int, bk: int, causal: bool
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,61 +202,45 @@ def _step_kinds(keys: np.ndarray, masked_from: np.ndarray, width: int
             (np.where(clear, 0, (runs - 1 > before).astype(keys.dtype)), last, last)]
 
 
-def _step(bq: int, bk: int, d: int, n: np.ndarray | int, crossing: np.ndarray | int,
-          budget: Budget, speedup: float, masked: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(TTU, TVP) seconds of steps of ``n`` key blocks of ``bk`` keys for ``bq`` query
-    rows, ``crossing`` of the blocks masked from positions (element-wise over arrays)."""
-    flops = budget.tile_flops * speedup
-    vec_rate = budget.tile_vec or float("inf")
-    over = budget.instr_overhead_s
-    keys = np.asarray(n) * bk
-    crossing = np.asarray(crossing)
-    tvp = (bq * keys * _SOFTMAX_OPS + bq * d) / vec_rate + _SOFTMAX_INSTRS * over
-    if masked:  # the mask block's DMA and its add to the scores
-        tvp = tvp + (bq * keys * VEC_OPS["add"] / vec_rate + 2 * over)
-    tvp = tvp + np.where(crossing > 0, bq * crossing * bk * VEC_OPS["causal_mask"] / vec_rate
-                         + over, 0.0)
-    return 4.0 * bq * keys * d / flops + 2 * over, tvp
-
-
 def _per_job(bq: int, bk: int, d: int, budget: Budget, causal: bool, masked: bool,
-             speedup: float = 1.0) -> float:
-    """TVP seconds a job adds to its steps: the softmax no product hides, Q's scale and
-    the epilogue."""
-    vec_rate = budget.tile_vec or float("inf")
-    return (float(_step(bq, bk, d, 1, int(causal), budget, speedup, masked)[1])
-            + (2.0 * bq * d * 4) / vec_rate + 4 * budget.instr_overhead_s)
+             fmt: str = "f32") -> float:
+    """TVP seconds a job adds to its steps in the sum of the longer engine: the softmax
+    of its last step, which no product hides, and `attention_cost.job_cost`."""
+    return (float(step_cost(bq, bk, d, bk * causal, budget, fmt, masked)[1])
+            + job_cost(bq, d, budget))
 
 
 def _attention_costs(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
-                     budget: Budget, causal: bool, masked: bool, speedup: float = 1.0,
+                     budget: Budget, causal: bool, masked: bool, fmt: str = "f32",
                      width: int = 1) -> tuple[float, float, float]:
-    """(sum over steps of the busier engine, TTU total, TVP total) of `_attention_cost`.
-    The steps of a group come in four kinds (`_step_kinds`), so a candidate costs a few
+    """(sum over steps of the busier engine, TTU total, TVP total) of `_attention_cost`;
+    the engines' totals are those of the emitted instructions (`attention_cost`). The
+    steps of a group come in four kinds (`_step_kinds`), so a candidate costs a few
     array operations over its groups, not a loop over every step."""
-    per_job = _per_job(bq, bk, d, budget, causal, masked, speedup)
     count, keys, masked_from = _group_arrays(sq, sk, bq, bk, causal)
     turns = np.array([math.prod(split_jobs((*jobs, int(c)), budget.n_tiles).loops)
                       for c in count], dtype=np.float64)
     longer, ttu, tvp = (np.zeros(len(count)) for _ in range(3))
     for steps, n, crossing in _step_kinds(keys, masked_from, width):
-        c_ttu, c_tvp = _step(bq, bk, d, n, crossing * causal, budget, speedup, masked)
+        c_ttu, c_tvp = step_cost(bq, n * bk, d, crossing * bk * causal, budget, fmt, masked)
         longer += steps * np.maximum(c_ttu, c_tvp)
         ttu += steps * c_ttu
         tvp += steps * c_tvp
-    return (float(turns @ (longer + per_job)), float(turns @ ttu),
-            float(turns @ (tvp + per_job)))
+    jobs_per_tile = float(turns.sum())
+    return (float(turns @ longer) + jobs_per_tile * _per_job(bq, bk, d, budget, causal, masked,
+                                                              fmt),
+            float(turns @ ttu), float(turns @ tvp) + jobs_per_tile * job_cost(bq, d, budget))
 
 
 def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: int,
-                    budget: Budget, causal: bool, masked: bool, speedup: float = 1.0,
+                    budget: Budget, causal: bool, masked: bool, fmt: str = "f32",
                     width: int = 1, engines: bool = False) -> float:
     """Modeled time (s) of attention in ``(bq, bk)`` blocks: per group of query blocks
     (one unless ``causal``), the jobs each tile runs in turn times the steps per job
     (`key_steps`), each taking the longer of its two products (TTU) and its softmax
     (TVP), which the pipelined key loop overlaps, plus per job the softmax and epilogue
     no product hides; ``masked``: a mask operand, added to every key block's scores;
-    ``speedup``: the TTU format's peak over f32. Every instruction costs its issue
+    ``fmt``: the TTU format of the products. Every instruction costs its issue
     overhead, so of blocks equally fast on the TTU and TVP the fewer jobs per tile (and
     so fewer instructions: a short sequence's attention as one job per tile) cost less.
     ``width``: key blocks per step (one product over ``width * bk`` keys: fewer
@@ -270,29 +248,31 @@ def _attention_cost(jobs: Sequence[int], sq: int, sk: int, d: int, bq: int, bk: 
     busier engine's total instead (TTU and TVP summed apart, as a stream that overlaps
     them fully runs): what `tile_attention` weighs the striped plan against."""
     total, ttu, tvp = _attention_costs(jobs, sq, sk, d, bq, bk, budget, causal, masked,
-                                       speedup, width)
+                                       fmt, width)
     return max(ttu, tvp) if engines else total
 
 
 def choose_blocks(job_dims: Sequence[int], sq: int, sk: int, d: int, sizes: Sequence[int],
-                  masked: bool, budget: Budget, causal: bool = False, narrow: int = 0,
-                  speedup: float = 1.0) -> tuple[int, int, int]:
+                  masked: bool, budget: Budget, causal: bool = False,
+                  fmt: str = "f32") -> tuple[int, int, int]:
     """(bq, bk, width) of least modeled time (`_attention_cost`), the bigger block (then
     the narrower step) on a tie.
 
     ``job_dims``: the ``(B, Hkv, G)`` job dims; ``causal``: a causal attention without a
     mask, which counts only the key blocks each query block needs and the tiles each
     group of query blocks keeps busy, and may run up to ``MAX_WIDTH`` key blocks per step
-    (``width``, where the wider blocks fit TSRAM).
+    (``width``, where the wider blocks fit TSRAM); ``fmt``: the products' TTU format
+    (``bf16``: narrow operand copies in TSRAM).
     """
     return _choose_blocks(tuple(job_dims), sq, sk, d, tuple(sizes), masked, budget, causal,
-                          narrow, speedup)
+                          fmt)
 
 
 @lru_cache(maxsize=1024)  # every layer of a model asks the same question
 def _choose_blocks(job_dims: tuple[int, ...], sq: int, sk: int, d: int,
                    sizes: tuple[int, ...], masked: bool, budget: Budget, causal: bool,
-                   narrow: int, speedup: float) -> tuple[int, int, int]:
+                   fmt: str) -> tuple[int, int, int]:
+    narrow = _narrow(fmt)
     best: tuple[tuple[float, ...], int, int, int] | None = None
     for bq in (x for x in divisors(sq) if x <= MAX_BQ):
         for bk in (x for x in divisors(sk) if x <= MAX_BK):
@@ -302,7 +282,7 @@ def _choose_blocks(job_dims: tuple[int, ...], sq: int, sk: int, d: int,
                         > budget.tsram_bytes:
                     continue
                 key = (-_attention_cost(job_dims, sq, sk, d, bq, bk, budget, causal, masked,
-                                        speedup, width), bq * bk, -width)
+                                        fmt, width), bq * bk, -width)
                 if best is None or key > best[0]:
                     best = (key, bq, bk, width)
     if best is None:
@@ -311,15 +291,19 @@ def _choose_blocks(job_dims: tuple[int, ...], sq: int, sk: int, d: int,
 
 
 @lru_cache(maxsize=256)
-def _striped_plan(dims: tuple[int, ...], sizes: tuple[int, ...], budget: Budget, narrow: int,
-                  speedup: float) -> striped_attention.StripePlan | None:
+def _striped_plan(dims: tuple[int, ...], sizes: tuple[int, ...], budget: Budget, fmt: str
+                  ) -> striped_attention.StripePlan | None:
     """`striped_attention.plan` of a causal attention with generated masks, its TSRAM
     that of `_Stream`'s blocks (``[G R, D]`` rows, ``keys`` per step)."""
-    d = dims[5]
+    d, narrow = dims[5], _narrow(fmt)
     return striped_attention.plan(
         dims, budget,
-        lambda rows, keys: _tsram_bytes(rows, keys, d, sizes, False, True, narrow),
-        speedup, _SOFTMAX_OPS, VEC_OPS["causal_mask"])
+        lambda rows, keys: _tsram_bytes(rows, keys, d, sizes, False, True, narrow), fmt)
+
+
+def _narrow(fmt: str) -> int:
+    """Bytes per element of the TTU operand copies of ``fmt`` (0: the f32 operands)."""
+    return 2 if fmt == "bf16" else 0
 
 
 def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
@@ -346,21 +330,19 @@ def tile_attention(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     sizes = [itemsize(t.dtype) for t in (q, k, v)] + [itemsize(mask.dtype) if mask else 4]
     if fmt not in ("f32", "bf16"):
         raise MaiacError(f"op '{kernel.op}': attention runs in f32 or bf16, not {fmt}")
-    narrow = 2 if fmt == "bf16" else 0
-    speedup = dict(budget.fmt_speedup).get(fmt, 1.0)
     try:
         bq, bk, width = choose_blocks((b, hkv, g), sq, sk, d, sizes, mask is not None,
-                                      budget, generate, narrow, speedup)
+                                      budget, generate, fmt)
     except MaiacError as err:
         raise MaiacError(f"op '{kernel.op}' (attention, head dim {d}): no block fits TSRAM "
                          f"({budget.tsram_bytes} bytes per tile)") from err
     h = hkv * g
     if out_view is None:
         out_view = (0, h * sq * d, g * sq * d, sq * d, d, 1)
-    stripes = _striped_plan(tuple(dims), tuple(sizes), budget, narrow, speedup) \
+    stripes = _striped_plan(tuple(dims), tuple(sizes), budget, fmt) \
         if generate else None
     if stripes is not None and stripes.cost < _attention_cost(
-            (b, hkv, g), sq, sk, d, bq, bk, budget, True, False, speedup, width, engines=True):
+            (b, hkv, g), sq, sk, d, bq, bk, budget, True, False, fmt, width, engines=True):
         assert positions is not None
         jobs = striped_attention.jobs_of(stripes, b, sq, sk)
         _StripedStream(kernel, q, k, v, out, budget, dims, views, scale, stripes, positions,

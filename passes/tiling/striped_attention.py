@@ -25,8 +25,9 @@ straight-line stream, pipelined as `attention._Stream` (the next job's first sco
 run during this job's last softmax; the tail first, then long and short jobs
 alternating, the longest last). Each job's
 keys run in steps of at most ``W`` keys (equal-sized runs). `plan` sizes ``W`` with the
-block tiler's per-step costs (TTU and TVP work, issue overheads; the busier engine's total,
-as the stream overlaps them) and
+block tiler's per-step and per-job costs (`attention_cost`: the emitted instructions' TTU
+and TVP work and issue overheads; the busier engine's total, as the stream overlaps them)
+and
 `attention.tile_attention` takes the striped plan only when it puts the busier
 engine's total below that of its own best block split. Llama-3-8B's layer (fp8: bf16 products): 36 tiles, ``G R =
 128`` rows per job, up to 1024 keys per step.
@@ -34,9 +35,11 @@ engine's total below that of its own best block split. Llama-3-8B's layer (fp8: 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from maiac.passes.tiling.attention_cost import job_cost, step_cost
 from maiac.passes.tiling.common import Budget, long_short
 
 MAX_KEYS = 2048  # keys per step
@@ -95,19 +98,14 @@ def jobs_of(plan: StripePlan, b: int, sq: int, sk: int) -> list[StripeJob]:
 
 
 def plan(dims: Sequence[int], budget: Budget, tsram: Callable[[int, int], int],
-         speedup: float, vec_ops: float, mask_ops: float) -> StripePlan | None:
+         fmt: str) -> StripePlan | None:
     """The cheapest striped plan of a causal ``dims = (B, Hkv, G, Sq, Sk, D)`` attention
     (None when none applies); ``tsram(rows, keys)``: TSRAM bytes of a stream with those
-    blocks; ``vec_ops`` / ``mask_ops``: TVP ops per score element of a step's softmax and
-    of the causal mask."""
+    blocks; ``fmt``: the products' TTU format."""
     b, hkv, g, sq, sk, d = dims
     r = budget.native_m
     if r <= 1 or sq % r or (sk - sq) % r or sq < 2 * r:
         return None
-    flops = budget.tile_flops * speedup
-    vec_rate = budget.tile_vec or float("inf")
-    over = budget.instr_overhead_s
-    m = g * r
     best: StripePlan | None = None
     for spatial in (s for s in range(1, hkv + 1) if hkv % s == 0):
         if budget.n_tiles % spatial:
@@ -117,24 +115,30 @@ def plan(dims: Sequence[int], budget: Budget, tsram: Callable[[int, int], int],
             continue
         tail = (sq // r) % t
         for width in range(r, min(MAX_KEYS, sk) + 1, r):
-            if tsram(m, width) > budget.tsram_bytes:
+            if tsram(g * r, width) > budget.tsram_bytes:
                 break
             cand = StripePlan(r, t, tail, spatial, hkv // spatial, width // r, 0.0)
-            ttu = tvp = 0.0
-            for job in jobs_of(cand, b, sq, sk):
-                for j0, n in runs(job.keys, cand.width):
-                    keys = n * r
-                    crossing = max(0, j0 + n - max(j0, job.masked_from)) * r
-                    ttu += 4.0 * m * keys * d / flops + 2 * over
-                    tvp += (m * keys * vec_ops + m * d) / vec_rate + 8 * over
-                    if crossing:
-                        tvp += m * crossing * mask_ops / vec_rate + 2 * over
-                # Q scale and epilogue
-                tvp += (2.0 * m * d * 4) / vec_rate + 4 * over
-            total = max(ttu, tvp)
+            total = max(engine_times(cand, dims, budget, fmt))
             if best is None or total < best.cost:
-                best = StripePlan(r, t, tail, spatial, hkv // spatial, width // r, total)
+                best = dataclasses.replace(cand, cost=total)
     return best
+
+
+def engine_times(plan: StripePlan, dims: Sequence[int], budget: Budget, fmt: str
+                 ) -> tuple[float, float]:
+    """(TTU, TVP) seconds of a tile's stream (`attention_cost`: the emitted
+    instructions' costs); the plan's cost is the longer, as the stream overlaps them."""
+    b, _, g, sq, sk, d = dims
+    m, r = g * plan.rows, plan.rows
+    ttu = tvp = 0.0
+    jobs = jobs_of(plan, b, sq, sk)
+    for job in jobs:
+        for j0, n in runs(job.keys, plan.width):
+            crossing = max(0, j0 + n - max(j0, job.masked_from)) * r
+            c_ttu, c_tvp = step_cost(m, n * r, d, crossing, budget, fmt)
+            ttu += c_ttu
+            tvp += c_tvp
+    return ttu, tvp + len(jobs) * job_cost(m, d, budget)
 
 
 class Placement:
