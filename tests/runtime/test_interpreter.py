@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from maiac.runtime.errors import MachineError, MaiacError
-from maiac.runtime.interpreter import run_program
+from maiac.runtime.interpreter import _machine, run_program
 from maiac.runtime.interpreter_fns import erf
 from maiac.runtime.isa import Dma, Gather, Loop, MatMul, Vec
 from maiac.runtime.program import ProgramBuilder
@@ -472,3 +472,31 @@ def test_gelu_same_bytes_as_textbook_erfc_steps():
         out = np.empty_like(x)
         gelu(x, out)
         assert out.tobytes() == want
+
+
+def test_plain_run_inputs_any_layout_outputs_fresh_copies():
+    """The plain run's prebuilt input views take a strided array or a list as the
+    converted contiguous copy would be written; each run returns new arrays."""
+    prog = gather_program()
+    ids = np.array([[0, 9, -1, 7], [3, -10, 5, 2]], np.int64)[:, ::-1][:, :3]
+    want = np.arange(40, dtype=np.float32).reshape(10, 4)[ids]
+    first = run_program(prog, {"ids": ids})["out"]
+    np.testing.assert_array_equal(first, want)
+    first[...] = -1
+    again = run_program(prog, {"ids": ids.tolist()})["out"]
+    np.testing.assert_array_equal(again, want)
+    assert not np.shares_memory(first, again)
+
+
+def test_plain_run_names_the_failing_step():
+    prog = gather_program()
+    run_program(prog, {"ids": np.zeros((2, 3), np.int64)})
+    machine = _machine(prog)
+
+    def broken(it):
+        raise ValueError("boom")
+    label, _ = machine.steps[1]
+    machine.steps[1] = (label, broken)
+    machine.run_io.steps[1] = broken
+    with pytest.raises(MachineError, match=r"instruction 1 \(gather, op 'embed'\).*boom"):
+        run_program(prog, {"ids": np.zeros((2, 3), np.int64)})
