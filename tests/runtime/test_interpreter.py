@@ -500,3 +500,28 @@ def test_plain_run_names_the_failing_step():
     machine.run_io.steps[1] = broken
     with pytest.raises(MachineError, match=r"instruction 1 \(gather, op 'embed'\).*boom"):
         run_program(prog, {"ids": np.zeros((2, 3), np.int64)})
+
+
+def test_blocked_gelu_into_out_same_bytes():
+    """A large GELU (more than two blocks) written block by block into ``out`` (in place,
+    into another array, into a strided view, into a view overlapping its input shifted)
+    gives the bytes of one whole-array evaluation."""
+    from maiac.runtime.interpreter_fns import _BLOCK, INTO_FNS, gelu
+
+    put = INTO_FNS["gelu"][0]
+    rng = np.random.default_rng(7)
+    n = 2 * _BLOCK + 1000
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    want = gelu(x).tobytes()
+    out = np.empty_like(x)
+    assert put(out, x, {}) is out and out.tobytes() == want
+    same = x.copy()
+    put(same, same, {})
+    assert same.tobytes() == want
+    wide = np.zeros(2 * n, np.float32)
+    put(wide[::2], x, {})
+    assert wide[::2].tobytes() == want and not wide[1::2].any()
+    buf = np.zeros(n + 8, np.float32)
+    buf[8:] = x
+    put(buf[:n], buf[8:], {})  # out starts 8 elements before its input
+    assert buf[:n].tobytes() == want
