@@ -208,10 +208,13 @@ def _exp_sub(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.
     rescale factor ``exp(m_old - m_new)`` and the probabilities ``exp(s - m_new)``.
     """
     d = np.subtract(a, b)
-    nan = np.isnan(d)
-    if nan.any():  # rare: only then look for -inf - -inf (exp(-inf) is exactly 0)
-        nan &= a == -np.inf
-        np.copyto(d, -np.inf, where=nan)
+    # a NaN of d where a is -inf needs b -inf or NaN there: a smallest b above -inf (not
+    # NaN) rules that out with one reduction over b (a row's max: one value per row)
+    if not np.minimum.reduce(b, axis=None, initial=np.inf) > -np.inf:
+        nan = np.isnan(d)
+        if nan.any():  # rare: only then look for -inf - -inf (exp(-inf) is exactly 0)
+            nan &= a == -np.inf
+            np.copyto(d, -np.inf, where=nan)
     if out is not None:  # fp32 operands: the exp straight into the output view
         return np.exp(d, out=out)
     np.exp(d, out=d)
