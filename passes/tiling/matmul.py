@@ -741,6 +741,12 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
     else:
         b_shape, b_strides, tb_strides = (bk, bnb), (nb, 1), (bnb, 1)
 
+    # One K step of plain fp32 blocks: the bias rows are DMA'd into the accumulator and
+    # the matmul adds its product to them (the bias as the GEMM's initial C, one TVP op
+    # and a TSRAM bias block fewer; fl(a @ b + bias) either way)
+    bias_init = (bias is not None and bias.dtype == "f32" and bias.shape[-1] > 1 and nk == 1
+                 and not kr and glu is None and _plain(q) and a.dtype == b.dtype == "f32")
+
     def step(k_index: int, inner: bool, width: int = bk, k0: int = kr) -> list:
         """The K step at elements ``k0 + k_index * bk`` of ``width`` (``inner``: the
         loop's body, its offsets moving by ``bk`` per iteration)."""
@@ -761,27 +767,36 @@ def _tile_region(kernel: Kernel, a: Tensor, b: Tensor, out: Tensor, region: _Reg
             mm(a_mm or Access(ta, ta_dtype, (bm, width), (bk, 1)),
                Access(tb, b.dtype, (width, halves * bnb), (halves * bnb, 1)),
                Access(tc, "f32", (bm, halves * bn), (halves * bn, 1)), grid,
-               accumulate=k_index > 0 or inner, fmt=fmt, **a_extra, **b_extra),
+               accumulate=k_index > 0 or inner or bias_init, fmt=fmt, **a_extra, **b_extra),
         ]
 
-    if kr:  # the remainder first, then nk whole steps in the loop
-        body = step(0, inner=False, width=kr)
-        # one whole step after it: outside a loop, at element kr (k_index 1 from kr - bk)
-        body += loop((nk,), step(0, inner=True)) if nk > 1 else step(1, False, k0=kr - bk)
-    else:
-        body = step(0, inner=False)
-        if nk > 1:
-            body += loop((nk - 1,), step(1, inner=True, k0=0))
     c_block = Access(tc, "f32", (bm, bn), (halves * bn, 1))
+    body = []
     if bias is not None:
-        tbias = kernel.scratch_buffer("bias", bias.dtype, (bn,))
         per_column = bias.shape[-1] > 1
         bias_steps = tuple(0 for _ in batch_shape) + (0, 1 if per_column else 0)
         bias_steps = tuple(s * bn for s in bias_steps)
-        body.append(dma(Access(bias.buf, bias.dtype, (bn,), (1,),
-                               bias.off + (n0 if per_column else 0),
-                               split.tile_strides(bias_steps), split.loop_strides(bias_steps)),
-                        Access(tbias, bias.dtype, (bn,), (1,)), grid, queue=0))
+
+        def bias_src(shape: tuple[int, ...], strides: tuple[int, ...]) -> Access:
+            return Access(bias.buf, bias.dtype, shape, strides,
+                          bias.off + (n0 if per_column else 0),
+                          split.tile_strides(bias_steps), split.loop_strides(bias_steps))
+        if bias_init:
+            # on the activation's queue, before its block: the matmul's wait for that
+            # queue covers both (at most 2 waits, no barrier)
+            body.append(dma(bias_src((bm, bn), (0, 1)), c_block, grid, queue=0))
+    if kr:  # the remainder first, then nk whole steps in the loop
+        body += step(0, inner=False, width=kr)
+        # one whole step after it: outside a loop, at element kr (k_index 1 from kr - bk)
+        body += loop((nk,), step(0, inner=True)) if nk > 1 else step(1, False, k0=kr - bk)
+    else:
+        body += step(0, inner=False)
+        if nk > 1:
+            body += loop((nk - 1,), step(1, inner=True, k0=0))
+    if bias is not None and not bias_init:
+        tbias = kernel.scratch_buffer("bias", bias.dtype, (bn,))
+        body.append(dma(bias_src((bn,), (1,)), Access(tbias, bias.dtype, (bn,), (1,)), grid,
+                        queue=0))
         body.append(vec("add", [c_block, Access(tbias, bias.dtype, (bm, bn), (0, 1))], c_block,
                         grid))
     if act:
