@@ -525,3 +525,19 @@ def test_blocked_gelu_into_out_same_bytes():
     buf[8:] = x
     put(buf[:n], buf[8:], {})  # out starts 8 elements before its input
     assert buf[:n].tobytes() == want
+
+
+def test_exp_sub_masked_rows_zero_whatever_the_row_max():
+    """exp(a - b) is 0 where a is -inf and b is -inf or NaN (a fully masked row), NaN
+    from a NaN score, exp(a - b) elsewhere: with or without such rows in the block."""
+    from maiac.runtime.interpreter_fns import _exp_sub
+
+    a = np.array([[-np.inf, 1, np.nan], [-np.inf, -np.inf, 2], [0, 1, 2]], np.float32)
+    with np.errstate(all="ignore"):
+        for b0 in (-np.inf, np.nan, 3.0):
+            b = np.array([[b0], [1.0], [2.0]], np.float32)
+            want = np.exp(a - b)
+            if not b0 > -np.inf:
+                want[0, 0] = 0.0
+            got = _exp_sub(a, b)
+            assert got.tobytes() == want.astype(np.float32).tobytes(), b0
