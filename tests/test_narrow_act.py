@@ -193,3 +193,10 @@ def test_norm_stores_its_rows_in_the_matmuls_format(
               and i.dst.level != "tsram"}
     codes = "u8" if quant == "mxfp4" else "f8e4m3"
     assert stores == ({codes, "f32"} if residual else {codes})
+    # each job's codes and (blocked formats) scales are laid out as stored: one DMA per job
+    code_stores = [i for i in _leaves(fused.program.instructions)
+                   if isinstance(i, isa.Dma) and i.op == "norm" and i.dst.dtype == codes
+                   and i.src.level == "tsram"]
+    jobs = [i for i in _leaves(fused.program.instructions)
+            if isinstance(i, isa.Vec) and i.fn == "quantize" and i.op == "norm"]
+    assert len(code_stores) == len(jobs)

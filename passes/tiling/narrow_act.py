@@ -136,8 +136,14 @@ def store(kernel: Kernel, q: Any, c_block: Access, dst: Tensor, m: int, n: int, 
     row = dst.shape[-1]
     batch = tuple(s * m * row for s in contiguous(batch_shape)) if batch_shape else ()
     first, second = row_pieces(q, n, n0, bn), row_pieces(q, n, n0 + bn, bn)
-    for (col, local, cols), (nxt, _, _) in zip(first, second, strict=True):
-        steps = batch + (bm * row, nxt - col)
+    pieces = [(col, local, cols, nxt - col)
+              for (col, local, cols), (nxt, _, _) in zip(first, second, strict=True)]
+    if len(pieces) == 2 and bn == n:  # whole rows: the codes and scales are laid out
+        (col, local, cols, _), (col2, local2, cols2, _) = pieces  # as stored, one DMA
+        if col2 == col + cols and local2 == local + cols:
+            pieces = [(col, local, cols + cols2, 0)]
+    for col, local, cols, col_step in pieces:
+        steps = batch + (bm * row, col_step)
         ops.append(dma(Access(staged, dtype, (bm, cols), (width, 1), local),
                        Access(dst.buf, dtype, (bm, cols), (row, 1), dst.off + m0 * row + col,
                               split.tile_strides(steps),
