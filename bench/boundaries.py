@@ -8,12 +8,11 @@ a DMA's transfer); following those links back from each op's first TTU instructi
 until it reaches an earlier op says why the TTU idled at the boundary. Deterministic
 (the analytic machine model), shape-only Llama-3-8B prefill:
 
-    python bench/boundaries.py [--layers 1] [--format mxfp4] [--top 20] [--chain 6]
+    python bench/boundaries.py [--layers 1] [--format mxfp4] [--chain 6] [-q]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from collections import defaultdict
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import maiac
-from maiac import models
+from maiac import models, progress
 from maiac.runtime import timing
 from maiac.runtime.target import get_target
 
@@ -133,13 +132,14 @@ def per_op(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = progress.argument_parser(__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--format", default="mxfp4")
     ap.add_argument("--chain", type=int, default=6, help="links followed back per op")
     ap.add_argument("--target", default="maia200")
     args = ap.parse_args(argv)
-    result = analyse(args.layers, args.format, args.target)
+    with progress.step(f"boundaries: compile and time {args.layers} layer(s) {args.format}"):
+        result = analyse(args.layers, args.format, args.target)
     rows = per_op(result)
     print("| op | kind | modeled us | bound us | gap us | ttu busy us | tvp busy us |")
     print("|---|---|---|---|---|---|---|")
